@@ -1,0 +1,35 @@
+"""Device selection: --device auto|cpu|cuda|cuda:N|mps."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from .errors import UserError
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """auto picks cuda, then mps, then cpu; an unavailable device is a UserError."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "mps":
+        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+            raise UserError("--device mps: no MPS device is available on this machine")
+        return torch.device("mps")
+    m = re.fullmatch(r"cuda(?::(\d+))?", spec)
+    if m:
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {spec}: CUDA is not available on this machine (try --device cpu or auto)")
+        index = int(m.group(1) or 0)
+        if index >= torch.cuda.device_count():
+            raise UserError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
+        return torch.device("cuda", index)
+    raise UserError(f"--device {spec!r}: expected auto, cpu, cuda, cuda:N or mps")

@@ -1,0 +1,6 @@
+from .precond import EDMPrecond
+from .presets import PRESETS, build_preset, preset_config
+from .unet import Conv2d, DhariwalUNet, GroupNorm, Linear, PositionalEmbedding, UNetBlock
+
+__all__ = ["EDMPrecond", "DhariwalUNet", "UNetBlock", "Conv2d", "Linear", "GroupNorm",
+           "PositionalEmbedding", "PRESETS", "build_preset", "preset_config"]
