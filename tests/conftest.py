@@ -1,0 +1,82 @@
+"""Shared fixtures: the random-weight "tiny" model and small synthetic datasets written into tmp_path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dmd2report.classes import ClassIndex, imagenet64_npz_label_map
+
+TINY_RES = 16
+TINY_CLASSES = 10
+
+
+@pytest.fixture(scope="session")
+def tiny_net():
+    from dmd2report.models import build_preset
+
+    torch.manual_seed(0)
+    return build_preset("tiny").eval().requires_grad_(False)
+
+
+def synthetic_images(n: int, label_ids: np.ndarray, resolution: int = TINY_RES, seed: int = 0) -> np.ndarray:
+    """uint8 (n, R, R, 3): noise around a class-dependent colour, so classes differ."""
+    rng = np.random.default_rng(seed)
+    base = (np.asarray(label_ids)[:, None] * np.array([25, 70, 140])) % 256
+    noise = rng.integers(-40, 40, (n, resolution, resolution, 3))
+    return np.clip(base[:, None, None, :] + noise, 0, 255).astype(np.uint8)
+
+
+def npz_labels_for_standard_ids(ids) -> np.ndarray:
+    """ImageNet64 NPZ labels (1..1000) of the given standard ImageNet class ids."""
+    label_of = {int(c): label for label, c in enumerate(imagenet64_npz_label_map()) if label > 0}
+    return np.array([label_of[i] for i in ids], dtype=np.int64)
+
+
+@pytest.fixture
+def npz_dir(tmp_path):
+    """ImageNet64-format batches (no class_index.json): 10 standard classes (ids 0..9) x 6 images, 16x16, two files."""
+    root = tmp_path / "npz"
+    root.mkdir()
+    ids = np.tile(np.arange(TINY_CLASSES), 6)
+    np.random.default_rng(1).shuffle(ids)
+    images = synthetic_images(len(ids), ids)
+    data = images.transpose(0, 3, 1, 2).reshape(len(ids), -1)  # channel-planar rows
+    labels = npz_labels_for_standard_ids(ids)
+    np.savez(root / "train_data_batch_1.npz", data=data[:35], labels=labels[:35])
+    np.savez(root / "train_data_batch_2.npz", data=data[35:], labels=labels[35:])
+    return root
+
+
+@pytest.fixture
+def image_tree(tmp_path):
+    """Class folders of 10 standard classes x 6 images (JPEG and PNG, non-square); some folders by name."""
+    from PIL import Image
+
+    root = tmp_path / "images"
+    standard = ClassIndex.imagenet()
+    for c in range(TINY_CLASSES):
+        folder = root / (standard.names[c] if c % 3 == 0 else standard.synsets[c])
+        folder.mkdir(parents=True)
+        imgs = synthetic_images(6, np.full(6, c), resolution=40, seed=c)
+        for i, img in enumerate(imgs):
+            im = Image.fromarray(img[:, : 32 if i % 2 else 40])
+            im.save(folder / (f"img_{i}.png" if i % 2 else f"img_{i}.jpg"))
+    return root
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    """Config for the tiny model on a fixture dataset: make_config(source, path, **{"section.key": value})."""
+    from dmd2report.config import load_config
+
+    def make(source="imagenet64-npz", path="", **overrides):
+        o = {"run.workdir": str(tmp_path / "work"), "run.device": "cpu", "model.preset": "tiny",
+             "data.source": source, "data.path": str(path), "data.max_samples": 0, "data.workers": 2,
+             "features.batch_size": 8, "features.chunk_size": 16, "report.thumb_size": 8,
+             "features.pca_fit_samples": 40}
+        o.update({k.replace("__", "."): v for k, v in overrides.items()})
+        return load_config(None, o)
+
+    return make

@@ -1,0 +1,140 @@
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TINY_RES, npz_labels_for_standard_ids
+from dmd2report.errors import UserError
+from dmd2report.sources import FolderSource, NpzSource, ensure_demo_data, open_source, select_samples
+
+
+def _read_all(source):
+    loaded = source.load(0, len(source))
+    return loaded.images
+
+
+def test_npz_streams_planar_rows_with_standard_labels(npz_dir):
+    src = NpzSource(npz_dir, TINY_RES)
+    assert len(src) == 60 and src.samples["sample_id"].tolist() == list(range(60))
+    raw = [np.load(p) for p in sorted(npz_dir.glob("*.npz"))]
+    data = np.concatenate([r["data"] for r in raw])
+    labels = np.concatenate([r["labels"] for r in raw])
+    images = _read_all(src)
+    assert images.shape == (60, 3, TINY_RES, TINY_RES) and images.dtype == np.uint8
+    np.testing.assert_array_equal(images.reshape(60, -1), data)
+    # NPZ labels are ImageNet64-ordered; class ids are standard ids (our fixture used ids 0..9).
+    np.testing.assert_array_equal(npz_labels_for_standard_ids(src.samples["class_id"]), labels)
+    assert src.samples["source"][36] == "train_data_batch_2.npz#1"
+    # A range straddling the two files equals the same rows of the whole.
+    np.testing.assert_array_equal(src.load(30, 40).images, images[30:40])
+
+
+def test_selection_is_balanced_seeded_and_deterministic(npz_dir):
+    src = NpzSource(npz_dir, TINY_RES, classes=["0", "n01443537", "great white shark"], per_class=4, seed=3)
+    counts = src.samples["class_id"].value_counts().to_dict()
+    assert counts == {0: 4, 1: 4, 2: 4}
+    again = NpzSource(npz_dir, TINY_RES, classes=["0", "n01443537", "great white shark"], per_class=4, seed=3)
+    assert again.samples.equals(src.samples)
+    other = NpzSource(npz_dir, TINY_RES, classes=["0", "n01443537", "great white shark"], per_class=4, seed=4)
+    assert not other.samples["source"].equals(src.samples["source"])
+    capped = NpzSource(npz_dir, TINY_RES, max_samples=25, seed=0)
+    assert sorted(capped.samples["class_id"].value_counts().tolist()) == [2] * 5 + [3] * 5
+
+
+def test_select_samples_rule():
+    classes = np.array([0] * 10 + [1] * 2 + [2] * 10)
+    chosen = select_samples(classes, None, per_class=0, max_samples=9, seed=0)
+    # Rank by rank across classes: ranks 0 and 1 of every class (6), then rank 2 of classes 0 and 2,
+    # then rank 3 of class 0 (classes in id order break ties).
+    assert np.bincount(classes[chosen]).tolist() == [4, 2, 3]
+    assert np.all(np.diff(chosen) > 0)
+
+
+def test_npz_resized_when_resolution_differs(npz_dir):
+    src = NpzSource(npz_dir, 8)
+    assert src.load(0, 5).images.shape == (5, 3, 8, 8)
+
+
+@pytest.mark.parametrize("problem,match", [
+    ("missing", "data directory not found"),
+    ("empty", "no NPZ files"),
+    ("truncated", "train_data_batch_2.npz: not a readable NPZ file"),
+    ("width", r"train_data_batch_2.npz: 'data' is uint8 \(10, 700\)"),
+    ("label", "train_data_batch_2.npz: label 1001 at row 3 is outside 1..1000"),
+])
+def test_npz_bad_input(npz_dir, tmp_path, problem, match):
+    bad = npz_dir / "train_data_batch_2.npz"
+    root = npz_dir
+    if problem == "missing":
+        root = tmp_path / "nope"
+    elif problem == "empty":
+        root = tmp_path / "empty"
+        root.mkdir()
+    elif problem == "truncated":
+        bad.write_bytes(bad.read_bytes()[:3000])
+    elif problem == "width":
+        np.savez(bad, data=np.zeros((10, 700), np.uint8), labels=np.ones(10, np.int64))
+    elif problem == "label":
+        labels = np.ones(10, np.int64)
+        labels[3] = 1001
+        np.savez(bad, data=np.zeros((10, 3 * TINY_RES ** 2), np.uint8), labels=labels)
+    with pytest.raises(UserError, match=match):
+        NpzSource(root, TINY_RES)
+
+
+def test_npz_corrupt_data_member_named_on_read(npz_dir):
+    path = npz_dir / "train_data_batch_2.npz"
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("data.npy")
+    raw[info.header_offset + 200] ^= 0xFF  # inside the data bytes: the CRC check fails
+    path.write_bytes(bytes(raw))
+    src = NpzSource(npz_dir, TINY_RES)  # the header is still fine
+    with pytest.raises(UserError, match="train_data_batch_2.npz: not a readable NPZ"):
+        src.load(0, 60)
+
+
+def test_folder_crop_resize_and_class_names(image_tree):
+    with FolderSource(image_tree, TINY_RES, per_class=3) as src:
+        assert len(src) == 30 and sorted(set(src.samples["class_id"])) == list(range(10))
+        loaded = src.load(0, 30)
+    assert loaded.images.shape == (30, 3, TINY_RES, TINY_RES) and loaded.kept.all()
+    # Centre crop then BOX resize of a 32-wide, 40-high image equals PIL doing it by hand.
+    with FolderSource(image_tree, TINY_RES) as src:
+        (row,) = src.samples.index[src.samples["source"] == "n01443537/img_1.png"]
+        got = src.load(row, row + 1).images[0]
+    im = Image.open(image_tree / "n01443537/img_1.png").convert("RGB")
+    assert im.size == (32, 40)
+    want = np.asarray(im.resize((TINY_RES, TINY_RES), Image.Resampling.BOX, box=(0, 4, 32, 36)))
+    np.testing.assert_array_equal(got.transpose(1, 2, 0), want)
+
+
+def test_folder_bad_input(image_tree, tmp_path):
+    (image_tree / "n01443537" / "img_3.png").write_bytes(b"not a png at all")
+    with FolderSource(image_tree, TINY_RES, on_bad_image="skip") as src:
+        loaded = src.load(0, len(src))
+    assert (~loaded.kept).sum() == 1 and len(loaded.images) == 59
+    assert loaded.skipped[0]["source"] == "n01443537/img_3.png" and "UnidentifiedImageError" in loaded.skipped[0]["error"]
+    with FolderSource(image_tree, TINY_RES, on_bad_image="fail") as src:
+        with pytest.raises(UserError, match="n01443537/img_3.png: unreadable image"):
+            src.load(0, len(src))
+    (image_tree / "n01491361").mkdir()
+    with pytest.raises(UserError, match="n01491361: empty class folder"):
+        FolderSource(image_tree, TINY_RES)
+    (image_tree / "n01491361").rmdir()
+    (image_tree / "not_a_class_xyz").mkdir()
+    with pytest.raises(UserError, match="not_a_class_xyz: folder name is not a class"):
+        FolderSource(image_tree, TINY_RES)
+    with pytest.raises(UserError, match="image directory not found"):
+        FolderSource(tmp_path / "missing", TINY_RES)
+
+
+def test_demo_data_written_once_and_read_as_npz(tmp_path, make_config):
+    config = make_config("demo", data__per_class=2)
+    src = open_source(config, TINY_RES)
+    assert len(src) == 24 and len(src.class_index) == 12 and src.class_index.name(0) == "red disc"
+    marker = tmp_path / "work" / "demo_data" / "demo_data.json"
+    stamp = marker.stat().st_mtime_ns
+    assert ensure_demo_data(tmp_path / "work", 2) == marker.parent and marker.stat().st_mtime_ns == stamp
+    assert src.load(0, 24).images.shape == (24, 3, TINY_RES, TINY_RES)  # 32x32 demo images resized
