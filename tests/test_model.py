@@ -1,0 +1,136 @@
+"""The generator reproduces upstream EDM/DMD2 exactly (reference vectors in tests/fixtures)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dmd2report.layers import ActivationCapture, block_names, layer_shapes, mask_layers
+from dmd2report.models import EDMPrecond, build_preset
+
+FIX = Path(__file__).parent / "fixtures"
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = json.loads((FIX / "dhariwal_tiny.config.json").read_text())["config"]
+    cfg["sigma_max"] = float(cfg["sigma_max"])
+    net = EDMPrecond(**cfg)
+    net.load_state_dict(load_file(FIX / "dhariwal_tiny.weights.safetensors"), strict=True)
+    return net.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def vectors():
+    return load_file(FIX / "dhariwal_tiny.vectors.safetensors")
+
+
+def _inputs(v):
+    return v["input.x"], v["input.sigma"], v["input.class_labels"]
+
+
+def test_output_matches_reference(tiny, vectors):
+    out = tiny(*_inputs(vectors))
+    torch.testing.assert_close(out, vectors["output.D_x"], atol=ATOL, rtol=0)
+
+
+def test_every_block_activation_matches_reference(tiny, vectors):
+    names = block_names(tiny)
+    with ActivationCapture(tiny, names) as cap:
+        cap.run(*_inputs(vectors))
+    expected = {k[len("activation."):]: v for k, v in vectors.items() if k.startswith("activation.")}
+    assert set(expected) == set(names)
+    for name in names:
+        torch.testing.assert_close(cap.activations[name], expected[name], atol=ATOL, rtol=0, msg=name)
+
+
+def test_masked_output_matches_reference(tiny, vectors):
+    x, sigma, labels = _inputs(vectors)
+    held = vectors["activation.dec.4x4_in0"][0]  # sample 0's first decoder block output, broadcast
+    with mask_layers(tiny, {"midblock": held}):
+        out = tiny(x, sigma, labels)
+    torch.testing.assert_close(out, vectors["masked.dec_first_block_from_sample0.output.D_x"], atol=ATOL, rtol=0)
+    # Per-sample masks give the same result when every row holds sample 0's activation.
+    with mask_layers(tiny, {"dec.4x4_in0": held.expand(6, -1, -1, -1)}):
+        out2 = tiny(x, sigma, labels)
+    torch.testing.assert_close(out2, out, atol=0, rtol=0)
+    # The hook is gone afterwards.
+    torch.testing.assert_close(tiny(x, sigma, labels), vectors["output.D_x"], atol=ATOL, rtol=0)
+
+
+def test_mask_rejects_nan_and_wrong_shape(tiny, vectors):
+    from dmd2report.errors import UserError
+
+    bad = torch.zeros(64, 4, 4)
+    bad[0, 0, 0] = float("nan")
+    with pytest.raises(UserError, match="NaN"):
+        with mask_layers(tiny, {"midblock": bad}):
+            pass
+    with pytest.raises(UserError, match="shape"):
+        with mask_layers(tiny, {"midblock": torch.zeros(32, 4, 4)}):
+            pass
+    with pytest.raises(UserError, match="samples"):
+        with mask_layers(tiny, {"midblock": torch.zeros(4, 64, 4, 4)}):
+            tiny(*_inputs(vectors))
+
+
+def test_capture_reduces_on_device_and_exits_early(tiny, vectors):
+    x, sigma, labels = _inputs(vectors)
+    calls = []
+    hook = tiny.model.out_conv.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with ActivationCapture(tiny, ["encoder_bottleneck", "midblock"], reduce="mean", early_exit=True) as cap:
+            out = cap.run(x, sigma, labels)
+    finally:
+        hook.remove()
+    assert out is None and not calls  # nothing after midblock ran
+    assert cap.activations["midblock"].shape == (6, 64)
+    torch.testing.assert_close(cap.activations["midblock"], vectors["activation.dec.4x4_in0"].mean((2, 3)), atol=ATOL, rtol=0)
+    torch.testing.assert_close(cap.activations["encoder_bottleneck"], vectors["activation.enc.4x4_block1"].mean((2, 3)), atol=ATOL, rtol=0)
+
+
+def test_dmd2_imagenet64_preset_matches_checkpoint_layout():
+    spec = json.loads((FIX / "dmd2_imagenet64.spec.json").read_text())
+    net = build_preset("dmd2-imagenet64", device="meta")
+    state = net.state_dict()
+    assert [(k, list(v.shape)) for k, v in state.items()] == list(spec["state_dict_shapes"].items())
+    assert len(state) == spec["num_tensors"] == 553
+    assert sum(v.numel() for v in state.values()) == spec["num_parameters"] == 295_899_315
+    assert not hasattr(net.model, "map_augment") or net.model.map_augment is None
+    assert list(net.model.enc) == spec["enc_blocks"] and list(net.model.dec) == spec["dec_blocks"]
+    shapes = layer_shapes(net)
+    assert shapes["enc.8x8_block2"] == shapes["dec.8x8_in0"] == (768, 8, 8)
+
+
+def test_use_fp16_means_bfloat16_on_cuda_only():
+    net = build_preset("dmd2-imagenet64", device="meta")
+    assert net.unet_dtype(torch.device("cuda")) == torch.bfloat16
+    assert net.unet_dtype(torch.device("cuda"), force_fp32=True) == torch.float32
+    assert net.unet_dtype(torch.device("cpu")) == torch.float32
+    assert build_preset("tiny", device="meta").unet_dtype(torch.device("cuda")) == torch.float32
+
+
+def test_constructor_takes_upstream_keywords():
+    cfg = json.loads((FIX / "dhariwal_tiny.config.json").read_text())["config"]
+    cfg["sigma_max"] = float(cfg["sigma_max"])
+    assert set(cfg) == {"img_resolution", "img_channels", "label_dim", "use_fp16", "sigma_min", "sigma_max", "sigma_data",
+                        "model_type", "augment_dim", "model_channels", "channel_mult", "channel_mult_emb", "num_blocks",
+                        "attn_resolutions", "dropout", "label_dropout"}
+    with torch.device("meta"):
+        net = EDMPrecond(**(cfg | {"augment_dim": 9}))
+    assert net.model.map_augment.weight.shape == (32, 9)  # present only when asked for
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bfloat16_path_close_to_float32_on_cuda(tiny, vectors):
+    net = EDMPrecond(**(tiny.init_kwargs | {"use_fp16": True})).cuda().eval()
+    net.load_state_dict(tiny.state_dict())
+    x, sigma, labels = (t.cuda() for t in _inputs(vectors))
+    ref = net(x, sigma, labels, force_fp32=True)
+    out = net(x, sigma, labels)
+    rel = ((out - ref).norm() / ref.norm()).item()
+    assert rel < 2e-2, rel
