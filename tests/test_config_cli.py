@@ -1,0 +1,80 @@
+"""Typed configuration from TOML and the command line; device selection; layer listing."""
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dmd2report.cli import cli
+from dmd2report.config import Config, example_toml, load_config
+from dmd2report.device import resolve_device
+from dmd2report.errors import UserError
+from dmd2report.layers import resolve_layer
+from dmd2report.models import build_preset
+
+
+def test_example_config_round_trips(tmp_path):
+    path = tmp_path / "report.toml"
+    r = CliRunner().invoke(cli, ["init", str(path)])
+    assert r.exit_code == 0 and path.exists()
+    assert "# auto | cpu | cuda | cuda:N | mps" in path.read_text()
+    assert load_config(path) == Config()
+    r = CliRunner().invoke(cli, ["init", str(path)])
+    assert r.exit_code == 2 and "already exists" in r.output
+
+
+def test_file_then_command_line_override(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[embedding]\nn_neighbors = 30\nmin_dist = 0\n[data]\nclasses = [207, "goldfish"]\n')
+    c = load_config(path, {"embedding.n_neighbors": 5, "run.seed": None})
+    assert c.embedding.n_neighbors == 5 and c.embedding.min_dist == 0.0 and c.data.classes == ["207", "goldfish"]
+
+
+@pytest.mark.parametrize("text,match", [
+    ("[embedding]\nneighbours = 3\n", r"c\.toml: unknown key embedding\.neighbours"),
+    ("[embedding]\nn_neighbors = \"many\"\n", r"c\.toml: embedding\.n_neighbors: expected an integer"),
+    ("[plots]\nx = 1\n", r"c\.toml: unknown section \[plots\]"),
+    ("[model]\ncompile = 1\n", r"model\.compile: expected true or false"),
+    ("[features]\nreduce = \"pca\"\n", r"features\.reduce"),
+    ("[run\n", r"c\.toml: not valid TOML"),
+])
+def test_bad_config_names_key_and_file(tmp_path, text, match):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=match):
+        load_config(path)
+
+
+def test_section_hash_tracks_sections():
+    a, b = Config(), Config()
+    b.report.color_by = "variant"
+    assert a.section_hash("model", "features") == b.section_hash("model", "features")
+    assert a.section_hash("report") != b.section_hash("report")
+
+
+def test_device_resolution():
+    assert resolve_device("cpu") == torch.device("cpu")
+    auto = resolve_device("auto")
+    assert auto.type == ("cuda" if torch.cuda.is_available() else auto.type)
+    if not torch.cuda.is_available():
+        assert auto.type in ("cpu", "mps")
+        with pytest.raises(UserError, match="CUDA is not available"):
+            resolve_device("cuda:1")
+    with pytest.raises(UserError, match="expected auto"):
+        resolve_device("tpu")
+
+
+def test_layer_names_and_listing():
+    net = build_preset("dmd2-imagenet64", device="meta")
+    assert resolve_layer(net, "encoder_bottleneck") == "enc.8x8_block2"
+    assert resolve_layer(net, "midblock") == "dec.8x8_in0"
+    assert resolve_layer(net, "encoder_block_0") == "enc.64x64_conv"
+    assert resolve_layer(net, "decoder_block_20") == "dec.64x64_block3"
+    assert resolve_layer(net, "dec.8x8_in0") == "dec.8x8_in0"
+    with pytest.raises(UserError, match="unknown layer 'bottleneck'; valid layers: encoder_bottleneck, midblock"):
+        resolve_layer(net, "bottleneck")
+    r = CliRunner().invoke(cli, ["layers", "--preset", "dmd2-imagenet64"])
+    assert r.exit_code == 0
+    lines = r.output.splitlines()
+    assert len(lines) == 16 + 21
+    assert any(l.startswith("enc.8x8_block2") and "768x8x8" in l and "encoder_bottleneck" in l for l in lines)
+    assert any(l.startswith("dec.8x8_in0") and "midblock" in l for l in lines)
