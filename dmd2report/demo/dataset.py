@@ -20,7 +20,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -149,7 +148,7 @@ def _square(rng, x, y):
 
 
 def _checkerboard(rng, x, y):
-    cell = rng.uniform(0.22, 0.36)
+    cell = rng.uniform(0.26, 0.40)
     u, v = _local(x, y, *rng.uniform(-1.0, 1.0, 2), rng.uniform(0.0, np.pi / 2))
     return [((np.floor(u / cell) + np.floor(v / cell)) % 2 == 0, _any_vivid(rng))]
 
@@ -177,8 +176,8 @@ _DRAW = [
     _disc(0.065, 0.095),             # orange: hue 23..34 degrees, a 16 degree gap to red
     _ring(1.0, 1.0),                 # circular
     _ring(0.55, 0.72),               # elliptical, otherwise the same distribution
-    _stripes(0.0, 4.0),              # level (within 4 degrees)
-    _stripes(14.0, 24.0),            # tilted 14..24 degrees either way
+    _stripes(0.0, 3.0),              # level (within 3 degrees)
+    _stripes(9.0, 16.0),             # tilted 9..16 degrees either way
     _triangle, _star, _square, _checkerboard, _cross, _confetti,
 ]
 assert len(_DRAW) == len(DEMO_CLASSES) == NUM_CLASSES
@@ -256,13 +255,14 @@ def demo_class_index() -> dict[str, list[str]]:
 
 
 def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write through a temporary file beside `path`, so readers never see a partial file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # opened normally: the umask's permissions
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             write(f)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -304,12 +304,15 @@ def write_demo_npz(out_dir, n_per_class: int, seed: int = 0, batch_size: int = 1
 # ---------------------------------------------------------------------------------------------
 # Image grid for the documentation.
 
+GRID_GAP = 2            # white pixels between tiles
+GRID_LABEL_WIDTH = 150  # the column of class names on the left
+
 def render_grid(per_class: int = 8, seed: int = 0, scale: int = 3):
     """A PIL image: one row per class, `per_class` samples upscaled `scale`x, the class name on the left."""
     from PIL import Image, ImageDraw, ImageFont
 
     images, _ = make_demo_images(per_class, seed)
-    tile, gap, label_w = RESOLUTION * scale, 2, 150
+    tile, gap, label_w = RESOLUTION * scale, GRID_GAP, GRID_LABEL_WIDTH
     grid = Image.new("RGB", (label_w + per_class * (tile + gap), NUM_CLASSES * (tile + gap) + gap), "white")
     draw = ImageDraw.Draw(grid)
     font = ImageFont.load_default(size=15)
