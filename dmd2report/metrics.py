@@ -1,0 +1,375 @@
+"""Distribution metrics of generated features against real features, exact and in bounded memory.
+
+Notation: X the N real features, Y the M generated features of one conditioning variant (float32,
+(N, D) and (M, D)), d the Euclidean distance, r_k(x) the distance from x to its k-th nearest OTHER
+point of its own set (k-NN by index exclusion: a duplicate of x is another point, at distance 0).
+
+Tie convention: a point lies inside a ball when its distance is `<=` the radius; a point at exactly
+r_k(x) from x is inside. Distances near a radius are recomputed directly (see `knn.within_radius`),
+so the decision is the one of the float32 direct distance.
+
+  precision  = (1/M) #{y : exists x, d(y,x) <= r_k(x)}                    k = 3  (Kynkaanniemi et al. 2019)
+  recall     = (1/N) #{x : exists y, d(x,y) <= r_k(y)}                    k = 3
+  density    = (1/(kM)) sum over (y, x) of 1[d(y,x) <= r_k(x)]           k = 5  (Naeem et al. 2020)
+  coverage   = (1/N) #{x : exists y, d(x,y) <= r_k(x)}                    k = 5
+  fd         = |mu_X - mu_Y|^2 + tr S_X + tr S_Y - 2 tr sqrt(S_X^1/2 S_Y S_X^1/2), in float64, both
+               square roots by symmetric eigendecomposition with eigenvalues clipped at 0, covariances
+               with N-1 (M-1); clipped at 0. Biased for small N, M: the counts are stored beside it.
+  class_fidelity    = mean over generated samples with a conditioning class c of the fraction of
+                      their k = 10 nearest real samples whose class is c.
+  centroid_accuracy = fraction of those samples whose nearest real class centroid (mean of the real
+                      features of a class) is of their conditioning class.
+
+Scopes: `overall` uses all of X and Y. `per_class[c]` restricts X to real samples of class c and Y to
+samples conditioned on c, with radii recomputed inside those subsets (the `*_in_class` definitions);
+its `coverage_global` is the fraction of real class-c points covered by ANY sample of the variant with
+the radii of the whole real set, which also exists for variants without a class (uniform, zero).
+
+Bootstrap intervals (percentile, seeded) hold the radii and ball memberships of the full sets fixed and
+resample the scored points: generated samples for precision and density, real points for recall and
+coverage. They show the sampling error of the scored set, not of the manifold estimate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+
+from .knn import DEFAULT_BLOCK_BYTES, as_device, knn, to_tensor, within_radius
+
+SCHEMA = "dmd2report-metrics/1"
+
+DEFINITIONS = {
+    "precision": "(1/M) #{y in Y : exists x in X, d(y,x) <= r_k(x)}, r_k(x) the distance from x to its k-th "
+                 "nearest other real point (Kynkaanniemi et al. 2019)",
+    "recall": "(1/N) #{x in X : exists y in Y, d(x,y) <= r_k(y)}, r_k(y) the distance from y to its k-th "
+              "nearest other generated point (Kynkaanniemi et al. 2019)",
+    "density": "(1/(kM)) sum over y in Y, x in X of 1[d(y,x) <= r_k(x)] (Naeem et al. 2020)",
+    "coverage": "(1/N) #{x in X : exists y in Y, d(x,y) <= r_k(x)} (Naeem et al. 2020)",
+    "fd": "|mu_X - mu_Y|^2 + tr S_X + tr S_Y - 2 tr sqrt(S_X^1/2 S_Y S_X^1/2), float64, eigenvalues "
+          "clipped at 0, unbiased covariances, clipped at 0; biased for small sample counts",
+    "class_fidelity": "mean over generated samples with conditioning class c of the fraction of their k "
+                      "nearest real samples whose class is c",
+    "centroid_accuracy": "fraction of generated samples with a conditioning class whose nearest real class "
+                         "centroid (mean real feature of a class) is their conditioning class",
+    "centroid_accuracy_real": "fraction of real samples whose nearest real class centroid is their own class "
+                              "(the ceiling for centroid_accuracy)",
+    "precision_in_class": "precision with X = real samples of class c, Y = samples conditioned on c, "
+                          "r_k within X_c",
+    "recall_in_class": "recall with X = real samples of class c, Y = samples conditioned on c, r_k within Y_c",
+    "density_in_class": "density with X = real samples of class c, Y = samples conditioned on c, "
+                        "r_k within X_c",
+    "coverage_in_class": "coverage with X = real samples of class c, Y = samples conditioned on c, "
+                         "r_k within X_c",
+    "fd_in_class": "fd between the real samples of class c and the samples conditioned on c",
+    "coverage_global": "fraction of the real samples of class c covered by any sample of the variant "
+                       "(d(x,y) <= r_k(x), r_k within the whole real set)",
+}
+NO_CLASS = -1   # conditioning class of samples without one (uniform, zero conditioning)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks.
+
+def knn_radii(feats, ks, *, device=None, max_block_bytes=DEFAULT_BLOCK_BYTES):
+    """{k: r_k} for each k in ks from one exact search (k-th nearest other point of the same set),
+    plus the (distances, indices) of that search for reuse."""
+    kmax = max(ks)
+    d, i = knn(feats, None, kmax, exclude_self=True, device=device, max_block_bytes=max_block_bytes)
+    return {k: d[:, k - 1].copy() for k in ks}, (d, i)
+
+
+def mean_and_cov(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(feats, dtype=np.float64)
+    return x.mean(axis=0), np.atleast_2d(np.cov(x, rowvar=False, ddof=1))
+
+
+def sqrt_psd(s: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a covariance matrix, eigenvalues clipped at 0."""
+    w, v = np.linalg.eigh((s + s.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def frechet_from_stats(mu_x, cov_x, mu_y, cov_y, sqrt_cov_x=None) -> float:
+    r = sqrt_psd(cov_x) if sqrt_cov_x is None else sqrt_cov_x
+    m = r @ cov_y @ r
+    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
+    fd = float(np.sum((mu_x - mu_y) ** 2) + np.trace(cov_x) + np.trace(cov_y) - 2 * tr_sqrt)
+    return max(fd, 0.0)   # a squared distance; a tiny negative value is rounding
+
+
+def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (each needs >= 2 rows)."""
+    return frechet_from_stats(*mean_and_cov(x), *mean_and_cov(y))
+
+
+def bootstrap_ci(values: np.ndarray, n_boot: int, level: float, rng: np.random.Generator):
+    """Percentile interval of the mean of `values` over `n_boot` resamples with replacement."""
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    if n == 0 or n_boot <= 0:
+        return None
+    means = np.empty(n_boot)
+    per = max(1, 2_000_000 // n)   # resamples per batch: bounded index matrix
+    for s in range(0, n_boot, per):
+        b = min(per, n_boot - s)
+        means[s:s + b] = values[rng.integers(0, n, size=(b, n))].mean(axis=1)
+    a = (1 - level) / 2
+    lo, hi = np.quantile(means, [a, 1 - a])
+    return float(lo), float(hi)
+
+
+def point_flags(real, gen, real_r_pr, real_r_dc, gen_r_pr, *, cover_cap=16, device=None,
+                max_block_bytes=DEFAULT_BLOCK_BYTES) -> dict:
+    """Per-point indicators behind precision, recall, density and coverage (their means are the metrics).
+    gen_r_pr None (too few generated points for r_k) leaves recall out."""
+    kw = dict(device=device, max_block_bytes=max_block_bytes)
+    g2r = within_radius(gen, real, np.stack([real_r_pr, real_r_dc], axis=1), radius_of="base", **kw)
+    cov = within_radius(real, gen, real_r_dc, radius_of="query", cap=cover_cap, **kw)
+    out = {
+        "gen_in_real_manifold": g2r.counts[:, 0] > 0,
+        "gen_density_count": g2r.counts[:, 1],
+        "real_cover_count": cov.counts,
+        "real_covered": cov.counts > 0,
+        "real_covered_by": cov.nearest,
+    }
+    if gen_r_pr is not None:
+        out["real_in_gen_manifold"] = within_radius(real, gen, gen_r_pr, radius_of="base", **kw).counts > 0
+    return out
+
+
+def _entry(value, definition, n_real, n_gen, k=None, ci=None) -> dict:
+    e = {"value": None if value is None else float(value), "definition": definition, "k": k,
+         "n_real": int(n_real), "n_generated": int(n_gen)}
+    if ci is not None:
+        e["ci_low"], e["ci_high"] = ci
+    return e
+
+
+def _rng(seed: int, variant: str, cls: int, metric: str) -> np.random.Generator:
+    """A generator per (variant, scope, metric): intervals do not depend on the order of computation."""
+    return np.random.default_rng([seed, zlib.crc32(variant.encode()), cls + 1, zlib.crc32(metric.encode())])
+
+
+def _prdc_entries(flags, k_pr, k_dc, n_real, n_gen, suffix, boot, level, seed, variant, cls) -> dict:
+    """precision/recall/density/coverage entries (with bootstrap intervals) from per-point flags."""
+    per_point = {
+        "precision": (flags["gen_in_real_manifold"], k_pr),
+        "recall": (flags.get("real_in_gen_manifold"), k_pr),
+        "density": (flags["gen_density_count"] / k_dc, k_dc),
+        "coverage": (flags["real_covered"], k_dc),
+    }
+    out = {}
+    for name, (v, k) in per_point.items():
+        if v is None:
+            out[name] = _entry(None, name + suffix, n_real, n_gen, k)
+            continue
+        ci = bootstrap_ci(v, boot, level, _rng(seed, variant, cls, name))
+        out[name] = _entry(float(np.mean(v)), name + suffix, n_real, n_gen, k, ci)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Everything for one feature space.
+
+def measure(real: np.ndarray, real_classes, generated: Mapping[str, tuple], *, feature_space: str,
+            k_pr: int = 3, k_dc: int = 5, k_fidelity: int = 10, k_neighbours: int = 8, bootstrap: int = 200,
+            ci_level: float = 0.95, seed: int = 0, cover_cap: int = 16, per_class: bool = True,
+            per_class_fd: bool = True, device=None, max_block_bytes: int = DEFAULT_BLOCK_BYTES,
+            log: Callable[[str], None] | None = None) -> dict:
+    """All metrics of one feature space: every variant overall and per class, plus per-point arrays.
+
+    real: (N, D) features; real_classes: (N,) int class ids or None.
+    generated: {variant: (features (M, D), conditioning classes (M,) with NO_CLASS = -1, or None)}.
+    Returns {"feature_space", "dims", "n_real", "settings", "reference", "variants": {variant:
+    {"overall": {metric: entry}, "per_class": {class: {metric: entry}}}}, "arrays": {"real": {...},
+    "variants": {variant: {...}}}}; an entry is {"value", "definition", "k", "n_real", "n_generated"
+    [, "ci_low", "ci_high"]}, value None where the sets are too small for the definition.
+    """
+    say = log or (lambda msg: None)
+    dev = as_device(device)
+    kw = dict(device=dev, max_block_bytes=max_block_bytes)
+    real_np = np.ascontiguousarray(real, dtype=np.float32)
+    n_real, dims = real_np.shape
+    if n_real <= max(k_pr, k_dc):
+        raise ValueError(f"{feature_space}: {n_real} real samples, need more than k = {max(k_pr, k_dc)}")
+    x = to_tensor(real_np, dev)
+    rc = None if real_classes is None else np.asarray(real_classes, dtype=np.int64)
+    classes = [] if rc is None else [int(c) for c in np.unique(rc)]
+    settings = dict(k_pr=k_pr, k_dc=k_dc, k_fidelity=k_fidelity, k_neighbours=k_neighbours, bootstrap=bootstrap,
+                    ci_level=ci_level, seed=seed, cover_cap=cover_cap)
+
+    say(f"{feature_space}: radii of {n_real} real samples")
+    k_rr = min(max(k_pr, k_dc, k_neighbours), n_real - 1)
+    real_r, (rr_d, rr_i) = knn_radii(x, sorted({k_pr, k_dc, k_rr}), **kw)
+    stats_real = mean_and_cov(real_np) if n_real >= 2 else None
+    sqrt_real = sqrt_psd(stats_real[1])
+    arrays = {"real": {"r_pr": real_r[k_pr], "r_dc": real_r[k_dc], "nn_real_dist": rr_d[:, :k_neighbours],
+                       "nn_real_idx": rr_i[:, :k_neighbours]}, "variants": {}}
+    reference = {}
+    centroids = None
+    if rc is not None:
+        centroids = np.stack([real_np[rc == c].astype(np.float64).mean(axis=0) for c in classes]).astype(np.float32)
+        _, nc = knn(x, centroids, 1, **kw)
+        reference["centroid_accuracy"] = _entry(np.mean(np.asarray(classes)[nc[:, 0]] == rc),
+                                                "centroid_accuracy_real", n_real, 0)
+
+    class_cache: dict[int, dict] = {}   # per real class: subset, radii, Gaussian statistics
+
+    def real_class(c):
+        if c not in class_cache:
+            xc = real_np[rc == c]
+            entry = {"x": xc, "r": None, "stats": None}
+            if len(xc) > max(k_pr, k_dc):
+                entry["r"] = knn_radii(xc, sorted({k_pr, k_dc}), **kw)[0]
+            if per_class_fd and len(xc) >= 2:
+                mu, cov = mean_and_cov(xc)
+                entry["stats"] = (mu, cov, sqrt_psd(cov))
+            class_cache[c] = entry
+        return class_cache[c]
+
+    variants = {}
+    for name in sorted(generated):
+        feats, cond = generated[name]
+        gen_np = np.ascontiguousarray(feats, dtype=np.float32)
+        n_gen = len(gen_np)
+        if gen_np.ndim != 2 or gen_np.shape[1] != dims:
+            raise ValueError(f"{feature_space}/{name}: generated features of shape {gen_np.shape}, real have D={dims}")
+        cond = np.full(n_gen, NO_CLASS, np.int64) if cond is None else np.asarray(cond, dtype=np.int64)
+        say(f"{feature_space}/{name}: {n_gen} generated samples")
+        y = to_tensor(gen_np, dev)
+        arr: dict = {}
+        gen_r_pr = None
+        if n_gen >= 2:
+            k_gg = min(max(k_pr, k_neighbours), n_gen - 1)
+            gen_r, (gg_d, gg_i) = knn_radii(y, sorted({k_gg} | ({k_pr} if n_gen > k_pr else set())), **kw)
+            gen_r_pr = gen_r.get(k_pr)
+            arr["nn_gen_dist"], arr["nn_gen_idx"] = gg_d[:, :k_neighbours], gg_i[:, :k_neighbours]
+        flags = point_flags(x, y, real_r[k_pr], real_r[k_dc], gen_r_pr, cover_cap=cover_cap, **kw)
+        arr.update(gen_in_real_manifold=flags["gen_in_real_manifold"],
+                   gen_density=flags["gen_density_count"] / k_dc, real_covered=flags["real_covered"],
+                   real_cover_count=flags["real_cover_count"], real_covered_by=flags["real_covered_by"])
+        k_gr = min(max(k_fidelity, k_neighbours), n_real)
+        gr_d, gr_i = knn(y, x, k_gr, **kw)
+        arr["nn_real_dist"], arr["nn_real_idx"] = gr_d[:, :k_neighbours], gr_i[:, :k_neighbours]
+        rg_d, rg_i = knn(x, y, min(k_neighbours, n_gen), **kw)
+        arr["real_nn_gen_dist"], arr["real_nn_gen_idx"] = rg_d, rg_i
+
+        overall = _prdc_entries(flags, k_pr, k_dc, n_real, n_gen, "", bootstrap, ci_level, seed, name, -1)
+        overall["fd"] = _entry(frechet_from_stats(*stats_real, *mean_and_cov(gen_np), sqrt_cov_x=sqrt_real)
+                               if n_gen >= 2 else None, "fd", n_real, n_gen)
+        has_class = cond != NO_CLASS
+        if rc is not None:
+            fid = np.full(n_gen, np.nan)
+            fid[has_class] = (rc[gr_i[has_class, :k_fidelity]] == cond[has_class, None]).mean(axis=1)
+            _, nc = knn(y, centroids, 1, **kw)
+            centroid_class = np.asarray(classes)[nc[:, 0]]
+            arr["gen_fidelity"], arr["gen_centroid_class"] = fid, centroid_class
+            n_c = int(has_class.sum())
+            overall["class_fidelity"] = _entry(np.mean(fid[has_class]) if n_c else None, "class_fidelity",
+                                               n_real, n_c, k_fidelity)
+            overall["centroid_accuracy"] = _entry(np.mean(centroid_class[has_class] == cond[has_class])
+                                                  if n_c else None, "centroid_accuracy", n_real, n_c)
+        scopes = {}
+        if rc is not None and per_class:
+            for c in classes:
+                in_c = rc == c
+                scope = {"coverage_global": _entry(np.mean(flags["real_covered"][in_c]), "coverage_global",
+                                                   int(in_c.sum()), n_gen, k_dc)}
+                sel = cond == c
+                if sel.any():
+                    scope.update(_class_scope(real_class(c), gen_np[sel], fid[sel], centroid_class[sel] == c,
+                                              c, name, k_pr, k_dc, k_fidelity, bootstrap, ci_level, seed, kw))
+                scopes[str(c)] = scope
+        variants[name] = {"overall": overall, "per_class": scopes}
+        arrays["variants"][name] = arr
+    return {"feature_space": feature_space, "dims": int(dims), "n_real": int(n_real), "settings": settings,
+            "reference": reference, "variants": variants, "arrays": arrays}
+
+
+def _class_scope(rcache, yc, fid, centroid_hit, c, variant, k_pr, k_dc, k_fid, boot, level, seed, kw) -> dict:
+    """Metrics of real class c against the samples conditioned on c, radii inside those subsets."""
+    xc = rcache["x"]
+    n_r, n_g = len(xc), len(yc)
+    out = {"class_fidelity": _entry(np.mean(fid), "class_fidelity", n_r, n_g, k_fid),
+           "centroid_accuracy": _entry(np.mean(centroid_hit), "centroid_accuracy", n_r, n_g)}
+    if rcache["r"] is not None:
+        gen_r_pr = knn_radii(yc, [k_pr], **kw)[0][k_pr] if n_g > k_pr else None
+        flags = point_flags(xc, yc, rcache["r"][k_pr], rcache["r"][k_dc], gen_r_pr, cover_cap=0, **kw)
+        out.update(_prdc_entries(flags, k_pr, k_dc, n_r, n_g, "_in_class", boot, level, seed, variant, c))
+    else:
+        for name, k in (("precision", k_pr), ("recall", k_pr), ("density", k_dc), ("coverage", k_dc)):
+            out[name] = _entry(None, name + "_in_class", n_r, n_g, k)
+    if rcache["stats"] is not None:
+        fd = frechet_from_stats(*rcache["stats"][:2], *mean_and_cov(yc), sqrt_cov_x=rcache["stats"][2]) \
+            if n_g >= 2 else None
+        out["fd"] = _entry(fd, "fd_in_class", n_r, n_g)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# metrics.json
+
+REQUIRED_PROVENANCE = ("model_checksum", "data", "config_hash")
+
+
+def _round(v, digits: int = 6):
+    """Floats to `digits` significant digits (stable diffs), non-finite to null; containers recursively."""
+    if isinstance(v, dict):
+        return {str(k): _round(x, digits) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_round(x, digits) for x in v]
+    if isinstance(v, (np.integer, bool, np.bool_)):
+        return v.item() if isinstance(v, np.generic) else v
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        if not math.isfinite(v):
+            return None
+        return float(f"{v:.{digits}g}") + 0.0   # + 0.0 turns -0.0 into 0.0
+    return v
+
+
+def metrics_document(results, provenance: Mapping) -> dict:
+    """The metrics.json content: scalars of one or several `measure` results (arrays left out)."""
+    missing = [k for k in REQUIRED_PROVENANCE if k not in provenance]
+    if missing:
+        raise ValueError(f"provenance lacks {', '.join(missing)}")
+    results = [results] if isinstance(results, Mapping) else list(results)
+    spaces, used = {}, set()
+    for r in results:
+        if r["feature_space"] in spaces:
+            raise ValueError(f"feature space {r['feature_space']!r} given twice")
+        spaces[r["feature_space"]] = {k: r[k] for k in ("dims", "n_real", "settings", "reference", "variants")}
+    def collect(node):
+        if isinstance(node, dict):
+            if "definition" in node:
+                used.add(node["definition"])
+            for v in node.values():
+                collect(v)
+    collect(spaces)
+    return _round({"schema": SCHEMA, "provenance": dict(provenance),
+                   "definitions": {k: DEFINITIONS[k] for k in sorted(used)}, "feature_spaces": spaces})
+
+
+def write_metrics_json(path, results, provenance: Mapping) -> Path:
+    """Write metrics.json atomically: sorted keys, floats rounded to 6 significant digits, one value a line."""
+    path = Path(path)
+    text = json.dumps(metrics_document(results, provenance), sort_keys=True, indent=1, allow_nan=False) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

@@ -1,0 +1,198 @@
+import json
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+from dmd2report.metrics import frechet_distance, measure, write_metrics_json
+
+PROV = {"model_checksum": "sha256:abc", "data": "toy", "config_hash": "h1"}
+
+
+def _col(v):
+    return np.asarray(v, np.float32)[:, None]
+
+
+def _overall(res, variant="v"):
+    return {k: e["value"] for k, e in res["variants"][variant]["overall"].items()}
+
+
+def test_hand_computed_1d():
+    # X = 0 1 2 10 11 12, Y = 0.5 1.5 3; k_pr = 1, k_dc = 2.
+    # r_1(X) = 1 1 1 1 1 1;  r_2(X) = 2 1 2 2 1 2;  r_1(Y) = 1 1 1.5.
+    # precision: 0.5 (x=0 at .5), 1.5 (x=1 at .5), 3 (x=2 at exactly 1 = r_1: the <= tie) -> 3/3 = 1
+    # recall: x=0 (y=.5 at .5 <= 1), x=1, x=2 (y=1.5 at .5) covered; 10, 11, 12 (>= 7 from y=3, r 1.5) not -> 1/2
+    # density (k=2): x=0 r2: y .5, 1.5 -> 2; x=1 r1: .5, 1.5 -> 2; x=2 r2: .5(1.5), 1.5(.5), 3(1) -> 3;
+    #   x=10..12: 0. Sum 7 -> 7 / (2 * 3) = 7/6
+    # coverage (k=2): x=0, 1, 2 covered, 10, 11, 12 not -> 1/2
+    x, y = _col([0, 1, 2, 10, 11, 12]), _col([0.5, 1.5, 3])
+    res = measure(x, None, {"v": (y, None)}, feature_space="t", k_pr=1, k_dc=2, k_neighbours=2,
+                  bootstrap=0, device="cpu")
+    m = _overall(res)
+    assert m["precision"] == 1.0
+    assert m["recall"] == 0.5
+    assert m["density"] == pytest.approx(7 / 6)
+    assert m["coverage"] == 0.5
+    arr = res["arrays"]["variants"]["v"]
+    np.testing.assert_array_equal(arr["real_covered"], [1, 1, 1, 0, 0, 0])
+    # x=2 (r_2 = 2) is covered by y=1.5 (d .5), y=3 (d 1), y=.5 (d 1.5): indices 1, 2, 0, nearest first
+    np.testing.assert_array_equal(arr["real_covered_by"][2, :4], [1, 2, 0, -1])
+    np.testing.assert_array_equal(arr["real_covered_by"][4], -1)
+    # per generated sample: y=.5 in the balls of x=0, 1, 2; y=1.5 likewise; y=3 only in x=2's -> 3 3 1, / k
+    np.testing.assert_array_equal(arr["gen_density"], np.array([3, 3, 1]) / 2)
+    # neighbours for the panel: y=3's nearest real are x=2 (1), x=1 (2); nearest other generated y=1.5 (1.5)
+    np.testing.assert_array_equal(arr["nn_real_idx"][2], [2, 1])
+    np.testing.assert_allclose(arr["nn_real_dist"][2], [1, 2])
+    np.testing.assert_array_equal(arr["nn_gen_idx"][2], [1, 0])
+    np.testing.assert_allclose(arr["nn_gen_dist"][2], [1.5, 2.5])
+    np.testing.assert_allclose(res["arrays"]["real"]["nn_real_dist"][3], [1, 2])   # x=10: 11 at 1, 12 at 2
+
+
+def test_hand_computed_2d_default_k():
+    # X: the 2x3 grid A(0,0) B(1,0) C(2,0) D(0,1) E(1,1) F(2,1).
+    # r_3: corners A C D F -> sqrt2 (distances 1, 1, sqrt2, 2, sqrt5); middles B E -> 1 (1, 1, 1, sqrt2, sqrt2)
+    # r_5: corners -> sqrt5; middles -> sqrt2.
+    # Y: G1 (1, .5), G2 (5, 5), G3 (0, -1).
+    # precision (k=3): G1 within .5 of B (r 1) yes; G2 no; G3 at 1 from A (r sqrt2) yes -> 2/3
+    # density (k=5): G1 is inside all 6 balls (corners at sqrt1.25 <= sqrt5, middles at .5 <= sqrt2);
+    #   G3: A (1), B (sqrt2 = r_5(B), tie), C (sqrt5 = r_5(C), tie), D (2 <= sqrt5) yes; E (sqrt5 > sqrt2),
+    #   F (sqrt8) no -> 4; G2: 0. (6 + 4) / (5 * 3) = 2/3
+    # coverage (k=5): G1 is inside every ball -> 1
+    # recall (k=3): only 3 generated points, r_3(Y) undefined -> None
+    x = np.array([[0, 0], [1, 0], [2, 0], [0, 1], [1, 1], [2, 1]], np.float32)
+    y = np.array([[1, 0.5], [5, 5], [0, -1]], np.float32)
+    res = measure(x, None, {"v": (y, None)}, feature_space="t", bootstrap=0, device="cpu")
+    m = _overall(res)
+    assert m["precision"] == pytest.approx(2 / 3)
+    assert m["density"] == pytest.approx(2 / 3)
+    assert m["coverage"] == 1.0
+    assert m["recall"] is None
+    e = res["variants"]["v"]["overall"]["density"]
+    assert (e["k"], e["n_real"], e["n_generated"], e["definition"]) == (5, 6, 3, "density")
+    np.testing.assert_array_equal(res["arrays"]["variants"]["v"]["gen_density"] * 5, [6, 0, 4])
+
+
+def test_identical_and_disjoint_sets():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    res = measure(x, None, {"same": (x.copy(), None), "far": (x + 1000, None)}, feature_space="t",
+                  bootstrap=0, device="cpu")
+    same, far = _overall(res, "same"), _overall(res, "far")
+    assert same["precision"] == same["recall"] == same["coverage"] == 1.0
+    assert same["fd"] == pytest.approx(0, abs=1e-6)
+    assert far["precision"] == far["recall"] == far["density"] == far["coverage"] == 0.0
+    assert far["fd"] == pytest.approx(8 * 1000**2, rel=1e-3)
+
+
+def _reference_prdc(x, y, k_pr=3, k_dc=5):
+    """Full-matrix float64 computation straight from the definitions."""
+    def dist(a, b):
+        return np.sqrt(((a[:, None, :].astype(np.float64) - b[None].astype(np.float64)) ** 2).sum(-1))
+    dxx, dyy, dyx = dist(x, x), dist(y, y), dist(y, x)
+    rx = lambda k: np.sort(dxx, axis=1)[:, k]   # column 0 is the point itself
+    ry = np.sort(dyy, axis=1)[:, k_pr]
+    return {"precision": (dyx <= rx(k_pr)[None]).any(1).mean(),
+            "recall": (dyx.T <= ry[None]).any(1).mean(),
+            "density": (dyx <= rx(k_dc)[None]).sum() / (k_dc * len(y)),
+            "coverage": (dyx.T <= rx(k_dc)[:, None]).any(1).mean()}
+
+
+@pytest.fixture(scope="module")
+def clustered():
+    rng = np.random.default_rng(3)
+    n_cls, d = 4, 12
+    centres = rng.normal(size=(n_cls, d)) * 3
+    rc = np.repeat(np.arange(n_cls), 60)
+    x = (centres[rc] + rng.normal(size=(len(rc), d))).astype(np.float32)
+    cond = np.repeat(np.arange(n_cls), 45)
+    y = (centres[cond] * 0.9 + 1.3 * rng.normal(size=(len(cond), d))).astype(np.float32)
+    return x, rc, y, cond
+
+
+def test_chunked_path_matches_full_matrix_and_chunk_size(clustered):
+    x, rc, y, cond = clustered
+    ref = _reference_prdc(x, y)
+    kw = dict(feature_space="t", bootstrap=20, device="cpu")
+    big = measure(x, rc, {"v": (y, cond)}, **kw)
+    small = measure(x, rc, {"v": (y, cond)}, max_block_bytes=3000, **kw)   # many query and base chunks
+    for name, value in ref.items():
+        assert _overall(big)[name] == pytest.approx(value, abs=1e-12), name
+    assert big["variants"] == small["variants"]
+    for key, a in big["arrays"]["variants"]["v"].items():
+        np.testing.assert_array_equal(a, small["arrays"]["variants"]["v"][key], err_msg=key)
+    # per-class scope: the same definitions on the class subsets
+    sel_x, sel_y = rc == 2, cond == 2
+    ref_c = _reference_prdc(x[sel_x], y[sel_y])
+    scope = big["variants"]["v"]["per_class"]["2"]
+    for name, value in ref_c.items():
+        assert scope[name]["value"] == pytest.approx(value, abs=1e-12), name
+        assert scope[name]["definition"] == name + "_in_class"
+    assert scope["coverage_global"]["value"] == pytest.approx(
+        big["arrays"]["variants"]["v"]["real_covered"][sel_x].mean())
+
+
+def test_bootstrap_interval_contains_estimate_and_is_seeded(clustered):
+    x, rc, y, cond = clustered
+    a = measure(x, rc, {"v": (y, cond)}, feature_space="t", bootstrap=100, seed=5, device="cpu", per_class=False)
+    b = measure(x, rc, {"v": (y, cond)}, feature_space="t", bootstrap=100, seed=5, device="cpu", per_class=False)
+    c = measure(x, rc, {"v": (y, cond)}, feature_space="t", bootstrap=100, seed=6, device="cpu", per_class=False)
+    for name in ("precision", "recall", "density", "coverage"):
+        e = a["variants"]["v"]["overall"][name]
+        assert e["ci_low"] <= e["value"] <= e["ci_high"], name
+        assert e["ci_low"] < e["ci_high"], name
+        assert b["variants"]["v"]["overall"][name] == e
+    assert c["variants"]["v"]["overall"]["precision"]["ci_low"] != a["variants"]["v"]["overall"]["precision"]["ci_low"]
+
+
+def test_class_fidelity_hand_computed():
+    # real class 0 at 0 1 2, class 1 at 10 11 12; centroids 1 and 11.
+    # y=1 cond 0: 3 nearest real 1 0 2 -> all class 0 -> 1; centroid 0 -> hit
+    # y=11 cond 0: 11 10 12 -> class 1 -> 0; centroid 1 -> miss
+    # y=8 cond 1: 10 (2) 11 (3) 12 (4), before 2 (6) -> 1; centroid 1 -> hit
+    # y=5 no class: left out of both.  fidelity 2/3 overall, class 0: 1/2, class 1: 1; centroid acc 2/3
+    x = _col([0, 1, 2, 10, 11, 12])
+    rc = np.array([0, 0, 0, 1, 1, 1])
+    y = _col([1, 11, 8, 5])
+    cond = np.array([0, 0, 1, -1])
+    res = measure(x, rc, {"v": (y, cond)}, feature_space="t", k_pr=1, k_dc=2, k_fidelity=3, k_neighbours=2,
+                  bootstrap=0, device="cpu")
+    m = _overall(res)
+    assert m["class_fidelity"] == pytest.approx(2 / 3)
+    assert m["centroid_accuracy"] == pytest.approx(2 / 3)
+    assert res["variants"]["v"]["overall"]["class_fidelity"]["n_generated"] == 3
+    pc = res["variants"]["v"]["per_class"]
+    assert pc["0"]["class_fidelity"]["value"] == 0.5 and pc["1"]["class_fidelity"]["value"] == 1.0
+    assert res["reference"]["centroid_accuracy"]["value"] == 1.0
+    np.testing.assert_array_equal(res["arrays"]["variants"]["v"]["gen_centroid_class"], [0, 1, 1, 0])
+
+
+def test_frechet_matches_scipy_sqrtm():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 6)) @ rng.normal(size=(6, 6))
+    y = rng.normal(size=(300, 6)) @ rng.normal(size=(6, 6)) + 0.5
+    s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    ref = np.sum((x.mean(0) - y.mean(0)) ** 2) + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
+    assert frechet_distance(x, y) == pytest.approx(ref, rel=1e-8)
+
+
+def test_metrics_json_is_stable_and_complete(tmp_path, clustered):
+    x, rc, y, cond = clustered
+    res = measure(x, rc, {"class": (y, cond), "uniform": (y[::2], None)}, feature_space="midblock/pca32",
+                  bootstrap=10, device="cpu")
+    p1 = write_metrics_json(tmp_path / "a" / "metrics.json", res, PROV)
+    p2 = write_metrics_json(tmp_path / "b.json", [res], PROV)
+    assert p1.read_bytes() == p2.read_bytes()
+    assert not list((tmp_path / "a").glob("*.tmp"))
+    doc = json.loads(p1.read_text())
+    assert doc["provenance"] == PROV
+    space = doc["feature_spaces"]["midblock/pca32"]
+    e = space["variants"]["class"]["overall"]["precision"]
+    assert set(e) >= {"value", "definition", "k", "n_real", "n_generated", "ci_low", "ci_high"}
+    assert e["k"] == 3 and e["n_real"] == 240 and e["n_generated"] == 180
+    assert e["definition"] in doc["definitions"] and "<=" in doc["definitions"]["precision"]
+    assert space["variants"]["uniform"]["per_class"]["1"].keys() == {"coverage_global"}
+    fd = space["variants"]["class"]["overall"]["fd"]["value"]
+    assert fd == float(f"{fd:.6g}")
+    assert p1.read_text().index('"config_hash"') < p1.read_text().index('"data"')   # sorted keys
+    with pytest.raises(ValueError, match="config_hash"):
+        write_metrics_json(tmp_path / "c.json", res, {"model_checksum": "x", "data": "y"})
