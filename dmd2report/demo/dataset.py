@@ -28,6 +28,7 @@ from ..errors import UserError
 
 NUM_CLASSES = 12
 RESOLUTION = 32
+DATASET_VERSION = 1  # bumped whenever the drawing changes, so caches of written data can key on it
 
 # (synset-like id, human name) in label order; NPZ label L is class L - 1.
 DEMO_CLASSES: list[tuple[str, str]] = [
