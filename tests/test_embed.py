@@ -1,0 +1,239 @@
+"""The map: fitting, projection, inversion, persistence (hash-checked), grid points and trust scores."""
+
+import hashlib
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dmd2report import embed
+from dmd2report.embed import (Embedding, balanced_subsample, even_grid, fit_embedding, load_embedding,
+                              nearest_stored, save_embedding, trust_scores, trust_summary)
+from dmd2report.errors import UserError
+
+N_PER_CLASS, DIM = 150, 20
+FIT = dict(pca_components=10, n_neighbors=10, min_dist=0.1, seed=3, fit_subsample=300, progress=False)
+
+
+def _clusters():
+    """Three well-separated Gaussian clusters in 20-D, classes interleaved so input order matters."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, DIM)) * 12
+    classes = np.tile(np.arange(3), N_PER_CLASS)
+    features = (centres[classes] + rng.normal(size=(len(classes), DIM))).astype(np.float32)
+    return features, classes
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    features, classes = _clusters()
+    return features, classes, fit_embedding(features, classes, **FIT)
+
+
+def _nearest_centroid(coords, classes):
+    centroids = np.stack([coords[classes == c].mean(axis=0) for c in range(3)])
+    return np.argmin(((coords[:, None] - centroids[None]) ** 2).sum(-1), axis=1)
+
+
+def test_fit_shapes_params_and_balanced_subsample(fitted):
+    features, classes, emb = fitted
+    assert emb.coords.shape == (len(features), 2) and emb.coords.dtype == np.float32
+    assert np.isfinite(emb.coords).all()
+    # N = 450 > fit_subsample = 300: the UMAP is fitted on 100 rows of each class, the rest projected
+    assert len(emb.fit_index) == 300 and np.bincount(classes[emb.fit_index]).tolist() == [100, 100, 100]
+    np.testing.assert_array_equal(emb.coords[emb.fit_index], emb.umap.embedding_)
+    assert emb.params["pca_components"] == 10 and emb.n_components == 10 and emb.n_features == DIM
+    assert emb.reduce(features).shape == (len(features), 10)
+
+
+def test_same_seed_same_map(fitted):
+    features, classes, emb = fitted
+    again = fit_embedding(features, classes, **FIT)
+    np.testing.assert_allclose(again.coords, emb.coords, atol=1e-5)
+    np.testing.assert_array_equal(again.fit_index, emb.fit_index)
+
+
+def test_separated_clusters_stay_separated(fitted):
+    _, classes, emb = fitted
+    # every point, fitted or projected, is nearer its own cluster's centre on the map than any other
+    assert (_nearest_centroid(emb.coords, classes) == classes).all()
+
+
+def test_transform_of_fitted_points_lands_near_their_coordinates(fitted):
+    features, classes, emb = fitted
+    idx = emb.fit_index[:60]
+    projected = emb.transform(features[idx], batch_size=25, progress=False)
+    assert projected.shape == (60, 2)
+    extent = np.ptp(emb.coords, axis=0).max()
+    assert np.median(np.linalg.norm(projected - emb.coords[idx], axis=1)) < 0.05 * extent
+    # and on the right island: nearer its own cluster's fitted points than any other cluster's
+    dist = np.stack([np.linalg.norm(projected[:, None] - emb.coords[classes == c][None], axis=2).min(1)
+                     for c in range(3)], axis=1)
+    assert (dist.argmin(axis=1) == classes[idx]).all()
+
+
+def test_transform_refuses_features_of_another_width(fitted):
+    _, _, emb = fitted
+    with pytest.raises(UserError, match="20 features"):
+        emb.transform(np.zeros((4, DIM + 1), np.float32), progress=False)
+
+
+def test_inverse_returns_near_the_original_features(fitted):
+    features, _, emb = fitted
+    rng = np.random.default_rng(1)
+    idx = rng.choice(emb.fit_index, 20, replace=False)
+    inverted = emb.inverse(emb.coords[idx])
+    assert inverted.shape == (20, DIM) and inverted.dtype == np.float32
+    reduced, back = emb.reduce(features), emb.reduce(inverted)
+    own = np.linalg.norm(back - reduced[idx], axis=1)
+    other = np.linalg.norm(back - reduced[rng.permutation(len(features))[:20]], axis=1)
+    assert np.median(own) < 0.5 * np.median(other)
+
+
+def test_inverse_of_points_off_the_map_uses_the_nearest_fitted_point(fitted):
+    _, _, emb = fitted
+    far = emb.coords.max(axis=0) + 100.0
+    assert not emb.inside(far[None])[0] and emb.inside(emb.coords[emb.fit_index[:5]]).all()
+    nearest = emb.umap.embedding_[np.argmin(np.linalg.norm(emb.umap.embedding_ - far, axis=1))]
+    np.testing.assert_allclose(emb.inverse_reduced(far[None]), emb.inverse_reduced(nearest[None]), atol=1e-4)
+
+
+def test_fit_refuses_nan_and_tiny_sets():
+    with pytest.raises(UserError, match="NaN"):
+        fit_embedding(np.array([[0.0, 1.0]] * 5 + [[np.nan, 0.0]]), None, progress=False)
+    with pytest.raises(UserError, match="at least 4"):
+        fit_embedding(np.zeros((3, 2)), None, progress=False)
+
+
+def test_balanced_subsample_shares_out_small_classes_and_is_seeded():
+    classes = np.array([0] * 5 + [1] * 100 + [2] * 100)
+    pick = balanced_subsample(classes, 105, seed=7)
+    assert np.bincount(classes[pick]).tolist() == [5, 50, 50] and len(np.unique(pick)) == 105
+    np.testing.assert_array_equal(pick, balanced_subsample(classes, 105, seed=7))
+    assert not np.array_equal(pick, balanced_subsample(classes, 105, seed=8))
+    assert np.bincount(classes[balanced_subsample(classes, 31, seed=0)]).tolist() in ([5, 13, 13], [5, 14, 12], [5, 12, 14])
+    np.testing.assert_array_equal(balanced_subsample(classes, 500, seed=0), np.arange(205))
+
+
+# ---------------------------------------------------------------- persistence
+
+
+def test_save_load_round_trip(fitted, tmp_path):
+    features, _, emb = fitted
+    path = tmp_path / "maps" / "midblock.umap.pkl"
+    digest = save_embedding(emb, path)
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left behind
+    loaded = load_embedding(path, digest)
+    assert isinstance(loaded, Embedding)
+    np.testing.assert_array_equal(loaded.coords, emb.coords)
+    np.testing.assert_allclose(loaded.transform(features[:10], progress=False),
+                               emb.transform(features[:10], progress=False), atol=1e-6)
+
+
+def test_tampered_map_is_refused(fitted, tmp_path):
+    _, _, emb = fitted
+    path = tmp_path / "map.pkl"
+    digest = save_embedding(emb, path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="map.pkl.*differs"):
+        load_embedding(path, digest)
+
+
+class _Payload:
+    """Unpickling this creates a file: the stand-in for a malicious pickle."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_foreign_pickle_is_never_unpickled(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "map.pkl"
+    path.write_bytes(pickle.dumps(_Payload(str(marker))))
+    with pytest.raises(UserError, match="refusing"):
+        load_embedding(path, hashlib.sha256(b"what the tool recorded").hexdigest())
+    with pytest.raises(UserError, match="no valid SHA-256"):
+        load_embedding(path, "")
+    assert not marker.exists()
+    # the payload is live: were its hash the recorded one, loading would run it
+    with pytest.raises(UserError, match="not a fitted map"):
+        load_embedding(path, hashlib.sha256(path.read_bytes()).hexdigest())
+    assert marker.exists()
+
+
+def test_missing_map_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="absent.pkl.*not found"):
+        load_embedding(tmp_path / "absent.pkl", "0" * 64)
+
+
+# ---------------------------------------------------------------- grid and neighbours
+
+
+def test_even_grid_keeps_only_occupied_cells():
+    # a full lattice on [0,1]^2: every grid point is kept, at the expected places
+    lattice = np.stack(np.meshgrid(np.linspace(0, 1, 41), np.linspace(0, 1, 41)), -1).reshape(-1, 2)
+    points, cells = even_grid(lattice, 5, margin=0.0, return_cells=True)
+    assert points.shape == (25, 2) and cells.tolist()[:6] == [[0, 0], [0, 1], [0, 2], [0, 3], [0, 4], [1, 0]]
+    np.testing.assert_allclose(points[:5], [[0, 0], [0.25, 0], [0.5, 0], [0.75, 0], [1, 0]], atol=1e-6)
+    # data in a left strip and a top-right corner: the empty middle of the box is dropped
+    rng = np.random.default_rng(0)
+    strip = rng.uniform([0, 0], [0.2, 1], size=(400, 2))
+    corner = rng.uniform([0.8, 0.8], [1, 1], size=(100, 2))
+    points = even_grid(np.concatenate([strip, corner]), 10, margin=0.05)
+    assert 0 < len(points) < 100
+    assert not ((points[:, 0] > 0.3) & (points[:, 0] < 0.7)).any()
+    assert ((points[:, 0] > 0.75) & (points[:, 1] > 0.75)).any() and (points[:, 0] < 0.25).sum() >= 10
+
+
+def test_nearest_stored_and_exact_knn_match_a_full_sort(monkeypatch):
+    rng = np.random.default_rng(2)
+    ref, query = rng.normal(size=(300, 7)), rng.normal(size=(50, 7))
+    monkeypatch.setattr(embed, "KNN_CHUNK_BYTES", 8 * 300 * 7)  # 7 query rows per chunk
+    idx, dist = embed._exact_knn(query, ref, 4)
+    full = np.linalg.norm(query[:, None] - ref[None], axis=2)
+    np.testing.assert_array_equal(idx, np.argsort(full, axis=1)[:, :4])
+    np.testing.assert_allclose(dist, np.sort(full, axis=1)[:, :4], rtol=1e-9)
+    self_idx, _ = embed._exact_knn(ref, ref, 3, exclude_self=True)
+    full = np.linalg.norm(ref[:, None] - ref[None], axis=2) + np.diag(np.full(300, np.inf))
+    np.testing.assert_array_equal(self_idx, np.argsort(full, axis=1)[:, :3])
+    near, d = nearest_stored(np.array([[0.1, 0.0], [2.9, 3.0]]), np.array([[0, 0], [1, 1], [3, 3]]), k=2)
+    assert near.tolist() == [[0, 1], [2, 1]] and d[0, 0] == pytest.approx(0.1)
+
+
+# ---------------------------------------------------------------- trust
+
+
+def test_trust_is_one_when_the_map_is_the_feature_space_and_low_when_shuffled():
+    rng = np.random.default_rng(4)
+    ref, query = rng.normal(size=(400, 2)), rng.normal(size=(100, 2))
+    assert (trust_scores(query, query, ref, ref, k=10) == 1).all()
+    assert (trust_scores(ref, ref, ref, ref, k=10, exclude_self=True) == 1).all()
+    shuffled = ref[rng.permutation(len(ref))]
+    low = trust_scores(ref, shuffled, ref, shuffled, k=10, exclude_self=True)
+    assert low.shape == (400,) and low.mean() < 0.1
+
+
+def test_trust_by_hand():
+    ref_feats = np.array([[0.0], [1.0], [10.0], [11.0]])
+    ref_map = np.array([[0.0], [10.0], [1.0], [11.0]])  # the map swaps references 1 and 2
+    # query at 0.4: nearest 2 in features {0, 1}, on the map {0, 2}: one of two kept
+    assert trust_scores(np.array([[0.4]]), np.array([[0.4]]), ref_feats, ref_map, k=2).tolist() == [0.5]
+    # excluding self: every reference's single nearest neighbour changes on the map ...
+    assert trust_scores(ref_feats, ref_map, ref_feats, ref_map, k=1, exclude_self=True).tolist() == [0, 0, 0, 0]
+    # ... with k=2, 0 keeps {1, 2}, 1 keeps {2} of {0, 2}, 2 keeps {1} of {3, 1}, 3 keeps {2, 1}
+    assert trust_scores(ref_feats, ref_map, ref_feats, ref_map, k=2, exclude_self=True).tolist() == [1, 0.5, 0.5, 1]
+    with pytest.raises(UserError, match="k=4"):
+        trust_scores(ref_feats, ref_map, ref_feats, ref_map, k=4, exclude_self=True)
+
+
+def test_trust_summary():
+    s = trust_summary(np.array([0.0, 0.5, 0.5, 1.0]))
+    assert s["n"] == 4 and s["mean"] == 0.5 and s["median"] == 0.5 and s["min"] == 0.0
+    assert trust_summary(np.array([])) == {"n": 0}
