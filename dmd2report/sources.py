@@ -364,3 +364,14 @@ def open_source(config, resolution: int) -> RealSource:
         root = ensure_demo_data(config.run.workdir, demo_per_class(config))
         return NpzSource(root, resolution, **common)
     raise UserError(f"data.source: {d.source!r} is not one of demo, imagenet64-npz, folder")
+
+
+def source_class_index(config) -> ClassIndex:
+    """The class index of the configured real data, without scanning it (names for generated sets)."""
+    d = config.data
+    if d.source == "demo":
+        from .demo.dataset import demo_class_index
+
+        return ClassIndex.from_mapping(demo_class_index(), "demo class index")
+    own = Path(d.path) / DATASET_INDEX_NAME
+    return ClassIndex.from_json(own) if own.is_file() else ClassIndex.imagenet()

@@ -1,0 +1,360 @@
+"""The activation store: one directory per set of samples (real, or generated per variant).
+
+    <store>/manifest.json                 config hash and key, model checksum, versions, counts (written last)
+    <store>/features/<layer>/chunk_NNNNNN.npy   reduced features (n, D), float16 by default
+    <store>/meta/chunk_NNNNNN.parquet     sample_id, source, seed, class_id, synset, name, variant,
+                                          label_index/label_weight (the label vector's non-zeros),
+                                          has_recon, has_full
+    <store>/thumbs/chunk_NNNNNN.npy       uint8 (n, T, T, 3)
+    <store>/recon/chunk_NNNNNN.npy        uint8 (n_recon, R, R, 3): the model's output for the real input
+    <store>/full/<layer>/chunk_NNNNNN.npy float32 (n_full, C, H, W): unreduced activations for masking
+    <store>/chunks/chunk_NNNNNN.json      the chunk's done marker (rows, skipped files), written last
+    <store>/pca.safetensors               the real store's PCA, when features are reduced by pca:K
+
+Chunk i holds the planned samples [i * chunk_size, (i + 1) * chunk_size) less any skipped ones.
+Every file is written to a temporary name and moved into place (os.replace), and a chunk
+counts as done only once its marker exists, so a killed run leaves either whole chunks or
+none; a rerun with the same configuration redoes only chunks without a marker and ends with
+the same bytes as an uninterrupted run (nothing written depends on time, paths or order).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import queue
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import UserError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def chunk_name(i: int) -> str:
+    return f"chunk_{i:06d}"
+
+
+def config_hash(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic files.
+
+def _open_binary(fd: int):
+    return os.fdopen(fd, "wb")
+
+
+def atomic_write(path: Path, write: Callable) -> None:
+    """Write through `write(fileobj)` into a temporary file beside `path`, then move it into place.
+
+    Disk full (ENOSPC) or any other OSError becomes a UserError; the temporary file is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with _open_binary(fd) as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(e, OSError):
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise UserError(f"{path}: disk full while writing ({e.strerror}); free space and rerun to resume") from None
+            raise UserError(f"{path}: cannot write ({e})") from None
+        raise
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
+
+
+def save_json(path: Path, obj) -> None:
+    text = json.dumps(obj, indent=1, sort_keys=True) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def save_parquet(path: Path, frame: pd.DataFrame) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    atomic_write(path, lambda f: pq.write_table(table, f, compression="zstd"))
+
+
+def _remove_temporaries(root: Path) -> None:
+    for p in root.rglob(".*.tmp"):
+        p.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Label vectors as their non-zeros (a one-hot over 1000 classes is one entry, not 1000).
+
+def sparse_labels(vectors: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    vectors = np.asarray(vectors, np.float32)
+    index = [np.flatnonzero(v).astype(np.int32) for v in vectors]
+    return index, [v[i] for v, i in zip(vectors, index)]
+
+
+def dense_labels(frame: pd.DataFrame, num_classes: int) -> np.ndarray:
+    out = np.zeros((len(frame), num_classes), np.float32)
+    for row, (i, w) in enumerate(zip(frame["label_index"], frame["label_weight"])):
+        out[row, np.asarray(i, np.int64)] = w
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing.
+
+class StoreWriter:
+    """Writes the chunks of one store; `key` is everything the content depends on.
+
+    Rank 0 prepares the directory (refusing an existing store of another configuration unless
+    `overwrite`); every rank then writes its own chunks; rank 0 finishes the manifest once all
+    chunks are done. Call `prepare()` on rank 0 before other ranks construct their writers.
+    """
+
+    def __init__(self, path: str | Path, key: dict, kind: str):
+        self.path = Path(path)
+        self.key = key
+        self.kind = kind
+        self.hash = config_hash(key)
+
+    def prepare(self, overwrite: bool = False, info: dict | None = None) -> None:
+        p = self.path
+        manifest = p / MANIFEST
+        if p.exists():
+            old = None
+            try:
+                old = json.loads(manifest.read_text())
+            except (OSError, ValueError):
+                pass
+            same = old is not None and old.get("config_hash") == self.hash
+            if not same and not overwrite:
+                if old is None and any(p.iterdir()):
+                    raise UserError(f"{p}: exists and is not a dmd2report store; remove it or use --overwrite")
+                if old is not None:
+                    diff = _key_diff(old.get("key", {}), self.key)
+                    raise UserError(f"{p}: holds a store made with another configuration ({diff}); "
+                                    "use --overwrite to replace it")
+            if not same and overwrite:
+                shutil.rmtree(p)
+        p.mkdir(parents=True, exist_ok=True)
+        _remove_temporaries(p)
+        if not manifest.exists():
+            save_json(manifest, self._manifest("incomplete", info or {}))
+
+    def _manifest(self, status: str, info: dict) -> dict:
+        return {"format": FORMAT_VERSION, "kind": self.kind, "status": status, "config_hash": self.hash,
+                "key": self.key, **info}
+
+    def done(self, i: int) -> bool:
+        return (self.path / "chunks" / f"{chunk_name(i)}.json").exists()
+
+    def write_chunk(self, i: int, features: dict[str, np.ndarray], meta: pd.DataFrame, thumbs: np.ndarray,
+                    recon: np.ndarray | None = None, full: dict[str, np.ndarray] | None = None,
+                    skipped: list[dict] | None = None) -> None:
+        """Write chunk i's files, then its marker. On failure none of the chunk's files remain."""
+        name = chunk_name(i)
+        files: list[tuple[Path, Callable]] = []
+        for layer, a in features.items():
+            files.append((self.path / "features" / layer / f"{name}.npy", lambda p, a=a: save_npy(p, a)))
+        files.append((self.path / "meta" / f"{name}.parquet", lambda p: save_parquet(p, meta)))
+        files.append((self.path / "thumbs" / f"{name}.npy", lambda p: save_npy(p, thumbs)))
+        if recon is not None:
+            files.append((self.path / "recon" / f"{name}.npy", lambda p: save_npy(p, recon)))
+        for layer, a in (full or {}).items():
+            files.append((self.path / "full" / layer / f"{name}.npy", lambda p, a=a: save_npy(p, a)))
+        marker = self.path / "chunks" / f"{name}.json"
+        info = {"chunk": i, "rows": int(len(meta)), "skipped": list(skipped or []),
+                "recon": 0 if recon is None else int(len(recon)),
+                "full": 0 if not full else int(len(next(iter(full.values()))))}
+        try:
+            for p, write in files:
+                write(p)
+            save_json(marker, info)
+        except BaseException:
+            for p, _ in files:
+                p.unlink(missing_ok=True)
+            raise
+
+    def finalize(self, n_chunks: int, info: dict) -> dict:
+        """Rank 0, after every chunk is done: the manifest, from the chunk markers (so it does not
+        depend on how the work was split or resumed)."""
+        markers = []
+        for i in range(n_chunks):
+            try:
+                markers.append(json.loads((self.path / "chunks" / f"{chunk_name(i)}.json").read_text()))
+            except FileNotFoundError:
+                raise UserError(f"{self.path}: chunk {i} is missing; rerun to complete the store") from None
+        manifest = self._manifest("complete", info) | {
+            "chunks": n_chunks,
+            "count": sum(m["rows"] for m in markers),
+            "recon_count": sum(m["recon"] for m in markers),
+            "full_count": sum(m["full"] for m in markers),
+            "skipped": [s for m in markers for s in m["skipped"]],
+        }
+        save_json(self.path / MANIFEST, manifest)
+        return manifest
+
+
+def _key_diff(old: dict, new: dict, prefix: str = "") -> str:
+    keys = sorted(set(old) | set(new))
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        if a != b:
+            if isinstance(a, dict) and isinstance(b, dict):
+                return _key_diff(a, b, f"{prefix}{k}.")
+            short = lambda v: (json.dumps(v, default=str)[:60])
+            return f"{prefix}{k} was {short(a)}, now {short(b)}"
+    return "an older format"
+
+
+class BackgroundWriter:
+    """Runs `StoreWriter.write_chunk` calls on a thread so that writing overlaps compute.
+
+    At most `depth` chunks wait in the queue (bounding memory); an error on the thread is
+    raised again at the next `submit` or at `close`.
+    """
+
+    def __init__(self, writer: StoreWriter, depth: int = 2):
+        self.writer = writer
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name="store-writer", daemon=True)
+        self.thread.start()
+
+    def _loop(self):
+        while True:
+            job = self.queue.get()
+            if job is None:
+                return
+            if self.error is None:
+                try:
+                    self.writer.write_chunk(*job[0], **job[1])
+                except BaseException as e:  # handed to the main thread
+                    self.error = e
+
+    def submit(self, *args, **kwargs):
+        self._raise()
+        self.queue.put((args, kwargs))
+
+    def _raise(self):
+        if self.error is not None:
+            e, self.error = self.error, None
+            raise e
+
+    def close(self, raise_errors: bool = True):
+        self.queue.put(None)
+        self.thread.join()
+        if raise_errors:
+            self._raise()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        self.close(raise_errors=exc_type is None)
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading.
+
+class Store:
+    """A finished store. Arrays of every chunk are concatenated in sample order."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self.manifest = json.loads((self.path / MANIFEST).read_text())
+        except FileNotFoundError:
+            raise UserError(f"{self.path}: no store here (no {MANIFEST}); run the extract/generate stage first") from None
+        except ValueError as e:
+            raise UserError(f"{self.path / MANIFEST}: unreadable manifest ({e})") from None
+        if self.manifest.get("status") != "complete":
+            raise UserError(f"{self.path}: the store is incomplete (interrupted run); rerun the same command to finish it")
+        self.chunks = [chunk_name(i) for i in range(self.manifest["chunks"])]
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.manifest["layers"])
+
+    def __len__(self) -> int:
+        return int(self.manifest["count"])
+
+    def _concat(self, parts: list[np.ndarray]) -> np.ndarray:
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _arrays(self, sub: str) -> list[np.ndarray]:
+        return [np.load(self.path / sub / f"{c}.npy", mmap_mode="r", allow_pickle=False) for c in self.chunks]
+
+    def features(self, layer: str) -> np.ndarray:
+        """(N, D) features of a layer: memory-mapped when the store is one chunk, else concatenated."""
+        if layer not in self.manifest["layers"]:
+            raise UserError(f"{self.path}: no features of layer {layer!r}; stored: {', '.join(self.layers)}")
+        return self._concat(self._arrays(f"features/{layer}"))
+
+    def iter_features(self, layer: str):
+        """Memory-mapped (n, D) arrays chunk by chunk, for data larger than memory."""
+        yield from self._arrays(f"features/{layer}")
+
+    def metadata(self) -> pd.DataFrame:
+        frames = [pd.read_parquet(self.path / "meta" / f"{c}.parquet") for c in self.chunks]
+        return pd.concat(frames, ignore_index=True) if len(frames) != 1 else frames[0]
+
+    def label_vectors(self, num_classes: int | None = None) -> np.ndarray:
+        return dense_labels(self.metadata(), num_classes or int(self.manifest["num_classes"]))
+
+    def thumbnails(self) -> np.ndarray:
+        return self._concat(self._arrays("thumbs"))
+
+    def reconstructions(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sample_ids, uint8 (n, R, R, 3)) of the samples whose reconstruction was kept."""
+        meta = self.metadata()
+        return meta["sample_id"].to_numpy()[meta["has_recon"].to_numpy()], self._concat(self._arrays("recon"))
+
+    def full_activations(self, layer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(sample_ids, float32 (n, C, H, W)) of the masking layer for the samples that kept them."""
+        layer = layer or self.manifest.get("full_layer")
+        if not layer or layer != self.manifest.get("full_layer"):
+            raise UserError(f"{self.path}: full activations are stored for {self.manifest.get('full_layer')!r} only, not {layer!r}")
+        meta = self.metadata()
+        return meta["sample_id"].to_numpy()[meta["has_full"].to_numpy()], self._concat(self._arrays(f"full/{layer}"))
+
+    def pca(self) -> dict | None:
+        """{layer: {"mean", "components", "explained_variance"}} (torch tensors), or None."""
+        return load_pca(self.path / "pca.safetensors") if (self.path / "pca.safetensors").exists() else None
+
+
+def load_pca(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    flat = load_file(str(path))
+    out: dict[str, dict] = {}
+    for k, v in flat.items():
+        layer, what = k.rsplit(".", 1)
+        out.setdefault(layer, {})[what] = v
+    return out
+
+
+def save_pca(path: Path, pca: dict, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save
+
+    flat = {f"{layer}.{what}": t.detach().cpu().contiguous() for layer, d in pca.items() for what, t in d.items()}
+    data = save(flat, metadata=metadata)
+    atomic_write(path, lambda f: f.write(data))
