@@ -1,0 +1,155 @@
+"""The generate stage: one-step DMD2 samples of one conditioning variant -> features and thumbnails in a store.
+
+Sample i is G(80 z_i, 80, c_i) with z_i = sample_noise(run.seed, seed_indices[i]) and c_i its
+label vector (one-hot for `class`, 1/K for `uniform`, zeros for `zero`, or the given rows, e.g.
+a blend of neighbours' classes). The chosen layers are captured during the full forward pass
+(the image is needed for the thumbnail) and reduced exactly as the real set's features were:
+with `pca:K`, by the PCA saved in the real store. The chunking, resuming, writer thread and
+sharding are those of the extract stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .errors import UserError
+from .extract import (Progress, Reducer, barrier, compute_key, dist_rank_world, feature_dims, gather, parse_reduce,
+                      prefetch, print_full_size, store_dir, thumbnails, to_device, versions)
+from .layers import ActivationCapture, resolve_layer
+from .sampling import SIGMA_MAX, condition_vectors, sample_noise
+from .store import BackgroundWriter, StoreWriter, load_pca, save_json, sparse_labels
+
+
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed_indices, label_vectors=None, *,
+                 overwrite: bool = False, progress: bool = True) -> Path:
+    """Generate one variant's samples into `<workdir>/stores/gen-<variant>`; returns the store path.
+
+    `class_ids` (N,) is the class each sample is shown as (-1: none); `seed_indices` (N,) the noise
+    indices (distinct); `label_vectors` (N, K) the conditioning, or None to derive it from the
+    variant (`class`: one-hot of class_ids, `uniform`, `zero`). Resumes an interrupted run.
+    """
+    from .sources import source_class_index
+
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", variant):
+        raise UserError(f"variant name {variant!r}: use letters, digits, '_', '-' or '.'")
+    device = next(net.parameters()).device
+    rank, world = dist_rank_world()
+    show = progress and rank == 0
+    f = config.features
+    layers = list(f.layers)
+    for name in layers:
+        resolve_layer(net, name)
+    mode, _ = parse_reduce(f.reduce)
+    K = net.label_dim
+
+    class_ids = np.asarray(class_ids, np.int64).reshape(-1)
+    seed_indices = np.asarray(seed_indices, np.int64).reshape(-1)
+    n = len(seed_indices)
+    if len(class_ids) != n:
+        raise UserError(f"generate {variant}: {len(class_ids)} class ids for {n} seeds")
+    if len(np.unique(seed_indices)) != n:
+        raise UserError(f"generate {variant}: seed indices repeat; each sample needs its own")
+    if n and (class_ids.min() < -1 or class_ids.max() >= K):
+        raise UserError(f"generate {variant}: class ids must lie in -1..{K - 1}")
+    if label_vectors is None:
+        if variant == "class" and (class_ids < 0).any():
+            raise UserError("generate class: every sample needs a class id")
+        vectors = condition_vectors(variant, K, classes=class_ids if variant == "class" else None, count=n)
+    else:
+        vectors = condition_vectors("vector", K, weights=label_vectors)
+        if len(vectors) != n:
+            raise UserError(f"generate {variant}: {len(vectors)} label vectors for {n} seeds")
+    vectors = vectors.numpy().astype(np.float32)
+
+    pca = None
+    if mode == "pca":
+        pca_path = store_dir(config, "real") / "pca.safetensors"
+        if not pca_path.exists():
+            raise UserError(f"{pca_path}: no PCA to reduce generated features with; run the extract stage first")
+        pca_digest = hashlib.sha256(pca_path.read_bytes()).hexdigest()[:16]
+        pca = load_pca(pca_path)
+    index = source_class_index(config)
+    cs = f.chunk_size
+    n_chunks = -(-n // cs)
+    key = {
+        "stage": "generated", "variant": variant, "seed": config.run.seed,
+        "class_ids": _digest(class_ids), "seed_indices": _digest(seed_indices), "label_vectors": _digest(vectors),
+        "model_checksum": model_checksum, "resolution": net.img_resolution, "num_classes": K,
+        "features": {"layers": layers, "reduce": f.reduce, "dtype": f.dtype, "chunk_size": cs,
+                     "pca": pca_digest if mode == "pca" else None},
+        "thumb_size": config.report.thumb_size, "compute": compute_key(net, device),
+    }
+    path = store_dir(config, f"gen-{variant}")
+    writer = StoreWriter(path, key, "generated")
+    dims = feature_dims(net, layers, f.reduce)
+    info = {"model_checksum": model_checksum, "versions": versions(), "layers": layers, "feature_dims": dims,
+            "reduction": f.reduce, "dtype": f.dtype, "variant": variant, "seed": config.run.seed,
+            "chunk_size": cs, "num_classes": K, "resolution": net.img_resolution,
+            "thumb_size": config.report.thumb_size, "planned": n, "full_layer": None}
+    if rank == 0:
+        writer.prepare(overwrite, info)
+        if mode == "full":
+            print_full_size(n, dims, f.dtype, show)
+    barrier(world)
+    reducer = Reducer(f.reduce, f.dtype, pca, device)
+    shape = (net.img_channels, net.img_resolution, net.img_resolution)
+
+    def load(i):
+        sl = slice(i * cs, min((i + 1) * cs, n))
+        z = sample_noise(config.run.seed, seed_indices[sl], shape)
+        return (z.pin_memory() if device.type == "cuda" else z), torch.from_numpy(vectors[sl])
+
+    todo = [i for i in range(rank, n_chunks, world) if not writer.done(i)]
+    bar = Progress(sum(min(cs, n - i * cs) for i in todo), f"generate {variant}", show)
+    try:
+        with BackgroundWriter(writer) as bg:
+            for i, (z, c) in prefetch(load, todo):
+                sl = slice(i * cs, min((i + 1) * cs, n))
+                feats, thumbs = _generate_chunk(net, z, c, layers, reducer, device, f.batch_size,
+                                                config.report.thumb_size, bar)
+                ids = class_ids[sl]
+                idx, w = sparse_labels(vectors[sl])
+                meta = pd.DataFrame({
+                    "sample_id": np.arange(sl.start, sl.stop, dtype=np.int64),
+                    "source": [f"seed {config.run.seed} #{s}" for s in seed_indices[sl]],
+                    "seed": np.full(len(ids), config.run.seed, np.int64), "seed_index": seed_indices[sl],
+                    "class_id": ids, "synset": [index.synset(int(c)) for c in ids],
+                    "name": [index.name(int(c)) for c in ids], "variant": variant,
+                    "label_index": idx, "label_weight": w,
+                    "has_recon": np.zeros(len(ids), bool), "has_full": np.zeros(len(ids), bool)})
+                bg.submit(i, {l: gather(v, (dims[l],), reducer.dtype) for l, v in feats.items()}, meta,
+                          gather(thumbs, (min(config.report.thumb_size, net.img_resolution),) * 2 + (3,), torch.uint8))
+    finally:
+        bar.close()
+    barrier(world)
+    if rank == 0:
+        save_json(path / "class_index.json", index.to_mapping())
+        writer.finalize(n_chunks, info)
+    barrier(world)
+    return path
+
+
+def _generate_chunk(net, z, c, layers, reducer: Reducer, device, batch_size: int, thumb_size: int, bar: Progress):
+    feats: dict[str, list] = {l: [] for l in layers}
+    thumbs = []
+    with ActivationCapture(net, layers, reduce=reducer.capture_mode(False)) as cap:
+        for b in range(0, len(z), batch_size):
+            x = to_device(z[b:b + batch_size], device)
+            y = to_device(c[b:b + batch_size], device)
+            images = cap.run(SIGMA_MAX * x, torch.full((len(x),), SIGMA_MAX, device=device), y)
+            for l in layers:
+                feats[l].append(reducer(l, cap.activations[l]))
+            thumbs.append(thumbnails(images, thumb_size))
+            bar.update(len(x))
+    return feats, thumbs
