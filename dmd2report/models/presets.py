@@ -14,6 +14,13 @@ PRESETS: dict[str, dict] = {
         model_channels=192, channel_mult=[1, 2, 3, 4], channel_mult_emb=4, num_blocks=3,
         attn_resolutions=[32, 16, 8], dropout=0.0, label_dropout=0,
     ),
+    # The bundled demo generator (data/demo/), trained on the procedural demo dataset (12 classes, 32x32).
+    "demo": dict(
+        img_resolution=32, img_channels=3, label_dim=12, use_fp16=False, sigma_min=0,
+        sigma_max=float("inf"), sigma_data=0.5, model_type="DhariwalUNet", augment_dim=0,
+        model_channels=32, channel_mult=[1, 2, 2], channel_mult_emb=4, num_blocks=2,
+        attn_resolutions=[8], dropout=0.0, label_dropout=0,
+    ),
     # The reference vectors' tiny configuration (tests/fixtures/dhariwal_tiny.config.json).
     "tiny": dict(
         img_resolution=16, img_channels=3, label_dim=10, use_fp16=False, sigma_min=0,
