@@ -1,0 +1,262 @@
+"""The Bokeh figures of the report. Markup and interaction live in the templates and site JS.
+
+Naming convention the site JS relies on: every point renderer is named "<fig>:pt:real" or
+"<fig>:pt:gen:<i>" and its source has columns x, y, row (point row); "<fig>:hl" is the highlight
+ring layer. Mouse move, tap and selection call window.DMD2Site with the figure name, so the
+hover card shows the one nearest point (a grid lookup in JS) instead of Bokeh's tooltip stack.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from bokeh import events
+from bokeh.models import (BoxSelectTool, ColumnDataSource, CustomJS, FactorRange, LassoSelectTool, Legend,
+                          LegendItem, PanTool, ResetTool, WheelZoomTool)
+from bokeh.plotting import figure
+
+from . import palette
+from .data import ReportData
+
+_JS_MOVE = "window.DMD2Site && DMD2Site.hover(fig, cb_obj)"
+_JS_LEAVE = "window.DMD2Site && DMD2Site.unhover(fig)"
+_JS_TAP = "window.DMD2Site && DMD2Site.tap(fig, cb_obj)"
+_JS_SELECT = "window.DMD2Site && DMD2Site.selected(fig)"
+
+
+def _figure(name: str, *, height: int | None = None, select: bool = True, **kw):
+    tools = [PanTool(), WheelZoomTool(), ResetTool()]
+    if select:
+        tools += [BoxSelectTool(), LassoSelectTool()]
+    fig = figure(name=name, tools=tools, active_scroll=tools[1], output_backend="webgl", toolbar_location="above",
+                 background_fill_color=None, border_fill_color=None, outline_line_color=None,
+                 sizing_mode="stretch_both" if height is None else "stretch_width", height=height or 600,
+                 min_border_left=40, **kw)
+    fig.toolbar.logo = None
+    fig.grid.grid_line_alpha = 0.25
+    fig.axis.axis_line_alpha = 0.4
+    fig.axis.major_tick_line_alpha = 0.4
+    fig.axis.minor_tick_line_color = None
+    return fig
+
+
+def _interactive(fig, name: str):
+    fig.js_on_event(events.MouseMove, CustomJS(args={"fig": name}, code=_JS_MOVE))
+    fig.js_on_event(events.MouseLeave, CustomJS(args={"fig": name}, code=_JS_LEAVE))
+    fig.js_on_event(events.Tap, CustomJS(args={"fig": name}, code=_JS_TAP))
+
+
+def _source(points: pd.DataFrame, rows: np.ndarray, **extra) -> ColumnDataSource:
+    rows = np.asarray(rows, np.int32)
+    return ColumnDataSource({"x": points["x"].to_numpy(np.float32)[rows], "y": points["y"].to_numpy(np.float32)[rows],
+                             "row": rows, **extra})
+
+
+def _points(fig, name: str, label: str, src: ColumnDataSource, *, selectable: bool, **glyph):
+    r = fig.scatter("x", "y", source=src, name=name, **glyph)
+    if selectable:
+        src.selected.js_on_change("indices", CustomJS(args={"fig": name.split(":")[0]}, code=_JS_SELECT))
+    r.nonselection_glyph = None  # keep unselected points as they are: selection shows in the side grid
+    return r
+
+
+def _highlight(fig, name: str):
+    src = ColumnDataSource({"x": np.zeros(0, np.float32), "y": np.zeros(0, np.float32)})
+    fig.scatter("x", "y", source=src, name=f"{name}:hl", size=11, fill_alpha=0, line_width=2,
+                line_color="#e8175d", line_alpha=0.9)
+    # The clicked point (large ring) and its activation-space neighbours (small rings).
+    focus = ColumnDataSource({"x": np.zeros(0, np.float32), "y": np.zeros(0, np.float32), "size": np.zeros(0, np.float32)})
+    fig.scatter("x", "y", source=focus, name=f"{name}:focus", size="size", fill_alpha=0, line_width=2.5,
+                line_color="#0ea5e9", line_alpha=1.0)
+
+
+def _class_label(data: ReportData, class_id: int) -> str:
+    row = data.classes[data.classes["class_id"] == class_id]
+    return f"{class_id} {row['name'].iat[0]}" if len(row) else str(class_id)
+
+
+def _real_background(fig, name: str, data: ReportData, rows: np.ndarray, *, selectable: bool, size: float = 4,
+                     alpha: float = 0.22) -> list[LegendItem]:
+    r = _points(fig, f"{name}:pt:real", "real", _source(data.points, rows), selectable=selectable,
+                size=size, marker="circle", fill_color=palette.REAL_COLOUR, fill_alpha=alpha, line_color=None)
+    return [LegendItem(label=f"real ({len(rows):,})", renderers=[r])]
+
+
+def map_figure(data: ReportData, color_by: str, name: str = "map"):
+    """Real points grey beneath, generated points coloured by class or variant, shape by variant."""
+    p = data.points
+    fig = _figure(name, x_axis_label="map x", y_axis_label="map y")
+    real_rows = np.flatnonzero((p["set"] == "real").to_numpy())
+    items = _real_background(fig, name, data, real_rows, selectable=True)
+    gen = p[p["set"] == "generated"]
+    variant_order = list(dict.fromkeys(gen["variant"]))
+    markers = np.array([palette.variant_marker(v, variant_order) for v in gen["variant"]])
+    gen_rows = gen.index.to_numpy()
+    if color_by == "variant":
+        groups = [(f"{v} ({(gen['variant'] == v).sum():,})", (gen["variant"] == v).to_numpy(), c, None)
+                  for v, c in palette.variant_colours(variant_order).items()]
+    else:
+        counts = gen["class_id"].value_counts().to_dict()
+        own, rest = palette.class_groups(counts)
+        groups = [(f"{_class_label(data, c) if c >= 0 else 'no class'} ({counts[c]:,})", (gen["class_id"] == c).to_numpy(), col, None)
+                  for c, col in own]
+        if rest:
+            mask = gen["class_id"].isin(list(rest)).to_numpy()
+            colours = np.array([rest[c] for c in gen["class_id"][mask]])
+            groups.append((f"{len(rest)} other classes ({mask.sum():,})", mask, None, colours))
+    for i, (label, mask, colour, colours) in enumerate(groups):
+        extra = {"marker": markers[mask]}
+        if colours is not None:
+            extra["color"] = colours
+        src = _source(p, gen_rows[mask], **extra)
+        r = _points(fig, f"{name}:pt:gen:{i}", label, src, selectable=True, size=7, marker="marker",
+                    fill_color="color" if colours is not None else colour, fill_alpha=0.85,
+                    line_color="#ffffff", line_alpha=0.35, line_width=0.5)
+        items.append(LegendItem(label=label, renderers=[r]))
+    _highlight(fig, name)
+    legend = Legend(items=items, click_policy="hide", location="top_left", label_text_font_size="11px",
+                    glyph_height=14, glyph_width=14, spacing=1, background_fill_alpha=0.0, border_line_alpha=0.0)
+    fig.add_layout(legend, "right")
+    _interactive(fig, name)
+    return fig
+
+
+def _subsample(rows: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    if len(rows) <= n:
+        return rows
+    return np.sort(np.random.default_rng(seed).choice(rows, n, replace=False))
+
+
+def class_figure(data: ReportData, class_id: int, colour: str, name: str):
+    """The class's region on the map: its real and generated points over a faint subsample of all real."""
+    p = data.points
+    fig = _figure(name, height=420, select=False, x_axis_label="map x", y_axis_label="map y")
+    real = np.flatnonzero((p["set"] == "real").to_numpy())
+    in_class = (p["class_id"] == class_id).to_numpy()
+    _real_background(fig, name, data, _subsample(real[~in_class[real]], 3000), selectable=False, alpha=0.15)
+    rr = np.flatnonzero(in_class & (p["set"] == "real").to_numpy())
+    gr = np.flatnonzero(in_class & (p["set"] == "generated").to_numpy())
+    r1 = _points(fig, f"{name}:pt:gen:0", "real", _source(p, rr), selectable=False, size=6, marker="circle",
+                 fill_color=palette.REAL_COLOUR, fill_alpha=0.8, line_color=None)
+    order = list(dict.fromkeys(p["variant"][gr]))
+    r2 = _points(fig, f"{name}:pt:gen:1", "generated",
+                 _source(p, gr, marker=np.array([palette.variant_marker(v, order) for v in p["variant"][gr]])),
+                 selectable=False, size=8, marker="marker", fill_color=colour, fill_alpha=0.9,
+                 line_color="#ffffff", line_alpha=0.4)
+    fig.add_layout(Legend(items=[LegendItem(label=f"real, this class ({len(rr)})", renderers=[r1]),
+                                 LegendItem(label=f"generated ({len(gr)})", renderers=[r2])],
+                          click_policy="hide", location="top_left", background_fill_alpha=0.0, border_line_alpha=0.0), "right")
+    _interactive(fig, name)
+    return fig
+
+
+def variants_figure(data: ReportData, rows: pd.DataFrame, name: str = "variants"):
+    """Variant samples in the real map, a line from each class-conditioned sample to its variants."""
+    p = data.points
+    fig = _figure(name, height=560, select=False, x_axis_label="map x", y_axis_label="map y")
+    real = np.flatnonzero((p["set"] == "real").to_numpy())
+    items = _real_background(fig, name, data, _subsample(real, 5000), selectable=False, alpha=0.15)
+    xs0, ys0, xs1, ys1 = [], [], [], []
+    for _, g in rows.groupby(["class_id", "seed_index"]):
+        base = g[g["variant"] == "class"]["point"]
+        if not len(base):
+            continue
+        b = int(base.iat[0])
+        for q in g[g["variant"] != "class"]["point"]:
+            xs0.append(p["x"].iat[b]); ys0.append(p["y"].iat[b]); xs1.append(p["x"].iat[int(q)]); ys1.append(p["y"].iat[int(q)])
+    seg = fig.segment(xs0, ys0, xs1, ys1, line_color=palette.REAL_COLOUR, line_alpha=0.6, line_width=1)
+    items.append(LegendItem(label="class sample → its variants", renderers=[seg]))
+    order = list(dict.fromkeys(rows["variant"]))
+    for i, (v, c) in enumerate(palette.variant_colours(order).items()):
+        pts = rows[rows["variant"] == v]["point"].to_numpy()
+        r = _points(fig, f"{name}:pt:gen:{i}", v, _source(p, pts), selectable=False, size=9,
+                    marker=palette.variant_marker(v, order), fill_color=c, fill_alpha=0.9, line_color="#ffffff", line_alpha=0.4)
+        items.append(LegendItem(label=f"{v} ({len(pts)})", renderers=[r]))
+    fig.add_layout(Legend(items=items, click_policy="hide", location="top_left", background_fill_alpha=0.0,
+                          border_line_alpha=0.0), "right")
+    _interactive(fig, name)
+    return fig
+
+
+def coverage_figure(data: ReportData, name: str = "coverage"):
+    """Real points coloured by covered or not (and shaped: circle covered, x not)."""
+    p = data.points
+    fig = _figure(name, height=480, select=False, x_axis_label="map x", y_axis_label="map y")
+    real = (p["set"] == "real").to_numpy()
+    cov = p["covered"].fillna(False).astype(bool).to_numpy()
+    items = []
+    for i, (label, mask, colour, marker) in enumerate((("covered", real & cov, palette.COVERED_COLOUR, "circle"),
+                                                        ("not covered", real & ~cov, palette.UNCOVERED_COLOUR, "x"))):
+        rows = np.flatnonzero(mask)
+        r = _points(fig, f"{name}:pt:gen:{i}", label, _source(p, rows), selectable=False, size=5 if marker == "circle" else 6,
+                    marker=marker, fill_color=colour, line_color=colour, fill_alpha=0.5, line_alpha=0.8)
+        items.append(LegendItem(label=f"{label} ({len(rows):,})", renderers=[r]))
+    fig.add_layout(Legend(items=items, click_policy="hide", location="top_left", background_fill_alpha=0.0,
+                          border_line_alpha=0.0), "right")
+    _interactive(fig, name)
+    return fig
+
+
+def nn_histogram(data: ReportData, name: str = "nnhist"):
+    """Distance to the k-th nearest real sample: real (leave-one-out) against generated."""
+    a, b = np.asarray(data.nn_real_real, float), np.asarray(data.nn_gen_real, float)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    both = np.concatenate([a, b]) if len(a) + len(b) else np.zeros(1)
+    edges = np.histogram_bin_edges(both, bins=40)
+    fig = figure(name=name, height=320, sizing_mode="stretch_width", tools="pan,wheel_zoom,reset", toolbar_location="above",
+                 background_fill_color=None, border_fill_color=None, outline_line_color=None,
+                 x_axis_label="distance to k-th nearest real sample (activation space)", y_axis_label="share of samples")
+    fig.toolbar.logo = None
+    for arr, label, colour, hatch in ((a, f"real → real ({len(a):,})", palette.REAL_COLOUR, " "),
+                                      (b, f"generated → real ({len(b):,})", palette.PALETTE[0], "/")):
+        h = np.histogram(arr, bins=edges)[0] / max(len(arr), 1)
+        fig.quad(top=h, bottom=0, left=edges[:-1], right=edges[1:], fill_color=colour, fill_alpha=0.45,
+                 line_color=colour, hatch_pattern=hatch, hatch_color=colour, hatch_alpha=0.5, legend_label=label)
+    fig.legend.click_policy = "hide"
+    fig.legend.background_fill_alpha = 0.0
+    fig.legend.border_line_alpha = 0.0
+    fig.grid.grid_line_alpha = 0.25
+    return fig
+
+
+def bar_chart(table: pd.DataFrame, label_col: str, metrics: list[str], name: str, title: str):
+    """Grouped bars: one group per row of `table`, one bar per metric (hatched differently)."""
+    factors = [(str(r), m) for r in table[label_col] for m in metrics]
+    values = [float(v) if pd.notna(v) else 0.0 for _, row in table.iterrows() for v in (row[m] for m in metrics)]
+    colours = [palette.PALETTE[i % len(palette.PALETTE)] for _ in range(len(table)) for i in range(len(metrics))]
+    src = ColumnDataSource({"x": factors, "top": values, "color": colours, "metric": [m for _, m in factors]})
+    fig = figure(name=name, x_range=FactorRange(*factors), height=320, sizing_mode="stretch_width",
+                 tools="pan,xwheel_zoom,reset", toolbar_location="above", title=title, y_range=(0, 1.05),
+                 background_fill_color=None, border_fill_color=None, outline_line_color=None)
+    fig.toolbar.logo = None
+    fig.vbar(x="x", top="top", width=0.85, source=src, fill_color="color", line_color=None, legend_group="metric")
+    fig.xaxis.major_label_orientation = 1.0
+    fig.xgrid.grid_line_color = None
+    fig.ygrid.grid_line_alpha = 0.25
+    fig.legend.orientation = "horizontal"
+    fig.legend.location = "top_right"
+    fig.legend.background_fill_alpha = 0.0
+    fig.legend.border_line_alpha = 0.0
+    return fig
+
+
+def atlas_figure(data: ReportData, name: str = "atlas"):
+    """The grid generations laid out where they were inverse-projected from, over the real points."""
+    p, grid = data.points, data.atlas.grid
+    fig = _figure(name, height=640, select=False, x_axis_label="map x", y_axis_label="map y", match_aspect=True)
+    real = np.flatnonzero((p["set"] == "real").to_numpy())
+    _real_background(fig, name, data, _subsample(real, 5000), selectable=False, alpha=0.12)
+    xs, ys = np.unique(grid["x"].round(9)), np.unique(grid["y"].round(9))
+    dw = float(np.min(np.diff(xs))) * 0.96 if len(xs) > 1 else 1.0
+    dh = float(np.min(np.diff(ys))) * 0.96 if len(ys) > 1 else 1.0
+    imgs, x0, y0 = [], [], []
+    for x, y, t in grid[["x", "y", "thumb"]].itertuples(index=False):
+        if t < 0:
+            continue
+        rgb = data.thumbnails[int(t)][::-1]  # image_rgba's origin is bottom-left
+        rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]).copy().view(np.uint32)[..., 0]
+        imgs.append(rgba); x0.append(x - dw / 2); y0.append(y - dh / 2)
+    if imgs:
+        fig.image_rgba(image=imgs, x=x0, y=y0, dw=dw, dh=dh)
+    _interactive(fig, name)
+    return fig

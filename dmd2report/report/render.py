@@ -1,0 +1,337 @@
+"""Render a ReportData into the static site (a folder, or one inlined HTML file).
+
+The site is written into a temporary sibling folder and swapped in at the end, so a failure
+never leaves a half-written site that looks complete. BokehJS is copied from the installed
+bokeh package into site/static/ (one copy shared by all pages); nothing is loaded from a CDN.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import jinja2
+import numpy as np
+import pandas as pd
+from bokeh.embed import components
+from bokeh.util.paths import bokehjs_path
+
+from ..errors import UserError
+from . import figures, palette, sprites
+from .data import ReportData
+
+BOKEH_FILES = ["bokeh.min.js", "bokeh-gl.min.js"]
+SITE_MARKER = ".dmd2report-site"     # marks a folder as a rendered site, so re-rendering may replace it
+THUMB_PX = 64                        # displayed thumbnail side in grids and panels
+MAX_GRID = 60                        # thumbnails per grid on class pages
+VARIANT_CLASSES, VARIANT_SEEDS = 8, 6
+
+
+def json_for_script(obj) -> str:
+    """JSON safe to place inside <script>: no '</script>', '<!--' or line separators can break out."""
+    s = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return (s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+             .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+
+
+def _finite(a: np.ndarray, digits: int) -> list:
+    a = np.round(np.asarray(a, float), digits)
+    return [None if not math.isfinite(v) else v for v in a.tolist()]
+
+
+def _site_data(data: ReportData, layout: sprites.SpriteLayout) -> dict:
+    """What the site JS needs per point (hover, neighbours, search, selection), columnar."""
+    p = data.points
+    variant_names = list(dict.fromkeys(p["variant"]))
+    nb = data.neighbours
+    return {
+        "classes": {str(int(c)): [str(s), str(n)] for c, s, n in data.classes[["class_id", "synset", "name"]].itertuples(index=False)},
+        "variants": variant_names,
+        "points": {
+            "gen": (p["set"] == "generated").astype(int).tolist(),
+            "variant": p["variant"].map({v: i for i, v in enumerate(variant_names)}).astype(int).tolist(),
+            "id": p["sample_id"].astype(str).tolist(),
+            "cls": p["class_id"].astype(int).tolist(),
+            "x": _finite(p["x"], 4), "y": _finite(p["y"], 4),
+            "src": p["source"].astype(str).tolist(),
+            "thumb": p["thumb"].astype(int).tolist(),
+            "covered": p["covered"].fillna(False).astype(bool).astype(int).tolist(),
+            "trust": _finite(p["trust"], 3),
+        },
+        "nb": {"k": int(nb.real_index.shape[1]), "layer": nb.layer,
+               "ri": nb.real_index.astype(int).ravel().tolist(), "rd": _finite(nb.real_dist.ravel(), 4),
+               "gi": nb.gen_index.astype(int).ravel().tolist(), "gd": _finite(nb.gen_dist.ravel(), 4)},
+        "coveredBy": {str(k): [int(v) for v in vs] for k, vs in data.covered_by.items()},
+        "sprites": layout.to_json(),
+    }
+
+
+class _Thumbs:
+    """Template helper: the inline style that shows thumbnail i from its sprite sheet."""
+
+    def __init__(self, layout: sprites.SpriteLayout):
+        self.layout = layout
+
+    def __call__(self, index: int, px: int = THUMB_PX) -> dict | None:
+        if index is None or int(index) < 0:
+            return None
+        lay = self.layout
+        sheet, col, row = lay.locate(index)
+        return {"sheet": sheet, "style": f"width:{px}px;height:{px}px;background-position:-{col * px}px -{row * px}px;"
+                                         f"background-size:{lay.cols * px}px {lay.rows * px}px"}
+
+
+def _environment() -> jinja2.Environment:
+    root = importlib.resources.files("dmd2report.templates")
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(root)), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = _fmt_num
+    env.filters["int"] = lambda v: f"{int(v):,}" if v is not None and pd.notna(v) else "–"
+    return env
+
+
+def _fmt_num(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)) or pd.isna(v):
+        return "–"
+    return f"{float(v):.{digits}f}"
+
+
+def _static_text(name: str) -> str:
+    return importlib.resources.files("dmd2report.templates").joinpath("static", name).read_text(encoding="utf-8")
+
+
+def _chosen_classes(data: ReportData) -> list[int]:
+    present = data.points["class_id"][data.points["class_id"] >= 0]
+    if data.chosen_classes:
+        return [int(c) for c in data.chosen_classes if c in set(present)]
+    counts = present.value_counts()
+    return sorted(int(c) for c in counts.index[:data.max_class_pages])
+
+
+def _class_colours(data: ReportData) -> dict[int, str]:
+    gen = data.points[data.points["set"] == "generated"]
+    own, rest = palette.class_groups(gen["class_id"].value_counts().to_dict())
+    return {**dict(own), **rest}
+
+
+def _pages(data: ReportData, color_by: str) -> list[dict]:
+    """Every page: name, file, title, nav section, template, template context, Bokeh models."""
+    p, m = data.points, data.metrics
+    cls = data.classes.set_index("class_id")
+    names = {int(c): str(n) for c, n in cls["name"].items()}
+    synsets = {int(c): str(s) for c, s in cls["synset"].items()}
+    chosen = _chosen_classes(data)
+    colours = _class_colours(data)
+    n_real, n_gen = int((p["set"] == "real").sum()), int((p["set"] == "generated").sum())
+    variant_names = [v for v in dict.fromkeys(p["variant"]) if v != "real"]
+    pages = []
+    overall = m.overall.to_dict("records")
+    pages.append(dict(name="index", file="index.html", title="Overview", nav="index", template="index.html",
+                      ctx=dict(cards=[r for r in overall if r.get("headline")],
+                               variant_names=variant_names, n_classes=int(p["class_id"][p["class_id"] >= 0].nunique()),
+                               has_atlas=data.atlas is not None, config_json=json.dumps(data.run.config, indent=2, default=str)),
+                      models={}))
+    gen_order = variant_names
+    marker_legend = [(v, palette.VARIANT_SYMBOLS.get(palette.variant_marker(v, gen_order), "●")) for v in gen_order]
+    pages.append(dict(name="map", file="map.html", title="Map", nav="map", template="map.html",
+                      ctx=dict(color_by=color_by, marker_legend=marker_legend,
+                               class_options=[(c, names[c], synsets[c]) for c in sorted(names)]),
+                      models={"plot": figures.map_figure(data, color_by)}))
+    # Variants: the same seeds under each conditioning, for the chosen classes.
+    v = data.variants
+    var_classes = [c for c in chosen if c in set(v["class_id"])][:VARIANT_CLASSES] or list(dict.fromkeys(v["class_id"]))[:VARIANT_CLASSES]
+    var_tables, shown_rows = [], []
+    for c in var_classes:
+        vc = v[v["class_id"] == c]
+        seeds = list(dict.fromkeys(vc["seed_index"]))[:VARIANT_SEEDS]
+        cols = [x for x in dict.fromkeys(vc["variant"])]
+        rows = []
+        for s in seeds:
+            cells = {r.variant: int(r.point) for r in vc[vc["seed_index"] == s].itertuples()}
+            rows.append((int(s), [(cells.get(col), int(p["thumb"].iat[cells[col]]) if col in cells else -1) for col in cols]))
+        var_tables.append(dict(class_id=int(c), name=names.get(int(c), str(c)), variants=cols, rows=rows))
+        shown_rows.append(vc[vc["seed_index"].isin(seeds)])
+    shown = pd.concat(shown_rows) if shown_rows else v.iloc[:0]
+    pages.append(dict(name="variants", file="variants.html", title="Variants", nav="variants", template="variants.html",
+                      ctx=dict(tables=var_tables, n_variant_rows=len(v)),
+                      models={"plot": figures.variants_figure(data, shown)} if len(shown) else {}))
+    # Classes: an index, then one page per chosen class.
+    per_class = m.per_class.set_index("class_id") if len(m.per_class) else pd.DataFrame()
+    class_metric_cols = [c for c in m.per_class.columns if c not in ("class_id", "n_real", "n_gen")]
+    counts_real = p[p["set"] == "real"]["class_id"].value_counts()
+    counts_gen = p[p["set"] == "generated"]["class_id"].value_counts()
+    present = sorted(int(c) for c in set(counts_real.index) | set(counts_gen.index) if c >= 0)
+    class_rows = [dict(class_id=c, name=names.get(c, str(c)), synset=synsets.get(c, ""), n_real=int(counts_real.get(c, 0)),
+                       n_gen=int(counts_gen.get(c, 0)), has_page=c in chosen,
+                       metrics=[per_class.at[c, k] if c in per_class.index else None for k in class_metric_cols])
+                  for c in present]
+    pages.append(dict(name="classes", file="classes.html", title="Classes", nav="classes", template="classes.html",
+                      ctx=dict(rows=class_rows, metric_cols=class_metric_cols, n_pages=len(chosen)), models={}))
+    for c in chosen:
+        sub = p[p["class_id"] == c]
+        real_thumbs = [(int(i), int(t)) for i, t in sub[sub["set"] == "real"]["thumb"].items()][:MAX_GRID]
+        gen_thumbs = [(int(i), int(t)) for i, t in sub[sub["set"] == "generated"]["thumb"].items()][:MAX_GRID]
+        row = next(r for r in class_rows if r["class_id"] == c)
+        pages.append(dict(name=f"class-{c}", file=f"classes/class-{c}.html", title=f"Class {c}: {names.get(c, c)}",
+                          nav="classes", template="class.html",
+                          ctx=dict(cls=row, metric_cols=class_metric_cols, real_thumbs=real_thumbs, gen_thumbs=gen_thumbs),
+                          models={"plot": figures.class_figure(data, c, colours.get(c, palette.PALETTE[0]), f"cls{c}")}))
+    # Metrics.
+    mmodels = {"coverage": figures.coverage_figure(data), "nnhist": figures.nn_histogram(data)}
+    var_metric_cols = [c for c in m.per_variant.columns if c not in ("variant", "n_gen")]
+    bar_cols = [c for c in ("precision", "recall", "density", "coverage") if c in var_metric_cols] or var_metric_cols[:4]
+    if len(m.per_variant) and bar_cols:
+        mmodels["variantbars"] = figures.bar_chart(m.per_variant, "variant", bar_cols, "variantbars", "per conditioning variant")
+    cbar_cols = [c for c in ("precision", "recall", "coverage") if c in class_metric_cols]
+    if len(m.per_class) and cbar_cols:
+        worst = m.per_class.sort_values(cbar_cols[-1], na_position="last").head(30)
+        worst = worst.assign(label=[f"{int(c)} {names.get(int(c), '')}"[:28] for c in worst["class_id"]])
+        mmodels["classbars"] = figures.bar_chart(worst, "label", cbar_cols, "classbars",
+                                                 f"per class: the {len(worst)} with the lowest {cbar_cols[-1]}")
+    pages.append(dict(name="metrics", file="metrics.html", title="Metrics", nav="metrics", template="metrics.html",
+                      ctx=dict(overall=overall, fd=m.fd, layer=m.layer, per_variant=m.per_variant.to_dict("records"),
+                               var_metric_cols=var_metric_cols, class_rows=class_rows, class_metric_cols=class_metric_cols),
+                      models=mmodels))
+    if data.atlas is not None:
+        anchors = [dict(anchor=a.anchor, anchor_thumb=int(p["thumb"].iat[a.anchor]), anchor_id=str(p["sample_id"].iat[a.anchor]),
+                        anchor_class=int(p["class_id"].iat[a.anchor]),
+                        neighbours=[(int(j), int(p["thumb"].iat[j])) for j in a.neighbours if 0 <= j < len(p)],
+                        thumb=a.thumb, conditioning=a.conditioning, note=a.note) for a in data.atlas.anchors]
+        pages.append(dict(name="atlas", file="atlas.html", title="Atlas", nav="atlas", template="atlas.html",
+                          ctx=dict(atlas=data.atlas, anchors=anchors, names=names, n_grid=len(data.atlas.grid)),
+                          models={"plot": figures.atlas_figure(data)} if len(data.atlas.grid) else {}))
+    return pages
+
+
+def _nav(has_atlas: bool) -> list[tuple[str, str, str]]:
+    nav = [("index", "index.html", "Overview"), ("map", "map.html", "Map"), ("variants", "variants.html", "Variants"),
+           ("classes", "classes.html", "Classes"), ("metrics", "metrics.html", "Metrics")]
+    if has_atlas:
+        nav.append(("atlas", "atlas.html", "Atlas"))
+    return nav
+
+
+def _common(data: ReportData) -> dict:
+    p = data.points
+    return dict(run=data.run, model=data.model, sources=data.sources,
+                n_real=int((p["set"] == "real").sum()), n_gen=int((p["set"] == "generated").sum()))
+
+
+def render_site(data: ReportData, site_dir, *, single_file: bool = False, single_file_limit_mb: float = 25.0,
+                color_by: str = "class") -> list[Path]:
+    """Write the report for `data` into `site_dir` (a folder) and return the files written.
+
+    single_file=True writes `site_dir/report.html` with BokehJS, data and thumbnails inlined,
+    prints its size, and raises UserError when it exceeds `single_file_limit_mb`.
+    """
+    if color_by not in ("class", "variant"):
+        raise UserError(f"report.color_by: expected 'class' or 'variant', got {color_by!r}")
+    try:
+        data.validate()
+    except ValueError as e:
+        raise UserError(f"report data: {e}") from None
+    site_dir = Path(site_dir)
+    if site_dir.exists() and not site_dir.is_dir():
+        raise UserError(f"{site_dir}: exists and is not a folder")
+    if site_dir.is_dir() and any(site_dir.iterdir()) and not (site_dir / SITE_MARKER).exists():
+        raise UserError(f"{site_dir}: folder is not empty and is not a dmd2report site; choose another --site folder")
+    env = _environment()
+    pages = _pages(data, color_by)
+    nav = _nav(data.atlas is not None)
+    common = _common(data)
+
+    site_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{site_dir.name}.tmp-", dir=site_dir.parent))
+    try:
+        if single_file:
+            html = _render_single(env, data, pages, nav, common)
+            size_mb = len(html.encode()) / 2**20
+            print(f"single-file report: {size_mb:.1f} MB")
+            if size_mb > single_file_limit_mb:
+                raise UserError(f"single-file report would be {size_mb:.1f} MB, above the {single_file_limit_mb:g} MB limit "
+                                f"(report.single_file_limit_mb); use the folder form (without --single-file) and share the folder")
+            (tmp / "report.html").write_text(html, encoding="utf-8")
+        else:
+            _render_folder(env, data, pages, nav, common, tmp)
+        (tmp / SITE_MARKER).write_text("rendered by dmd2report; this folder is replaced on every render\n")
+        _swap_in(tmp, site_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return sorted(q for q in site_dir.rglob("*") if q.is_file() and q.name != SITE_MARKER)
+
+
+def _swap_in(tmp: Path, site_dir: Path) -> None:
+    """Replace site_dir by tmp with two renames; the old site lives until the new one is in place."""
+    old = None
+    if site_dir.exists():
+        old = site_dir.with_name(f".{site_dir.name}.old-{os.getpid()}")
+        os.replace(site_dir, old)
+    os.replace(tmp, site_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _sprite_css(n_sheets: int, urls: list[list[str]]) -> str:
+    rules = []
+    for s in range(n_sheets):
+        u = urls[s]
+        if len(u) == 2:  # WebP preferred, palette PNG for browsers without image-set()
+            rules.append(f'.sheet-{s}{{background-image:url("{u[1]}");background-image:image-set(url("{u[0]}") type("image/webp"),url("{u[1]}") type("image/png"))}}')
+        else:
+            rules.append(f'.sheet-{s}{{background-image:url("{u[0]}")}}')
+    return "\n".join(rules)
+
+
+def _render_folder(env, data, pages, nav, common, out: Path) -> None:
+    (out / "static").mkdir()
+    (out / "assets").mkdir()
+    (out / "classes").mkdir()
+    js_dir = Path(bokehjs_path()) / "js"
+    for f in BOKEH_FILES:
+        shutil.copyfile(js_dir / f, out / "static" / f)
+    for f in ("site.css", "site.js"):
+        (out / "static" / f).write_text(_static_text(f), encoding="utf-8")
+    layout = sprites.write_sheets(data.thumbnails, out / "assets")
+    site_json = json_for_script(_site_data(data, layout))
+    (out / "assets" / "data.js").write_text(f"window.DMD2_DATA={site_json};\n", encoding="utf-8")
+    for page in pages:
+        depth = page["file"].count("/")
+        root = "../" * depth
+        urls = [[f"{root}assets/thumbs-{s:03d}.webp", f"{root}assets/thumbs-{s:03d}.png"] for s in range(layout.sheets)]
+        script, divs = components(page["models"]) if page["models"] else ("", {})
+        html = env.get_template(page["template"]).render(
+            **common, **page["ctx"], page=page, nav=nav, root=root, single=False, fragment=False,
+            link=lambda target, root=root: f"{root}{target}", bokeh_script=script, divs=divs,
+            sprite_css=_sprite_css(layout.sheets, urls), thumb=_Thumbs(layout), thumb_px=THUMB_PX,
+            inline_css="", inline_js="", inline_data="")
+        (out / page["file"]).write_text(html, encoding="utf-8")
+
+
+def _render_single(env, data, pages, nav, common) -> str:
+    layout, uris = sprites.inline_sheets(data.thumbnails)
+    site_json = json_for_script(_site_data(data, layout))
+    thumbs = _Thumbs(layout)
+    sections, scripts = [], []
+
+    def link(target, root=""):  # page files become in-document anchors
+        name = next((pg["name"] for pg in pages if pg["file"] == target), None)
+        return f"#page={name}" if name else "#"
+    for page in pages:
+        script, divs = components(page["models"]) if page["models"] else ("", {})
+        scripts.append(script)
+        sections.append((page["name"], env.get_template(page["template"]).render(
+            **common, **page["ctx"], page=page, nav=nav, root="", single=True, fragment=True, link=link,
+            bokeh_script="", divs=divs, sprite_css="", thumb=thumbs, thumb_px=THUMB_PX,
+            inline_css="", inline_js="", inline_data="")))
+    js_dir = Path(bokehjs_path()) / "js"
+    bokehjs = "\n".join((js_dir / f).read_text(encoding="utf-8") for f in BOKEH_FILES)
+    return env.get_template("single.html").render(
+        **common, nav=nav, sections=sections, link=link, bokeh_scripts=scripts, page=pages[0],
+        inline_css=_static_text("site.css"), sprite_css=_sprite_css(layout.sheets, [[u] for u in uris]),
+        inline_bokehjs=bokehjs, inline_js=_static_text("site.js"), inline_data=f"window.DMD2_DATA={site_json};")
