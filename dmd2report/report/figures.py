@@ -188,8 +188,9 @@ def coverage_figure(data: ReportData, name: str = "coverage"):
     for i, (label, mask, colour, marker) in enumerate((("covered", real & cov, palette.COVERED_COLOUR, "circle"),
                                                         ("not covered", real & ~cov, palette.UNCOVERED_COLOUR, "x"))):
         rows = np.flatnonzero(mask)
-        r = _points(fig, f"{name}:pt:gen:{i}", label, _source(p, rows), selectable=False, size=5 if marker == "circle" else 6,
-                    marker=marker, fill_color=colour, line_color=colour, fill_alpha=0.5, line_alpha=0.8)
+        r = _points(fig, f"{name}:pt:gen:{i}", label, _source(p, rows), selectable=False, size=5 if marker == "circle" else 7,
+                    marker=marker, fill_color=colour, line_color=colour, fill_alpha=0.5, line_alpha=0.9,
+                    line_width=1 if marker == "circle" else 1.8)
         items.append(LegendItem(label=f"{label} ({len(rows):,})", renderers=[r]))
     fig.add_layout(Legend(items=items, click_policy="hide", location="top_left", background_fill_alpha=0.0,
                           border_line_alpha=0.0), "right")

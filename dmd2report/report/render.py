@@ -307,7 +307,8 @@ def _render_folder(env, data, pages, nav, common, out: Path) -> None:
         script, divs = components(page["models"]) if page["models"] else ("", {})
         html = env.get_template(page["template"]).render(
             **common, **page["ctx"], page=page, nav=nav, root=root, single=False, fragment=False,
-            link=lambda target, root=root: f"{root}{target}", bokeh_script=script, divs=divs,
+            link=lambda target, root=root: f"{root}{target}", map_link=lambda c, root=root: f"{root}map.html#class={int(c)}",
+            bokeh_script=script, divs=divs,
             sprite_css=_sprite_css(layout.sheets, urls), thumb=_Thumbs(layout), thumb_px=THUMB_PX,
             inline_css="", inline_js="", inline_data="")
         (out / page["file"]).write_text(html, encoding="utf-8")
@@ -322,16 +323,19 @@ def _render_single(env, data, pages, nav, common) -> str:
     def link(target, root=""):  # page files become in-document anchors
         name = next((pg["name"] for pg in pages if pg["file"] == target), None)
         return f"#page={name}" if name else "#"
+
+    def map_link(class_id):
+        return f"#page=map&class={int(class_id)}"
     for page in pages:
         script, divs = components(page["models"]) if page["models"] else ("", {})
         scripts.append(script)
         sections.append((page["name"], env.get_template(page["template"]).render(
-            **common, **page["ctx"], page=page, nav=nav, root="", single=True, fragment=True, link=link,
+            **common, **page["ctx"], page=page, nav=nav, root="", single=True, fragment=True, link=link, map_link=map_link,
             bokeh_script="", divs=divs, sprite_css="", thumb=thumbs, thumb_px=THUMB_PX,
             inline_css="", inline_js="", inline_data="")))
     js_dir = Path(bokehjs_path()) / "js"
     bokehjs = "\n".join((js_dir / f).read_text(encoding="utf-8") for f in BOKEH_FILES)
     return env.get_template("single.html").render(
-        **common, nav=nav, sections=sections, link=link, bokeh_scripts=scripts, page=pages[0],
+        **common, nav=nav, sections=sections, link=link, bokeh_scripts=scripts, page=pages[0], single=True, map_link=map_link,
         inline_css=_static_text("site.css"), sprite_css=_sprite_css(layout.sheets, [[u] for u in uris]),
         inline_bokehjs=bokehjs, inline_js=_static_text("site.js"), inline_data=f"window.DMD2_DATA={site_json};")

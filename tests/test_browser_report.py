@@ -1,0 +1,166 @@
+"""The rendered site in headless Chromium: loads offline, and the map's interactions work."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from dmd2report.report.data import synthetic_report_data
+from dmd2report.report.render import render_site
+
+pytestmark = pytest.mark.browser
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+HOSTILE = '<script>alert(1)</script>'
+
+if not os.path.exists(CHROMIUM):
+    pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium); browser tests need Debian's Chromium",
+                allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install -e '.[test]')")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    data = synthetic_report_data(400, 200, 6, seed=1, class_names={2: HOSTILE})
+    data.points.loc[0, "source"] = 'data/"quoted" it\'s/</script>.JPEG'
+    root = tmp_path_factory.mktemp("site") / "site"
+    render_site(data, root)
+    return root, data
+
+
+@pytest.fixture(scope="module")
+def browser():
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def _open(browser, url, scheme="light"):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900}, color_scheme=scheme, accept_downloads=True)
+    page = ctx.new_page()
+    problems, requests = [], []
+    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("dialog", lambda d: (problems.append(f"dialog: {d.message}"), d.dismiss()))
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(url)
+    page.wait_for_selector("body[data-ready='1']", timeout=20000)
+    return page, problems, requests
+
+
+def _client_point(page, fig, row):
+    """Viewport coordinates of point `row` of figure `fig` (from its ranges and frame)."""
+    return page.evaluate("""([fig, row]) => {
+        const f = DMD2Site.resolve(fig), P = DMD2_DATA.points, F = f.fig;
+        const view = Bokeh.index[F.id];
+        const frame = view.frame.bbox, box = view.el.getBoundingClientRect();
+        const sx = frame.x + (P.x[row] - F.x_range.start) / (F.x_range.end - F.x_range.start) * frame.width;
+        const sy = frame.y + (F.y_range.end - P.y[row]) / (F.y_range.end - F.y_range.start) * frame.height;
+        return [box.left + sx, box.top + sy];
+    }""", [fig, row])
+
+
+@pytest.mark.parametrize("page_file", ["index.html", "map.html", "variants.html", "classes.html", "classes/class-2.html",
+                                       "metrics.html", "atlas.html"])
+def test_page_loads_offline_without_errors(site, browser, page_file):
+    root, _ = site
+    page, problems, requests = _open(browser, (root / page_file).as_uri(), scheme="dark" if "class-" in page_file else "light")
+    assert problems == []
+    assert [u for u in requests if not u.startswith("file://")] == []
+    # The hostile class name never became a script element (and no alert dialog fired: see _open).
+    assert page.evaluate("Array.from(document.scripts).filter(s => s.textContent.trim() === 'alert(1)').length") == 0
+    page.screenshot(path=str(ARTIFACTS / f"{page_file.replace('/', '_')}.png"), full_page=True)
+    page.context.close()
+
+
+def test_map_interactions(site, browser):
+    root, data = site
+    page, problems, _ = _open(browser, (root / "map.html").as_uri())
+    assert page.evaluate("DMD2Site.pointCount('map')") == len(data.points)
+    assert page.evaluate("DMD2Site.resolve('map').fig.output_backend") == "webgl"
+
+    # Hover: the one nearest point's thumbnail, id and source appear in the card.
+    gen_row = int(data.points.index[data.points["set"] == "generated"][5])
+    x, y = _client_point(page, "map", gen_row)
+    page.mouse.move(x, y)
+    page.wait_for_selector("#dmd2-hover:not([hidden]) .thumb", timeout=5000)
+    assert page.evaluate("Number(document.getElementById('dmd2-hover').dataset.row)") == gen_row
+    assert data.points["sample_id"][gen_row] in page.inner_text("#dmd2-hover")
+    page.screenshot(path=str(ARTIFACTS / "map-hover.png"))
+
+    # Click: the neighbour panel lists k real and k generated neighbours with distances.
+    page.mouse.click(x, y)
+    panel = page.locator('[data-nbr-for="map"]')
+    panel.locator(".nbr").first.wait_for(timeout=5000)
+    k = data.neighbours.real_index.shape[1]
+    assert panel.locator(".nbr").count() == 2 * k
+    assert f"{data.neighbours.real_dist[gen_row, 0]:.3f}" in panel.inner_text()
+    page.screenshot(path=str(ARTIFACTS / "map-neighbours.png"))
+
+    # A real point says whether it is covered, and by which generated samples.
+    real_row = next(iter(data.covered_by))
+    page.evaluate("r => DMD2Site.showNeighbours('map', r)", real_row)
+    assert "covered by" in panel.inner_text()
+    assert panel.locator(".nbr").count() == 2 * k + min(12, len(data.covered_by[real_row]))
+
+    # The switch hides the real layer (and hover then skips real points).
+    page.click('.switch label:has(input[value="generated"])')
+    assert page.evaluate("DMD2Site.resolve('map').real.every(r => !r.visible)")
+    assert page.evaluate("DMD2Site.resolve('map').gens.every(r => r.visible)")
+    page.screenshot(path=str(ARTIFACTS / "map-generated-only.png"))
+    page.click('.switch label:has(input[value="both"])')
+    assert page.evaluate("DMD2Site.resolve('map').real.every(r => r.visible)")
+
+    # Search by name highlights the class's real and generated points.
+    page.fill('[data-search="map"]', "class 3")
+    n3 = int((data.points["class_id"] == 3).sum())
+    assert page.evaluate("DMD2Site.resolve('map').hl.data_source.data.x.length") == n3
+
+    # Selection: select every generated point of one renderer, get a grid and a CSV of their ids.
+    page.evaluate("""() => { const r = DMD2Site.resolve('map').gens[0];
+        r.data_source.selected.indices = [...Array(r.data_source.data.x.length).keys()]; }""")
+    sel = page.locator('[data-sel-for="map"]')
+    sel.locator("button[data-csv]").wait_for(timeout=5000)
+    n_sel = page.evaluate("DMD2Site.resolve('map').gens[0].data_source.data.x.length")
+    assert sel.locator(".thumb").count() == min(n_sel, 120)
+    with page.expect_download() as dl:
+        sel.locator("button[data-csv]").click()
+    lines = Path(dl.value.path()).read_text().splitlines()
+    assert lines[0].startswith("sample_id,") and len(lines) == n_sel + 1
+    assert all(line.split(",")[0] in set(data.points["sample_id"]) for line in lines[1:])
+    assert problems == []
+    page.context.close()
+
+
+def test_class_hash_opens_map_on_class(site, browser):
+    root, data = site
+    page, problems, _ = _open(browser, (root / "map.html").as_uri() + "#class=2")
+    n2 = int((data.points["class_id"] == 2).sum())
+    assert page.evaluate("DMD2Site.resolve('map').hl.data_source.data.x.length") == n2
+    assert page.input_value('[data-search="map"]') == "2"
+    # The view zooms onto the class: its points fill the ranges.
+    xs = data.points["x"][data.points["class_id"] == 2]
+    x0, x1 = page.evaluate("[DMD2Site.resolve('map').fig.x_range.start, DMD2Site.resolve('map').fig.x_range.end]")
+    assert x0 <= xs.min() and xs.max() <= x1 and (x1 - x0) < (data.points["x"].max() - data.points["x"].min()) * 1.5
+    assert HOSTILE in page.inner_text('[data-search-status="map"]')   # shown as text, not run
+    assert problems == []
+    page.screenshot(path=str(ARTIFACTS / "map-class-hash.png"))
+    page.context.close()
+
+
+def test_single_file_works_offline(site, browser, tmp_path):
+    _, data = site
+    render_site(data, tmp_path / "one", single_file=True)
+    page, problems, requests = _open(browser, (tmp_path / "one" / "report.html").as_uri() + "#class=2")
+    assert page.is_visible('[data-page-section="map"]') and not page.is_visible('[data-page-section="index"]')
+    assert page.evaluate("DMD2Site.pointCount('map')") == len(data.points)
+    assert [u for u in requests if not u.startswith(("file://", "data:", "blob:"))] == []
+    page.click('a[data-nav="metrics"]')
+    page.wait_for_function("document.querySelector('[data-page-section=\"metrics\"]').hidden === false")
+    assert problems == []
+    page.screenshot(path=str(ARTIFACTS / "single-file-metrics.png"))
+    page.context.close()
