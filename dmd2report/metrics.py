@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
+from threadpoolctl import threadpool_limits   # a dependency of scikit-learn
 
 from .knn import DEFAULT_BLOCK_BYTES, as_device, knn, to_tensor, within_radius
 
@@ -107,7 +108,14 @@ def frechet_from_stats(mu_x, cov_x, mu_y, cov_y, sqrt_cov_x=None) -> float:
 
 def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
     """Frechet distance between Gaussians fitted to two feature sets (each needs >= 2 rows)."""
-    return frechet_from_stats(*mean_and_cov(x), *mean_and_cov(y))
+    with _one_blas_thread():
+        return frechet_from_stats(*mean_and_cov(x), *mean_and_cov(y))
+
+
+def _one_blas_thread():
+    """numpy's BLAS with one thread: after torch's OpenMP pool has run, two BLAS threads contend with
+    its spinning workers and a 256 x 256 eigh takes ~50x longer on a 2-core machine."""
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def bootstrap_ci(values: np.ndarray, n_boot: int, level: float, rng: np.random.Generator):
@@ -193,6 +201,13 @@ def measure(real: np.ndarray, real_classes, generated: Mapping[str, tuple], *, f
     "variants": {variant: {...}}}}; an entry is {"value", "definition", "k", "n_real", "n_generated"
     [, "ci_low", "ci_high"]}, value None where the sets are too small for the definition.
     """
+    with _one_blas_thread():
+        return _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelity, k_neighbours,
+                        bootstrap, ci_level, seed, cover_cap, per_class, per_class_fd, device, max_block_bytes, log)
+
+
+def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelity, k_neighbours, bootstrap,
+             ci_level, seed, cover_cap, per_class, per_class_fd, device, max_block_bytes, log) -> dict:
     say = log or (lambda msg: None)
     dev = as_device(device)
     kw = dict(device=dev, max_block_bytes=max_block_bytes)
