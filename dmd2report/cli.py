@@ -86,6 +86,103 @@ def init(path, force):
     click.echo(f"wrote {path}")
 
 
+def _config_options(f):
+    """Options shared by build and the stage commands; each overrides the config file's key."""
+    options = [
+        click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                     help="TOML configuration (see `dmd2report init`)."),
+        click.option("--name", "run__name", help="Run name shown on every page."),
+        click.option("--workdir", "run__workdir", help="Where stores, fitted maps and metrics go."),
+        click.option("--site", "run__site", help="Where the site goes."),
+        click.option("--device", "run__device", help="auto | cpu | cuda | cuda:N | mps"),
+        click.option("--seed", "run__seed", type=int),
+        click.option("--preset", "model__preset", help="demo | dmd2-imagenet64 | tiny"),
+        click.option("--checkpoint", "model__checkpoint", help=".pth/.bin/.safetensors or an Accelerate folder."),
+        click.option("--source", "data__source", help="demo | imagenet64-npz | folder"),
+        click.option("--data", "data__path", help="Directory of NPZ batches or class folders."),
+        click.option("--classes", "data__classes", help="Comma-separated ids, synsets or names."),
+        click.option("--per-class", "data__per_class", type=int),
+        click.option("--max-samples", "data__max_samples", type=int),
+        click.option("--on-bad-image", "data__on_bad_image", type=click.Choice(["skip", "fail"])),
+        click.option("--layers", "features__layers", help="Comma-separated layer names."),
+        click.option("--reduce", "features__reduce", help="full | mean | pca:K"),
+        click.option("--batch-size", "features__batch_size", type=int),
+        click.option("--samples", "generate__samples", type=int, help="Class-conditioned samples."),
+        click.option("--fit-on", "embedding__fit_on", type=click.Choice(["real", "generated", "both"])),
+        click.option("--single-file", "report__single_file", is_flag=True, default=None,
+                     help="One self-contained HTML file (for mail)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _load(kwargs):
+    from .config import load_config
+
+    path = kwargs.pop("config_path", None)
+    overrides = {}
+    for name, value in kwargs.items():
+        if "__" not in name:
+            continue
+        key = name.replace("__", ".")  # click parameter names can't hold dots: run__seed is run.seed
+        if key in ("data.classes", "features.layers") and value is not None:
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        overrides[key] = value
+    return load_config(path, overrides)
+
+
+def _run(config, stages, force=()):
+    from .assemble import command_line
+    from .pipeline import Run
+
+    run = Run(config, command=command_line(), log=lambda m: click.echo(m, err=True))
+    return run.run_stages(stages, force=force)
+
+
+@cli.command(context_settings={"ignore_unknown_options": False})
+@_config_options
+@click.option("--force", "force", multiple=True, help="Rerun a stage even if its inputs are unchanged (repeatable).")
+def build(force, **kwargs):
+    """Run every stage (extract, generate, fit, measure, atlas, render), skipping unchanged ones."""
+    from .pipeline import STAGES
+
+    config = _load(kwargs)
+    _run(config, STAGES, force=force)
+    click.echo(f"report: {Path(config.run.site) / 'index.html'}")
+
+
+def _stage_command(name, stages, doc):
+    @_config_options
+    def command(**kwargs):
+        _run(_load(kwargs), stages, force=stages)
+    command.__doc__ = doc
+    cli.command(name)(command)
+
+
+_stage_command("extract", ("extract",), "Extract real-image activations into the store.")
+_stage_command("generate", ("generate",), "Generate samples of every conditioning variant, with activations.")
+_stage_command("fit", ("fit",), "Fit the reductions and the 2-D map; project every set; trust scores.")
+_stage_command("measure", ("measure",), "Compute metrics.json and the report's neighbour arrays.")
+_stage_command("atlas", ("atlas",), "Generate from anchors and an even grid over the map by masking.")
+_stage_command("render", ("render",), "Re-render the site from stored results (no model needed).")
+
+
+@cli.command()
+@click.argument("a", type=click.Path(path_type=Path))
+@click.argument("b", type=click.Path(path_type=Path))
+@click.option("--metric", "metrics", multiple=True, help="Metric to watch (repeatable; default: all headline metrics).")
+@click.option("--threshold", default=0.02, show_default=True, help="Largest allowed move in the bad direction.")
+def compare(a, b, metrics, threshold):
+    """What changed between two metrics.json files; exit 1 when a watched metric regressed."""
+    from .compare import compare_metrics
+
+    lines, regressed = compare_metrics(a, b, list(metrics) or None, threshold)
+    for line in lines:
+        click.echo(line)
+    sys.exit(1 if regressed else 0)
+
+
 def main():  # console script entry point
     cli(prog_name="dmd2report")
 

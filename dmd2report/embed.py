@@ -140,12 +140,13 @@ def balanced_subsample(classes: np.ndarray | None, size: int, seed: int) -> np.n
 
 def fit_embedding(features: np.ndarray, classes: np.ndarray | None, *, pca_components: int = 50, n_neighbors: int = 15,
                   min_dist: float = 0.1, metric: str = "euclidean", seed: int = 0, fit_subsample: int = 50000,
-                  progress: bool = True) -> Embedding:
+                  progress: bool = True, with_map: bool = True) -> Embedding:
     """Fit the map on `features` (N, D), whatever set the caller chose (real, generated or both).
 
     Standardisation and PCA are fitted on all N rows; the UMAP on a class-balanced seeded
     subsample of `fit_subsample` rows when N is larger, and the other rows are projected
-    with `transform` in batches.
+    with `transform` in batches. `with_map=False` stops after the PCA: a layer that is measured
+    but not drawn needs only the reduction (its `umap` is None and `coords` NaN).
     """
     import umap  # slow to import (numba); only the stages that fit or project need it
 
@@ -169,6 +170,10 @@ def fit_embedding(features: np.ndarray, classes: np.ndarray | None, *, pca_compo
     pca = PCA(n_components=components, random_state=seed).fit(scaler.transform(x))
     emb = Embedding(scaler, pca, None, np.empty((n, 2), np.float32), np.arange(n))
     reduced = emb.reduce(x)
+    emb.params = dict(pca_components=components, seed=seed, n_fitted=n, n_features=d)
+    if not with_map:
+        emb.coords[:] = np.nan
+        return emb
 
     fit_index = balanced_subsample(classes if classes is not None else np.zeros(n, int), fit_subsample, seed)
     neighbours = min(n_neighbors, len(fit_index) - 1)

@@ -1,0 +1,220 @@
+"""Stored results -> `ReportData`: what `render` needs, read from disk alone (no model)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import UserError
+
+HEADLINE = {"precision", "recall", "density", "coverage", "fd", "class_fidelity"}
+LABELS = {"precision": "Precision", "recall": "Recall", "density": "Density", "coverage": "Coverage",
+          "fd": "Fréchet distance", "class_fidelity": "Class fidelity", "centroid_accuracy": "Centroid accuracy",
+          "coverage_global": "Coverage (any sample)", "trust": "Map trust"}
+EXPLAIN = {
+    "precision": "Share of generated samples that fall inside the real data's manifold (some real sample's 3-NN ball).",
+    "recall": "Share of real samples that fall inside the generated samples' manifold (some generated sample's 3-NN ball).",
+    "density": "How many real 5-NN balls hold a generated sample, on average, over 5: about 1 when as dense as real data.",
+    "coverage": "Share of real samples whose 5-NN ball holds at least one generated sample.",
+    "fd": "Fréchet distance between Gaussians fitted to real and generated activations (lower is closer; biased for few samples).",
+    "class_fidelity": "Mean share of a generated sample's 10 nearest real samples that belong to its conditioning class.",
+    "centroid_accuracy": "Share of generated samples whose nearest real class centre is their conditioning class.",
+    "coverage_global": "Share of the class's real samples covered by any generated sample of this variant.",
+    "trust": "How well the 2-D map keeps activation-space neighbourhoods: share of 10-NN kept on the map (1 = all).",
+}
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for pkg in ("dmd2report", "torch", "numpy", "umap-learn", "bokeh", "scikit-learn"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _fit_thumb(images: np.ndarray, size: int) -> np.ndarray:
+    """Images (n, r, r, 3) at the thumbnail size of the stores (box filter when shrinking)."""
+    if len(images) == 0 or images.shape[1] == size:
+        return images
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BOX if size < im.shape[0]
+                                                           else Image.Resampling.NEAREST)) for im in images])
+
+
+def assemble_report(run) -> "ReportData":
+    from .pipeline import atlas_dir, fit_dir, generated_sets, load_arrays, measure_dir, open_store
+    from .report.data import (Atlas, AtlasAnchor, DataSource, FrechetDistance, Metrics, ModelInfo, Neighbours,
+                              OVERALL_COLUMNS, ReportData, RunInfo)
+
+    cfg = run.config
+    for need in (fit_dir(run) / "points.parquet", measure_dir(run) / "metrics.json"):
+        if not need.exists():
+            raise UserError(f"{need}: missing; run `dmd2report build` (or the fit/measure stages) first")
+    points = pd.read_parquet(fit_dir(run) / "points.parquet")
+    doc = json.loads((measure_dir(run) / "metrics.json").read_text())
+    headline = json.loads((measure_dir(run) / "headline.json").read_text())
+    arrays = load_arrays(measure_dir(run) / "arrays.npz")
+    real = open_store(run, "real")
+    gens = {v: open_store(run, name) for v, name in generated_sets(run)}
+    order = [("real", real)] + list(gens.items())
+
+    # Point rows: real first, then every generated set in order; thumbnails in the same order.
+    offsets, thumbs, frames, start = {}, [], [], 0
+    for name, store in order:
+        part = points[(points["variant"] == name)].sort_values("row")
+        if len(part) != len(store):
+            raise UserError(f"{fit_dir(run) / 'points.parquet'}: {len(part)} points of {name!r}, store has {len(store)}; "
+                            f"rerun the fit stage")
+        offsets[name] = start
+        if name != "real":  # stores number their samples from 0: make ids unique across sets
+            part = part.assign(sample_id=[f"{name}:{i}" for i in part["sample_id"]])
+        frames.append(part)
+        thumbs.append(np.asarray(store.thumbnails()))
+        start += len(part)
+    pts = pd.concat(frames, ignore_index=True)
+    n = len(pts)
+    t = thumbs[0].shape[1]
+    pts["thumb"] = np.arange(n)
+    pts["covered"] = False
+    cls_arr = "variant.class."
+    pts.loc[: len(real) - 1, "covered"] = arrays[cls_arr + "real_covered"].astype(bool)
+
+    # Neighbours in activation space (headline layer), as point rows.
+    k = cfg.metrics.k_neighbours
+    real_idx = np.full((n, k), -1, np.int64)
+    real_dist = np.full((n, k), np.nan, np.float32)
+    gen_idx = np.full((n, k), -1, np.int64)
+    gen_dist = np.full((n, k), np.nan, np.float32)
+
+    def put(target_i, target_d, rows, idx, dist, offset):
+        kk = min(k, idx.shape[1])
+        target_i[rows, :kk] = np.where(idx[:, :kk] >= 0, idx[:, :kk] + offset, -1)
+        target_d[rows, :kk] = dist[:, :kk]
+
+    rr = np.arange(len(real))
+    put(real_idx, real_dist, rr, arrays["real.nn_real_idx"], arrays["real.nn_real_dist"], 0)
+    put(gen_idx, gen_dist, rr, arrays[cls_arr + "real_nn_gen_idx"], arrays[cls_arr + "real_nn_gen_dist"], offsets["class"])
+    for v in gens:
+        rows = offsets[v] + np.arange(len(gens[v]))
+        put(real_idx, real_dist, rows, arrays[f"variant.{v}.nn_real_idx"], arrays[f"variant.{v}.nn_real_dist"], 0)
+        if f"variant.{v}.nn_gen_idx" in arrays:
+            put(gen_idx, gen_dist, rows, arrays[f"variant.{v}.nn_gen_idx"], arrays[f"variant.{v}.nn_gen_dist"], offsets[v])
+    offs, vals = arrays[cls_arr + "real_covered_by.offsets"], arrays[cls_arr + "real_covered_by.values"]
+    covered_by = {int(i): (vals[offs[i]:offs[i + 1]] + offsets["class"]).tolist()
+                  for i in range(len(real)) if offs[i + 1] > offs[i]}
+
+    # Metrics tables from metrics.json (the headline feature space).
+    space = doc["feature_spaces"][headline["feature_space"]]
+    variants = space["variants"]
+    main = variants["class"]["overall"]
+    rows = []
+    for key in ("precision", "recall", "density", "coverage", "fd", "class_fidelity", "centroid_accuracy"):
+        e = main.get(key)
+        if e is None:
+            continue
+        rows.append((key, LABELS[key], _num(e.get("value")), _num(e.get("ci_low")), _num(e.get("ci_high")),
+                     EXPLAIN[key], e.get("n_real", 0), e.get("n_generated", 0), key in HEADLINE))
+    trust = doc["provenance"].get("fit", {}).get("class", {})
+    if trust.get("n"):
+        rows.append(("trust", LABELS["trust"], trust["mean"], np.nan, np.nan, EXPLAIN["trust"], len(real),
+                     trust["n"], False))
+    overall = pd.DataFrame(rows, columns=OVERALL_COLUMNS)
+    per_class = []
+    real_classes = real.metadata()["class_id"].to_numpy()
+    for c, scope in sorted(variants["class"]["per_class"].items(), key=lambda kv: int(kv[0])):
+        row = {"class_id": int(c), "n_real": int((real_classes == int(c)).sum()),
+               "n_gen": int(scope.get("class_fidelity", {}).get("n_generated", 0))}
+        for key in ("precision", "recall", "density", "coverage", "coverage_global", "class_fidelity", "fd"):
+            if key in scope:
+                row[key] = _num(scope[key].get("value"))
+        per_class.append(row)
+    per_variant = []
+    for v, d in variants.items():
+        row = {"variant": v, "n_gen": int(d["overall"]["precision"]["n_generated"])}
+        for key in ("precision", "recall", "density", "coverage", "fd", "class_fidelity"):
+            if key in d["overall"]:
+                row[key] = _num(d["overall"][key].get("value"))
+        per_variant.append(row)
+    fd_e = main["fd"]
+    fd = FrechetDistance(value=_num(fd_e["value"]), n_real=fd_e["n_real"], n_gen=fd_e["n_generated"],
+                         layer=headline["layer"],
+                         note="few samples: biased upwards" if min(fd_e["n_real"], fd_e["n_generated"]) < 5000 else "")
+    metrics = Metrics(overall=overall, per_class=pd.DataFrame(per_class), per_variant=pd.DataFrame(per_variant),
+                      fd=fd, layer=headline["layer"])
+
+    # The variants page: the same seed under each conditioning.
+    n_var = min(cfg.generate.variant_samples, len(gens["class"]))
+    class_meta = gens["class"].metadata()
+    vrows = []
+    for v in gens:
+        for i in range(n_var if v != "class" else n_var):
+            vrows.append((i, int(class_meta["class_id"].iat[i]), v, offsets[v] + i))
+    variants_df = pd.DataFrame(vrows, columns=["seed_index", "class_id", "variant", "point"])
+
+    # Atlas: generated by masking, thumbnails appended after the points'.
+    atlas = None
+    if (atlas_dir(run) / "atlas.npz").exists():
+        with np.load(atlas_dir(run) / "atlas.npz", allow_pickle=False) as z:
+            anchor_images, grid_images, grid = z["anchor_images"], z["grid_images"], z["grid"]
+        info = json.loads((atlas_dir(run) / "atlas.json").read_text())
+        base = n
+        thumbs += [_fit_thumb(grid_images, t), _fit_thumb(anchor_images, t)]
+        names = _class_table(run, real)
+        name_of = dict(zip(names["class_id"], names["name"]))
+        grid_df = pd.DataFrame({"x": grid[:, 0], "y": grid[:, 1], "thumb": base + np.arange(len(grid))})
+        anchors = [AtlasAnchor(anchor=a["anchor_row"], neighbours=a["neighbour_rows"],
+                               thumb=base + len(grid) + i,
+                               conditioning=f"class {a['class_id']} ({name_of.get(a['class_id'], '?')}), {a['kind']}",
+                               note="" if info["invertible"] else "mask = mean full activations of its neighbours")
+                   for i, a in enumerate(info["anchors"])]
+        atlas = Atlas(grid=grid_df, anchors=anchors, mask_layer=info["mask_layer"], note=info["note"])
+
+    ident = run.model_identity()
+    src = real.manifest.get("source", {})
+    sources = [DataSource(f"real: {cfg.data.source}", cfg.data.path or "bundled demo data (generated on first use)",
+                          len(real))]
+    sources += [DataSource(f"generated: {v}", f"seed {cfg.run.seed}", len(s)) for v, s in gens.items()]
+    config = cfg.to_dict()
+    data = ReportData(
+        run=RunInfo(name=cfg.run.name, command=getattr(run, "command", "dmd2report build"),
+                    built_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), versions=_versions(),
+                    config_hash=cfg.section_hash(), config=config),
+        model=ModelInfo(preset=ident["preset"],
+                        checkpoint=Path(ident["checkpoint"]).name if ident["checkpoint"] else "random weights",
+                        sha256="" if ident["untrained"] else ident["sha256"], untrained=ident["untrained"]),
+        sources=sources, classes=_class_table(run, real),
+        points=pts[["set", "variant", "sample_id", "class_id", "x", "y", "trust", "covered", "source", "thumb"]],
+        thumbnails=np.concatenate(thumbs).astype(np.uint8),
+        neighbours=Neighbours(real_idx, real_dist, gen_idx, gen_dist, layer=headline["layer"]),
+        covered_by=covered_by, metrics=metrics,
+        nn_real_real=arrays["real.nn_real_dist"][:, 0], nn_gen_real=arrays[cls_arr + "nn_real_dist"][:, 0],
+        variants=variants_df, atlas=atlas, chosen_classes=[], max_class_pages=cfg.report.max_classes_pages)
+    data.validate()
+    return data
+
+
+def _num(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def _class_table(run, real) -> pd.DataFrame:
+    meta = real.metadata()
+    cols = [c for c in ("class_id", "synset", "name") if c in meta]
+    table = meta[cols].drop_duplicates("class_id").sort_values("class_id").reset_index(drop=True)
+    return table
+
+
+def command_line() -> str:
+    """The command as typed, for the index page ("how it was built")."""
+    return " ".join(shlex.quote(a) for a in ["dmd2report", *sys.argv[1:]])
