@@ -1,0 +1,155 @@
+"""The report renderer without a browser: escaping, sprites, atomic writes, single-file limits."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dmd2report.errors import UserError
+from dmd2report.report import sprites
+from dmd2report.report.data import replace, synthetic_report_data
+from dmd2report.report.render import SITE_MARKER, json_for_script, render_site
+
+HOSTILE = "<script>alert(1)</script>"
+QUOTED_PATH = 'data/"quoted" it\'s </script><!--.JPEG'
+
+
+@pytest.fixture(scope="module")
+def data():
+    d = synthetic_report_data(120, 60, 4, seed=3, class_names={1: HOSTILE})
+    d.points.loc[0, "source"] = QUOTED_PATH
+    d.run.name = 'run "<b>bold</b>"'
+    return d
+
+
+@pytest.fixture(scope="module")
+def site(data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("r") / "site"
+    return root, render_site(data, root)
+
+
+def test_site_has_every_page_and_local_bokehjs(site, data):
+    root, files = site
+    names = {p.relative_to(root).as_posix() for p in files}
+    for page in ("index.html", "map.html", "variants.html", "classes.html", "metrics.html", "atlas.html",
+                 "static/bokeh.min.js", "static/bokeh-gl.min.js", "static/site.js", "assets/data.js",
+                 "assets/thumbs-000.webp", "assets/thumbs-000.png"):
+        assert page in names
+    assert {f"classes/class-{c}.html" for c in range(4)} <= names
+    for f in files:
+        if f.suffix == ".html":
+            html = f.read_text()
+            assert "cdn.bokeh.org" not in html and "https://" not in html
+            assert re.search(r'<script src="(\.\./)?static/bokeh\.min\.js">', html)
+            assert data.run.config_hash in html                       # footer on every page
+            assert "Untrained model." not in html
+
+
+def test_data_strings_are_escaped(site):
+    root, files = site
+    for f in files:
+        if f.suffix in (".html", ".js") and f.parent.name != "static":
+            text = f.read_text()
+            assert HOSTILE not in text, f"raw hostile class name in {f}"
+            assert "<b>bold</b>" not in text
+    # Inside the embedded JSON the strings survive exactly, with '<' escaped.
+    js = (root / "assets" / "data.js").read_text()
+    payload = json.loads(js[js.index("=") + 1:].rstrip().rstrip(";"))
+    assert payload["classes"]["1"][1] == HOSTILE
+    assert payload["points"]["src"][0] == QUOTED_PATH
+    assert "</" not in js and "<!--" not in js
+
+
+def test_json_for_script_cannot_break_out():
+    s = json_for_script({"a": "</script><!-- \u2028 & >"})
+    assert "<" not in s and ">" not in s and "\u2028" not in s and "&" not in s
+    assert json.loads(s) == {"a": "</script><!-- \u2028 & >"}
+
+
+def test_untrained_banner_on_every_page(data, tmp_path):
+    d = replace(data, model=replace_model(data, untrained=True))
+    files = render_site(d, tmp_path / "s")
+    pages = [f for f in files if f.suffix == ".html"]
+    assert pages and all("Untrained model." in f.read_text() for f in pages)
+
+
+def replace_model(data, **kw):
+    import dataclasses
+    return dataclasses.replace(data.model, **kw)
+
+
+def test_sprite_sheets_hold_each_thumbnail_where_layout_says(tmp_path):
+    rng = np.random.default_rng(0)
+    thumbs = rng.integers(0, 256, (70, 8, 8, 3), dtype=np.uint8)
+    lay, images = sprites.sheet_images(thumbs)
+    for i in (0, 13, 69):
+        s, c, r = lay.locate(i)
+        tile = np.asarray(images[s])[r * 8:(r + 1) * 8, c * 8:(c + 1) * 8]
+        assert np.array_equal(tile, thumbs[i])
+    lay2 = sprites.write_sheets(thumbs, tmp_path)
+    assert lay2.sheets == len(list(tmp_path.glob("*.webp"))) == len(list(tmp_path.glob("*.png")))
+    assert Image.open(tmp_path / "thumbs-000.webp").size == (lay.cols * 8, lay.rows * 8)
+
+
+def test_many_thumbnails_span_several_sheets():
+    lay = sprites.layout_for(100_000, 32)
+    assert lay.cols * 32 <= sprites.MAX_SHEET_PX and lay.rows * 32 <= sprites.MAX_SHEET_PX
+    assert lay.sheets * lay.per_sheet >= 100_000 and lay.locate(99_999)[0] == lay.sheets - 1
+
+
+def test_rerender_replaces_site_and_failure_keeps_old_one(data, tmp_path, monkeypatch):
+    root = tmp_path / "site"
+    render_site(data, root)
+    (root / "stale.html").write_text("old")
+    render_site(data, root)
+    assert not (root / "stale.html").exists() and (root / SITE_MARKER).exists()
+    before = (root / "index.html").read_text()
+    from dmd2report.report import render as render_mod
+    monkeypatch.setattr(render_mod.sprites, "write_sheets", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        render_site(data, root)
+    assert (root / "index.html").read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["site"]     # no temp folder left behind
+
+
+def test_refuses_to_replace_a_folder_that_is_not_a_site(data, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not a dmd2report site"):
+        render_site(data, tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_single_file_inlines_everything_and_respects_limit(data, tmp_path, capsys):
+    files = render_site(data, tmp_path / "one", single_file=True)
+    assert [f.name for f in files] == ["report.html"]
+    html = files[0].read_text()
+    assert not re.search(r'<(script|img|link)\b[^>]*\b(src|href)="(?!data:)', html)   # nothing loaded from elsewhere
+    assert "data:image/webp;base64," in html and HOSTILE not in html
+    assert "MB" in capsys.readouterr().out
+    with pytest.raises(UserError, match="folder form"):
+        render_site(data, tmp_path / "two", single_file=True, single_file_limit_mb=0.1)
+    assert not (tmp_path / "two").exists()
+
+
+def test_bad_inputs_are_user_errors(data, tmp_path):
+    with pytest.raises(UserError, match="color_by"):
+        render_site(data, tmp_path / "s", color_by="rainbow")
+    import dataclasses
+    bad = dataclasses.replace(data, thumbnails=data.thumbnails[:5])
+    with pytest.raises(UserError, match="thumb"):
+        render_site(bad, tmp_path / "s")
+
+
+def test_many_classes_group_the_legend(tmp_path):
+    d = synthetic_report_data(300, 300, 40, seed=0, variants_per_class=1)
+    from dmd2report.report import palette
+    counts = d.points[d.points["set"] == "generated"]["class_id"].value_counts().to_dict()
+    own, rest = palette.class_groups(counts)
+    assert len(own) == palette.LEGEND_CLASSES and len(rest) == len(counts) - len(own)
+    files = render_site(d, tmp_path / "s", color_by="class")
+    assert "other classes" in (tmp_path / "s" / "map.html").read_text()
+    assert len([f for f in files if f.parent.name == "classes"]) == 40
+    render_site(d, tmp_path / "v", color_by="variant")
+    assert "uniform (" in (tmp_path / "v" / "map.html").read_text()
