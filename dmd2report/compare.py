@@ -1,9 +1,9 @@
 """Compare two metrics.json files (for CI snapshots): what changed, and whether a chosen metric regressed.
 
 Every value is addressed by a path `<feature space>/<variant>/overall/<metric>` or
-`<feature space>/<variant>/class/<class>/<metric>` (and `<feature space>/reference/<metric>`).
+`<feature space>/<variant>/per_class/<class>/<metric>` (and `<feature space>/reference/<metric>`).
 A selector is either a bare metric name, which picks that metric in the `overall` scope of every
-feature space and variant (`precision`), or a glob over paths (`midblock*/class/*/coverage`).
+feature space and variant (`precision`), or a glob over paths (`midblock*/per_class/*/coverage`).
 
 Direction: for `fd` lower is better; for every other metric higher is better. A selected value
 regressed when it moved in the worse direction by more than the threshold (absolute), or when it
@@ -38,28 +38,28 @@ def read_metrics(path) -> dict:
     return doc
 
 
-def flatten(doc: dict) -> dict[str, dict]:
-    """{path: entry} for every metric entry of a metrics.json document."""
+def flatten(doc: dict) -> dict[str, tuple[str, str, dict]]:
+    """{path: (scope, metric, entry)} for every metric entry of a metrics.json document;
+    scope is "reference", "overall" or "per_class" (feature space names may contain '/')."""
     out = {}
     for space, s in doc["feature_spaces"].items():
         for metric, e in (s.get("reference") or {}).items():
-            out[f"{space}/reference/{metric}"] = e
+            out[f"{space}/reference/{metric}"] = ("reference", metric, e)
         for variant, v in (s.get("variants") or {}).items():
             for metric, e in (v.get("overall") or {}).items():
-                out[f"{space}/{variant}/overall/{metric}"] = e
+                out[f"{space}/{variant}/overall/{metric}"] = ("overall", metric, e)
             for cls, scope in (v.get("per_class") or {}).items():
                 for metric, e in scope.items():
-                    out[f"{space}/{variant}/class/{cls}/{metric}"] = e
+                    out[f"{space}/{variant}/per_class/{cls}/{metric}"] = ("per_class", metric, e)
     return out
 
 
-def _selected(path: str, selectors) -> bool:
-    parts = path.split("/")
+def _selected(path: str, scope: str, metric: str, selectors) -> bool:
     for sel in selectors:
         if "/" in sel or any(ch in sel for ch in "*?["):
             if fnmatch.fnmatchcase(path, sel):
                 return True
-        elif parts[-2] == "overall" and parts[-1] == sel:
+        elif scope == "overall" and metric == sel:
             return True
     return False
 
@@ -79,7 +79,7 @@ def compare_metrics(a_path, b_path, metrics: list[str] | None = None, threshold:
     selectors = list(metrics) if metrics else list(DEFAULT_METRICS)
     if metrics:
         for sel in selectors:
-            if not any(_selected(p, [sel]) for p in a.keys() | b.keys()):
+            if not any(_selected(p, *e[:2], [sel]) for p, e in (a | b).items()):
                 raise UserError(f"--metric {sel}: matches no value in {a_path} or {b_path}")
     lines, regressed = [], False
     if a_doc.get("provenance") != b_doc.get("provenance"):
@@ -87,10 +87,16 @@ def compare_metrics(a_path, b_path, metrics: list[str] | None = None, threshold:
             va, vb = (a_doc.get("provenance") or {}).get(key), (b_doc.get("provenance") or {}).get(key)
             if va != vb:
                 lines.append(f"  provenance {key}: {va} -> {vb}")
+    unselected_class_changes = 0
     for path in sorted(a.keys() | b.keys()):
-        chosen = _selected(path, selectors)
-        metric = path.rsplit("/", 1)[1]
-        ea, eb = a.get(path), b.get(path)
+        scope, metric, _ = a.get(path) or b.get(path)
+        chosen = _selected(path, scope, metric, selectors)
+        ea, eb = (a.get(path) or (None, None, None))[2], (b.get(path) or (None, None, None))[2]
+        if not chosen and scope == "per_class":
+            # thousands of per-class values: counted, listed only when selected
+            unselected_class_changes += ea is None or eb is None or any(ea.get(key) != eb.get(key) for key in
+                                                                     ("value", "n_real", "n_generated", "k"))
+            continue
         if eb is None:
             regressed |= chosen
             lines.append(f"{'REGRESSED' if chosen else '  removed'} {path}: only in A ({_fmt(ea.get('value'))})")
@@ -115,6 +121,9 @@ def compare_metrics(a_path, b_path, metrics: list[str] | None = None, threshold:
         regressed |= bad
         tag = "REGRESSED" if bad else "  changed"
         lines.append(f"{tag} {path}: {_fmt(va)} -> {_fmt(vb)} ({delta:+.6g}){suffix}")
+    if unselected_class_changes:
+        lines.append(f"  {unselected_class_changes} per-class values changed (not selected; list them with a "
+                     f"glob such as '*/per_class/*/coverage')")
     direction = "fd: lower is better; others: higher is better"
     lines.append(f"{'regression' if regressed else 'no regression'}: selection {', '.join(selectors)}; "
                  f"threshold {threshold:g} (absolute; {direction})")
