@@ -200,6 +200,12 @@ def measure(real: np.ndarray, real_classes, generated: Mapping[str, tuple], *, f
     {"overall": {metric: entry}, "per_class": {class: {metric: entry}}}}, "arrays": {"real": {...},
     "variants": {variant: {...}}}}; an entry is {"value", "definition", "k", "n_real", "n_generated"
     [, "ci_low", "ci_high"]}, value None where the sets are too small for the definition.
+
+    arrays["real"]: r_pr, r_dc (radii), nn_real_dist/idx (k_neighbours nearest other real points).
+    arrays["variants"][v]: per generated sample nn_real_*, nn_gen_* (nearest other generated), gen_in_real_manifold
+    (precision flag), gen_density (its density term, count / k_dc), gen_fidelity (NaN without a class),
+    gen_centroid_class; per real point real_covered, real_cover_count, real_covered_by (generated indices,
+    nearest first, -1 padded, at most cover_cap), real_nn_gen_*.
     """
     with _one_blas_thread():
         return _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelity, k_neighbours,
@@ -217,6 +223,8 @@ def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelit
         raise ValueError(f"{feature_space}: {n_real} real samples, need more than k = {max(k_pr, k_dc)}")
     x = to_tensor(real_np, dev)
     rc = None if real_classes is None else np.asarray(real_classes, dtype=np.int64)
+    if rc is not None and rc.shape != (n_real,):
+        raise ValueError(f"{feature_space}: real_classes of shape {rc.shape} for {n_real} real samples")
     classes = [] if rc is None else [int(c) for c in np.unique(rc)]
     settings = dict(k_pr=k_pr, k_dc=k_dc, k_fidelity=k_fidelity, k_neighbours=k_neighbours, bootstrap=bootstrap,
                     ci_level=ci_level, seed=seed, cover_cap=cover_cap)
@@ -224,7 +232,7 @@ def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelit
     say(f"{feature_space}: radii of {n_real} real samples")
     k_rr = min(max(k_pr, k_dc, k_neighbours), n_real - 1)
     real_r, (rr_d, rr_i) = knn_radii(x, sorted({k_pr, k_dc, k_rr}), **kw)
-    stats_real = mean_and_cov(real_np) if n_real >= 2 else None
+    stats_real = mean_and_cov(real_np)
     sqrt_real = sqrt_psd(stats_real[1])
     arrays = {"real": {"r_pr": real_r[k_pr], "r_dc": real_r[k_dc], "nn_real_dist": rr_d[:, :k_neighbours],
                        "nn_real_idx": rr_i[:, :k_neighbours]}, "variants": {}}
@@ -255,9 +263,11 @@ def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelit
         feats, cond = generated[name]
         gen_np = np.ascontiguousarray(feats, dtype=np.float32)
         n_gen = len(gen_np)
-        if gen_np.ndim != 2 or gen_np.shape[1] != dims:
+        if gen_np.ndim != 2 or gen_np.shape[1] != dims or n_gen == 0:
             raise ValueError(f"{feature_space}/{name}: generated features of shape {gen_np.shape}, real have D={dims}")
         cond = np.full(n_gen, NO_CLASS, np.int64) if cond is None else np.asarray(cond, dtype=np.int64)
+        if cond.shape != (n_gen,):
+            raise ValueError(f"{feature_space}/{name}: conditioning classes of shape {cond.shape} for {n_gen} samples")
         say(f"{feature_space}/{name}: {n_gen} generated samples")
         y = to_tensor(gen_np, dev)
         arr: dict = {}
