@@ -345,7 +345,7 @@
     const dark = window.matchMedia && matchMedia("(prefers-color-scheme: dark)").matches;
     const text = dark ? "#c9d1d9" : "#3b424c", line = dark ? "#5b6570" : "#9aa3ae", grid = dark ? "#323a44" : "#e1e5ea";
     const bg = dark ? "#14171c" : "#fbfbfc";
-    const set = (m, k, v) => { if (m.properties && k in m.properties && m[k] !== null) m[k] = v; };
+    const set = (m, k, v) => { if (m.properties && k in m.properties && m[k] !== null && m[k] !== v) m[k] = v; };
     for (const doc of docs()) for (const m of models(doc)) {
       ["axis_label_text_color", "major_label_text_color", "label_text_color", "title_text_color"].forEach(k => set(m, k, text));
       if (m.type === "Title" || (m.constructor && m.constructor.__name__ === "Title")) set(m, "text_color", text);
@@ -381,7 +381,7 @@
       .filter(n => document.querySelector('[data-fig="' + n + '"] .bk-root, [data-fig="' + n + '"] [data-root-id]'));
     const t0 = performance.now();
     (function poll() {
-      if (names.every(n => resolve(n)) || performance.now() - t0 > 30000) cb(); else setTimeout(poll, 30);
+      if (names.every(n => resolve(n)) || performance.now() - t0 > 30000) cb(); else setTimeout(poll, 10);
     })();
   }
   document.addEventListener("pointermove", e => { pointer = { x: e.clientX, y: e.clientY }; }, { capture: true, passive: true });
@@ -410,6 +410,7 @@
       if (window.matchMedia) matchMedia("(prefers-color-scheme: dark)").addEventListener("change", applyTheme);
       applyHash();
       Site.ready = true;
+      Site.readyAt = performance.now();
       document.body.dataset.ready = "1";
     });
   });
