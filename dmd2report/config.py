@@ -59,6 +59,8 @@ class FeaturesConfig:
     dtype: str = "float16"          # stored feature dtype: float16 | float32
     batch_size: int = 256
     chunk_size: int = 4096          # samples per stored chunk (the unit of atomic writes and resume)
+    full_per_class: int = 8         # real samples per class whose full mask-layer activations are kept (masking)
+    recon_per_class: int = 4        # real samples per class whose reconstruction (model output) is kept
 
 
 @dataclass

@@ -1,0 +1,288 @@
+"""End-to-end extraction and generation throughput of the full DMD2 ImageNet-64 model on one GPU.
+
+Run on a CUDA machine from the repository root:
+
+    PYTHONPATH=. python benchmarks/throughput.py --out /tmp/bench [--quick]
+
+Everything is measured end to end: data in (NPZ batches / noise), features and thumbnails
+written to the store, with the same functions `dmd2report extract/generate/build` use. Side by
+side in the same run:
+
+- seed-style: what the seed tool did (float32, hooks copying both layers' full activations to
+  the host, one `np.savez_compressed` per sample);
+- float32 eager: this project's model in plain float32 eager mode, hooks, per-batch host copies,
+  features written as float32 .npy per batch;
+- optimised: the default CUDA path (bf16 UNet, channels-last, flash SDPA, per-block
+  torch.compile, pinned non-blocking copies, on-device reduction, writer thread, early exit
+  after `midblock` for extraction).
+
+Random weights (speed does not depend on them), drawn so that no branch is zero. FLOPs per image
+are counted by torch's FLOP counter on the real network (multiply-add = 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dmd2report.config import Config  # noqa: E402
+from dmd2report.layers import ActivationCapture  # noqa: E402
+from dmd2report.models import build_preset  # noqa: E402
+from dmd2report.sampling import condition_vectors, sample_noise  # noqa: E402
+
+PEAK_BF16 = 790e12  # measured bf16 dense matmul rate on this card (device notes), FLOP/s
+LAYERS = ["encoder_bottleneck", "midblock"]
+
+
+def random_weights(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Every parameter random (zero-initialised branches too): timings on zeros can mislead."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if p.ndim > 1:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=g) / fan_in ** 0.5)
+            elif name.endswith("weight"):  # group norm scales
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    return net
+
+
+def flops_per_image(net, early_exit: bool) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(2, 3, 64, 64)
+    c = condition_vectors("class", 1000, classes=[1, 2])
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        with ActivationCapture(net, LAYERS, early_exit=early_exit) as cap:
+            cap.run(80 * x, torch.full((2,), 80.0), c)
+    return fc.get_total_flops() / 2
+
+
+def write_npz(root: Path, n: int, per_file: int = 10000) -> None:
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for i, s in enumerate(range(0, n, per_file)):
+        m = min(per_file, n - s)
+        # Smooth random images (not noise, not zeros) so decoding/transfer see realistic bytes.
+        base = rng.integers(0, 256, (m, 3, 8, 8), dtype=np.uint8)
+        data = np.repeat(np.repeat(base, 8, axis=2), 8, axis=3).reshape(m, -1)
+        np.savez(root / f"train_data_batch_{i + 1}.npz", data=data, labels=rng.integers(1, 1001, m))
+
+
+def store_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------------------------------------- baselines
+
+
+@torch.no_grad()
+def seed_style_generation(net, n: int, batch: int, out: Path) -> dict:
+    """float32; hooks copy both layers' full activations to the host; one savez_compressed per sample."""
+    out.mkdir(parents=True, exist_ok=True)
+    dev = next(net.parameters()).device
+    sync()
+    t0 = time.perf_counter()
+    for s in range(0, n, batch):
+        idx = range(s, min(s + batch, n))
+        z = sample_noise(0, idx, (3, 64, 64)).to(dev)
+        c = condition_vectors("class", 1000, classes=[i % 1000 for i in idx]).to(dev)
+        with ActivationCapture(net, LAYERS) as cap:
+            img = cap.run(80 * z, torch.full((len(idx),), 80.0, device=dev), c)
+        acts = {k: v.cpu().numpy() for k, v in cap.activations.items()}
+        img = img.cpu().numpy()
+        for j, i in enumerate(idx):
+            np.savez_compressed(out / f"{i:07d}.npz", image=img[j], **{k: a[j].reshape(-1) for k, a in acts.items()})
+    sync()
+    dt = time.perf_counter() - t0
+    return {"img_s": n / dt, "bytes_per_sample": store_bytes(out) / n, "n": n}
+
+
+@torch.no_grad()
+def float32_eager(net, n: int, batch: int, out: Path, extract_npz: Path | None = None) -> dict:
+    """Our model, float32 eager, hooks, mean-reduced features copied to the host per batch."""
+    out.mkdir(parents=True, exist_ok=True)
+    dev = next(net.parameters()).device
+    files = sorted(extract_npz.glob("*.npz")) if extract_npz else []
+    sync()
+    t0 = time.perf_counter()
+    done = 0
+    data = None
+    while done < n:
+        if extract_npz:
+            if data is None or len(data) == 0:
+                data = np.load(files[(done // 10000) % len(files)])["data"]
+            x = torch.from_numpy(data[:batch].reshape(-1, 3, 64, 64)).to(dev).float() / 127.5 - 1
+            data = data[batch:]
+            c = condition_vectors("class", 1000, classes=[0] * len(x)).to(dev)
+        else:
+            idx = range(done, min(done + batch, n))
+            x = sample_noise(0, idx, (3, 64, 64)).to(dev)
+            c = condition_vectors("class", 1000, classes=[i % 1000 for i in idx]).to(dev)
+        with ActivationCapture(net, LAYERS, reduce="mean", early_exit=extract_npz is not None) as cap:
+            img = cap.run(80 * x, torch.full((len(x),), 80.0, device=dev), c)
+        np.save(out / f"{done:08d}.npy", np.concatenate([a.cpu().numpy() for a in cap.activations.values()], 1))
+        if img is not None:
+            np.save(out / f"{done:08d}.img.npy", ((img * 127.5 + 128).clamp(0, 255).byte()).cpu().numpy())
+        done += len(x)
+    sync()
+    dt = time.perf_counter() - t0
+    return {"img_s": done / dt, "bytes_per_sample": store_bytes(out) / done, "n": done}
+
+
+# ---------------------------------------------------------------------------------------------- optimised
+
+
+def bench_config(work: Path, npz: Path, n: int, batch: int) -> Config:
+    c = Config()
+    c.run.workdir, c.run.device = str(work), "cuda"
+    c.model.preset = "dmd2-imagenet64"
+    c.data.source, c.data.path, c.data.max_samples = "imagenet64-npz", str(npz), n
+    c.features.batch_size, c.features.chunk_size = batch, 8192
+    c.report.thumb_size = 32
+    return c
+
+
+def optimised_extract(net, cfg: Config) -> dict:
+    from dmd2report.extract import extract_real
+
+    sync()
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    path = extract_real(cfg, net, "bench", overwrite=True, progress=False)
+    sync()
+    dt = time.perf_counter() - t0
+    n = cfg.data.max_samples
+    return {"img_s": n / dt, "bytes_per_sample": store_bytes(path) / n, "n": n,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+
+
+def optimised_generate(net, cfg: Config, variant: str, n: int) -> dict:
+    from dmd2report.generate import generate_set
+
+    classes = np.arange(n) % 1000
+    vectors = None
+    if variant == "blend":
+        rng = np.random.default_rng(0)
+        vectors = np.zeros((n, 1000), np.float32)
+        for j in range(5):
+            vectors[np.arange(n), rng.integers(0, 1000, n)] += 0.2
+    sync()
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    path = generate_set(cfg, net, "bench", variant, classes, np.arange(n), label_vectors=vectors, overwrite=True,
+                        progress=False)
+    sync()
+    dt = time.perf_counter() - t0
+    return {"img_s": n / dt, "bytes_per_sample": store_bytes(path) / n, "n": n,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+
+
+@torch.no_grad()
+def accuracy(net_fp32, net_fast, n: int = 64) -> dict:
+    """Relative error of the optimised path's activations and images against float32."""
+    dev = next(net_fast.parameters()).device
+    z = sample_noise(123, range(n), (3, 64, 64)).to(dev)
+    c = condition_vectors("class", 1000, classes=list(range(n))).to(dev)
+    s = torch.full((n,), 80.0, device=dev)
+    out = {}
+    with ActivationCapture(net_fp32, LAYERS) as a:
+        ref = a.run(80 * z, s, c, )
+    with ActivationCapture(net_fast, LAYERS) as b:
+        got = b.run(80 * z.contiguous(memory_format=torch.channels_last), s, c)
+    for k in LAYERS:
+        out[f"rel_err_{k}"] = ((b.activations[k] - a.activations[k]).norm() / a.activations[k].norm()).item()
+    out["rel_err_image"] = ((got - ref).norm() / ref.norm()).item()
+    out["max_abs_err_image"] = (got - ref).abs().max().item()
+    out["mean_abs_err_uint8"] = ((got - ref).abs() * 127.5).mean().item()
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/bench")))
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--no-compile", action="store_true")
+    args = ap.parse_args()
+    from dmd2report.runtime import prepare
+
+    assert torch.cuda.is_available(), "run on a CUDA machine"
+    dev = torch.device("cuda")
+    work = Path(tempfile.mkdtemp(prefix="dmd2bench-"))
+    n_seed, n_fp32 = (64, 512) if args.quick else (512, 4096)
+    n_gen, n_ext = (2048, 8192) if args.quick else (16384, 60000)
+    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": args.batch}
+    net_cpu = random_weights(build_preset("dmd2-imagenet64")).eval()
+    results["gflop_full"] = flops_per_image(net_cpu, early_exit=False) / 1e9
+    results["gflop_extract"] = flops_per_image(net_cpu, early_exit=True) / 1e9
+    print(f"GFLOP/image: full {results['gflop_full']:.1f}, to midblock {results['gflop_extract']:.1f}", flush=True)
+    write_npz(work / "npz", n_ext)
+
+    fp32 = build_preset("dmd2-imagenet64", use_fp16=False)
+    fp32.load_state_dict(net_cpu.state_dict())
+    fp32 = fp32.eval().requires_grad_(False).to(dev)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    rows = {}
+    rows["seed-style gen"] = seed_style_generation(fp32, n_seed, 64, work / "seed")
+    print("seed-style", rows["seed-style gen"], flush=True)
+    rows["fp32 eager gen"] = float32_eager(fp32, n_fp32, 256, work / "fp32g")
+    rows["fp32 eager extract"] = float32_eager(fp32, n_fp32 * 2, 256, work / "fp32e", extract_npz=work / "npz")
+    print("fp32", rows["fp32 eager gen"], rows["fp32 eager extract"], flush=True)
+
+    fast = build_preset("dmd2-imagenet64")
+    fast.load_state_dict(net_cpu.state_dict())
+    t0 = time.perf_counter()
+    fast = prepare(fast, dev, "auto", compile=not args.no_compile, batch_hint=args.batch)
+    results["compile_s"] = time.perf_counter() - t0
+    results.update(accuracy(fp32, fast))
+    print("accuracy", {k: v for k, v in results.items() if "err" in k}, flush=True)
+    cfg = bench_config(work / "run", work / "npz", n_ext, args.batch)
+    optimised_extract(fast, bench_config(work / "warm", work / "npz", 2 * args.batch, args.batch))  # warm-up shapes
+    rows["optimised extract"] = optimised_extract(fast, cfg)
+    print("extract", rows["optimised extract"], flush=True)
+    for variant in ("class", "uniform", "zero", "blend"):
+        rows[f"optimised gen {variant}"] = optimised_generate(fast, cfg, variant, n_gen)
+        print(variant, rows[f"optimised gen {variant}"], flush=True)
+
+    seed = rows["seed-style gen"]["img_s"]
+    for name, r in rows.items():
+        gflop = results["gflop_extract"] if "extract" in name else results["gflop_full"]
+        r["tflop_s"] = r["img_s"] * gflop / 1e3
+        r["fraction_of_peak"] = r["img_s"] * gflop * 1e9 / PEAK_BF16
+        r["vs_seed"] = r["img_s"] / seed
+        base = rows["fp32 eager extract" if "extract" in name else "fp32 eager gen"]["img_s"]
+        r["vs_fp32"] = r["img_s"] / base
+    results["rows"] = rows
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "throughput.json").write_text(json.dumps(results, indent=1))
+    print(f"\n{'run':<24}{'img/s':>9}{'TFLOP/s':>9}{'of peak':>9}{'KB/sample':>11}{'x seed':>8}{'x fp32':>8}{'peak GiB':>9}")
+    for name, r in rows.items():
+        print(f"{name:<24}{r['img_s']:>9.0f}{r['tflop_s']:>9.1f}{r['fraction_of_peak']:>9.1%}"
+              f"{r['bytes_per_sample'] / 1e3:>11.1f}{r['vs_seed']:>8.1f}{r['vs_fp32']:>8.2f}{r.get('peak_gib', float('nan')):>9.1f}")
+    print({k: v for k, v in results.items() if k != "rows"})
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
