@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import json
 import os
 import sys
 from pathlib import Path
@@ -83,9 +84,20 @@ def parse_reduce(reduce: str) -> tuple[str, int]:
     raise UserError(f"features.reduce: {reduce!r} is not full, mean or pca:K")
 
 
+_SHAPES: dict[str, dict] = {}
+
+
+def block_shapes(net) -> dict[str, tuple[int, int, int]]:
+    """layer_shapes(net), computed once per architecture (it builds a copy on the meta device)."""
+    key = json.dumps(net.init_kwargs, sort_keys=True, default=str)
+    if key not in _SHAPES:
+        _SHAPES[key] = layer_shapes(net)
+    return _SHAPES[key]
+
+
 def feature_dims(net, layers: list[str], reduce: str) -> dict[str, int]:
     mode, k = parse_reduce(reduce)
-    shapes = layer_shapes(net)
+    shapes = block_shapes(net)
     dims = {}
     for layer in layers:
         c, h, w = shapes[resolve_layer(net, layer)]
@@ -292,8 +304,8 @@ def extract_real(config, net, model_checksum: str, *, overwrite: bool = False, p
         key = {
             "stage": "real",
             "data": {"source": d.source, "path": d.path, "classes": list(d.classes), "per_class": d.per_class,
-                     "max_samples": d.max_samples, "on_bad_image": d.on_bad_image, "seed": config.run.seed,
-                     **source.fingerprint()},
+                     "max_samples": d.max_samples, "on_bad_image": d.on_bad_image, "seed": config.run.seed},
+            "selection": source.fingerprint(),
             "model_checksum": model_checksum,
             "resolution": net.img_resolution, "num_classes": net.label_dim,
             "features": {"layers": layers, "reduce": f.reduce, "dtype": f.dtype, "chunk_size": cs,
@@ -310,6 +322,7 @@ def extract_real(config, net, model_checksum: str, *, overwrite: bool = False, p
                 "reduction": f.reduce, "dtype": f.dtype, "full_layer": full_layer, "chunk_size": cs,
                 "num_classes": net.label_dim, "resolution": net.img_resolution, "thumb_size": config.report.thumb_size,
                 "planned": len(plan)}
+        writer.check(overwrite)  # every rank: a refusal is raised everywhere, not only on rank 0
         if rank == 0:
             writer.prepare(overwrite, info)
             if mode == "full":
@@ -325,7 +338,7 @@ def extract_real(config, net, model_checksum: str, *, overwrite: bool = False, p
 
             pca = load_pca(path / "pca.safetensors")
         reducer = Reducer(f.reduce, f.dtype, pca, device)
-        full_shape = layer_shapes(net)[resolve_layer(net, full_layer)]
+        full_shape = block_shapes(net)[resolve_layer(net, full_layer)]
 
         todo = [i for i in range(rank, n_chunks, world) if not writer.done(i)]
         bar = Progress(sum(min(cs, len(plan) - i * cs) for i in todo), "extract real", show)
@@ -385,7 +398,7 @@ def _extract_chunk(net, images, rows: pd.DataFrame, layers, full_layer, full_sha
         x = to_device(images[sl], device).float() / 127.5 - 1
         y = F.one_hot(torch.tensor(ids_all[sl], device=device), net.label_dim).float()
         sigma = torch.full((len(x),), SIGMA_MAX, device=device)
-        fb = torch.as_tensor(has_full[sl], device=device)
+        fb = torch.tensor(has_full[sl], device=device)
         any_full = bool(has_full[sl].any())
         with ActivationCapture(net, need if any_full else layers, reduce=reducer.capture_mode(any_full),
                                early_exit=True) as cap:
@@ -395,7 +408,7 @@ def _extract_chunk(net, images, rows: pd.DataFrame, layers, full_layer, full_sha
         if any_full:
             full.append(cap.activations[full_layer][fb].float())
         thumbs.append(thumbnails(x, thumb_size))
-        rb = torch.as_tensor(has_recon[sl], device=device)
+        rb = torch.tensor(has_recon[sl], device=device)
         if has_recon[sl].any():
             recon.append(thumbnails(net(SIGMA_MAX * x[rb], sigma[rb], y[rb]), x.shape[-1]))
         bar.update(len(x))

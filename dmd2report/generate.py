@@ -97,6 +97,7 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
             "reduction": f.reduce, "dtype": f.dtype, "variant": variant, "seed": config.run.seed,
             "chunk_size": cs, "num_classes": K, "resolution": net.img_resolution,
             "thumb_size": config.report.thumb_size, "planned": n, "full_layer": None}
+    writer.check(overwrite)  # every rank: a refusal is raised everywhere, not only on rank 0
     if rank == 0:
         writer.prepare(overwrite, info)
         if mode == "full":

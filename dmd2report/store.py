@@ -134,25 +134,32 @@ class StoreWriter:
         self.kind = kind
         self.hash = config_hash(key)
 
+    def check(self, overwrite: bool = False) -> bool:
+        """Read-only: whether the directory must be cleared; a UserError if it may not be (any rank may call it)."""
+        p = self.path
+        if not p.exists():
+            return False
+        old = None
+        try:
+            old = json.loads((p / MANIFEST).read_text())
+        except (OSError, ValueError):
+            pass
+        if old is not None and old.get("config_hash") == self.hash:
+            return False
+        if not overwrite:
+            if old is None and any(p.iterdir()):
+                raise UserError(f"{p}: exists and is not a dmd2report store; remove it or use --overwrite")
+            if old is not None:
+                raise UserError(f"{p}: holds a store made with another configuration "
+                                f"({_key_diff(old.get('key', {}), self.key)}); use --overwrite to replace it")
+        return old is not None or any(p.iterdir())
+
     def prepare(self, overwrite: bool = False, info: dict | None = None) -> None:
+        """Rank 0: clear the directory if allowed and needed, remove leftovers, write the first manifest."""
         p = self.path
         manifest = p / MANIFEST
-        if p.exists():
-            old = None
-            try:
-                old = json.loads(manifest.read_text())
-            except (OSError, ValueError):
-                pass
-            same = old is not None and old.get("config_hash") == self.hash
-            if not same and not overwrite:
-                if old is None and any(p.iterdir()):
-                    raise UserError(f"{p}: exists and is not a dmd2report store; remove it or use --overwrite")
-                if old is not None:
-                    diff = _key_diff(old.get("key", {}), self.key)
-                    raise UserError(f"{p}: holds a store made with another configuration ({diff}); "
-                                    "use --overwrite to replace it")
-            if not same and overwrite:
-                shutil.rmtree(p)
+        if self.check(overwrite):
+            shutil.rmtree(p)
         p.mkdir(parents=True, exist_ok=True)
         _remove_temporaries(p)
         if not manifest.exists():
@@ -212,16 +219,24 @@ class StoreWriter:
         return manifest
 
 
-def _key_diff(old: dict, new: dict, prefix: str = "") -> str:
-    keys = sorted(set(old) | set(new))
-    for k in keys:
-        a, b = old.get(k), new.get(k)
-        if a != b:
-            if isinstance(a, dict) and isinstance(b, dict):
-                return _key_diff(a, b, f"{prefix}{k}.")
-            short = lambda v: (json.dumps(v, default=str)[:60])
-            return f"{prefix}{k} was {short(a)}, now {short(b)}"
-    return "an older format"
+def _key_diff(old: dict, new: dict) -> str:
+    """The first few settings that differ, derived ones (the selection's fingerprint) last."""
+    diffs: list[tuple[bool, str]] = []
+
+    def walk(a, b, prefix):
+        for k in sorted(set(a) | set(b)):
+            x, y = a.get(k), b.get(k)
+            if x == y:
+                continue
+            if isinstance(x, dict) and isinstance(y, dict):
+                walk(x, y, f"{prefix}{k}.")
+            else:
+                short = lambda v: json.dumps(v, default=str)[:60]
+                diffs.append((prefix.startswith("selection."), f"{prefix}{k} was {short(x)}, now {short(y)}"))
+
+    walk(old, new, "")
+    diffs.sort(key=lambda d: d[0])
+    return "; ".join(d for _, d in diffs[:3]) or "an older format"
 
 
 class BackgroundWriter:
@@ -235,6 +250,7 @@ class BackgroundWriter:
         self.writer = writer
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
+        self.failed = False  # after a failure nothing more is written
         self.thread = threading.Thread(target=self._loop, name="store-writer", daemon=True)
         self.thread.start()
 
@@ -243,11 +259,11 @@ class BackgroundWriter:
             job = self.queue.get()
             if job is None:
                 return
-            if self.error is None:
+            if not self.failed:
                 try:
                     self.writer.write_chunk(*job[0], **job[1])
                 except BaseException as e:  # handed to the main thread
-                    self.error = e
+                    self.error, self.failed = e, True
 
     def submit(self, *args, **kwargs):
         self._raise()
@@ -356,5 +372,6 @@ def save_pca(path: Path, pca: dict, metadata: dict[str, str]) -> None:
     from safetensors.torch import save
 
     flat = {f"{layer}.{what}": t.detach().cpu().contiguous() for layer, d in pca.items() for what, t in d.items()}
-    data = save(flat, metadata=metadata)
+    # One metadata entry: safetensors writes several in hash order, which would differ from run to run.
+    data = save(flat, metadata={"dmd2report": json.dumps(metadata, sort_keys=True)})
     atomic_write(path, lambda f: f.write(data))
