@@ -52,25 +52,55 @@ def test_extract_stores_what_the_model_computes(tiny_net, npz_dir, make_config):
     assert full.shape == (60, 64, 4, 4) and full.dtype == np.float32
 
 
-def test_resume_after_a_crash_is_byte_identical(tiny_net, npz_dir, make_config, tmp_path, monkeypatch):
+_KILLED_RUN = """
+import os, signal, sys
+import numpy as np
+from safetensors.torch import load_file
+from dmd2report import store
+from dmd2report.config import load_config
+from dmd2report.extract import extract_real
+from dmd2report.models import build_preset
+
+weights, workdir, data = sys.argv[1:]
+net = build_preset("tiny").eval().requires_grad_(False)
+net.load_state_dict(load_file(weights))
+save = store.save_npy
+
+def killed_mid_chunk_2(path, array):
+    if path.name == "chunk_000002.npy" and path.parent.name == "thumbs":
+        def write(f):
+            f.write(b"half a file")  # a temporary file left behind, as a kill leaves it
+            os.kill(os.getpid(), signal.SIGKILL)
+        return store.atomic_write(path, write)
+    return save(path, array)
+
+store.save_npy = killed_mid_chunk_2
+config = load_config(None, {"run.workdir": workdir, "data.source": "imagenet64-npz", "data.path": data,
+    "data.max_samples": 0, "features.batch_size": 8, "features.chunk_size": 16, "report.thumb_size": 8})
+extract_real(config, net, "sum0", progress=False)
+"""
+
+
+def test_resume_after_a_kill_is_byte_identical(tiny_net, npz_dir, make_config, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+
     reference = extract_real(make_config(path=npz_dir, run__workdir=str(tmp_path / "a")), tiny_net, "sum0", progress=False)
-    config = make_config(path=npz_dir, run__workdir=str(tmp_path / "b"))
-    real_write = store_mod.StoreWriter.write_chunk
-
-    def crash_on_chunk_2(self, i, *a, **k):
-        if i == 2:
-            raise KeyboardInterrupt  # as if killed part-way
-        return real_write(self, i, *a, **k)
-
-    monkeypatch.setattr(store_mod.StoreWriter, "write_chunk", crash_on_chunk_2)
-    with pytest.raises(KeyboardInterrupt):
-        extract_real(config, tiny_net, "sum0", progress=False)
+    weights = tmp_path / "w.safetensors"
+    save_file(tiny_net.state_dict(), weights)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-c", _KILLED_RUN, str(weights), str(tmp_path / "b"), str(npz_dir)], env=env)
+    assert run.returncode == -9  # SIGKILL, part-way through chunk 2
+    store = tmp_path / "b" / "stores" / "real"
+    assert list(store.rglob("*.tmp")) and (store / "chunks" / "chunk_000001.json").exists()
     with pytest.raises(UserError, match="incomplete"):
-        Store(tmp_path / "b" / "stores" / "real")
-    monkeypatch.setattr(store_mod.StoreWriter, "write_chunk", real_write)
+        Store(store)
+    real_write = store_mod.StoreWriter.write_chunk
     written = []
     monkeypatch.setattr(store_mod.StoreWriter, "write_chunk", lambda self, i, *a, **k: (written.append(i), real_write(self, i, *a, **k)))
-    resumed = extract_real(config, tiny_net, "sum0", progress=False)
+    resumed = extract_real(make_config(path=npz_dir, run__workdir=str(tmp_path / "b")), tiny_net, "sum0", progress=False)
     assert written == [2, 3]  # chunks 0 and 1 were kept
     assert _files(resumed) == _files(reference)
 
