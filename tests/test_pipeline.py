@@ -1,0 +1,137 @@
+"""`dmd2report build` end to end on the demo, and the stage cache: only what changed reruns."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import save_file
+
+from dmd2report.cli import cli
+from dmd2report.models import build_preset
+
+SMALL = """
+[run]
+name = "pipeline test"
+workdir = "{w}/work"
+site = "{w}/site"
+device = "cpu"
+[model]
+preset = "demo"
+checkpoint = "{ckpt}"
+[data]
+max_samples = 240
+[features]
+batch_size = 64
+full_per_class = 4
+recon_per_class = 1
+[generate]
+samples = 96
+variant_samples = 24
+[embedding]
+pca_components = 16
+n_neighbors = 10
+[metrics]
+bootstrap = 20
+anchors_per_class = 1
+atlas_grid = 4
+"""
+
+
+def _ran(output: str) -> list[str]:
+    return re.findall(r"^\[(\w+)\] running", output, flags=re.M)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    w = tmp_path_factory.mktemp("build")
+    torch.manual_seed(1)
+    net = build_preset("demo")
+    with torch.no_grad():  # fill zero-initialised branches so labels and masks matter
+        for p in net.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.05)
+    save_file(net.state_dict(), w / "demo_a.safetensors")
+    cfg = w / "report.toml"
+    cfg.write_text(SMALL.format(w=w, ckpt=w / "demo_a.safetensors"))
+    r = CliRunner().invoke(cli, ["build", "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    return w, cfg, r.output
+
+
+def test_build_writes_every_stage_output(built):
+    w, cfg, out = built
+    assert _ran(out) == ["extract", "generate", "fit", "measure", "atlas", "render"]
+    work = w / "work"
+    for name in ("real", "gen-class", "gen-uniform", "gen-zero", "gen-blend"):
+        manifest = json.loads((work / "stores" / name / "manifest.json").read_text())
+        assert manifest["status"] == "complete"
+    assert json.loads((work / "stores" / "gen-blend" / "manifest.json").read_text())["count"] == 24
+    doc = json.loads((work / "measure" / "metrics.json").read_text())
+    assert doc["provenance"]["model_checksum"] and doc["provenance"]["config_hash"]
+    spaces = doc["feature_spaces"]
+    assert len(spaces) == 2  # one per extracted layer
+    for space in spaces.values():
+        assert set(space["variants"]) == {"class", "uniform", "zero", "blend"}
+        p = space["variants"]["class"]["overall"]["precision"]
+        assert 0 <= p["value"] <= 1 and p["n_real"] == 240 and p["n_generated"] == 96
+    fit = json.loads((work / "fit" / "manifest.json").read_text())
+    assert all(len(e["sha256"]) == 64 for e in fit["layers"].values())
+    for page in ("index.html", "map.html", "metrics.html", "variants.html", "atlas.html"):
+        assert (w / "site" / page).exists(), page
+    assert "pipeline test" in (w / "site" / "index.html").read_text()
+    with np.load(work / "atlas" / "atlas.npz") as z:
+        assert z["anchor_images"].shape[0] == 12 and z["anchor_images"].dtype == np.uint8
+
+
+def test_unchanged_rebuild_runs_nothing(built):
+    w, cfg, _ = built
+    r = CliRunner().invoke(cli, ["build", "--config", str(cfg)])
+    assert r.exit_code == 0 and _ran(r.output) == [], r.output
+
+
+def test_plot_option_rerenders_only(built):
+    w, cfg, _ = built
+    cfg.write_text(cfg.read_text() + '\n[report]\ncolor_by = "variant"\n')
+    r = CliRunner().invoke(cli, ["build", "--config", str(cfg)])
+    assert _ran(r.output) == ["render"], r.output
+
+
+def test_umap_settings_refit_and_rerender(built):
+    w, cfg, _ = built
+    r = CliRunner().invoke(cli, ["build", "--config", str(cfg), "--fit-on", "both"])
+    assert _ran(r.output) == ["fit", "measure", "atlas", "render"], r.output
+
+
+def test_force_reruns_one_stage(built):
+    w, cfg, _ = built
+    r = CliRunner().invoke(cli, ["build", "--config", str(cfg), "--fit-on", "both", "--force", "measure"])
+    assert _ran(r.output) == ["measure"], r.output
+    r = CliRunner().invoke(cli, ["build", "--config", str(cfg), "--force", "sideways"])
+    assert r.exit_code == 2 and "unknown stage" in r.output
+
+
+def test_render_alone_needs_no_model(built, monkeypatch):
+    w, cfg, _ = built
+    import dmd2report.checkpoint as ck
+
+    monkeypatch.setattr(ck, "load_generator", lambda *a, **k: pytest.fail("render loaded the model"))
+    r = CliRunner().invoke(cli, ["render", "--config", str(cfg), "--fit-on", "both"])
+    assert r.exit_code == 0 and _ran(r.output) == ["render"], r.output
+
+
+def test_new_checkpoint_redoes_everything(built):
+    w, cfg, _ = built
+    torch.manual_seed(2)
+    net = build_preset("demo")
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_file(net.state_dict(), w / "demo_b.safetensors")
+    r = CliRunner().invoke(cli, ["build", "--config", str(cfg), "--fit-on", "both",
+                                 "--checkpoint", str(w / "demo_b.safetensors")])
+    assert r.exit_code == 0, r.output
+    assert _ran(r.output) == ["extract", "generate", "fit", "measure", "atlas", "render"]
