@@ -217,6 +217,29 @@ def accuracy(net_fp32, net_fast, n: int = 64) -> dict:
     return out
 
 
+@torch.no_grad()
+def forward_rate(net, batch: int, early_exit: bool, channels_last: bool, iters: int = 6) -> float:
+    """Model-only img/s (CUDA events), for the ablation table: what each optimisation buys."""
+    dev = next(net.parameters()).device
+    x = torch.randn(batch, 3, 64, 64, device=dev)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    c = condition_vectors("class", 1000, classes=[i % 1000 for i in range(batch)]).to(dev)
+    s = torch.full((batch,), 80.0, device=dev)
+    with ActivationCapture(net, LAYERS, reduce="mean", early_exit=early_exit) as cap:
+        for _ in range(2):
+            cap.run(80 * x, s, c)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        times = []
+        for _ in range(iters):
+            start.record()
+            cap.run(80 * x, s, c)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+    return batch / float(np.median(times))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/bench")))
@@ -257,6 +280,28 @@ def main():
     results["compile_s"] = time.perf_counter() - t0
     results.update(accuracy(fp32, fast))
     print("accuracy", {k: v for k, v in results.items() if "err" in k}, flush=True)
+    from torch._dynamo.utils import counters
+
+    results["dynamo_stats"] = dict(counters["stats"])
+    print("dynamo", results["dynamo_stats"], flush=True)
+
+    # Ablation, model only: float32 eager -> bf16 (+ flash SDPA) -> + channels-last -> + compiled blocks.
+    ablation = {}
+    bf16 = build_preset("dmd2-imagenet64")
+    bf16.load_state_dict(net_cpu.state_dict())
+    bf16 = bf16.eval().requires_grad_(False).to(dev)
+    for early, what in ((False, "generate"), (True, "extract")):
+        ablation[f"{what}: float32 eager"] = forward_rate(fp32, 256, early, False)
+        ablation[f"{what}: + bf16, flash SDPA"] = forward_rate(bf16, args.batch, early, False)
+        bf16.to(memory_format=torch.channels_last)
+        ablation[f"{what}: + channels-last"] = forward_rate(bf16, args.batch, early, True)
+        bf16.to(memory_format=torch.contiguous_format)
+        ablation[f"{what}: + torch.compile blocks"] = forward_rate(fast, args.batch, early, True)
+    del bf16
+    results["ablation_img_s"] = ablation
+    for k, v in ablation.items():
+        print(f"  {k:<40}{v:>9.0f} img/s", flush=True)
+
     cfg = bench_config(work / "run", work / "npz", n_ext, args.batch)
     optimised_extract(fast, bench_config(work / "warm", work / "npz", 2 * args.batch, args.batch))  # warm-up shapes
     rows["optimised extract"] = optimised_extract(fast, cfg)

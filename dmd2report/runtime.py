@@ -38,7 +38,18 @@ def prepare(net: torch.nn.Module, device: torch.device, precision: str = "auto",
 
 
 def _compile_blocks(net, device, batch_hint: int) -> None:
+    import torch._dynamo.config as dynamo_config
+
     blocks = list(net.model.enc.values()) + list(net.model.dec.values())
+    # Every block shares UNetBlock.forward's code object; each distinct shape (and batch size) is
+    # one more compiled variant of it. The default limit of 8 would silently leave most blocks eager.
+    limit = 8 * len(blocks)
+    for name in ("recompile_limit", "cache_size_limit"):
+        if getattr(dynamo_config, name, limit) < limit:
+            setattr(dynamo_config, name, limit)
+    for name in ("accumulated_recompile_limit", "accumulated_cache_size_limit"):
+        if getattr(dynamo_config, name, 4 * limit) < 4 * limit:
+            setattr(dynamo_config, name, 4 * limit)
     eager = [b.forward for b in blocks]
     try:
         for b in blocks:
