@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -143,9 +143,3 @@ def dataset_classes(directory: str | Path) -> tuple[ClassIndex, np.ndarray]:
     standard = ClassIndex.imagenet()
     return standard, imagenet64_npz_label_map(standard)
 
-
-def one_hot(class_ids: Sequence[int] | np.ndarray, num_classes: int) -> np.ndarray:
-    ids = np.asarray(class_ids, dtype=np.int64)
-    out = np.zeros((len(ids), num_classes), dtype=np.float32)
-    out[np.arange(len(ids)), ids] = 1.0
-    return out

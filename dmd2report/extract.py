@@ -17,7 +17,8 @@ the real input (a second, full forward pass over that subset only).
 Loading runs one chunk ahead on a thread (images decoded by the source's worker threads and
 pinned), host-to-device copies are non-blocking, results stay on the device until the chunk
 ends, and a writer thread stores a chunk while the next one is computed. Under torch.distributed
-chunk i belongs to rank i % world_size; rank 0 writes the manifest after a barrier.
+chunk i belongs to rank i % world_size; rank 0 prepares the store and fits the PCA before a
+barrier, and writes the manifest after another.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from .errors import UserError
 from .layers import REDUCERS, ActivationCapture, layer_shapes, resolve_layer
 from .sampling import SIGMA_MAX
-from .store import BackgroundWriter, StoreWriter, config_hash, save_pca, sparse_labels
+from .store import BackgroundWriter, StoreWriter, load_pca, save_json, save_pca
 
 FULL_PER_CLASS = 8   # real samples per class whose masking-layer activations are kept in full
 RECON_PER_CLASS = 4  # real samples per class whose reconstruction is kept
@@ -293,11 +294,11 @@ def extract_real(config, net, model_checksum: str, *, overwrite: bool = False, p
         plan = _plan(source, config)
         if len(plan) == 0:
             raise UserError(f"data: the selection is empty (source {config.data.source} {config.data.path})")
-        too_big = plan["class_id"].to_numpy() >= net.label_dim
-        if too_big.any():
-            raise UserError(f"data: class id {int(plan['class_id'][too_big].iloc[0])} "
-                            f"({source.class_index.name(int(plan['class_id'][too_big].iloc[0]))}) is beyond the model's "
-                            f"{net.label_dim} classes; the data's class index is {source.class_index.origin}")
+        beyond = plan["class_id"][plan["class_id"] >= net.label_dim]
+        if len(beyond):
+            c = int(beyond.iloc[0])
+            raise UserError(f"data: class id {c} ({source.class_index.name(c)}) is beyond the model's {net.label_dim} "
+                            f"classes; the data's class index is {source.class_index.origin} (select classes with data.classes)")
         cs = f.chunk_size
         n_chunks = -(-len(plan) // cs)
         d = config.data
@@ -334,8 +335,6 @@ def extract_real(config, net, model_checksum: str, *, overwrite: bool = False, p
         barrier(world)
         pca = None
         if mode == "pca":
-            from .store import load_pca
-
             pca = load_pca(path / "pca.safetensors")
         reducer = Reducer(f.reduce, f.dtype, pca, device)
         full_shape = block_shapes(net)[resolve_layer(net, full_layer)]
@@ -356,7 +355,9 @@ def extract_real(config, net, model_checksum: str, *, overwrite: bool = False, p
                     rows = plan.iloc[loaded.start:loaded.stop][loaded.kept].reset_index(drop=True)
                     out = _extract_chunk(net, loaded.images, rows, layers, full_layer, full_shape, dims, reducer,
                                          device, config.features.batch_size, config.report.thumb_size, bar)
-                    idx, w = sparse_labels(_one_hot_rows(rows["class_id"].to_numpy(), net.label_dim))
+                    # A real sample's label vector is the one-hot of its class: one non-zero.
+                    idx = [np.array([c], np.int32) for c in rows["class_id"]]
+                    w = [np.ones(1, np.float32)] * len(rows)
                     meta = pd.DataFrame({
                         "sample_id": rows["sample_id"].to_numpy(np.int64), "source": rows["source"].astype(str),
                         "seed": np.full(len(rows), -1, np.int64), "seed_index": np.full(len(rows), -1, np.int64),
@@ -371,18 +372,10 @@ def extract_real(config, net, model_checksum: str, *, overwrite: bool = False, p
             bar.close()
         barrier(world)
         if rank == 0:
-            from .store import save_json
-
             save_json(path / "class_index.json", index.to_mapping())
             writer.finalize(n_chunks, info)
         barrier(world)
     return path
-
-
-def _one_hot_rows(class_ids: np.ndarray, k: int) -> np.ndarray:
-    out = np.zeros((len(class_ids), k), np.float32)
-    out[np.arange(len(class_ids)), class_ids] = 1
-    return out
 
 
 def _extract_chunk(net, images, rows: pd.DataFrame, layers, full_layer, full_shape, dims, reducer: Reducer, device,

@@ -1,6 +1,5 @@
 import json
 
-import numpy as np
 import pytest
 
 from dmd2report.classes import ClassIndex, dataset_classes, imagenet64_npz_label_map
