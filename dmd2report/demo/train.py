@@ -38,8 +38,15 @@ from ..sampling import SIGMA_MAX
 
 
 def demo_file(name: str) -> Path:
-    """A file of the bundled demo (data/demo/ in the repository, dmd2report.bundled/demo installed)."""
-    return Path(str(files("dmd2report.bundled").joinpath("demo", name)))
+    """A file of the bundled demo: data/demo/ of a source checkout (also with only PYTHONPATH set,
+    as on a training machine), else dmd2report.bundled/demo of an installed package."""
+    checkout = Path(__file__).resolve().parents[2] / "data" / "demo" / name
+    if checkout.is_file():
+        return checkout
+    try:
+        return Path(str(files("dmd2report.bundled").joinpath("demo", name)))
+    except ModuleNotFoundError:
+        return checkout
 
 
 def load_train_config(path: str | Path | None = None) -> dict:
@@ -341,14 +348,14 @@ def save_sample_grid(rows: list[torch.Tensor], path: Path) -> None:
 def train(config: dict, out: Path, device: torch.device, seed: int, teacher_path: Path | None = None) -> dict:
     """All three phases; writes teacher.safetensors, generator.safetensors, train_log.jsonl,
     training_curves.png, samples.png and train_config.json into `out`. Returns the run record."""
-    from .dataset import NUM_CLASSES, make_demo_images
+    from .dataset import DATASET_VERSION, NUM_CLASSES, make_demo_images
 
     model_cfg, data_cfg = config["model"], config["data"]
     if model_cfg["label_dim"] != NUM_CLASSES:
         raise UserError(f"model.label_dim is {model_cfg['label_dim']} but the demo dataset has {NUM_CLASSES} classes")
     out.mkdir(parents=True, exist_ok=True)
     log = _Log(out / "train_log.jsonl")
-    run: dict = {"seed": seed, "device": str(device), "torch": torch.__version__}
+    run: dict = {"seed": seed, "device": str(device), "torch": torch.__version__, "dataset_version": DATASET_VERSION}
     t0 = time.perf_counter()
     torch.backends.cudnn.benchmark = True
 
