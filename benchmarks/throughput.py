@@ -253,7 +253,7 @@ def main():
     dev = torch.device("cuda")
     work = Path(tempfile.mkdtemp(prefix="dmd2bench-"))
     n_seed, n_fp32 = (64, 512) if args.quick else (512, 4096)
-    n_gen, n_ext = (2048, 8192) if args.quick else (16384, 60000)
+    n_gen, n_ext = (2048, 8192) if args.quick else (16384, 61440)
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": args.batch}
     net_cpu = random_weights(build_preset("dmd2-imagenet64")).eval()
     results["gflop_full"] = flops_per_image(net_cpu, early_exit=False) / 1e9

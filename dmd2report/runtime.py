@@ -53,7 +53,9 @@ def _compile_blocks(net, device, batch_hint: int) -> None:
     eager = [b.forward for b in blocks]
     try:
         for b in blocks:
-            b.forward = torch.compile(b.forward, dynamic=False)
+            # Automatic dynamic shapes: the first new batch size recompiles once with a symbolic
+            # batch; after that partial batches and per-class subsets reuse it.
+            b.forward = torch.compile(b.forward)
         _warm_up(net, device, batch_hint)
     except Exception as e:  # any backend failure: fall back, never fail the run
         for b, f in zip(blocks, eager):

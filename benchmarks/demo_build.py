@@ -1,0 +1,73 @@
+"""Wall-clock of `dmd2report build` with no arguments (the demo report) on this machine.
+
+    python benchmarks/demo_build.py [--runs 1] [--keep DIR]
+
+Runs, side by side in one command and in fresh directories:
+  1. cold: `dmd2report build` with no arguments (demo data written, every stage computed);
+  2. warm: the same command again (every stage cached: the baseline cost of a no-op rebuild);
+  3. render only: `dmd2report build --force render` (what a template or plot change costs).
+Prints each stage's time (from the workdir's stages.json), the sample counts, the site size, and the
+ratios cold/warm and cold/render against the 3-minute budget of the issue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BUDGET_S = 180.0
+
+
+def timed(cmd: list[str], cwd: Path) -> float:
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    dt = time.perf_counter() - t0
+    if p.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-3000:]}")
+    return dt
+
+
+def site_bytes(site: Path) -> int:
+    return sum(f.stat().st_size for f in site.rglob("*") if f.is_file())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=1, help="cold builds to time (each in a fresh directory)")
+    ap.add_argument("--keep", type=Path, help="keep the last run's directory here")
+    args = ap.parse_args()
+    exe = [sys.executable, "-m", "dmd2report.cli", "build"]
+    colds = []
+    for i in range(args.runs):
+        root = Path(tempfile.mkdtemp(prefix="dmd2demo-"))
+        cold = timed(exe, root)
+        stages = json.loads((root / "runs" / "demo" / "stages.json").read_text())
+        warm = timed(exe, root)
+        render = timed(exe + ["--force", "render"], root)
+        colds.append(cold)
+        counts = {p.name: json.loads((p / "manifest.json").read_text())["count"]
+                  for p in sorted((root / "runs" / "demo" / "stores").iterdir())}
+        print(f"run {i + 1}: cold {cold:.1f} s | warm (all cached) {warm:.1f} s | render only {render:.1f} s")
+        print("  stages: " + ", ".join(f"{k} {v['seconds']:.1f} s" for k, v in
+                                       sorted(stages.items(), key=lambda kv: kv[1]["finished"])))
+        print(f"  samples: {counts}")
+        print(f"  site: {site_bytes(root / 'site') / 1e6:.1f} MB")
+        print(f"  ratios: cold/warm {cold / warm:.1f}x, cold/render {cold / render:.1f}x, "
+              f"cold/budget {cold / BUDGET_S:.2f} ({'within' if cold <= BUDGET_S else 'OVER'} the {BUDGET_S:.0f} s budget)")
+        if args.keep and i == args.runs - 1:
+            shutil.rmtree(args.keep, ignore_errors=True)
+            shutil.move(str(root), args.keep)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    print(f"cores: {os.cpu_count()}; cold builds: " + ", ".join(f"{c:.1f} s" for c in colds))
+
+
+if __name__ == "__main__":
+    main()
