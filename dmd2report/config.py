@@ -105,6 +105,16 @@ class ReportConfig:
 
 
 @dataclass
+class TrajectoryConfig:
+    enabled: bool = True            # few-step sampling paths on the map (the trajectory stage)
+    sigmas: list[float] = field(default_factory=lambda: [80.0, 14.0, 1.0, 0.05])  # noise level of each step, strictly decreasing; [80.0] = the one-step sample
+    samples: int = 48               # class-conditioned samples followed through every step (the first seeds of [generate])
+    conditioning: str = "class"     # class | uniform | zero
+    paths_per_class: int = 2        # paths drawn on the map per class (every sample is measured)
+    real_references: int = 48       # real images noised to each sigma and passed through the model; 0 = none
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -114,6 +124,7 @@ class Config:
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -197,6 +208,7 @@ def _validate(c: Config) -> None:
         "embedding.fit_on": (c.embedding.fit_on, ("real", "generated", "both")),
         "report.color_by": (c.report.color_by, ("class", "variant")),
         "model.precision": (c.model.precision, ("auto", "float32", "bfloat16")),
+        "trajectory.conditioning": (c.trajectory.conditioning, ("class", "uniform", "zero")),
     }
     for key, (value, valid) in choices.items():
         if value not in valid:
@@ -204,6 +216,13 @@ def _validate(c: Config) -> None:
     r = c.features.reduce
     if not (r in ("full", "mean") or (r.startswith("pca:") and r[4:].isdigit() and int(r[4:]) > 0)):
         raise UserError(f"features.reduce: {r!r} is not full, mean or pca:K")
+    if c.trajectory.enabled:
+        from .trajectory import check_schedule
+
+        check_schedule(c.trajectory.sigmas)
+    for key in ("samples", "paths_per_class", "real_references"):
+        if getattr(c.trajectory, key) < 0:
+            raise UserError(f"trajectory.{key}: must be 0 or more, got {getattr(c.trajectory, key)}")
     if c.data.source != "demo" and not c.data.path:
         raise UserError(f"data.path: required for data.source = {c.data.source!r}")
 

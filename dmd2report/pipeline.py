@@ -7,7 +7,9 @@ Stages and what each one's cache key covers (keys chain, so a change reruns ever
   fit       reductions + 2-D map, trust     generate key, [embedding], metrics.layer
   measure   metrics.json, neighbour arrays  fit key, [metrics] k's and bootstrap
   atlas     generation from map points      fit key, metrics.mask_layer/anchors/atlas_grid
-  render    the site                        measure + atlas keys, [report], run.name/site
+  trajectory few-step paths, real at each   fit key, [trajectory], metrics k's and bootstrap, report.thumb_size
+            sigma, projected and measured
+  render    the site                        measure + atlas + trajectory keys, [report], run.name/site
 
 `<workdir>/stages.json` records the key each stage last finished with. A stage whose key is
 unchanged is skipped; `--force STAGE` reruns it (and, through the keys, nothing else unless its
@@ -32,8 +34,8 @@ import torch
 from .config import Config
 from .errors import UserError
 
-STAGES = ("extract", "generate", "fit", "measure", "atlas", "render")
-MODEL_STAGES = {"extract", "generate", "atlas"}
+STAGES = ("extract", "generate", "fit", "measure", "atlas", "trajectory", "render")
+MODEL_STAGES = {"extract", "generate", "atlas", "trajectory"}
 
 
 def _hash(obj) -> str:
@@ -121,7 +123,10 @@ class Run:
                                                if k not in ("mask_layer", "anchors_per_class", "atlas_grid")}])
         keys["atlas"] = _hash([keys["fit"], c["metrics"]["mask_layer"], c["metrics"]["anchors_per_class"],
                                c["metrics"]["atlas_grid"]])
-        keys["render"] = _hash([keys["measure"], keys["atlas"], c["report"], c["run"]["name"], c["run"]["site"]])
+        keys["trajectory"] = _hash([keys["fit"], c["trajectory"], c["report"]["thumb_size"],
+                                    {k: c["metrics"][k] for k in ("layer", "k_pr", "k_dc", "k_fidelity", "bootstrap")}])
+        keys["render"] = _hash([keys["measure"], keys["atlas"], keys["trajectory"], c["report"], c["run"]["name"],
+                                c["run"]["site"]])
         return keys
 
     def _state_file(self) -> Path:
@@ -406,6 +411,15 @@ def stage_atlas(run: Run, overwrite: bool = False) -> None:
     build_atlas(run)
 
 
+# ---------------------------------------------------------------------- stage: trajectory
+
+
+def stage_trajectory(run: Run, overwrite: bool = False) -> None:
+    from .trajectory import build_trajectories
+
+    build_trajectories(run, overwrite=overwrite)
+
+
 # ---------------------------------------------------------------------- stage: render
 
 
@@ -421,4 +435,5 @@ def stage_render(run: Run, overwrite: bool = False) -> None:
 
 
 STAGE_FUNCTIONS = {"extract": stage_extract, "generate": stage_generate, "fit": stage_fit,
-                   "measure": stage_measure, "atlas": stage_atlas, "render": stage_render}
+                   "measure": stage_measure, "atlas": stage_atlas, "trajectory": stage_trajectory,
+                   "render": stage_render}
