@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from dmd2report.demo import quality, train
 from dmd2report.errors import UserError
 from dmd2report.models.precond import EDMPrecond
-from dmd2report.models.presets import PRESETS
+from dmd2report.models.presets import PRESETS, build_preset
 
 TINY = ["--set", "model.model_channels=8", "--set", "model.num_blocks=1", "--set", "data.n_per_class=2",
         "--set", "teacher.steps=2", "--set", "teacher.batch=4", "--set", "teacher.log_every=1",
@@ -80,3 +80,4 @@ def test_shipped_generator_makes_its_classes():
 def test_demo_preset_is_the_trained_config():
     # sigma_min/sigma_max are left to EDMPrecond's defaults in the JSON (JSON has no infinity).
     assert PRESETS["demo"] == {"sigma_min": 0, "sigma_max": float("inf")} | train.demo_model_config()
+    build_preset("demo").load_state_dict(load_file(str(train.demo_file("generator.safetensors"))), strict=True)
