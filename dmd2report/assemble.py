@@ -180,6 +180,8 @@ def assemble_report(run) -> "ReportData":
                    for i, a in enumerate(info["anchors"])]
         atlas = Atlas(grid=grid_df, anchors=anchors, mask_layer=info["mask_layer"], note=info["note"])
 
+    trajectories = _load_trajectories(run, thumbs, t) if cfg.trajectory.enabled else None
+
     ident = run.model_identity()
     src = real.manifest.get("source", {})
     sources = [DataSource(f"real: {cfg.data.source}", cfg.data.path or "bundled demo data (generated on first use)",
@@ -199,9 +201,59 @@ def assemble_report(run) -> "ReportData":
         neighbours=Neighbours(real_idx, real_dist, gen_idx, gen_dist, layer=headline["layer"]),
         covered_by=covered_by, metrics=metrics,
         nn_real_real=arrays["real.nn_real_dist"][:, 0], nn_gen_real=arrays[cls_arr + "nn_real_dist"][:, 0],
-        variants=variants_df, atlas=atlas, chosen_classes=[], max_class_pages=cfg.report.max_classes_pages)
+        variants=variants_df, atlas=atlas, chosen_classes=[], max_class_pages=cfg.report.max_classes_pages,
+        trajectories=trajectories)
     data.validate()
     return data
+
+
+def _load_trajectories(run, thumbs: list[np.ndarray], t: int):
+    """The trajectory stage's paths, references and per-step metrics; their thumbnails are appended
+    to `thumbs` (after everything before them)."""
+    from .report.data import STEP_METRIC_COLUMNS, Trajectories
+    from .store import Store
+    from .trajectory import trajectory_dir
+
+    out = trajectory_dir(run.workdir)
+    for need in (out / "points.parquet", out / "metrics.json"):
+        if not need.exists():
+            raise UserError(f"{need}: missing; run `dmd2report build` (the trajectory stage) first, "
+                            f"or set trajectory.enabled = false")
+    doc = json.loads((out / "metrics.json").read_text())
+    points = pd.read_parquet(out / "points.parquet")
+    base = sum(len(a) for a in thumbs)
+    frames = {}
+    for kind, sub in (("path", "paths"), ("real", "real")):
+        part = points[points["kind"] == kind].sort_values("row").reset_index(drop=True)
+        store = Store(out / sub)
+        if len(part) != len(store):
+            raise UserError(f"{out / 'points.parquet'}: {len(part)} {kind} points, {out / sub} has {len(store)}; "
+                            f"rerun the trajectory stage")
+        if len(part):
+            thumbs.append(_fit_thumb(np.asarray(store.thumbnails()), t))
+        frames[kind] = part.assign(thumb=base + np.arange(len(part)))
+        base += len(part)
+    steps = frames["path"]
+    per_class = int(doc.get("paths_per_class", 2))
+    first = steps[steps["step"] == 0]
+    shown_paths = set(first.groupby("class_id").head(per_class)["path"])
+    steps = steps.assign(shown=steps["path"].isin(shown_paths))
+    real = frames["real"].rename(columns={"path": "ref"})
+    rows = []
+    for st in doc["steps"]:
+        for ref, key in (("real", "vs_real"), ("noised real", "vs_noised_real")):
+            e = st[key]
+            if key == "vs_noised_real" and not e.get("n_real"):
+                continue
+            rows.append((st["step"], st["sigma"], ref, _num(e.get("precision")), _num(e.get("recall")),
+                         _num(e.get("coverage")), int(e.get("n_real", 0)), int(e.get("n_generated", 0))))
+    note = (f"measured in {doc['feature_space']}; 'real' is the real set as extracted, 'noised real' the real "
+            f"references at the step's σ")
+    return Trajectories(sigmas=[float(v) for v in doc["sigmas"]],
+                        steps=steps[["path", "step", "sigma", "class_id", "x", "y", "thumb", "shown", "source"]],
+                        real=real[["ref", "step", "sigma", "class_id", "x", "y", "thumb", "source"]],
+                        metrics=pd.DataFrame(rows, columns=STEP_METRIC_COLUMNS), conditioning=doc.get("conditioning", "class"),
+                        note=note)
 
 
 def _num(v) -> float:

@@ -308,7 +308,7 @@ def build_trajectories(run, overwrite: bool = False) -> None:
     def ref_meta(sl):
         rows = real_meta.iloc[ref_rows[sl]]
         rep = lambda a: np.repeat(np.asarray(a), S)
-        li, lw = sparse_labels(F.one_hot(torch.as_tensor(rows["class_id"].to_numpy()), K).numpy().astype(np.float32))
+        li, lw = sparse_labels(F.one_hot(torch.tensor(rows["class_id"].to_numpy(np.int64)), K).numpy().astype(np.float32))
         return pd.DataFrame({
             "sample_id": np.arange(sl.start * S, sl.stop * S, dtype=np.int64), "path": rep(np.arange(sl.start, sl.stop)),
             "step": np.tile(np.arange(S), len(rows)), "sigma": np.tile(np.asarray(sigmas, np.float64), len(rows)),

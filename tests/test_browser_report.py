@@ -164,3 +164,57 @@ def test_single_file_works_offline(site, browser, tmp_path):
     assert problems == []
     page.screenshot(path=str(ARTIFACTS / "single-file-metrics.png"))
     page.context.close()
+
+
+def test_trajectory_layer(browser, tmp_path):
+    import numpy as np
+
+    data = synthetic_report_data(300, 120, 5, seed=2, trajectories=True)
+    render_site(data, tmp_path / "site")
+    traj = data.trajectories
+    shown = traj.steps[traj.steps["shown"]]
+    page, problems, requests = _open(browser, (tmp_path / "site" / "map.html").as_uri())
+    # One segment between consecutive steps of every drawn path, a sigma label on every drawn point.
+    n_paths, n_steps = shown["path"].nunique(), len(traj.sigmas)
+    assert n_paths == 2 * 5 and n_paths < traj.steps["path"].nunique()
+    assert page.evaluate("DMD2Site.trajSegments('map')") == n_paths * (n_steps - 1)
+    assert page.evaluate("DMD2Site.resolve('map').traj.label.data_source.data.label.length") == len(shown)
+    assert page.evaluate("DMD2Site.resolve('map').traj.label.data_source.data.label[0]") == "σ 80"
+    # The per-step metrics chart and table sit beside the map.
+    assert page.locator('[data-traj-panel="map"] table tbody tr').count() == len(traj.metrics)
+    assert page.evaluate("Bokeh.documents.some(d => d.get_model_by_name('trajsteps'))")
+
+    # Hover on the most isolated drawn step: its image, the path's final image and its sigma.
+    xy = shown[["x", "y"]].to_numpy()
+    d = np.sqrt(((xy[:, None] - xy[None]) ** 2).sum(-1)) + np.eye(len(xy)) * 1e9
+    row = int(shown.index[np.argmax(d.min(1))])
+    x, y = page.evaluate("""row => {
+        const F = DMD2Site.resolve('map').fig, T = DMD2_DATA.traj.steps, view = Bokeh.index[F.id];
+        const frame = view.frame.bbox, box = view.el.getBoundingClientRect();
+        return [box.left + frame.x + (T.x[row] - F.x_range.start) / (F.x_range.end - F.x_range.start) * frame.width,
+                box.top + frame.y + (F.y_range.end - T.y[row]) / (F.y_range.end - F.y_range.start) * frame.height];
+    }""", row)
+    page.mouse.move(x, y)
+    page.wait_for_selector("#dmd2-hover[data-traj]:not([hidden])", timeout=5000)
+    assert page.evaluate("document.getElementById('dmd2-hover').dataset.traj") == f"pt:{row}"
+    card = page.inner_text("#dmd2-hover")
+    step = int(traj.steps["step"][row])
+    assert f"σ {traj.sigmas[step]:g}" in card and f"{step + 1} of {n_steps}" in card and "final" in card
+    assert page.locator("#dmd2-hover .thumb").count() == 2
+    page.screenshot(path=str(ARTIFACTS / "map-trajectory-hover.png"))
+
+    # Toggles: paths off, the noised-real references on (off at first).
+    r = "DMD2Site.resolve('map').traj"
+    assert page.evaluate(f"{r}.real.visible") is False
+    page.click('label:has(input[data-traj="paths"])')
+    assert page.evaluate(f"[{r}.seg.visible, {r}.pt.visible, {r}.label.visible]") == [False, False, False]
+    page.click('label:has(input[data-traj="real"])')
+    assert page.evaluate(f"{r}.real.visible") is True
+    assert page.evaluate(f"{r}.real.data_source.data.x.length") == len(traj.real)
+    page.mouse.move(5, 5)
+    page.mouse.move(x, y)  # the hidden path point is no longer hovered
+    assert page.evaluate("""(() => { const c = document.getElementById('dmd2-hover');
+        return !c.hidden && (c.dataset.traj || '').startsWith('pt:'); })()""") is False
+    page.screenshot(path=str(ARTIFACTS / "map-trajectory-real.png"))
+    assert problems == [] and [u for u in requests if not u.startswith("file://")] == []
+    page.context.close()

@@ -27,6 +27,9 @@ CLASS_COLUMNS = ["class_id", "synset", "name"]
 OVERALL_COLUMNS = ["key", "label", "value", "ci_low", "ci_high", "explanation", "n_real", "n_gen", "headline"]
 VARIANT_COLUMNS = ["seed_index", "class_id", "variant", "point"]
 GRID_COLUMNS = ["x", "y", "thumb"]
+TRAJECTORY_COLUMNS = ["path", "step", "sigma", "class_id", "x", "y", "thumb", "shown", "source"]
+REFERENCE_COLUMNS = ["ref", "step", "sigma", "class_id", "x", "y", "thumb", "source"]
+STEP_METRIC_COLUMNS = ["step", "sigma", "reference", "precision", "recall", "coverage", "n_real", "n_gen"]
 
 
 @dataclass
@@ -110,6 +113,40 @@ class Atlas:
 
 
 @dataclass
+class Trajectories:
+    """Few-step sampling paths on the map, and real images noised to each sigma of the schedule.
+
+    steps: columns TRAJECTORY_COLUMNS, one row per path and step (path int, step 0..S-1 in order,
+        sigma float, class_id int (-1 none), x/y map coordinates, thumb = that step's output image,
+        shown bool = drawn on the map (the first few paths per class), source str).
+    real: columns REFERENCE_COLUMNS, one row per reference image and step (may be empty).
+    metrics: columns STEP_METRIC_COLUMNS, one row per step and reference ('real': the real set;
+        'noised real': the real references at the step's sigma); values NaN when not measurable.
+    """
+    sigmas: list[float]
+    steps: pd.DataFrame
+    real: pd.DataFrame
+    metrics: pd.DataFrame
+    conditioning: str = "class"
+    note: str = ""
+
+    def validate(self, n_thumbs: int) -> None:
+        s, S = self.steps, len(self.sigmas)
+        for name, table, cols in (("steps", s, TRAJECTORY_COLUMNS), ("real", self.real, REFERENCE_COLUMNS),
+                                  ("metrics", self.metrics, STEP_METRIC_COLUMNS)):
+            missing = [c for c in cols if c not in table.columns]
+            if missing:
+                raise ValueError(f"trajectories.{name}: missing columns {missing}")
+        if not S or any(b >= a for a, b in zip(self.sigmas, self.sigmas[1:])):
+            raise ValueError("trajectories.sigmas must be non-empty and strictly decreasing")
+        for name, table, key in (("steps", s, "path"), ("real", self.real, "ref")):
+            if any(g.tolist() != list(range(S)) for _, g in table.groupby(key, sort=False)["step"]):
+                raise ValueError(f"trajectories.{name}: every {key} needs steps 0..{S - 1} in order")
+            if len(table) and (table["thumb"].max() >= n_thumbs or table["thumb"].min() < -1):
+                raise ValueError(f"trajectories.{name}.thumb out of range of thumbnails")
+
+
+@dataclass
 class ReportData:
     """Everything the report site shows. Build with the pipeline or `synthetic_report_data`.
 
@@ -143,6 +180,7 @@ class ReportData:
     atlas: Atlas | None = None
     chosen_classes: list[int] = field(default_factory=list)
     max_class_pages: int = 100
+    trajectories: Trajectories | None = None
 
     def validate(self) -> None:
         """Check the cross-references; raises ValueError naming the first inconsistency."""
@@ -179,6 +217,8 @@ class ReportData:
             for a in self.atlas.anchors:
                 if not (0 <= a.anchor < len(p)) or not (-1 <= a.thumb < len(t)):
                     raise ValueError(f"atlas anchor {a.anchor} out of range")
+        if self.trajectories is not None:
+            self.trajectories.validate(len(t))
 
 
 def config_hash(config: dict) -> str:
@@ -214,13 +254,16 @@ def _knn(queries: np.ndarray, pool: np.ndarray, k: int, exclude_self: bool = Fal
 
 def synthetic_report_data(n_real: int = 600, n_gen: int = 300, n_classes: int = 6, seed: int = 0, *,
                           thumb_size: int = 16, k: int = 5, variants_per_class: int = 4,
-                          class_names: dict[int, str] | None = None, untrained: bool = False) -> ReportData:
+                          class_names: dict[int, str] | None = None, untrained: bool = False,
+                          trajectories: bool = False) -> ReportData:
     """A plausible ReportData from Gaussian clusters in a small 'activation' space.
 
     Real points: one cluster per class. Generated: class-conditioned samples near their class
     (slightly shrunk, so coverage is imperfect), plus `variants_per_class` seeds per class drawn
     under class, uniform, zero and blend conditioning. Thumbnails are noisy colour patches tinted
     by class. `class_names` overrides names (tests use it to inject hostile strings).
+    `trajectories=True` adds few-step paths (4 steps, 2 per class drawn) from the mean towards each
+    class centre, and noised-real references, with thumbnails appended.
     """
     rng = np.random.default_rng(seed)
     dim = 8
@@ -367,8 +410,45 @@ def synthetic_report_data(n_real: int = 600, n_gen: int = 300, n_classes: int = 
         covered_by=covered_by, metrics=metrics,
         nn_real_real=_knn(real_f, real_f, k, exclude_self=True)[1][:, -1],
         nn_gen_real=gen_r[:, -1], variants=var_df, atlas=atlas)
+    if trajectories:
+        data = _synthetic_trajectories(data, centres, plane, rng)
     data.validate()
     return data
+
+
+def _synthetic_trajectories(data: ReportData, centres: np.ndarray, plane: np.ndarray, rng,
+                            per_class: int = 3, shown: int = 2) -> ReportData:
+    """Paths from the clusters' mean (pure noise) towards their class centre, one point per sigma."""
+    sigmas = [80.0, 14.0, 1.0, 0.05]
+    S, t = len(sigmas), data.thumbnails.shape[1]
+    mean = centres.mean(0)
+    frac = np.array([0.0, 0.55, 0.9, 1.0])          # how far each step has moved towards the class
+    rows, refs, thumbs = [], [], []
+    base = len(data.thumbnails)
+    for c in range(len(centres)):
+        for j in range(per_class):
+            z = rng.normal(0, 1.5, centres.shape[1])
+            end = centres[c] + rng.normal(0, 0.6, centres.shape[1])
+            for s, sigma in enumerate(sigmas):
+                xy = (mean + z * (1 - frac[s]) + (end - mean) * frac[s]) @ plane
+                rows.append((len(rows) // S, s, sigma, c, xy[0], xy[1], base + len(thumbs), j < shown,
+                             f"seed 0 #{c * per_class + j}"))
+                thumbs.append(np.full((t, t, 3), 40 + 50 * s, np.float64) + rng.normal(0, 20, (t, t, 3)))
+        for s, sigma in enumerate(sigmas):
+            xy = (centres[c] + rng.normal(0, 1.0 + 2.0 * (S - 1 - s) / S, centres.shape[1])) @ plane
+            refs.append((c, s, sigma, c, xy[0], xy[1], base + len(thumbs), f"data/train/{c}.JPEG"))
+            thumbs.append(np.full((t, t, 3), 200 - 40 * s, np.float64) + rng.normal(0, 20, (t, t, 3)))
+    steps = pd.DataFrame(rows, columns=TRAJECTORY_COLUMNS)
+    real = pd.DataFrame(refs, columns=REFERENCE_COLUMNS)
+    metrics = pd.DataFrame([(s, sigma, ref, *(np.clip(frac[s] * q + rng.normal(0, 0.03, 3), 0, 1)),
+                             int((data.points["set"] == "real").sum()), len(steps) // S)
+                            for s, sigma in enumerate(sigmas) for ref, q in (("real", np.array([0.8, 0.5, 0.6])),
+                                                                             ("noised real", np.array([0.9, 0.7, 0.7])))],
+                           columns=STEP_METRIC_COLUMNS)
+    traj = Trajectories(sigmas=sigmas, steps=steps, real=real, metrics=metrics, conditioning="class",
+                        note="synthetic paths")
+    return dataclasses.replace(data, thumbnails=np.concatenate([data.thumbnails, np.clip(thumbs, 0, 255).astype(np.uint8)]),
+                               trajectories=traj)
 
 
 def replace(data: ReportData, **changes) -> ReportData:

@@ -113,6 +113,8 @@ def map_figure(data: ReportData, color_by: str, name: str = "map"):
                     fill_color="color" if colours is not None else colour, fill_alpha=0.85,
                     line_color="#ffffff", line_alpha=0.35, line_width=0.5)
         items.append(LegendItem(label=label, renderers=[r]))
+    if data.trajectories is not None:
+        items += _trajectory_layers(fig, name, data.trajectories)
     _highlight(fig, name)
     legend = Legend(items=items, click_policy="hide", location="top_left", label_text_font_size="11px",
                     glyph_height=14, glyph_width=14, spacing=1, background_fill_alpha=0.0, border_line_alpha=0.0)
@@ -260,4 +262,77 @@ def atlas_figure(data: ReportData, name: str = "atlas"):
     if imgs:
         fig.image_rgba(image=imgs, x=x0, y=y0, dw=dw, dh=dh)
     _interactive(fig, name)
+    return fig
+
+
+def step_colours(n_steps: int) -> list[str]:
+    """One colour per sampling step, dark (noisy) to light (clean); Viridis without its pale yellow end."""
+    from bokeh.palettes import Viridis256
+
+    return [Viridis256[int(i)] for i in np.linspace(0, 200, n_steps).round()] if n_steps > 1 else [Viridis256[0]]
+
+
+def _trajectory_layers(fig, name: str, traj) -> list[LegendItem]:
+    """Paths of the shown samples (segments between consecutive steps, points labelled with sigma) and
+    the noised-real references (hidden until switched on). Named "<fig>:traj:seg|pt|label|real"."""
+    colours = step_colours(len(traj.sigmas))
+    s = traj.steps[traj.steps["shown"].astype(bool)].sort_values(["path", "step"])
+    nxt = s.groupby("path").shift(-1)
+    seg = s.assign(x1=nxt["x"], y1=nxt["y"]).dropna(subset=["x1"])
+    r_seg = fig.segment("x0", "y0", "x1", "y1", name=f"{name}:traj:seg", line_color="#5b6472", line_alpha=0.75,
+                        line_width=1.6, source=ColumnDataSource({"x0": seg["x"].to_numpy(np.float32),
+                                                                 "y0": seg["y"].to_numpy(np.float32),
+                                                                 "x1": seg["x1"].to_numpy(np.float32),
+                                                                 "y1": seg["y1"].to_numpy(np.float32)}))
+    src = ColumnDataSource({"x": s["x"].to_numpy(np.float32), "y": s["y"].to_numpy(np.float32),
+                            "row": s.index.to_numpy(np.int32), "step": s["step"].to_numpy(np.int32),
+                            "color": [colours[int(i)] for i in s["step"]],
+                            "label": [f"σ {v:g}" for v in s["sigma"]]})
+    r_pt = fig.scatter("x", "y", source=src, name=f"{name}:traj:pt", size=8, marker="circle", fill_color="color",
+                       line_color="#ffffff", line_width=0.8, fill_alpha=0.95)
+    r_lab = fig.text("x", "y", text="label", source=src, name=f"{name}:traj:label", x_offset=6, y_offset=-2,
+                     text_font_size="9px", text_color="color", text_alpha=0.95, text_baseline="middle")
+    r = traj.real
+    rsrc = ColumnDataSource({"x": r["x"].to_numpy(np.float32), "y": r["y"].to_numpy(np.float32),
+                             "row": r.index.to_numpy(np.int32), "color": [colours[int(i)] for i in r["step"]]})
+    r_real = fig.scatter("x", "y", source=rsrc, name=f"{name}:traj:real", size=7, marker="diamond", fill_color="color",
+                         fill_alpha=0.6, line_color="color", line_alpha=0.9, visible=False)
+    n_paths, n_refs = s["path"].nunique(), r["ref"].nunique() if len(r) else 0
+    items = [LegendItem(label=f"few-step paths ({n_paths}, {len(traj.sigmas)} steps)", renderers=[r_seg, r_pt, r_lab])]
+    if len(r):
+        items.append(LegendItem(label=f"real noised to each σ ({n_refs})", renderers=[r_real]))
+    return items
+
+
+def step_metrics_figure(traj, name: str = "trajsteps"):
+    """Precision, recall and coverage of each sampling step: against the real set (solid) and
+    against real images noised to the step's sigma (dashed)."""
+    m = traj.metrics
+    fig = figure(name=name, height=300, sizing_mode="stretch_width", tools="pan,reset", toolbar_location=None,
+                 y_range=(0, 1.05), background_fill_color=None, border_fill_color=None, outline_line_color=None,
+                 x_axis_label="step (noise level)", y_axis_label="share")
+    fig.xaxis.ticker = list(range(len(traj.sigmas)))
+    fig.xaxis.major_label_overrides = {i: f"σ {v:g}" for i, v in enumerate(traj.sigmas)}
+    fig.grid.grid_line_alpha = 0.25
+    markers = {"precision": "circle", "recall": "square", "coverage": "triangle"}
+    for i, (metric, marker) in enumerate(markers.items()):
+        colour = palette.PALETTE[i]
+        for ref, dash in (("real", "solid"), ("noised real", "dashed")):
+            part = m[m["reference"] == ref].sort_values("step")
+            if not len(part):
+                continue
+            src = ColumnDataSource({"x": part["step"].to_numpy(float), "y": part[metric].to_numpy(float)})
+            label = f"{metric} vs {ref}"
+            fig.line("x", "y", source=src, line_color=colour, line_dash=dash, line_width=1.8, legend_label=label)
+            fig.scatter("x", "y", source=src, marker=marker, size=7, fill_color=colour, line_color=colour,
+                        legend_label=label)
+    legend = fig.legend[0]
+    fig.legend.label_text_font_size = "10px"
+    fig.legend.spacing = 0
+    fig.legend.padding = 2
+    fig.legend.ncols = 2
+    fig.legend.click_policy = "hide"
+    fig.legend.background_fill_alpha = 0.0
+    fig.legend.border_line_alpha = 0.0
+    fig.add_layout(legend, "below")  # beside the lines, not over them
     return fig

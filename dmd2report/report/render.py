@@ -68,6 +68,25 @@ def _site_data(data: ReportData, layout: sprites.SpriteLayout) -> dict:
                "gi": nb.gen_index.astype(int).ravel().tolist(), "gd": _finite(nb.gen_dist.ravel(), 4)},
         "coveredBy": {str(k): [int(v) for v in vs] for k, vs in data.covered_by.items()},
         "sprites": layout.to_json(),
+        "traj": _trajectory_data(data.trajectories),
+    }
+
+
+def _trajectory_data(traj) -> dict | None:
+    """Per path step and per noised-real reference: what the hover card shows (rows as in the figure)."""
+    if traj is None:
+        return None
+    s, r = traj.steps.reset_index(drop=True), traj.real.reset_index(drop=True)
+    last = s.groupby("path")["thumb"].transform("last") if len(s) else s["thumb"]
+    return {
+        "sigmas": [float(v) for v in traj.sigmas], "conditioning": traj.conditioning,
+        "steps": {"path": s["path"].astype(int).tolist(), "step": s["step"].astype(int).tolist(),
+                  "cls": s["class_id"].astype(int).tolist(), "thumb": s["thumb"].astype(int).tolist(),
+                  "final": last.astype(int).tolist(), "src": s["source"].astype(str).tolist(),
+                  "x": _finite(s["x"], 4), "y": _finite(s["y"], 4)},
+        "real": {"step": r["step"].astype(int).tolist(), "cls": r["class_id"].astype(int).tolist(),
+                 "thumb": r["thumb"].astype(int).tolist(), "src": r["source"].astype(str).tolist(),
+                 "x": _finite(r["x"], 4), "y": _finite(r["y"], 4)},
     }
 
 
@@ -138,10 +157,20 @@ def _pages(data: ReportData, color_by: str) -> list[dict]:
                       models={}))
     gen_order = variant_names
     marker_legend = [(v, palette.VARIANT_SYMBOLS.get(palette.variant_marker(v, gen_order), "●")) for v in gen_order]
+    traj = data.trajectories
+    map_models = {"plot": figures.map_figure(data, color_by)}
+    traj_ctx = None
+    if traj is not None:
+        map_models["trajsteps"] = figures.step_metrics_figure(traj)
+        shown = traj.steps[traj.steps["shown"].astype(bool)]
+        traj_ctx = dict(sigmas=traj.sigmas, n_paths=int(traj.steps["path"].nunique()), n_shown=int(shown["path"].nunique()),
+                        n_refs=int(traj.real["ref"].nunique()) if len(traj.real) else 0, conditioning=traj.conditioning,
+                        note=traj.note, colours=list(zip(traj.sigmas, figures.step_colours(len(traj.sigmas)))),
+                        metrics=traj.metrics.sort_values(["step", "reference"]).to_dict("records"))
     pages.append(dict(name="map", file="map.html", title="Map", nav="map", template="map.html",
                       ctx=dict(color_by=color_by, marker_legend=marker_legend,
-                               class_options=[(c, names[c], synsets[c]) for c in sorted(names)]),
-                      models={"plot": figures.map_figure(data, color_by)}))
+                               class_options=[(c, names[c], synsets[c]) for c in sorted(names)], traj=traj_ctx),
+                      models=map_models))
     # Variants: the same seeds under each conditioning, for the chosen classes.
     v = data.variants
     var_classes = [c for c in chosen if c in set(v["class_id"])][:VARIANT_CLASSES] or list(dict.fromkeys(v["class_id"]))[:VARIANT_CLASSES]

@@ -59,6 +59,8 @@
       real: pts.filter(r => r.name === name + ":pt:real"),
       gens: pts.filter(r => r.name.startsWith(name + ":pt:gen:")),
       hl: byName(name + ":hl"), focus: byName(name + ":focus"), index: null,
+      traj: { seg: byName(name + ":traj:seg"), pt: byName(name + ":traj:pt"), label: byName(name + ":traj:label"),
+              real: byName(name + ":traj:real") },
     };
   }
   Site.resolve = resolve;
@@ -138,8 +140,12 @@
     if (Site.cardRow !== row) {
       card.replaceChildren(thumb(data().points.thumb[row], 72), describe(row));
       card.dataset.row = row;
+      delete card.dataset.traj;
       Site.cardRow = row;
     }
+    placeCard();
+  }
+  function placeCard() {
     const w = card.offsetWidth || 300, h = card.offsetHeight || 90;
     let left = pointer.x + 16, top = pointer.y + 16;
     if (left + w > window.innerWidth - 4) left = pointer.x - w - 16;
@@ -150,9 +156,71 @@
   }
   function hideCard() { if (card) card.hidden = true; Site.cardRow = null; }
 
+  // ---- few-step paths: their own small layers, searched linearly (a few hundred points) ----
+  function nearestTraj(f, x, y, radiusPx) {
+    const fig = f.fig, xr = fig.x_range, yr = fig.y_range;
+    const kx = Math.abs(fig.inner_width / (xr.end - xr.start)), ky = Math.abs(fig.inner_height / (yr.end - yr.start));
+    let best = null, bestD = radiusPx * radiusPx;
+    for (const kind of ["pt", "real"]) {
+      const r = f.traj && f.traj[kind];
+      if (!r || !r.visible) continue;
+      const d = r.data_source.data;
+      for (let j = 0; j < d.x.length; j++) {
+        const dx = (d.x[j] - x) * kx, dy = (d.y[j] - y) * ky, d2 = dx * dx + dy * dy;
+        if (d2 < bestD) { bestD = d2; best = { kind: kind, row: d.row[j] }; }
+      }
+    }
+    return best;
+  }
+  function trajCard(hit) {
+    const T = data().traj, real = hit.kind === "real", P = real ? T.real : T.steps, i = hit.row;
+    const sigma = T.sigmas[P.step[i]], S = T.sigmas.length;
+    const dl = el("dl");
+    const add = (k, v) => { dl.appendChild(el("dt", "", k)); dl.appendChild(el("dd", "", v)); };
+    add("set", real ? "real, noised to σ " + sigma : "few-step path " + P.path[i] + " (" + T.conditioning + ")");
+    add("step", (P.step[i] + 1) + " of " + S + " · σ " + sigma);
+    add("class", className(P.cls[i]));
+    add(real ? "source" : "seed", P.src[i]);
+    const imgs = el("div", "thumbs");
+    imgs.appendChild(thumb(P.thumb[i], 72));
+    imgs.appendChild(el("span", "", real ? "model output" : "this step"));
+    const parts = [imgs];
+    if (!real) {
+      const fin = el("div", "thumbs");
+      fin.appendChild(thumb(P.final[i], 72));
+      fin.appendChild(el("span", "", "final (σ " + T.sigmas[S - 1] + ")"));
+      parts.push(fin);
+    }
+    parts.push(dl);
+    return parts;
+  }
+  function showTrajCard(hit) {
+    if (!card) { card = el("div", "hover-card"); card.id = "dmd2-hover"; card.hidden = true; document.body.appendChild(card); }
+    const key = "traj:" + hit.kind + ":" + hit.row;
+    if (Site.cardRow !== key) {
+      card.replaceChildren(...trajCard(hit));
+      delete card.dataset.row;
+      card.dataset.traj = hit.kind + ":" + hit.row;
+      Site.cardRow = key;
+    }
+    placeCard();
+  }
+  Site.trajSegments = function (name) {
+    const f = resolve(name);
+    return f && f.traj.seg ? f.traj.seg.data_source.data.x0.length : 0;
+  };
+  Site.setTrajectory = function (name, which, on) {
+    const f = resolve(name);
+    if (!f) return;
+    const rs = which === "real" ? [f.traj.real] : [f.traj.seg, f.traj.pt, f.traj.label];
+    rs.forEach(r => { if (r) r.visible = on; });
+  };
+
   Site.hover = function (name, ev) {
     const f = resolve(name);
     if (!f || !f.pts.length) return;
+    const hit = f.traj ? nearestTraj(f, ev.x, ev.y, 10) : null;
+    if (hit) { showTrajCard(hit); Site.lastHover = { traj: hit, at: performance.now() }; return; }
     const row = nearest(f, ev.x, ev.y, 14);
     if (row === null) hideCard(); else showCard(row);
     Site.lastHover = { row: row, at: performance.now() };
@@ -390,6 +458,7 @@
     document.addEventListener("change", e => {
       const t = e.target;
       if (t.matches && t.matches("[data-layers]")) Site.setLayers(t.dataset.layers, t.value);
+      if (t.matches && t.matches("[data-traj]")) Site.setTrajectory("map", t.dataset.traj, t.checked);
     });
     document.addEventListener("input", e => {
       const t = e.target;
