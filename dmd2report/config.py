@@ -37,7 +37,7 @@ class ModelConfig:
     preset: str = "demo"            # demo | dmd2-imagenet64 | tiny
     checkpoint: str = ""            # .pth/.bin/.safetensors or an Accelerate folder; "" = the preset's bundled weights
     precision: str = "auto"         # auto (bf16 on CUDA when the preset uses fp16) | float32 | bfloat16
-    compile: bool = True            # torch.compile on CUDA, with an eager fallback
+    compile: bool = False           # torch.compile each UNet block on CUDA (minutes of compiling for the full model), eager fallback
 
 
 @dataclass
