@@ -1,8 +1,10 @@
 """Putting a generator on a device for fast inference.
 
-On CUDA the default path is: the UNet in bfloat16 (DMD2's own precision), channels-last memory
-for cuDNN's tensor-core convolutions, PyTorch SDPA (flash) attention, and each UNet block
-compiled with `torch.compile`. Blocks are compiled one by one rather than the whole network so
+On CUDA the default path is: the UNet in bfloat16 (DMD2's own precision) with PyTorch SDPA (flash)
+attention, TF32 for what stays in float32, cuDNN autotuning. Channels-last memory is opt-in
+(`channels_last=True`): measured on an H200 it made this network slower in eager mode (group norm
+has no fast channels-last kernel; benchmarks/README.md). `model.compile` compiles each UNet block
+with `torch.compile`. Blocks are compiled one by one rather than the whole network so
 that capture/masking hooks, which sit on the blocks, keep working unchanged and early exit after
 `midblock` still skips the rest. If compilation fails, the eager blocks are used and a warning says so.
 """
@@ -16,8 +18,8 @@ import torch
 from .errors import UserError
 
 
-def prepare(net: torch.nn.Module, device: torch.device, precision: str = "auto", compile: bool = True,
-            batch_hint: int = 256) -> torch.nn.Module:
+def prepare(net: torch.nn.Module, device: torch.device, precision: str = "auto", compile: bool = False,
+            batch_hint: int = 256, channels_last: bool = False) -> torch.nn.Module:
     """Move `net` to `device` and set up its fastest numerically-checked inference path."""
     net = net.eval().requires_grad_(False).to(device)
     if precision == "bfloat16":
@@ -31,7 +33,8 @@ def prepare(net: torch.nn.Module, device: torch.device, precision: str = "auto",
     torch.backends.cuda.matmul.allow_tf32 = True  # float32 path only; the bf16 path is unaffected
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
-    net.to(memory_format=torch.channels_last)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
     if compile:
         _compile_blocks(net, device, batch_hint)
     return net
@@ -70,7 +73,3 @@ def _warm_up(net, device, batch: int) -> None:
     net(x, torch.full((batch,), 80.0, device=device), labels)
 
 
-def to_device_input(images_uint8: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 NCHW (pinned, on the host) -> float [-1, 1] on the device, channels-last on CUDA."""
-    x = images_uint8.to(device, non_blocking=True).float().div_(127.5).sub_(1)
-    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
