@@ -144,7 +144,7 @@ def _run(config, stages, force=()):
 @_config_options
 @click.option("--force", "force", multiple=True, help="Rerun a stage even if its inputs are unchanged (repeatable).")
 def build(force, **kwargs):
-    """Run every stage (extract, generate, fit, measure, atlas, render), skipping unchanged ones."""
+    """Run every stage (extract, generate, fit, measure, atlas, trajectory, render), skipping unchanged ones."""
     from .pipeline import STAGES
 
     config = _load(kwargs)
@@ -165,6 +165,7 @@ _stage_command("generate", ("generate",), "Generate samples of every conditionin
 _stage_command("fit", ("fit",), "Fit the reductions and the 2-D map; project every set; trust scores.")
 _stage_command("measure", ("measure",), "Compute metrics.json and the report's neighbour arrays.")
 _stage_command("atlas", ("atlas",), "Generate from anchors and an even grid over the map by masking.")
+_stage_command("trajectory", ("trajectory",), "Few-step sampling paths and noised-real references, projected and measured per step.")
 _stage_command("render", ("render",), "Re-render the site from stored results (no model needed).")
 
 

@@ -64,7 +64,7 @@ def built(tmp_path_factory):
 
 def test_build_writes_every_stage_output(built):
     w, cfg, out = built
-    assert _ran(out) == ["extract", "generate", "fit", "measure", "atlas", "render"]
+    assert _ran(out) == ["extract", "generate", "fit", "measure", "atlas", "trajectory", "render"]
     work = w / "work"
     for name in ("real", "gen-class", "gen-uniform", "gen-zero", "gen-blend"):
         manifest = json.loads((work / "stores" / name / "manifest.json").read_text())
@@ -103,7 +103,7 @@ def test_plot_option_rerenders_only(built):
 def test_umap_settings_refit_and_rerender(built):
     w, cfg, _ = built
     r = CliRunner().invoke(cli, ["build", "--config", str(cfg), "--fit-on", "both"])
-    assert _ran(r.output) == ["fit", "measure", "atlas", "render"], r.output
+    assert _ran(r.output) == ["fit", "measure", "atlas", "trajectory", "render"], r.output
 
 
 def test_force_reruns_one_stage(built):
@@ -134,4 +134,4 @@ def test_new_checkpoint_redoes_everything(built):
     r = CliRunner().invoke(cli, ["build", "--config", str(cfg), "--fit-on", "both",
                                  "--checkpoint", str(w / "demo_b.safetensors")])
     assert r.exit_code == 0, r.output
-    assert _ran(r.output) == ["extract", "generate", "fit", "measure", "atlas", "render"]
+    assert _ran(r.output) == ["extract", "generate", "fit", "measure", "atlas", "trajectory", "render"]
