@@ -59,6 +59,7 @@ class FeaturesConfig:
     dtype: str = "float16"          # stored feature dtype: float16 | float32
     batch_size: int = 256
     chunk_size: int = 4096          # samples per stored chunk (the unit of atomic writes and resume)
+    generated: str = "reencode"     # generated features: reencode (image fed back as real ones are) | generation
     full_per_class: int = 8         # real samples per class whose full mask-layer activations are kept (masking)
     recon_per_class: int = 4        # real samples per class whose reconstruction (model output) is kept
 
@@ -205,6 +206,7 @@ def _validate(c: Config) -> None:
         "data.source": (c.data.source, ("demo", "imagenet64-npz", "folder")),
         "data.on_bad_image": (c.data.on_bad_image, ("skip", "fail")),
         "features.dtype": (c.features.dtype, ("float16", "float32")),
+        "features.generated": (c.features.generated, ("reencode", "generation")),
         "embedding.fit_on": (c.embedding.fit_on, ("real", "generated", "both")),
         "report.color_by": (c.report.color_by, ("class", "variant")),
         "model.precision": (c.model.precision, ("auto", "float32", "bfloat16")),

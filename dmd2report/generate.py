@@ -2,9 +2,19 @@
 
 Sample i is G(80 z_i, 80, c_i) with z_i = sample_noise(run.seed, seed_indices[i]) and c_i its
 label vector (one-hot for `class`, 1/K for `uniform`, zeros for `zero`, or the given rows, e.g.
-a blend of neighbours' classes). The chosen layers are captured during the full forward pass
-(the image is needed for the thumbnail) and reduced exactly as the real set's features were:
-with `pca:K`, by the PCA saved in the real store. The chunking, resuming, writer thread and
+a blend of neighbours' classes). Which activations are stored (`features.generated`):
+
+- `reencode` (default): the generated image, quantised to uint8 exactly as a stored image is, is fed
+  back the way real images are, G(80 x, 80, one_hot(class)), and the layers are captured there (early
+  exit). The label is the one-hot of the class the sample is shown as (`class_ids`), as a real image
+  gets its class; only a sample with no class (-1) is re-encoded with its generation label vector.
+  Real and generated features then come from the same function of an image, so precision, recall
+  and coverage compare the two image distributions (a perfect generator scores 1).
+- `generation`: the activations of the generating forward pass itself, G(80 z, 80, c). They show
+  what the network does while it generates, but its input is noise where the real set's is an
+  image, so the two sets sit apart in activation space by construction and recall is near 0.
+
+Features are reduced exactly as the real set's were: with `pca:K`, by the PCA saved in the real store. The chunking, resuming, writer thread and
 sharding are those of the extract stage.
 """
 
@@ -89,6 +99,7 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
         "features": {"layers": layers, "reduce": f.reduce, "dtype": f.dtype, "chunk_size": cs,
                      "pca": pca_digest if mode == "pca" else None},
         "thumb_size": config.report.thumb_size, "compute": compute_key(net, device),
+        "generated_features": f.generated,
     }
     path = store_dir(config, f"gen-{variant}")
     writer = StoreWriter(path, key, "generated")
@@ -96,7 +107,8 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
     info = {"model_checksum": model_checksum, "versions": versions(), "layers": layers, "feature_dims": dims,
             "reduction": f.reduce, "dtype": f.dtype, "variant": variant, "seed": config.run.seed,
             "chunk_size": cs, "num_classes": K, "resolution": net.img_resolution,
-            "thumb_size": config.report.thumb_size, "planned": n, "full_layer": None}
+            "thumb_size": config.report.thumb_size, "planned": n, "full_layer": None,
+            "generated_features": f.generated}
     writer.check(overwrite)  # every rank: a refusal is raised everywhere, not only on rank 0
     if rank == 0:
         writer.prepare(overwrite, info)
@@ -106,10 +118,16 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
     reducer = Reducer(f.reduce, f.dtype, pca, device)
     shape = (net.img_channels, net.img_resolution, net.img_resolution)
 
+    # Labels of the re-encoding pass: one-hot of the shown class, the generation vector without one.
+    reencode_vectors = vectors.copy()
+    has_class = class_ids >= 0
+    reencode_vectors[has_class] = np.eye(K, dtype=np.float32)[class_ids[has_class]]
+
     def load(i):
         sl = slice(i * cs, min((i + 1) * cs, n))
         z = sample_noise(config.run.seed, seed_indices[sl], shape)
-        return (z.pin_memory() if device.type == "cuda" else z), torch.from_numpy(vectors[sl])
+        return (z.pin_memory() if device.type == "cuda" else z), (torch.from_numpy(vectors[sl]),
+                                                                   torch.from_numpy(reencode_vectors[sl]))
 
     todo = [i for i in range(rank, n_chunks, world) if not writer.done(i)]
     bar = Progress(sum(min(cs, n - i * cs) for i in todo), f"generate {variant}", show)
@@ -117,8 +135,9 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
         with BackgroundWriter(writer) as bg:
             for i, (z, c) in prefetch(load, todo):
                 sl = slice(i * cs, min((i + 1) * cs, n))
-                feats, thumbs = _generate_chunk(net, z, c, layers, reducer, device, f.batch_size,
-                                                config.report.thumb_size, bar)
+                c, c_reencode = c
+                feats, thumbs = _generate_chunk(net, z, c, layers, reducer, device, f.batch_size, config.report.thumb_size,
+                                                bar, reencode_labels=c_reencode if f.generated == "reencode" else None)
                 ids = class_ids[sl]
                 idx, w = sparse_labels(vectors[sl])
                 meta = pd.DataFrame({
@@ -141,16 +160,31 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
     return path
 
 
-def _generate_chunk(net, z, c, layers, reducer: Reducer, device, batch_size: int, thumb_size: int, bar: Progress):
+def _generate_chunk(net, z, c, layers, reducer: Reducer, device, batch_size: int, thumb_size: int, bar: Progress,
+                    reencode_labels: torch.Tensor | None = None):
     feats: dict[str, list] = {l: [] for l in layers}
     thumbs = []
-    with ActivationCapture(net, layers, reduce=reducer.capture_mode(False)) as cap:
-        for b in range(0, len(z), batch_size):
-            x = to_device(z[b:b + batch_size], device)
-            y = to_device(c[b:b + batch_size], device)
-            images = cap.run(SIGMA_MAX * x, torch.full((len(x),), SIGMA_MAX, device=device), y)
-            for l in layers:
-                feats[l].append(reducer(l, cap.activations[l]))
-            thumbs.append(thumbnails(images, thumb_size))
-            bar.update(len(x))
+    mode = reducer.capture_mode(False)
+    for b in range(0, len(z), batch_size):
+        x = to_device(z[b:b + batch_size], device)
+        y = to_device(c[b:b + batch_size], device)
+        sigma = torch.full((len(x),), SIGMA_MAX, device=device)
+        if reencode_labels is not None:
+            # A second pass on the image as stored, stopping after the last captured layer
+            # exactly as real extraction does.
+            images = net(SIGMA_MAX * x, sigma, y)
+            with ActivationCapture(net, layers, reduce=mode, early_exit=True) as cap:
+                cap.run(SIGMA_MAX * quantise(images), sigma, to_device(reencode_labels[b:b + batch_size], device))
+        else:
+            with ActivationCapture(net, layers, reduce=mode) as cap:
+                images = cap.run(SIGMA_MAX * x, sigma, y)
+        for l in layers:
+            feats[l].append(reducer(l, cap.activations[l]))
+        thumbs.append(thumbnails(images, thumb_size))
+        bar.update(len(x))
     return feats, thumbs
+
+
+def quantise(images: torch.Tensor) -> torch.Tensor:
+    """A generated image as a stored one reads back: uint8 (EDM's rounding), then / 127.5 - 1."""
+    return (images.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8).float().div_(127.5).sub_(1)

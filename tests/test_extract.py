@@ -157,11 +157,25 @@ def test_pca_fitted_on_real_and_applied_unchanged_to_generated(tiny_net, npz_dir
 
     gen = Store(generate_set(config, tiny_net, "sum0", "class", np.arange(12) % 10, np.arange(12), progress=False))
     z = sample_noise(0, np.arange(12), (3, 16, 16))
+    labels = condition_vectors("class", 10, classes=np.arange(12) % 10)
+    sigma = torch.full((12,), 80.0)
+    # Default features.generated = reencode: the generated image, stored as uint8 and read back,
+    # fed exactly as a real image is.
+    image = tiny_net(80 * z, sigma, labels)
+    stored = torch.from_numpy(to_uint8(image)).permute(0, 3, 1, 2).float() / 127.5 - 1
     with ActivationCapture(tiny_net, ["midblock"]) as cap:
-        cap.run(80 * z, torch.full((12,), 80.0), condition_vectors("class", 10, classes=np.arange(12) % 10))
+        cap.run(80 * stored, sigma, labels)
     want = (cap.activations["midblock"].flatten(1) - pca["midblock"]["mean"]) @ comps.T
     np.testing.assert_allclose(gen.features("midblock"), want.numpy(), atol=2e-2, rtol=2e-3)
     assert gen.manifest["key"]["features"]["pca"] is not None
+    # features.generated = generation: the activations of the generating pass itself.
+    config.features.generated = "generation"
+    gen = Store(generate_set(config, tiny_net, "sum0", "class", np.arange(12) % 10, np.arange(12), overwrite=True,
+                             progress=False))
+    with ActivationCapture(tiny_net, ["midblock"]) as cap:
+        cap.run(80 * z, sigma, labels)
+    want = (cap.activations["midblock"].flatten(1) - pca["midblock"]["mean"]) @ comps.T
+    np.testing.assert_allclose(gen.features("midblock"), want.numpy(), atol=2e-2, rtol=2e-3)
 
 
 def test_randomized_pca_is_deterministic_and_checks_k():

@@ -102,7 +102,7 @@ def traj_run(tmp_path_factory):
     config = load_config(None, {
         "run.workdir": str(tmp / "work"), "run.device": "cpu", "model.preset": "tiny", "data.source": "imagenet64-npz",
         "data.path": str(root), "data.max_samples": 0, "features.batch_size": 8, "features.chunk_size": 16,
-        "report.thumb_size": 8, "generate.samples": 20, "generate.variants": ["class"], "generate.variant_samples": 10,
+        "report.thumb_size": 8, "features.generated": "generation", "generate.samples": 20, "generate.variants": ["class"], "generate.variant_samples": 10,
         "embedding.pca_components": 8, "embedding.n_neighbors": 8, "metrics.bootstrap": 10,
         "trajectory.sigmas": [80.0, 10.0, 0.5], "trajectory.samples": 7, "trajectory.real_references": 9})
     run = Run(config, log=lambda s: None)
