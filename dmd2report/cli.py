@@ -132,12 +132,12 @@ def _load(kwargs):
     return load_config(path, overrides)
 
 
-def _run(config, stages, force=()):
+def _run(config, stages, force=(), overwrite=None):
     from .assemble import command_line
     from .pipeline import Run
 
     run = Run(config, command=command_line(), log=lambda m: click.echo(m, err=True))
-    return run.run_stages(stages, force=force)
+    return run.run_stages(stages, force=force, overwrite=overwrite)
 
 
 @cli.command(context_settings={"ignore_unknown_options": False})
@@ -154,8 +154,11 @@ def build(force, **kwargs):
 
 def _stage_command(name, stages, doc):
     @_config_options
-    def command(**kwargs):
-        _run(_load(kwargs), stages, force=stages)
+    @click.option("--overwrite", is_flag=True, help="Replace results made with another configuration.")
+    def command(overwrite, **kwargs):
+        # Explicit: the stage runs even if recorded as done. Its store resumes an interrupted run of
+        # the same configuration and refuses another one unless --overwrite.
+        _run(_load(kwargs), stages, force=stages, overwrite=overwrite)
     command.__doc__ = doc
     cli.command(name)(command)
 

@@ -144,8 +144,14 @@ class Run:
 
     # ------------------------------------------------------------------ running
 
-    def run_stages(self, stages=STAGES, force=()) -> list[str]:
-        """Run `stages` in order, skipping those whose key is unchanged; returns the stages that ran."""
+    def run_stages(self, stages=STAGES, force=(), overwrite: bool | None = None) -> list[str]:
+        """Run `stages` in order, skipping those whose key is unchanged; returns the stages that ran.
+
+        `overwrite=None` is `build`'s rule: it owns its work directory, so a store written under an
+        older key is replaced and a forced stage starts afresh. A stage command passes the user's
+        `--overwrite`: without it a store of another configuration is refused, and a store of the
+        same configuration resumes (or is found complete).
+        """
         unknown = [s for s in force if s not in STAGES]
         if unknown:
             raise UserError(f"--force {unknown[0]}: unknown stage; stages: {', '.join(STAGES)}")
@@ -161,7 +167,8 @@ class Run:
             self.log(f"[{stage}] running" + (" (forced)" if stage in force else ""))
             t0 = time.perf_counter()
             # A store written under another key is replaced; an unfinished one with this key resumes.
-            STAGE_FUNCTIONS[stage](self, overwrite=previous is not None and previous != keys[stage] or stage in force)
+            replace = (previous is not None and previous != keys[stage] or stage in force) if overwrite is None else overwrite
+            STAGE_FUNCTIONS[stage](self, overwrite=replace)
             self.timings[stage] = time.perf_counter() - t0
             self._record(stage, keys[stage])
             self.log(f"[{stage}] done in {self.timings[stage]:.1f} s")

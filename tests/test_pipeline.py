@@ -135,3 +135,18 @@ def test_new_checkpoint_redoes_everything(built):
                                  "--checkpoint", str(w / "demo_b.safetensors")])
     assert r.exit_code == 0, r.output
     assert _ran(r.output) == ["extract", "generate", "fit", "measure", "atlas", "trajectory", "render"]
+
+
+def test_stage_command_refuses_another_config_unless_overwrite(built):
+    w, cfg, _ = built
+    ckpt = ["--checkpoint", str(w / "demo_b.safetensors"), "--fit-on", "both"]
+    r = CliRunner().invoke(cli, ["extract", "--config", str(cfg), *ckpt, "--max-samples", "120"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert "max_samples was 240, now 120" in r.output and "--overwrite" in r.output, r.output
+    store = w / "work" / "stores" / "real"
+    assert json.loads((store / "manifest.json").read_text())["count"] == 240  # nothing lost
+    r = CliRunner().invoke(cli, ["extract", "--config", str(cfg), *ckpt])  # same config: found complete
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["extract", "--config", str(cfg), *ckpt, "--max-samples", "120", "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((store / "manifest.json").read_text())["count"] == 120
