@@ -9,9 +9,24 @@ import torch
 from .errors import UserError
 
 
+def local_rank() -> int | None:
+    """This process's GPU slot under torchrun (LOCAL_RANK with WORLD_SIZE > 1), else None."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ:
+        return int(os.environ["LOCAL_RANK"])
+    return None
+
+
 def resolve_device(spec: str = "auto") -> torch.device:
-    """auto picks cuda, then mps, then cpu; an unavailable device is a UserError."""
+    """auto picks cuda, then mps, then cpu; an unavailable device is a UserError.
+
+    Under torchrun, `auto` and `cuda` mean this process's own GPU, cuda:LOCAL_RANK.
+    """
     spec = (spec or "auto").strip().lower()
+    if spec in ("auto", "cuda") and torch.cuda.is_available() and local_rank() is not None:
+        torch.cuda.set_device(local_rank())
+        return torch.device("cuda", local_rank())
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

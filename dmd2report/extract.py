@@ -324,6 +324,7 @@ def extract_real(config, net, model_checksum: str, *, overwrite: bool = False, p
                 "num_classes": net.label_dim, "resolution": net.img_resolution, "thumb_size": config.report.thumb_size,
                 "planned": len(plan)}
         writer.check(overwrite)  # every rank: a refusal is raised everywhere, not only on rank 0
+        barrier(world)  # every rank has looked before rank 0 changes anything
         if rank == 0:
             writer.prepare(overwrite, info)
             if mode == "full":

@@ -110,6 +110,7 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
             "thumb_size": config.report.thumb_size, "planned": n, "full_layer": None,
             "generated_features": f.generated}
     writer.check(overwrite)  # every rank: a refusal is raised everywhere, not only on rank 0
+    barrier(world)  # every rank has looked before rank 0 changes anything
     if rank == 0:
         writer.prepare(overwrite, info)
         if mode == "full":

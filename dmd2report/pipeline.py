@@ -35,7 +35,14 @@ from .config import Config
 from .errors import UserError
 
 STAGES = ("extract", "generate", "fit", "measure", "atlas", "trajectory", "render")
+SHARDED_STAGES = {"extract", "generate"}  # the stages that split work across torchrun processes
 MODEL_STAGES = {"extract", "generate", "atlas", "trajectory"}
+
+
+def process_rank() -> int:
+    """Rank under torchrun (RANK), 0 otherwise: only rank 0 writes the stage records and runs the
+    stages that are not sharded."""
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
 
 
 def _hash(obj) -> str:
@@ -83,7 +90,8 @@ class Run:
                 key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
                 if key not in cache:
                     cache[key] = sha256_file(path)
-                    _write_json(cache_file, cache)
+                    if process_rank() == 0:
+                        _write_json(cache_file, cache)
                 sha = cache[key]
             self._model_id = {"preset": m.preset, "checkpoint": str(path or ""), "sha256": sha,
                               "untrained": path is None}
@@ -160,6 +168,8 @@ class Run:
         recorded = self.recorded()
         ran = []
         for stage in stages:
+            if process_rank() != 0 and stage not in SHARDED_STAGES:
+                continue  # torchrun: the other ranks help with extraction and generation only
             previous = recorded.get(stage, {}).get("key")
             if previous == keys[stage] and stage not in force:
                 self.log(f"[{stage}] up to date")
@@ -170,7 +180,8 @@ class Run:
             replace = (previous is not None and previous != keys[stage] or stage in force) if overwrite is None else overwrite
             STAGE_FUNCTIONS[stage](self, overwrite=replace)
             self.timings[stage] = time.perf_counter() - t0
-            self._record(stage, keys[stage])
+            if process_rank() == 0:
+                self._record(stage, keys[stage])
             self.log(f"[{stage}] done in {self.timings[stage]:.1f} s")
             ran.append(stage)
         return ran
