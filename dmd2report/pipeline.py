@@ -122,10 +122,11 @@ class Run:
     def stage_keys(self) -> dict[str, str]:
         c = self.config.to_dict()
         keys = {}
-        keys["extract"] = _hash([self.model_identity()["sha256"], self.config.model.preset, c["data"],
-                                 {k: v for k, v in c["features"].items() if k != "batch_size"}, c["run"]["seed"],
-                                 c["metrics"]["mask_layer"]])
-        keys["generate"] = _hash([keys["extract"], c["generate"]])
+        # batch_size changes no result; features.generated only what generate stores.
+        features = {k: v for k, v in c["features"].items() if k not in ("batch_size", "generated")}
+        keys["extract"] = _hash([self.model_identity()["sha256"], self.config.model.preset, c["data"], features,
+                                 c["run"]["seed"], c["metrics"]["mask_layer"], c["report"]["thumb_size"]])
+        keys["generate"] = _hash([keys["extract"], c["generate"], c["features"]["generated"]])
         keys["fit"] = _hash([keys["generate"], c["embedding"], c["metrics"]["layer"]])
         keys["measure"] = _hash([keys["fit"], {k: v for k, v in c["metrics"].items()
                                                if k not in ("mask_layer", "anchors_per_class", "atlas_grid")}])
