@@ -166,6 +166,16 @@ def test_single_file_works_offline(site, browser, tmp_path):
     page.context.close()
 
 
+def _client_traj_step(page, row):
+    """Viewport coordinates of trajectory step `row` (a row of DMD2_DATA.traj.steps) on the map."""
+    return page.evaluate("""row => {
+        const F = DMD2Site.resolve('map').fig, T = DMD2_DATA.traj.steps, view = Bokeh.index[F.id];
+        const frame = view.frame.bbox, box = view.el.getBoundingClientRect();
+        return [box.left + frame.x + (T.x[row] - F.x_range.start) / (F.x_range.end - F.x_range.start) * frame.width,
+                box.top + frame.y + (F.y_range.end - T.y[row]) / (F.y_range.end - F.y_range.start) * frame.height];
+    }""", row)
+
+
 def test_trajectory_layer(browser, tmp_path):
     import numpy as np
 
@@ -188,12 +198,7 @@ def test_trajectory_layer(browser, tmp_path):
     xy = shown[["x", "y"]].to_numpy()
     d = np.sqrt(((xy[:, None] - xy[None]) ** 2).sum(-1)) + np.eye(len(xy)) * 1e9
     row = int(shown.index[np.argmax(d.min(1))])
-    x, y = page.evaluate("""row => {
-        const F = DMD2Site.resolve('map').fig, T = DMD2_DATA.traj.steps, view = Bokeh.index[F.id];
-        const frame = view.frame.bbox, box = view.el.getBoundingClientRect();
-        return [box.left + frame.x + (T.x[row] - F.x_range.start) / (F.x_range.end - F.x_range.start) * frame.width,
-                box.top + frame.y + (F.y_range.end - T.y[row]) / (F.y_range.end - F.y_range.start) * frame.height];
-    }""", row)
+    x, y = _client_traj_step(page, row)
     page.mouse.move(x, y)
     page.wait_for_selector("#dmd2-hover[data-traj]:not([hidden])", timeout=5000)
     assert page.evaluate("document.getElementById('dmd2-hover').dataset.traj") == f"pt:{row}"
@@ -217,4 +222,51 @@ def test_trajectory_layer(browser, tmp_path):
         return !c.hidden && (c.dataset.traj || '').startsWith('pt:'); })()""") is False
     page.screenshot(path=str(ARTIFACTS / "map-trajectory-real.png"))
     assert problems == [] and [u for u in requests if not u.startswith("file://")] == []
+    page.context.close()
+
+
+def test_trajectory_paths_per_class_on_demand(browser, tmp_path):
+    import numpy as np
+
+    data = synthetic_report_data(300, 120, 5, seed=4, trajectories=True)
+    render_site(data, tmp_path / "site")
+    steps = data.trajectories.steps
+    n_steps = len(data.trajectories.sigmas)
+    stored = steps.groupby("class_id")["path"].nunique()
+    default = steps[steps["shown"]].groupby("class_id")["path"].nunique().reindex(stored.index, fill_value=0)
+    assert (stored > default).all()      # every class has stored paths that are not drawn by default
+
+    def expected(classes):               # paths drawn: all of the given classes, the default few elsewhere
+        return int(sum(stored[c] if c in classes else default[c] for c in stored.index))
+
+    segments, status = "DMD2Site.trajSegments('map')", "document.querySelector('[data-traj-status=\"map\"]')"
+    page, problems, _ = _open(browser, (tmp_path / "site" / "map.html").as_uri() + "#class=3")
+    assert page.evaluate(segments) == expected({3}) * (n_steps - 1)
+    assert page.evaluate("DMD2Site.resolve('map').traj.label.data_source.data.label.length") == expected({3}) * n_steps
+    assert page.evaluate(f"Number({status}.dataset.paths)") == expected({3})
+    assert f"all {stored[3]} of 3 · class 3" in page.inner_text('[data-traj-status="map"]')
+
+    # Hover reaches a step of a path that is drawn only because its class was asked for.
+    extra = steps[(steps["class_id"] == 3) & ~steps["shown"]]
+    drawn = steps[steps["shown"] | (steps["class_id"] == 3)]
+    xy, cand = drawn[["x", "y"]].to_numpy(), extra[["x", "y"]].to_numpy()
+    d = np.sqrt(((cand[:, None] - xy[None]) ** 2).sum(-1))
+    d[d == 0] = np.inf                   # not its own distance
+    row = int(extra.index[np.argmax(d.min(1))])
+    page.mouse.move(*_client_traj_step(page, row))
+    page.wait_for_selector("#dmd2-hover[data-traj]:not([hidden])", timeout=5000)
+    assert page.evaluate("document.getElementById('dmd2-hover').dataset.traj") == f"pt:{row}"
+    assert steps["source"][row] in page.inner_text("#dmd2-hover")
+    page.screenshot(path=str(ARTIFACTS / "map-trajectory-class.png"))
+
+    # Clearing the search returns to the default; typing a class name draws all of that class's paths.
+    page.fill('[data-search="map"]', "")
+    assert page.evaluate(segments) == expected(set()) * (n_steps - 1) == int(default.sum()) * (n_steps - 1)
+    page.fill('[data-search="map"]', "class 1")
+    assert page.evaluate(segments) == expected({1}) * (n_steps - 1)
+    page.fill('[data-search="map"]', "no such class")
+    assert page.evaluate(segments) == expected(set()) * (n_steps - 1)
+    page.evaluate("location.hash = 'class=0'")
+    page.wait_for_function(f"{segments} === {expected({0}) * (n_steps - 1)}", timeout=5000)
+    assert problems == []
     page.context.close()

@@ -272,33 +272,48 @@ def step_colours(n_steps: int) -> list[str]:
     return [Viridis256[int(i)] for i in np.linspace(0, 200, n_steps).round()] if n_steps > 1 else [Viridis256[0]]
 
 
-def _trajectory_layers(fig, name: str, traj) -> list[LegendItem]:
-    """Paths of the shown samples (segments between consecutive steps, points labelled with sigma) and
-    the noised-real references (hidden until switched on). Named "<fig>:traj:seg|pt|label|real"."""
-    colours = step_colours(len(traj.sigmas))
-    s = traj.steps[traj.steps["shown"].astype(bool)].sort_values(["path", "step"])
+def trajectory_columns(steps: pd.DataFrame, sigmas: list[float]) -> tuple[dict, dict]:
+    """Segment and point columns of the drawn paths (`steps` rows with shown=True). Row = position in
+    `steps`, the key of the hover data; site.js rebuilds the same columns for other path choices."""
+    colours = step_colours(len(sigmas))
+    s = steps.reset_index(drop=True)
+    s = s[s["shown"].astype(bool)].sort_values(["path", "step"])
     nxt = s.groupby("path").shift(-1)
     seg = s.assign(x1=nxt["x"], y1=nxt["y"]).dropna(subset=["x1"])
+    segs = {"x0": seg["x"].to_numpy(np.float32), "y0": seg["y"].to_numpy(np.float32),
+            "x1": seg["x1"].to_numpy(np.float32), "y1": seg["y1"].to_numpy(np.float32),
+            "cls": seg["class_id"].to_numpy(np.int32)}
+    pts = {"x": s["x"].to_numpy(np.float32), "y": s["y"].to_numpy(np.float32), "row": s.index.to_numpy(np.int32),
+           "step": s["step"].to_numpy(np.int32), "cls": s["class_id"].to_numpy(np.int32),
+           "color": [colours[int(i)] for i in s["step"]], "label": [sigma_label(sigmas[int(i)]) for i in s["step"]]}
+    return segs, pts
+
+
+def sigma_label(sigma: float) -> str:
+    return f"σ {sigma:g}"
+
+
+def _trajectory_layers(fig, name: str, traj) -> list[LegendItem]:
+    """Paths of the shown samples (segments between consecutive steps, points labelled with sigma) and
+    the noised-real references (hidden until switched on). Named "<fig>:traj:seg|pt|label|real".
+    site.js swaps the seg and pt sources' data to draw every stored path of a searched class."""
+    colours = step_colours(len(traj.sigmas))
+    segs, pts = trajectory_columns(traj.steps, traj.sigmas)
     r_seg = fig.segment("x0", "y0", "x1", "y1", name=f"{name}:traj:seg", line_color="#5b6472", line_alpha=0.75,
-                        line_width=1.6, source=ColumnDataSource({"x0": seg["x"].to_numpy(np.float32),
-                                                                 "y0": seg["y"].to_numpy(np.float32),
-                                                                 "x1": seg["x1"].to_numpy(np.float32),
-                                                                 "y1": seg["y1"].to_numpy(np.float32)}))
-    src = ColumnDataSource({"x": s["x"].to_numpy(np.float32), "y": s["y"].to_numpy(np.float32),
-                            "row": s.index.to_numpy(np.int32), "step": s["step"].to_numpy(np.int32),
-                            "color": [colours[int(i)] for i in s["step"]],
-                            "label": [f"σ {v:g}" for v in s["sigma"]]})
+                        line_width=1.6, source=ColumnDataSource(segs))
+    src = ColumnDataSource(pts)
     r_pt = fig.scatter("x", "y", source=src, name=f"{name}:traj:pt", size=8, marker="circle", fill_color="color",
                        line_color="#ffffff", line_width=0.8, fill_alpha=0.95)
     r_lab = fig.text("x", "y", text="label", source=src, name=f"{name}:traj:label", x_offset=6, y_offset=-2,
                      text_font_size="9px", text_color="color", text_alpha=0.95, text_baseline="middle")
-    r = traj.real
+    r = traj.real.reset_index(drop=True)
     rsrc = ColumnDataSource({"x": r["x"].to_numpy(np.float32), "y": r["y"].to_numpy(np.float32),
                              "row": r.index.to_numpy(np.int32), "color": [colours[int(i)] for i in r["step"]]})
     r_real = fig.scatter("x", "y", source=rsrc, name=f"{name}:traj:real", size=7, marker="diamond", fill_color="color",
                          fill_alpha=0.6, line_color="color", line_alpha=0.9, visible=False)
-    n_paths, n_refs = s["path"].nunique(), r["ref"].nunique() if len(r) else 0
-    items = [LegendItem(label=f"few-step paths ({n_paths}, {len(traj.sigmas)} steps)", renderers=[r_seg, r_pt, r_lab])]
+    n_refs = r["ref"].nunique() if len(r) else 0
+    # No path count here: it changes when a class search draws all of that class's paths (the panel says it).
+    items = [LegendItem(label=f"few-step paths ({len(traj.sigmas)} steps)", renderers=[r_seg, r_pt, r_lab])]
     if len(r):
         items.append(LegendItem(label=f"real noised to each σ ({n_refs})", renderers=[r_real]))
     return items

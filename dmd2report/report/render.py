@@ -80,14 +80,24 @@ def _trajectory_data(traj) -> dict | None:
     last = s.groupby("path")["thumb"].transform("last") if len(s) else s["thumb"]
     return {
         "sigmas": [float(v) for v in traj.sigmas], "conditioning": traj.conditioning,
+        # Every stored path is here; site.js draws the shown ones, plus all paths of a searched class.
+        "labels": [figures.sigma_label(v) for v in traj.sigmas], "colours": figures.step_colours(len(traj.sigmas)),
+        "perClass": _shown_per_class(s),
         "steps": {"path": s["path"].astype(int).tolist(), "step": s["step"].astype(int).tolist(),
                   "cls": s["class_id"].astype(int).tolist(), "thumb": s["thumb"].astype(int).tolist(),
                   "final": last.astype(int).tolist(), "src": s["source"].astype(str).tolist(),
+                  "shown": s["shown"].astype(bool).astype(int).tolist(),
                   "x": _finite(s["x"], 4), "y": _finite(s["y"], 4)},
         "real": {"step": r["step"].astype(int).tolist(), "cls": r["class_id"].astype(int).tolist(),
                  "thumb": r["thumb"].astype(int).tolist(), "src": r["source"].astype(str).tolist(),
                  "x": _finite(r["x"], 4), "y": _finite(r["y"], 4)},
     }
+
+
+def _shown_per_class(steps: pd.DataFrame) -> int:
+    """Paths drawn by default for each class (the most any class has: classes with fewer stored show all)."""
+    shown = steps[steps["shown"].astype(bool)]
+    return int(shown.groupby("class_id")["path"].nunique().max()) if len(shown) else 0
 
 
 class _Thumbs:
@@ -164,6 +174,7 @@ def _pages(data: ReportData, color_by: str) -> list[dict]:
         map_models["trajsteps"] = figures.step_metrics_figure(traj)
         shown = traj.steps[traj.steps["shown"].astype(bool)]
         traj_ctx = dict(sigmas=traj.sigmas, n_paths=int(traj.steps["path"].nunique()), n_shown=int(shown["path"].nunique()),
+                        per_class=_shown_per_class(traj.steps), has_classes=bool((traj.steps["class_id"] >= 0).any()),
                         n_refs=int(traj.real["ref"].nunique()) if len(traj.real) else 0, conditioning=traj.conditioning,
                         note=traj.note, colours=list(zip(traj.sigmas, figures.step_colours(len(traj.sigmas)))),
                         metrics=traj.metrics.sort_values(["step", "reference"]).to_dict("records"))

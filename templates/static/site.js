@@ -209,6 +209,39 @@
     const f = resolve(name);
     return f && f.traj.seg ? f.traj.seg.data_source.data.x0.length : 0;
   };
+  // Which paths are drawn: the shown few of every class (as rendered), plus every stored path of the
+  // classes in `classes` (a class search or #class=). All paths are in DMD2_DATA.traj; the segment and
+  // point sources get rebuilt columns (same keys as figures.trajectory_columns), so hover keeps working.
+  Site.drawTrajectories = function (name, classes) {
+    const f = resolve(name), T = data().traj;
+    if (!f || !T || !f.traj.seg || !f.traj.pt) return;
+    const want = new Set(classes || []), P = T.steps, prev = new Map();
+    const seg = { x0: [], y0: [], x1: [], y1: [], cls: [] };
+    const pt = { x: [], y: [], row: [], step: [], cls: [], color: [], label: [] };
+    const paths = new Set(), expanded = new Set(), hit = new Set();
+    for (let i = 0; i < P.path.length; i++) {  // rows hold each path's steps in order
+      if (!P.shown[i] && !want.has(P.cls[i])) continue;
+      if (P.x[i] === null || P.y[i] === null) continue;
+      const p = P.path[i], j = prev.get(p);
+      if (j !== undefined && P.step[j] === P.step[i] - 1) {
+        seg.x0.push(P.x[j]); seg.y0.push(P.y[j]); seg.x1.push(P.x[i]); seg.y1.push(P.y[i]); seg.cls.push(P.cls[i]);
+      }
+      prev.set(p, i);
+      pt.x.push(P.x[i]); pt.y.push(P.y[i]); pt.row.push(i); pt.step.push(P.step[i]); pt.cls.push(P.cls[i]);
+      pt.color.push(T.colours[P.step[i]]); pt.label.push(T.labels[P.step[i]]);
+      paths.add(p);
+      if (want.has(P.cls[i])) { expanded.add(p); hit.add(P.cls[i]); }
+    }
+    f.traj.seg.data_source.data = seg;
+    f.traj.pt.data_source.data = pt;  // the sigma labels share this source
+    const status = document.querySelector('[data-traj-status="' + name + '"]');
+    if (status) {
+      const base = paths.size + " drawn (the first " + T.perClass + " of each class";
+      status.textContent = !hit.size ? base + ")" : base + "; all " + expanded.size + " of " +
+        (hit.size === 1 ? className([...hit][0]) : hit.size + " classes") + ")";
+      status.dataset.paths = paths.size;
+    }
+  };
   Site.setTrajectory = function (name, which, on) {
     const f = resolve(name);
     if (!f) return;
@@ -374,6 +407,7 @@
       x0 = Math.min(x0, P.x[j]); x1 = Math.max(x1, P.x[j]); y0 = Math.min(y0, P.y[j]); y1 = Math.max(y1, P.y[j]);
     }
     f.hl.data_source.data = { x: xs, y: ys };
+    if (f.traj.pt) Site.drawTrajectories(name, [...want]);
     if (status) {
       status.textContent = !q.trim() ? "" : !want.size ? "no class matches" :
         (want.size === 1 ? className([...want][0]) : want.size + " classes") + ": " + nr + " real, " + ng + " generated";
