@@ -415,6 +415,9 @@
     }
     if (zoom && xs.length) {
       const px = (x1 - x0) * 0.25 || 1, py = (y1 - y0) * 0.25 || 1;
+      // Marked as a user zoom, or the data ranges recompute the full extent at their next update
+      // (the first paint after #class= on load, or any data change) and undo it; reset clears the mark.
+      [f.fig.x_range, f.fig.y_range].forEach(r => { if ("have_updated_interactively" in r) r.have_updated_interactively = true; });
       f.fig.x_range.setv({ start: x0 - px, end: x1 + px });
       f.fig.y_range.setv({ start: y0 - py, end: y1 + py });
     }
