@@ -88,12 +88,12 @@ def build_atlas(run) -> None:
         grid_masks = inv.reshape(len(grid), *full.shape[1:])
         idx, _ = nearest_stored(grid, real_2d, GRID_NEIGHBOURS)
         grid_labels = [np.bincount(classes[r], minlength=K) / len(r) for r in idx]
-        note = "activations mapped back from the plane: UMAP inverse, inverse PCA, inverse standardisation"
+        note = "Activations mapped back from the plane: UMAP inverse, inverse PCA, inverse standardisation"
     else:
         idx, _ = nearest_stored(grid, real_2d[full_rows], min(GRID_NEIGHBOURS, len(full_rows)))
         grid_masks = np.stack([full[r].astype(np.float32).mean(0) for r in idx])
         grid_labels = [np.bincount(classes[full_rows[r]], minlength=K) / len(r) for r in idx]
-        note = (f"stored features are {cfg.features.reduce!r}, which cannot be inverted to full activations: each "
+        note = (f"Stored features are {cfg.features.reduce!r}, which cannot be inverted to full activations: each "
                 f"grid point uses the mean full {m.mask_layer} activations of the {GRID_NEIGHBOURS} stored samples "
                 f"nearest it on the map")
 
