@@ -30,18 +30,6 @@ EXPLAIN = {
 }
 
 
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {}
-    for pkg in ("dmd2report", "torch", "numpy", "umap-learn", "bokeh", "scikit-learn"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
 def _fit_thumb(images: np.ndarray, size: int) -> np.ndarray:
     """Images (n, r, r, 3) at the thumbnail size of the stores (box filter when shrinking)."""
     if len(images) == 0 or images.shape[1] == size:
@@ -52,10 +40,11 @@ def _fit_thumb(images: np.ndarray, size: int) -> np.ndarray:
                                                            else Image.Resampling.NEAREST)) for im in images])
 
 
-def assemble_report(run) -> "ReportData":
+def assemble_report(run):
+    """Build the `ReportData` of a finished run from its work directory."""
     from .pipeline import atlas_dir, fit_dir, generated_sets, load_arrays, measure_dir, open_store
     from .report.data import (Atlas, AtlasAnchor, DataSource, FrechetDistance, Metrics, ModelInfo, Neighbours,
-                              OVERALL_COLUMNS, ReportData, RunInfo)
+                              OVERALL_COLUMNS, ReportData, RunInfo, package_versions)
 
     cfg = run.config
     for need in (fit_dir(run) / "points.parquet", measure_dir(run) / "metrics.json"):
@@ -183,14 +172,13 @@ def assemble_report(run) -> "ReportData":
     trajectories = _load_trajectories(run, thumbs, t) if cfg.trajectory.enabled else None
 
     ident = run.model_identity()
-    src = real.manifest.get("source", {})
     sources = [DataSource(f"real: {cfg.data.source}", cfg.data.path or "bundled demo data (generated on first use)",
                           len(real))]
     sources += [DataSource(f"generated: {v}", f"seed {cfg.run.seed}", len(s)) for v, s in gens.items()]
     config = cfg.to_dict()
     data = ReportData(
         run=RunInfo(name=cfg.run.name, command=getattr(run, "command", "dmd2report build"),
-                    built_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), versions=_versions(),
+                    built_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), versions=package_versions(),
                     config_hash=cfg.section_hash(), config=config),
         model=ModelInfo(preset=ident["preset"],
                         checkpoint=Path(ident["checkpoint"]).name if ident["checkpoint"] else "random weights",

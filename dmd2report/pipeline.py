@@ -200,14 +200,11 @@ def stage_extract(run: Run, overwrite: bool = False) -> None:
 # ---------------------------------------------------------------------- stage: generate
 
 
-def store_path(run: Run, name: str) -> Path:
-    return run.workdir / "stores" / name
-
-
 def open_store(run: Run, name: str):
+    from .extract import store_dir
     from .store import Store
 
-    return Store(store_path(run, name))
+    return Store(store_dir(run.config, name))
 
 
 def generation_plan(config: Config, real_classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

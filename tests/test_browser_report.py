@@ -1,7 +1,6 @@
 """The rendered site in headless Chromium: loads offline, and the map's interactions work."""
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest

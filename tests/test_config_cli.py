@@ -5,7 +5,7 @@ import torch
 from click.testing import CliRunner
 
 from dmd2report.cli import cli
-from dmd2report.config import Config, example_toml, load_config
+from dmd2report.config import Config, load_config
 from dmd2report.device import resolve_device
 from dmd2report.errors import UserError
 from dmd2report.layers import resolve_layer

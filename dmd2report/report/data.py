@@ -225,10 +225,11 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _versions() -> dict[str, str]:
+def package_versions() -> dict[str, str]:
+    """Versions shown in every page footer."""
     from importlib import metadata
     out = {}
-    for pkg in ("dmd2report", "torch", "numpy", "umap-learn", "bokeh"):
+    for pkg in ("dmd2report", "torch", "numpy", "umap-learn", "bokeh", "scikit-learn"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -280,7 +281,6 @@ def synthetic_report_data(n_real: int = 600, n_gen: int = 300, n_classes: int = 
     gen_cls = rng.integers(0, n_classes, n_gen)
     gen_f = centres[gen_cls] + rng.normal(0, 0.7, (n_gen, dim)) + 0.5
     variant_names = ["class", "uniform", "zero", "blend"]
-    var_rows = []
     var_f, var_cls, var_variant, var_seed = [], [], [], []
     for c in range(n_classes):
         for s in range(variants_per_class):
@@ -398,7 +398,7 @@ def synthetic_report_data(n_real: int = 600, n_gen: int = 300, n_classes: int = 
 
     config = {"run": {"name": "synthetic", "seed": seed}, "model": {"preset": "tiny"}, "report": {"thumb_size": t}}
     run = RunInfo(name="synthetic report", command=f"synthetic_report_data({n_real}, {n_gen}, {n_classes}, {seed})",
-                  built_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), versions=_versions(),
+                  built_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), versions=package_versions(),
                   config_hash=config_hash(config), config=config)
     data = ReportData(
         run=run, model=ModelInfo(preset="tiny", checkpoint="synthetic.safetensors", sha256=hashlib.sha256(b"synthetic").hexdigest(), untrained=untrained),

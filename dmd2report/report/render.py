@@ -156,7 +156,6 @@ def _pages(data: ReportData, color_by: str) -> list[dict]:
     synsets = {int(c): str(s) for c, s in cls["synset"].items()}
     chosen = _chosen_classes(data)
     colours = _class_colours(data)
-    n_real, n_gen = int((p["set"] == "real").sum()), int((p["set"] == "generated").sum())
     variant_names = [v for v in dict.fromkeys(p["variant"]) if v != "real"]
     pages = []
     overall = m.overall.to_dict("records")
