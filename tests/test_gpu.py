@@ -1,4 +1,4 @@
-"""The default CUDA path (bf16, channels-last, flash SDPA) against float32.
+"""The CUDA paths (bf16 + flash SDPA, eager and with `model.compile`) against float32.
 
 Run on a CUDA machine: `pytest -m gpu tests/test_gpu.py`. Skipped elsewhere. The tolerances are
 the ones stated in benchmarks/README.md.
@@ -28,8 +28,9 @@ def _random_net(seed=0):
     return net
 
 
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("mode", ["class", "uniform", "zero", "blend"])
-def test_optimised_path_matches_float32(mode):
+def test_optimised_path_matches_float32(mode, compile):
     ref_net = _random_net()
     fast = build_preset("dmd2-imagenet64")
     fast.load_state_dict(ref_net.state_dict())
@@ -38,7 +39,7 @@ def test_optimised_path_matches_float32(mode):
     ref_net.use_fp16 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    fast = prepare(fast, dev, "auto", compile=False, batch_hint=32)
+    fast = prepare(fast, dev, "auto", compile=compile, batch_hint=32)
     n = 32
     z = sample_noise(5, range(n), (3, 64, 64)).to(dev)
     weights = torch.rand(n, 1000) ** 8

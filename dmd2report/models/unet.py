@@ -91,6 +91,19 @@ class GroupNorm(torch.nn.Module):
         return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
 
 
+def norm_silu(x, weight, bias, num_groups: int, eps: float, scale=None, shift=None):
+    """SiLU(GroupNorm(x)), or with the block's adaptive scale and shift SiLU(shift + GN(x) (scale + 1)).
+
+    The elementwise tail of every UNet block, computed in float32 and cast back once (in float32 it
+    is exactly upstream's sequence of operations). It takes tensors and numbers only, no module,
+    so that `runtime.prepare(compile=True)` can compile this one function for every block.
+    """
+    y = F.group_norm(x.float(), num_groups, weight.float(), bias.float(), eps)
+    if scale is not None:
+        y = torch.addcmul(shift.float(), y, scale.float() + 1)
+    return F.silu(y).to(x.dtype)
+
+
 class PositionalEmbedding(torch.nn.Module):
     def __init__(self, num_channels, max_positions=10000, endpoint=False):
         super().__init__()
@@ -107,6 +120,8 @@ class PositionalEmbedding(torch.nn.Module):
 
 
 class UNetBlock(torch.nn.Module):
+    norm_silu = staticmethod(norm_silu)  # runtime.prepare may put a compiled version on each block
+
     def __init__(self, in_channels, out_channels, emb_channels, up=False, down=False, attention=False,
                  num_heads=None, channels_per_head=64, dropout=0, skip_scale=1, eps=1e-5,
                  resample_filter=(1, 1), resample_proj=False, adaptive_scale=True,
@@ -138,13 +153,14 @@ class UNetBlock(torch.nn.Module):
 
     def forward(self, x, emb):
         orig = x
-        x = self.conv0(F.silu(self.norm0(x)))
-        params = self.affine(emb).unsqueeze(2).unsqueeze(3).to(x.dtype)
+        n0, n1 = self.norm0, self.norm1
+        x = self.conv0(self.norm_silu(x, n0.weight, n0.bias, n0.num_groups, n0.eps))
+        params = self.affine(emb).unsqueeze(2).unsqueeze(3)  # float32, like emb
         if self.adaptive_scale:
             scale, shift = params.chunk(chunks=2, dim=1)
-            x = F.silu(torch.addcmul(shift, self.norm1(x), scale + 1))
+            x = self.norm_silu(x, n1.weight, n1.bias, n1.num_groups, n1.eps, scale, shift)
         else:
-            x = F.silu(self.norm1(x.add_(params)))
+            x = F.silu(self.norm1(x.add_(params.to(x.dtype))))
         x = self.conv1(F.dropout(x, p=self.dropout, training=self.training))
         x = x.add_(self.skip(orig) if self.skip is not None else orig)
         x = x * self.skip_scale
