@@ -10,7 +10,7 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpus.txt"
 timeout 150 python -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_model.py 2>&1 | tail -3 | tee "$OUT/gpu-tests.log"
 timeout 240 python benchmarks/knn.py 2>&1 | tee "$OUT/knn.log"
-timeout 420 python benchmarks/throughput.py --out "$OUT" 2>&1 | grep -v -i "warn\|softmax\|use case\|reduction\|^$" | tee "$OUT/throughput.log"
+timeout 420 python benchmarks/throughput.py --compile --out "$OUT" 2>&1 | grep -v -i "warn\|softmax\|use case\|reduction\|^$" | tee "$OUT/throughput.log"
 if [ -n "${SCALING:-}" ]; then
   timeout 500 python benchmarks/scaling.py --gpus "$SCALING" --out "$OUT" 2>&1 | tee "$OUT/scaling.log"
 fi
