@@ -304,6 +304,11 @@ def main():
     optimised_extract(fast, bench_config(work / "warm", work / "npz", 2 * args.batch, args.batch))  # warm-up shapes
     rows["optimised extract"] = optimised_extract(fast, cfg)
     print("extract", rows["optimised extract"], flush=True)
+    # The same without the per-class subsets (full midblock activations, reconstructions): what they cost.
+    lean = bench_config(work / "lean", work / "npz", n_ext, args.batch)
+    lean.features.full_per_class, lean.features.recon_per_class = 0, 0
+    rows["optimised extract, no subsets"] = optimised_extract(fast, lean)
+    print("extract, no subsets", rows["optimised extract, no subsets"], flush=True)
     for variant in ("class", "uniform", "zero", "blend"):
         rows[f"optimised gen {variant}"] = optimised_generate(fast, cfg, variant, n_gen)
         print(variant, rows[f"optimised gen {variant}"], flush=True)
