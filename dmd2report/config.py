@@ -110,7 +110,7 @@ class TrajectoryConfig:
     enabled: bool = True            # few-step sampling paths on the map (the trajectory stage)
     sigmas: list[float] = field(default_factory=lambda: [80.0, 14.0, 1.0, 0.05])  # noise level of each step, strictly decreasing; [80.0] = the one-step sample
     samples: int = 48               # class-conditioned samples followed through every step (the first seeds of [generate])
-    conditioning: str = "class"     # class | uniform | zero
+    conditioning: str = "class"     # class | uniform | zero | blend (the generate stage's blend of each seed)
     paths_per_class: int = 2        # paths drawn on the map per class (every sample is measured)
     real_references: int = 48       # real images noised to each sigma and passed through the model; 0 = none
 
@@ -210,7 +210,7 @@ def _validate(c: Config) -> None:
         "embedding.fit_on": (c.embedding.fit_on, ("real", "generated", "both")),
         "report.color_by": (c.report.color_by, ("class", "variant")),
         "model.precision": (c.model.precision, ("auto", "float32", "bfloat16")),
-        "trajectory.conditioning": (c.trajectory.conditioning, ("class", "uniform", "zero")),
+        "trajectory.conditioning": (c.trajectory.conditioning, ("class", "uniform", "zero", "blend")),
     }
     for key, (value, valid) in choices.items():
         if value not in valid:

@@ -261,6 +261,17 @@ def build_trajectories(run, overwrite: bool = False) -> None:
     class_ids, seeds = trajectory_plan(cfg, real_classes)
     if t.conditioning == "class":
         vectors = condition_vectors("class", K, classes=class_ids)
+    elif t.conditioning == "blend":
+        # A path's blend is the one the generate stage made for the same seed (its neighbours' classes).
+        from .pipeline import open_store
+
+        if "blend" not in cfg.generate.variants:
+            raise UserError("trajectory.conditioning = 'blend' needs 'blend' in generate.variants")
+        blend = open_store(run, "gen-blend")
+        if len(blend) < len(seeds):
+            raise UserError(f"trajectory.samples ({len(seeds)}) exceeds the blend set's {len(blend)} samples "
+                            f"(generate.variant_samples): a path's blend comes from that set")
+        vectors = torch.from_numpy(blend.label_vectors(K)[: len(seeds)])
     else:
         vectors = condition_vectors(t.conditioning, K, count=len(seeds))
         class_ids = np.full(len(seeds), -1, np.int64)

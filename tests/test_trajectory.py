@@ -149,3 +149,23 @@ def test_stage_rerun_reuses_stores(traj_run):
     ran = Run(cfg, log=lambda s: None).run_stages(("fit", "trajectory"))
     assert ran == ["fit", "trajectory"]
     assert (out / "paths" / "features" / "midblock" / "chunk_000000.npy").stat().st_mtime_ns == before
+
+
+def test_blend_paths_use_the_generate_stage_blend(traj_run):
+    from dmd2report.pipeline import Run
+    from dmd2report.store import Store
+
+    cfg = traj_run.config
+    cfg.trajectory.conditioning = "blend"
+    with pytest.raises(UserError, match="needs 'blend' in generate.variants"):
+        Run(cfg, log=lambda s: None).run_stages(("trajectory",))
+    cfg.generate.variants = ["class", "blend"]
+    cfg.trajectory.samples = 11  # more than the 10 seeds of the blend set
+    with pytest.raises(UserError, match=r"trajectory.samples \(11\) exceeds"):
+        Run(cfg, log=lambda s: None).run_stages(("generate", "trajectory"))
+    cfg.trajectory.samples = 7
+    assert Run(cfg, log=lambda s: None).run_stages(("trajectory",)) == ["trajectory"]
+    paths = Store(traj_run.workdir / "trajectory" / "paths")
+    blend = Store(traj_run.workdir / "stores" / "gen-blend")
+    np.testing.assert_allclose(paths.label_vectors(10)[::3], blend.label_vectors(10)[:7], rtol=0, atol=1e-6)
+    assert (paths.label_vectors(10) > 0).sum(1).max() > 1  # really blends, not one-hots
