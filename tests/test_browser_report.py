@@ -89,6 +89,7 @@ def test_map_interactions(site, browser):
     page.wait_for_selector("#dmd2-hover:not([hidden]) .thumb", timeout=5000)
     assert page.evaluate("Number(document.getElementById('dmd2-hover').dataset.row)") == gen_row
     assert data.points["sample_id"][gen_row] in page.inner_text("#dmd2-hover")
+    assert f"map trust\n{data.points['trust'][gen_row]:.2f}" in page.inner_text("#dmd2-hover")
     page.screenshot(path=str(ARTIFACTS / "map-hover.png"))
 
     # Click: the neighbour panel lists k real and k generated neighbours with distances.

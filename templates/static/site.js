@@ -133,6 +133,8 @@
     const c = data().classes[String(P.cls[row])];
     if (c) add("synset", c[0]);
     add(gen ? "seed" : "source", P.src[row]);
+    // Trust: the share of its nearest real neighbours in activation space that stay its neighbours on the map.
+    if (P.trust[row] !== null) add("map trust", P.trust[row].toFixed(2));
     return dl;
   }
   function showCard(row) {
