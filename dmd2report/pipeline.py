@@ -45,6 +45,18 @@ def process_rank() -> int:
     return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
 
 
+def renderer_fingerprint() -> str:
+    """Hash of the templates and the report code: a new dmd2report version re-renders old results."""
+    from importlib.resources import files
+
+    h = hashlib.sha256()
+    roots = [Path(str(files("dmd2report.templates"))), Path(__file__).parent / "report"]
+    for root in roots:
+        for f in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".html", ".js", ".css", ".py")):
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -135,7 +147,7 @@ class Run:
         keys["trajectory"] = _hash([keys["fit"], c["trajectory"], c["report"]["thumb_size"],
                                     {k: c["metrics"][k] for k in ("layer", "k_pr", "k_dc", "k_fidelity", "bootstrap")}])
         keys["render"] = _hash([keys["measure"], keys["atlas"], keys["trajectory"], c["report"], c["run"]["name"],
-                                c["run"]["site"]])
+                                c["run"]["site"], renderer_fingerprint()])
         return keys
 
     def _state_file(self) -> Path:

@@ -99,6 +99,18 @@ def test_plot_option_rerenders_only(built):
     assert _ran(r.output) == ["render"], r.output
 
 
+def test_new_templates_rerender(built, monkeypatch):
+    import dmd2report.pipeline as pipeline
+
+    w, cfg, _ = built
+    monkeypatch.setattr(pipeline, "renderer_fingerprint", lambda: "another dmd2report version")
+    r = CliRunner().invoke(cli, ["build", "--config", str(cfg)])
+    assert _ran(r.output) == ["render"], r.output
+    monkeypatch.undo()
+    r = CliRunner().invoke(cli, ["build", "--config", str(cfg)])
+    assert _ran(r.output) == ["render"], r.output
+
+
 def test_umap_settings_refit_and_rerender(built):
     w, cfg, _ = built
     r = CliRunner().invoke(cli, ["build", "--config", str(cfg), "--fit-on", "both"])
