@@ -74,6 +74,15 @@ def barrier(world: int) -> None:
         torch.distributed.barrier()
 
 
+def finish_store(writer, path: Path, index, n_chunks: int, info: dict, rank: int, world: int) -> None:
+    """After every rank wrote its chunks: rank 0 writes the class index, then the manifest (last)."""
+    barrier(world)
+    if rank == 0:
+        save_json(path / "class_index.json", index.to_mapping())
+        writer.finalize(n_chunks, info)
+    barrier(world)
+
+
 # ---------------------------------------------------------------------------------------------
 # Feature reduction on the device.
 
@@ -371,11 +380,7 @@ def extract_real(config, net, model_checksum: str, *, overwrite: bool = False, p
                               full={full_layer: out["full"]}, skipped=loaded.skipped)
         finally:
             bar.close()
-        barrier(world)
-        if rank == 0:
-            save_json(path / "class_index.json", index.to_mapping())
-            writer.finalize(n_chunks, info)
-        barrier(world)
+        finish_store(writer, path, index, n_chunks, info, rank, world)
     return path
 
 

@@ -29,11 +29,11 @@ import pandas as pd
 import torch
 
 from .errors import UserError
-from .extract import (Progress, Reducer, barrier, compute_key, dist_rank_world, feature_dims, gather, parse_reduce,
-                      prefetch, print_full_size, store_dir, thumbnails, to_device, versions)
+from .extract import (Progress, Reducer, barrier, compute_key, dist_rank_world, feature_dims, finish_store, gather,
+                      parse_reduce, prefetch, print_full_size, store_dir, thumbnails, to_device, versions)
 from .layers import ActivationCapture, resolve_layer
 from .sampling import SIGMA_MAX, condition_vectors, sample_noise
-from .store import BackgroundWriter, StoreWriter, load_pca, save_json, sparse_labels
+from .store import BackgroundWriter, StoreWriter, load_pca, sparse_labels
 
 
 def _digest(a: np.ndarray) -> str:
@@ -153,11 +153,7 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
                           gather(thumbs, (min(config.report.thumb_size, net.img_resolution),) * 2 + (3,), torch.uint8))
     finally:
         bar.close()
-    barrier(world)
-    if rank == 0:
-        save_json(path / "class_index.json", index.to_mapping())
-        writer.finalize(n_chunks, info)
-    barrier(world)
+    finish_store(writer, path, index, n_chunks, info, rank, world)
     return path
 
 
