@@ -187,6 +187,24 @@ def compare(a, b, metrics, threshold):
     sys.exit(1 if regressed else 0)
 
 
+def _passthrough(name: str, module: str, doc: str) -> None:
+    """A subcommand that hands its arguments to a module's own argparse `main` (the demo scripts)."""
+    @click.pass_context
+    def command(ctx):
+        import importlib
+
+        sys.exit(importlib.import_module(module).main(list(ctx.args)))
+    command.__doc__ = doc
+    cli.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                        "help_option_names": []}, add_help_option=False)(command)
+
+
+_passthrough("demo-data", "dmd2report.demo.dataset",
+             "The demo dataset: `grid OUT.png` or `npz OUT_DIR --per-class N` (see --help).")
+_passthrough("demo-train", "dmd2report.demo.train", "Train the demo generator (EDM teacher, one-step student); --help.")
+_passthrough("demo-quality", "dmd2report.demo.quality", "Class fidelity and diversity of a demo generator; --help.")
+
+
 def main():  # console script entry point
     cli(prog_name="dmd2report")
 

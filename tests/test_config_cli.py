@@ -78,3 +78,14 @@ def test_layer_names_and_listing():
     assert len(lines) == 16 + 21
     assert any(l.startswith("enc.8x8_block2") and "768x8x8" in l and "encoder_bottleneck" in l for l in lines)
     assert any(l.startswith("dec.8x8_in0") and "midblock" in l for l in lines)
+
+
+def test_demo_subcommands_pass_their_arguments(tmp_path):
+    r = CliRunner().invoke(cli, ["demo-data", "npz", str(tmp_path / "npz"), "--per-class", "2", "--seed", "3"])
+    assert r.exit_code == 0, r.output
+    import numpy as np
+
+    with np.load(tmp_path / "npz" / "train_data_batch_1.npz") as z:
+        assert z["data"].shape == (24, 3 * 32 * 32) and sorted(set(z["labels"].tolist())) == list(range(1, 13))
+    r = CliRunner().invoke(cli, ["demo-train", "--no-such-option"])
+    assert r.exit_code == 2  # argparse's usage error, from the training script itself
