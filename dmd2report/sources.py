@@ -251,17 +251,19 @@ def _resize_batch(images: np.ndarray, resolution: int, workers: int) -> np.ndarr
 # Class folders of JPEG/PNG.
 
 class FolderSource(RealSource):
-    """`root/<synset or class name>/*.{jpg,jpeg,png}`; classes from `root/class_index.json` or ImageNet's."""
+    """`root/<synset or class name>/*.{jpg,jpeg,png}`; classes from `root/class_index.json`, else
+    `default_index` (the model's: ImageNet's for the DMD2 presets, the demo's for the demo preset)."""
 
     kind = "folder"
 
     def __init__(self, root, resolution: int, classes: list[str] | None = None, per_class: int = 0,
-                 max_samples: int = 0, seed: int = 0, workers: int = 2, on_bad_image: str = "skip"):
+                 max_samples: int = 0, seed: int = 0, workers: int = 2, on_bad_image: str = "skip",
+                 default_index: ClassIndex | None = None):
         root = Path(root)
         if not root.is_dir():
             raise UserError(f"{root}: image directory not found" if not root.exists() else f"{root}: not a directory")
         own = root / DATASET_INDEX_NAME
-        index = ClassIndex.from_json(own) if own.is_file() else ClassIndex.imagenet()
+        index = ClassIndex.from_json(own) if own.is_file() else (default_index or ClassIndex.imagenet())
         super().__init__(root, index, resolution, workers)
         if on_bad_image not in ("skip", "fail"):
             raise UserError(f"on_bad_image: {on_bad_image!r} is not skip or fail")
@@ -359,11 +361,21 @@ def open_source(config, resolution: int) -> RealSource:
     if d.source == "imagenet64-npz":
         return NpzSource(d.path, resolution, **common)
     if d.source == "folder":
-        return FolderSource(d.path, resolution, on_bad_image=d.on_bad_image, **common)
+        return FolderSource(d.path, resolution, on_bad_image=d.on_bad_image, default_index=model_class_index(config),
+                            **common)
     if d.source == "demo":
         root = ensure_demo_data(config.run.workdir, demo_per_class(config))
         return NpzSource(root, resolution, **common)
     raise UserError(f"data.source: {d.source!r} is not one of demo, imagenet64-npz, folder")
+
+
+def model_class_index(config) -> ClassIndex:
+    """The classes the configured model is conditioned on: the demo's for the demo preset, else ImageNet's."""
+    if config.model.preset == "demo":
+        from .demo.dataset import demo_class_index
+
+        return ClassIndex.from_mapping(demo_class_index(), "demo class index")
+    return ClassIndex.imagenet()
 
 
 def source_class_index(config) -> ClassIndex:
@@ -374,4 +386,6 @@ def source_class_index(config) -> ClassIndex:
 
         return ClassIndex.from_mapping(demo_class_index(), "demo class index")
     own = Path(d.path) / DATASET_INDEX_NAME
-    return ClassIndex.from_json(own) if own.is_file() else ClassIndex.imagenet()
+    if own.is_file():
+        return ClassIndex.from_json(own)
+    return model_class_index(config) if d.source == "folder" else ClassIndex.imagenet()

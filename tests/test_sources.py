@@ -138,3 +138,24 @@ def test_demo_data_written_once_and_read_as_npz(tmp_path, make_config):
     stamp = marker.stat().st_mtime_ns
     assert ensure_demo_data(tmp_path / "work", 2) == marker.parent and marker.stat().st_mtime_ns == stamp
     assert src.load(0, 24).images.shape == (24, 3, TINY_RES, TINY_RES)  # 32x32 demo images resized
+
+
+def test_folder_tree_without_index_takes_the_models_classes(tmp_path):
+    from PIL import Image
+
+    from dmd2report.config import load_config
+    from dmd2report.demo.dataset import DEMO_CLASSES
+    from dmd2report.sources import open_source
+
+    root = tmp_path / "tree"
+    for c in (0, 5):
+        (root / DEMO_CLASSES[c][0]).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 48), (40 * c, 90, 20 * i)).save(root / DEMO_CLASSES[c][0] / f"{i}.png")
+    cfg = load_config(None, {"data.source": "folder", "data.path": str(root), "model.preset": "demo",
+                             "run.workdir": str(tmp_path / "w")})
+    with open_source(cfg, 32) as src:
+        assert sorted(src.samples["class_id"].unique().tolist()) == [0, 5]
+    cfg.model.preset = "dmd2-imagenet64"  # ImageNet's classes: a demo synset is no class there
+    with pytest.raises(UserError, match="d00_red_disc: folder name is not a class"):
+        open_source(cfg, 64)
