@@ -147,7 +147,7 @@ def assemble_report(run):
     class_meta = gens["class"].metadata()
     vrows = []
     for v in gens:
-        for i in range(n_var if v != "class" else n_var):
+        for i in range(n_var):  # the class set's first n_var samples share the variants' seeds
             vrows.append((i, int(class_meta["class_id"].iat[i]), v, offsets[v] + i))
     variants_df = pd.DataFrame(vrows, columns=["seed_index", "class_id", "variant", "point"])
 

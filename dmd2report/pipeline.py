@@ -308,16 +308,18 @@ def stage_fit(run: Run, overwrite: bool = False) -> None:
         manifest["layers"][layer] = {"file": f"{layer}.joblib", "sha256": sha, "params": emb.params}
         if layer != headline:
             continue
+        # Sets that were part of the fitted set already have coordinates; the others are projected.
+        fitted = {"real": {"real": emb.coords}, "generated": {"class": emb.coords},
+                  "both": {"real": emb.coords[: len(real_x)], "class": emb.coords[len(real_x):]}}[e.fit_on]
         real_red = emb.reduce(real_x)
-        real_2d = emb.coords[: len(real_x)] if e.fit_on != "generated" else emb.transform(real_x)
+        real_2d = fitted["real"] if "real" in fitted else emb.transform(real_x)
         real_trust = trust_scores(real_red, real_2d, real_red, real_2d, k=min(e.trust_k, len(real_x) - 1),
                                   exclude_self=True)
         frames.append(_points_frame("real", "real", real_meta, real_2d, real_trust))
         summaries = {"real": trust_summary(real_trust)}
         for variant, store in gens.items():
             g = store.features(layer)
-            g2d = emb.coords[len(real_x):] if (variant == "class" and e.fit_on == "both") else \
-                emb.coords if (variant == "class" and e.fit_on == "generated") else emb.transform(g)
+            g2d = fitted[variant] if variant in fitted else emb.transform(g)
             trust = trust_scores(emb.reduce(g), g2d, real_red, real_2d, k=min(e.trust_k, len(real_x)))
             frames.append(_points_frame("generated", variant, store.metadata(), g2d, trust))
             summaries[variant] = trust_summary(trust)
