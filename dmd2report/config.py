@@ -37,7 +37,7 @@ class ModelConfig:
     preset: str = "demo"            # demo | dmd2-imagenet64 | tiny
     checkpoint: str = ""            # .pth/.bin/.safetensors or an Accelerate folder; "" = the preset's bundled weights
     precision: str = "auto"         # auto (bf16 on CUDA when the preset uses fp16) | float32 | bfloat16
-    compile: bool = False           # torch.compile each UNet block on CUDA (minutes of compiling for the full model), eager fallback
+    compile: str = "auto"           # auto | on | off: torch.compile the whole network on CUDA (auto: for stages of 50,000+ samples), eager fallback
 
 
 @dataclass
@@ -175,6 +175,8 @@ def _apply(config: Config, data: dict, origin: str) -> None:
         for key, value in values.items():
             if key not in fields:
                 raise UserError(f"{origin}: unknown key {section}.{key}; valid keys of [{section}]: {', '.join(fields)}")
+            if (section, key) == ("model", "compile") and isinstance(value, bool):
+                value = "on" if value else "off"  # the boolean this key was before auto existed
             setattr(target, key, _check(value, fields[key], f"{origin}: {section}.{key}"))
 
 
@@ -210,6 +212,7 @@ def _validate(c: Config) -> None:
         "embedding.fit_on": (c.embedding.fit_on, ("real", "generated", "both")),
         "report.color_by": (c.report.color_by, ("class", "variant")),
         "model.precision": (c.model.precision, ("auto", "float32", "bfloat16")),
+        "model.compile": (c.model.compile, ("auto", "on", "off")),
         "trajectory.conditioning": (c.trajectory.conditioning, ("class", "uniform", "zero", "blend")),
     }
     for key, (value, valid) in choices.items():

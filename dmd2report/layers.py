@@ -1,4 +1,4 @@
-"""Layer names, activation capture and activation masking, all through forward hooks.
+"""Layer names, activation capture (through the network's `forward_capture`) and masking (forward hooks).
 
 A layer is a block of `model.enc` or `model.dec`. It is named either upstream
 (`enc.8x8_block2`, `dec.8x8_in0`) or by the seed tool's aliases:
@@ -80,10 +80,6 @@ REDUCERS: dict[str, Reducer | None] = {
 }
 
 
-class _StopForward(Exception):
-    """Raised by the last capture hook to skip the rest of the network (early exit)."""
-
-
 class ActivationCapture:
     """Record chosen layers' outputs during a forward pass.
 
@@ -91,6 +87,10 @@ class ActivationCapture:
     before anything is copied. With `early_exit`, `run` stops the forward pass as soon as
     the last captured block has run and returns None instead of the image: extraction of
     `midblock` needs about 60 of the full network's 219 GFLOPs.
+
+    The blocks' outputs come back from the network's `forward_capture` (no hooks), so a compiled
+    network (`runtime.prepare(compile=True)`) captures inside its one graph. Usable as a context
+    manager, as it was when it installed hooks.
     """
 
     def __init__(self, net, layers: Iterable[str], reduce: str | Reducer | None = "full",
@@ -106,37 +106,27 @@ class ActivationCapture:
         self.early_exit = early_exit
         self.float32 = float32
         order = block_names(net)
-        self.last = max(self.names, key=order.index) if self.names else None
+        self.capture = tuple(sorted(set(self.names), key=order.index))
+        self.last = self.capture[-1] if self.capture else None
         self.activations: dict[str, torch.Tensor] = {}
-        self._hooks: list = []
-
-    def _hook(self, name):
-        def hook(module, inputs, output):
-            a = output.detach()
-            if self.reduce is not None:
-                a = self.reduce(a)
-            self.activations[self.labels[name]] = a.float() if self.float32 else a
-            if self.early_exit and name == self.last:
-                raise _StopForward
-        return hook
 
     def __enter__(self):
-        self._hooks = [get_block(self.net, n).register_forward_hook(self._hook(n)) for n in self.names]
         return self
 
     def __exit__(self, *exc):
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
         return False
 
     def run(self, x, sigma, class_labels) -> torch.Tensor | None:
         """Forward pass; returns D(x) or, when it stopped early, None. Activations are in `.activations`."""
+        out, acts = self.net.forward_capture(x, sigma, class_labels, capture=self.capture,
+                                             stop_after=self.last if self.early_exit else None)
         self.activations = {}
-        try:
-            return self.net(x, sigma, class_labels)
-        except _StopForward:
-            return None
+        for name in self.names:
+            a = acts[name].detach()
+            if self.reduce is not None:
+                a = self.reduce(a)
+            self.activations[self.labels[name]] = a.float() if self.float32 else a
+        return out
 
 
 @contextlib.contextmanager

@@ -1,24 +1,30 @@
 """Putting a generator on a device for fast inference.
 
 On CUDA the default path is: the UNet in bfloat16 (DMD2's own precision) with PyTorch SDPA (flash)
-attention, TF32 for what stays in float32, cuDNN autotuning. Channels-last memory is opt-in
-(`channels_last=True`): measured on an H200 it made this network slower in eager mode (group norm
-has no fast channels-last kernel; benchmarks/README.md). `model.compile` fuses the elementwise
-tail of every block with `torch.compile` (one shared function; see `_compile_blocks`). The blocks
-themselves stay eager modules, so capture/masking hooks keep working unchanged and early exit after
-`midblock` still skips the rest. If compilation fails, the eager path is used and a warning says so.
+attention, TF32 for what stays in float32, cuDNN autotuning, and, for runs large enough to repay
+the compilation, the whole network compiled by `torch.compile` (`model.compile`, see
+`CompiledForward`): Inductor fuses group norm, scale/shift, SiLU and the residual adds into the
+neighbouring kernels and picks the convolutions' memory layout, which eager mode cannot do.
+If compilation fails, the eager path is used and a warning says so.
 """
 
 from __future__ import annotations
 
+import sys
+import time
 import warnings
 
 import torch
 
 from .errors import UserError
 
+# `model.compile = "auto"` compiles when a stage has at least this many samples to do: compiling
+# costs about a minute per graph (benchmarks/README.md), which the faster graph repays only at scale.
+AUTO_COMPILE_MIN_SAMPLES = 50_000
+COMPILE_MODES = ("auto", "on", "off")
 
-def prepare(net: torch.nn.Module, device: torch.device, precision: str = "auto", compile: bool = False,
+
+def prepare(net: torch.nn.Module, device: torch.device, precision: str = "auto", compile: str | bool = "auto",
             batch_hint: int = 256, channels_last: bool = False) -> torch.nn.Module:
     """Move `net` to `device` and set up its fastest numerically-checked inference path."""
     net = net.eval().requires_grad_(False).to(device)
@@ -35,34 +41,122 @@ def prepare(net: torch.nn.Module, device: torch.device, precision: str = "auto",
     torch.backends.cudnn.benchmark = True
     if channels_last:
         net.to(memory_format=torch.channels_last)
-    if compile:
-        _compile_blocks(net, device, batch_hint)
+    mode = {True: "on", False: "off"}.get(compile, compile)
+    if mode not in COMPILE_MODES:
+        raise UserError(f"model.compile: {compile!r} is not one of {', '.join(COMPILE_MODES)}")
+    if mode != "off":
+        compile_forward(net, batch_hint, enabled=mode == "on")
     return net
 
 
-def _compile_blocks(net, device, batch_hint: int) -> None:
-    """Fuse the elementwise tail of every block (group norm, scale/shift, SiLU) by compiling the one
-    function all blocks share, with dynamic shapes: a handful of graphs instead of one per block, so
-    compiling takes seconds where compiling each of the 37 blocks took minutes. Convolutions and
-    attention stay with cuDNN and SDPA."""
-    from .models.unet import UNetBlock, norm_silu
-
-    compiled = torch.compile(norm_silu, dynamic=True)
-    blocks = [m for m in net.modules() if isinstance(m, UNetBlock)]
-    try:
-        for b in blocks:
-            b.norm_silu = compiled
-        _warm_up(net, device, batch_hint)
-    except Exception as e:  # any backend failure: fall back, never fail the run
-        for b in blocks:
-            del b.norm_silu  # back to the class's eager function
-        warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:120]}); running eager")
+def expect_samples(net: torch.nn.Module, n: int) -> None:
+    """A stage announces how many samples it will run: `model.compile = "auto"` switches the
+    compiled graphs on from AUTO_COMPILE_MIN_SAMPLES samples (it never switches them off)."""
+    fwd = net.__dict__.get("forward_capture")
+    if isinstance(fwd, CompiledForward) and fwd.auto and n >= AUTO_COMPILE_MIN_SAMPLES:
+        fwd.enabled = True
 
 
-@torch.no_grad()
-def _warm_up(net, device, batch: int) -> None:
-    x = torch.randn(batch, net.img_channels, net.img_resolution, net.img_resolution, device=device)
-    labels = torch.zeros(batch, net.label_dim, device=device) if net.label_dim else None
-    net(x, torch.full((batch,), 80.0, device=device), labels)
+def compile_forward(net: torch.nn.Module, batch: int, enabled: bool = True) -> CompiledForward:
+    """Replace `net.forward_capture` (and so `net.forward`) by its compiled version."""
+    fwd = CompiledForward(net, batch, enabled)
+    net.forward_capture = fwd
+    return fwd
 
 
+class CompiledForward:
+    """`forward_capture` as whole-network graphs of one static batch size.
+
+    One graph per (captured blocks, stop_after), each compiled on first use with
+    `fullgraph=True, dynamic=False`: a static shape lets Inductor specialise every kernel, and a
+    batch of another size is cut into pieces of `batch` with the last one padded (repeating its last
+    row; padded rows are dropped), so a chunk's short last batch costs no recompilation.
+    The eager method runs instead while masking hooks are installed (masked generation is small
+    work) and after a compilation failure.
+    """
+
+    def __init__(self, net: torch.nn.Module, batch: int, enabled: bool = True):
+        from .models.unet import UNetBlock
+
+        self.eager = net.forward_capture  # the bound method of the class
+        self.batch = int(batch)
+        self.enabled = enabled
+        self.auto = not enabled
+        self.failed = False
+        self.graphs: dict[tuple, object] = {}
+        self.blocks = [m for m in net.modules() if isinstance(m, UNetBlock)]
+        self.label_dim = net.label_dim
+
+    def _hooked(self) -> bool:
+        return any(b._forward_hooks or b._forward_pre_hooks for b in self.blocks)
+
+    def __call__(self, x, sigma, class_labels=None, force_fp32=False, capture=(), stop_after=None, **model_kwargs):
+        if not self.enabled or self.failed or force_fp32 or model_kwargs or self._hooked():
+            return self.eager(x, sigma, class_labels, force_fp32, capture=capture, stop_after=stop_after, **model_kwargs)
+        n = x.shape[0]
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1).expand(n)
+        if self.label_dim:
+            labels = class_labels if class_labels is not None else torch.zeros(1, self.label_dim, device=x.device)
+            labels = labels.to(torch.float32).reshape(-1, self.label_dim).expand(n, -1)
+        else:
+            labels = None
+        key = (tuple(capture), stop_after)
+        try:
+            pieces = [self._run(key, x[s:s + self.batch], sigma[s:s + self.batch],
+                                labels[s:s + self.batch] if labels is not None else None)
+                      for s in range(0, n, self.batch)]
+        except Exception as e:  # a backend failure: warn once, go on eager
+            if isinstance(e, UserError):
+                raise
+            self.failed = True
+            warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:160]}); running eager")
+            return self.eager(x, sigma, class_labels, force_fp32, capture=capture, stop_after=stop_after)
+        if len(pieces) == 1:
+            return pieces[0]
+        out = None if pieces[0][0] is None else torch.cat([p[0] for p in pieces])
+        return out, {k: torch.cat([p[1][k] for p in pieces]) for k in pieces[0][1]}
+
+    def _run(self, key, x, sigma, labels):
+        n = x.shape[0]
+        if n < self.batch:
+            pad = self.batch - n
+            x = torch.cat([x, x[-1:].expand(pad, *x.shape[1:])])
+            sigma = torch.cat([sigma, sigma[-1:].expand(pad)])
+            labels = torch.cat([labels, labels[-1:].expand(pad, -1)]) if labels is not None else None
+        graph = self.graphs.get(key)
+        if graph is None:
+            graph = self.graphs[key] = self._compile(key)
+        t0 = time.perf_counter() if getattr(graph, "fresh", False) else None
+        out, acts = graph(x.contiguous(), sigma.contiguous(), labels.contiguous() if labels is not None else None)
+        if t0 is not None:
+            graph.fresh = False
+            print(f"torch.compile: graph ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        if n < self.batch:
+            out = out[:n] if out is not None else None
+            acts = {k: v[:n] for k, v in acts.items()}
+        return out, acts
+
+    def _compile(self, key):
+        capture, stop_after = key
+        eager = self.eager
+
+        def forward(x, sigma, labels):
+            return eager(x, sigma, labels, capture=capture, stop_after=stop_after)
+
+        what = f"capturing {', '.join(capture)}" if capture else "the full network"
+        print(f"torch.compile: compiling the network for batches of {self.batch} ({what}"
+              f"{', stopping after ' + stop_after if stop_after else ''}); once per run, about a minute",
+              file=sys.stderr, flush=True)
+        graph = _Graph(torch.compile(forward, fullgraph=True, dynamic=False))
+        return graph
+
+
+class _Graph:
+    """A compiled function and whether its first (compiling) call is still to come."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.fresh = True
+
+    def __call__(self, *args):
+        return self.fn(*args)

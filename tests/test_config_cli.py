@@ -33,7 +33,7 @@ def test_file_then_command_line_override(tmp_path):
     ("[embedding]\nneighbours = 3\n", r"c\.toml: unknown key embedding\.neighbours"),
     ("[embedding]\nn_neighbors = \"many\"\n", r"c\.toml: embedding\.n_neighbors: expected an integer"),
     ("[plots]\nx = 1\n", r"c\.toml: unknown section \[plots\]"),
-    ("[model]\ncompile = 1\n", r"model\.compile: expected true or false"),
+    ("[model]\ncompile = 1\n", r"model\.compile: expected a string"),
     ("[features]\nreduce = \"pca\"\n", r"features\.reduce"),
     ("[run\n", r"c\.toml: not valid TOML"),
 ])

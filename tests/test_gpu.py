@@ -28,18 +28,33 @@ def _random_net(seed=0):
     return net
 
 
-@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
-@pytest.mark.parametrize("mode", ["class", "uniform", "zero", "blend"])
-def test_optimised_path_matches_float32(mode, compile):
+@pytest.fixture(scope="module")
+def nets():
+    """float32 reference, optimised eager and optimised compiled copies of one random network."""
     ref_net = _random_net()
-    fast = build_preset("dmd2-imagenet64")
-    fast.load_state_dict(ref_net.state_dict())
     dev = torch.device("cuda")
+    fast = {}
+    for compile in ("off", "on"):
+        net = build_preset("dmd2-imagenet64")
+        net.load_state_dict(ref_net.state_dict())
+        fast[compile] = prepare(net, dev, "auto", compile=compile, batch_hint=32)
     ref_net = ref_net.eval().requires_grad_(False).to(dev)
     ref_net.use_fp16 = False
+    return ref_net, fast
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("compile", ["off", "on"], ids=["eager", "compiled"])
+@pytest.mark.parametrize("mode", ["class", "uniform", "zero", "blend"])
+def test_optimised_path_matches_float32(nets, mode, compile):
+    ref_net, fast = nets
+    fast = fast[compile]
+    dev = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    fast = prepare(fast, dev, "auto", compile=compile, batch_hint=32)
     n = 32
     z = sample_noise(5, range(n), (3, 64, 64)).to(dev)
     weights = torch.rand(n, 1000) ** 8
@@ -51,7 +66,26 @@ def test_optimised_path_matches_float32(mode, compile):
     with torch.no_grad(), ActivationCapture(fast, layers) as b:
         out = b.run(80 * z, s, c)
     assert torch.isfinite(out).all()
-    assert ((out - ref).norm() / ref.norm()).item() < IMAGE_REL_TOL
+    assert _rel(out, ref) < IMAGE_REL_TOL
     for k in layers:
-        rel = ((b.activations[k] - a.activations[k]).norm() / a.activations[k].norm()).item()
+        rel = _rel(b.activations[k], a.activations[k])
         assert rel < ACTIVATION_REL_TOL, (k, rel)
+
+
+@pytest.mark.parametrize("n", [20, 70])  # a padded batch; two whole batches and a padded one
+def test_compiled_extraction_early_exit_and_odd_batches(nets, n):
+    ref_net, fast = nets
+    fast = fast["on"]
+    dev = torch.device("cuda")
+    x = sample_noise(9, range(n), (3, 64, 64)).to(dev).clamp(-1, 1)
+    c = condition_vectors("class", 1000, classes=[i * 7 for i in range(n)]).to(dev)
+    s = torch.full((n,), 80.0, device=dev)
+    layers = ["encoder_bottleneck", "midblock"]
+    with torch.no_grad(), ActivationCapture(ref_net, layers, early_exit=True) as a:
+        assert a.run(80 * x, s, c) is None
+    with torch.no_grad(), ActivationCapture(fast, layers, early_exit=True) as b:
+        assert b.run(80 * x, s, c) is None
+    for k in layers:
+        assert b.activations[k].shape == a.activations[k].shape
+        assert _rel(b.activations[k], a.activations[k]) < ACTIVATION_REL_TOL
+    assert fast.forward_capture.enabled and not fast.forward_capture.failed and fast.forward_capture.graphs

@@ -34,6 +34,14 @@ class EDMPrecond(torch.nn.Module):
         return torch.bfloat16 if (self.use_fp16 and not force_fp32 and device.type == "cuda") else torch.float32
 
     def forward(self, x, sigma, class_labels=None, force_fp32=False, **model_kwargs):
+        return self.forward_capture(x, sigma, class_labels, force_fp32, **model_kwargs)[0]
+
+    def forward_capture(self, x, sigma, class_labels=None, force_fp32=False, capture=(), stop_after=None,
+                        **model_kwargs):
+        """(D(x), {block name: output}); D(x) is None when the pass stopped after `stop_after`.
+
+        `runtime.prepare(compile=True)` replaces this method on the instance by a compiled version,
+        which `forward` then uses too."""
         x = x.to(torch.float32)
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
         sigma = sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma
@@ -51,5 +59,8 @@ class EDMPrecond(torch.nn.Module):
         c_in = 1 / (self.sigma_data ** 2 + sigma ** 2).sqrt()
         c_noise = sigma.log() / 4
 
-        F_x = self.model((c_in * x).to(dtype), c_noise.flatten(), class_labels=class_labels, **model_kwargs)
-        return c_skip * x + c_out * F_x.to(torch.float32)
+        F_x, acts = self.model.forward_capture((c_in * x).to(dtype), c_noise.flatten(), class_labels,
+                                               capture=capture, stop_after=stop_after, **model_kwargs)
+        if F_x is None:
+            return None, acts
+        return c_skip * x + c_out * F_x.to(torch.float32), acts

@@ -95,8 +95,7 @@ def norm_silu(x, weight, bias, num_groups: int, eps: float, scale=None, shift=No
     """SiLU(GroupNorm(x)), or with the block's adaptive scale and shift SiLU(shift + GN(x) (scale + 1)).
 
     The elementwise tail of every UNet block, computed in float32 and cast back once (in float32 it
-    is exactly upstream's sequence of operations). It takes tensors and numbers only, no module,
-    so that `runtime.prepare(compile=True)` can compile this one function for every block.
+    is exactly upstream's sequence of operations; compiled, the upcast is free inside one kernel).
     """
     y = F.group_norm(x.float(), num_groups, weight.float(), bias.float(), eps)
     if scale is not None:
@@ -120,7 +119,7 @@ class PositionalEmbedding(torch.nn.Module):
 
 
 class UNetBlock(torch.nn.Module):
-    norm_silu = staticmethod(norm_silu)  # runtime.prepare may put a compiled version on each block
+    norm_silu = staticmethod(norm_silu)
 
     def __init__(self, in_channels, out_channels, emb_channels, up=False, down=False, attention=False,
                  num_heads=None, channels_per_head=64, dropout=0, skip_scale=1, eps=1e-5,
@@ -247,13 +246,31 @@ class DhariwalUNet(torch.nn.Module):
         return F.silu(emb)
 
     def forward(self, x, noise_labels, class_labels, augment_labels=None):
+        return self.forward_capture(x, noise_labels, class_labels, augment_labels)[0]
+
+    def forward_capture(self, x, noise_labels, class_labels, augment_labels=None, capture=(), stop_after=None):
+        """`forward`, also returning {name: output} of the blocks named in `capture` (`enc.8x8_block2`, ...).
+
+        With `stop_after` a block name the pass ends right after that block and the output is None
+        (extracting `midblock` needs about 60 of the network's 219 GFLOP). Names are plain strings,
+        so that torch.compile sees one static graph per (capture, stop_after).
+        """
         emb = self.embed(noise_labels, class_labels, augment_labels)  # float32, as upstream
+        acts = {}
         skips = []
-        for block in self.enc.values():
+        for name, block in self.enc.items():
             x = block(x, emb) if isinstance(block, UNetBlock) else block(x)
             skips.append(x)
-        for block in self.dec.values():
+            if "enc." + name in capture:
+                acts["enc." + name] = x
+            if stop_after == "enc." + name:
+                return None, acts
+        for name, block in self.dec.items():
             if x.shape[1] != block.in_channels:
                 x = torch.cat([x, skips.pop()], dim=1)
             x = block(x, emb)
-        return self.out_conv(F.silu(self.out_norm(x)))
+            if "dec." + name in capture:
+                acts["dec." + name] = x
+            if stop_after == "dec." + name:
+                return None, acts
+        return self.out_conv(F.silu(self.out_norm(x))), acts

@@ -1,0 +1,107 @@
+"""Model-only forward rates of the full DMD2 ImageNet-64 network: what each optimisation buys.
+
+    PYTHONPATH=. python benchmarks/forward.py --out $OUT [--batch 512]
+
+Rows, side by side in one run, for generation (full network, `encoder_bottleneck` and `midblock`
+captured) and extraction (stopping after `midblock`): float32 eager (TF32 convolutions, PyTorch's
+default), bfloat16 eager with flash SDPA, the same channels-last, and the whole network compiled
+(`model.compile`, the path `extract`/`generate` take at scale), with its compile time. Timed with
+CUDA events, median of repeated batches after warm-up; img/s, TFLOP/s, fraction of the 790 TFLOP/s
+bf16 peak. Random weights (speed does not depend on them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from throughput import LAYERS, PEAK_BF16, flops_per_image, random_weights
+
+from dmd2report.layers import ActivationCapture
+from dmd2report.models import build_preset
+from dmd2report.runtime import prepare
+from dmd2report.sampling import condition_vectors
+
+
+@torch.no_grad()
+def rate(net, batch: int, early_exit: bool, channels_last: bool = False, iters: int = 8) -> tuple[float, float]:
+    """(img/s, seconds of the first call: compilation where there is one)."""
+    dev = next(net.parameters()).device
+    x = torch.randn(batch, 3, 64, 64, device=dev)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    c = condition_vectors("class", 1000, classes=[i % 1000 for i in range(batch)]).to(dev)
+    s = torch.full((batch,), 80.0, device=dev)
+    cap = ActivationCapture(net, LAYERS, reduce="mean", early_exit=early_exit)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    cap.run(80 * x, s, c)
+    torch.cuda.synchronize()
+    first = time.perf_counter() - t0
+    cap.run(80 * x, s, c)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(iters):
+        start.record()
+        cap.run(80 * x, s, c)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return batch / float(np.median(times)), first
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/bench")))
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--skip-compile", action="store_true")
+    args = ap.parse_args()
+    assert torch.cuda.is_available(), "run on a CUDA machine"
+    dev = torch.device("cuda")
+    gflop = {"generate": flops_per_image(False) / 1e9, "extract": flops_per_image(True) / 1e9}
+    base = random_weights(build_preset("dmd2-imagenet64")).eval()
+
+    def copy(use_fp16: bool, compile: str = "off", channels_last: bool = False):
+        net = build_preset("dmd2-imagenet64", use_fp16=use_fp16)
+        net.load_state_dict(base.state_dict())
+        return prepare(net, dev, "auto", compile=compile, batch_hint=args.batch, channels_last=channels_last)
+
+    rows = {}
+
+    def record(name, what, img_s, first):
+        rows[f"{what}: {name}"] = {"img_s": img_s, "tflop_s": img_s * gflop[what] / 1e3,
+                                   "fraction_of_peak": img_s * gflop[what] * 1e9 / PEAK_BF16, "first_call_s": first}
+        print(f"{what + ': ' + name:<44}{img_s:>8.0f} img/s {img_s * gflop[what] / 1e3:>7.1f} TFLOP/s"
+              f" {img_s * gflop[what] * 1e9 / PEAK_BF16:>6.1%}  first call {first:6.1f} s", flush=True)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "forward.json").write_text(json.dumps({"device": torch.cuda.get_device_name(),
+                                                            "torch": torch.__version__, "batch": args.batch,
+                                                            "gflop": gflop, "rows": rows}, indent=1))
+
+    variants = [("float32 eager (TF32)", {"use_fp16": False}),
+                ("bf16 eager, flash SDPA", {"use_fp16": True}),
+                ("bf16 eager, channels-last", {"use_fp16": True, "channels_last": True})]
+    if not args.skip_compile:
+        variants.append(("bf16 compiled (model.compile)", {"use_fp16": True, "compile": "on"}))
+    for name, kw in variants:
+        net = copy(**kw)
+        for what in ("extract", "generate"):
+            img_s, first = rate(net, args.batch, what == "extract", kw.get("channels_last", False))
+            record(name, what, img_s, first)
+        del net
+        torch.cuda.empty_cache()
+    print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+
+
+if __name__ == "__main__":
+    main()
