@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from .errors import UserError
 from .layers import REDUCERS, ActivationCapture, layer_shapes, resolve_layer
+from .runtime import expect_samples
 from .sampling import SIGMA_MAX
 from .store import BackgroundWriter, StoreWriter, load_pca, save_json, save_pca
 
@@ -308,6 +309,7 @@ def extract_real(config, net, model_checksum: str, *, overwrite: bool = False, p
             c = int(beyond.iloc[0])
             raise UserError(f"data: class id {c} ({source.class_index.name(c)}) is beyond the model's {net.label_dim} "
                             f"classes; the data's class index is {source.class_index.origin} (select classes with data.classes)")
+        expect_samples(net, len(plan))
         cs = f.chunk_size
         n_chunks = -(-len(plan) // cs)
         d = config.data
@@ -386,31 +388,36 @@ def extract_real(config, net, model_checksum: str, *, overwrite: bool = False, p
 
 def _extract_chunk(net, images, rows: pd.DataFrame, layers, full_layer, full_shape, dims, reducer: Reducer, device,
                    batch_size: int, thumb_size: int, bar: Progress) -> dict:
-    """One chunk on the device: features, thumbnails, and the subsets' full activations and reconstructions."""
+    """One chunk on the device: features, thumbnails, and the subsets' full activations and reconstructions.
+
+    Every batch captures the same blocks (the feature layers and the masking layer, unreduced) so
+    that a compiled network runs one graph; the subsets are picked on the device by index (no
+    host sync), and the reconstructions, the model's full output, run once per chunk on the
+    subset's images in full batches. Results stay on the device until the chunk is gathered."""
     feats: dict[str, list] = {l: [] for l in layers}
-    thumbs, recon, full = [], [], []
-    ids_all = rows["class_id"].to_numpy()
-    has_full, has_recon = rows["has_full"].to_numpy(), rows["has_recon"].to_numpy()
+    thumbs, full = [], []
+    ids = to_device(torch.from_numpy(rows["class_id"].to_numpy(np.int64, copy=True)), device)
+    full_rows = np.flatnonzero(rows["has_full"].to_numpy())
+    recon_rows = np.flatnonzero(rows["has_recon"].to_numpy())
     need = list(dict.fromkeys(layers + [full_layer]))
+    cap = ActivationCapture(net, need, reduce=None, early_exit=True, float32=False)
     for b in range(0, len(rows), batch_size):
-        sl = slice(b, b + batch_size)
-        x = to_device(images[sl], device).float() / 127.5 - 1
-        y = F.one_hot(torch.tensor(ids_all[sl], device=device), net.label_dim).float()
-        sigma = torch.full((len(x),), SIGMA_MAX, device=device)
-        fb = torch.tensor(has_full[sl], device=device)
-        any_full = bool(has_full[sl].any())
-        with ActivationCapture(net, need if any_full else layers, reduce=reducer.capture_mode(any_full),
-                               early_exit=True) as cap:
-            cap.run(SIGMA_MAX * x, sigma, y)
+        x = to_device(images[b:b + batch_size], device).float() / 127.5 - 1
+        y = F.one_hot(ids[b:b + batch_size], net.label_dim).float()
+        cap.run(SIGMA_MAX * x, torch.full((len(x),), SIGMA_MAX, device=device), y)
         for l in layers:
             feats[l].append(reducer(l, cap.activations[l]))
-        if any_full:
-            full.append(cap.activations[full_layer][fb].float())
+        picked = full_rows[(full_rows >= b) & (full_rows < b + len(x))] - b
+        if len(picked):
+            full.append(cap.activations[full_layer].index_select(0, to_device(torch.from_numpy(picked), device)).float())
         thumbs.append(thumbnails(x, thumb_size))
-        rb = torch.tensor(has_recon[sl], device=device)
-        if has_recon[sl].any():
-            recon.append(thumbnails(net(SIGMA_MAX * x[rb], sigma[rb], y[rb]), x.shape[-1]))
         bar.update(len(x))
+    recon = []
+    for b in range(0, len(recon_rows), batch_size):
+        sel = recon_rows[b:b + batch_size]
+        x = to_device(images[torch.from_numpy(sel)] if torch.is_tensor(images) else images[sel], device).float() / 127.5 - 1
+        y = F.one_hot(ids.index_select(0, to_device(torch.from_numpy(sel), device)), net.label_dim).float()
+        recon.append(thumbnails(net(SIGMA_MAX * x, torch.full((len(x),), SIGMA_MAX, device=device), y), x.shape[-1]))
     return {"features": {l: gather(v, (dims[l],), reducer.dtype) for l, v in feats.items()},
             "thumbs": gather(thumbs, (min(thumb_size, net.img_resolution),) * 2 + (3,), torch.uint8),
             "recon": gather(recon, (net.img_resolution, net.img_resolution, 3), torch.uint8),

@@ -32,6 +32,7 @@ from .errors import UserError
 from .extract import (Progress, Reducer, barrier, compute_key, dist_rank_world, feature_dims, finish_store, gather,
                       parse_reduce, prefetch, print_full_size, store_dir, thumbnails, to_device, versions)
 from .layers import ActivationCapture, resolve_layer
+from .runtime import expect_samples
 from .sampling import SIGMA_MAX, condition_vectors, sample_noise
 from .store import BackgroundWriter, StoreWriter, load_pca, sparse_labels
 
@@ -117,6 +118,7 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
             print_full_size(n, dims, f.dtype, show)
     barrier(world)
     reducer = Reducer(f.reduce, f.dtype, pca, device)
+    expect_samples(net, n)
     shape = (net.img_channels, net.img_resolution, net.img_resolution)
 
     # Labels of the re-encoding pass: one-hot of the shown class, the generation vector without one.

@@ -76,7 +76,7 @@ def _meta_copy(net):
 Reducer = Callable[[torch.Tensor], torch.Tensor]
 REDUCERS: dict[str, Reducer | None] = {
     "full": None,
-    "mean": lambda a: a.mean(dim=(2, 3)),  # per-channel spatial mean
+    "mean": lambda a: a.mean(dim=(2, 3), dtype=torch.float32),  # per-channel spatial mean, accumulated in float32
 }
 
 
