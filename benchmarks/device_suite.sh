@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
-# Everything that needs the GPU machine, in one call (device time is scarce; a machine start costs minutes):
-#   bash benchmarks/device_suite.sh            # on one H200: GPU tests, k-NN on CUDA, throughput
-#   SCALING=1,2,4 bash benchmarks/device_suite.sh   # on a several-GPU machine: also the torchrun scaling run
+# Everything that needs the GPU machine, in parts that each fit one device call (10 minutes):
+#   bash benchmarks/device_suite.sh tests        # GPU tests (eager + compiled vs float32), k-NN on CUDA
+#   bash benchmarks/device_suite.sh forward      # model-only rates: what each optimisation buys
+#   bash benchmarks/device_suite.sh throughput   # end to end, with the top kernels of a compiled batch
+#   SCALING=1,2,4 bash benchmarks/device_suite.sh scaling   # on a several-GPU machine: torchrun scaling
+# Run back to back on a warm machine, later parts reuse the compiled kernels (Inductor's cache in /tmp).
 # Results go to $OUT (the device tool brings that folder back).
 set -u -o pipefail
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/device-suite}
 mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpus.txt"
-timeout 150 python -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_model.py 2>&1 | tail -3 | tee "$OUT/gpu-tests.log"
-timeout 240 python benchmarks/knn.py 2>&1 | tee "$OUT/knn.log"
-timeout 420 python benchmarks/throughput.py --compile --out "$OUT" 2>&1 | grep -v -i "warn\|softmax\|use case\|reduction\|^$" | tee "$OUT/throughput.log"
-if [ -n "${SCALING:-}" ]; then
-  timeout 500 python benchmarks/scaling.py --gpus "$SCALING" --out "$OUT" 2>&1 | tee "$OUT/scaling.log"
-fi
+quiet() { grep -v -i "warn\|softmax\|use case\|^$"; }
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpus.txt"
+case "${1:-tests}" in
+  tests)
+    timeout 400 python -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_model.py 2>&1 | tail -5 | tee "$OUT/gpu-tests.log"
+    timeout 150 python benchmarks/knn.py 2>&1 | tee "$OUT/knn.log" ;;
+  forward)
+    timeout 560 python benchmarks/forward.py --out "$OUT" 2>&1 | quiet | tee "$OUT/forward.log" ;;
+  throughput)
+    timeout 570 python benchmarks/throughput.py --profile --out "$OUT" 2>&1 | quiet | tee "$OUT/throughput.log" ;;
+  scaling)
+    timeout 570 python benchmarks/scaling.py --gpus "${SCALING:-1,2}" --out "$OUT" 2>&1 | tee "$OUT/scaling.log" ;;
+esac
