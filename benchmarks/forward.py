@@ -16,48 +16,17 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from throughput import LAYERS, PEAK_BF16, flops_per_image, random_weights
+from throughput import PEAK_BF16, flops_per_image, random_weights, rate
 
-from dmd2report.layers import ActivationCapture
 from dmd2report.models import build_preset
 from dmd2report.runtime import prepare
-from dmd2report.sampling import condition_vectors
-
-
-@torch.no_grad()
-def rate(net, batch: int, early_exit: bool, channels_last: bool = False, iters: int = 8) -> tuple[float, float]:
-    """(img/s, seconds of the first call: compilation where there is one)."""
-    dev = next(net.parameters()).device
-    x = torch.randn(batch, 3, 64, 64, device=dev)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    c = condition_vectors("class", 1000, classes=[i % 1000 for i in range(batch)]).to(dev)
-    s = torch.full((batch,), 80.0, device=dev)
-    cap = ActivationCapture(net, LAYERS, reduce="mean", early_exit=early_exit)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    cap.run(80 * x, s, c)
-    torch.cuda.synchronize()
-    first = time.perf_counter() - t0
-    cap.run(80 * x, s, c)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for _ in range(iters):
-        start.record()
-        cap.run(80 * x, s, c)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return batch / float(np.median(times)), first
 
 
 def main():

@@ -163,7 +163,7 @@ def bench_config(work: Path, npz: Path, n: int, batch: int) -> Config:
     c.run.workdir, c.run.device = str(work), "cuda"
     c.model.preset = "dmd2-imagenet64"
     c.data.source, c.data.path, c.data.max_samples = "imagenet64-npz", str(npz), n
-    c.features.batch_size, c.features.chunk_size = batch, 8192
+    c.features.batch_size = batch  # chunk_size: the default
     c.report.thumb_size = 32
     return c
 
@@ -223,6 +223,33 @@ def accuracy(net_fp32, net_fast, n: int = 64) -> dict:
     return out
 
 
+@torch.no_grad()
+def rate(net, batch: int, early_exit: bool, channels_last: bool = False, iters: int = 8) -> tuple[float, float]:
+    """(img/s, seconds of the first call: compilation where there is one)."""
+    dev = next(net.parameters()).device
+    x = torch.randn(batch, 3, 64, 64, device=dev)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    c = condition_vectors("class", 1000, classes=[i % 1000 for i in range(batch)]).to(dev)
+    s = torch.full((batch,), 80.0, device=dev)
+    cap = ActivationCapture(net, LAYERS, reduce="mean", early_exit=early_exit)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    cap.run(80 * x, s, c)
+    torch.cuda.synchronize()
+    first = time.perf_counter() - t0
+    cap.run(80 * x, s, c)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(iters):
+        start.record()
+        cap.run(80 * x, s, c)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return batch / float(np.median(times)), first
+
+
 def profile_top(net, batch: int, early_exit: bool, rows: int = 14) -> str:
     """Where one compiled batch spends its GPU time: the top kernels by CUDA time."""
     from torch.profiler import ProfilerActivity, profile
@@ -254,7 +281,7 @@ def main():
     dev = torch.device("cuda")
     work = Path(tempfile.mkdtemp(prefix="dmd2bench-"))
     n_seed, n_fp32 = (64, 512) if args.quick else (256, 2048)
-    n_gen, n_ext = (2048, 8192) if args.quick else (8192, 61440)
+    n_gen, n_ext = (2048, 8192) if args.quick else (16384, 61440)
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": args.batch}
     net_cpu = random_weights(build_preset("dmd2-imagenet64")).eval()
     results["gflop_full"] = flops_per_image(early_exit=False) / 1e9
@@ -292,6 +319,18 @@ def main():
     results["compile_s"] = time.perf_counter() - t0
     results["graphs"] = len(fast.forward_capture.graphs)
     print(f"compiled {results['graphs']} graphs in {results['compile_s']:.0f} s", flush=True)
+
+    # Model only (no data, no store), for the ablation table: the compiled graphs and the same network eager.
+    eager = build_preset("dmd2-imagenet64")
+    eager.load_state_dict(net_cpu.state_dict())
+    eager = prepare(eager, dev, "auto", compile="off")
+    model_only = {}
+    for what in ("extract", "generate"):
+        model_only[f"{what}: bf16 eager"] = rate(eager, args.batch, what == "extract")[0]
+        model_only[f"{what}: bf16 compiled"] = rate(fast, args.batch, what == "extract")[0]
+    del eager
+    results["model_only_img_s"] = model_only
+    print("model only", {k: round(v) for k, v in model_only.items()}, flush=True)
 
     allow = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # strict float32 reference

@@ -28,6 +28,7 @@ def prepare(net: torch.nn.Module, device: torch.device, precision: str = "auto",
             batch_hint: int = 256, channels_last: bool = False) -> torch.nn.Module:
     """Move `net` to `device` and set up its fastest numerically-checked inference path."""
     net = net.eval().requires_grad_(False).to(device)
+    use_box_resampling(net)
     if precision == "bfloat16":
         if device.type != "cuda":
             raise UserError("model.precision = bfloat16 needs a CUDA device; use auto or float32")
@@ -47,6 +48,17 @@ def prepare(net: torch.nn.Module, device: torch.device, precision: str = "auto",
     if mode != "off":
         compile_forward(net, batch_hint, enabled=mode == "on")
     return net
+
+
+def use_box_resampling(net: torch.nn.Module) -> None:
+    """Let every resampling layer whose loaded filter is the 2x2 box use pooling / nearest upsampling
+    (the same arithmetic; see models.unet.Conv2d). Decided on the loaded buffer, not the config."""
+    from .models.unet import Conv2d
+
+    for m in net.modules():
+        if isinstance(m, Conv2d) and m.resample_filter is not None:
+            f = m.resample_filter
+            m.box_resample = bool(f.shape[-2:] == (2, 2) and torch.all(f == 0.25))
 
 
 def expect_samples(net: torch.nn.Module, n: int) -> None:

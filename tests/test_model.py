@@ -134,3 +134,44 @@ def test_bfloat16_path_close_to_float32_on_cuda(tiny, vectors):
     out = net(x, sigma, labels)
     rel = ((out - ref).norm() / ref.norm()).item()
     assert rel < 2e-2, rel
+
+
+def test_box_resampling_is_the_same_arithmetic(vectors):
+    """runtime.prepare switches [1, 1]-filter resampling to pooling / nearest upsampling: still exact."""
+    from dmd2report.models.unet import Conv2d
+    from dmd2report.runtime import use_box_resampling
+
+    cfg = json.loads((FIX / "dhariwal_tiny.config.json").read_text())["config"]
+    cfg["sigma_max"] = float(cfg["sigma_max"])
+    net = EDMPrecond(**cfg)
+    net.load_state_dict(load_file(FIX / "dhariwal_tiny.weights.safetensors"), strict=True)
+    net = net.eval().requires_grad_(False)
+    use_box_resampling(net)
+    resampling = [m for m in net.modules() if isinstance(m, Conv2d) and m.resample_filter is not None]
+    assert resampling and all(m.box_resample for m in resampling)
+    with ActivationCapture(net, block_names(net)) as cap:
+        out = cap.run(*_inputs(vectors))
+    torch.testing.assert_close(out, vectors["output.D_x"], atol=ATOL, rtol=0)
+    for name in block_names(net):
+        torch.testing.assert_close(cap.activations[name], vectors[f"activation.{name}"], atol=ATOL, rtol=0, msg=name)
+    # Any other filter keeps the general (depthwise convolution) path.
+    m = resampling[0]
+    m.resample_filter = torch.tensor([1.0, 3, 3, 1]).ger(torch.tensor([1.0, 3, 3, 1]))[None, None] / 64
+    use_box_resampling(net)
+    assert not m.box_resample
+
+
+def test_reduced_precision_attention_keeps_upstream_channel_layout(tiny):
+    """The bf16 path (flash SDPA on 4-D contiguous heads) computes what the float32 einsums do."""
+    from dmd2report.models.unet import UNetBlock
+
+    block = next(b for b in tiny.model.modules() if isinstance(b, UNetBlock) and b.num_heads)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in block.parameters():  # no zero-initialised projection: attention must show in the output
+            p.copy_(torch.randn(p.shape, generator=g) / max(p[0].numel(), 1) ** 0.5 if p.ndim > 1 else 1 + 0.1 * torch.randn(p.shape, generator=g))
+        x = torch.randn(3, block.in_channels, 4, 4, generator=g)
+        emb = torch.randn(3, block.emb_channels, generator=g)
+        ref = block(x, emb)
+        got = block(x.bfloat16(), emb).float()
+    assert ((got - ref).norm() / ref.norm()).item() < 2e-2
