@@ -37,7 +37,7 @@ class ModelConfig:
     preset: str = "demo"            # demo | dmd2-imagenet64 | tiny
     checkpoint: str = ""            # .pth/.bin/.safetensors or an Accelerate folder; "" = the preset's bundled weights
     precision: str = "auto"         # auto (bf16 on CUDA when the preset uses fp16) | float32 | bfloat16
-    compile: str = "auto"           # auto | on | off: torch.compile the whole network on CUDA (auto: for stages of 50,000+ samples), eager fallback
+    compile: str = "auto"           # auto | on | off: torch.compile the whole network on CUDA (auto: for stages of 200,000+ samples), eager fallback
 
 
 @dataclass
