@@ -44,14 +44,28 @@ def worker(args) -> None:
     dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     device = resolve_device(args.device)
-    net = prepare(random_weights(build_preset(args.preset)), device, "auto")
-    c = Config()
-    c.run.workdir, c.run.device, c.model.preset = str(args.workdir), args.device, args.preset
-    c.features.batch_size, c.features.chunk_size = args.batch, args.chunk
-    if args.preset == "demo":
-        c.data.source, c.data.max_samples = "demo", args.n_extract
-    else:
-        c.data.source, c.data.path, c.data.max_samples = "imagenet64-npz", str(args.npz), args.n_extract
+    net = prepare(random_weights(build_preset(args.preset)), device, "auto", compile=args.compile,
+                  batch_hint=args.batch)
+
+    def config(workdir, n_extract):
+        c = Config()
+        c.run.workdir, c.run.device, c.model.preset = str(workdir), args.device, args.preset
+        c.features.batch_size, c.features.chunk_size = args.batch, args.chunk
+        if args.preset == "demo":
+            c.data.source, c.data.max_samples = "demo", n_extract
+        else:
+            c.data.source, c.data.path, c.data.max_samples = "imagenet64-npz", str(args.npz), n_extract
+        return c
+
+    c = config(args.workdir, args.n_extract)
+    n, K = args.n_generate, net.label_dim
+    # Untimed warm-up, the same collective stages on a small set with one batch per chunk, so that
+    # every rank compiles its graphs (when compiled) and autotunes cuDNN before the timed part.
+    warm = config(Path(args.workdir) / "warm", 2 * args.batch * world)
+    warm.features.chunk_size = args.batch
+    extract_real(warm, net, "scaling", overwrite=True, progress=False)
+    generate_set(warm, net, "scaling", "class", np.arange(args.batch * world) % K, np.arange(args.batch * world),
+                 overwrite=True, progress=False)
     timings = {}
 
     def timed(name, fn):
@@ -66,7 +80,6 @@ def worker(args) -> None:
         timings[name] = time.perf_counter() - t0
 
     timed("extract", lambda: extract_real(c, net, "scaling", overwrite=True, progress=False))
-    n, K = args.n_generate, net.label_dim
     timed("generate", lambda: generate_set(c, net, "scaling", "class", np.arange(n) % K, np.arange(n),
                                            overwrite=True, progress=False))
     if rank == 0:
@@ -96,6 +109,7 @@ def main() -> None:
     ap.add_argument("--n-generate", type=int, default=16384)
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--chunk", type=int, default=4096)
+    ap.add_argument("--compile", default="on", choices=["auto", "on", "off"], help="model.compile of every rank")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/scaling")))
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
@@ -117,7 +131,7 @@ def main() -> None:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "--master_port=29577",
                __file__, "--worker", "--workdir", str(work), "--npz", str(npz), "--device", args.device,
                "--preset", args.preset, "--n-extract", str(args.n_extract), "--n-generate", str(args.n_generate),
-               "--batch", str(args.batch), "--chunk", str(args.chunk)]
+               "--batch", str(args.batch), "--chunk", str(args.chunk), "--compile", args.compile]
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
         p = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if p.returncode != 0:
