@@ -137,7 +137,8 @@ class Run:
         # batch_size changes no result; features.generated only what generate stores.
         features = {k: v for k, v in c["features"].items() if k not in ("batch_size", "generated")}
         keys["extract"] = _hash([self.model_identity()["sha256"], self.config.model.preset, c["data"], features,
-                                 c["run"]["seed"], c["metrics"]["mask_layer"], c["report"]["thumb_size"]])
+                                 c["run"]["seed"], c["metrics"]["mask_layer"], c["report"]["thumb_size"],
+                                 self.compute_identity()])
         keys["generate"] = _hash([keys["extract"], c["generate"], c["features"]["generated"]])
         keys["fit"] = _hash([keys["generate"], c["embedding"], c["metrics"]["layer"]])
         keys["measure"] = _hash([keys["fit"], {k: v for k, v in c["metrics"].items()
@@ -149,6 +150,19 @@ class Run:
         keys["render"] = _hash([keys["measure"], keys["atlas"], keys["trajectory"], c["report"], c["run"]["name"],
                                 c["run"]["site"], renderer_fingerprint()])
         return keys
+
+    def compute_identity(self) -> dict:
+        """What the numbers depend on besides weights, data and settings: the device type and the
+        UNet's dtype (bf16 on CUDA for an fp16 preset, or as model.precision says), as the stores'
+        keys record them. Batch size and compilation change only rounding, like cuDNN's choices."""
+        from .device import resolve_device
+        from .models.presets import preset_config
+
+        device = resolve_device(self.config.run.device)
+        precision = self.config.model.precision
+        bf16 = device.type == "cuda" and (precision == "bfloat16" or
+                                          (precision == "auto" and preset_config(self.config.model.preset)["use_fp16"]))
+        return {"device": device.type, "unet_dtype": "bfloat16" if bf16 else "float32"}
 
     def _state_file(self) -> Path:
         return self.workdir / "stages.json"

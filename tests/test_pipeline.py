@@ -117,6 +117,28 @@ def test_umap_settings_refit_and_rerender(built):
     assert _ran(r.output) == ["fit", "measure", "atlas", "trajectory", "render"], r.output
 
 
+def test_another_device_or_precision_redoes_the_model_stages(built, monkeypatch):
+    """A workdir built on the CPU is not reused on a GPU (bf16 features), nor after --precision changes."""
+    import dmd2report.device as device_module
+    from dmd2report.config import load_config
+    from dmd2report.pipeline import Run
+
+    w, cfg, _ = built
+    keys = Run(load_config(cfg)).stage_keys()
+    for precision in ("float32", "auto", "bfloat16"):
+        assert Run(load_config(cfg, {"model.precision": precision})).stage_keys() == keys  # all float32 on CPU
+    # --compile and --batch-size change only rounding: no stage reruns.
+    assert Run(load_config(cfg, {"model.compile": "on", "features.batch_size": 7})).stage_keys() == keys
+    monkeypatch.setattr(device_module, "resolve_device", lambda spec="auto": torch.device("cuda"))
+    gpu = Run(load_config(cfg, {"model.preset": "dmd2-imagenet64"})).stage_keys()
+    gpu32 = Run(load_config(cfg, {"model.preset": "dmd2-imagenet64", "model.precision": "float32"})).stage_keys()
+    cpu32 = Run(load_config(cfg, {"model.preset": "dmd2-imagenet64", "model.precision": "float32",
+                                  "run.device": "cpu"}))
+    assert gpu["extract"] != gpu32["extract"] and gpu["generate"] != gpu32["generate"]
+    monkeypatch.undo()
+    assert cpu32.stage_keys()["extract"] != gpu32["extract"]  # same dtype, another device type
+
+
 def test_force_reruns_one_stage(built):
     w, cfg, _ = built
     r = CliRunner().invoke(cli, ["build", "--config", str(cfg), "--fit-on", "both", "--force", "measure"])
