@@ -1,6 +1,6 @@
 """Model-only forward rates of the full DMD2 ImageNet-64 network: what each optimisation buys.
 
-    PYTHONPATH=. python benchmarks/forward.py --out $OUT [--batch 512]
+    PYTHONPATH=. python benchmarks/forward.py --out $OUT [--batch 512] [--only compiled] [--cudagraphs]
 
 Rows, side by side in one run, for generation (full network, `encoder_bottleneck` and `midblock`
 captured) and extraction (stopping after `midblock`): float32 eager (TF32 convolutions, PyTorch's
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import PEAK_BF16, flops_per_image, random_weights, rate
 
 from dmd2report.models import build_preset
-from dmd2report.runtime import prepare
+from dmd2report.runtime import compile_forward, prepare
 
 
 def main():
@@ -34,16 +34,21 @@ def main():
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/bench")))
     ap.add_argument("--batch", type=int, default=512)
     ap.add_argument("--skip-compile", action="store_true")
+    ap.add_argument("--only", default="", help="run only the rows whose name contains this")
+    ap.add_argument("--cudagraphs", action="store_true", help="add the compiled network with CUDA graphs first")
     args = ap.parse_args()
     assert torch.cuda.is_available(), "run on a CUDA machine"
     dev = torch.device("cuda")
     gflop = {"generate": flops_per_image(False) / 1e9, "extract": flops_per_image(True) / 1e9}
     base = random_weights(build_preset("dmd2-imagenet64")).eval()
 
-    def copy(use_fp16: bool, compile: str = "off", channels_last: bool = False):
+    def copy(use_fp16: bool, compile: str = "off", channels_last: bool = False, mode: str | None = None):
         net = build_preset("dmd2-imagenet64", use_fp16=use_fp16)
         net.load_state_dict(base.state_dict())
-        return prepare(net, dev, "auto", compile=compile, batch_hint=args.batch, channels_last=channels_last)
+        net = prepare(net, dev, "auto", compile=compile, batch_hint=args.batch, channels_last=channels_last)
+        if mode:
+            compile_forward(net, args.batch, mode=mode)
+        return net
 
     rows = {}
 
@@ -62,11 +67,14 @@ def main():
                 ("bf16 eager, channels-last", {"use_fp16": True, "channels_last": True})]
     if not args.skip_compile:
         variants.append(("bf16 compiled (model.compile)", {"use_fp16": True, "compile": "on"}))
+    if args.cudagraphs:
+        variants.insert(0, ("bf16 compiled + CUDA graphs", {"use_fp16": True, "mode": "reduce-overhead"}))
+    variants = [v for v in variants if args.only in v[0]]
     for name, kw in variants:
         net = copy(**kw)
-        for what in ("extract", "generate"):
+        for what in ("generate", "extract"):
             img_s, first = rate(net, args.batch, what == "extract", kw.get("channels_last", False))
-            record(name, what, img_s, first)
+            record(f"{name}, batch {args.batch}", what, img_s, first)
         del net
         torch.cuda.empty_cache()
     print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")

@@ -71,9 +71,12 @@ def expect_samples(net: torch.nn.Module, n: int) -> None:
         fwd.enabled = True
 
 
-def compile_forward(net: torch.nn.Module, batch: int, enabled: bool = True) -> CompiledForward:
-    """Replace `net.forward_capture` (and so `net.forward`) by its compiled version."""
-    fwd = CompiledForward(net, batch, enabled)
+def compile_forward(net: torch.nn.Module, batch: int, enabled: bool = True, mode: str | None = None) -> CompiledForward:
+    """Replace `net.forward_capture` (and so `net.forward`) by its compiled version.
+
+    `mode` is torch.compile's (None: the default; "reduce-overhead" adds CUDA graphs, measured by
+    benchmarks/forward.py --cudagraphs, not used by the stages)."""
+    fwd = CompiledForward(net, batch, enabled, mode)
     net.forward_capture = fwd
     return fwd
 
@@ -89,13 +92,14 @@ class CompiledForward:
     work) and after a compilation failure.
     """
 
-    def __init__(self, net: torch.nn.Module, batch: int, enabled: bool = True):
+    def __init__(self, net: torch.nn.Module, batch: int, enabled: bool = True, mode: str | None = None):
         from .models.unet import UNetBlock
 
         self.eager = net.forward_capture  # the bound method of the class
         self.batch = int(batch)
         self.enabled = enabled
         self.auto = not enabled
+        self.mode = mode
         self.failed = False
         self.graphs: dict[tuple, object] = {}
         self.blocks = [m for m in net.modules() if isinstance(m, UNetBlock)]
@@ -161,7 +165,7 @@ class CompiledForward:
         print(f"torch.compile: compiling the network for batches of {self.batch} ({what}"
               f"{', stopping after ' + stop_after if stop_after else ''}); once per run, about a minute",
               file=sys.stderr, flush=True)
-        graph = _Graph(torch.compile(forward, fullgraph=True, dynamic=False))
+        graph = _Graph(torch.compile(forward, fullgraph=True, dynamic=False, mode=self.mode))
         return graph
 
 
