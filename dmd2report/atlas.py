@@ -99,7 +99,7 @@ def build_atlas(run) -> None:
 
     def masked(masks: np.ndarray, labels: torch.Tensor, offset: int) -> np.ndarray:
         out = []
-        bs = max(1, cfg.features.batch_size)
+        bs = cfg.features.batch(device)
         for s in range(0, len(masks), bs):
             z = sample_noise(cfg.run.seed, range(offset + s, offset + s + len(masks[s:s + bs])), shape).to(device)
             with mask_layers(net, {m.mask_layer: torch.from_numpy(np.ascontiguousarray(masks[s:s + bs]))}):

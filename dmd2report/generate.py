@@ -139,7 +139,7 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
             for i, (z, c) in prefetch(load, todo):
                 sl = slice(i * cs, min((i + 1) * cs, n))
                 c, c_reencode = c
-                feats, thumbs = _generate_chunk(net, z, c, layers, reducer, device, f.batch_size, config.report.thumb_size,
+                feats, thumbs = _generate_chunk(net, z, c, layers, reducer, device, f.batch(device), config.report.thumb_size,
                                                 bar, reencode_labels=c_reencode if f.generated == "reencode" else None)
                 ids = class_ids[sl]
                 idx, w = sparse_labels(vectors[sl])

@@ -121,7 +121,7 @@ class Run:
                                        seed=self.config.run.seed)
             self.log(f"model: {info.preset} from {info.checkpoint or 'random weights (UNTRAINED)'} on {device}")
             self._net = prepare(net, device, self.config.model.precision, self.config.model.compile,
-                                batch_hint=self.config.features.batch_size)
+                                batch_hint=self.config.features.batch(device))
             self._info = info
         return self._net
 

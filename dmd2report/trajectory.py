@@ -292,7 +292,7 @@ def build_trajectories(run, overwrite: bool = False) -> None:
 
     def path_compute(sl):
         images, feats = sample_paths(net, cfg.run.seed, seeds[sl], vectors[sl], sigmas, layers=layers,
-                                     reducer=reducer, batch_size=f.batch_size)
+                                     reducer=reducer, batch_size=f.batch(device))
         return images, feats
 
     run.log(f"[trajectory] {n} samples x {S} steps (sigmas {', '.join(f'{s:g}' for s in sigmas)})")
@@ -332,7 +332,7 @@ def build_trajectories(run, overwrite: bool = False) -> None:
 
     def ref_compute(sl):
         return noised_real(net, ref_images[sl], real_classes[ref_rows[sl]], ref_ids[sl], cfg.run.seed, sigmas,
-                           layers=layers, reducer=reducer, batch_size=f.batch_size)
+                           layers=layers, reducer=reducer, batch_size=f.batch(device))
 
     run.log(f"[trajectory] {len(ref_rows)} real references x {S} sigmas")
     _write_steps_store(out / "real", {"stage": "trajectory-real", **common, "real_store": real.manifest["config_hash"],
