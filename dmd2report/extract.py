@@ -125,7 +125,7 @@ class Reducer:
         self.pca = {l: {w: t.to(device) for w, t in d.items()} for l, d in (pca or {}).items()}
 
     def capture_mode(self, need_full: bool) -> str:
-        """What the capture itself reduces to: the spatial mean is done in the hook when nothing needs more."""
+        """What the capture itself reduces to: the spatial mean, when nothing needs the full activations."""
         return "mean" if self.mode == "mean" and not need_full else "full"
 
     def __call__(self, layer: str, a: torch.Tensor) -> torch.Tensor:

@@ -112,6 +112,8 @@ class CompiledForward:
         if not self.enabled or self.failed or force_fp32 or model_kwargs or self._hooked():
             return self.eager(x, sigma, class_labels, force_fp32, capture=capture, stop_after=stop_after, **model_kwargs)
         n = x.shape[0]
+        if n == 0:
+            return self.eager(x, sigma, class_labels, force_fp32, capture=capture, stop_after=stop_after)
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1).expand(n)
         if self.label_dim:
             labels = class_labels if class_labels is not None else torch.zeros(1, self.label_dim, device=x.device)
