@@ -63,7 +63,7 @@ def sample_noise(seed: int, indices: Sequence[int] | np.ndarray, shape: tuple[in
     for row, i in enumerate(indices):
         # SeedSequence mixes (seed, i) so that neighbouring seeds give unrelated streams.
         g.manual_seed(int(np.random.SeedSequence([int(seed), int(i)]).generate_state(1, np.uint64)[0] >> 1))
-        out[row] = torch.randn(shape, generator=g)
+        torch.randn(shape, generator=g, out=out[row])  # in place: no temporary per row
     return out
 
 
