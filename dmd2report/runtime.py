@@ -10,6 +10,7 @@ If compilation fails, the eager path is used and a warning says so.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -150,7 +151,7 @@ class CompiledForward:
         out, acts = graph(x.contiguous(), sigma.contiguous(), labels.contiguous() if labels is not None else None)
         if t0 is not None:
             graph.fresh = False
-            print(f"torch.compile: graph ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+            _say(f"torch.compile: graph ready in {time.perf_counter() - t0:.0f} s")
         if n < self.batch:
             out = out[:n] if out is not None else None
             acts = {k: v[:n] for k, v in acts.items()}
@@ -164,11 +165,16 @@ class CompiledForward:
             return eager(x, sigma, labels, capture=capture, stop_after=stop_after)
 
         what = f"capturing {', '.join(capture)}" if capture else "the full network"
-        print(f"torch.compile: compiling the network for batches of {self.batch} ({what}"
-              f"{', stopping after ' + stop_after if stop_after else ''}); once per run, about a minute",
-              file=sys.stderr, flush=True)
+        _say(f"torch.compile: compiling the network for batches of {self.batch} ({what}"
+             f"{', stopping after ' + stop_after if stop_after else ''}); once per run, about a minute")
         graph = _Graph(torch.compile(forward, fullgraph=True, dynamic=False, mode=self.mode))
         return graph
+
+
+def _say(message: str) -> None:
+    """A progress line on stderr, from one process only (under torchrun every rank compiles)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr, flush=True)
 
 
 class _Graph:
