@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from .errors import UserError
 from .layers import REDUCERS, ActivationCapture, layer_shapes, resolve_layer
-from .runtime import expect_samples
+from .runtime import stage_samples
 from .sampling import SIGMA_MAX
 from .store import BackgroundWriter, StoreWriter, load_pca, save_json, save_pca
 
@@ -309,7 +309,6 @@ def extract_real(config, net, model_checksum: str, *, overwrite: bool = False, p
             c = int(beyond.iloc[0])
             raise UserError(f"data: class id {c} ({source.class_index.name(c)}) is beyond the model's {net.label_dim} "
                             f"classes; the data's class index is {source.class_index.origin} (select classes with data.classes)")
-        expect_samples(net, len(plan))
         cs = f.chunk_size
         n_chunks = -(-len(plan) // cs)
         d = config.data
@@ -353,6 +352,7 @@ def extract_real(config, net, model_checksum: str, *, overwrite: bool = False, p
 
         todo = [i for i in range(rank, n_chunks, world) if not writer.done(i)]
         bar = Progress(sum(min(cs, len(plan) - i * cs) for i in todo), "extract real", show)
+        stage_samples(net, sum(min(cs, len(plan) - i * cs) for i in todo))  # model.compile = auto decides
         index = source.class_index
 
         def load(i):
@@ -382,6 +382,7 @@ def extract_real(config, net, model_checksum: str, *, overwrite: bool = False, p
                               full={full_layer: out["full"]}, skipped=loaded.skipped)
         finally:
             bar.close()
+            stage_samples(net, 0)
         finish_store(writer, path, index, n_chunks, info, rank, world)
     return path
 

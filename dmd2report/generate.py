@@ -32,7 +32,7 @@ from .errors import UserError
 from .extract import (Progress, Reducer, barrier, compute_key, dist_rank_world, feature_dims, finish_store, gather,
                       parse_reduce, prefetch, print_full_size, store_dir, thumbnails, to_device, versions)
 from .layers import ActivationCapture, resolve_layer
-from .runtime import expect_samples
+from .runtime import stage_samples
 from .sampling import SIGMA_MAX, condition_vectors, sample_noise
 from .store import BackgroundWriter, StoreWriter, load_pca, sparse_labels
 
@@ -118,7 +118,6 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
             print_full_size(n, dims, f.dtype, show)
     barrier(world)
     reducer = Reducer(f.reduce, f.dtype, pca, device)
-    expect_samples(net, n)
     shape = (net.img_channels, net.img_resolution, net.img_resolution)
 
     # Labels of the re-encoding pass: one-hot of the shown class, the generation vector without one.
@@ -134,6 +133,7 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
 
     todo = [i for i in range(rank, n_chunks, world) if not writer.done(i)]
     bar = Progress(sum(min(cs, n - i * cs) for i in todo), f"generate {variant}", show)
+    stage_samples(net, sum(min(cs, n - i * cs) for i in todo))  # model.compile = auto decides
     try:
         with BackgroundWriter(writer) as bg:
             for i, (z, c) in prefetch(load, todo):
@@ -155,6 +155,7 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
                           gather(thumbs, (min(config.report.thumb_size, net.img_resolution),) * 2 + (3,), torch.uint8))
     finally:
         bar.close()
+        stage_samples(net, 0)
     finish_store(writer, path, index, n_chunks, info, rank, world)
     return path
 

@@ -19,10 +19,11 @@ import torch
 
 from .errors import UserError
 
-# `model.compile = "auto"` compiles when a stage has at least this many samples to do. Measured on an
-# H200 (benchmarks/README.md): compiling the two graphs a stage uses takes ~90 s without Inductor's
-# cache and saves 0.21 ms per extracted and 0.58 ms per generated image, so it pays from ~155k
+# `model.compile = "auto"` compiles when a stage has at least this many samples to do (in this process).
+# Measured on an H200 (benchmarks/README.md): compiling the two graphs a stage uses takes ~90 s without
+# Inductor's cache and saves 0.21 ms per extracted and 0.58 ms per generated image, so it pays from ~155k
 # generated / ~430k extracted images on a fresh machine, sooner once Inductor's on-disk cache holds them.
+# This threshold sits between the two.
 AUTO_COMPILE_MIN_SAMPLES = 200_000
 COMPILE_MODES = ("auto", "on", "off")
 
@@ -64,12 +65,14 @@ def use_box_resampling(net: torch.nn.Module) -> None:
             m.box_resample = bool(f.shape[-2:] == (2, 2) and torch.all(f == 0.25))
 
 
-def expect_samples(net: torch.nn.Module, n: int) -> None:
-    """A stage announces how many samples it will run: `model.compile = "auto"` switches the
-    compiled graphs on from AUTO_COMPILE_MIN_SAMPLES samples (it never switches them off)."""
+def stage_samples(net: torch.nn.Module, n: int) -> None:
+    """A stage announces how many samples this process will run (0 when it ends). With
+    `model.compile = "auto"` the compiled graphs are used during stages of AUTO_COMPILE_MIN_SAMPLES
+    or more and the eager network elsewhere (small stages would not repay compiling a new graph,
+    nor padding small batches to the compiled size)."""
     fwd = net.__dict__.get("forward_capture")
-    if isinstance(fwd, CompiledForward) and fwd.auto and n >= AUTO_COMPILE_MIN_SAMPLES:
-        fwd.enabled = True
+    if isinstance(fwd, CompiledForward) and fwd.auto:
+        fwd.enabled = n >= AUTO_COMPILE_MIN_SAMPLES
 
 
 def compile_forward(net: torch.nn.Module, batch: int, enabled: bool = True, mode: str | None = None) -> CompiledForward:
@@ -82,6 +85,10 @@ def compile_forward(net: torch.nn.Module, batch: int, enabled: bool = True, mode
     return fwd
 
 
+class _CompileFailed(Exception):
+    pass
+
+
 class CompiledForward:
     """`forward_capture` as whole-network graphs of one static batch size.
 
@@ -89,47 +96,53 @@ class CompiledForward:
     `fullgraph=True, dynamic=False`: a static shape lets Inductor specialise every kernel, and a
     batch of another size is cut into pieces of `batch` with the last one padded (repeating its last
     row; padded rows are dropped), so a chunk's short last batch costs no recompilation.
-    The eager method runs instead while masking hooks are installed (masked generation is small
-    work) and after a compilation failure.
+    The eager method runs instead while any forward hook is installed in the network (masking:
+    the graphs know nothing of hooks added later), for `force_fp32`, and, with a warning, after a
+    graph failed to compile. Errors of a compiled graph that did compile (out of memory, say) are
+    raised as they are.
     """
 
     def __init__(self, net: torch.nn.Module, batch: int, enabled: bool = True, mode: str | None = None):
-        from .models.unet import UNetBlock
-
         self.eager = net.forward_capture  # the bound method of the class
         self.batch = int(batch)
         self.enabled = enabled
         self.auto = not enabled
         self.mode = mode
         self.failed = False
-        self.graphs: dict[tuple, object] = {}
-        self.blocks = [m for m in net.modules() if isinstance(m, UNetBlock)]
+        self.graphs: dict[tuple, _Graph] = {}
+        self.modules = list(net.modules())
         self.label_dim = net.label_dim
+        # Every graph compiles the same Python function (one per key and per network): Dynamo counts
+        # them as recompilations of one code object, 8 by default, after which fullgraph fails.
+        cfg = torch._dynamo.config
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(cfg, name):
+                setattr(cfg, name, max(getattr(cfg, name), 64))
 
     def _hooked(self) -> bool:
-        return any(b._forward_hooks or b._forward_pre_hooks for b in self.blocks)
+        from torch.nn.modules import module as nn_module
+
+        return bool(nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks or
+                    any(m._forward_hooks or m._forward_pre_hooks for m in self.modules))
 
     def __call__(self, x, sigma, class_labels=None, force_fp32=False, capture=(), stop_after=None, **model_kwargs):
-        if not self.enabled or self.failed or force_fp32 or model_kwargs or self._hooked():
-            return self.eager(x, sigma, class_labels, force_fp32, capture=capture, stop_after=stop_after, **model_kwargs)
+        key = (tuple(capture), stop_after)
         n = x.shape[0]
-        if n == 0:
-            return self.eager(x, sigma, class_labels, force_fp32, capture=capture, stop_after=stop_after)
+        if not self.enabled or self.failed or n == 0 or force_fp32 or model_kwargs or self._hooked():
+            return self.eager(x, sigma, class_labels, force_fp32, capture=capture, stop_after=stop_after, **model_kwargs)
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1).expand(n)
         if self.label_dim:
             labels = class_labels if class_labels is not None else torch.zeros(1, self.label_dim, device=x.device)
             labels = labels.to(torch.float32).reshape(-1, self.label_dim).expand(n, -1)
         else:
             labels = None
-        key = (tuple(capture), stop_after)
         try:
             pieces = [self._run(key, x[s:s + self.batch], sigma[s:s + self.batch],
                                 labels[s:s + self.batch] if labels is not None else None)
                       for s in range(0, n, self.batch)]
-        except Exception as e:  # a backend failure: warn once, go on eager
-            if isinstance(e, UserError):
-                raise
+        except _CompileFailed as e:  # a backend failure: warn once, go on eager
             self.failed = True
+            e = e.__cause__
             warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:160]}); running eager")
             return self.eager(x, sigma, class_labels, force_fp32, capture=capture, stop_after=stop_after)
         if len(pieces) == 1:
@@ -147,11 +160,22 @@ class CompiledForward:
         graph = self.graphs.get(key)
         if graph is None:
             graph = self.graphs[key] = self._compile(key)
-        t0 = time.perf_counter() if getattr(graph, "fresh", False) else None
-        out, acts = graph(x.contiguous(), sigma.contiguous(), labels.contiguous() if labels is not None else None)
-        if t0 is not None:
+        args = x.contiguous(), sigma.contiguous(), labels.contiguous() if labels is not None else None
+        if graph.fresh:  # the first call compiles: a failure here is the compiler's
+            t0 = time.perf_counter()
+            try:
+                out, acts = graph.fn(*args)
+            except UserError:
+                raise
+            except Exception as e:
+                raise _CompileFailed from e
             graph.fresh = False
             _say(f"torch.compile: graph ready in {time.perf_counter() - t0:.0f} s")
+        else:
+            out, acts = graph.fn(*args)
+        if self.mode == "reduce-overhead":  # CUDA graphs reuse their output buffers on the next replay
+            out = out.clone() if out is not None else None
+            acts = {k: v.clone() for k, v in acts.items()}
         if n < self.batch:
             out = out[:n] if out is not None else None
             acts = {k: v[:n] for k, v in acts.items()}
@@ -167,8 +191,7 @@ class CompiledForward:
         what = f"capturing {', '.join(capture)}" if capture else "the full network"
         _say(f"torch.compile: compiling the network for batches of {self.batch} ({what}"
              f"{', stopping after ' + stop_after if stop_after else ''}); once per run, about a minute")
-        graph = _Graph(torch.compile(forward, fullgraph=True, dynamic=False, mode=self.mode))
-        return graph
+        return _Graph(torch.compile(forward, fullgraph=True, dynamic=False, mode=self.mode))
 
 
 def _say(message: str) -> None:
@@ -183,6 +206,3 @@ class _Graph:
     def __init__(self, fn):
         self.fn = fn
         self.fresh = True
-
-    def __call__(self, *args):
-        return self.fn(*args)

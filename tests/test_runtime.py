@@ -13,7 +13,7 @@ from dmd2report.models import EDMPrecond
 from dmd2report.runtime import (
     AUTO_COMPILE_MIN_SAMPLES,
     compile_forward,
-    expect_samples,
+    stage_samples,
     prepare,
 )
 
@@ -58,9 +58,64 @@ def test_auto_compiles_only_large_stages():
     net, _ = _tiny()
     fwd = compile_forward(net, batch=4, enabled=False)
     fwd.auto = True
-    expect_samples(net, AUTO_COMPILE_MIN_SAMPLES - 1)
+    stage_samples(net, AUTO_COMPILE_MIN_SAMPLES - 1)
     assert not fwd.enabled
-    expect_samples(net, AUTO_COMPILE_MIN_SAMPLES)
+    stage_samples(net, AUTO_COMPILE_MIN_SAMPLES)
     assert fwd.enabled
+    stage_samples(net, 0)  # the stage ended: later small work runs eager
+    assert not fwd.enabled
     # On the CPU nothing is compiled, whatever the setting; a bad setting is a clear error.
     assert "forward_capture" not in prepare(_tiny()[0], torch.device("cpu"), compile="on").__dict__
+
+
+def test_any_hook_in_the_network_runs_eager():
+    """Masking the first encoder layer (a Conv2d, not a UNetBlock) must not be bypassed by a graph."""
+    net, v = _tiny()
+    fwd = compile_forward(net, batch=4)
+    assert not fwd._hooked()
+    with mask_layers(net, {"enc.16x16_conv": torch.zeros(32, 16, 16)}):
+        assert fwd._hooked()
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: None)
+    try:
+        assert fwd._hooked()
+    finally:
+        handle.remove()
+    assert not fwd._hooked()
+
+
+def test_compile_failure_falls_back_but_runtime_errors_surface(monkeypatch):
+    import dmd2report.runtime as runtime
+
+    net, v = _tiny()
+    x, sigma, labels = v["input.x"], v["input.sigma"], v["input.class_labels"]
+
+    def broken_backend(fn, **kw):
+        def compiled(*a):
+            raise RuntimeError("backend exploded")
+        return compiled
+
+    monkeypatch.setattr(runtime.torch, "compile", broken_backend)
+    fwd = compile_forward(net, batch=8)
+    with pytest.warns(UserWarning, match="torch.compile failed .*backend exploded.*running eager"), torch.no_grad():
+        out = net(x, sigma, labels)
+    torch.testing.assert_close(out, v["output.D_x"], atol=1e-5, rtol=0)  # the eager network answered
+    assert fwd.failed
+
+    calls = []
+
+    def flaky_backend(fn, **kw):  # compiles fine, then fails while running (out of memory, say)
+        def compiled(*a):
+            calls.append(1)
+            if len(calls) > 1:
+                raise RuntimeError("CUDA out of memory")
+            return fn(*a)
+        return compiled
+
+    monkeypatch.setattr(runtime.torch, "compile", flaky_backend)
+    net, _ = _tiny()
+    fwd = compile_forward(net, batch=8)
+    with torch.no_grad():
+        net(x, sigma, labels)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            net(x, sigma, labels)
+    assert not fwd.failed

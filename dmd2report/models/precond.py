@@ -40,8 +40,8 @@ class EDMPrecond(torch.nn.Module):
                         **model_kwargs):
         """(D(x), {block name: output}); D(x) is None when the pass stopped after `stop_after`.
 
-        `runtime.prepare(compile=True)` replaces this method on the instance by a compiled version,
-        which `forward` then uses too."""
+        On CUDA, `runtime.prepare` (unless `model.compile = "off"`) replaces this method on the
+        instance by `runtime.CompiledForward`, which `forward` then goes through too."""
         x = x.to(torch.float32)
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
         sigma = sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma
