@@ -143,7 +143,8 @@ class CompiledForward:
         except _CompileFailed as e:  # a backend failure: warn once, go on eager
             self.failed = True
             e = e.__cause__
-            warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:160]}); running eager")
+            first_line = (str(e).splitlines() or [""])[0][:160]
+            warnings.warn(f"torch.compile failed ({type(e).__name__}: {first_line}); running eager", stacklevel=2)
             return self.eager(x, sigma, class_labels, force_fp32, capture=capture, stop_after=stop_after)
         if len(pieces) == 1:
             return pieces[0]
