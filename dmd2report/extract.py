@@ -351,8 +351,9 @@ def extract_real(config, net, model_checksum: str, *, overwrite: bool = False, p
         full_shape = block_shapes(net)[resolve_layer(net, full_layer)]
 
         todo = [i for i in range(rank, n_chunks, world) if not writer.done(i)]
-        bar = Progress(sum(min(cs, len(plan) - i * cs) for i in todo), "extract real", show)
-        stage_samples(net, sum(min(cs, len(plan) - i * cs) for i in todo))  # model.compile = auto decides
+        remaining = sum(min(cs, len(plan) - i * cs) for i in todo)
+        bar = Progress(remaining, "extract real", show)
+        stage_samples(net, remaining)  # model.compile = auto decides
         index = source.class_index
 
         def load(i):

@@ -132,8 +132,9 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
                                                                    torch.from_numpy(reencode_vectors[sl]))
 
     todo = [i for i in range(rank, n_chunks, world) if not writer.done(i)]
-    bar = Progress(sum(min(cs, n - i * cs) for i in todo), f"generate {variant}", show)
-    stage_samples(net, sum(min(cs, n - i * cs) for i in todo))  # model.compile = auto decides
+    remaining = sum(min(cs, n - i * cs) for i in todo)
+    bar = Progress(remaining, f"generate {variant}", show)
+    stage_samples(net, remaining)  # model.compile = auto decides
     try:
         with BackgroundWriter(writer) as bg:
             for i, (z, c) in prefetch(load, todo):

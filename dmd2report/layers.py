@@ -89,7 +89,7 @@ class ActivationCapture:
     `midblock` needs about 60 of the full network's 219 GFLOPs.
 
     The blocks' outputs come back from the network's `forward_capture` (no hooks), so a compiled
-    network (`runtime.prepare(compile=True)`) captures inside its one graph. Usable as a context
+    network (`model.compile`, runtime.CompiledForward) captures inside its one graph. Usable as a context
     manager, as it was when it installed hooks.
     """
 
