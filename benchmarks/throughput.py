@@ -272,15 +272,18 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/bench")))
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
-    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=0, help="0: the automatic batch (features.batch_size = 0)")
     ap.add_argument("--profile", action="store_true", help="also print the top kernels of one compiled batch")
     ap.add_argument("--cudagraphs", action="store_true",
                     help="compile with CUDA graphs (torch.compile mode reduce-overhead) instead of the default")
+    ap.add_argument("--ablate-cudagraphs", action="store_true",
+                    help="also time extraction (no subsets) and class generation end to end with the other CUDA-graph setting")
     args = ap.parse_args()
     from dmd2report.runtime import compile_forward, prepare
 
     assert torch.cuda.is_available(), "run on a CUDA machine"
     dev = torch.device("cuda")
+    args.batch = args.batch or Config().features.batch(dev)
     work = Path(tempfile.mkdtemp(prefix="dmd2bench-"))
     n_seed, n_fp32 = (64, 512) if args.quick else (256, 2048)
     n_gen, n_ext = (2048, 8192) if args.quick else (16384, 61440)
@@ -310,7 +313,7 @@ def main():
 
     fast = build_preset("dmd2-imagenet64")
     fast.load_state_dict(net_cpu.state_dict())
-    fast = prepare(fast, dev, "auto", compile="on", batch_hint=args.batch)
+    fast = prepare(fast, dev, "auto", compile="off" if args.cudagraphs else "on", batch_hint=args.batch)
     if args.cudagraphs:
         compile_forward(fast, args.batch, mode="reduce-overhead")
     results["cudagraphs"] = args.cudagraphs
@@ -362,8 +365,28 @@ def main():
     cfg.features.generated = "reencode"
     rows["optimised gen class, reencode"] = optimised_generate(fast, cfg, "class", n_gen)
     print("class, reencode", rows["optimised gen class, reencode"], flush=True)
+    profiled = fast
+    if args.ablate_cudagraphs:  # the same network with the other CUDA-graph setting, end to end
+        alt = build_preset("dmd2-imagenet64")
+        alt.load_state_dict(net_cpu.state_dict())
+        alt = prepare(alt, dev, "auto", compile="on" if args.cudagraphs else "off", batch_hint=args.batch)
+        if not args.cudagraphs:
+            compile_forward(alt, args.batch, mode="reduce-overhead")
+        tag = "without" if args.cudagraphs else "with"
+        optimised_extract(alt, bench_config(work / "warm2", work / "npz", 2 * args.batch, args.batch))
+        warm = bench_config(work / "warm2", work / "npz", 2 * args.batch, args.batch)
+        warm.features.generated = "generation"
+        optimised_generate(alt, warm, "class", args.batch)
+        lean = bench_config(work / "lean2", work / "npz", n_ext, args.batch)
+        lean.features.full_per_class, lean.features.recon_per_class = 0, 0
+        rows[f"optimised extract, no subsets, {tag} CUDA graphs"] = optimised_extract(alt, lean)
+        gen = bench_config(work / "run2", work / "npz", n_ext, args.batch)
+        gen.features.generated = "generation"
+        rows[f"optimised gen class, {tag} CUDA graphs"] = optimised_generate(alt, gen, "class", n_gen)
+        print(tag, "CUDA graphs", {k: round(v["img_s"]) for k, v in rows.items() if "CUDA graphs" in k}, flush=True)
+        profiled = fast if not args.cudagraphs else alt  # kernels as launched one by one
     if args.profile:
-        text = "\n".join(f"== {what} ==\n" + profile_top(fast, args.batch, what == "extract")
+        text = "\n".join(f"== {what} ==\n" + profile_top(profiled, args.batch, what == "extract")
                          for what in ("extract", "generate"))
         (args.out / "profile.txt").write_text(text)
         print(text, flush=True)

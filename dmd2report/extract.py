@@ -426,6 +426,30 @@ def _extract_chunk(net, images, rows: pd.DataFrame, layers, full_layer, full_sha
             "full": gather(full, tuple(full_shape), torch.float32)}
 
 
-def gather(parts: list[torch.Tensor], row_shape: tuple, dtype: torch.dtype) -> np.ndarray:
-    """Concatenate a chunk's device tensors and copy them to the host once (an empty chunk too)."""
-    return host(torch.cat(parts)) if parts else np.zeros((0, *row_shape), torch.empty(0, dtype=dtype).numpy().dtype)
+class HostCopy:
+    """A device tensor's copy into pinned host memory, under way.
+
+    The chunk loop hands these to the store's writer thread instead of numpy arrays, so that it
+    never waits for the GPU at a chunk's end: it queues the next chunk's batches while this chunk's
+    results travel, and the writer waits (`numpy`). The device memory may be reused at once: later
+    kernels on the same stream run after the copy.
+    """
+
+    def __init__(self, t: torch.Tensor):
+        self.host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        self.host.copy_(t, non_blocking=True)
+        self.copied = torch.cuda.Event()
+        self.copied.record()
+
+    def numpy(self) -> np.ndarray:
+        self.copied.synchronize()
+        return self.host.numpy()
+
+
+def gather(parts: list[torch.Tensor], row_shape: tuple, dtype: torch.dtype) -> np.ndarray | HostCopy:
+    """Concatenate a chunk's device tensors and copy them to the host once (an empty chunk too).
+    From a GPU the copy is asynchronous: a HostCopy, which the store's writer waits for."""
+    if not parts:
+        return np.zeros((0, *row_shape), torch.empty(0, dtype=dtype).numpy().dtype)
+    t = torch.cat(parts)
+    return HostCopy(t) if t.is_cuda else host(t)

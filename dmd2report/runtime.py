@@ -103,7 +103,8 @@ class CompiledForward:
     """
 
     def __init__(self, net: torch.nn.Module, batch: int, enabled: bool = True, mode: str | None = None):
-        self.eager = net.forward_capture  # the bound method of the class
+        # The bound method of the class (also when `net` was compiled before: never a graph of a graph).
+        self.eager = type(net).forward_capture.__get__(net)
         self.batch = int(batch)
         self.enabled = enabled
         self.auto = not enabled

@@ -175,8 +175,14 @@ class StoreWriter:
     def write_chunk(self, i: int, features: dict[str, np.ndarray], meta: pd.DataFrame, thumbs: np.ndarray,
                     recon: np.ndarray | None = None, full: dict[str, np.ndarray] | None = None,
                     skipped: list[dict] | None = None) -> None:
-        """Write chunk i's files, then its marker. On failure none of the chunk's files remain."""
+        """Write chunk i's files, then its marker. On failure none of the chunk's files remain.
+
+        Arrays may be host copies still under way (extract.HostCopy); they are waited for here, on the
+        writer thread."""
         name = chunk_name(i)
+        features = {layer: host_array(a) for layer, a in features.items()}
+        thumbs, recon = host_array(thumbs), host_array(recon)
+        full = {layer: host_array(a) for layer, a in (full or {}).items()}
         files: list[tuple[Path, Callable]] = []
         for layer, a in features.items():
             files.append((self.path / "features" / layer / f"{name}.npy", lambda p, a=a: save_npy(p, a)))
@@ -237,6 +243,12 @@ def _key_diff(old: dict, new: dict) -> str:
     walk(old, new, "")
     diffs.sort(key=lambda d: d[0])
     return "; ".join(d for _, d in diffs[:3]) or "an older format"
+
+
+def host_array(a):
+    """A numpy array (or None) from an array or from a host copy under way (extract.HostCopy: its
+    `numpy()` waits for the copy to arrive)."""
+    return a if a is None or isinstance(a, np.ndarray) else a.numpy()
 
 
 class BackgroundWriter:

@@ -37,8 +37,8 @@ def nets():
     for compile in ("off", "on"):
         net = build_preset("dmd2-imagenet64")
         net.load_state_dict(ref_net.state_dict())
-        # The benchmarks' batch (n = 32 runs padded): the same graphs, so a device run compiles them once.
-        fast[compile] = prepare(net, dev, "auto", compile=compile, batch_hint=512)
+        # The default batch on an H200 (n = 32 runs padded): the benchmarks' graphs, so a device run compiles them once.
+        fast[compile] = prepare(net, dev, "auto", compile=compile, batch_hint=1024)
     ref_net = ref_net.eval().requires_grad_(False).to(dev)
     ref_net.use_fp16 = False
     return ref_net, fast
@@ -73,7 +73,7 @@ def test_optimised_path_matches_float32(nets, mode, compile):
         assert rel < ACTIVATION_REL_TOL, (k, rel)
 
 
-@pytest.mark.parametrize("n", [20, 70])  # a padded batch; two whole batches and a padded one
+@pytest.mark.parametrize("n", [20, 70])  # batches padded to the compiled size
 def test_compiled_extraction_early_exit_and_odd_batches(nets, n):
     ref_net, fast = nets
     fast = fast["on"]
@@ -90,3 +90,55 @@ def test_compiled_extraction_early_exit_and_odd_batches(nets, n):
         assert b.activations[k].shape == a.activations[k].shape
         assert _rel(b.activations[k], a.activations[k]) < ACTIVATION_REL_TOL
     assert fast.forward_capture.enabled and not fast.forward_capture.failed and fast.forward_capture.graphs
+
+
+def test_store_stages_on_cuda_match_float32(nets, tmp_path):
+    """`extract` and `generate` on CUDA with the compiled network (several chunks, host copies under
+    way while the next chunk runs) store what the float32 network stores: features and the masking
+    subsets within the tolerances, metadata and input thumbnails exactly."""
+    import numpy as np
+
+    from dmd2report.config import load_config
+    from dmd2report.extract import extract_real
+    from dmd2report.generate import generate_set
+    from dmd2report.store import Store
+
+    ref_net, fast = nets
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    rng = np.random.default_rng(3)
+    n = 80
+    (tmp_path / "npz").mkdir()
+    images = np.repeat(np.repeat(rng.integers(0, 256, (n, 3, 8, 8), dtype=np.uint8), 8, axis=2), 8, axis=3)
+    np.savez(tmp_path / "npz" / "train_data_batch_1.npz", data=images.reshape(n, -1), labels=rng.integers(1, 1001, n))
+
+    def stores(net, name):
+        config = load_config(None, {
+            "run.workdir": str(tmp_path / name), "run.device": "cuda", "model.preset": "dmd2-imagenet64",
+            "data.source": "imagenet64-npz", "data.path": str(tmp_path / "npz"), "data.max_samples": 0,
+            "features.batch_size": 1024, "features.chunk_size": 32, "features.generated": "generation",
+            "report.thumb_size": 16})
+        real = Store(extract_real(config, net, "m", progress=False))
+        gen = Store(generate_set(config, net, "m", "class", np.arange(40) * 7, np.arange(40), progress=False))
+        return real, gen
+
+    ref_real, ref_gen = stores(ref_net, "float32")
+    real, gen = stores(fast["on"], "compiled")
+    assert fast["on"].forward_capture.graphs and not fast["on"].forward_capture.failed
+    for ref, got in ((ref_real, real), (ref_gen, gen)):
+        assert len(got) == len(ref) > 32  # more than one chunk
+        pd_ref, pd_got = ref.metadata(), got.metadata()
+        for column in ("sample_id", "class_id", "synset", "source", "has_full", "has_recon"):
+            assert pd_got[column].tolist() == pd_ref[column].tolist(), column
+        for layer in ref.layers:
+            a, b = ref.features(layer).astype(np.float32), got.features(layer).astype(np.float32)
+            assert np.isfinite(b).all() and np.abs(b).max() > 0
+            assert np.linalg.norm(b - a) / np.linalg.norm(a) < ACTIVATION_REL_TOL, layer
+    assert np.array_equal(real.thumbnails(), ref_real.thumbnails())  # thumbnails of the input images
+    (ids_ref, full_ref), (ids, full) = ref_real.full_activations(), real.full_activations()
+    assert np.array_equal(ids, ids_ref) and len(ids) > 32
+    assert np.linalg.norm(full - full_ref) / np.linalg.norm(full_ref) < ACTIVATION_REL_TOL
+    (ids_ref, recon_ref), (ids, recon) = ref_real.reconstructions(), real.reconstructions()
+    assert np.array_equal(ids, ids_ref) and len(ids) > 32
+    assert np.abs(recon.astype(int) - recon_ref.astype(int)).mean() < 2  # grey levels
+    assert np.abs(gen.thumbnails().astype(int) - ref_gen.thumbnails().astype(int)).mean() < 2  # grey levels
