@@ -19,7 +19,7 @@ case "${1:-tests}" in
   forward)
     timeout 560 python benchmarks/forward.py --out "$OUT" 2>&1 | quiet | tee "$OUT/forward.log" ;;
   throughput)
-    timeout 570 python benchmarks/throughput.py --profile --out "$OUT" 2>&1 | quiet | tee "$OUT/throughput.log" ;;
+    timeout 570 python benchmarks/throughput.py --profile --busy --out "$OUT" 2>&1 | quiet | tee "$OUT/throughput.log" ;;
   scaling)
     timeout 570 python benchmarks/scaling.py --gpus "${SCALING:-1,2}" --out "$OUT" 2>&1 | tee "$OUT/scaling.log" ;;
 esac

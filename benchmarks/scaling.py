@@ -1,7 +1,7 @@
 """Scaling of extraction and generation over the GPUs of one host, through torchrun.
 
     PYTHONPATH=. python benchmarks/scaling.py --gpus 1,2,4 --out $OUT
-    PYTHONPATH=. python benchmarks/scaling.py --gpus 1,2 --device cpu --preset demo --n-extract 256 --n-generate 128
+    PYTHONPATH=. python benchmarks/scaling.py --gpus 1,2 --device cpu --preset demo --n-extract 256 --n-generate 128 --batch 32 --chunk 64
 
 For each GPU count N it launches `torchrun --nproc_per_node=N` on this same file (`--worker`), which runs
 the stage functions `dmd2report extract` and `generate` use (each rank takes every N-th chunk and writes
@@ -44,6 +44,7 @@ def worker(args) -> None:
     dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     device = resolve_device(args.device)
+    args.batch = args.batch or Config().features.batch(device)
     net = prepare(random_weights(build_preset(args.preset)), device, "auto", compile=args.compile,
                   batch_hint=args.batch)
 
@@ -107,7 +108,7 @@ def main() -> None:
     ap.add_argument("--preset", default="dmd2-imagenet64")
     ap.add_argument("--n-extract", type=int, default=65536)
     ap.add_argument("--n-generate", type=int, default=16384)
-    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=0, help="0: the automatic batch (features.batch_size = 0)")
     ap.add_argument("--chunk", type=int, default=4096)
     ap.add_argument("--compile", default="on", choices=["auto", "on", "off"], help="model.compile of every rank")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/scaling")))
@@ -118,13 +119,23 @@ def main() -> None:
     if args.worker:
         return worker(args)
 
+    counts = [int(g) for g in args.gpus.split(",")]
+    for stage, total in (("extract", args.n_extract), ("generate", args.n_generate)):
+        chunks = -(-total // args.chunk)
+        uneven = [n for n in counts if chunks % n]
+        if total % args.chunk or uneven:
+            # Ranks take whole chunks (r, r + N, ...): with fewer chunks than ranks, or a remainder,
+            # some GPUs idle and the "efficiency" measures the split, not the scaling.
+            n = uneven[0] if uneven else max(counts)
+            sys.exit(f"--n-{stage} {total} in chunks of {args.chunk} makes {chunks} chunk(s)"
+                     f"{', the last one partial' if total % args.chunk else ''}, which {n} processes cannot share "
+                     f"evenly; use a multiple of {args.chunk} x {n}")
     root = Path(tempfile.mkdtemp(prefix="dmd2scale-"))
     npz = root / "npz"
     if args.preset != "demo":
         from throughput import write_npz
 
         write_npz(npz, args.n_extract)
-    counts = [int(g) for g in args.gpus.split(",")]
     results = {}
     for n in counts:
         work = root / f"w{n}"

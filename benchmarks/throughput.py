@@ -268,6 +268,35 @@ def profile_top(net, batch: int, early_exit: bool, rows: int = 14) -> str:
     return prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=70)
 
 
+def gpu_busy(stage) -> dict:
+    """How much of an end-to-end stage's wall time the GPU spends running kernels and copies (the union
+    of their intervals, from CUPTI), and its longest idle gaps: what the pipeline around the network costs."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        stage()
+        sync()
+        wall = time.perf_counter() - t0
+    spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == DeviceType.CUDA)
+    busy, gaps, end = 0.0, [], None
+    for a, b in spans:
+        if end is None or a > end:
+            if end is not None:
+                gaps.append(a - end)
+            busy += b - a
+            end = b
+        elif b > end:
+            busy += b - end
+            end = b
+    gaps.sort(reverse=True)
+    return {"wall_s": wall, "gpu_busy_s": busy / 1e6, "busy_fraction": busy / 1e6 / wall,
+            "longest_gaps_ms": [g / 1e3 for g in gaps[:5]], "gaps_over_1ms": sum(g > 1e3 for g in gaps),
+            "idle_in_gaps_over_1ms_s": sum(g for g in gaps if g > 1e3) / 1e6}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/bench")))
@@ -276,6 +305,8 @@ def main():
     ap.add_argument("--profile", action="store_true", help="also print the top kernels of one compiled batch")
     ap.add_argument("--cudagraphs", action="store_true",
                     help="compile with CUDA graphs (torch.compile mode reduce-overhead) instead of the default")
+    ap.add_argument("--busy", action="store_true",
+                    help="also profile one extraction and one generation stage end to end: the GPU's busy fraction and idle gaps")
     ap.add_argument("--ablate-cudagraphs", action="store_true",
                     help="also time extraction (no subsets) and class generation end to end with the other CUDA-graph setting")
     args = ap.parse_args()
@@ -365,6 +396,15 @@ def main():
     cfg.features.generated = "reencode"
     rows["optimised gen class, reencode"] = optimised_generate(fast, cfg, "class", n_gen)
     print("class, reencode", rows["optimised gen class, reencode"], flush=True)
+    if args.busy:  # where the end-to-end rate loses against the model-only one
+        busy_ext = bench_config(work / "busy", work / "npz", 4 * 4096, args.batch)
+        busy_ext.features.full_per_class, busy_ext.features.recon_per_class = 0, 0
+        results["busy_extract"] = gpu_busy(lambda: optimised_extract(fast, busy_ext))
+        busy_gen = bench_config(work / "busy", work / "npz", 4 * 4096, args.batch)
+        busy_gen.features.generated = "generation"
+        results["busy_generate"] = gpu_busy(lambda: optimised_generate(fast, busy_gen, "class", 4 * 4096))
+        print("busy", {k: results[k] for k in ("busy_extract", "busy_generate")}, flush=True)
+        save()
     profiled = fast
     if args.ablate_cudagraphs:  # the same network with the other CUDA-graph setting, end to end
         alt = build_preset("dmd2-imagenet64")

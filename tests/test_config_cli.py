@@ -91,3 +91,17 @@ def test_demo_subcommands_pass_their_arguments(tmp_path):
         assert z["data"].shape == (24, 3 * 32 * 32) and sorted(set(z["labels"].tolist())) == list(range(1, 13))
     r = CliRunner().invoke(cli, ["demo-train", "--no-such-option"])
     assert r.exit_code == 2  # argparse's usage error, from the training script itself
+
+
+@pytest.mark.parametrize("gib, expected", [(139, 1024), (80, 1024), (40, 512), (24, 512), (16, 256)])
+def test_automatic_batch_follows_gpu_memory(monkeypatch, gib, expected):
+    # features.batch_size = 0: a batch that fits the GPU (~27 GiB at 1024 for the full model), 256 off CUDA
+    class Props:
+        total_memory = gib * 2**30
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props())
+    f = Config().features
+    assert f.batch(torch.device("cuda", 0)) == expected and f.batch("cuda") == expected
+    assert f.batch(torch.device("cpu")) == 256
+    f.batch_size = 64
+    assert f.batch(torch.device("cuda")) == 64
