@@ -110,7 +110,7 @@ def group_norm_f32(x, num_groups: int, weight, bias, eps: float):
     memory badly. Per-channel mean and variance reduce over pixels with consecutive channels side by
     side (coalesced), and the group's statistics follow exactly from them (equal counts per channel:
     the group mean is the mean of channel means, the group variance the mean of channel variances
-    plus the channel means' spread). Eager, and in float32 on the CPU, ATen's kernel runs as is.
+    plus the channel means' spread). Eager, ATen's kernel runs as is.
     """
     if not (COMPILED_CHANNEL_STATS and torch.compiler.is_compiling()):
         return F.group_norm(x.float(), num_groups, weight.float(), bias.float(), eps)
