@@ -109,6 +109,27 @@ def _mask_self(d2: torch.Tensor, q0: int, b0: int) -> None:
         d2[r - q0, r - b0] = float("inf")
 
 
+def _distance_blocks(p: _Prepared, q0: int, q1: int, cols: int, exclude_self: bool):
+    """Yield (b0, b1, squared distances of queries q0:q1 to base points b0:b1), each point itself
+    at infinity with `exclude_self`."""
+    n_b = len(p.b)
+    for b0 in range(0, n_b, cols):
+        b1 = min(b0 + cols, n_b)
+        d2 = p.sq_block(q0, q1, b0, b1)
+        if exclude_self:
+            _mask_self(d2, q0, b0)
+        yield b0, b1, d2
+
+
+def _keep_nearest(best_d, best_i, top_d, top_i, k: int):
+    """The k smallest of a row's running selection and a block's candidates (distances, indices)."""
+    best_d, best_i = torch.cat([best_d, top_d], dim=1), torch.cat([best_i, top_i], dim=1)
+    if best_d.shape[1] > k:
+        best_d, j = torch.topk(best_d, k, dim=1, largest=False)
+        best_i = best_i.gather(1, j)
+    return best_d, best_i
+
+
 def knn(queries, base=None, k: int = 1, *, exclude_self: bool = False, device=None,
         max_block_bytes: int = DEFAULT_BLOCK_BYTES) -> tuple[np.ndarray, np.ndarray]:
     """The k nearest base points of every query: (distances float32 (Q, k), indices int64 (Q, k)),
@@ -137,17 +158,9 @@ def knn_tensors(p: _Prepared, k: int, exclude_self: bool, max_block_bytes: int):
         q1 = min(q0 + rows, n_q)
         best_d = torch.full((q1 - q0, 0), float("inf"), device=p.device)
         best_i = torch.empty((q1 - q0, 0), dtype=torch.int64, device=p.device)
-        for b0 in range(0, n_b, cols):
-            b1 = min(b0 + cols, n_b)
-            d2 = p.sq_block(q0, q1, b0, b1)
-            if exclude_self:
-                _mask_self(d2, q0, b0)
+        for b0, b1, d2 in _distance_blocks(p, q0, q1, cols, exclude_self):
             top_d, top_j = torch.topk(d2, min(k, b1 - b0), dim=1, largest=False)
-            best_d = torch.cat([best_d, top_d], dim=1)
-            best_i = torch.cat([best_i, top_j + b0], dim=1)
-            if best_d.shape[1] > k:
-                best_d, j = torch.topk(best_d, k, dim=1, largest=False)
-                best_i = best_i.gather(1, j)
+            best_d, best_i = _keep_nearest(best_d, best_i, top_d, top_j + b0, k)
         # Recompute the chosen distances directly, then order by them (ties keep the selection order).
         dq = p.q[q0:q1].repeat_interleave(k, dim=0)
         exact = direct_sq_dist(dq, p.b[best_i.reshape(-1)]).reshape(q1 - q0, k)
@@ -206,11 +219,7 @@ def within_radius_tensors(p: _Prepared, radii: torch.Tensor, radius_of: str, cap
         q1 = min(q0 + rows, n_q)
         best_d = torch.empty((q1 - q0, 0), device=p.device)
         best_i = torch.empty((q1 - q0, 0), dtype=torch.int64, device=p.device)
-        for b0 in range(0, n_b, cols):
-            b1 = min(b0 + cols, n_b)
-            d2 = p.sq_block(q0, q1, b0, b1)
-            if exclude_self:
-                _mask_self(d2, q0, b0)
+        for b0, b1, d2 in _distance_blocks(p, q0, q1, cols, exclude_self):
             band = p.band(q0, q1, b0, b1)
             for c in range(n_r):
                 if radius_of == "base":
@@ -228,11 +237,8 @@ def within_radius_tensors(p: _Prepared, radii: torch.Tensor, radius_of: str, cap
                 if cap > 0 and c == 0:
                     masked = d2.masked_fill(~inside, float("inf"))
                     top_d, top_j = torch.topk(masked, min(cap, b1 - b0), dim=1, largest=False)
-                    best_d = torch.cat([best_d, top_d], dim=1)
-                    best_i = torch.cat([best_i, torch.where(top_d.isinf(), -1, top_j + b0)], dim=1)
-                    if best_d.shape[1] > cap:
-                        best_d, j = torch.topk(best_d, cap, dim=1, largest=False)
-                        best_i = best_i.gather(1, j)
+                    best_d, best_i = _keep_nearest(best_d, best_i, top_d,
+                                                   torch.where(top_d.isinf(), -1, top_j + b0), cap)
         if cap > 0:
             nearest[q0:q1, :best_i.shape[1]] = best_i
     return (counts[:, 0] if squeeze else counts), nearest

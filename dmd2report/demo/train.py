@@ -165,22 +165,19 @@ def _lr(base, step, warmup):
     return base * min(1.0, (step + 1) / max(warmup, 1))
 
 
-def train_teacher(images, labels, model_cfg, cfg, device, log, seed):
-    """EDM denoiser on `images` (N,3,R,R) in [-1,1] on `device`; returns the EMA network."""
-    torch.manual_seed(seed)
-    net = EDMPrecond(**model_cfg).to(device).train()
+def _train_loop(net, cfg, device, phase: str, n_items: int, batch: int, gen_seed: int, loss_of, log, extra_record=None):
+    """Adam with warm-up and an EMA over `cfg["steps"]` steps of random batches of item indices, within
+    `cfg["max_seconds"]`, logging the mean loss every `log_every` steps (and `extra_record(ema_net)`)."""
     ema = EMA(net, cfg["ema_halflife_images"], cfg["ema_rampup"])
     opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"], betas=(0.9, 0.999), eps=1e-8)
-    gen = torch.Generator(device).manual_seed(seed)
-    batch, start, acc, seen = cfg["batch"], time.perf_counter(), torch.zeros((), device=device), 0
-    sigma_data = model_cfg["sigma_data"]
+    gen = torch.Generator(device).manual_seed(gen_seed)
+    start, acc, seen = time.perf_counter(), torch.zeros((), device=device), 0
     step = 0
     for step in range(cfg["steps"]):
-        idx = torch.randint(len(images), (batch,), device=device, generator=gen)
+        idx = torch.randint(n_items, (batch,), device=device, generator=gen)
         for g in opt.param_groups:
             g["lr"] = _lr(cfg["lr"], step, cfg["warmup_steps"])
-        with _autocast(device):
-            loss = edm_loss(net, images[idx], labels[idx], cfg["P_mean"], cfg["P_std"], sigma_data).mean()
+        loss = loss_of(idx)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -191,11 +188,25 @@ def train_teacher(images, labels, model_cfg, cfg, device, log, seed):
         last = step + 1 == cfg["steps"] or elapsed > cfg["max_seconds"]
         if (step + 1) % cfg["log_every"] == 0 or last:
             n = (step % cfg["log_every"]) + 1
-            log(phase="teacher", step=step + 1, loss=float(acc) / n, images=seen, seconds=round(elapsed, 2))
+            record = dict(phase=phase, step=step + 1, loss=float(acc) / n, images=seen, seconds=round(elapsed, 2))
+            log(**record, **(extra_record(ema.net) if extra_record else {}))
             acc.zero_()
         if last:
             break
     return ema.net, step + 1
+
+
+def train_teacher(images, labels, model_cfg, cfg, device, log, seed):
+    """EDM denoiser on `images` (N,3,R,R) in [-1,1] on `device`; returns the EMA network."""
+    torch.manual_seed(seed)
+    net = EDMPrecond(**model_cfg).to(device).train()
+    sigma_data = model_cfg["sigma_data"]
+
+    def loss_of(idx):
+        with _autocast(device):
+            return edm_loss(net, images[idx], labels[idx], cfg["P_mean"], cfg["P_std"], sigma_data).mean()
+
+    return _train_loop(net, cfg, device, "teacher", len(images), cfg["batch"], seed, loss_of, log)
 
 
 @torch.no_grad()
@@ -222,36 +233,17 @@ def train_student(teacher, pairs, cfg, device, log, seed):
     holdout = min(cfg["holdout"], len(z) // 4)
     train_n = len(z) - holdout
     net = copy.deepcopy(teacher).train().requires_grad_(True)
-    ema = EMA(net, cfg["ema_halflife_images"], cfg["ema_rampup"])
-    opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"], betas=(0.9, 0.999), eps=1e-8)
-    gen = torch.Generator(device).manual_seed(seed + 3)
-    batch, start, acc, seen = min(cfg["batch"], train_n), time.perf_counter(), torch.zeros((), device=device), 0
-    step = 0
-    for step in range(cfg["steps"]):
-        idx = torch.randint(train_n, (batch,), device=device, generator=gen)
-        for g in opt.param_groups:
-            g["lr"] = _lr(cfg["lr"], step, cfg["warmup_steps"])
+
+    def loss_of(idx):
         with _autocast(device):
-            out = net(SIGMA_MAX * z[idx], torch.full((batch,), SIGMA_MAX, device=device), c[idx])
-        loss = pseudo_huber(out.float(), x0[idx]).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        seen += batch
-        ema.update(net, seen, batch)
-        acc += loss.detach()
-        elapsed = time.perf_counter() - start
-        last = step + 1 == cfg["steps"] or elapsed > cfg["max_seconds"]
-        if (step + 1) % cfg["log_every"] == 0 or last:
-            n = (step % cfg["log_every"]) + 1
-            record = dict(phase="student", step=step + 1, loss=float(acc) / n, images=seen, seconds=round(elapsed, 2))
-            if holdout:
-                record["holdout_mse"] = holdout_mse(ema.net, z[train_n:], c[train_n:], x0[train_n:], device)
-            log(**record)
-            acc.zero_()
-        if last:
-            break
-    return ema.net, step + 1
+            out = net(SIGMA_MAX * z[idx], torch.full((len(idx),), SIGMA_MAX, device=device), c[idx])
+        return pseudo_huber(out.float(), x0[idx]).mean()
+
+    def holdout_record(ema_net):
+        return {"holdout_mse": holdout_mse(ema_net, z[train_n:], c[train_n:], x0[train_n:], device)} if holdout else {}
+
+    return _train_loop(net, cfg, device, "student", train_n, min(cfg["batch"], train_n), seed + 3, loss_of, log,
+                       holdout_record)
 
 
 @torch.no_grad()

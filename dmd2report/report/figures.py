@@ -40,6 +40,12 @@ def _figure(name: str, *, height: int | None = None, select: bool = True, **kw):
     return fig
 
 
+def _legend_right(fig, items, **style):
+    """A transparent legend beside the plot whose entries hide their layer when clicked."""
+    fig.add_layout(Legend(items=items, click_policy="hide", location="top_left", background_fill_alpha=0.0,
+                          border_line_alpha=0.0, **style), "right")
+
+
 def _interactive(fig, name: str):
     fig.js_on_event(events.MouseMove, CustomJS(args={"fig": name}, code=_JS_MOVE))
     fig.js_on_event(events.MouseLeave, CustomJS(args={"fig": name}, code=_JS_LEAVE))
@@ -116,9 +122,7 @@ def map_figure(data: ReportData, color_by: str, name: str = "map"):
     if data.trajectories is not None:
         items += _trajectory_layers(fig, name, data.trajectories)
     _highlight(fig, name)
-    legend = Legend(items=items, click_policy="hide", location="top_left", label_text_font_size="11px",
-                    glyph_height=14, glyph_width=14, spacing=1, background_fill_alpha=0.0, border_line_alpha=0.0)
-    fig.add_layout(legend, "right")
+    _legend_right(fig, items, label_text_font_size="11px", glyph_height=14, glyph_width=14, spacing=1)
     _interactive(fig, name)
     return fig
 
@@ -145,9 +149,8 @@ def class_figure(data: ReportData, class_id: int, colour: str, name: str):
                  _source(p, gr, marker=np.array([palette.variant_marker(v, order) for v in p["variant"][gr]])),
                  selectable=False, size=8, marker="marker", fill_color=colour, fill_alpha=0.9,
                  line_color="#ffffff", line_alpha=0.4)
-    fig.add_layout(Legend(items=[LegendItem(label=f"real, this class ({len(rr)})", renderers=[r1]),
-                                 LegendItem(label=f"generated ({len(gr)})", renderers=[r2])],
-                          click_policy="hide", location="top_left", background_fill_alpha=0.0, border_line_alpha=0.0), "right")
+    _legend_right(fig, [LegendItem(label=f"real, this class ({len(rr)})", renderers=[r1]),
+                        LegendItem(label=f"generated ({len(gr)})", renderers=[r2])])
     _interactive(fig, name)
     return fig
 
@@ -174,8 +177,7 @@ def variants_figure(data: ReportData, rows: pd.DataFrame, name: str = "variants"
         r = _points(fig, f"{name}:pt:gen:{i}", v, _source(p, pts), selectable=False, size=9,
                     marker=palette.variant_marker(v, order), fill_color=c, fill_alpha=0.9, line_color="#ffffff", line_alpha=0.4)
         items.append(LegendItem(label=f"{v} ({len(pts)})", renderers=[r]))
-    fig.add_layout(Legend(items=items, click_policy="hide", location="top_left", background_fill_alpha=0.0,
-                          border_line_alpha=0.0), "right")
+    _legend_right(fig, items)
     _interactive(fig, name)
     return fig
 
@@ -194,8 +196,7 @@ def coverage_figure(data: ReportData, name: str = "coverage"):
                     marker=marker, fill_color=colour, line_color=colour, fill_alpha=0.5, line_alpha=0.9,
                     line_width=1 if marker == "circle" else 1.8)
         items.append(LegendItem(label=f"{label} ({len(rows):,})", renderers=[r]))
-    fig.add_layout(Legend(items=items, click_policy="hide", location="top_left", background_fill_alpha=0.0,
-                          border_line_alpha=0.0), "right")
+    _legend_right(fig, items)
     _interactive(fig, name)
     return fig
 
