@@ -4,7 +4,7 @@
 #   bash benchmarks/device_suite.sh forward      # model-only rates: what each optimisation buys
 #   bash benchmarks/device_suite.sh throughput   # end to end, with the top kernels of a compiled batch
 #   SCALING=1,2,4 bash benchmarks/device_suite.sh scaling   # on a several-GPU machine: torchrun scaling
-#   bash benchmarks/device_suite.sh kernels      # Inductor's generated code of the compiled network, to read its kernels
+#   bash benchmarks/device_suite.sh kernels      # slowest kernels by layout variant, and Inductor's generated code
 # Run back to back on a warm machine, later parts reuse the compiled kernels (Inductor's cache in /tmp).
 # Results go to $OUT (the device tool brings that folder back).
 set -u -o pipefail
@@ -24,7 +24,7 @@ case "${1:-tests}" in
   kernels)
     # One output_code.py per compiled graph (generation, extraction), named in the profile's kernel names.
     TORCH_COMPILE_DEBUG=1 TORCH_COMPILE_DEBUG_DIR=/tmp/compile-debug timeout 500 \
-      python benchmarks/forward.py --only "compiled (model" --out "$OUT" 2>&1 | quiet | tee "$OUT/forward.log"
+      python benchmarks/kernels.py ${KERNELS_ARGS:-} --out "$OUT" 2>&1 | quiet | tee "$OUT/kernels.log"
     find /tmp/compile-debug -name output_code.py -size +100k | while read -r f; do
       cp "$f" "$OUT/output_code-$(echo "$f" | md5sum | cut -c1-8).py"; done
     ls -la "$OUT" ;;

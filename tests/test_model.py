@@ -161,11 +161,14 @@ def test_box_resampling_is_the_same_arithmetic(vectors):
     assert not m.box_resample
 
 
-def test_reduced_precision_attention_keeps_upstream_channel_layout(tiny):
+def test_reduced_precision_attention_keeps_upstream_channel_layout():
     """The bf16 path (flash SDPA on 4-D contiguous heads) computes what the float32 einsums do."""
     from dmd2report.models.unet import UNetBlock
 
-    block = next(b for b in tiny.model.modules() if isinstance(b, UNetBlock) and b.num_heads)
+    # Four heads, so that a mixed-up channel layout (heads, channels per head, q|k|v) would show.
+    torch.manual_seed(0)
+    block = UNetBlock(64, 64, emb_channels=32, attention=True, channels_per_head=16).eval()
+    assert block.num_heads == 4
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in block.parameters():  # no zero-initialised projection: attention must show in the output
@@ -174,4 +177,8 @@ def test_reduced_precision_attention_keeps_upstream_channel_layout(tiny):
         emb = torch.randn(3, block.emb_channels, generator=g)
         ref = block(x, emb)
         got = block(x.bfloat16(), emb).float()
+        # Compiled, q, k, v are views of a reordered qkv convolution (UNetBlock.attention): same result.
+        torch._dynamo.reset()
+        compiled = torch.compile(block, fullgraph=True, dynamic=False)(x.bfloat16(), emb).float()
     assert ((got - ref).norm() / ref.norm()).item() < 2e-2
+    assert ((compiled - ref).norm() / ref.norm()).item() < 2e-2

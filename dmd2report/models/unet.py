@@ -125,6 +125,29 @@ def group_norm_f32(x, num_groups: int, weight, bias, eps: float):
     return torch.addcmul(b.view(n, c, 1, 1), xf, a.view(n, c, 1, 1))
 
 
+# Under torch.compile: the decoder's skip concatenations laid out channels-last (see cat_channels),
+# and attention reading q, k, v in place (see UNetBlock.attention). Switches so that
+# benchmarks/kernels.py can measure each side by side with Inductor's defaults.
+CHANNELS_LAST_CAT = True
+ATTENTION_VIEWS = True
+
+
+def cat_channels(x, skip):
+    """torch.cat([x, skip], dim=1).
+
+    Compiled, Inductor gives a concatenation the contiguous (NCHW) layout unless one of its inputs
+    already has a fixed channels-last one, so the decoder's concatenated maps came out NCHW among
+    channels-last convolutions and every kernel reading them read memory across the grain.
+    Concatenating (n, pixels, channels) views instead makes the result channels-last by
+    construction (same values). Eager, torch.cat runs as is.
+    """
+    if not (CHANNELS_LAST_CAT and torch.compiler.is_compiling()):
+        return torch.cat([x, skip], dim=1)
+    h, w = x.shape[2:]
+    y = torch.cat([x.flatten(2).transpose(1, 2), skip.flatten(2).transpose(1, 2)], dim=2)
+    return y.transpose(1, 2).unflatten(2, (h, w))
+
+
 def norm_silu(x, weight, bias, num_groups: int, eps: float, scale=None, shift=None):
     """SiLU(GroupNorm(x)), or with the block's adaptive scale and shift SiLU(shift + GN(x) (scale + 1)).
 
@@ -199,23 +222,40 @@ class UNetBlock(torch.nn.Module):
         x = x * self.skip_scale
 
         if self.num_heads:
-            n, c, h, w = x.shape
-            # Upstream's channel layout: (heads, channels per head, q|k|v) interleaved.
-            qkv = self.qkv(self.norm2(x)).reshape(n, self.num_heads, c // self.num_heads, 3, h * w)
-            if qkv.dtype == torch.float32:
-                # Upstream's arithmetic order, so float32 results match EDM's to rounding.
-                q, k, v = qkv.reshape(n * self.num_heads, c // self.num_heads, 3, h * w).unbind(2)
-                attn = torch.einsum("ncq,nck->nqk", q, k / math.sqrt(k.shape[1])).softmax(dim=2)
-                a = torch.einsum("nqk,nck->ncq", attn, v)
-            else:
-                # Reduced precision: fused SDPA, softmax accumulated in float32. Flash attention needs
-                # (n, heads, tokens, channels) with contiguous channels; strided views fall back to
-                # the float32 math path (measured: a sixth of the compiled extraction's time).
-                q, k, v = qkv.permute(3, 0, 1, 4, 2).contiguous().unbind(0)
-                a = F.scaled_dot_product_attention(q, k, v).transpose(2, 3)
-            x = self.proj(a.reshape(n, c, h, w)).add_(x)
-            x = x * self.skip_scale
+            x = self.attention(x) * self.skip_scale
         return x
+
+
+    def attention(self, x):
+        """x + proj(self-attention of qkv(norm2(x))), upstream's attention sub-block before the skip scale."""
+        n, c, h, w = x.shape
+        heads, d = self.num_heads, c // self.num_heads
+        if x.dtype == torch.float32:
+            # Upstream's channel layout, (heads, channels per head, q|k|v) interleaved, and its
+            # arithmetic order, so float32 results match EDM's to rounding.
+            q, k, v = self.qkv(self.norm2(x)).reshape(n * heads, d, 3, h * w).unbind(2)
+            attn = torch.einsum("ncq,nck->nqk", q, k / math.sqrt(k.shape[1])).softmax(dim=2)
+            a = torch.einsum("nqk,nck->ncq", attn, v).reshape(n, c, h, w)
+        elif ATTENTION_VIEWS and torch.compiler.is_compiling():
+            # qkv's output channels reordered to (q|k|v, heads, channels per head) and its bias added by
+            # the convolution itself: in the channels-last layout Inductor gives that convolution's
+            # output, q, k and v are then (n, heads, tokens, d) views with contiguous channels, which
+            # SDPA reads in place, and its output (tokens-major, like q) is already the projection's
+            # channels-last input. No copies of q, k, v or of the output (same products and sums).
+            wq = self.qkv.weight.reshape(heads, d, 3, c).permute(2, 0, 1, 3).reshape(3 * c, c, 1, 1)
+            bq = self.qkv.bias.reshape(heads, d, 3).permute(2, 0, 1).reshape(3 * c) if self.qkv.bias is not None else None
+            y = F.conv2d(self.norm2(x), wq.to(x.dtype), bq.to(x.dtype) if bq is not None else None)
+            q, k, v = y.flatten(2).transpose(1, 2).unflatten(2, (3, heads, d)).permute(2, 0, 3, 1, 4).unbind(0)
+            a = F.scaled_dot_product_attention(q, k, v)
+            a = a.transpose(1, 2).reshape(n, h * w, c).transpose(1, 2).unflatten(2, (h, w))
+        else:
+            # Eager reduced precision: fused SDPA, softmax accumulated in float32. Flash attention
+            # needs (n, heads, tokens, channels) with contiguous channels; strided views fall back
+            # to the float32 math path (measured: a sixth of the compiled extraction's time).
+            qkv = self.qkv(self.norm2(x)).reshape(n, heads, d, 3, h * w)
+            q, k, v = qkv.permute(3, 0, 1, 4, 2).contiguous().unbind(0)
+            a = F.scaled_dot_product_attention(q, k, v).transpose(2, 3).reshape(n, c, h, w)
+        return self.proj(a).add_(x)
 
 
 class DhariwalUNet(torch.nn.Module):
@@ -305,7 +345,7 @@ class DhariwalUNet(torch.nn.Module):
                 return None, acts
         for name, block in self.dec.items():
             if x.shape[1] != block.in_channels:
-                x = torch.cat([x, skips.pop()], dim=1)
+                x = cat_channels(x, skips.pop())
             x = block(x, emb)
             if "dec." + name in capture:
                 acts["dec." + name] = x
