@@ -32,7 +32,7 @@ from dmd2report.models import build_preset, unet
 from dmd2report.runtime import prepare
 from dmd2report.sampling import condition_vectors
 
-VARIANTS = {"default": {}, "nchw-cat": {"CHANNELS_LAST_CAT": False}, "qkv-copies": {"ATTENTION_VIEWS": False}}
+VARIANTS = {"default": {}, "nchw-cat": {"CHANNELS_LAST_CAT": False}}
 
 
 def top_kernels(net, batch: int, early_exit: bool, rows: int = 25) -> list[dict]:

@@ -177,7 +177,7 @@ def test_reduced_precision_attention_keeps_upstream_channel_layout():
         emb = torch.randn(3, block.emb_channels, generator=g)
         ref = block(x, emb)
         got = block(x.bfloat16(), emb).float()
-        # Compiled, q, k, v are views of a reordered qkv convolution (UNetBlock.attention): same result.
+        # Compiled (Inductor fuses the q, k, v layout with the qkv bias): the same.
         torch._dynamo.reset()
         compiled = torch.compile(block, fullgraph=True, dynamic=False)(x.bfloat16(), emb).float()
     assert ((got - ref).norm() / ref.norm()).item() < 2e-2

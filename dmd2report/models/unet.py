@@ -125,11 +125,9 @@ def group_norm_f32(x, num_groups: int, weight, bias, eps: float):
     return torch.addcmul(b.view(n, c, 1, 1), xf, a.view(n, c, 1, 1))
 
 
-# Under torch.compile: the decoder's skip concatenations laid out channels-last (see cat_channels),
-# and attention reading q, k, v in place (see UNetBlock.attention). Switches so that
-# benchmarks/kernels.py can measure each side by side with Inductor's defaults.
+# Under torch.compile, the decoder's skip concatenations laid out channels-last (see cat_channels);
+# a switch so that benchmarks/kernels.py can measure it side by side with Inductor's default.
 CHANNELS_LAST_CAT = True
-ATTENTION_VIEWS = True
 
 
 def cat_channels(x, skip):
@@ -236,22 +234,12 @@ class UNetBlock(torch.nn.Module):
             q, k, v = self.qkv(self.norm2(x)).reshape(n * heads, d, 3, h * w).unbind(2)
             attn = torch.einsum("ncq,nck->nqk", q, k / math.sqrt(k.shape[1])).softmax(dim=2)
             a = torch.einsum("nqk,nck->ncq", attn, v).reshape(n, c, h, w)
-        elif ATTENTION_VIEWS and torch.compiler.is_compiling():
-            # qkv's output channels reordered to (q|k|v, heads, channels per head) and its bias added by
-            # the convolution itself: in the channels-last layout Inductor gives that convolution's
-            # output, q, k and v are then (n, heads, tokens, d) views with contiguous channels, which
-            # SDPA reads in place, and its output (tokens-major, like q) is already the projection's
-            # channels-last input. No copies of q, k, v or of the output (same products and sums).
-            wq = self.qkv.weight.reshape(heads, d, 3, c).permute(2, 0, 1, 3).reshape(3 * c, c, 1, 1)
-            bq = self.qkv.bias.reshape(heads, d, 3).permute(2, 0, 1).reshape(3 * c) if self.qkv.bias is not None else None
-            y = F.conv2d(self.norm2(x), wq.to(x.dtype), bq.to(x.dtype) if bq is not None else None)
-            q, k, v = y.flatten(2).transpose(1, 2).unflatten(2, (3, heads, d)).permute(2, 0, 3, 1, 4).unbind(0)
-            a = F.scaled_dot_product_attention(q, k, v)
-            a = a.transpose(1, 2).reshape(n, h * w, c).transpose(1, 2).unflatten(2, (h, w))
         else:
-            # Eager reduced precision: fused SDPA, softmax accumulated in float32. Flash attention
-            # needs (n, heads, tokens, channels) with contiguous channels; strided views fall back
-            # to the float32 math path (measured: a sixth of the compiled extraction's time).
+            # Reduced precision: fused SDPA, softmax accumulated in float32. Flash attention needs
+            # (n, heads, tokens, channels) with contiguous channels; strided views fall back to the
+            # float32 math path (measured: a sixth of the compiled extraction's time). Reading q, k, v
+            # in place from a channels-last qkv output (weights reordered to q|k|v, heads, channels)
+            # was measured slower compiled (benchmarks/README.md): Inductor still copied them.
             qkv = self.qkv(self.norm2(x)).reshape(n, heads, d, 3, h * w)
             q, k, v = qkv.permute(3, 0, 1, 4, 2).contiguous().unbind(0)
             a = F.scaled_dot_product_attention(q, k, v).transpose(2, 3).reshape(n, c, h, w)
