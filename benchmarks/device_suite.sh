@@ -2,9 +2,9 @@
 # Everything that needs the GPU machine, in parts that each fit one device call (10 minutes):
 #   bash benchmarks/device_suite.sh tests        # GPU tests (eager + compiled vs float32), k-NN on CUDA
 #   bash benchmarks/device_suite.sh forward      # model-only rates: what each optimisation buys
-#   bash benchmarks/device_suite.sh throughput   # end to end, with the top kernels of a compiled batch
+#   bash benchmarks/device_suite.sh throughput   # end to end, with the GPU's busy fraction in a stage
 #   SCALING=1,2,4 bash benchmarks/device_suite.sh scaling   # on a several-GPU machine: torchrun scaling
-#   bash benchmarks/device_suite.sh kernels      # slowest kernels by layout variant, and Inductor's generated code
+#   bash benchmarks/device_suite.sh kernels      # slowest kernels per variant (KERNELS_ARGS), Inductor's generated code
 # Run back to back on a warm machine, later parts reuse the compiled kernels (Inductor's cache in /tmp).
 # Results go to $OUT (the device tool brings that folder back).
 set -u -o pipefail
@@ -20,11 +20,11 @@ case "${1:-tests}" in
   forward)
     timeout 560 python benchmarks/forward.py --out "$OUT" 2>&1 | quiet | tee "$OUT/forward.log" ;;
   throughput)
-    timeout 570 python benchmarks/throughput.py --profile --busy --out "$OUT" 2>&1 | quiet | tee "$OUT/throughput.log" ;;
+    timeout 570 python benchmarks/throughput.py --busy --out "$OUT" 2>&1 | quiet | tee "$OUT/throughput.log" ;;
   kernels)
     # One output_code.py per compiled graph (generation, extraction), named in the profile's kernel names.
     TORCH_COMPILE_DEBUG=1 TORCH_COMPILE_DEBUG_DIR=/tmp/compile-debug timeout 500 \
-      python benchmarks/kernels.py ${KERNELS_ARGS:-} --out "$OUT" 2>&1 | quiet | tee "$OUT/kernels.log"
+      python benchmarks/kernels.py ${KERNELS_ARGS:---what generate --variants default,coordinate-descent} --out "$OUT" 2>&1 | quiet | tee "$OUT/kernels.log"
     find /tmp/compile-debug -name output_code.py -size +100k | while read -r f; do
       cp "$f" "$OUT/output_code-$(echo "$f" | md5sum | cut -c1-8).py"; done
     ls -la "$OUT" ;;

@@ -8,8 +8,8 @@ the most GPU time in one batch, with Inductor's full kernel names (which name th
 so that they can be found in its generated code (run with TORCH_COMPILE_DEBUG=1 to keep that code;
 `device_suite.sh kernels` does). Variants: `default` (what the stages run), `nchw-cat` (the
 decoder's skip concatenations left to Inductor's default layout, as before `unet.cat_channels`) and
-`qkv-copies` (attention's q, k, v copied into contiguous heads, as before `UNetBlock.attention` read
-them in place).
+`coordinate-descent` (Inductor's coordinate-descent tuning of its own kernels' launch parameters,
+a candidate for the memory-bound group-norm kernels between the convolutions).
 """
 
 from __future__ import annotations
@@ -32,7 +32,10 @@ from dmd2report.models import build_preset, unet
 from dmd2report.runtime import prepare
 from dmd2report.sampling import condition_vectors
 
-VARIANTS = {"default": {}, "nchw-cat": {"CHANNELS_LAST_CAT": False}}
+# Flags set while a variant's graphs compile: attributes of models.unet, or "inductor.<name>" of
+# torch._inductor.config.
+VARIANTS = {"default": {}, "nchw-cat": {"CHANNELS_LAST_CAT": False},
+            "coordinate-descent": {"inductor.coordinate_descent_tuning": True}}
 
 
 def top_kernels(net, batch: int, early_exit: bool, rows: int = 25) -> list[dict]:
@@ -66,10 +69,11 @@ def main():
     base = random_weights(build_preset("dmd2-imagenet64")).eval()
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": args.batch, "rows": {}}
     for variant in args.variants.split(","):
-        flags = VARIANTS[variant]
-        saved = {k: getattr(unet, k) for k in flags}
-        for k, v in flags.items():  # read while a graph compiles (its first call)
-            setattr(unet, k, v)
+        flags = {(torch._inductor.config, k[len("inductor."):]) if k.startswith("inductor.") else (unet, k): v
+                 for k, v in VARIANTS[variant].items()}
+        saved = {k: getattr(*k) for k in flags}
+        for (owner, name), v in flags.items():  # read while a graph compiles (its first call)
+            setattr(owner, name, v)
         net = build_preset("dmd2-imagenet64")
         net.load_state_dict(base.state_dict())
         net = prepare(net, torch.device("cuda"), "auto", compile="on", batch_hint=args.batch)
@@ -84,8 +88,8 @@ def main():
                 print(f"{k['ms']:9.2f} ms {k['calls']:4d}x {k['share']:6.1%}  {k['kernel'][:160]}")
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "kernels.json").write_text(json.dumps(result, indent=1))
-        for k, v in saved.items():
-            setattr(unet, k, v)
+        for (owner, name), v in saved.items():
+            setattr(owner, name, v)
         del net
         torch.cuda.empty_cache()
 

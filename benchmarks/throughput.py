@@ -292,15 +292,30 @@ def gpu_busy(stage) -> dict:
             busy += b - end
             end = b
     gaps.sort(reverse=True)
+    span = (spans[-1][1] - spans[0][0]) / 1e6 if spans else 0.0
     return {"wall_s": wall, "gpu_busy_s": busy / 1e6, "busy_fraction": busy / 1e6 / wall,
+            # before the stage's first GPU work and after its last (set-up, the first chunk's input,
+            # draining the writer, the manifest): a fixed cost per stage, not per image
+            "idle_outside_gpu_span_s": wall - span,
             "longest_gaps_ms": [g / 1e3 for g in gaps[:5]], "gaps_over_1ms": sum(g > 1e3 for g in gaps),
             "idle_in_gaps_over_1ms_s": sum(g for g in gaps if g > 1e3) / 1e6}
+
+
+_START = time.perf_counter()
+
+
+def log(*args, **kw):
+    """A progress line stamped with the run's elapsed time: a run cut by the device's time limit
+    still shows where its time went."""
+    print(f"[{time.perf_counter() - _START:4.0f} s]", *args, **kw)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/bench")))
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+    ap.add_argument("--gen-samples", type=int, default=50_000,
+                    help="samples per generation run (default: the 50k of an FID evaluation, the smallest real run)")
     ap.add_argument("--batch", type=int, default=0, help="0: the automatic batch (features.batch_size = 0)")
     ap.add_argument("--profile", action="store_true", help="also print the top kernels of one compiled batch")
     ap.add_argument("--cudagraphs", action="store_true",
@@ -317,12 +332,12 @@ def main():
     args.batch = args.batch or Config().features.batch(dev)
     work = Path(tempfile.mkdtemp(prefix="dmd2bench-"))
     n_seed, n_fp32 = (64, 512) if args.quick else (256, 2048)
-    n_gen, n_ext = (2048, 8192) if args.quick else (16384, 61440)
+    n_gen, n_ext = (2048, 8192) if args.quick else (args.gen_samples, 61440)
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": args.batch}
     net_cpu = random_weights(build_preset("dmd2-imagenet64")).eval()
     results["gflop_full"] = flops_per_image(early_exit=False) / 1e9
     results["gflop_extract"] = flops_per_image(early_exit=True) / 1e9
-    print(f"GFLOP/image: full {results['gflop_full']:.1f}, to midblock {results['gflop_extract']:.1f}", flush=True)
+    log(f"GFLOP/image: full {results['gflop_full']:.1f}, to midblock {results['gflop_extract']:.1f}", flush=True)
     write_npz(work / "npz", n_ext)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -336,10 +351,10 @@ def main():
     # as upstream code would; the accuracy reference below is strict float32.
     rows = {}
     rows["seed-style gen"] = seed_style_generation(fp32, n_seed, 64, work / "seed")
-    print("seed-style", rows["seed-style gen"], flush=True)
+    log("seed-style", rows["seed-style gen"], flush=True)
     rows["fp32 eager gen"] = float32_eager(fp32, n_fp32, 256, work / "fp32g")
     rows["fp32 eager extract"] = float32_eager(fp32, n_fp32 * 2, 256, work / "fp32e", extract_npz=work / "npz")
-    print("fp32", rows["fp32 eager gen"], rows["fp32 eager extract"], flush=True)
+    log("fp32", rows["fp32 eager gen"], rows["fp32 eager extract"], flush=True)
     save()
 
     fast = build_preset("dmd2-imagenet64")
@@ -357,7 +372,7 @@ def main():
         optimised_generate(fast, warm, "class", args.batch)
     results["compile_s"] = time.perf_counter() - t0
     results["graphs"] = len(fast.forward_capture.graphs)
-    print(f"compiled {results['graphs']} graphs in {results['compile_s']:.0f} s", flush=True)
+    log(f"compiled {results['graphs']} graphs in {results['compile_s']:.0f} s", flush=True)
 
     # Model only (no data, no store), for the ablation table: the compiled graphs and the same network eager.
     eager = build_preset("dmd2-imagenet64")
@@ -369,33 +384,33 @@ def main():
         model_only[f"{what}: bf16 compiled"] = rate(fast, args.batch, what == "extract")[0]
     del eager
     results["model_only_img_s"] = model_only
-    print("model only", {k: round(v) for k, v in model_only.items()}, flush=True)
+    log("model only", {k: round(v) for k, v in model_only.items()}, flush=True)
 
     allow = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # strict float32 reference
     results.update(accuracy(fp32, fast))
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = allow
-    print("accuracy", {k: v for k, v in results.items() if "err" in k}, flush=True)
+    log("accuracy", {k: v for k, v in results.items() if "err" in k}, flush=True)
     del fp32
     torch.cuda.empty_cache()
 
     cfg = bench_config(work / "run", work / "npz", n_ext, args.batch)
     rows["optimised extract"] = optimised_extract(fast, cfg)
-    print("extract", rows["optimised extract"], flush=True)
+    log("extract", rows["optimised extract"], flush=True)
     # The same without the per-class subsets (full midblock activations, reconstructions): what they cost.
     lean = bench_config(work / "lean", work / "npz", n_ext, args.batch)
     lean.features.full_per_class, lean.features.recon_per_class = 0, 0
     rows["optimised extract, no subsets"] = optimised_extract(fast, lean)
-    print("extract, no subsets", rows["optimised extract, no subsets"], flush=True)
+    log("extract, no subsets", rows["optimised extract, no subsets"], flush=True)
     save()
     cfg.features.generated = "generation"
     for variant in ("class", "uniform", "zero", "blend"):
         rows[f"optimised gen {variant}"] = optimised_generate(fast, cfg, variant, n_gen)
-        print(variant, rows[f"optimised gen {variant}"], flush=True)
+        log(variant, rows[f"optimised gen {variant}"], flush=True)
         save()
     cfg.features.generated = "reencode"
     rows["optimised gen class, reencode"] = optimised_generate(fast, cfg, "class", n_gen)
-    print("class, reencode", rows["optimised gen class, reencode"], flush=True)
+    log("class, reencode", rows["optimised gen class, reencode"], flush=True)
     if args.busy:  # where the end-to-end rate loses against the model-only one
         busy_ext = bench_config(work / "busy", work / "npz", 4 * 4096, args.batch)
         busy_ext.features.full_per_class, busy_ext.features.recon_per_class = 0, 0
@@ -403,7 +418,7 @@ def main():
         busy_gen = bench_config(work / "busy", work / "npz", 4 * 4096, args.batch)
         busy_gen.features.generated = "generation"
         results["busy_generate"] = gpu_busy(lambda: optimised_generate(fast, busy_gen, "class", 4 * 4096))
-        print("busy", {k: results[k] for k in ("busy_extract", "busy_generate")}, flush=True)
+        log("busy", {k: results[k] for k in ("busy_extract", "busy_generate")}, flush=True)
         save()
     profiled = fast
     if args.ablate_cudagraphs:  # the same network with the other CUDA-graph setting, end to end
@@ -423,13 +438,13 @@ def main():
         gen = bench_config(work / "run2", work / "npz", n_ext, args.batch)
         gen.features.generated = "generation"
         rows[f"optimised gen class, {tag} CUDA graphs"] = optimised_generate(alt, gen, "class", n_gen)
-        print(tag, "CUDA graphs", {k: round(v["img_s"]) for k, v in rows.items() if "CUDA graphs" in k}, flush=True)
+        log(tag, "CUDA graphs", {k: round(v["img_s"]) for k, v in rows.items() if "CUDA graphs" in k}, flush=True)
         profiled = fast if not args.cudagraphs else alt  # kernels as launched one by one
     if args.profile:
         text = "\n".join(f"== {what} ==\n" + profile_top(profiled, args.batch, what == "extract")
                          for what in ("extract", "generate"))
         (args.out / "profile.txt").write_text(text)
-        print(text, flush=True)
+        log(text, flush=True)
 
     seed = rows["seed-style gen"]["img_s"]
     for name, r in rows.items():

@@ -72,7 +72,7 @@ class FeaturesConfig:
             return 256
         import torch
 
-        # The full ImageNet-64 network peaks at ~27 GiB for batches of 1024 and ~14.5 GiB for 512
+        # The full ImageNet-64 network peaked at 21-27 GiB for batches of 1024 and ~14.5 GiB for 512
         # (benchmarks/README.md). On an H200 the two run alike model only; 1024 is where the
         # end-to-end figures were measured, and it halves the launches per image.
         gib = torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30
