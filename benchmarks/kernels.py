@@ -8,8 +8,9 @@ the most GPU time in one batch, with Inductor's full kernel names (which name th
 so that they can be found in its generated code (run with TORCH_COMPILE_DEBUG=1 to keep that code;
 `device_suite.sh kernels` does). Variants: `default` (what the stages run), `nchw-cat` (the
 decoder's skip concatenations left to Inductor's default layout, as before `unet.cat_channels`) and
-`coordinate-descent` (Inductor's coordinate-descent tuning of its own kernels' launch parameters,
-a candidate for the memory-bound group-norm kernels between the convolutions).
+`coordinate-descent` and `autotune-pointwise` (Inductor tuning its own kernels' launch parameters, by
+coordinate descent or over its list of configurations: candidates for the memory-bound group-norm
+kernels between the convolutions; both compile for longer).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from dmd2report.sampling import condition_vectors
 # Flags set while a variant's graphs compile: attributes of models.unet, or "inductor.<name>" of
 # torch._inductor.config.
 VARIANTS = {"default": {}, "nchw-cat": {"CHANNELS_LAST_CAT": False},
-            "coordinate-descent": {"inductor.coordinate_descent_tuning": True}}
+            "coordinate-descent": {"inductor.coordinate_descent_tuning": True},
+            "autotune-pointwise": {"inductor.max_autotune_pointwise": True}}
 
 
 def top_kernels(net, batch: int, early_exit: bool, rows: int = 25) -> list[dict]:
