@@ -182,3 +182,18 @@ def test_reduced_precision_attention_keeps_upstream_channel_layout():
         compiled = torch.compile(block, fullgraph=True, dynamic=False)(x.bfloat16(), emb).float()
     assert ((got - ref).norm() / ref.norm()).item() < 2e-2
     assert ((compiled - ref).norm() / ref.norm()).item() < 2e-2
+
+
+def test_compiled_skip_concatenation_is_channels_last_and_exact():
+    # Compiled, the decoder's concatenations are built channels-last (the layout of the convolutions
+    # around them); the values are torch.cat's, and eager it is torch.cat itself.
+    from dmd2report.models.unet import cat_channels
+
+    g = torch.Generator().manual_seed(0)
+    x, skip = torch.randn(2, 3, 4, 5, generator=g), torch.randn(2, 6, 4, 5, generator=g)
+    torch._dynamo.reset()
+    got = torch.compile(cat_channels, fullgraph=True, dynamic=False)(x, skip)
+    assert torch.equal(got, torch.cat([x, skip], 1))
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    eager = cat_channels(x, skip)
+    assert torch.equal(eager, torch.cat([x, skip], 1)) and eager.is_contiguous()

@@ -223,7 +223,6 @@ class UNetBlock(torch.nn.Module):
             x = self.attention(x) * self.skip_scale
         return x
 
-
     def attention(self, x):
         """x + proj(self-attention of qkv(norm2(x))), upstream's attention sub-block before the skip scale."""
         n, c, h, w = x.shape
