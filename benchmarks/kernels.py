@@ -7,7 +7,8 @@ generation (full network) and extraction (stopping after `midblock`), and the ke
 the most GPU time in one batch, with Inductor's full kernel names (which name the fused operations)
 so that they can be found in its generated code (run with TORCH_COMPILE_DEBUG=1 to keep that code;
 `device_suite.sh kernels` does). Variants: `default` (what the stages run), `nchw-cat` (the
-decoder's skip concatenations left to Inductor's default layout, as before `unet.cat_channels`) and
+decoder's skip concatenations left to Inductor's default layout, as before `unet.cat_channels`),
+`shifted-sums` (group norm's per-channel statistics from plain sums, `unet.SHIFTED_SUMS`), and
 `coordinate-descent` and `autotune-pointwise` (Inductor tuning its own kernels' launch parameters, by
 coordinate descent or over its list of configurations: candidates for the memory-bound group-norm
 kernels between the convolutions; both compile for longer).
@@ -35,7 +36,7 @@ from dmd2report.sampling import condition_vectors
 
 # Flags set while a variant's graphs compile: attributes of models.unet, or "inductor.<name>" of
 # torch._inductor.config.
-VARIANTS = {"default": {}, "nchw-cat": {"CHANNELS_LAST_CAT": False},
+VARIANTS = {"default": {}, "nchw-cat": {"CHANNELS_LAST_CAT": False}, "shifted-sums": {"SHIFTED_SUMS": True},
             "coordinate-descent": {"inductor.coordinate_descent_tuning": True},
             "autotune-pointwise": {"inductor.max_autotune_pointwise": True}}
 

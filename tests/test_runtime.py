@@ -121,8 +121,9 @@ def test_compile_failure_falls_back_but_runtime_errors_surface(monkeypatch):
     assert not fwd.failed
 
 
+@pytest.mark.parametrize("shifted_sums", [False, True])
 @pytest.mark.parametrize("offset", [0.0, 300.0])
-def test_compiled_group_norm_from_channel_statistics_equals_group_norm(offset):
+def test_compiled_group_norm_from_channel_statistics_equals_group_norm(offset, shifted_sums, monkeypatch):
     # Compiled, group norm is assembled from per-channel mean/variance (coalesced in channels-last);
     # it must be F.group_norm, also for maps whose mean is large against their spread.
     from dmd2report.models import unet
@@ -131,6 +132,7 @@ def test_compiled_group_norm_from_channel_statistics_equals_group_norm(offset):
     x = torch.randn(3, 12, 5, 7, generator=g) * torch.rand(1, 12, 1, 1, generator=g) * 2 + offset
     x = x + torch.randn(1, 12, 1, 1, generator=g) * 3  # channel means differ within a group
     w, b = torch.randn(12, generator=g), torch.randn(12, generator=g)
+    monkeypatch.setattr(unet, "SHIFTED_SUMS", shifted_sums)  # both ways of reducing per channel
     torch._dynamo.reset()
     fn = torch.compile(lambda x: unet.group_norm_f32(x, 4, w, b, 1e-5), fullgraph=True, dynamic=False)
     expected = torch.nn.functional.group_norm(x.double(), 4, w.double(), b.double(), 1e-5)

@@ -100,6 +100,11 @@ class GroupNorm(torch.nn.Module):
 # Under torch.compile, group norm from per-channel statistics (see group_norm_f32); a switch so that
 # benchmarks/forward.py can measure Inductor's own decomposition side by side.
 COMPILED_CHANNEL_STATS = True
+# Per-channel statistics from plain sums of (x - shift) and its square instead of Welford's update
+# (a division per element in Inductor's var_mean kernels), shift a pixel of each channel so that the
+# difference of the two sums does not cancel. Off until measured: benchmarks/kernels.py's
+# `shifted-sums` variant.
+SHIFTED_SUMS = False
 
 
 def group_norm_f32(x, num_groups: int, weight, bias, eps: float):
@@ -116,7 +121,14 @@ def group_norm_f32(x, num_groups: int, weight, bias, eps: float):
         return F.group_norm(x.float(), num_groups, weight.float(), bias.float(), eps)
     n, c = x.shape[:2]
     xf = x.float()
-    var_c, mean_c = torch.var_mean(xf, dim=(2, 3), correction=0)
+    if SHIFTED_SUMS:
+        shift = xf[:, :, :1, :1]
+        d = xf - shift
+        mean_d = d.mean(dim=(2, 3))
+        var_c = (d.square().mean(dim=(2, 3)) - mean_d.square()).clamp_min(0)
+        mean_c = mean_d + shift.view(n, c)
+    else:
+        var_c, mean_c = torch.var_mean(xf, dim=(2, 3), correction=0)
     mean_c, var_c = mean_c.view(n, num_groups, -1), var_c.view(n, num_groups, -1)
     mean = mean_c.mean(dim=2, keepdim=True)
     var = (var_c + (mean_c - mean).square()).mean(dim=2, keepdim=True)
