@@ -27,12 +27,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from throughput import LAYERS, flops_per_image, random_weights, rate
+from throughput import flops_per_image, model_batch, random_weights, rate
 
-from dmd2report.layers import ActivationCapture
 from dmd2report.models import build_preset, unet
 from dmd2report.runtime import prepare
-from dmd2report.sampling import condition_vectors
 
 # Flags set while a variant's graphs compile: attributes of models.unet, or "inductor.<name>" of
 # torch._inductor.config.
@@ -44,15 +42,11 @@ VARIANTS = {"default": {}, "nchw-cat": {"CHANNELS_LAST_CAT": False}, "shifted-su
 def top_kernels(net, batch: int, early_exit: bool, rows: int = 25) -> list[dict]:
     from torch.profiler import ProfilerActivity, profile
 
-    dev = next(net.parameters()).device
-    x = torch.randn(batch, 3, 64, 64, device=dev)
-    c = condition_vectors("class", 1000, classes=[i % 1000 for i in range(batch)]).to(dev)
-    s = torch.full((batch,), 80.0, device=dev)
-    cap = ActivationCapture(net, LAYERS, reduce="mean", early_exit=early_exit)
-    cap.run(80 * x, s, c)
+    cap, inputs = model_batch(net, batch, early_exit)
+    cap.run(*inputs)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        cap.run(80 * x, s, c)
+        cap.run(*inputs)
         torch.cuda.synchronize()
     events = [e for e in prof.key_averages() if e.device_time_total > 0]
     total = sum(e.self_device_time_total for e in events)

@@ -224,48 +224,35 @@ def accuracy(net_fp32, net_fast, n: int = 64) -> dict:
 
 
 @torch.no_grad()
-def rate(net, batch: int, early_exit: bool, channels_last: bool = False, iters: int = 8) -> tuple[float, float]:
-    """(img/s, seconds of the first call: compilation where there is one)."""
+def model_batch(net, batch: int, early_exit: bool, channels_last: bool = False):
+    """A model-only workload: (capture over both layers, its inputs 80 x, sigma, one-hot labels)."""
     dev = next(net.parameters()).device
     x = torch.randn(batch, 3, 64, 64, device=dev)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     c = condition_vectors("class", 1000, classes=[i % 1000 for i in range(batch)]).to(dev)
     s = torch.full((batch,), 80.0, device=dev)
-    cap = ActivationCapture(net, LAYERS, reduce="mean", early_exit=early_exit)
+    return ActivationCapture(net, LAYERS, reduce="mean", early_exit=early_exit), (80 * x, s, c)
+
+
+def rate(net, batch: int, early_exit: bool, channels_last: bool = False, iters: int = 8) -> tuple[float, float]:
+    """(img/s, seconds of the first call: compilation where there is one)."""
+    cap, (x, s, c) = model_batch(net, batch, early_exit, channels_last)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    cap.run(80 * x, s, c)
+    cap.run(x, s, c)
     torch.cuda.synchronize()
     first = time.perf_counter() - t0
-    cap.run(80 * x, s, c)
+    cap.run(x, s, c)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     times = []
     for _ in range(iters):
         start.record()
-        cap.run(80 * x, s, c)
+        cap.run(x, s, c)
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / 1e3)
     return batch / float(np.median(times)), first
-
-
-def profile_top(net, batch: int, early_exit: bool, rows: int = 14) -> str:
-    """Where one compiled batch spends its GPU time: the top kernels by CUDA time."""
-    from torch.profiler import ProfilerActivity, profile
-
-    dev = next(net.parameters()).device
-    x = torch.randn(batch, 3, 64, 64, device=dev)
-    c = condition_vectors("class", 1000, classes=[i % 1000 for i in range(batch)]).to(dev)
-    s = torch.full((batch,), 80.0, device=dev)
-    cap = ActivationCapture(net, LAYERS, reduce="mean", early_exit=early_exit)
-    with torch.no_grad():
-        cap.run(80 * x, s, c)
-        sync()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            cap.run(80 * x, s, c)
-            sync()
-    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=70)
 
 
 def gpu_busy(stage) -> dict:
@@ -317,7 +304,6 @@ def main():
     ap.add_argument("--gen-samples", type=int, default=50_000,
                     help="samples per generation run (default: the 50k of an FID evaluation, the smallest real run)")
     ap.add_argument("--batch", type=int, default=0, help="0: the automatic batch (features.batch_size = 0)")
-    ap.add_argument("--profile", action="store_true", help="also print the top kernels of one compiled batch")
     ap.add_argument("--cudagraphs", action="store_true",
                     help="compile with CUDA graphs (torch.compile mode reduce-overhead) instead of the default")
     ap.add_argument("--busy", action="store_true",
@@ -420,7 +406,6 @@ def main():
         results["busy_generate"] = gpu_busy(lambda: optimised_generate(fast, busy_gen, "class", 4 * 4096))
         log("busy", {k: results[k] for k in ("busy_extract", "busy_generate")}, flush=True)
         save()
-    profiled = fast
     if args.ablate_cudagraphs:  # the same network with the other CUDA-graph setting, end to end
         alt = build_preset("dmd2-imagenet64")
         alt.load_state_dict(net_cpu.state_dict())
@@ -439,12 +424,6 @@ def main():
         gen.features.generated = "generation"
         rows[f"optimised gen class, {tag} CUDA graphs"] = optimised_generate(alt, gen, "class", n_gen)
         log(tag, "CUDA graphs", {k: round(v["img_s"]) for k, v in rows.items() if "CUDA graphs" in k}, flush=True)
-        profiled = fast if not args.cudagraphs else alt  # kernels as launched one by one
-    if args.profile:
-        text = "\n".join(f"== {what} ==\n" + profile_top(profiled, args.batch, what == "extract")
-                         for what in ("extract", "generate"))
-        (args.out / "profile.txt").write_text(text)
-        log(text, flush=True)
 
     seed = rows["seed-style gen"]["img_s"]
     for name, r in rows.items():
