@@ -161,9 +161,14 @@ def test_box_resampling_is_the_same_arithmetic(vectors):
     assert not m.box_resample
 
 
-def test_reduced_precision_attention_keeps_upstream_channel_layout():
-    """The bf16 path (flash SDPA on 4-D contiguous heads) computes what the float32 einsums do."""
+@pytest.mark.parametrize("tokens", [False, True])
+def test_reduced_precision_attention_keeps_upstream_channel_layout(tokens, monkeypatch):
+    """The bf16 path (flash SDPA on 4-D heads) computes what the float32 einsums do, compiled also
+    as token matrix products with q, k, v read in place (unet.TOKEN_ATTENTION)."""
+    from dmd2report.models import unet
     from dmd2report.models.unet import UNetBlock
+
+    monkeypatch.setattr(unet, "TOKEN_ATTENTION", tokens)
 
     # Four heads, so that a mixed-up channel layout (heads, channels per head, q|k|v) would show.
     torch.manual_seed(0)

@@ -29,7 +29,12 @@ def _tiny():
 
 
 @pytest.mark.slow
-def test_compiled_network_reproduces_reference_vectors():
+@pytest.mark.parametrize("nhwc", [False, True])
+def test_compiled_network_reproduces_reference_vectors(nhwc, monkeypatch):
+    from dmd2report.models import unet
+
+    monkeypatch.setattr(unet, "NHWC_ELEMENTWISE", nhwc)  # the block tails over (n, h, w, c) views: the same
+    torch._dynamo.reset()
     net, v = _tiny()
     x, sigma, labels = v["input.x"], v["input.sigma"], v["input.class_labels"]
     n = len(x)
@@ -121,9 +126,9 @@ def test_compile_failure_falls_back_but_runtime_errors_surface(monkeypatch):
     assert not fwd.failed
 
 
-@pytest.mark.parametrize("shifted_sums", [False, True])
+@pytest.mark.parametrize("nhwc", [False, True])
 @pytest.mark.parametrize("offset", [0.0, 300.0])
-def test_compiled_group_norm_from_channel_statistics_equals_group_norm(offset, shifted_sums, monkeypatch):
+def test_compiled_group_norm_from_channel_statistics_equals_group_norm(offset, nhwc, monkeypatch):
     # Compiled, group norm is assembled from per-channel mean/variance (coalesced in channels-last);
     # it must be F.group_norm, also for maps whose mean is large against their spread.
     from dmd2report.models import unet
@@ -132,7 +137,7 @@ def test_compiled_group_norm_from_channel_statistics_equals_group_norm(offset, s
     x = torch.randn(3, 12, 5, 7, generator=g) * torch.rand(1, 12, 1, 1, generator=g) * 2 + offset
     x = x + torch.randn(1, 12, 1, 1, generator=g) * 3  # channel means differ within a group
     w, b = torch.randn(12, generator=g), torch.randn(12, generator=g)
-    monkeypatch.setattr(unet, "SHIFTED_SUMS", shifted_sums)  # both ways of reducing per channel
+    monkeypatch.setattr(unet, "NHWC_ELEMENTWISE", nhwc)  # over (n, c, h, w) or (n, h, w, c) views
     torch._dynamo.reset()
     fn = torch.compile(lambda x: unet.group_norm_f32(x, 4, w, b, 1e-5), fullgraph=True, dynamic=False)
     expected = torch.nn.functional.group_norm(x.double(), 4, w.double(), b.double(), 1e-5)
@@ -140,3 +145,27 @@ def test_compiled_group_norm_from_channel_statistics_equals_group_norm(offset, s
     assert torch.allclose(got.double(), expected, atol=2e-4 * (1 + offset / 100), rtol=1e-4)
     # and eager is ATen's kernel itself
     assert torch.equal(unet.group_norm_f32(x, 4, w, b, 1e-5), torch.nn.functional.group_norm(x, 4, w, b, 1e-5))
+
+
+@pytest.mark.parametrize("scale", [False, True])
+def test_compiled_nhwc_norm_silu_equals_eager_and_is_channels_last(scale, monkeypatch):
+    # The (n, h, w, c) formulation of a block's tail (group norm, adaptive scale/shift, SiLU) gives
+    # what the eager upstream sequence gives, as a channels-last map in the input's dtype.
+    from dmd2report.models import unet
+
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(2, 16, 6, 5, generator=g) * 3 + 1).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(16, generator=g), torch.randn(16, generator=g)
+    params = torch.randn(2, 32, 1, 1, generator=g)
+    sc, sh = params.chunk(2, dim=1) if scale else (None, None)  # strided halves, as UNetBlock passes them
+    expected = unet.norm_silu(x, w, b, 4, 1e-5, sc, sh)
+    monkeypatch.setattr(unet, "NHWC_ELEMENTWISE", True)
+    torch._dynamo.reset()
+    got = torch.compile(unet.norm_silu, fullgraph=True, dynamic=False)(x, w, b, 4, 1e-5, sc, sh)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert got.dtype == x.dtype and got.is_contiguous(memory_format=torch.channels_last)
+    norm = unet.GroupNorm(16, num_groups=4)
+    with torch.no_grad():
+        norm.weight.copy_(w), norm.bias.copy_(b)
+        torch._dynamo.reset()
+        torch.testing.assert_close(torch.compile(norm, fullgraph=True)(x), norm(x), atol=1e-5, rtol=1e-5)

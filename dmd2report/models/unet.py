@@ -94,17 +94,17 @@ class GroupNorm(torch.nn.Module):
     def forward(self, x):
         # Statistics in float32 even when the UNet runs in bfloat16: group norm over
         # 8x8 maps of large activations is where bf16 loses the most.
+        if NHWC_ELEMENTWISE and COMPILED_CHANNEL_STATS and torch.compiler.is_compiling():
+            return _norm_nhwc(x, self.num_groups, self.weight, self.bias, self.eps, silu=False)
         return group_norm_f32(x, self.num_groups, self.weight, self.bias, self.eps).to(x.dtype)
 
 
 # Under torch.compile, group norm from per-channel statistics (see group_norm_f32); a switch so that
 # benchmarks/forward.py can measure Inductor's own decomposition side by side.
 COMPILED_CHANNEL_STATS = True
-# Per-channel statistics from plain sums of (x - shift) and its square instead of Welford's update
-# (a division per element in Inductor's var_mean kernels), shift a pixel of each channel so that the
-# difference of the two sums does not cancel. Off until measured: benchmarks/kernels.py's
-# `shifted-sums` variant.
-SHIFTED_SUMS = False
+# Under torch.compile, the group norm / scale-shift / SiLU tails written over (n, h, w, c) views of the
+# channels-last maps (see _norm_nhwc); off until measured: benchmarks/kernels.py's `nhwc-norm` variant.
+NHWC_ELEMENTWISE = False
 
 
 def group_norm_f32(x, num_groups: int, weight, bias, eps: float):
@@ -113,28 +113,61 @@ def group_norm_f32(x, num_groups: int, weight, bias, eps: float):
     Compiled, Inductor lays the convolutions' activations out channels-last, where a group's
     channels are a few scattered elements of every pixel: its group-norm reduction then reads
     memory badly. Per-channel mean and variance reduce over pixels with consecutive channels side by
-    side (coalesced), and the group's statistics follow exactly from them (equal counts per channel:
-    the group mean is the mean of channel means, the group variance the mean of channel variances
-    plus the channel means' spread). Eager, ATen's kernel runs as is.
+    side (coalesced), and the group's statistics follow exactly from them (see _group_affine).
+    Eager, ATen's kernel runs as is.
     """
     if not (COMPILED_CHANNEL_STATS and torch.compiler.is_compiling()):
         return F.group_norm(x.float(), num_groups, weight.float(), bias.float(), eps)
+    if NHWC_ELEMENTWISE:
+        return _group_norm_nhwc(x.permute(0, 2, 3, 1).float(), num_groups, weight, bias, eps).permute(0, 3, 1, 2)
     n, c = x.shape[:2]
     xf = x.float()
-    if SHIFTED_SUMS:
-        shift = xf[:, :, :1, :1]
-        d = xf - shift
-        mean_d = d.mean(dim=(2, 3))
-        var_c = (d.square().mean(dim=(2, 3)) - mean_d.square()).clamp_min(0)
-        mean_c = mean_d + shift.view(n, c)
-    else:
-        var_c, mean_c = torch.var_mean(xf, dim=(2, 3), correction=0)
+    var_c, mean_c = torch.var_mean(xf, dim=(2, 3), correction=0)
+    a, b = _group_affine(mean_c, var_c, num_groups, weight, bias, eps)
+    return torch.addcmul(b.view(n, c, 1, 1), xf, a.view(n, c, 1, 1))
+
+
+def _group_affine(mean_c, var_c, num_groups: int, weight, bias, eps: float):
+    """Group norm as y = a x + b per (sample, channel), from per-channel means and variances (n, c).
+
+    Equal counts per channel: the group mean is the mean of the channel means, the group variance
+    the mean of the channel variances plus the channel means' spread."""
+    n, c = mean_c.shape
     mean_c, var_c = mean_c.view(n, num_groups, -1), var_c.view(n, num_groups, -1)
     mean = mean_c.mean(dim=2, keepdim=True)
     var = (var_c + (mean_c - mean).square()).mean(dim=2, keepdim=True)
     a = torch.rsqrt(var + eps) * weight.float().view(num_groups, -1)  # (n, groups, channels per group)
     b = bias.float().view(num_groups, -1) - mean * a
-    return torch.addcmul(b.view(n, c, 1, 1), xf, a.view(n, c, 1, 1))
+    return a.view(n, c), b.view(n, c)
+
+
+def _group_norm_nhwc(xh, num_groups: int, weight, bias, eps: float):
+    """group_norm_f32 of a float32 (n, h, w, c) view; the result (n, h, w, c)."""
+    n, c = xh.shape[0], xh.shape[3]
+    var_c, mean_c = torch.var_mean(xh, dim=(1, 2), correction=0)
+    a, b = _group_affine(mean_c, var_c, num_groups, weight, bias, eps)
+    return torch.addcmul(b.view(n, 1, 1, c), xh, a.view(n, 1, 1, c))
+
+
+def _norm_nhwc(x, num_groups: int, weight, bias, eps: float, scale=None, shift=None, silu: bool = True):
+    """norm_silu (or GroupNorm's forward, silu=False) computed over the (n, h, w, c) view of x and
+    returned as the (n, c, h, w) view of that, cast to x.dtype.
+
+    Why: a pointwise kernel iterates over its output's shape. Written over (n, c, h, w), Inductor
+    orders the loops by a vote among the kernel's loads, where the per-(sample, channel) statistics
+    and affine parameters outvote the one large channels-last map, and it then tiles in 2-D to read
+    that map coalesced. Over (n, h, w, c) every load agrees with memory order: a plain 1-D kernel.
+    """
+    n, c = x.shape[:2]
+    y = _group_norm_nhwc(x.permute(0, 2, 3, 1).float(), num_groups, weight, bias, eps)
+    if scale is not None:
+        y = torch.addcmul(shift.float().reshape(n, 1, 1, c), y, scale.float().reshape(n, 1, 1, c) + 1)
+    if silu:
+        y = F.silu(y)
+    return y.to(x.dtype).permute(0, 3, 1, 2)
+# Under torch.compile, attention as token matrix products reading q, k, v in place (UNetBlock.attention);
+# off until measured: benchmarks/kernels.py's `token-attention` variant.
+TOKEN_ATTENTION = False
 
 
 # Under torch.compile, the decoder's skip concatenations laid out channels-last (see cat_channels);
@@ -164,6 +197,8 @@ def norm_silu(x, weight, bias, num_groups: int, eps: float, scale=None, shift=No
     The elementwise tail of every UNet block, computed in float32 and cast back once (in float32 it
     is exactly upstream's sequence of operations; compiled, the upcast is free inside one kernel).
     """
+    if NHWC_ELEMENTWISE and COMPILED_CHANNEL_STATS and torch.compiler.is_compiling():
+        return _norm_nhwc(x, num_groups, weight, bias, eps, scale, shift)
     y = group_norm_f32(x, num_groups, weight, bias, eps)
     if scale is not None:
         y = torch.addcmul(shift.float(), y, scale.float() + 1)
@@ -245,6 +280,19 @@ class UNetBlock(torch.nn.Module):
             q, k, v = self.qkv(self.norm2(x)).reshape(n * heads, d, 3, h * w).unbind(2)
             attn = torch.einsum("ncq,nck->nqk", q, k / math.sqrt(k.shape[1])).softmax(dim=2)
             a = torch.einsum("nqk,nck->ncq", attn, v).reshape(n, c, h, w)
+        elif TOKEN_ATTENTION and torch.compiler.is_compiling():
+            # Compiled: the block as matrix products over (n, pixels, channels) tokens, which is the
+            # channels-last maps' memory order. qkv's output channels are regrouped (q|k|v, heads,
+            # channels per head) so that q, k and v are strided views with contiguous channels,
+            # which flash attention reads as they are, and its (n, pixels, heads, channels) output
+            # is proj's input without a transpose.
+            t = self.norm2(x).permute(0, 2, 3, 1).reshape(n, h * w, c)
+            wqkv = self.qkv.weight.to(t.dtype).view(heads, d, 3, c).permute(2, 0, 1, 3).reshape(3 * c, c)
+            bqkv = self.qkv.bias.to(t.dtype).view(heads, d, 3).permute(2, 0, 1).reshape(3 * c)
+            q, k, v = F.linear(t, wqkv, bqkv).view(n, h * w, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+            a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, h * w, c)
+            y = F.linear(a, self.proj.weight.to(a.dtype).view(c, c), self.proj.bias.to(a.dtype))
+            return y.view(n, h, w, c).permute(0, 3, 1, 2).add(x)
         else:
             # Reduced precision: fused SDPA, softmax accumulated in float32. Flash attention needs
             # (n, heads, tokens, channels) with contiguous channels; strided views fall back to the
