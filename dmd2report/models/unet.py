@@ -104,7 +104,7 @@ class GroupNorm(torch.nn.Module):
 COMPILED_CHANNEL_STATS = True
 # Under torch.compile, the group norm / scale-shift / SiLU tails written over (n, h, w, c) views of the
 # channels-last maps (see _norm_nhwc); off until measured: benchmarks/kernels.py's `nhwc-norm` variant.
-NHWC_ELEMENTWISE = False
+NHWC_ELEMENTWISE = True
 
 
 def group_norm_f32(x, num_groups: int, weight, bias, eps: float):
@@ -167,7 +167,7 @@ def _norm_nhwc(x, num_groups: int, weight, bias, eps: float, scale=None, shift=N
     return y.to(x.dtype).permute(0, 3, 1, 2)
 # Under torch.compile, attention as token matrix products reading q, k, v in place (UNetBlock.attention);
 # off until measured: benchmarks/kernels.py's `token-attention` variant.
-TOKEN_ATTENTION = False
+TOKEN_ATTENTION = True
 
 
 # Under torch.compile, the decoder's skip concatenations laid out channels-last (see cat_channels);
