@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from .errors import UserError
 from .extract import (Progress, Reducer, barrier, compute_key, dist_rank_world, feature_dims, finish_store, gather,
@@ -38,7 +39,21 @@ from .store import BackgroundWriter, StoreWriter, load_pca, sparse_labels
 
 
 def _digest(a: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
+    return hashlib.sha256(memoryview(np.ascontiguousarray(a))).hexdigest()[:16]  # the bytes, without a copy
+
+
+def _given_vectors(label_vectors, n: int, K: int, variant: str) -> np.ndarray:
+    """The user's (n, K) label vectors as float32 (no copy when they are float32 already), checked once."""
+    v = np.asarray(label_vectors, np.float32)
+    v = v[None] if v.ndim == 1 else v
+    if v.ndim != 2 or v.shape[-1] != K:
+        raise UserError(f"label vector has length {v.shape[-1]}; the model takes {K} classes")
+    if len(v) != n:
+        raise UserError(f"generate {variant}: {len(v)} label vectors for {n} seeds")
+    # Block by block: a mask of the whole array would be an n*K-byte temporary (~0.1 s to fault in at n=50,000).
+    if not all(np.isfinite(v[a:a + 4096]).all() for a in range(0, len(v), 4096)):
+        raise UserError("label vector contains NaN or infinity")
+    return v
 
 
 @torch.no_grad()
@@ -73,15 +88,17 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
         raise UserError(f"generate {variant}: seed indices repeat; each sample needs its own")
     if n and (class_ids.min() < -1 or class_ids.max() >= K):
         raise UserError(f"generate {variant}: class ids must lie in -1..{K - 1}")
+    # Label vectors are made chunk by chunk on the loading thread (load): dense (n, K) ones for
+    # the whole set cost ~0.4 s at n=50,000 before the first chunk could start.
     if label_vectors is None:
         if variant == "class" and (class_ids < 0).any():
             raise UserError("generate class: every sample needs a class id")
-        vectors = condition_vectors(variant, K, classes=class_ids if variant == "class" else None, count=n)
+        condition_vectors(variant, K, classes=class_ids[:0], count=0)  # an unknown or weight-needing mode fails here
+        # Derived vectors are a function of (variant, class_ids, K), which the key holds already.
+        vectors_digest = f"derived from variant {variant}"
     else:
-        vectors = condition_vectors("vector", K, weights=label_vectors)
-        if len(vectors) != n:
-            raise UserError(f"generate {variant}: {len(vectors)} label vectors for {n} seeds")
-    vectors = vectors.numpy().astype(np.float32)
+        label_vectors = _given_vectors(label_vectors, n, K, variant)
+        vectors_digest = _digest(label_vectors)
 
     pca = None
     if mode == "pca":
@@ -95,7 +112,7 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
     n_chunks = -(-n // cs)
     key = {
         "stage": "generated", "variant": variant, "seed": config.run.seed,
-        "class_ids": _digest(class_ids), "seed_indices": _digest(seed_indices), "label_vectors": _digest(vectors),
+        "class_ids": _digest(class_ids), "seed_indices": _digest(seed_indices), "label_vectors": vectors_digest,
         "model_checksum": model_checksum, "resolution": net.img_resolution, "num_classes": K,
         "features": {"layers": layers, "reduce": f.reduce, "dtype": f.dtype, "chunk_size": cs,
                      "pca": pca_digest if mode == "pca" else None},
@@ -120,16 +137,34 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
     reducer = Reducer(f.reduce, f.dtype, pca, device)
     shape = (net.img_channels, net.img_resolution, net.img_resolution)
 
-    # Labels of the re-encoding pass: one-hot of the shown class, the generation vector without one.
-    reencode_vectors = vectors.copy()
-    has_class = class_ids >= 0
-    reencode_vectors[has_class] = np.eye(K, dtype=np.float32)[class_ids[has_class]]
+    cuda = device.type == "cuda"
+    reencode = f.generated == "reencode"
 
     def load(i):
+        """Chunk i's noise, label vectors and metadata, on the loading thread while chunk i - 1 computes.
+        Tensors for the device are pinned here, so that their copies need no staging on the main thread."""
         sl = slice(i * cs, min((i + 1) * cs, n))
-        z = sample_noise(config.run.seed, seed_indices[sl], shape)
-        return (z.pin_memory() if device.type == "cuda" else z), (torch.from_numpy(vectors[sl]),
-                                                                   torch.from_numpy(reencode_vectors[sl]))
+        ids = class_ids[sl]
+        z = sample_noise(config.run.seed, seed_indices[sl], shape, pin_memory=cuda)
+        if label_vectors is None:
+            c = condition_vectors(variant, K, classes=ids if variant == "class" else None, count=len(ids))
+        else:
+            c = torch.from_numpy(np.ascontiguousarray(label_vectors[sl]))
+        # Labels of the re-encoding pass: one-hot of the shown class, the generation vector without one.
+        ids_t = torch.from_numpy(ids)
+        c_reencode = torch.where((ids_t >= 0)[:, None], F.one_hot(ids_t.clamp(min=0), K).float(), c) if reencode else None
+        idx, w = sparse_labels(c.numpy())
+        meta = pd.DataFrame({
+            "sample_id": np.arange(sl.start, sl.stop, dtype=np.int64),
+            "source": [f"seed {config.run.seed} #{s}" for s in seed_indices[sl]],
+            "seed": np.full(len(ids), config.run.seed, np.int64), "seed_index": seed_indices[sl],
+            "class_id": ids, "synset": [index.synset(int(k)) for k in ids],
+            "name": [index.name(int(k)) for k in ids], "variant": variant,
+            "label_index": idx, "label_weight": w,
+            "has_recon": np.zeros(len(ids), bool), "has_full": np.zeros(len(ids), bool)})
+        if cuda:
+            c, c_reencode = c.pin_memory(), (c_reencode.pin_memory() if reencode else None)
+        return z, c, c_reencode, meta
 
     todo = [i for i in range(rank, n_chunks, world) if not writer.done(i)]
     remaining = sum(min(cs, n - i * cs) for i in todo)
@@ -137,21 +172,9 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
     stage_samples(net, remaining)  # model.compile = auto decides
     try:
         with BackgroundWriter(writer) as bg:
-            for i, (z, c) in prefetch(load, todo):
-                sl = slice(i * cs, min((i + 1) * cs, n))
-                c, c_reencode = c
+            for i, (z, c, c_reencode, meta) in prefetch(load, todo):
                 feats, thumbs = _generate_chunk(net, z, c, layers, reducer, device, f.batch(device), config.report.thumb_size,
-                                                bar, reencode_labels=c_reencode if f.generated == "reencode" else None)
-                ids = class_ids[sl]
-                idx, w = sparse_labels(vectors[sl])
-                meta = pd.DataFrame({
-                    "sample_id": np.arange(sl.start, sl.stop, dtype=np.int64),
-                    "source": [f"seed {config.run.seed} #{s}" for s in seed_indices[sl]],
-                    "seed": np.full(len(ids), config.run.seed, np.int64), "seed_index": seed_indices[sl],
-                    "class_id": ids, "synset": [index.synset(int(c)) for c in ids],
-                    "name": [index.name(int(c)) for c in ids], "variant": variant,
-                    "label_index": idx, "label_weight": w,
-                    "has_recon": np.zeros(len(ids), bool), "has_full": np.zeros(len(ids), bool)})
+                                                bar, reencode_labels=c_reencode)
                 bg.submit(i, {l: gather(v, (dims[l],), reducer.dtype) for l, v in feats.items()}, meta,
                           gather(thumbs, (min(config.report.thumb_size, net.img_resolution),) * 2 + (3,), torch.uint8))
     finally:

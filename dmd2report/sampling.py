@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -52,19 +54,39 @@ def condition_vectors(mode: str, num_classes: int, classes: Sequence[int] | None
     raise UserError(f"unknown conditioning mode {mode!r}; valid: class, uniform, zero, blend, or a vector of length {num_classes}")
 
 
-def sample_noise(seed: int, indices: Sequence[int] | np.ndarray, shape: tuple[int, int, int]) -> torch.Tensor:
+_ROWS_PER_WORKER = 64  # fewer rows per thread than this are not worth a thread's start
+
+
+def sample_noise(seed: int, indices: Sequence[int] | np.ndarray, shape: tuple[int, int, int],
+                 workers: int | None = None, pin_memory: bool = False) -> torch.Tensor:
     """Standard normal noise (N, C, H, W); row i depends only on (seed, indices[i]).
 
     So sample i is the same image whatever the batch size, the order of batches or the
-    number of processes sharing the work.
+    number of processes sharing the work. Rows are drawn by up to `workers` threads (default
+    min(8, CPUs)), each with its own generator: torch.randn releases the GIL, and a 4096-row
+    chunk of 3x64x64 takes ~0.2 s on one core, on the critical path before a stage's first chunk.
+    `pin_memory` draws straight into page-locked memory (for a CUDA copy), not into a copy made after.
     """
-    out = torch.empty((len(indices), *shape))
+    indices = [int(i) for i in indices]
+    out = torch.empty((len(indices), *shape), pin_memory=pin_memory)
+    workers = min(workers or min(8, os.cpu_count() or 1), len(indices) // _ROWS_PER_WORKER)
+    if workers <= 1:
+        _noise_rows(seed, indices, shape, out)
+        return out
+    bounds = np.linspace(0, len(indices), workers + 1).astype(int)
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="noise") as pool:
+        jobs = [pool.submit(_noise_rows, seed, indices[a:b], shape, out[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        for job in jobs:
+            job.result()
+    return out
+
+
+def _noise_rows(seed: int, indices: list[int], shape: tuple[int, int, int], out: torch.Tensor) -> None:
     g = torch.Generator()
     for row, i in enumerate(indices):
         # SeedSequence mixes (seed, i) so that neighbouring seeds give unrelated streams.
-        g.manual_seed(int(np.random.SeedSequence([int(seed), int(i)]).generate_state(1, np.uint64)[0] >> 1))
+        g.manual_seed(int(np.random.SeedSequence([int(seed), i]).generate_state(1, np.uint64)[0] >> 1))
         torch.randn(shape, generator=g, out=out[row])  # in place: no temporary per row
-    return out
 
 
 @torch.no_grad()

@@ -54,11 +54,17 @@ def select_samples(class_ids: np.ndarray, wanted: list[int] | None, per_class: i
                    seed: int) -> np.ndarray:
     """Indices (ascending) of the candidates chosen; see the module docstring for the rule."""
     class_ids = np.asarray(class_ids, dtype=np.int64)
-    classes = list(wanted) if wanted else sorted(set(class_ids.tolist()))
+    # One stable sort puts each class's candidates together in ascending order (uint16 ids: a radix
+    # sort); a scan of every candidate per class cost ~0.5 s over ImageNet64's 1.28M images x 1000 classes.
+    small = len(class_ids) > 0 and class_ids.min() >= 0 and class_ids.max() < 2**16
+    by_class = np.argsort(class_ids.astype(np.uint16) if small else class_ids, kind="stable")
+    sorted_ids = class_ids[by_class]
+    classes = list(wanted) if wanted else np.unique(sorted_ids).tolist()
+    starts, ends = np.searchsorted(sorted_ids, classes, "left"), np.searchsorted(sorted_ids, classes, "right")
     rank = np.full(len(class_ids), -1, dtype=np.int64)
     position = np.zeros(len(class_ids), dtype=np.int64)
     for pos, c in enumerate(classes):
-        members = np.flatnonzero(class_ids == c)
+        members = by_class[starts[pos]:ends[pos]]
         order = np.random.default_rng([int(seed), int(c)]).permutation(len(members))
         rank[members[order]] = np.arange(len(members))
         position[members] = pos
@@ -66,6 +72,9 @@ def select_samples(class_ids: np.ndarray, wanted: list[int] | None, per_class: i
     if per_class > 0:
         chosen = chosen[rank[chosen] < per_class]
     if max_samples > 0 and len(chosen) > max_samples:
+        # Only ranks up to the first at which max_samples are reached can be taken: sort just those.
+        last = np.searchsorted(np.cumsum(np.bincount(rank[chosen])), max_samples)
+        chosen = chosen[rank[chosen] <= last]
         by_rank = chosen[np.lexsort((position[chosen], rank[chosen]))]
         chosen = np.sort(by_rank[:max_samples])
     return chosen

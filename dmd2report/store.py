@@ -105,9 +105,17 @@ def _remove_temporaries(root: Path) -> None:
 # Label vectors as their non-zeros (a one-hot over 1000 classes is one entry, not 1000).
 
 def sparse_labels(vectors: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per row of (n, K) label vectors: its non-zeros' int32 class ids and float32 weights.
+
+    Whole-matrix operations cut at the row ends: row by row costs ~25 ms per 4096-row chunk of
+    uniform labels (1000 non-zeros a row), this ~6 ms."""
     vectors = np.asarray(vectors, np.float32)
-    index = [np.flatnonzero(v).astype(np.int32) for v in vectors]
-    return index, [v[i] for v, i in zip(vectors, index)]
+    nz = vectors != 0
+    ends = np.cumsum(np.count_nonzero(nz, axis=1)).tolist()
+    index = np.broadcast_to(np.arange(vectors.shape[1], dtype=np.int32), vectors.shape)[nz]  # row-major: by row, then id
+    weight = vectors[nz]
+    starts = [0] + ends[:-1]
+    return [index[a:b] for a, b in zip(starts, ends)], [weight[a:b] for a, b in zip(starts, ends)]
 
 
 def dense_labels(frame: pd.DataFrame, num_classes: int) -> np.ndarray:

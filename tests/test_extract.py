@@ -221,6 +221,49 @@ def test_generated_images_do_not_depend_on_chunking(tiny_net, npz_dir, make_conf
         generate_set(make_config(path=npz_dir), tiny_net, "sum0", "zero", np.full(2, -1), [1, 1], progress=False)
 
 
+
+@pytest.mark.parametrize("variant,given", [("uniform", False), ("class", False), ("blend", True)])
+def test_generate_resumes_an_interrupted_store(tiny_net, npz_dir, make_config, tmp_path, monkeypatch, variant, given):
+    classes, seeds = np.arange(40) % 10, np.arange(40) * 7
+    vectors = np.random.default_rng(0).random((40, 10)) if given else None  # float64: used (and keyed) as float32
+    reference = generate_set(make_config(path=npz_dir, run__workdir=str(tmp_path / "a")), tiny_net, "sum0", variant,
+                             classes, seeds, vectors, progress=False)
+    config = make_config(path=npz_dir, run__workdir=str(tmp_path / "b"))
+    real_write = store_mod.StoreWriter.write_chunk
+
+    def fail_chunk_1(self, i, *a, **k):
+        if i == 1:
+            raise RuntimeError("interrupted")
+        real_write(self, i, *a, **k)
+
+    monkeypatch.setattr(store_mod.StoreWriter, "write_chunk", fail_chunk_1)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        generate_set(config, tiny_net, "sum0", variant, classes, seeds, vectors, progress=False)
+    written = []
+    monkeypatch.setattr(store_mod.StoreWriter, "write_chunk", lambda self, i, *a, **k: (written.append(i), real_write(self, i, *a, **k)))
+    resumed = generate_set(config, tiny_net, "sum0", variant, classes, seeds, vectors, progress=False)
+    assert written == [1, 2]  # chunk 0 (of 16 samples) was kept: the rerun's key is the interrupted run's
+    assert _files(resumed) == _files(reference)
+    if given:  # other label vectors are another configuration
+        with pytest.raises(UserError, match="another configuration.*label_vectors was"):
+            generate_set(config, tiny_net, "sum0", variant, classes, seeds, vectors[::-1], progress=False)
+
+
+@pytest.mark.parametrize("variant,classes,vectors,match", [
+    ("class", [0, -1], None, "every sample needs a class id"),
+    ("class", [0, 10], None, r"class ids must lie in -1\.\.9"),
+    ("blend", [-1, -1], None, "conditioning 'blend' needs label weights"),
+    ("sideways", [-1, -1], None, "unknown conditioning mode 'sideways'"),
+    ("blend", [-1, -1], np.ones((2, 9)), "label vector has length 9; the model takes 10 classes"),
+    ("blend", [-1, -1], np.ones((3, 10)), "3 label vectors for 2 seeds"),
+    ("blend", [-1, -1], np.array([[1.0] * 9 + [np.inf], [1.0] * 10]), "NaN or infinity"),
+    ("uniform", [-1, -1, -1], None, "3 class ids for 2 seeds"),
+])
+def test_generate_refuses_bad_conditioning(tiny_net, npz_dir, make_config, variant, classes, vectors, match):
+    with pytest.raises(UserError, match=match):
+        generate_set(make_config(path=npz_dir), tiny_net, "sum0", variant, classes, [4, 5], vectors, progress=False)
+
+
 def _shard_worker(rank, world, port, weights, config_overrides, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)

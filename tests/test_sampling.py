@@ -46,6 +46,30 @@ def test_noise_depends_only_on_seed_and_index():
     assert abs(a.mean()) < 0.2 and abs(a.std() - 1) < 0.2
 
 
+
+def _serial_noise(seed, indices, shape):
+    """The definition sample_noise must keep: one generator seeded from SeedSequence([seed, i]) per row."""
+    rows = []
+    for i in indices:
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, int(i)]).generate_state(1, np.uint64)[0] >> 1))
+        rows.append(torch.randn(shape, generator=g))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("seed,indices", [
+    (0, np.arange(1000)),
+    (7, np.arange(5000, 3999, -1)),  # reversed: rows follow the given order
+    (123, np.random.default_rng(0).choice(10**6, 777, replace=False)),  # non-contiguous
+    (2**40 + 3, np.arange(600) * 2**32 + 5),  # large seed and indices (trajectory noise ids), two 32-bit words
+])
+def test_threaded_noise_is_the_serial_definition(seed, indices):
+    shape = (3, 5, 4)
+    ref = _serial_noise(seed, indices, shape)
+    for workers in (1, 3, 8):  # 3 and 8 run threads (>= 64 rows each), whatever the CPU count
+        torch.testing.assert_close(sample_noise(seed, indices, shape, workers=workers), ref, rtol=0, atol=0)
+    torch.testing.assert_close(sample_noise(seed, list(indices), shape), ref, rtol=0, atol=0)
+
+
 def test_same_images_for_any_batch_size():
     torch.manual_seed(0)
     net = build_preset("tiny").eval()

@@ -51,6 +51,31 @@ def test_select_samples_rule():
     assert np.all(np.diff(chosen) > 0)
 
 
+
+def _select_reference(class_ids, wanted, per_class, max_samples, seed):
+    """The selection rule, written plainly: each class's candidates in a (seed, class) random order."""
+    classes = list(wanted) if wanted else sorted(set(class_ids.tolist()))
+    keyed = []  # (rank, position of the class, candidate)
+    for pos, c in enumerate(classes):
+        members = np.flatnonzero(class_ids == c)
+        order = np.random.default_rng([seed, c]).permutation(len(members))
+        keyed += [(r, pos, int(i)) for r, i in enumerate(members[order]) if per_class <= 0 or r < per_class]
+    if max_samples > 0:
+        keyed = sorted(keyed)[:max_samples]
+    return np.array(sorted(i for _, _, i in keyed), dtype=np.int64)
+
+
+@pytest.mark.parametrize("wanted,per_class,max_samples", [(None, 0, 0), (None, 0, 777), (None, 3, 0), (None, 5, 40),
+                                                          ([7, 2, 30], 0, 25), ([4], 0, 2000), (None, 0, 1)])
+def test_select_samples_matches_the_plain_rule(wanted, per_class, max_samples):
+    rng = np.random.default_rng(5)
+    class_ids = np.concatenate([rng.integers(0, 12, 1500), np.full(300, 4)])  # class 4 over-represented
+    rng.shuffle(class_ids)
+    for seed in (0, 3):
+        np.testing.assert_array_equal(select_samples(class_ids, wanted, per_class, max_samples, seed),
+                                      _select_reference(class_ids, wanted, per_class, max_samples, seed))
+
+
 def test_npz_resized_when_resolution_differs(npz_dir):
     src = NpzSource(npz_dir, 8)
     assert src.load(0, 5).images.shape == (5, 3, 8, 8)

@@ -30,6 +30,22 @@ def _files(root):
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+
+def test_sparse_labels_are_each_rows_non_zeros():
+    rng = np.random.default_rng(0)
+    vectors = np.where(rng.random((50, 30)) < 0.2, rng.random((50, 30)), 0).astype(np.float64)
+    vectors[3] = 0  # no non-zero (the zero variant)
+    vectors[7] = 1 / 30  # all (the uniform variant)
+    vectors[9, 4] = -0.0  # a signed zero is a zero
+    idx, w = sparse_labels(vectors)
+    assert len(idx) == len(w) == 50
+    for v, i, x in zip(vectors.astype(np.float32), idx, w):
+        assert i.dtype == np.int32 and x.dtype == np.float32
+        np.testing.assert_array_equal(i, np.flatnonzero(v))
+        np.testing.assert_array_equal(x, v[np.flatnonzero(v)])
+    assert sparse_labels(np.zeros((0, 30), np.float32)) == ([], [])
+
+
 def test_write_finalize_and_read_back(tmp_path):
     w = StoreWriter(tmp_path / "s", KEY, "real")
     w.prepare(info=INFO)
