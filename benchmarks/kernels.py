@@ -8,9 +8,11 @@ the most GPU time in one batch, with Inductor's full kernel names (which name th
 so that they can be found in its generated code (run with TORCH_COMPILE_DEBUG=1 to keep that code;
 `device_suite.sh kernels` does). Variants: `default` (what the stages run), `nchw-cat` (the
 decoder's skip concatenations left to Inductor's default layout, as before `unet.cat_channels`),
-`nhwc-norm` (the group-norm / scale-shift / SiLU tails written over (n, h, w, c) views,
-`unet.NHWC_ELEMENTWISE`), `token-attention` (attention as token matrix products reading q, k, v in
-place, `unet.TOKEN_ATTENTION`), both together,
+`before-nhwc-token`, `nhwc-norm`, `token-attention` and `nhwc-norm+token-attention` (the
+group-norm / scale-shift / SiLU tails written over (n, h, w, c) views, `unet.NHWC_ELEMENTWISE`, and
+attention as token matrix products reading q, k, v in place, `unet.TOKEN_ATTENTION`: neither, one,
+the other, both as the default), `nhwc-resample` (the box up/downsampling over such views too,
+`unet.NHWC_RESAMPLE`),
 `coordinate-descent` and `autotune-pointwise` (Inductor tuning its own kernels' launch parameters, by
 coordinate descent or over its list of configurations: candidates for the memory-bound group-norm
 kernels between the convolutions; both compile for longer), and `cudnn-all-algos` (cuDNN's
@@ -44,8 +46,12 @@ from dmd2report.runtime import prepare
 # Flags set in a variant's process before its graphs compile: attributes of models.unet,
 # "inductor.<name>" of torch._inductor.config, or "cudnn.<name>" of torch.backends.cudnn.
 VARIANTS = {"default": {}, "nchw-cat": {"CHANNELS_LAST_CAT": False},
-            "nhwc-norm": {"NHWC_ELEMENTWISE": True}, "token-attention": {"TOKEN_ATTENTION": True},
+            # The layouts of the block tails and attention, each way (the default: both on).
+            "before-nhwc-token": {"NHWC_ELEMENTWISE": False, "TOKEN_ATTENTION": False},
+            "nhwc-norm": {"NHWC_ELEMENTWISE": True, "TOKEN_ATTENTION": False},
+            "token-attention": {"NHWC_ELEMENTWISE": False, "TOKEN_ATTENTION": True},
             "nhwc-norm+token-attention": {"NHWC_ELEMENTWISE": True, "TOKEN_ATTENTION": True},
+            "nhwc-resample": {"NHWC_RESAMPLE": True},
             "coordinate-descent": {"inductor.coordinate_descent_tuning": True},
             "autotune-pointwise": {"inductor.max_autotune_pointwise": True},
             "cudnn-all-algos": {"cudnn.benchmark_limit": 0}}

@@ -15,6 +15,7 @@ from dmd2report.runtime import (
     compile_forward,
     stage_samples,
     prepare,
+    use_box_resampling,
 )
 
 FIX = Path(__file__).parent / "fixtures"
@@ -33,9 +34,14 @@ def _tiny():
 def test_compiled_network_reproduces_reference_vectors(nhwc, monkeypatch):
     from dmd2report.models import unet
 
-    monkeypatch.setattr(unet, "NHWC_ELEMENTWISE", nhwc)  # the block tails over (n, h, w, c) views: the same
+    # The block tails and the box resampling over (n, h, w, c) views, or neither: the same results.
+    monkeypatch.setattr(unet, "NHWC_ELEMENTWISE", nhwc)
+    monkeypatch.setattr(unet, "NHWC_RESAMPLE", nhwc)
     torch._dynamo.reset()
     net, v = _tiny()
+    if nhwc:
+        use_box_resampling(net)  # as runtime.prepare does (the tiny configuration's filter is the box)
+        assert any(getattr(m, "box_resample", False) for m in net.modules())
     x, sigma, labels = v["input.x"], v["input.sigma"], v["input.class_labels"]
     n = len(x)
     fwd = compile_forward(net, batch=4)  # n = 6: one whole batch of 4, one padded batch of 2
@@ -169,3 +175,17 @@ def test_compiled_nhwc_norm_silu_equals_eager_and_is_channels_last(scale, monkey
         norm.weight.copy_(w), norm.bias.copy_(b)
         torch._dynamo.reset()
         torch.testing.assert_close(torch.compile(norm, fullgraph=True)(x), norm(x), atol=1e-5, rtol=1e-5)
+
+
+def test_compile_drops_only_inductors_extern_choice_bookkeeping_warning(caplog):
+    # Compiled attention blocks made Inductor log dozens of lines that say nothing to a user; only that
+    # message is dropped, the logger's other warnings still show.
+    import logging
+
+    net, _ = _tiny()
+    compile_forward(net, batch=4, enabled=False)
+    logger = logging.getLogger("torch._inductor.select_algorithm")
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        logger.warning("Constructing input/output tensor meta failed for Extern Choice")
+        logger.warning("something else went wrong")
+    assert [r.getMessage() for r in caplog.records] == ["something else went wrong"]

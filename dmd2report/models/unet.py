@@ -71,16 +71,43 @@ class Conv2d(torch.nn.Module):
         w_pad = w.shape[-1] // 2 if w is not None else 0
         f_pad = (f.shape[-1] - 1) // 2 if f is not None else 0
         if self.up:
-            x = (F.interpolate(x, scale_factor=2, mode="nearest") if self.box_resample else
+            x = (upsample_nearest2x(x) if self.box_resample else
                  F.conv_transpose2d(x, f.mul(4).tile([self.in_channels, 1, 1, 1]), groups=self.in_channels, stride=2, padding=f_pad))
         if self.down:
-            x = (F.avg_pool2d(x, 2) if self.box_resample else
+            x = (avg_pool2x2(x) if self.box_resample else
                  F.conv2d(x, f.tile([self.in_channels, 1, 1, 1]), groups=self.in_channels, stride=2, padding=f_pad))
         if w is not None:
             x = F.conv2d(x, w, padding=w_pad)
         if b is not None:
             x = x.add_(b.reshape(1, -1, 1, 1))
         return x
+
+
+# Under torch.compile, the box resampling written over (n, h, w, c) views (see upsample_nearest2x); off
+# until measured: benchmarks/kernels.py's `nhwc-resample` variant.
+NHWC_RESAMPLE = False
+
+
+def upsample_nearest2x(x):
+    """F.interpolate(x, scale_factor=2, mode="nearest").
+
+    Compiled with NHWC_RESAMPLE, each pixel's channel vector is repeated over the (n, h, w, c) view,
+    so that the kernel iterates in the channels-last memory order (see _norm_nhwc for why it matters;
+    with the block tails over such views, the 64x64 upsampling kernel read its input across the grain)."""
+    if not (NHWC_RESAMPLE and torch.compiler.is_compiling()):
+        return F.interpolate(x, scale_factor=2, mode="nearest")
+    n, c, h, w = x.shape
+    xh = x.permute(0, 2, 3, 1)[:, :, None, :, None, :].expand(n, h, 2, w, 2, c)
+    return xh.reshape(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+
+
+def avg_pool2x2(x):
+    """F.avg_pool2d(x, 2); compiled with NHWC_RESAMPLE, the mean of each 2x2 block over the (n, h, w, c) view."""
+    if not (NHWC_RESAMPLE and torch.compiler.is_compiling()):
+        return F.avg_pool2d(x, 2)
+    n, c, h, w = x.shape
+    xh = x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w // 2, 2, c)
+    return xh.float().sum(dim=(2, 4)).mul(0.25).to(x.dtype).permute(0, 3, 1, 2)
 
 
 class GroupNorm(torch.nn.Module):
@@ -103,7 +130,9 @@ class GroupNorm(torch.nn.Module):
 # benchmarks/forward.py can measure Inductor's own decomposition side by side.
 COMPILED_CHANNEL_STATS = True
 # Under torch.compile, the group norm / scale-shift / SiLU tails written over (n, h, w, c) views of the
-# channels-last maps (see _norm_nhwc); off until measured: benchmarks/kernels.py's `nhwc-norm` variant.
+# channels-last maps (see _norm_nhwc), and attention as token matrix products (TOKEN_ATTENTION).
+# Switches so that benchmarks/kernels.py measures them side by side (`nhwc-norm`, `token-attention`):
+# together they took generation from 1,952 to 2,019 img/s model only on an H200 (benchmarks/README.md).
 NHWC_ELEMENTWISE = True
 
 
@@ -165,8 +194,7 @@ def _norm_nhwc(x, num_groups: int, weight, bias, eps: float, scale=None, shift=N
     if silu:
         y = F.silu(y)
     return y.to(x.dtype).permute(0, 3, 1, 2)
-# Under torch.compile, attention as token matrix products reading q, k, v in place (UNetBlock.attention);
-# off until measured: benchmarks/kernels.py's `token-attention` variant.
+# Under torch.compile, attention as token matrix products reading q, k, v in place (UNetBlock.attention).
 TOKEN_ATTENTION = True
 
 
