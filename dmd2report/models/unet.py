@@ -194,6 +194,8 @@ def _norm_nhwc(x, num_groups: int, weight, bias, eps: float, scale=None, shift=N
     if silu:
         y = F.silu(y)
     return y.to(x.dtype).permute(0, 3, 1, 2)
+
+
 # Under torch.compile, attention as token matrix products reading q, k, v in place (UNetBlock.attention).
 TOKEN_ATTENTION = True
 
