@@ -221,7 +221,6 @@ def test_generated_images_do_not_depend_on_chunking(tiny_net, npz_dir, make_conf
         generate_set(make_config(path=npz_dir), tiny_net, "sum0", "zero", np.full(2, -1), [1, 1], progress=False)
 
 
-
 @pytest.mark.parametrize("variant,given", [("uniform", False), ("class", False), ("blend", True)])
 def test_generate_resumes_an_interrupted_store(tiny_net, npz_dir, make_config, tmp_path, monkeypatch, variant, given):
     classes, seeds = np.arange(40) % 10, np.arange(40) * 7

@@ -46,7 +46,6 @@ def test_noise_depends_only_on_seed_and_index():
     assert abs(a.mean()) < 0.2 and abs(a.std() - 1) < 0.2
 
 
-
 def _serial_noise(seed, indices, shape):
     """The definition sample_noise must keep: one generator seeded from SeedSequence([seed, i]) per row."""
     rows = []

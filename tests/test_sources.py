@@ -51,7 +51,6 @@ def test_select_samples_rule():
     assert np.all(np.diff(chosen) > 0)
 
 
-
 def _select_reference(class_ids, wanted, per_class, max_samples, seed):
     """The selection rule, written plainly: each class's candidates in a (seed, class) random order."""
     classes = list(wanted) if wanted else sorted(set(class_ids.tolist()))

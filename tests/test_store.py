@@ -30,7 +30,6 @@ def _files(root):
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-
 def test_sparse_labels_are_each_rows_non_zeros():
     rng = np.random.default_rng(0)
     vectors = np.where(rng.random((50, 30)) < 0.2, rng.random((50, 30)), 0).astype(np.float64)
