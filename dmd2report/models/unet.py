@@ -147,8 +147,6 @@ def group_norm_f32(x, num_groups: int, weight, bias, eps: float):
     """
     if not (COMPILED_CHANNEL_STATS and torch.compiler.is_compiling()):
         return F.group_norm(x.float(), num_groups, weight.float(), bias.float(), eps)
-    if NHWC_ELEMENTWISE:
-        return _group_norm_nhwc(x.permute(0, 2, 3, 1).float(), num_groups, weight, bias, eps).permute(0, 3, 1, 2)
     n, c = x.shape[:2]
     xf = x.float()
     var_c, mean_c = torch.var_mean(xf, dim=(2, 3), correction=0)
