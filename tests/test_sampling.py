@@ -104,3 +104,15 @@ def test_capture_during_generation_equals_plain_generation():
         img = cap.run(80 * z, torch.full((4,), 80.0), c)
     torch.testing.assert_close(img, generate(net, z, c))
     assert cap.activations["midblock"].shape == (4, 64, 4, 4)
+
+
+def test_given_label_vectors_are_checked_to_the_last_row():
+    # One vector is one row (not K copies of it); a NaN in any row, also past the first block of
+    # rows checked at once, is refused.
+    assert condition_vectors("vector", 4, weights=np.ones(4)).shape == (1, 4)
+    w = np.ones((9000, 4), np.float32)
+    w[8999, 2] = np.nan
+    with pytest.raises(UserError, match="NaN or infinity"):
+        condition_vectors("vector", 4, weights=w)
+    with pytest.raises(UserError, match="length 3; the model takes 4"):
+        condition_vectors("blend", 4, weights=np.ones((2, 3)))
