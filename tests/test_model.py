@@ -220,3 +220,28 @@ def test_compiled_nhwc_box_resampling_equals_pooling_and_nearest_upsampling(dtyp
     torch.testing.assert_close(down, torch.nn.functional.avg_pool2d(x, 2), atol=0, rtol=1e-6 if dtype == torch.float32 else 0)
     assert up.dtype == down.dtype == dtype
     assert up.is_contiguous(memory_format=torch.channels_last) and down.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_convolution_after_upsampling_from_the_low_resolution_map(kernel, monkeypatch):
+    # Compiled, an up block's convolution runs on the map before upsampling (unet.SUBPIXEL_UP): four
+    # 2x2 phase convolutions, or the 1x1 convolution before the upsampling. Same function as
+    # upsampling then convolving, with odd sizes too; the Conv2d module takes that path only compiled.
+    from dmd2report.models import unet
+    from dmd2report.models.unet import Conv2d
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, 3, 5, generator=g).contiguous(memory_format=torch.channels_last)
+    conv = Conv2d(6, 4, kernel=kernel, up=True, init_bias=1).eval()
+    conv.box_resample = True
+    with torch.no_grad():
+        conv.bias.copy_(torch.randn(4, generator=g))
+        up = torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+        ref = torch.nn.functional.conv2d(up, conv.weight, padding=kernel // 2).add_(conv.bias.reshape(1, -1, 1, 1))
+        assert torch.equal(conv(x), ref)  # eager: upstream's order of operations
+        torch.testing.assert_close(unet._conv_after_upsampling(x, conv.weight, conv.bias), ref, atol=1e-5, rtol=0)
+        monkeypatch.setattr(unet, "SUBPIXEL_UP", True)
+        torch._dynamo.reset()
+        got = torch.compile(conv, fullgraph=True, dynamic=False)(x)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+    assert got.shape == (2, 4, 6, 10)

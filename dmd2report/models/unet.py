@@ -70,6 +70,8 @@ class Conv2d(torch.nn.Module):
         f = self.resample_filter.to(x.dtype) if self.resample_filter is not None else None
         w_pad = w.shape[-1] // 2 if w is not None else 0
         f_pad = (f.shape[-1] - 1) // 2 if f is not None else 0
+        if self.up and self.box_resample and w is not None and SUBPIXEL_UP and torch.compiler.is_compiling():
+            return _conv_after_upsampling(x, self.weight, b)  # taps summed from the float32 weights
         if self.up:
             x = (upsample_nearest2x(x) if self.box_resample else
                  F.conv_transpose2d(x, f.mul(4).tile([self.in_channels, 1, 1, 1]), groups=self.in_channels, stride=2, padding=f_pad))
@@ -81,6 +83,50 @@ class Conv2d(torch.nn.Module):
         if b is not None:
             x = x.add_(b.reshape(1, -1, 1, 1))
         return x
+
+
+# Under torch.compile, a convolution after nearest 2x upsampling computed from the low-resolution map
+# (see _conv_after_upsampling); a switch so that benchmarks/kernels.py measures it (`subpixel-up`).
+SUBPIXEL_UP = True
+
+# Which of a 3-tap kernel's taps (rows) each output phase's two taps sum, for a 3x3 convolution after
+# nearest 2x upsampling: output row 2i reads upsampled rows 2i-1, 2i, 2i+1 = low-resolution rows i-1, i, i;
+# row 2i+1 reads rows i, i, i+1. Phase 0's two taps are low rows (i-1, i), phase 1's are (i, i+1).
+_PHASE_TAPS = ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+
+
+def _conv_after_upsampling(x, w, b):
+    """conv2d(upsample_nearest2x(x), w, b), padding w's half width, computed from x itself.
+
+    Nearest upsampling repeats every pixel 2x2, so each of the four output phases (row and column
+    parity) is a 2x2 convolution of the low-resolution map with taps summed from w: for a 3x3 kernel
+    16 instead of 36 multiply-adds per low-resolution pixel and channel pair, and no upsampled
+    map written and read back. All four phases run as one convolution (4 x out channels, 2x2 kernel,
+    padding 1, so the (h + 1) x (w + 1) outputs hold both phases' windows); the phases interleave by
+    index arithmetic, which Inductor folds into the kernels that read the result. A 1x1 kernel
+    commutes with the upsampling: it runs at low resolution and its output is upsampled.
+    The same function up to rounding (taps are summed before the products).
+    """
+    n, c, h, wd = x.shape
+    o, k = w.shape[0], w.shape[-1]
+    if k == 1:
+        y = F.conv2d(x, w.to(x.dtype))
+        if b is not None:
+            y = y + b.reshape(1, -1, 1, 1)
+        return upsample_nearest2x(y)
+    assert k == 3, k
+    taps = torch.tensor(_PHASE_TAPS, dtype=torch.float32, device=w.device)  # (phase, tap, 3)
+    w4 = torch.einsum("aiu,bjv,ocuv->abocij", taps, taps, w.float()).reshape(4 * o, c, 2, 2).to(x.dtype)
+    y = F.conv2d(x, w4, padding=1)  # (n, (phase row, phase column, o), h + 1, w + 1)
+    # Output pixel (2i + a, 2j + b) is phase (a, b)'s output at (i + a, j + b): with Y = 2i + a, the
+    # low row is (Y + 1) // 2 and the phase Y % 2.
+    rows = torch.arange(2 * h, device=x.device)
+    cols = torch.arange(2 * wd, device=x.device)
+    yh = y.permute(0, 2, 3, 1).view(n, h + 1, wd + 1, 2, 2, o)
+    out = torch.ops.aten._unsafe_index(yh, [None, ((rows + 1) // 2)[:, None], ((cols + 1) // 2)[None, :],
+                                            (rows % 2)[:, None], (cols % 2)[None, :]])
+    out = out.permute(0, 3, 1, 2)  # (n, o, 2h, 2w), channels-last
+    return out + b.reshape(1, -1, 1, 1) if b is not None else out
 
 
 # Under torch.compile, the box resampling written over (n, h, w, c) views (see upsample_nearest2x); off
