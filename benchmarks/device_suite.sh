@@ -24,7 +24,7 @@ case "${1:-tests}" in
   kernels)
     # One output_code.py per compiled graph (generation, extraction), named in the profile's kernel names.
     TORCH_COMPILE_DEBUG=1 TORCH_COMPILE_DEBUG_DIR=/tmp/compile-debug timeout 560 \
-      python benchmarks/kernels.py ${KERNELS_ARGS:---what generate --variants before-subpixel-up,default,nhwc-resample} --out "$OUT" 2>&1 | quiet | tee "$OUT/kernels.log"
+      python benchmarks/kernels.py ${KERNELS_ARGS:---what generate --variants before-subpixel-up,default} --out "$OUT" 2>&1 | quiet | tee "$OUT/kernels.log"
     find /tmp/compile-debug -name output_code.py -size +100k | while read -r f; do
       cp "$f" "$OUT/output_code-$(echo "$f" | md5sum | cut -c1-8).py"; done
     ls -la "$OUT" ;;

@@ -11,8 +11,7 @@ decoder's skip concatenations left to Inductor's default layout, as before `unet
 `before-nhwc-token`, `nhwc-norm`, `token-attention` and `nhwc-norm+token-attention` (the
 group-norm / scale-shift / SiLU tails written over (n, h, w, c) views, `unet.NHWC_ELEMENTWISE`, and
 attention as token matrix products reading q, k, v in place, `unet.TOKEN_ATTENTION`: neither, one,
-the other, both as the default), `nhwc-resample` (the box up/downsampling over such views too,
-`unet.NHWC_RESAMPLE`), `before-subpixel-up` (the up blocks' convolutions run on the upsampled
+the other, both as the default), `before-subpixel-up` (the up blocks' convolutions run on the upsampled
 maps, as before `unet.SUBPIXEL_UP`), `conv1x1-mm` (Inductor running the 1x1 convolutions, the decoder blocks'
 skip projections among them, as matrix products with fused epilogues instead of cuDNN calls),
 `coordinate-descent` and `autotune-pointwise` (Inductor tuning its own kernels' launch parameters, by
@@ -53,7 +52,6 @@ VARIANTS = {"default": {}, "nchw-cat": {"CHANNELS_LAST_CAT": False},
             "nhwc-norm": {"NHWC_ELEMENTWISE": True, "TOKEN_ATTENTION": False},
             "token-attention": {"NHWC_ELEMENTWISE": False, "TOKEN_ATTENTION": True},
             "nhwc-norm+token-attention": {"NHWC_ELEMENTWISE": True, "TOKEN_ATTENTION": True},
-            "nhwc-resample": {"NHWC_RESAMPLE": True},
             "before-subpixel-up": {"SUBPIXEL_UP": False},
             "conv1x1-mm": {"inductor.conv_1x1_as_mm": True},
             "coordinate-descent": {"inductor.coordinate_descent_tuning": True},

@@ -98,6 +98,13 @@ def sync():
         torch.cuda.synchronize()
 
 
+def with_peak_memory(run, *args, **kwargs) -> dict:
+    """run's row with the GPU memory it peaked at (allocated tensors), for the baselines."""
+    torch.cuda.reset_peak_memory_stats()
+    row = run(*args, **kwargs)
+    return row | {"peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+
+
 # ---------------------------------------------------------------------------------------------- baselines
 
 
@@ -310,6 +317,8 @@ def main():
                     help="also profile one extraction and one generation stage end to end: the GPU's busy fraction and idle gaps")
     ap.add_argument("--ablate-cudagraphs", action="store_true",
                     help="also time extraction (no subsets) and class generation end to end with the other CUDA-graph setting")
+    ap.add_argument("--baselines-only", action="store_true",
+                    help="only the seed-style and float32 eager rows (a short call)")
     args = ap.parse_args()
     from dmd2report.runtime import compile_forward, prepare
 
@@ -336,12 +345,16 @@ def main():
     # Baselines run with PyTorch's default float32 settings (cuDNN convolutions may use TF32),
     # as upstream code would; the accuracy reference below is strict float32.
     rows = {}
-    rows["seed-style gen"] = seed_style_generation(fp32, n_seed, 64, work / "seed")
+    rows["seed-style gen"] = with_peak_memory(seed_style_generation, fp32, n_seed, 64, work / "seed")
     log("seed-style", rows["seed-style gen"], flush=True)
-    rows["fp32 eager gen"] = float32_eager(fp32, n_fp32, 256, work / "fp32g")
-    rows["fp32 eager extract"] = float32_eager(fp32, n_fp32 * 2, 256, work / "fp32e", extract_npz=work / "npz")
+    rows["fp32 eager gen"] = with_peak_memory(float32_eager, fp32, n_fp32, 256, work / "fp32g")
+    rows["fp32 eager extract"] = with_peak_memory(float32_eager, fp32, n_fp32 * 2, 256, work / "fp32e",
+                                                  extract_npz=work / "npz")
     log("fp32", rows["fp32 eager gen"], rows["fp32 eager extract"], flush=True)
     save()
+    if args.baselines_only:
+        shutil.rmtree(work, ignore_errors=True)
+        return
 
     fast = build_preset("dmd2-imagenet64")
     fast.load_state_dict(net_cpu.state_dict())

@@ -204,24 +204,6 @@ def test_compiled_skip_concatenation_is_channels_last_and_exact():
     assert torch.equal(eager, torch.cat([x, skip], 1)) and eager.is_contiguous()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_compiled_nhwc_box_resampling_equals_pooling_and_nearest_upsampling(dtype, monkeypatch):
-    # The box resampling over (n, h, w, c) views (unet.NHWC_RESAMPLE) gives what nearest 2x
-    # upsampling and 2x2 average pooling give, channels-last, in the input's dtype.
-    from dmd2report.models import unet
-
-    g = torch.Generator().manual_seed(0)
-    x = (torch.randn(2, 6, 4, 8, generator=g) * 5).to(dtype).contiguous(memory_format=torch.channels_last)
-    monkeypatch.setattr(unet, "NHWC_RESAMPLE", True)
-    torch._dynamo.reset()
-    up = torch.compile(unet.upsample_nearest2x, fullgraph=True, dynamic=False)(x)
-    down = torch.compile(unet.avg_pool2x2, fullgraph=True, dynamic=False)(x)
-    assert torch.equal(up, torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
-    torch.testing.assert_close(down, torch.nn.functional.avg_pool2d(x, 2), atol=0, rtol=1e-6 if dtype == torch.float32 else 0)
-    assert up.dtype == down.dtype == dtype
-    assert up.is_contiguous(memory_format=torch.channels_last) and down.is_contiguous(memory_format=torch.channels_last)
-
-
 @pytest.mark.parametrize("kernel", [1, 3])
 def test_convolution_after_upsampling_from_the_low_resolution_map(kernel, monkeypatch):
     # Compiled, an up block's convolution runs on the map before upsampling (unet.SUBPIXEL_UP): four

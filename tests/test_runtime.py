@@ -34,10 +34,9 @@ def _tiny():
 def test_compiled_network_reproduces_reference_vectors(nhwc, monkeypatch):
     from dmd2report.models import unet
 
-    # The block tails and the box resampling over (n, h, w, c) views and the upsampling convolutions
-    # from the low-resolution maps, or none of them: the same results.
+    # The block tails over (n, h, w, c) views and the upsampling convolutions from the
+    # low-resolution maps, or neither: the same results.
     monkeypatch.setattr(unet, "NHWC_ELEMENTWISE", nhwc)
-    monkeypatch.setattr(unet, "NHWC_RESAMPLE", nhwc)
     monkeypatch.setattr(unet, "SUBPIXEL_UP", nhwc)
     torch._dynamo.reset()
     net, v = _tiny()
