@@ -65,16 +65,35 @@ def random_weights(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return net
 
 
-def flops_per_image(early_exit: bool) -> float:
+def flops_per_image(early_exit: bool, compiled_forms: bool = False, by_op: bool = False):
+    """FLOPs per image of the upstream network, or (compiled_forms) of the forms the compiled network
+    runs (unet's compile-only branches, e.g. the up blocks from low-resolution maps), which do less;
+    by_op: {ATen operator: FLOPs per image} instead of the total."""
+    from unittest import mock
+
     from torch.utils.flop_counter import FlopCounterMode
+
+    from dmd2report.models.unet import Conv2d
 
     # On the meta device: FLOPs are counted from shapes, nothing is computed.
     net = build_preset("dmd2-imagenet64", device="meta", use_fp16=False)
+    for m in net.modules():  # as runtime.prepare finds DMD2's [1, 1] filter (meta buffers hold no values)
+        if compiled_forms and isinstance(m, Conv2d) and m.resample_filter is not None:
+            m.box_resample = True
     x = torch.randn(2, 3, 64, 64, device="meta")
     c = torch.zeros(2, 1000, device="meta")
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
+    with (FlopCounterMode(display=False) as fc, torch.no_grad(),
+          mock.patch.object(torch.compiler, "is_compiling", lambda: compiled_forms)):
         with ActivationCapture(net, LAYERS, early_exit=early_exit) as cap:
             cap.run(80 * x, torch.full((2,), 80.0, device="meta"), c)
+    if by_op:
+        counts = fc.get_flop_counts()
+        ops = {str(op): f / 2 for op, f in counts["Global"].items()}
+        # Counted in float32, attention's qkv and projection are 1x1 convolutions; compiled in bf16
+        # they are matrix products over tokens (cuBLAS, unet.TOKEN_ATTENTION).
+        ops["of which attention qkv + proj"] = sum(f for name, c in counts.items()
+                                                   if name.endswith((".qkv", ".proj")) for f in c.values()) / 2
+        return ops
     return fc.get_total_flops() / 2
 
 
@@ -319,7 +338,16 @@ def main():
                     help="also time extraction (no subsets) and class generation end to end with the other CUDA-graph setting")
     ap.add_argument("--baselines-only", action="store_true",
                     help="only the seed-style and float32 eager rows (a short call)")
+    ap.add_argument("--flops", action="store_true",
+                    help="only print the FLOPs per image, upstream and as compiled (no GPU needed)")
     args = ap.parse_args()
+    if args.flops:
+        for early in (False, True):
+            print(f"{'to midblock' if early else 'full network'}: {flops_per_image(early) / 1e9:.1f} GFLOP upstream, "
+                  f"{flops_per_image(early, compiled_forms=True) / 1e9:.1f} GFLOP as compiled")
+        ops = flops_per_image(False, compiled_forms=True, by_op=True)
+        print("full network as compiled, by operator:", ", ".join(f"{k} {v / 1e9:.1f}" for k, v in ops.items()))
+        return
     from dmd2report.runtime import compile_forward, prepare
 
     assert torch.cuda.is_available(), "run on a CUDA machine"
