@@ -6,6 +6,8 @@ a traceback means a bug in dmd2report.
 
 from __future__ import annotations
 
+import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -25,8 +27,23 @@ class _Group(click.Group):
 
 @click.group(cls=_Group)
 @click.version_option(package_name="dmd2report")
-def cli():
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors (no progress bars).")
+@click.option("-v", "--verbose", is_flag=True, help="Also debugging details.")
+def cli(quiet, verbose):
     """Static reports on where a DMD2 one-step generator lands among real data."""
+    setup_logging(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+
+
+def setup_logging(level: int) -> None:
+    """One handler on the package's logger: messages to stderr, as `[stage] message` lines already read.
+    Progress bars (tqdm) follow the same level: hidden with --quiet."""
+    logger = logging.getLogger("dmd2report")
+    logger.setLevel(level)
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s" if level <= logging.DEBUG else "%(message)s"))
+    logger.addHandler(handler)
 
 
 @cli.command()
@@ -136,11 +153,14 @@ def _load(kwargs):
 
 
 def _run(config, stages, force=(), overwrite=None):
-    from .assemble import command_line
-    from .pipeline import Run
+    from .pipeline import build
 
-    run = Run(config, command=command_line(), log=lambda m: click.echo(m, err=True))
-    return run.run_stages(stages, force=force, overwrite=overwrite)
+    return build(config, stages, force=force, overwrite=overwrite, command=command_line())
+
+
+def command_line() -> str:
+    """The command as typed, for the index page ("how it was built") and the work directory's lock."""
+    return " ".join(shlex.quote(a) for a in ["dmd2report", *sys.argv[1:]])
 
 
 @cli.command(context_settings={"ignore_unknown_options": False})
