@@ -25,6 +25,7 @@ import torch
 
 from .errors import UserError
 from .layers import mask_layers
+from .runtime import auto_batch_size
 from .sampling import condition_vectors, generate, sample_noise, to_uint8
 
 NEIGHBOURS = 5        # neighbours averaged for an anchor's mask
@@ -99,7 +100,7 @@ def build_atlas(run) -> None:
 
     def masked(masks: np.ndarray, labels: torch.Tensor, offset: int) -> np.ndarray:
         out = []
-        bs = cfg.features.batch(device)
+        bs = auto_batch_size(device, cfg.features.batch_size)
         for s in range(0, len(masks), bs):
             z = sample_noise(cfg.run.seed, range(offset + s, offset + s + len(masks[s:s + bs])), shape).to(device)
             with mask_layers(net, {m.mask_layer: torch.from_numpy(np.ascontiguousarray(masks[s:s + bs]))}):

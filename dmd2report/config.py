@@ -57,26 +57,11 @@ class FeaturesConfig:
     reduce: str = "mean"            # full | mean | pca:K
     pca_fit_samples: int = 10000    # M: real samples the on-device PCA is fitted on
     dtype: str = "float16"          # stored feature dtype: float16 | float32
-    batch_size: int = 0             # images per forward pass; 0 = auto: on CUDA by GPU memory (1024 from 48 GiB, 512 from 24), else 256
+    batch_size: int = 0             # images per forward pass; 0 = auto (runtime.auto_batch_size): on CUDA by GPU memory (1024 from 48 GiB, 512 from 24), else 256
     chunk_size: int = 4096          # samples per stored chunk (the unit of atomic writes and resume)
     generated: str = "reencode"     # generated features: reencode (image fed back as real ones are) | generation
     full_per_class: int = 8         # real samples per class whose full mask-layer activations are kept (masking)
     recon_per_class: int = 4        # real samples per class whose reconstruction (model output) is kept
-
-    def batch(self, device) -> int:
-        """The batch size to run on `device` (batch_size, or its automatic value)."""
-        if self.batch_size:
-            return self.batch_size
-        kind = device.type if hasattr(device, "type") else str(device).split(":")[0]
-        if kind != "cuda":
-            return 256
-        import torch
-
-        # The full ImageNet-64 network peaked at 21-27 GiB for batches of 1024 and ~14.5 GiB for 512
-        # (benchmarks/README.md). On an H200 the two run alike model only; 1024 is where the
-        # end-to-end figures were measured, and it halves the launches per image.
-        gib = torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30
-        return 1024 if gib >= 48 else 512 if gib >= 24 else 256
 
 
 @dataclass

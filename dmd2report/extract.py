@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from .errors import UserError
 from .layers import REDUCERS, ActivationCapture, layer_shapes, resolve_layer
-from .runtime import stage_samples
+from .runtime import auto_batch_size, stage_samples
 from .sampling import SIGMA_MAX
 from .store import BackgroundWriter, StoreWriter, load_pca, save_json, save_pca
 
@@ -260,7 +260,7 @@ def _fit_pca(net, source, plan, config, device, k: int) -> dict:
     layers = list(config.features.layers)
     m = min(config.features.pca_fit_samples, len(plan))
     rows: dict[str, list[torch.Tensor]] = {l: [] for l in layers}
-    taken, start, bs = 0, 0, config.features.batch(device)
+    taken, start, bs = 0, 0, auto_batch_size(device, config.features.batch_size)
     with ActivationCapture(net, layers, reduce="full", early_exit=True) as cap:
         while taken < m and start < len(plan):
             stop = min(start + config.features.chunk_size, len(plan))
@@ -367,7 +367,7 @@ def extract_real(config, net, model_checksum: str, *, overwrite: bool = False, p
                 for i, loaded in prefetch(load, todo):
                     rows = plan.iloc[loaded.start:loaded.stop][loaded.kept].reset_index(drop=True)
                     out = _extract_chunk(net, loaded.images, rows, layers, full_layer, full_shape, dims, reducer,
-                                         device, config.features.batch(device), config.report.thumb_size, bar)
+                                         device, auto_batch_size(device, config.features.batch_size), config.report.thumb_size, bar)
                     # A real sample's label vector is the one-hot of its class: one non-zero.
                     idx = [np.array([c], np.int32) for c in rows["class_id"]]
                     w = [np.ones(1, np.float32)] * len(rows)

@@ -33,7 +33,7 @@ from .errors import UserError
 from .extract import (Progress, Reducer, barrier, compute_key, dist_rank_world, feature_dims, finish_store, gather,
                       parse_reduce, prefetch, print_full_size, store_dir, thumbnails, to_device, versions)
 from .layers import ActivationCapture, resolve_layer
-from .runtime import stage_samples
+from .runtime import auto_batch_size, stage_samples
 from .sampling import SIGMA_MAX, condition_vectors, sample_noise
 from .store import BackgroundWriter, StoreWriter, load_pca, sparse_labels
 
@@ -167,7 +167,7 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
     try:
         with BackgroundWriter(writer) as bg:
             for i, (z, c, c_reencode, meta) in prefetch(load, todo):
-                feats, thumbs = _generate_chunk(net, z, c, layers, reducer, device, f.batch(device), config.report.thumb_size,
+                feats, thumbs = _generate_chunk(net, z, c, layers, reducer, device, auto_batch_size(device, f.batch_size), config.report.thumb_size,
                                                 bar, reencode_labels=c_reencode)
                 bg.submit(i, {l: gather(v, (dims[l],), reducer.dtype) for l, v in feats.items()}, meta,
                           gather(thumbs, (min(config.report.thumb_size, net.img_resolution),) * 2 + (3,), torch.uint8))

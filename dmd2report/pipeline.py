@@ -114,14 +114,14 @@ class Run:
         if self._net is None:
             from .checkpoint import load_generator
             from .device import resolve_device
-            from .runtime import prepare
+            from .runtime import auto_batch_size, prepare
 
             device = resolve_device(self.config.run.device)
             net, info = load_generator(self.config.model.preset, self.config.model.checkpoint or None, "cpu",
                                        seed=self.config.run.seed)
             self.log(f"model: {info.preset} from {info.checkpoint or 'random weights (UNTRAINED)'} on {device}")
             self._net = prepare(net, device, self.config.model.precision, self.config.model.compile,
-                                batch_hint=self.config.features.batch(device))
+                                batch_hint=auto_batch_size(device, self.config.features.batch_size))
             self._info = info
         return self._net
 

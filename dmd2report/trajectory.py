@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserError
+from .runtime import auto_batch_size
 
 RENOISE_STRIDE = 1 << 32            # step s >= 1 draws noise index s * 2^32 + i: disjoint from every other use
 REAL_NOISE_OFFSET = 1 << 40         # real reference j draws noise index 2^40 + its real sample id
@@ -292,7 +293,7 @@ def build_trajectories(run, overwrite: bool = False) -> None:
 
     def path_compute(sl):
         images, feats = sample_paths(net, cfg.run.seed, seeds[sl], vectors[sl], sigmas, layers=layers,
-                                     reducer=reducer, batch_size=f.batch(device))
+                                     reducer=reducer, batch_size=auto_batch_size(device, f.batch_size))
         return images, feats
 
     run.log(f"[trajectory] {n} samples x {S} steps (sigmas {', '.join(f'{s:g}' for s in sigmas)})")
@@ -332,7 +333,7 @@ def build_trajectories(run, overwrite: bool = False) -> None:
 
     def ref_compute(sl):
         return noised_real(net, ref_images[sl], real_classes[ref_rows[sl]], ref_ids[sl], cfg.run.seed, sigmas,
-                           layers=layers, reducer=reducer, batch_size=f.batch(device))
+                           layers=layers, reducer=reducer, batch_size=auto_batch_size(device, f.batch_size))
 
     run.log(f"[trajectory] {len(ref_rows)} real references x {S} sigmas")
     _write_steps_store(out / "real", {"stage": "trajectory-real", **common, "real_store": real.manifest["config_hash"],

@@ -10,6 +10,7 @@ from dmd2report.device import resolve_device
 from dmd2report.errors import UserError
 from dmd2report.layers import resolve_layer
 from dmd2report.models import build_preset
+from dmd2report.runtime import auto_batch_size
 
 
 def test_example_config_round_trips(tmp_path):
@@ -100,8 +101,6 @@ def test_automatic_batch_follows_gpu_memory(monkeypatch, gib, expected):
         total_memory = gib * 2**30
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props())
-    f = Config().features
-    assert f.batch(torch.device("cuda", 0)) == expected and f.batch("cuda") == expected
-    assert f.batch(torch.device("cpu")) == 256
-    f.batch_size = 64
-    assert f.batch(torch.device("cuda")) == 64
+    assert auto_batch_size(torch.device("cuda", 0)) == expected and auto_batch_size("cuda", 0) == expected
+    assert auto_batch_size(torch.device("cpu")) == 256
+    assert auto_batch_size(torch.device("cuda"), 64) == 64 and auto_batch_size("cpu", 64) == 64
