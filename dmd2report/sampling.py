@@ -9,10 +9,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .config import VARIANTS as MODES  # noqa: F401  the conditioning modes, declared with the config keys
 from .errors import UserError
 
 SIGMA_MAX = 80.0  # DMD2's conditioning noise level: x = 80 * z, sigma = 80
-MODES = ("class", "uniform", "zero", "blend")
 
 
 def condition_vectors(mode: str, num_classes: int, classes: Sequence[int] | None = None,

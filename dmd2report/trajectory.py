@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 from collections.abc import Sequence
@@ -42,30 +41,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from .config import check_schedule  # noqa: F401  the schedule check lives with the config keys (checked at load)
 from .errors import UserError
 from .runtime import auto_batch_size
 
 RENOISE_STRIDE = 1 << 32            # step s >= 1 draws noise index s * 2^32 + i: disjoint from every other use
 REAL_NOISE_OFFSET = 1 << 40         # real reference j draws noise index 2^40 + its real sample id
 METRIC_KEYS = ("precision", "recall", "density", "coverage", "fd")
-
-
-def check_schedule(sigmas: Sequence[float], key: str = "trajectory.sigmas") -> list[float]:
-    """The schedule as floats; a UserError naming `key` unless it is non-empty, finite, positive
-    and strictly decreasing."""
-    try:
-        s = [float(v) for v in sigmas]
-    except (TypeError, ValueError):
-        raise UserError(f"{key}: expected a list of numbers, got {sigmas!r}") from None
-    if not s:
-        raise UserError(f"{key}: the schedule is empty; give at least one noise level, e.g. [80.0]")
-    bad = [v for v in s if not math.isfinite(v) or v <= 0]
-    if bad:
-        raise UserError(f"{key}: every sigma must be positive and finite, got {bad[0]!r} in {s}")
-    for a, b in zip(s, s[1:]):
-        if b >= a:
-            raise UserError(f"{key}: sigmas must be strictly decreasing, but {b:g} follows {a:g} in {s}")
-    return s
 
 
 def path_noise(seed: int, seed_indices: Sequence[int] | np.ndarray, n_steps: int,
