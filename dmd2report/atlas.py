@@ -37,7 +37,7 @@ def build_atlas(run) -> None:
     from .embed import even_grid, nearest_stored
     from .pipeline import atlas_dir, fit_dir, load_fitted, open_store
 
-    cfg, m = run.config, run.config.metrics
+    cfg, m = run.config, run.config.atlas
     real = open_store(run, "real")
     meta = real.metadata()
     ids, full = real.full_activations(m.mask_layer)
@@ -46,7 +46,7 @@ def build_atlas(run) -> None:
     row_of = {s: i for i, s in enumerate(meta["sample_id"].astype(str))}
     full_rows = np.array([row_of[str(s)] for s in ids])
     classes = meta["class_id"].to_numpy()
-    headline = m.layer
+    headline = cfg.metrics.layer
     emb = load_fitted(run, headline)
     import pandas as pd
 

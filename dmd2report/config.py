@@ -179,7 +179,7 @@ class FeaturesConfig:
     chunk_size: int = setting(4096, "Samples per stored chunk (the unit of atomic writes and resume).", ge=1)
     generated: str = setting("reencode", "Features of generated images: reencode (the image fed back as real ones are) "
                              "or generation (the generating pass's own).", choices=("reencode", "generation"))
-    full_per_class: int = setting(8, "Real samples per class whose full metrics.mask_layer activations are kept (masking).",
+    full_per_class: int = setting(8, "Real samples per class whose full atlas.mask_layer activations are kept (masking).",
                                   ge=0)
     recon_per_class: int = setting(4, "Real samples per class whose reconstruction (model output) is kept.", ge=0)
 
@@ -213,7 +213,7 @@ class EmbeddingConfig:
 @dataclass
 class MetricsConfig:
     """Precision, recall, density, coverage, FD and neighbours. Read by measure and trajectory
-    (and fit: metrics.layer is the layer drawn on the map; atlas: the mask layer, anchors and grid)."""
+    (and fit: metrics.layer is the layer drawn on the map)."""
 
     layer: str = setting("midblock", "The headline layer, drawn on the map: one of features.layers (every layer is "
                          "measured).")
@@ -222,9 +222,16 @@ class MetricsConfig:
     k_fidelity: int = setting(10, "k of the per-sample fidelity.", ge=1)
     k_neighbours: int = setting(8, "Neighbours kept per sample for the report.", ge=1)
     bootstrap: int = setting(200, "Bootstrap resamples behind each confidence interval; 0: none.", ge=0)
-    mask_layer: str = setting("midblock", "Layer whose output is replaced to generate from a map point (atlas).")
-    anchors_per_class: int = setting(3, "Generations from real anchors per class (the class medoid first; atlas).", ge=1)
-    atlas_grid: int = setting(12, "Points per side of the even grid over the map (empty cells dropped; atlas).", ge=1)
+
+
+@dataclass
+class AtlasConfig:
+    """Generation from points of the map by masking a layer. Read by atlas (and extract, which keeps
+    the mask layer's full activations)."""
+
+    mask_layer: str = setting("midblock", "Layer whose output is replaced to generate from a map point.")
+    anchors_per_class: int = setting(3, "Generations from real anchors per class (the class medoid first).", ge=1)
+    atlas_grid: int = setting(12, "Points per side of the even grid over the map (empty cells dropped).", ge=1)
 
 
 @dataclass
@@ -262,6 +269,7 @@ class Config:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    atlas: AtlasConfig = field(default_factory=AtlasConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
 
@@ -276,7 +284,8 @@ class Config:
 
 
 # Keys that moved to another section: a file using the old name gets an error naming the new one.
-MOVED: dict[str, str] = {}
+MOVED = {"metrics.mask_layer": "atlas.mask_layer", "metrics.anchors_per_class": "atlas.anchors_per_class",
+         "metrics.atlas_grid": "atlas.atlas_grid"}
 
 
 @dataclass(frozen=True)
@@ -502,7 +511,7 @@ def _trajectory(c: Config, where) -> None:
 
 @_between_keys
 def _layers(c: Config, where) -> None:
-    """`features.layers`, `metrics.layer` and `metrics.mask_layer` are layers of `model.preset`'s network
+    """`features.layers`, `metrics.layer` and `atlas.mask_layer` are layers of `model.preset`'s network
     (upstream names or aliases); no two of `features.layers` name the same block; `metrics.layer` is
     one of `features.layers`, spelt the same."""
     from .layers import resolve_layer
@@ -531,7 +540,7 @@ def _layers(c: Config, where) -> None:
                 else "; add it to features.layers or pick one of them")
         raise UserError(f"{w}: metrics.layer: {c.metrics.layer!r} is not one of features.layers "
                         f"({', '.join(layers)}){hint}")
-    resolve(c.metrics.mask_layer, "metrics.mask_layer", where("metrics.mask_layer", "model.preset"))
+    resolve(c.atlas.mask_layer, "atlas.mask_layer", where("atlas.mask_layer", "model.preset"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -602,9 +611,8 @@ def markdown() -> str:
         out.append("")
     out += ["## Checks between keys", "", "After every value passes its own check above:", ""]
     out += [f"- {' '.join(check.__doc__.split())}" for check in BETWEEN_KEYS] + [""]
-    if MOVED:
-        moved = ", ".join(f"`{a}` is now `{b}`" for a, b in MOVED.items())
-        out += ["## Moved keys", "", f"A file using an old key name is refused with the new one: {moved}.", ""]
+    moved = ", ".join(f"`{a}` is now `{b}`" for a, b in MOVED.items())
+    out += ["## Moved keys", "", f"A file using an old key name is refused with the new one: {moved}.", ""]
     return "\n".join(out)
 
 

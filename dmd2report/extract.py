@@ -290,7 +290,7 @@ def extract_real(config, net, model_checksum: str, *, overwrite: bool = False, p
     f = config.features
     layers = list(f.layers)
     mode, k = parse_reduce(f.reduce)
-    full_layer = _option(config, "metrics", "mask_layer", "midblock")
+    full_layer = _option(config, "atlas", "mask_layer", "midblock")
     for name in layers + [full_layer]:
         resolve_layer(net, name)
 

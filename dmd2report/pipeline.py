@@ -6,7 +6,7 @@ Stages and what each one's cache key covers (keys chain, so a change reruns ever
   generate  samples of every variant        extract key, [generate]
   fit       reductions + 2-D map, trust     generate key, [embedding], metrics.layer
   measure   metrics.json, neighbour arrays  fit key, [metrics] k's and bootstrap
-  atlas     generation from map points      fit key, metrics.mask_layer/anchors/atlas_grid
+  atlas     generation from map points      fit key, [atlas]
   trajectory few-step paths, real at each   fit key, [trajectory], metrics k's and bootstrap, report.thumb_size
             sigma, projected and measured
   render    the site                        measure + atlas + trajectory keys, [report], run.name/site
@@ -137,14 +137,12 @@ class Run:
         # batch_size changes no result; features.generated only what generate stores.
         features = {k: v for k, v in c["features"].items() if k not in ("batch_size", "generated")}
         keys["extract"] = _hash([self.model_identity()["sha256"], self.config.model.preset, c["data"], features,
-                                 c["run"]["seed"], c["metrics"]["mask_layer"], c["report"]["thumb_size"],
+                                 c["run"]["seed"], c["atlas"]["mask_layer"], c["report"]["thumb_size"],
                                  self.compute_identity()])
         keys["generate"] = _hash([keys["extract"], c["generate"], c["features"]["generated"]])
         keys["fit"] = _hash([keys["generate"], c["embedding"], c["metrics"]["layer"]])
-        keys["measure"] = _hash([keys["fit"], {k: v for k, v in c["metrics"].items()
-                                               if k not in ("mask_layer", "anchors_per_class", "atlas_grid")}])
-        keys["atlas"] = _hash([keys["fit"], c["metrics"]["mask_layer"], c["metrics"]["anchors_per_class"],
-                               c["metrics"]["atlas_grid"]])
+        keys["measure"] = _hash([keys["fit"], c["metrics"]])
+        keys["atlas"] = _hash([keys["fit"], c["atlas"]])
         keys["trajectory"] = _hash([keys["fit"], c["trajectory"], c["report"]["thumb_size"],
                                     {k: c["metrics"][k] for k in ("layer", "k_pr", "k_dc", "k_fidelity", "bootstrap")}])
         keys["render"] = _hash([keys["measure"], keys["atlas"], keys["trajectory"], c["report"], c["run"]["name"],

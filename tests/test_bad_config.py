@@ -49,7 +49,7 @@ CASES = {
     "tiny fit_subsample": ("[embedding]\nfit_subsample = 3", "embedding.fit_subsample: must be >= 4, got 3"),
     "zero size limit": ("[report]\nsingle_file_limit_mb = 0", "report.single_file_limit_mb: must be > 0, got 0.0"),
     "no samples": ("[generate]\nsamples = 0", "generate.samples: must be >= 1, got 0"),
-    "atlas grid 0": ("[metrics]\natlas_grid = 0", "metrics.atlas_grid: must be >= 1, got 0"),
+    "atlas grid 0": ("[atlas]\natlas_grid = 0", "atlas.atlas_grid: must be >= 1, got 0"),
     "bad variant": ('[generate]\nvariants = ["class", "uniformm"]',
                     "generate.variants: 'uniformm' is not one of class, uniform, zero, blend"),
     "repeated variant": ('[generate]\nvariants = ["zero", "zero"]', "generate.variants: 'zero' is repeated; give each item once"),
@@ -64,11 +64,15 @@ CASES = {
     "string flag": ('[report]\nsingle_file = "yes"', "report.single_file: expected true or false, got 'yes'"),
     "float count": ("[data]\nper_class = 2.5", "data.per_class: expected an integer, got 2.5"),
     "not a list": ('[features]\nlayers = "midblock"', "features.layers: expected a list, got 'midblock'"),
+    # Moved keys.
+    "moved mask_layer": ('[metrics]\nmask_layer = "midblock"', "metrics.mask_layer moved to atlas.mask_layer"),
+    "moved anchors": ("[metrics]\nanchors_per_class = 2", "metrics.anchors_per_class moved to atlas.anchors_per_class"),
+    "moved grid": ("[metrics]\natlas_grid = 8", "metrics.atlas_grid moved to atlas.atlas_grid"),
     # Between keys.
     "unknown layer": ('[features]\nlayers = ["bottleneck"]',
                       "re:features\\.layers \\(preset demo\\): unknown layer 'bottleneck'; " + DEMO_LAYERS),
-    "unknown mask layer": ('[metrics]\nmask_layer = "middle"',
-                           "re:metrics\\.mask_layer \\(preset demo\\): unknown layer 'middle'; " + DEMO_LAYERS),
+    "unknown mask layer": ('[atlas]\nmask_layer = "middle"',
+                           "re:atlas\\.mask_layer \\(preset demo\\): unknown layer 'middle'; " + DEMO_LAYERS),
     "headline not extracted": ('[features]\nlayers = ["midblock"]\n[metrics]\nlayer = "encoder_bottleneck"',
                                "metrics.layer: 'encoder_bottleneck' is not one of features.layers (midblock); "
                                "add it to features.layers or pick one of them"),
@@ -90,7 +94,7 @@ CASES = {
     "unknown key": ("[embedding]\nneighbours = 3", "re:unknown key embedding\\.neighbours; valid keys of \\[embedding\\]: "
                                                    "pca_components, n_neighbors"),
     "unknown section": ("[plots]\nx = 1", "re:unknown section \\[plots\\]; valid: run, model, data, features, generate, "
-                                          "embedding, metrics, report, trajectory"),
+                                          "embedding, metrics, atlas, report, trajectory"),
     "bad TOML": ("[run\n", "not valid TOML (Expected ']' at the end of a table declaration (at line 1, column 5))"),
 }
 
@@ -162,10 +166,10 @@ def test_valid_edges_accepted(tmp_path):
     path = _write(tmp_path, '[data]\nmax_samples = 0\nper_class = 0\n[embedding]\nmin_dist = 1\nn_neighbors = 2\n'
                             'metric = "cosine"\n[generate]\nsamples = 240\nvariant_samples = 240\n'
                             '[features]\nlayers = ["enc.8x8_block1", "midblock"]\nreduce = "pca:16"\n'
-                            '[metrics]\nlayer = "enc.8x8_block1"\nmask_layer = "decoder_block_1"\n'
+                            '[metrics]\nlayer = "enc.8x8_block1"\n[atlas]\nmask_layer = "decoder_block_1"\n'
                             '[run]\ndevice = "cuda:1"\n[model]\ncompile = "off"\n')
     c = load_config(path)
-    assert c.embedding.min_dist == 1.0 and c.metrics.mask_layer == "decoder_block_1" and c.model.compile == "off"
+    assert c.embedding.min_dist == 1.0 and c.atlas.mask_layer == "decoder_block_1" and c.model.compile == "off"
     # A disabled trajectory's schedule is not checked (nothing will sample it), but its numbers must still be numbers.
     assert load_config(None, {"trajectory.enabled": False, "trajectory.sigmas": [1.0, 2.0]}).trajectory.sigmas == [1.0, 2.0]
 
@@ -217,3 +221,9 @@ def test_cli_config_not_utf8(tmp_path):
     path.write_bytes(b"[run]\nname = \"\xff\xfe\"\n")
     code, err, _ = _cli(["extract", "--config", str(path)])
     assert code == 2 and err == [f"error: {path}: not UTF-8 text (byte 0xff at offset 14); save the config file as UTF-8"]
+
+
+def test_cli_old_key_names_the_new_one(tmp_path):
+    path = _write(tmp_path, '[metrics]\nmask_layer = "midblock"\n')
+    code, err, _ = _cli(["render", "--config", str(path)])
+    assert code == 2 and err == [f"error: {path}: metrics.mask_layer moved to atlas.mask_layer"]

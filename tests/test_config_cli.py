@@ -145,6 +145,7 @@ def test_example_and_module_entry_point_agree(capsys):
 
     assert main(["--toml"]) == 0 and capsys.readouterr().out == example_toml()
     text = example_toml()
+    assert "[atlas]\n" in text and "mask_layer" not in text.split("[metrics]")[1].split("[atlas]")[0]
     assert "# The generator. Read by the model stages: extract, generate, atlas, trajectory.\n[model]\n" in text
 
 
