@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .config import check_schedule  # noqa: F401  the schedule check lives with the config keys (checked at load)
+from .config import check_schedule  # the schedule check lives with the config keys (checked at load)
 from .errors import UserError
 from .runtime import auto_batch_size
 
