@@ -23,6 +23,10 @@ class _Group(click.Group):
         except UserError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
+        except click.UsageError as e:  # a bad option value, an unknown option: one line too
+            hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+            click.echo(f"error: {' '.join(e.format_message().split()).rstrip('.')}{hint}", err=True)
+            sys.exit(2)
 
 
 @click.group(cls=_Group)
@@ -104,49 +108,45 @@ def init(path, force):
 
 
 def _config_options(f):
-    """Options shared by build and the stage commands; each overrides the config file's key."""
-    options = [
-        click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-                     help="TOML configuration (see `dmd2report init`)."),
-        click.option("--name", "run__name", help="Run name shown on every page."),
-        click.option("--workdir", "run__workdir", help="Where stores, fitted maps and metrics go."),
-        click.option("--site", "run__site", help="Where the site goes."),
-        click.option("--device", "run__device", help="auto | cpu | cuda | cuda:N | mps"),
-        click.option("--seed", "run__seed", type=int),
-        click.option("--preset", "model__preset", help="demo | dmd2-imagenet64 | tiny"),
-        click.option("--checkpoint", "model__checkpoint", help=".pth/.bin/.safetensors or an Accelerate folder."),
-        click.option("--precision", "model__precision", type=click.Choice(["auto", "float32", "bfloat16"])),
-        click.option("--compile", "model__compile", type=click.Choice(["auto", "on", "off"]),
-                     help="torch.compile the network on CUDA (auto: for stages of 200,000+ samples)."),
-        click.option("--source", "data__source", help="demo | imagenet64-npz | folder"),
-        click.option("--data", "data__path", help="Directory of NPZ batches or class folders."),
-        click.option("--classes", "data__classes", help="Comma-separated ids, synsets or names."),
-        click.option("--per-class", "data__per_class", type=int),
-        click.option("--max-samples", "data__max_samples", type=int),
-        click.option("--on-bad-image", "data__on_bad_image", type=click.Choice(["skip", "fail"])),
-        click.option("--layers", "features__layers", help="Comma-separated layer names."),
-        click.option("--reduce", "features__reduce", help="full | mean | pca:K"),
-        click.option("--batch-size", "features__batch_size", type=int),
-        click.option("--samples", "generate__samples", type=int, help="Class-conditioned samples."),
-        click.option("--fit-on", "embedding__fit_on", type=click.Choice(["real", "generated", "both"])),
-        click.option("--single-file", "report__single_file", is_flag=True, default=None,
-                     help="One self-contained HTML file (for mail)."),
-    ]
+    """The options of build and the stage commands: --config, then one per config key declared with
+    a flag (dmd2report/config.py), its help and choices from the declaration; each overrides the
+    file's key. Their values are checked by load_config, as the file's are."""
+    from .config import keys
+
+    options = [click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                            help="TOML configuration (`dmd2report init` writes an example; docs/configuration.md).")]
+    for key in keys().values():
+        s = key.setting
+        if not s.cli:
+            continue
+        name = f"{key.section}__{key.name}"  # click parameter names can't hold dots: run__seed is run.seed
+        bounds = s.range_text()
+        text = f"{s.help}{' Comma-separated.' if key.item_type else ''} [{key.dotted}{'; ' + bounds if bounds else ''}]"
+        if key.type is bool:
+            options.append(click.option(s.cli, name, is_flag=True, default=None, help=text))
+        elif key.item_type is not None:
+            options.append(click.option(s.cli, name, metavar="A,B,...", help=text))
+        elif s.choices is not None and not callable(s.choices):
+            options.append(click.option(s.cli, name, type=click.Choice(s.allowed()), help=text))
+        else:
+            metavar = f"[{s.pattern[1].replace(' ', '')}]" if s.pattern else None
+            options.append(click.option(s.cli, name, type=key.type, metavar=metavar, help=text))
     for option in reversed(options):
         f = option(f)
     return f
 
 
 def _load(kwargs):
-    from .config import load_config
+    from .config import keys, load_config
 
+    declared = keys()
     path = kwargs.pop("config_path", None)
     overrides = {}
     for name, value in kwargs.items():
         if "__" not in name:
             continue
-        key = name.replace("__", ".")  # click parameter names can't hold dots: run__seed is run.seed
-        if key in ("data.classes", "features.layers") and value is not None:
+        key = name.replace("__", ".")
+        if declared[key].item_type is not None and value is not None:
             value = [v.strip() for v in value.split(",") if v.strip()]
         overrides[key] = value
     return load_config(path, overrides)

@@ -65,14 +65,14 @@ class Generator:
     def net(self) -> torch.nn.Module:
         if self._net is None:
             from .checkpoint import load_generator
-            from .runtime import prepare
+            from .runtime import auto_batch_size, prepare
 
             device = self.device()
             net, info = load_generator(self.config.model.preset, self.config.model.checkpoint or None, "cpu",
                                        seed=self.config.run.seed)
             log.info("model: %s from %s on %s", info.preset, info.checkpoint or "random weights (UNTRAINED)", device)
             net = prepare(net, device, self.config.model.precision, self.config.model.compile,
-                          batch_hint=self.config.features.batch(device))
+                          batch_hint=auto_batch_size(device, self.config.features.batch_size))
             assert compute_identity(device, net.use_fp16) == self.compute_identity()  # prepare's rule is the same
             self._net = net
         return self._net

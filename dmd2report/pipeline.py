@@ -58,13 +58,11 @@ def stage_keys(ctx: Context) -> dict[str, str]:
     # batch_size changes no result; features.generated only what generate stores.
     features = {k: v for k, v in c["features"].items() if k not in ("batch_size", "generated")}
     keys["extract"] = short_hash([g.checksum, ctx.config.model.preset, c["data"], features, c["run"]["seed"],
-                                  c["metrics"]["mask_layer"], c["report"]["thumb_size"], g.compute_identity()])
+                                  c["atlas"]["mask_layer"], c["report"]["thumb_size"], g.compute_identity()])
     keys["generate"] = short_hash([keys["extract"], c["generate"], c["features"]["generated"]])
     keys["fit"] = short_hash([keys["generate"], c["embedding"], c["metrics"]["layer"]])
-    keys["measure"] = short_hash([keys["fit"], {k: v for k, v in c["metrics"].items()
-                                                if k not in ("mask_layer", "anchors_per_class", "atlas_grid")}])
-    keys["atlas"] = short_hash([keys["fit"], c["metrics"]["mask_layer"], c["metrics"]["anchors_per_class"],
-                                c["metrics"]["atlas_grid"]])
+    keys["measure"] = short_hash([keys["fit"], c["metrics"]])
+    keys["atlas"] = short_hash([keys["fit"], c["atlas"]])
     keys["trajectory"] = short_hash([keys["fit"], c["trajectory"], c["report"]["thumb_size"],
                                      {k: c["metrics"][k] for k in ("layer", "k_pr", "k_dc", "k_fidelity", "bootstrap")}])
     keys["render"] = short_hash([keys["measure"], keys["atlas"], keys["trajectory"], c["report"], c["run"]["name"],

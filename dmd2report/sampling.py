@@ -14,7 +14,6 @@ depends only on (seed, sample, step): the paths do not depend on the batch size.
 from __future__ import annotations
 
 import concurrent.futures
-import math
 import os
 from collections.abc import Sequence
 
@@ -22,11 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import VARIANTS as MODES  # noqa: F401  the conditioning modes, declared with the config keys
+from .config import check_schedule
 from .errors import UserError
 from .layers import REDUCERS, ActivationCapture
 
 SIGMA_MAX = 80.0  # DMD2's conditioning noise level: x = 80 * z, sigma = 80
-MODES = ("class", "uniform", "zero", "blend")
 
 
 def condition_vectors(mode: str, num_classes: int, classes: Sequence[int] | None = None,
@@ -148,24 +148,6 @@ def sample_plan(real_classes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarra
 
 RENOISE_STRIDE = 1 << 32            # step s >= 1 draws noise index s * 2^32 + i: disjoint from every other use
 REAL_NOISE_OFFSET = 1 << 40         # real reference j draws noise index 2^40 + its real sample id
-
-
-def check_schedule(sigmas: Sequence[float], key: str = "trajectory.sigmas") -> list[float]:
-    """The schedule as floats; a UserError naming `key` unless it is non-empty, finite, positive
-    and strictly decreasing."""
-    try:
-        s = [float(v) for v in sigmas]
-    except (TypeError, ValueError):
-        raise UserError(f"{key}: expected a list of numbers, got {sigmas!r}") from None
-    if not s:
-        raise UserError(f"{key}: the schedule is empty; give at least one noise level, e.g. [80.0]")
-    bad = [v for v in s if not math.isfinite(v) or v <= 0]
-    if bad:
-        raise UserError(f"{key}: every sigma must be positive and finite, got {bad[0]!r} in {s}")
-    for a, b in zip(s, s[1:]):
-        if b >= a:
-            raise UserError(f"{key}: sigmas must be strictly decreasing, but {b:g} follows {a:g} in {s}")
-    return s
 
 
 def path_noise(seed: int, seed_indices: Sequence[int] | np.ndarray, n_steps: int,

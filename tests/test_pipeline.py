@@ -35,6 +35,7 @@ pca_components = 16
 n_neighbors = 10
 [metrics]
 bootstrap = 20
+[atlas]
 anchors_per_class = 1
 atlas_grid = 4
 """

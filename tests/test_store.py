@@ -6,7 +6,6 @@ import pandas as pd
 import pytest
 
 from dmd2report import files as files_mod
-from dmd2report import store as store_mod
 from dmd2report.errors import UserError
 from dmd2report.store import BackgroundWriter, Store, StoreWriter, sparse_labels
 

@@ -30,7 +30,7 @@ def test_schedule_must_decrease_and_stay_positive(sigmas, match):
         check_schedule(sigmas)
     assert str(e.value).startswith("trajectory.sigmas: ")
     # The same check when the config is loaded, naming the key.
-    with pytest.raises(UserError, match=r"^trajectory\.sigmas: .*" + match):
+    with pytest.raises(UserError, match=r"^command line: trajectory\.sigmas: .*" + match):
         load_config(None, {"trajectory.sigmas": sigmas})
 
 

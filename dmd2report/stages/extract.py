@@ -31,7 +31,7 @@ from ..context import Context, compute_identity
 from ..errors import UserError
 from ..features import Reducer, block_shapes, feature_dims, parse_reduce, randomized_pca
 from ..layers import ActivationCapture, resolve_layer
-from ..runtime import stage_samples
+from ..runtime import auto_batch_size, stage_samples
 from ..sampling import SIGMA_MAX, thumbnails
 from ..sources import open_source
 from ..store import BackgroundWriter, StoreWriter, load_pca, metadata_frame, save_pca
@@ -62,7 +62,7 @@ def _fit_pca(net, source, plan, config, device, k: int) -> dict:
     layers = list(config.features.layers)
     m = min(config.features.pca_fit_samples, len(plan))
     rows: dict[str, list[torch.Tensor]] = {l: [] for l in layers}
-    taken, start, bs = 0, 0, config.features.batch(device)
+    taken, start, bs = 0, 0, auto_batch_size(device, config.features.batch_size)
     with ActivationCapture(net, layers, reduce="full", early_exit=True) as cap:
         while taken < m and start < len(plan):
             stop = min(start + config.features.chunk_size, len(plan))
@@ -90,7 +90,7 @@ def extract_real(config, net, model_checksum: str, *, overwrite: bool = False, p
     f = config.features
     layers = list(f.layers)
     mode, k = parse_reduce(f.reduce)
-    full_layer = config.metrics.mask_layer
+    full_layer = config.atlas.mask_layer
     for name in layers + [full_layer]:
         resolve_layer(net, name)
 
@@ -167,7 +167,7 @@ def extract_real(config, net, model_checksum: str, *, overwrite: bool = False, p
                 for i, loaded in prefetch(load, todo):
                     rows = plan.iloc[loaded.start:loaded.stop][loaded.kept].reset_index(drop=True)
                     out = _extract_chunk(net, loaded.images, rows, layers, full_layer, full_shape, dims, reducer,
-                                         device, config.features.batch(device), config.report.thumb_size, bar)
+                                         device, auto_batch_size(device, config.features.batch_size), config.report.thumb_size, bar)
                     # A real sample's label vector is the one-hot of its class: one non-zero.
                     meta = metadata_frame(
                         rows["sample_id"], rows["class_id"], index, variant="real", source=rows["source"], seed=-1,

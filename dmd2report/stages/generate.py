@@ -35,7 +35,7 @@ from ..features import Reducer, feature_dims, parse_reduce
 from ..files import array_digest, bytes_digest
 from ..knn import knn
 from ..layers import ActivationCapture, resolve_layer
-from ..runtime import stage_samples
+from ..runtime import auto_batch_size, stage_samples
 from ..sampling import SIGMA_MAX, as_stored, condition_vectors, sample_noise, sample_plan, thumbnails
 from ..sources import source_class_index
 from ..store import BackgroundWriter, StoreWriter, load_pca, metadata_frame, sparse_labels
@@ -195,7 +195,7 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
     try:
         with BackgroundWriter(writer) as bg:
             for i, (z, c, c_reencode, meta) in prefetch(load, todo):
-                feats, thumbs = _generate_chunk(net, z, c, layers, reducer, device, f.batch(device), config.report.thumb_size,
+                feats, thumbs = _generate_chunk(net, z, c, layers, reducer, device, auto_batch_size(device, f.batch_size), config.report.thumb_size,
                                                 bar, reencode_labels=c_reencode)
                 bg.submit(i, {l: gather(v, (dims[l],), reducer.dtype) for l, v in feats.items()}, meta,
                           gather(thumbs, (min(config.report.thumb_size, net.img_resolution),) * 2 + (3,), torch.uint8))

@@ -32,14 +32,15 @@ import torch
 import torch.nn.functional as F
 
 from ..chunks import versions
+from ..config import check_schedule
 from ..context import Context, compute_identity
 from ..errors import UserError
 from ..features import Reducer, feature_dims, parse_reduce
 from ..files import array_digest, bytes_digest, save_json, save_parquet
 from ..layers import resolve_layer
 from ..metrics import measure
-from ..sampling import (REAL_NOISE_OFFSET, check_schedule, condition_vectors, noised_real, sample_paths, sample_plan,
-                        thumbnails)
+from ..runtime import auto_batch_size
+from ..sampling import REAL_NOISE_OFFSET, condition_vectors, noised_real, sample_paths, sample_plan, thumbnails
 from ..sources import open_source, source_class_index
 from ..store import Store, StoreWriter, load_pca, metadata_frame, sparse_labels
 
@@ -156,7 +157,7 @@ def run(ctx: Context, overwrite: bool = False) -> None:
 
     def path_compute(sl):
         images, feats = sample_paths(net, cfg.run.seed, seeds[sl], vectors[sl], sigmas, layers=layers,
-                                     reducer=reducer, batch_size=f.batch(device))
+                                     reducer=reducer, batch_size=auto_batch_size(device, f.batch_size))
         return images, feats
 
     ctx.log.info("[trajectory] %d samples x %d steps (sigmas %s)", n, S, ", ".join(f"{s:g}" for s in sigmas))
@@ -192,7 +193,7 @@ def run(ctx: Context, overwrite: bool = False) -> None:
 
     def ref_compute(sl):
         return noised_real(net, ref_images[sl], real_classes[ref_rows[sl]], ref_ids[sl], cfg.run.seed, sigmas,
-                           layers=layers, reducer=reducer, batch_size=f.batch(device))
+                           layers=layers, reducer=reducer, batch_size=auto_batch_size(device, f.batch_size))
 
     ctx.log.info("[trajectory] %d real references x %d sigmas", len(ref_rows), S)
     _write_steps_store(out / "real", {"stage": "trajectory-real", **common, "real_store": real.manifest["config_hash"],
