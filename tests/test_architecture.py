@@ -111,7 +111,7 @@ def test_graph_sees_function_local_imports():
     graph = import_graph()
     assert "dmd2report.store" in graph["dmd2report.workdir"]
     graph["dmd2report.files"] = graph["dmd2report.files"] | {"dmd2report.workdir"}  # as `def f(): from .workdir import X`
-    assert ["dmd2report.files", "dmd2report.workdir"] in cycles(graph)
+    assert any({"dmd2report.files", "dmd2report.workdir"} <= set(c) for c in cycles(graph))
 
 
 if __name__ == "__main__":
