@@ -36,7 +36,7 @@ def worker(args) -> None:
     from dmd2report.extract import extract_real
     from dmd2report.generate import generate_set
     from dmd2report.models import build_preset
-    from dmd2report.runtime import prepare
+    from dmd2report.runtime import auto_batch_size, prepare
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from throughput import random_weights
@@ -44,7 +44,7 @@ def worker(args) -> None:
     dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     device = resolve_device(args.device)
-    args.batch = args.batch or Config().features.batch(device)
+    args.batch = args.batch or auto_batch_size(device)
     net = prepare(random_weights(build_preset(args.preset)), device, "auto", compile=args.compile,
                   batch_hint=args.batch)
 

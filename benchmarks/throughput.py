@@ -356,11 +356,11 @@ def main():
         ops = flops_per_image(False, compiled_forms=True, by_op=True)
         print("full network as compiled, by operator:", ", ".join(f"{k} {v / 1e9:.1f}" for k, v in ops.items()))
         return
-    from dmd2report.runtime import compile_forward, prepare
+    from dmd2report.runtime import auto_batch_size, compile_forward, prepare
 
     assert torch.cuda.is_available(), "run on a CUDA machine"
     dev = torch.device("cuda")
-    args.batch = args.batch or Config().features.batch(dev)
+    args.batch = args.batch or auto_batch_size(dev)
     work = Path(tempfile.mkdtemp(prefix="dmd2bench-"))
     n_seed, n_fp32 = (64, 512) if args.quick else (256, 2048)
     n_gen, n_ext = (2048, 8192) if args.quick else (args.gen_samples, 61440)

@@ -8,7 +8,6 @@ networks). Loading is strict; a `module.` prefix (DDP) is stripped when the rest
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import zipfile
 from dataclasses import dataclass, field
@@ -17,7 +16,9 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .files import sha256_file
 from .models import PRESETS, build_preset
+from .resources import bundled_file
 
 GENERATOR_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth")
 GUIDANCE_FILES = ("pytorch_model_1.bin", "model_1.safetensors")
@@ -180,14 +181,6 @@ def load_into(net, ckpt: Checkpoint, preset: str) -> None:
     net.load_state_dict(ckpt.state_dict, strict=True)
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 @dataclass
 class GeneratorInfo:
     preset: str
@@ -199,12 +192,10 @@ class GeneratorInfo:
 
 def bundled_weights(preset: str) -> Path | None:
     """Weights that ship with the package for a preset (the demo generator), if present."""
-    from importlib.resources import files
-
     name = {"demo": "demo/generator.safetensors"}.get(preset)
     if name is None:
         return None
-    path = Path(str(files("dmd2report.bundled").joinpath(name)))
+    path = bundled_file(name)
     return path if path.is_file() else None
 
 

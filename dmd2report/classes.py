@@ -15,12 +15,12 @@ import difflib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from .errors import UserError
+from .resources import package_json
 
 DATASET_INDEX_NAME = "class_index.json"  # a dataset's own index, next to its NPZ files or class folders
 
@@ -73,7 +73,7 @@ class ClassIndex:
     @classmethod
     def imagenet(cls) -> ClassIndex:
         """The standard ImageNet-1k order (what the DMD2 ImageNet-64 model's labels mean)."""
-        return cls.from_mapping(_package_json("imagenet_class_index.json"), "imagenet_class_index.json")
+        return cls.from_mapping(package_json("imagenet_class_index.json"), "imagenet_class_index.json")
 
     def __len__(self) -> int:
         return len(self.synsets)
@@ -118,14 +118,10 @@ class ClassIndex:
         return out
 
 
-def _package_json(name: str):
-    return json.loads(resources.files("dmd2report").joinpath("data", name).read_text(encoding="utf-8"))
-
-
 def imagenet64_npz_label_map(standard: ClassIndex | None = None) -> np.ndarray:
     """int64 array m of length 1001 with m[L] = standard id of ImageNet64 NPZ label L (m[0] = -1)."""
     standard = standard or ClassIndex.imagenet()
-    npz = ClassIndex.from_mapping(_package_json("imagenet64_npz_class_index.json"), "imagenet64_npz_class_index.json")
+    npz = ClassIndex.from_mapping(package_json("imagenet64_npz_class_index.json"), "imagenet64_npz_class_index.json")
     return np.array([-1] + [standard.lookup(s) for s in npz.synsets], dtype=np.int64)
 
 

@@ -6,6 +6,8 @@ a traceback means a bug in dmd2report.
 
 from __future__ import annotations
 
+import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -21,12 +23,31 @@ class _Group(click.Group):
         except UserError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
+        except click.UsageError as e:  # a bad option value, an unknown option: one line too
+            hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+            click.echo(f"error: {' '.join(e.format_message().split()).rstrip('.')}{hint}", err=True)
+            sys.exit(2)
 
 
 @click.group(cls=_Group)
 @click.version_option(package_name="dmd2report")
-def cli():
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors (no progress bars).")
+@click.option("-v", "--verbose", is_flag=True, help="Also debugging details.")
+def cli(quiet, verbose):
     """Static reports on where a DMD2 one-step generator lands among real data."""
+    setup_logging(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+
+
+def setup_logging(level: int) -> None:
+    """One handler on the package's logger: messages to stderr, as `[stage] message` lines already read.
+    Progress bars (tqdm) follow the same level: hidden with --quiet."""
+    logger = logging.getLogger("dmd2report")
+    logger.setLevel(level)
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s" if level <= logging.DEBUG else "%(message)s"))
+    logger.addHandler(handler)
 
 
 @cli.command()
@@ -87,60 +108,59 @@ def init(path, force):
 
 
 def _config_options(f):
-    """Options shared by build and the stage commands; each overrides the config file's key."""
-    options = [
-        click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-                     help="TOML configuration (see `dmd2report init`)."),
-        click.option("--name", "run__name", help="Run name shown on every page."),
-        click.option("--workdir", "run__workdir", help="Where stores, fitted maps and metrics go."),
-        click.option("--site", "run__site", help="Where the site goes."),
-        click.option("--device", "run__device", help="auto | cpu | cuda | cuda:N | mps"),
-        click.option("--seed", "run__seed", type=int),
-        click.option("--preset", "model__preset", help="demo | dmd2-imagenet64 | tiny"),
-        click.option("--checkpoint", "model__checkpoint", help=".pth/.bin/.safetensors or an Accelerate folder."),
-        click.option("--precision", "model__precision", type=click.Choice(["auto", "float32", "bfloat16"])),
-        click.option("--compile", "model__compile", type=click.Choice(["auto", "on", "off"]),
-                     help="torch.compile the network on CUDA (auto: for stages of 200,000+ samples)."),
-        click.option("--source", "data__source", help="demo | imagenet64-npz | folder"),
-        click.option("--data", "data__path", help="Directory of NPZ batches or class folders."),
-        click.option("--classes", "data__classes", help="Comma-separated ids, synsets or names."),
-        click.option("--per-class", "data__per_class", type=int),
-        click.option("--max-samples", "data__max_samples", type=int),
-        click.option("--on-bad-image", "data__on_bad_image", type=click.Choice(["skip", "fail"])),
-        click.option("--layers", "features__layers", help="Comma-separated layer names."),
-        click.option("--reduce", "features__reduce", help="full | mean | pca:K"),
-        click.option("--batch-size", "features__batch_size", type=int),
-        click.option("--samples", "generate__samples", type=int, help="Class-conditioned samples."),
-        click.option("--fit-on", "embedding__fit_on", type=click.Choice(["real", "generated", "both"])),
-        click.option("--single-file", "report__single_file", is_flag=True, default=None,
-                     help="One self-contained HTML file (for mail)."),
-    ]
+    """The options of build and the stage commands: --config, then one per config key declared with
+    a flag (dmd2report/config.py), its help and choices from the declaration; each overrides the
+    file's key. Their values are checked by load_config, as the file's are."""
+    from .config import keys
+
+    options = [click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                            help="TOML configuration (`dmd2report init` writes an example; docs/configuration.md).")]
+    for key in keys().values():
+        s = key.setting
+        if not s.cli:
+            continue
+        name = f"{key.section}__{key.name}"  # click parameter names can't hold dots: run__seed is run.seed
+        bounds = s.range_text()
+        text = f"{s.help}{' Comma-separated.' if key.item_type else ''} [{key.dotted}{'; ' + bounds if bounds else ''}]"
+        if key.type is bool:
+            options.append(click.option(s.cli, name, is_flag=True, default=None, help=text))
+        elif key.item_type is not None:
+            options.append(click.option(s.cli, name, metavar="A,B,...", help=text))
+        elif s.choices is not None and not callable(s.choices):
+            options.append(click.option(s.cli, name, type=click.Choice(s.allowed()), help=text))
+        else:
+            metavar = f"[{s.pattern[1].replace(' ', '')}]" if s.pattern else None
+            options.append(click.option(s.cli, name, type=key.type, metavar=metavar, help=text))
     for option in reversed(options):
         f = option(f)
     return f
 
 
 def _load(kwargs):
-    from .config import load_config
+    from .config import keys, load_config
 
+    declared = keys()
     path = kwargs.pop("config_path", None)
     overrides = {}
     for name, value in kwargs.items():
         if "__" not in name:
             continue
-        key = name.replace("__", ".")  # click parameter names can't hold dots: run__seed is run.seed
-        if key in ("data.classes", "features.layers") and value is not None:
+        key = name.replace("__", ".")
+        if declared[key].item_type is not None and value is not None:
             value = [v.strip() for v in value.split(",") if v.strip()]
         overrides[key] = value
     return load_config(path, overrides)
 
 
 def _run(config, stages, force=(), overwrite=None):
-    from .assemble import command_line
-    from .pipeline import Run
+    from .pipeline import build
 
-    run = Run(config, command=command_line(), log=lambda m: click.echo(m, err=True))
-    return run.run_stages(stages, force=force, overwrite=overwrite)
+    return build(config, stages, force=force, overwrite=overwrite, command=command_line())
+
+
+def command_line() -> str:
+    """The command as typed, for the index page ("how it was built") and the work directory's lock."""
+    return " ".join(shlex.quote(a) for a in ["dmd2report", *sys.argv[1:]])
 
 
 @cli.command(context_settings={"ignore_unknown_options": False})

@@ -1,17 +1,33 @@
-"""The typed configuration every stage reads.
+"""The typed configuration every stage reads, each key declared once.
 
-Sources, in increasing priority: defaults here, a TOML file (`--config report.toml`),
-command-line options. An unknown key or a value of the wrong type is a UserError naming
-the key and the file.
+Sources, in increasing priority: the defaults declared here, a TOML file (`--config report.toml`),
+command-line options. Each key is one dataclass field: its annotation is the type, and its
+`setting(...)` holds the default, the help text, the allowed values or range and the command-line
+flag. From those declarations come:
+
+- the checks `load_config` runs on every value as it loads, before any stage (types, choices,
+  ranges, finiteness, list items), followed by the checks between keys (layers against the
+  preset's network, the headline layer among the extracted ones, ...);
+- the options of `dmd2report build` and the stage commands (`cli.py`);
+- the commented example `dmd2report init` writes (`example_toml`);
+- the reference `docs/configuration.md` (`python -m dmd2report.config --markdown`).
+
+Every mistake is a UserError of one line naming the file (or "command line") and the key.
+This module imports neither torch nor a stage module; only the checks between keys build the
+preset's network on the meta device.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import math
+import re
 import sys
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,111 +39,225 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+# ---------------------------------------------------------------------------------------------
+# The declaration of one key.
+
+@dataclass(frozen=True)
+class Setting:
+    """What one config key means and accepts (the metadata of its dataclass field).
+
+    `choices`: the allowed strings (of a string, or of each item of a list of strings), or a
+    function returning them (looked up when checked: the presets). `pattern`: (regex, text) for a
+    free-form string, the text saying what matches. `ge`/`gt`/`le`/`lt`: the inclusive / exclusive
+    bounds of a number (of each item of a list of numbers). Floats are always finite.
+    `nonempty` / `unique`: a list needs an item / may not repeat one. `cli`: the flag of `build`
+    and the stage commands that overrides the key (a list flag takes comma-separated items).
+    """
+
+    help: str
+    choices: tuple[str, ...] | Callable[[], Sequence[str]] | None = None
+    pattern: tuple[str, str] | None = None
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    nonempty: bool = False
+    unique: bool = False
+    cli: str | None = None
+
+    def allowed(self) -> list[str]:
+        """The allowed strings (the lazy ones looked up), or [] when any string of the type goes."""
+        if self.choices is None:
+            return []
+        return list(self.choices() if callable(self.choices) else self.choices)
+
+    def allowed_text(self, lazy: bool = True) -> str:
+        """The allowed values in words: `a | b | c`, a pattern's text or a range; "" when unrestricted."""
+        if self.choices is not None and (lazy or not callable(self.choices)):
+            return " | ".join(self.allowed())
+        if self.pattern:
+            return self.pattern[1]
+        return self.range_text()
+
+    def range_text(self) -> str:
+        lo = f"{_num(self.ge)} <= " if self.ge is not None else f"{_num(self.gt)} < " if self.gt is not None else ""
+        hi = f" <= {_num(self.le)}" if self.le is not None else f" < {_num(self.lt)}" if self.lt is not None else ""
+        if not (lo or hi):
+            return ""
+        if lo and not hi:
+            return (">= " if self.ge is not None else "> ") + _num(self.ge if self.ge is not None else self.gt)
+        return f"{lo}x{hi}"
+
+
+def setting(default, help: str, **rules) -> typing.Any:
+    """A config key: its default, help text and rules (see `Setting`), as a dataclass field."""
+    meta = {"setting": Setting(help=help, **rules)}
+    if isinstance(default, list):
+        return field(default_factory=lambda d=tuple(default): list(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _num(v: float) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _preset_names() -> list[str]:
+    from .models.presets import PRESETS  # imports torch: looked up only when a preset is checked
+
+    return sorted(PRESETS)
+
+
+# The conditioning variants (sampling.MODES is this tuple).
+VARIANTS = ("class", "uniform", "zero", "blend")
+# umap-learn's metrics that suit standardised PCA features and have a gradient (so the atlas can
+# invert the map): umap.distances.named_distances_with_gradients without those needing extra
+# parameters (minkowski, seuclidean, mahalanobis, wminkowski), positive inputs (hellinger,
+# symmetric_kl) or two columns (haversine). Listed here because importing umap takes seconds.
+UMAP_METRICS = ("euclidean", "l2", "manhattan", "taxicab", "l1", "chebyshev", "linfinity", "linfty", "linf",
+                "canberra", "cosine", "correlation", "braycurtis")
+
+
+# ---------------------------------------------------------------------------------------------
+# The sections. A section's docstring says what it holds and which stages read it.
+
 @dataclass
 class RunConfig:
-    name: str = "dmd2report demo"
-    workdir: str = "runs/demo"      # stores, fitted maps and metrics (the cache between stages)
-    site: str = "site"              # where the static report goes
-    device: str = "auto"            # auto | cpu | cuda | cuda:N | mps
-    seed: int = 0
+    """Names and places of the run. Read by every stage."""
+
+    name: str = setting("dmd2report demo", "Run name shown on every page of the report.", cli="--name")
+    workdir: str = setting("runs/demo", "Stores, fitted maps and metrics: the cache between stages.", cli="--workdir")
+    site: str = setting("site", "Where the static report goes.", cli="--site")
+    device: str = setting("auto", "Device the model runs on (auto: CUDA, then MPS, then CPU).",
+                          pattern=(r"auto|cpu|mps|cuda(:\d+)?", "auto | cpu | cuda | cuda:N | mps"), cli="--device")
+    seed: int = setting(0, "Seed of every random choice: data order, noise, subsamples, bootstrap.", ge=0, cli="--seed")
 
 
 @dataclass
 class ModelConfig:
-    preset: str = "demo"            # demo | dmd2-imagenet64 | tiny
-    checkpoint: str = ""            # .pth/.bin/.safetensors or an Accelerate folder; "" = the preset's bundled weights
-    precision: str = "auto"         # auto (bf16 on CUDA when the preset uses fp16) | float32 | bfloat16
-    compile: str = "auto"           # auto | on | off: torch.compile the whole network on CUDA (auto: for stages of 200,000+ samples), eager fallback
+    """The generator. Read by the model stages: extract, generate, atlas, trajectory."""
+
+    preset: str = setting("demo", "Network architecture (`dmd2report layers --preset NAME` lists its layers).",
+                          choices=_preset_names, cli="--preset")
+    checkpoint: str = setting("", ".pth/.bin/.safetensors file or an Accelerate folder; empty: the preset's bundled weights.",
+                              cli="--checkpoint")
+    precision: str = setting("auto", "UNet precision; auto: bfloat16 on CUDA when the preset uses fp16, else float32.",
+                             choices=("auto", "float32", "bfloat16"), cli="--precision")
+    compile: str = setting("auto", "torch.compile the whole network on CUDA (auto: for stages of 200,000+ samples); "
+                           "eager fallback if compiling fails.", choices=("auto", "on", "off"), cli="--compile")
 
 
 @dataclass
 class DataConfig:
-    source: str = "demo"            # demo | imagenet64-npz | folder
-    path: str = ""                  # directory of NPZ batches or class folders
-    classes: list[str] = field(default_factory=list)  # ids, synsets or names; [] = all
-    per_class: int = 0              # 0 = no per-class cap
-    max_samples: int = 2400
-    on_bad_image: str = "skip"      # skip | fail
-    workers: int = 2
+    """The real images. Read by extract (and render, which names the source)."""
+
+    source: str = setting("demo", "Where the real images come from: the bundled demo data, ImageNet64 NPZ batches "
+                          "or a tree of class folders.", choices=("demo", "imagenet64-npz", "folder"), cli="--source")
+    path: str = setting("", "Directory of NPZ batches or class folders (required unless source is demo).", cli="--data")
+    classes: list[str] = setting([], "Classes kept: ids, synsets or names; empty: all.", cli="--classes")
+    per_class: int = setting(0, "Real samples kept per class; 0: no cap.", ge=0, cli="--per-class")
+    max_samples: int = setting(2400, "Real samples kept in all; 0: no cap.", ge=0, cli="--max-samples")
+    on_bad_image: str = setting("skip", "An unreadable image in a folder: skip it (listed in the report) or fail.",
+                                choices=("skip", "fail"), cli="--on-bad-image")
+    workers: int = setting(2, "Threads decoding and resizing images.", ge=1)
 
 
 @dataclass
 class FeaturesConfig:
-    layers: list[str] = field(default_factory=lambda: ["encoder_bottleneck", "midblock"])
-    reduce: str = "mean"            # full | mean | pca:K
-    pca_fit_samples: int = 10000    # M: real samples the on-device PCA is fitted on
-    dtype: str = "float16"          # stored feature dtype: float16 | float32
-    batch_size: int = 0             # images per forward pass; 0 = auto: on CUDA by GPU memory (1024 from 48 GiB, 512 from 24), else 256
-    chunk_size: int = 4096          # samples per stored chunk (the unit of atomic writes and resume)
-    generated: str = "reencode"     # generated features: reencode (image fed back as real ones are) | generation
-    full_per_class: int = 8         # real samples per class whose full mask-layer activations are kept (masking)
-    recon_per_class: int = 4        # real samples per class whose reconstruction (model output) is kept
+    """The activations captured and how they are stored. Read by extract and generate (atlas and
+    trajectory capture the same layers the same way)."""
 
-    def batch(self, device) -> int:
-        """The batch size to run on `device` (batch_size, or its automatic value)."""
-        if self.batch_size:
-            return self.batch_size
-        kind = device.type if hasattr(device, "type") else str(device).split(":")[0]
-        if kind != "cuda":
-            return 256
-        import torch
-
-        # The full ImageNet-64 network peaked at 21-27 GiB for batches of 1024 and ~14.5 GiB for 512
-        # (benchmarks/README.md). On an H200 the two run alike model only; 1024 is where the
-        # end-to-end figures were measured, and it halves the launches per image.
-        gib = torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30
-        return 1024 if gib >= 48 else 512 if gib >= 24 else 256
+    layers: list[str] = setting(["encoder_bottleneck", "midblock"], "Layers captured, upstream names or aliases "
+                                "(`dmd2report layers` lists them); each block once.", nonempty=True, unique=True,
+                                cli="--layers")
+    reduce: str = setting("mean", "Stored features: full activations, the per-channel spatial mean, or K >= 1 "
+                          "PCA components fitted on real samples.", pattern=(r"full|mean|pca:[1-9]\d*", "full | mean | pca:K"),
+                          cli="--reduce")
+    pca_fit_samples: int = setting(10000, "M: real samples the on-device PCA (reduce = pca:K) is fitted on.", ge=1)
+    dtype: str = setting("float16", "Stored feature dtype.", choices=("float16", "float32"))
+    batch_size: int = setting(0, "Images per forward pass; 0: automatic, on CUDA by GPU memory (1024 from 48 GiB, "
+                              "512 from 24), else 256.", ge=0, cli="--batch-size")
+    chunk_size: int = setting(4096, "Samples per stored chunk (the unit of atomic writes and resume).", ge=1)
+    generated: str = setting("reencode", "Features of generated images: reencode (the image fed back as real ones are) "
+                             "or generation (the generating pass's own).", choices=("reencode", "generation"))
+    full_per_class: int = setting(8, "Real samples per class whose full atlas.mask_layer activations are kept (masking).",
+                                  ge=0)
+    recon_per_class: int = setting(4, "Real samples per class whose reconstruction (model output) is kept.", ge=0)
 
 
 @dataclass
 class GenerateConfig:
-    samples: int = 1200             # class-conditioned samples, spread evenly over the classes
-    variants: list[str] = field(default_factory=lambda: ["class", "uniform", "zero", "blend"])
-    variant_samples: int = 240      # seeds shared by every variant
-    blend_neighbours: int = 10      # k real neighbours whose classes make a point's blend
+    """The generated sets. Read by generate (fit, measure and render read its sets)."""
+
+    samples: int = setting(1200, "Class-conditioned samples, spread evenly over the classes.", ge=1, cli="--samples")
+    variants: list[str] = setting(list(VARIANTS), "Conditioning variants generated from the shared seeds "
+                                  "(the class-conditioned set is always made).", choices=VARIANTS, unique=True)
+    variant_samples: int = setting(240, "Seeds shared by every variant: the first of the class-conditioned set "
+                                   "(at most generate.samples).", ge=1)
+    blend_neighbours: int = setting(10, "k real neighbours whose classes make a sample's blend.", ge=1)
 
 
 @dataclass
 class EmbeddingConfig:
-    pca_components: int = 50
-    n_neighbors: int = 15
-    min_dist: float = 0.1
-    metric: str = "euclidean"
-    fit_on: str = "real"            # real | generated | both
-    fit_subsample: int = 50000
-    trust_k: int = 10
+    """The reductions and the 2-D map. Read by fit."""
+
+    pca_components: int = setting(50, "PCA components after standardisation: the space the metrics use.", ge=1)
+    n_neighbors: int = setting(15, "UMAP n_neighbors.", ge=2)
+    min_dist: float = setting(0.1, "UMAP min_dist (at most UMAP's spread, 1.0).", ge=0.0, le=1.0)
+    metric: str = setting("euclidean", "UMAP metric.", choices=UMAP_METRICS)
+    fit_on: str = setting("real", "The set the reductions and the map are fitted on.",
+                          choices=("real", "generated", "both"), cli="--fit-on")
+    fit_subsample: int = setting(50000, "Class-balanced subsample the UMAP is fitted on; the rest is projected.", ge=4)
+    trust_k: int = setting(10, "Real neighbours behind each point's trust score.", ge=1)
 
 
 @dataclass
 class MetricsConfig:
-    layer: str = "midblock"         # the headline layer; every layer is measured
-    k_pr: int = 3                   # precision/recall (Kynkaanniemi et al. 2019)
-    k_dc: int = 5                   # density/coverage (Naeem et al. 2020)
-    k_fidelity: int = 10
-    k_neighbours: int = 8           # neighbours kept per sample for the report
-    bootstrap: int = 200
-    mask_layer: str = "midblock"
-    anchors_per_class: int = 3
-    atlas_grid: int = 12
+    """Precision, recall, density, coverage, FD and neighbours. Read by measure and trajectory
+    (and fit: metrics.layer is the layer drawn on the map)."""
+
+    layer: str = setting("midblock", "The headline layer, drawn on the map: one of features.layers (every layer is "
+                         "measured).")
+    k_pr: int = setting(3, "k of precision/recall (Kynkaanniemi et al. 2019).", ge=1)
+    k_dc: int = setting(5, "k of density/coverage (Naeem et al. 2020).", ge=1)
+    k_fidelity: int = setting(10, "k of the per-sample fidelity.", ge=1)
+    k_neighbours: int = setting(8, "Neighbours kept per sample for the report.", ge=1)
+    bootstrap: int = setting(200, "Bootstrap resamples behind each confidence interval; 0: none.", ge=0)
+
+
+@dataclass
+class AtlasConfig:
+    """Generation from points of the map by masking a layer. Read by atlas (and extract, which keeps
+    the mask layer's full activations)."""
+
+    mask_layer: str = setting("midblock", "Layer whose output is replaced to generate from a map point.")
+    anchors_per_class: int = setting(3, "Generations from real anchors per class (the class medoid first).", ge=1)
+    atlas_grid: int = setting(12, "Points per side of the even grid over the map (empty cells dropped).", ge=1)
 
 
 @dataclass
 class ReportConfig:
-    single_file: bool = False
-    single_file_limit_mb: float = 25.0
-    color_by: str = "class"         # class | variant
-    max_classes_pages: int = 100
-    thumb_size: int = 32
+    """The site. Read by render (and extract, generate, trajectory: the thumbnails)."""
+
+    single_file: bool = setting(False, "One self-contained HTML file (for mail).", cli="--single-file")
+    single_file_limit_mb: float = setting(25.0, "Largest single-file report, in MB.", gt=0.0)
+    color_by: str = setting("class", "What colours the map's points.", choices=("class", "variant"))
+    max_classes_pages: int = setting(100, "Per-class pages, for the most populous classes.", ge=0)
+    thumb_size: int = setting(32, "Thumbnail side in pixels (at most the model's resolution).", ge=1)
 
 
 @dataclass
 class TrajectoryConfig:
-    enabled: bool = True            # few-step sampling paths on the map (the trajectory stage)
-    sigmas: list[float] = field(default_factory=lambda: [80.0, 14.0, 1.0, 0.05])  # noise level of each step, strictly decreasing; [80.0] = the one-step sample
-    samples: int = 48               # class-conditioned samples followed through every step (the first seeds of [generate])
-    conditioning: str = "class"     # class | uniform | zero | blend (the generate stage's blend of each seed)
-    paths_per_class: int = 2        # paths drawn on the map per class (every sample is measured)
-    real_references: int = 48       # real images noised to each sigma and passed through the model; 0 = none
+    """Few-step sampling paths on the map. Read by trajectory."""
+
+    enabled: bool = setting(True, "Run the trajectory stage.")
+    sigmas: list[float] = setting([80.0, 14.0, 1.0, 0.05], "Noise level of each step, positive and strictly "
+                                  "decreasing; [80.0]: the one-step sample.")
+    samples: int = setting(48, "Class-conditioned samples followed through every step (the first seeds of [generate]).",
+                           ge=0)
+    conditioning: str = setting("class", "Conditioning of the paths (blend: the generate stage's blend of each seed).",
+                                choices=VARIANTS)
+    paths_per_class: int = setting(2, "Paths drawn on the map per class (every sample is measured).", ge=0)
+    real_references: int = setting(48, "Real images noised to each sigma and passed through the model; 0: none.", ge=0)
 
 
 @dataclass
@@ -139,6 +269,7 @@ class Config:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    atlas: AtlasConfig = field(default_factory=AtlasConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
 
@@ -152,114 +283,337 @@ class Config:
         return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _check(value, annotation, where: str):
-    """Validate `value` against a dataclass field annotation; returns the value (ints widen to float)."""
-    origin = typing.get_origin(annotation)
-    if origin is list:
-        (item,) = typing.get_args(annotation)
-        if not isinstance(value, list):
-            raise UserError(f"{where}: expected a list, got {type(value).__name__}")
-        # Class lists accept ids as numbers too.
-        if item is str:
-            return [str(v) if isinstance(v, (int, str)) and not isinstance(v, bool) else _bad(where, "a list of strings", v) for v in value]
-        return [_check(v, item, where) for v in value]
-    if annotation is bool:
-        return value if isinstance(value, bool) else _bad(where, "true or false", value)
-    if annotation is int:
-        return value if isinstance(value, int) and not isinstance(value, bool) else _bad(where, "an integer", value)
-    if annotation is float:
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _bad(where, "a number", value)
-    if annotation is str:
-        return value if isinstance(value, str) else _bad(where, "a string", value)
-    raise TypeError(annotation)
+# Keys that moved to another section: a file using the old name gets an error naming the new one.
+MOVED = {"metrics.mask_layer": "atlas.mask_layer", "metrics.anchors_per_class": "atlas.anchors_per_class",
+         "metrics.atlas_grid": "atlas.atlas_grid"}
 
 
-def _bad(where, expected, value):
-    raise UserError(f"{where}: expected {expected}, got {value!r}")
+@dataclass(frozen=True)
+class Key:
+    """One declared key: `section.name`, its type (the field annotation), default and Setting."""
+
+    section: str
+    name: str
+    type: typing.Any
+    default: typing.Any
+    setting: Setting
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.section}.{self.name}"
+
+    @property
+    def item_type(self):
+        return typing.get_args(self.type)[0] if typing.get_origin(self.type) is list else None
+
+    def allowed_text(self) -> str:
+        """The allowed values in words, a list's own rules after its items'."""
+        s = self.setting
+        rules = [s.allowed_text()]
+        if self.item_type is not None:
+            rules += [rule for rule, on in (("non-empty", s.nonempty), ("no repeats", s.unique)) if on]
+        return "; ".join(r for r in rules if r)
+
+    def type_text(self) -> str:
+        item = self.item_type
+        name = {str: "string", int: "integer", float: "number", bool: "boolean"}
+        return f"list of {name[item]}s" if item else name[self.type]
 
 
-def _apply(config: Config, data: dict, origin: str) -> None:
-    hints = typing.get_type_hints(Config)
-    for section, values in data.items():
-        if section not in hints:
-            raise UserError(f"{origin}: unknown section [{section}]; valid: {', '.join(hints)}")
-        if not isinstance(values, dict):
-            raise UserError(f"{origin}: [{section}] must be a table")
-        target = getattr(config, section)
-        fields = typing.get_type_hints(type(target))
-        for key, value in values.items():
-            if key not in fields:
-                raise UserError(f"{origin}: unknown key {section}.{key}; valid keys of [{section}]: {', '.join(fields)}")
-            if (section, key) == ("model", "compile") and isinstance(value, bool):
-                value = "on" if value else "off"  # the boolean this key was before auto existed
-            setattr(target, key, _check(value, fields[key], f"{origin}: {section}.{key}"))
+def sections() -> dict[str, type]:
+    """Section name -> its dataclass, in file order."""
+    return typing.get_type_hints(Config)
 
+
+def keys() -> dict[str, Key]:
+    """Every declared key, `section.name` -> Key, in file order."""
+    out = {}
+    for section, cls in sections().items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            out[f"{section}.{f.name}"] = Key(section, f.name, hints[f.name], default, f.metadata["setting"])
+    return out
+
+
+def section_help(section: str) -> str:
+    return " ".join((sections()[section].__doc__ or "").split())
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking one value against its declaration.
+
+def check_value(key: Key, value, where: str):
+    """`value` as the key holds it (ints widen to floats), or a UserError `where: section.key: ...`."""
+    w = f"{where}: {key.dotted}"
+    item = key.item_type
+    if item is None:
+        return _check_scalar(key, key.type, value, w)
+    if not isinstance(value, list):
+        raise UserError(f"{w}: expected a list, got {value!r}")
+    s = key.setting
+    if s.nonempty and not value:
+        raise UserError(f"{w}: the list is empty; give at least one item")
+    if item is str:  # class lists accept ids as numbers too
+        value = [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+    out = [_check_scalar(key, item, v, w) for v in value]
+    if s.unique:
+        for i, v in enumerate(out):
+            if v in out[:i]:
+                raise UserError(f"{w}: {v!r} is repeated; give each item once")
+    return out
+
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _check_scalar(key: Key, type_, value, w: str):
+    ok = isinstance(value, type_) and (type_ is bool or not isinstance(value, bool))
+    if type_ is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise UserError(f"{w}: expected {_TYPE_WORDS[type_]}, got {value!r}")
+    s = key.setting
+    if type_ is str:
+        if key.item_type is str and not value.strip():
+            raise UserError(f"{w}: an item is empty; remove it")
+        allowed = s.allowed()
+        if allowed and value not in allowed:
+            raise UserError(f"{w}: {value!r} is not one of {', '.join(allowed)}")
+        if s.pattern and not re.fullmatch(s.pattern[0], value):
+            raise UserError(f"{w}: {value!r} is not one of {s.pattern[1].replace(' | ', ', ')}")
+    if type_ in (int, float):
+        if type_ is float and not math.isfinite(value):
+            raise UserError(f"{w}: expected a finite number, got {value!r}")
+        if ((s.ge is not None and value < s.ge) or (s.gt is not None and value <= s.gt)
+                or (s.le is not None and value > s.le) or (s.lt is not None and value >= s.lt)):
+            raise UserError(f"{w}: must be {s.range_text()}, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading.
 
 def load_config(path: str | Path | None = None, overrides: dict[str, object] | None = None) -> Config:
-    """Defaults, then the TOML file, then `overrides` ({"section.key": value}, None values ignored)."""
+    """Defaults, then the TOML file, then `overrides` ({"section.key": value}, None values ignored);
+    every value checked, then the keys against each other. Any mistake is a one-line UserError."""
     config = Config()
+    origins: dict[str, str] = {}
     if path is not None:
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"{path}: config file not found") from None
-        except tomllib.TOMLDecodeError as e:
-            raise UserError(f"{path}: not valid TOML ({e})") from None
-        _apply(config, data, str(path))
+        _apply(config, _read_toml(path), str(path), origins)
     nested: dict[str, dict] = {}
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
-        section, key = dotted.split(".", 1)
+        section, _, key = dotted.partition(".")
         nested.setdefault(section, {})[key] = value
-    _apply(config, nested, "command line")
-    _validate(config)
+    _apply(config, nested, "command line", origins)
+    check_config(config, origins)
     return config
 
 
-def _validate(c: Config) -> None:
-    choices = {
-        "data.source": (c.data.source, ("demo", "imagenet64-npz", "folder")),
-        "data.on_bad_image": (c.data.on_bad_image, ("skip", "fail")),
-        "features.dtype": (c.features.dtype, ("float16", "float32")),
-        "features.generated": (c.features.generated, ("reencode", "generation")),
-        "embedding.fit_on": (c.embedding.fit_on, ("real", "generated", "both")),
-        "report.color_by": (c.report.color_by, ("class", "variant")),
-        "model.precision": (c.model.precision, ("auto", "float32", "bfloat16")),
-        "model.compile": (c.model.compile, ("auto", "on", "off")),
-        "trajectory.conditioning": (c.trajectory.conditioning, ("class", "uniform", "zero", "blend")),
-    }
-    for key, (value, valid) in choices.items():
-        if value not in valid:
-            raise UserError(f"{key}: {value!r} is not one of {', '.join(valid)}")
-    r = c.features.reduce
-    if not (r in ("full", "mean") or (r.startswith("pca:") and r[4:].isdigit() and int(r[4:]) > 0)):
-        raise UserError(f"features.reduce: {r!r} is not full, mean or pca:K")
-    if c.trajectory.enabled:
-        from .trajectory import check_schedule
+def _read_toml(path: Path) -> dict:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, not a config file") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the config file ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+                        f"save the config file as UTF-8") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: not valid TOML ({' '.join(str(e).split())})") from None
 
-        check_schedule(c.trajectory.sigmas)
-    if c.features.batch_size < 0:
-        raise UserError(f"features.batch_size: must be 0 (automatic) or more, got {c.features.batch_size}")
-    for key in ("samples", "paths_per_class", "real_references"):
-        if getattr(c.trajectory, key) < 0:
-            raise UserError(f"trajectory.{key}: must be 0 or more, got {getattr(c.trajectory, key)}")
+
+def _apply(config: Config, data: dict, origin: str, origins: dict[str, str]) -> None:
+    declared = keys()
+    names = sections()
+    for section, values in data.items():
+        if section not in names:
+            raise UserError(f"{origin}: unknown section [{section}]; valid: {', '.join(names)}")
+        if not isinstance(values, dict):
+            raise UserError(f"{origin}: [{section}] must be a table")
+        target = getattr(config, section)
+        for name, value in values.items():
+            dotted = f"{section}.{name}"
+            if dotted in MOVED:
+                raise UserError(f"{origin}: {dotted} moved to {MOVED[dotted]}")
+            if dotted not in declared:
+                valid = ", ".join(k.name for k in declared.values() if k.section == section)
+                raise UserError(f"{origin}: unknown key {dotted}; valid keys of [{section}]: {valid}")
+            setattr(target, name, check_value(declared[dotted], value, origin))
+            origins[dotted] = origin
+
+
+def check_config(c: Config, origins: dict[str, str] | None = None) -> None:
+    """Every value against its declaration, then the keys against each other (`BETWEEN_KEYS`); a
+    UserError naming where the key was set: the file, "command line" or "defaults"."""
+    origins = origins or {}
+
+    def where(*dotted: str) -> str:  # the first of the keys the user set, else the defaults
+        return next((origins[k] for k in dotted if k in origins), "defaults")
+
+    for dotted, key in keys().items():
+        check_value(key, getattr(getattr(c, key.section), key.name), where(dotted))
+    for check in BETWEEN_KEYS:
+        check(c, where)
+
+
+BETWEEN_KEYS: list[Callable[[Config, Callable[..., str]], None]] = []
+
+
+def _between_keys(check):
+    """Register a check between keys; its docstring is its line in docs/configuration.md."""
+    BETWEEN_KEYS.append(check)
+    return check
+
+
+@_between_keys
+def _data_path(c: Config, where) -> None:
+    """`data.path` is required unless `data.source` is `demo`."""
     if c.data.source != "demo" and not c.data.path:
-        raise UserError(f"data.path: required for data.source = {c.data.source!r}")
+        raise UserError(f"{where('data.source', 'data.path')}: data.path: required for data.source = {c.data.source!r}")
 
+
+@_between_keys
+def _variant_samples(c: Config, where) -> None:
+    """`generate.variant_samples` is at most `generate.samples` (the variants share the class-conditioned set's first seeds)."""
+    if c.generate.variant_samples > c.generate.samples:
+        raise UserError(f"{where('generate.variant_samples', 'generate.samples')}: generate.variant_samples: "
+                        f"{c.generate.variant_samples} exceeds generate.samples ({c.generate.samples}); the variants "
+                        f"share the first seeds of the class-conditioned set")
+
+
+@_between_keys
+def _trajectory(c: Config, where) -> None:
+    """With `trajectory.enabled`: `trajectory.sigmas` is non-empty, positive and strictly decreasing; with
+    `trajectory.conditioning = "blend"`, `generate.variants` holds `blend` and `trajectory.samples` is at
+    most `generate.variant_samples`."""
+    t = c.trajectory
+    if not t.enabled:
+        return
+    check_schedule(t.sigmas, "trajectory.sigmas", where("trajectory.sigmas"))
+    if t.conditioning == "blend":
+        if "blend" not in c.generate.variants:
+            raise UserError(f"{where('trajectory.conditioning', 'generate.variants')}: trajectory.conditioning: "
+                            f"'blend' needs 'blend' in generate.variants")
+        if t.samples > c.generate.variant_samples:
+            raise UserError(f"{where('trajectory.samples', 'generate.variant_samples')}: trajectory.samples: "
+                            f"{t.samples} exceeds generate.variant_samples ({c.generate.variant_samples}), "
+                            f"the blend set a path's blend comes from")
+
+
+@_between_keys
+def _layers(c: Config, where) -> None:
+    """`features.layers`, `metrics.layer` and `atlas.mask_layer` are layers of `model.preset`'s network
+    (upstream names or aliases); no two of `features.layers` name the same block; `metrics.layer` is
+    one of `features.layers`, spelt the same."""
+    from .layers import resolve_layer
+
+    net = _meta_net(c.model.preset)
+    layers = c.features.layers
+
+    def resolve(name: str, dotted: str, w: str) -> str:
+        try:
+            return resolve_layer(net, name)
+        except UserError as e:
+            raise UserError(f"{w}: {dotted} (preset {c.model.preset}): {e}") from None
+
+    w = where("features.layers", "model.preset")
+    upstream: dict[str, str] = {}
+    for name in layers:
+        block = resolve(name, "features.layers", w)
+        if block in upstream:
+            raise UserError(f"{w}: features.layers: {upstream[block]!r} and {name!r} are the same layer ({block}); "
+                            f"give each block once")
+        upstream[block] = name
+    w = where("metrics.layer", "features.layers")
+    block = resolve(c.metrics.layer, "metrics.layer", w)
+    if c.metrics.layer not in layers:
+        hint = (f"; write it as in features.layers: {upstream[block]!r}" if block in upstream
+                else "; add it to features.layers or pick one of them")
+        raise UserError(f"{w}: metrics.layer: {c.metrics.layer!r} is not one of features.layers "
+                        f"({', '.join(layers)}){hint}")
+    resolve(c.atlas.mask_layer, "atlas.mask_layer", where("atlas.mask_layer", "model.preset"))
+
+
+@functools.lru_cache(maxsize=None)
+def _meta_net(preset: str):
+    """The preset's network on the meta device (no memory, no weights): its layer names."""
+    from .models import build_preset
+
+    return build_preset(preset, device="meta")
+
+
+def check_schedule(sigmas: Sequence[float], key: str = "trajectory.sigmas", where: str = "") -> list[float]:
+    """The schedule as floats; a UserError naming `key` unless it is non-empty, finite, positive
+    and strictly decreasing."""
+    w = f"{where}: {key}" if where else key
+    try:
+        s = [float(v) for v in sigmas]
+    except (TypeError, ValueError):
+        raise UserError(f"{w}: expected a list of numbers, got {sigmas!r}") from None
+    if not s:
+        raise UserError(f"{w}: the schedule is empty; give at least one noise level, e.g. [80.0]")
+    bad = [v for v in s if not math.isfinite(v) or v <= 0]
+    if bad:
+        raise UserError(f"{w}: every sigma must be positive and finite, got {bad[0]!r} in {s}")
+    for a, b in zip(s, s[1:]):
+        if b >= a:
+            raise UserError(f"{w}: sigmas must be strictly decreasing, but {b:g} follows {a:g} in {s}")
+    return s
+
+
+# ---------------------------------------------------------------------------------------------
+# Documents derived from the declarations.
 
 def example_toml() -> str:
-    """A commented example config (what `dmd2report init` writes), generated from the defaults."""
-    comments = _field_comments()
-    lines = ["# dmd2report configuration. Every key is optional; command-line options override it.", ""]
-    for section, values in Config().to_dict().items():
-        lines.append(f"[{section}]")
-        for key, value in values.items():
-            note = comments.get(f"{section}.{key}")
-            lines.append(f"{key} = {_toml_value(value)}" + (f"  # {note}" if note else ""))
+    """A commented example config (what `dmd2report init` writes): every key at its default."""
+    lines = ["# dmd2report configuration. Every key is optional; command-line options override it.",
+             "# Reference: docs/configuration.md (python -m dmd2report.config --markdown).", ""]
+    declared = keys()
+    for section in sections():
+        lines += [f"# {section_help(section)}", f"[{section}]"]
+        for key in (k for k in declared.values() if k.section == section):
+            s = key.setting
+            allowed = key.allowed_text()
+            note = s.help + (f" [{allowed}]" if allowed else "") + (f" (option {s.cli})" if s.cli else "")
+            lines += [f"# {note}", f"{key.name} = {_toml_value(key.default)}"]
         lines.append("")
     return "\n".join(lines)
+
+
+def markdown() -> str:
+    """The configuration reference (docs/configuration.md) from the declarations."""
+    out = ["# Configuration", "",
+           "<!-- Generated by `python -m dmd2report.config --markdown > docs/configuration.md`; "
+           "edit the declarations in dmd2report/config.py, not this file. -->", "",
+           "`dmd2report build --config report.toml` reads a TOML file of the sections below; every key is "
+           "optional, and the command-line options listed override the file. `dmd2report init` writes "
+           "every key at its default. Every value is checked when the configuration loads, before any "
+           "stage runs (numbers must be finite: `nan` and `inf` are refused); a mistake is a one-line error "
+           "naming the file (or `command line`) and the key. Each section says which stages read it.", ""]
+    declared = keys()
+    for section in sections():
+        out += [f"## [{section}]", "", section_help(section), "",
+                "| key | type | default | allowed | option | meaning |", "|---|---|---|---|---|---|"]
+        for key in (k for k in declared.values() if k.section == section):
+            s = key.setting
+            cells = [f"`{key.name}`", key.type_text(), f"`{_toml_value(key.default)}`",
+                     key.allowed_text().replace("|", "\\|"), f"`{s.cli}`" if s.cli else "", s.help.replace("|", "\\|")]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    out += ["## Checks between keys", "", "After every value passes its own check above:", ""]
+    out += [f"- {' '.join(check.__doc__.split())}" for check in BETWEEN_KEYS] + [""]
+    moved = ", ".join(f"`{a}` is now `{b}`" for a, b in MOVED.items())
+    out += ["## Moved keys", "", f"A file using an old key name is refused with the new one: {moved}.", ""]
+    return "\n".join(out)
 
 
 def _toml_value(v) -> str:
@@ -272,15 +626,17 @@ def _toml_value(v) -> str:
     return json.dumps(v)
 
 
-def _field_comments() -> dict[str, str]:
-    """Trailing `# ...` comments of the dataclass fields above, keyed section.key."""
-    import inspect
-    import re
+def main(argv: list[str] | None = None) -> int:
+    import argparse
 
-    out = {}
-    for section, cls in typing.get_type_hints(Config).items():
-        for line in inspect.getsource(cls).splitlines():
-            m = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
-            if m:
-                out[f"{section}.{m.group(1)}"] = m.group(2)
-    return out
+    p = argparse.ArgumentParser(prog="python -m dmd2report.config", description=__doc__.splitlines()[0])
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--markdown", action="store_true", help="print the reference (docs/configuration.md)")
+    g.add_argument("--toml", action="store_true", help="print the commented example (what `dmd2report init` writes)")
+    args = p.parse_args(argv)
+    sys.stdout.write(markdown() if args.markdown else example_toml())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -232,3 +232,22 @@ class _Graph:
     def __init__(self, fn):
         self.fn = fn
         self.fresh = True
+
+
+# ---------------------------------------------------------------------------------------------
+# The automatic batch size (features.batch_size = 0), moved here from config so that config imports no torch.
+
+def auto_batch_size(device, batch_size: int = 0) -> int:
+    """The batch to run on `device` (a torch.device or a string such as "cuda:0"): `batch_size` when
+    it is set (> 0), else chosen by the device: on CUDA by GPU memory (1024 from 48 GiB, 512 from
+    24 GiB, else 256), 256 elsewhere."""
+    if batch_size:
+        return int(batch_size)
+    kind = device.type if hasattr(device, "type") else str(device).split(":")[0]
+    if kind != "cuda":
+        return 256
+    # The full ImageNet-64 network peaked at 21-27 GiB for batches of 1024 and ~14.5 GiB for 512
+    # (benchmarks/README.md). On an H200 the two run alike model only; 1024 is where the
+    # end-to-end figures were measured, and it halves the launches per image.
+    gib = torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30
+    return 1024 if gib >= 48 else 512 if gib >= 24 else 256

@@ -20,13 +20,9 @@ the same bytes as an uninterrupted run (nothing written depends on time, paths o
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import json
-import os
 import queue
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
+from .files import damaged, load_npy, load_parquet, remove_temporaries, save_bytes, save_json, save_npy, save_parquet, short_hash
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -42,63 +39,6 @@ MANIFEST = "manifest.json"
 
 def chunk_name(i: int) -> str:
     return f"chunk_{i:06d}"
-
-
-def config_hash(key: dict) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-# ---------------------------------------------------------------------------------------------
-# Atomic files.
-
-def _open_binary(fd: int):
-    return os.fdopen(fd, "wb")
-
-
-def atomic_write(path: Path, write: Callable) -> None:
-    """Write through `write(fileobj)` into a temporary file beside `path`, then move it into place.
-
-    Disk full (ENOSPC) or any other OSError becomes a UserError; the temporary file is removed.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with _open_binary(fd) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(e, OSError):
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise UserError(f"{path}: disk full while writing ({e.strerror}); free space and rerun to resume") from None
-            raise UserError(f"{path}: cannot write ({e})") from None
-        raise
-
-
-def save_npy(path: Path, array: np.ndarray) -> None:
-    atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
-
-
-def save_json(path: Path, obj) -> None:
-    text = json.dumps(obj, indent=1, sort_keys=True) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def save_parquet(path: Path, frame: pd.DataFrame) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    atomic_write(path, lambda f: pq.write_table(table, f, compression="zstd"))
-
-
-def _remove_temporaries(root: Path) -> None:
-    for p in root.rglob(".*.tmp"):
-        p.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,6 +56,26 @@ def sparse_labels(vectors: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarra
     weight = vectors[nz]
     starts = [0] + ends[:-1]
     return [index[a:b] for a, b in zip(starts, ends)], [weight[a:b] for a, b in zip(starts, ends)]
+
+
+def metadata_frame(sample_id, class_id, index, *, variant: str, source, seed, seed_index, label_index,
+                   label_weight, has_recon=None, has_full=None, extra: dict | None = None) -> pd.DataFrame:
+    """A chunk's metadata, the same columns for every store: ids and provenance, class (id, synset,
+    name from `index`, a ClassIndex; -1 for none), the label vector's non-zeros, the subsets kept.
+    `extra` columns ({name: values}) follow `sample_id` (the trajectory stores' path, step, sigma)."""
+    class_id = np.asarray(class_id, np.int64)
+    n = len(class_id)
+    names = {int(c): (index.synset(int(c)), index.name(int(c))) for c in np.unique(class_id)}
+    columns = {"sample_id": np.asarray(sample_id, np.int64), **(extra or {}),
+               "source": np.asarray(source, dtype=object).astype(str) if not isinstance(source, str) else source,
+               "seed": np.broadcast_to(np.asarray(seed, np.int64), (n,)).copy(),
+               "seed_index": np.broadcast_to(np.asarray(seed_index, np.int64), (n,)).copy(),
+               "class_id": class_id, "synset": [names[int(c)][0] for c in class_id],
+               "name": [names[int(c)][1] for c in class_id], "variant": variant,
+               "label_index": list(label_index), "label_weight": list(label_weight),
+               "has_recon": np.zeros(n, bool) if has_recon is None else np.asarray(has_recon, bool),
+               "has_full": np.zeros(n, bool) if has_full is None else np.asarray(has_full, bool)}
+    return pd.DataFrame(columns)
 
 
 def dense_labels(frame: pd.DataFrame, num_classes: int) -> np.ndarray:
@@ -140,7 +100,7 @@ class StoreWriter:
         self.path = Path(path)
         self.key = key
         self.kind = kind
-        self.hash = config_hash(key)
+        self.hash = short_hash(key)
 
     def check(self, overwrite: bool = False) -> bool:
         """Read-only: whether the directory must be cleared; a UserError if it may not be (any rank may call it)."""
@@ -169,7 +129,7 @@ class StoreWriter:
         if self.check(overwrite):
             shutil.rmtree(p)
         p.mkdir(parents=True, exist_ok=True)
-        _remove_temporaries(p)
+        remove_temporaries(p)
         if not manifest.exists():
             save_json(manifest, self._manifest("incomplete", info or {}))
 
@@ -178,7 +138,14 @@ class StoreWriter:
                 "key": self.key, **info}
 
     def done(self, i: int) -> bool:
-        return (self.path / "chunks" / f"{chunk_name(i)}.json").exists()
+        """Whether chunk i is complete: its marker exists and every file it lists has the size it
+        was written with (a truncated or deleted file makes the chunk be computed again)."""
+        try:
+            marker = json.loads((self.path / "chunks" / f"{chunk_name(i)}.json").read_text())
+            sizes = marker["files"]
+            return all((self.path / rel).stat().st_size == size for rel, size in sizes.items())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return False
 
     def write_chunk(self, i: int, features: dict[str, np.ndarray], meta: pd.DataFrame, thumbs: np.ndarray,
                     recon: np.ndarray | None = None, full: dict[str, np.ndarray] | None = None,
@@ -207,6 +174,7 @@ class StoreWriter:
         try:
             for p, write in files:
                 write(p)
+            info["files"] = {p.relative_to(self.path).as_posix(): p.stat().st_size for p, _ in files}
             save_json(marker, info)
         except BaseException:
             for p, _ in files:
@@ -218,10 +186,9 @@ class StoreWriter:
         depend on how the work was split or resumed)."""
         markers = []
         for i in range(n_chunks):
-            try:
-                markers.append(json.loads((self.path / "chunks" / f"{chunk_name(i)}.json").read_text()))
-            except FileNotFoundError:
-                raise UserError(f"{self.path}: chunk {i} is missing; rerun to complete the store") from None
+            if not self.done(i):
+                raise UserError(f"{self.path}: chunk {i} is missing or damaged; rerun to complete the store")
+            markers.append(json.loads((self.path / "chunks" / f"{chunk_name(i)}.json").read_text()))
         manifest = self._manifest("complete", info) | {
             "chunks": n_chunks,
             "count": sum(m["rows"] for m in markers),
@@ -312,18 +279,26 @@ class BackgroundWriter:
 # Reading.
 
 class Store:
-    """A finished store. Arrays of every chunk are concatenated in sample order."""
+    """A finished store. Arrays of every chunk are concatenated in sample order.
 
-    def __init__(self, path: str | Path):
+    `stage` is the stage that writes it, named in the one-line error for a missing or damaged file."""
+
+    def __init__(self, path: str | Path, stage: str = "extract"):
         self.path = Path(path)
+        self.stage = stage
+        manifest = self.path / MANIFEST
         try:
-            self.manifest = json.loads((self.path / MANIFEST).read_text())
+            self.manifest = json.loads(manifest.read_text())
         except FileNotFoundError:
-            raise UserError(f"{self.path}: no store here (no {MANIFEST}); run the extract/generate stage first") from None
-        except ValueError as e:
-            raise UserError(f"{self.path / MANIFEST}: unreadable manifest ({e})") from None
+            raise UserError(f"{self.path}: no store here (no {MANIFEST}); run `dmd2report {stage}` first") from None
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise damaged(manifest, stage, e) from None
+        if not isinstance(self.manifest, dict):
+            raise damaged(manifest, stage, "not a store manifest")
         if self.manifest.get("status") != "complete":
-            raise UserError(f"{self.path}: the store is incomplete (interrupted run); rerun the same command to finish it")
+            raise UserError(f"{self.path}: the store is incomplete (interrupted run); rerun `dmd2report {stage}` to finish it")
+        if not isinstance(self.manifest.get("chunks"), int) or not isinstance(self.manifest.get("layers"), (list, dict)):
+            raise damaged(manifest, stage, "not a store manifest")
         self.chunks = [chunk_name(i) for i in range(self.manifest["chunks"])]
 
     @property
@@ -337,7 +312,7 @@ class Store:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _arrays(self, sub: str) -> list[np.ndarray]:
-        return [np.load(self.path / sub / f"{c}.npy", mmap_mode="r", allow_pickle=False) for c in self.chunks]
+        return [load_npy(self.path / sub / f"{c}.npy", self.stage) for c in self.chunks]
 
     def features(self, layer: str) -> np.ndarray:
         """(N, D) features of a layer: memory-mapped when the store is one chunk, else concatenated."""
@@ -350,7 +325,7 @@ class Store:
         yield from self._arrays(f"features/{layer}")
 
     def metadata(self) -> pd.DataFrame:
-        frames = [pd.read_parquet(self.path / "meta" / f"{c}.parquet") for c in self.chunks]
+        frames = [load_parquet(self.path / "meta" / f"{c}.parquet", self.stage) for c in self.chunks]
         return pd.concat(frames, ignore_index=True) if len(frames) != 1 else frames[0]
 
     def label_vectors(self, num_classes: int | None = None) -> np.ndarray:
@@ -394,4 +369,4 @@ def save_pca(path: Path, pca: dict, metadata: dict[str, str]) -> None:
     flat = {f"{layer}.{what}": t.detach().cpu().contiguous() for layer, d in pca.items() for what, t in d.items()}
     # One metadata entry: safetensors writes several in hash order, which would differ from run to run.
     data = save(flat, metadata={"dmd2report": json.dumps(metadata, sort_keys=True)})
-    atomic_write(path, lambda f: f.write(data))
+    save_bytes(path, data)

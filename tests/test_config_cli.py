@@ -10,13 +10,14 @@ from dmd2report.device import resolve_device
 from dmd2report.errors import UserError
 from dmd2report.layers import resolve_layer
 from dmd2report.models import build_preset
+from dmd2report.runtime import auto_batch_size
 
 
 def test_example_config_round_trips(tmp_path):
     path = tmp_path / "report.toml"
     r = CliRunner().invoke(cli, ["init", str(path)])
     assert r.exit_code == 0 and path.exists()
-    assert "# auto | cpu | cuda | cuda:N | mps" in path.read_text()
+    assert "[auto | cpu | cuda | cuda:N | mps] (option --device)\ndevice = \"auto\"\n" in path.read_text()
     assert load_config(path) == Config()
     r = CliRunner().invoke(cli, ["init", str(path)])
     assert r.exit_code == 2 and "already exists" in r.output
@@ -100,8 +101,67 @@ def test_automatic_batch_follows_gpu_memory(monkeypatch, gib, expected):
         total_memory = gib * 2**30
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: Props())
-    f = Config().features
-    assert f.batch(torch.device("cuda", 0)) == expected and f.batch("cuda") == expected
-    assert f.batch(torch.device("cpu")) == 256
-    f.batch_size = 64
-    assert f.batch(torch.device("cuda")) == 64
+    assert auto_batch_size(torch.device("cuda", 0)) == expected and auto_batch_size("cuda", 0) == expected
+    assert auto_batch_size(torch.device("cpu")) == 256
+    assert auto_batch_size(torch.device("cuda"), 64) == 64 and auto_batch_size("cpu", 64) == 64
+
+
+def test_configuration_doc_is_generated_from_the_declarations():
+    from pathlib import Path
+
+    from dmd2report.config import markdown
+
+    committed = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+    assert committed.read_text(encoding="utf-8") == markdown(), \
+        "docs/configuration.md is stale: python -m dmd2report.config --markdown > docs/configuration.md"
+
+
+def test_command_options_come_from_the_declarations():
+    from dmd2report.config import keys
+
+    declared = {k.setting.cli: k for k in keys().values() if k.setting.cli}
+    assert list(declared) == ["--name", "--workdir", "--site", "--device", "--seed", "--preset", "--checkpoint",
+                              "--precision", "--compile", "--source", "--data", "--classes", "--per-class",
+                              "--max-samples", "--on-bad-image", "--layers", "--reduce", "--batch-size", "--samples",
+                              "--fit-on", "--single-file"]
+    for command in ("build", "extract", "generate", "fit", "measure", "atlas", "trajectory", "render"):
+        options = {p.opts[0]: p for p in cli.commands[command].params}
+        assert "--config" in options
+        for flag, key in declared.items():
+            assert key.setting.help in options[flag].help and f"[{key.dotted}" in options[flag].help
+            if key.setting.choices and not callable(key.setting.choices):
+                assert list(options[flag].type.choices) == list(key.setting.choices)
+    # Comma-separated lists and the flag reach the typed config.
+    import dmd2report.cli as cli_mod
+
+    c = cli_mod._load({"config_path": None, "data__classes": "207, goldfish", "features__layers": "midblock",
+                       "report__single_file": True, "data__per_class": 3, "run__seed": None})
+    assert c.data.classes == ["207", "goldfish"] and c.features.layers == ["midblock"]
+    assert c.report.single_file is True and c.data.per_class == 3 and c.run.seed == 0
+
+
+def test_example_and_module_entry_point_agree(capsys):
+    from dmd2report.config import example_toml, main
+
+    assert main(["--toml"]) == 0 and capsys.readouterr().out == example_toml()
+    text = example_toml()
+    assert "[atlas]\n" in text and "mask_layer" not in text.split("[metrics]")[1].split("[atlas]")[0]
+    assert "# The generator. Read by the model stages: extract, generate, atlas, trajectory.\n[model]\n" in text
+
+
+def test_loading_a_config_needs_no_torch_until_the_layers_are_checked():
+    import subprocess
+    import sys
+
+    code = ("import sys; from dmd2report.cli import cli; from dmd2report.config import Config, example_toml, keys; "
+            "Config(); keys(); cli.commands['build'].params; assert 'torch' not in sys.modules, 'torch imported'")
+    from pathlib import Path
+
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_old_compile_boolean_is_a_type_error(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[model]\ncompile = false\n")
+    with pytest.raises(UserError, match=r"c\.toml: model\.compile: expected a string, got False$"):
+        load_config(path)

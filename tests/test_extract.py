@@ -7,11 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dmd2report import extract as extract_mod
+from dmd2report import chunks as chunks_mod
+from dmd2report import files as files_mod
 from dmd2report import store as store_mod
 from dmd2report.errors import UserError
-from dmd2report.extract import extract_real, randomized_pca
-from dmd2report.generate import generate_set
+from dmd2report.features import randomized_pca
+from dmd2report.stages.extract import extract_real
+from dmd2report.stages.generate import generate_set
 from dmd2report.layers import ActivationCapture
 from dmd2report.sampling import condition_vectors, generate, sample_noise, to_uint8
 from dmd2report.sources import NpzSource
@@ -56,9 +58,9 @@ _KILLED_RUN = """
 import os, signal, sys
 import numpy as np
 from safetensors.torch import load_file
-from dmd2report import store
+from dmd2report import files, store
 from dmd2report.config import load_config
-from dmd2report.extract import extract_real
+from dmd2report.stages.extract import extract_real
 from dmd2report.models import build_preset
 
 weights, workdir, data = sys.argv[1:]
@@ -71,7 +73,7 @@ def killed_mid_chunk_2(path, array):
         def write(f):
             f.write(b"half a file")  # a temporary file left behind, as a kill leaves it
             os.kill(os.getpid(), signal.SIGKILL)
-        return store.atomic_write(path, write)
+        return files.atomic_write(path, write)
     return save(path, array)
 
 store.save_npy = killed_mid_chunk_2
@@ -115,7 +117,7 @@ def test_disk_full_during_extract_then_resume(tiny_net, npz_dir, make_config, tm
             def write(f):
                 f.write(b"\x93NUMPY")
                 raise OSError(errno.ENOSPC, "No space left on device")
-            return store_mod.atomic_write(path, write)
+            return files_mod.atomic_write(path, write)
         return real_save(path, array)
 
     monkeypatch.setattr(store_mod, "save_npy", full_disk)
@@ -186,9 +188,10 @@ def test_randomized_pca_is_deterministic_and_checks_k():
         randomized_pca(x, 60)
 
 
-def test_full_reduction_prints_size(tiny_net, npz_dir, make_config, capsys):
-    path = extract_real(make_config(path=npz_dir, features__reduce="full", data__per_class=1), tiny_net, "sum0")
-    assert "full activations, 10 samples x 2048 values (float16)" in capsys.readouterr().err
+def test_full_reduction_prints_size(tiny_net, npz_dir, make_config, caplog):
+    with caplog.at_level("INFO", logger="dmd2report"):
+        path = extract_real(make_config(path=npz_dir, features__reduce="full", data__per_class=1), tiny_net, "sum0")
+    assert "full activations, 10 samples x 2048 values (float16)" in caplog.text
     assert Store(path).features("encoder_bottleneck").shape == (10, 1024)
 
 
@@ -277,7 +280,7 @@ def _shard_worker(rank, world, port, weights, config_overrides, out):
     extract_real(config, net, "sum0", progress=False)
     generate_set(config, net, "sum0", "uniform", np.full(30, -1), np.arange(30), progress=False)
     with open(f"{out}/rank{rank}.json", "w") as f:
-        json.dump(extract_mod.dist_rank_world(), f)
+        json.dump(chunks_mod.dist_rank_world(), f)
     torch.distributed.destroy_process_group()
 
 

@@ -99,8 +99,8 @@ def test_store_stages_on_cuda_match_float32(nets, tmp_path):
     import numpy as np
 
     from dmd2report.config import load_config
-    from dmd2report.extract import extract_real
-    from dmd2report.generate import generate_set
+    from dmd2report.stages.extract import extract_real
+    from dmd2report.stages.generate import generate_set
     from dmd2report.store import Store
 
     ref_net, fast = nets

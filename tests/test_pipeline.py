@@ -35,6 +35,7 @@ pca_components = 16
 n_neighbors = 10
 [metrics]
 bootstrap = 20
+[atlas]
 anchors_per_class = 1
 atlas_grid = 4
 """
@@ -121,22 +122,25 @@ def test_another_device_or_precision_redoes_the_model_stages(built, monkeypatch)
     """A workdir built on the CPU is not reused on a GPU (bf16 features), nor after --precision changes."""
     import dmd2report.device as device_module
     from dmd2report.config import load_config
-    from dmd2report.pipeline import Run
+    from dmd2report.context import Context
+    from dmd2report.pipeline import stage_keys
+
+    def keys_of(config):
+        return stage_keys(Context.create(config))
 
     w, cfg, _ = built
-    keys = Run(load_config(cfg)).stage_keys()
+    keys = keys_of(load_config(cfg))
     for precision in ("float32", "auto", "bfloat16"):
-        assert Run(load_config(cfg, {"model.precision": precision})).stage_keys() == keys  # all float32 on CPU
+        assert keys_of(load_config(cfg, {"model.precision": precision})) == keys  # all float32 on CPU
     # --compile and --batch-size change only rounding: no stage reruns.
-    assert Run(load_config(cfg, {"model.compile": "on", "features.batch_size": 7})).stage_keys() == keys
+    assert keys_of(load_config(cfg, {"model.compile": "on", "features.batch_size": 7})) == keys
     monkeypatch.setattr(device_module, "resolve_device", lambda spec="auto": torch.device("cuda"))
-    gpu = Run(load_config(cfg, {"model.preset": "dmd2-imagenet64"})).stage_keys()
-    gpu32 = Run(load_config(cfg, {"model.preset": "dmd2-imagenet64", "model.precision": "float32"})).stage_keys()
-    cpu32 = Run(load_config(cfg, {"model.preset": "dmd2-imagenet64", "model.precision": "float32",
-                                  "run.device": "cpu"}))
+    gpu = keys_of(load_config(cfg, {"model.preset": "dmd2-imagenet64"}))
+    gpu32 = keys_of(load_config(cfg, {"model.preset": "dmd2-imagenet64", "model.precision": "float32"}))
+    cpu32 = load_config(cfg, {"model.preset": "dmd2-imagenet64", "model.precision": "float32", "run.device": "cpu"})
     assert gpu["extract"] != gpu32["extract"] and gpu["generate"] != gpu32["generate"]
     monkeypatch.undo()
-    assert cpu32.stage_keys()["extract"] != gpu32["extract"]  # same dtype, another device type
+    assert keys_of(cpu32)["extract"] != gpu32["extract"]  # same dtype, another device type
 
 
 def test_force_reruns_one_stage(built):

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dmd2report import store as store_mod
+from dmd2report import files as files_mod
 from dmd2report.errors import UserError
 from dmd2report.store import BackgroundWriter, Store, StoreWriter, sparse_labels
 
@@ -110,19 +110,19 @@ def test_disk_full_leaves_no_partial_chunk_and_rerun_completes(tmp_path, monkeyp
     w.prepare(info=INFO)
     c, _ = _chunk(0)
     opened = []
-    real_open = store_mod._open_binary
+    real_open = files_mod._open_binary
 
     def failing_open(fd):
         opened.append(fd)
         return _FullDisk(real_open(fd), 10**9 if len(opened) < 3 else 50)  # the third file fills the disk
 
-    monkeypatch.setattr(store_mod, "_open_binary", failing_open)
+    monkeypatch.setattr(files_mod, "_open_binary", failing_open)
     with pytest.raises(UserError, match=r"thumbs/chunk_000000.npy: disk full while writing .*rerun to resume"):
         w.write_chunk(0, c["features"], c["meta"], c["thumbs"], c["recon"], c["full"])
     left = [p for p in (tmp_path / "s").rglob("*") if p.is_file()]
     assert [p.name for p in left] == ["manifest.json"]  # neither the two written files nor a temp file remain
     assert not w.done(0)
-    monkeypatch.setattr(store_mod, "_open_binary", real_open)
+    monkeypatch.setattr(files_mod, "_open_binary", real_open)
     w.write_chunk(0, c["features"], c["meta"], c["thumbs"], c["recon"], c["full"])
     assert w.finalize(1, INFO)["count"] == 3
 

@@ -11,7 +11,9 @@ from dmd2report.config import load_config
 from dmd2report.errors import UserError
 from dmd2report.layers import ActivationCapture
 from dmd2report.sampling import condition_vectors, generate, sample_noise
-from dmd2report.trajectory import RENOISE_STRIDE, check_schedule, path_noise, sample_paths
+from dmd2report.context import Context
+from dmd2report.pipeline import run_stages
+from dmd2report.sampling import RENOISE_STRIDE, check_schedule, path_noise, sample_paths
 
 LAYERS = ["encoder_bottleneck", "midblock"]
 
@@ -28,7 +30,7 @@ def test_schedule_must_decrease_and_stay_positive(sigmas, match):
         check_schedule(sigmas)
     assert str(e.value).startswith("trajectory.sigmas: ")
     # The same check when the config is loaded, naming the key.
-    with pytest.raises(UserError, match=r"^trajectory\.sigmas: .*" + match):
+    with pytest.raises(UserError, match=r"^command line: trajectory\.sigmas: .*" + match):
         load_config(None, {"trajectory.sigmas": sigmas})
 
 
@@ -90,7 +92,6 @@ def test_same_paths_for_any_batch_size(tiny_net, mode):
 @pytest.fixture(scope="module")
 def traj_run(tmp_path_factory):
     """The tiny model on a 60-image NPZ set: extract, generate, fit and trajectory stages."""
-    from dmd2report.pipeline import Run
     from conftest import TINY_CLASSES, npz_labels_for_standard_ids, synthetic_images
 
     tmp = tmp_path_factory.mktemp("traj")
@@ -105,16 +106,16 @@ def traj_run(tmp_path_factory):
         "report.thumb_size": 8, "features.generated": "generation", "generate.samples": 20, "generate.variants": ["class"], "generate.variant_samples": 10,
         "embedding.pca_components": 8, "embedding.n_neighbors": 8, "metrics.bootstrap": 10,
         "trajectory.sigmas": [80.0, 10.0, 0.5], "trajectory.samples": 7, "trajectory.real_references": 9})
-    run = Run(config, log=lambda s: None)
-    ran = run.run_stages(("extract", "generate", "fit", "trajectory"))
+    ctx = Context.create(config)
+    ran = run_stages(ctx, ("extract", "generate", "fit", "trajectory"))
     assert ran == ["extract", "generate", "fit", "trajectory"]
-    return run
+    return ctx
 
 
 def test_stage_stores_every_step(traj_run):
     from dmd2report.store import Store
 
-    out = traj_run.workdir / "trajectory"
+    out = traj_run.workdir.root / "trajectory"
     paths, real = Store(out / "paths"), Store(out / "real")
     assert paths.manifest["steps"] == 3 and paths.manifest["sigmas"] == [80.0, 10.0, 0.5]
     assert len(paths) == 7 * 3 and len(real) == 9 * 3
@@ -123,7 +124,7 @@ def test_stage_stores_every_step(traj_run):
     assert meta["sigma"].tolist() == [80.0, 10.0, 0.5] * 7
     assert paths.features("midblock").shape[0] == 21 and paths.thumbnails().shape == (21, 8, 8, 3)
     # With class conditioning a path's first step is the class-conditioned set's sample of the same seed.
-    gen = Store(traj_run.workdir / "stores" / "gen-class")
+    gen = Store(traj_run.workdir.root / "stores" / "gen-class")
     np.testing.assert_array_equal(paths.features("midblock")[::3], gen.features("midblock")[:7])
     np.testing.assert_array_equal(paths.thumbnails()[::3], gen.thumbnails()[:7])
     # Real references: classes spread evenly, every sigma of the schedule.
@@ -139,33 +140,30 @@ def test_stage_stores_every_step(traj_run):
 
 
 def test_stage_rerun_reuses_stores(traj_run):
-    from dmd2report.pipeline import Run
-
-    out = traj_run.workdir / "trajectory"
+    out = traj_run.workdir.root / "trajectory"
     before = (out / "paths" / "features" / "midblock" / "chunk_000000.npy").stat().st_mtime_ns
     # Another UMAP: the trajectory stage reruns (re-projects) but keeps the sampled stores.
     cfg = traj_run.config
     cfg.embedding.min_dist = 0.3
-    ran = Run(cfg, log=lambda s: None).run_stages(("fit", "trajectory"))
+    ran = run_stages(Context.create(cfg), ("fit", "trajectory"))
     assert ran == ["fit", "trajectory"]
     assert (out / "paths" / "features" / "midblock" / "chunk_000000.npy").stat().st_mtime_ns == before
 
 
 def test_blend_paths_use_the_generate_stage_blend(traj_run):
-    from dmd2report.pipeline import Run
     from dmd2report.store import Store
 
     cfg = traj_run.config
     cfg.trajectory.conditioning = "blend"
     with pytest.raises(UserError, match="needs 'blend' in generate.variants"):
-        Run(cfg, log=lambda s: None).run_stages(("trajectory",))
+        run_stages(Context.create(cfg), ("trajectory",))
     cfg.generate.variants = ["class", "blend"]
     cfg.trajectory.samples = 11  # more than the 10 seeds of the blend set
     with pytest.raises(UserError, match=r"trajectory.samples \(11\) exceeds"):
-        Run(cfg, log=lambda s: None).run_stages(("generate", "trajectory"))
+        run_stages(Context.create(cfg), ("generate", "trajectory"))
     cfg.trajectory.samples = 7
-    assert Run(cfg, log=lambda s: None).run_stages(("trajectory",)) == ["trajectory"]
-    paths = Store(traj_run.workdir / "trajectory" / "paths")
-    blend = Store(traj_run.workdir / "stores" / "gen-blend")
+    assert run_stages(Context.create(cfg), ("trajectory",)) == ["trajectory"]
+    paths = Store(traj_run.workdir.root / "trajectory" / "paths")
+    blend = Store(traj_run.workdir.root / "stores" / "gen-blend")
     np.testing.assert_allclose(paths.label_vectors(10)[::3], blend.label_vectors(10)[:7], rtol=0, atol=1e-6)
     assert (paths.label_vectors(10) > 0).sum(1).max() > 1  # really blends, not one-hots

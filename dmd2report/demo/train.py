@@ -25,7 +25,6 @@ import shlex
 import sys
 import tempfile
 import time
-from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -34,19 +33,13 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
 from ..models.precond import EDMPrecond
+from ..resources import bundled_file
 from ..sampling import SIGMA_MAX
 
 
 def demo_file(name: str) -> Path:
-    """A file of the bundled demo: data/demo/ of a source checkout (also with only PYTHONPATH set,
-    as on a training machine), else dmd2report.bundled/demo of an installed package."""
-    checkout = Path(__file__).resolve().parents[2] / "data" / "demo" / name
-    if checkout.is_file():
-        return checkout
-    try:
-        return Path(str(files("dmd2report.bundled").joinpath("demo", name)))
-    except ModuleNotFoundError:
-        return checkout
+    """A file of the bundled demo (data/demo/ of a checkout, dmd2report.bundled/demo installed)."""
+    return bundled_file(f"demo/{name}")
 
 
 def load_train_config(path: str | Path | None = None) -> dict:

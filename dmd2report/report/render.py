@@ -7,7 +7,6 @@ bokeh package into site/static/ (one copy shared by all pages); nothing is loade
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 import math
 import os
@@ -22,6 +21,7 @@ from bokeh.embed import components
 from bokeh.util.paths import bokehjs_path
 
 from ..errors import UserError
+from ..resources import static_file, templates_dir
 from . import figures, palette, sprites
 from .data import ReportData
 
@@ -116,8 +116,7 @@ class _Thumbs:
 
 
 def _environment() -> jinja2.Environment:
-    root = importlib.resources.files("dmd2report.templates")
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(root)), autoescape=True,
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = _fmt_num
     env.filters["int"] = lambda v: f"{int(v):,}" if v is not None and pd.notna(v) else "–"
@@ -131,7 +130,7 @@ def _fmt_num(v, digits: int = 3) -> str:
 
 
 def _static_text(name: str) -> str:
-    return importlib.resources.files("dmd2report.templates").joinpath("static", name).read_text(encoding="utf-8")
+    return static_file(name).read_text(encoding="utf-8")
 
 
 def _chosen_classes(data: ReportData) -> list[int]:

@@ -20,26 +20,61 @@ sharding are those of the extract stage.
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import re
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .errors import UserError
-from .extract import (Progress, Reducer, barrier, compute_key, dist_rank_world, feature_dims, finish_store, gather,
-                      parse_reduce, prefetch, print_full_size, store_dir, thumbnails, to_device, versions)
-from .layers import ActivationCapture, resolve_layer
-from .runtime import stage_samples
-from .sampling import SIGMA_MAX, condition_vectors, sample_noise
-from .store import BackgroundWriter, StoreWriter, load_pca, sparse_labels
+from ..chunks import Progress, barrier, dist_rank_world, finish_store, gather, prefetch, to_device, versions
+from ..context import Context, compute_identity
+from ..errors import UserError
+from ..features import Reducer, feature_dims, parse_reduce
+from ..files import array_digest, bytes_digest
+from ..knn import knn
+from ..layers import ActivationCapture, resolve_layer
+from ..runtime import auto_batch_size, stage_samples
+from ..sampling import SIGMA_MAX, as_stored, condition_vectors, sample_noise, sample_plan, thumbnails
+from ..sources import source_class_index
+from ..store import BackgroundWriter, StoreWriter, load_pca, metadata_frame, sparse_labels
+from ..workdir import WorkDir
+
+log = logging.getLogger(__name__)
 
 
-def _digest(a: np.ndarray) -> str:
-    return hashlib.sha256(memoryview(np.ascontiguousarray(a))).hexdigest()[:16]  # the bytes, without a copy
+def run(ctx: Context, overwrite: bool = False) -> None:
+    """The generate stage: the class-conditioned set, then the same first seeds under every other variant."""
+    cfg, wd = ctx.config, ctx.workdir
+    real = wd.store("real")
+    real_classes = real.metadata()["class_id"].to_numpy()
+    class_ids, seeds = sample_plan(real_classes, cfg.generate.samples)
+    net, checksum = ctx.generator.net, ctx.generator.checksum
+    generate_set(cfg, net, checksum, "class", class_ids, seeds, overwrite=overwrite)
+    n_var = min(cfg.generate.variant_samples, len(seeds))
+    for variant in cfg.generate.variants:
+        if variant == "class":
+            continue  # the first n_var samples of the class set are the class variant
+        vectors = None
+        if variant == "blend":
+            layer = cfg.metrics.layer
+            vectors = blend_weights(real.features(layer).astype(np.float32), real_classes,
+                                    wd.store("gen-class").features(layer)[:n_var].astype(np.float32),
+                                    cfg.generate.blend_neighbours, net.label_dim)
+        generate_set(cfg, net, checksum, variant, class_ids[:n_var], seeds[:n_var], label_vectors=vectors,
+                     overwrite=overwrite)
+
+
+def blend_weights(real_feats: np.ndarray, real_classes: np.ndarray, query_feats: np.ndarray, k: int,
+                  num_classes: int) -> np.ndarray:
+    """Each query's blend: the mean one-hot of its k nearest real samples (standardised features)."""
+    mu, sd = real_feats.mean(0), real_feats.std(0) + 1e-6
+    _, idx = knn((query_feats - mu) / sd, (real_feats - mu) / sd, min(k, len(real_feats)))
+    weights = np.zeros((len(query_feats), num_classes), np.float32)
+    for j in range(idx.shape[1]):
+        np.add.at(weights, (np.arange(len(idx)), real_classes[idx[:, j]]), 1.0)
+    return weights / idx.shape[1]
 
 
 def _given_vectors(label_vectors, n: int, K: int, variant: str) -> np.ndarray:
@@ -59,13 +94,10 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
     indices (distinct); `label_vectors` (N, K) the conditioning, or None to derive it from the
     variant (`class`: one-hot of class_ids, `uniform`, `zero`). Resumes an interrupted run.
     """
-    from .sources import source_class_index
-
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", variant):
         raise UserError(f"variant name {variant!r}: use letters, digits, '_', '-' or '.'")
     device = next(net.parameters()).device
     rank, world = dist_rank_world()
-    show = progress and rank == 0
     f = config.features
     layers = list(f.layers)
     for name in layers:
@@ -92,28 +124,28 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
         vectors_digest = f"derived from variant {variant}"
     else:
         label_vectors = _given_vectors(label_vectors, n, K, variant)
-        vectors_digest = _digest(label_vectors)
+        vectors_digest = array_digest(label_vectors)
 
     pca = None
     if mode == "pca":
-        pca_path = store_dir(config, "real") / "pca.safetensors"
+        pca_path = WorkDir(config.run.workdir).store_path("real") / "pca.safetensors"
         if not pca_path.exists():
             raise UserError(f"{pca_path}: no PCA to reduce generated features with; run the extract stage first")
-        pca_digest = hashlib.sha256(pca_path.read_bytes()).hexdigest()[:16]
+        pca_digest = bytes_digest(pca_path.read_bytes())
         pca = load_pca(pca_path)
     index = source_class_index(config)
     cs = f.chunk_size
     n_chunks = -(-n // cs)
     key = {
         "stage": "generated", "variant": variant, "seed": config.run.seed,
-        "class_ids": _digest(class_ids), "seed_indices": _digest(seed_indices), "label_vectors": vectors_digest,
+        "class_ids": array_digest(class_ids), "seed_indices": array_digest(seed_indices), "label_vectors": vectors_digest,
         "model_checksum": model_checksum, "resolution": net.img_resolution, "num_classes": K,
         "features": {"layers": layers, "reduce": f.reduce, "dtype": f.dtype, "chunk_size": cs,
                      "pca": pca_digest if mode == "pca" else None},
-        "thumb_size": config.report.thumb_size, "compute": compute_key(net, device),
+        "thumb_size": config.report.thumb_size, "compute": compute_identity(device, net.use_fp16),
         "generated_features": f.generated,
     }
-    path = store_dir(config, f"gen-{variant}")
+    path = WorkDir(config.run.workdir).store_path(f"gen-{variant}")
     writer = StoreWriter(path, key, "generated")
     dims = feature_dims(net, layers, f.reduce)
     info = {"model_checksum": model_checksum, "versions": versions(), "layers": layers, "feature_dims": dims,
@@ -126,7 +158,8 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
     if rank == 0:
         writer.prepare(overwrite, info)
         if mode == "full":
-            print_full_size(n, dims, f.dtype, show)
+            log.info("features: full activations, %d samples x %d values (%s) = %.2f GiB to store", n,
+                     sum(dims.values()), f.dtype, n * sum(dims.values()) * np.dtype(f.dtype).itemsize / 2**30)
     barrier(world)
     reducer = Reducer(f.reduce, f.dtype, pca, device)
     shape = (net.img_channels, net.img_resolution, net.img_resolution)
@@ -148,33 +181,28 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
         ids_t = torch.from_numpy(ids)
         c_reencode = torch.where((ids_t >= 0)[:, None], F.one_hot(ids_t.clamp(min=0), K).float(), c) if reencode else None
         idx, w = sparse_labels(c.numpy())
-        meta = pd.DataFrame({
-            "sample_id": np.arange(sl.start, sl.stop, dtype=np.int64),
-            "source": [f"seed {config.run.seed} #{s}" for s in seed_indices[sl]],
-            "seed": np.full(len(ids), config.run.seed, np.int64), "seed_index": seed_indices[sl],
-            "class_id": ids, "synset": [index.synset(int(k)) for k in ids],
-            "name": [index.name(int(k)) for k in ids], "variant": variant,
-            "label_index": idx, "label_weight": w,
-            "has_recon": np.zeros(len(ids), bool), "has_full": np.zeros(len(ids), bool)})
+        meta = metadata_frame(np.arange(sl.start, sl.stop), ids, index, variant=variant,
+                              source=[f"seed {config.run.seed} #{s}" for s in seed_indices[sl]], seed=config.run.seed,
+                              seed_index=seed_indices[sl], label_index=idx, label_weight=w)
         if cuda:
             c, c_reencode = c.pin_memory(), (c_reencode.pin_memory() if reencode else None)
         return z, c, c_reencode, meta
 
     todo = [i for i in range(rank, n_chunks, world) if not writer.done(i)]
     remaining = sum(min(cs, n - i * cs) for i in todo)
-    bar = Progress(remaining, f"generate {variant}", show)
+    bar = Progress(remaining, f"generate {variant}", progress)
     stage_samples(net, remaining)  # model.compile = auto decides
     try:
         with BackgroundWriter(writer) as bg:
             for i, (z, c, c_reencode, meta) in prefetch(load, todo):
-                feats, thumbs = _generate_chunk(net, z, c, layers, reducer, device, f.batch(device), config.report.thumb_size,
+                feats, thumbs = _generate_chunk(net, z, c, layers, reducer, device, auto_batch_size(device, f.batch_size), config.report.thumb_size,
                                                 bar, reencode_labels=c_reencode)
                 bg.submit(i, {l: gather(v, (dims[l],), reducer.dtype) for l, v in feats.items()}, meta,
                           gather(thumbs, (min(config.report.thumb_size, net.img_resolution),) * 2 + (3,), torch.uint8))
     finally:
         bar.close()
         stage_samples(net, 0)
-    finish_store(writer, path, index, n_chunks, info, rank, world)
+    finish_store(writer, index, n_chunks, info, rank, world)
     return path
 
 
@@ -192,7 +220,7 @@ def _generate_chunk(net, z, c, layers, reducer: Reducer, device, batch_size: int
             # exactly as real extraction does.
             images = net(SIGMA_MAX * x, sigma, y)
             with ActivationCapture(net, layers, reduce=mode, early_exit=True) as cap:
-                cap.run(SIGMA_MAX * quantise(images), sigma, to_device(reencode_labels[b:b + batch_size], device))
+                cap.run(SIGMA_MAX * as_stored(images), sigma, to_device(reencode_labels[b:b + batch_size], device))
         else:
             with ActivationCapture(net, layers, reduce=mode) as cap:
                 images = cap.run(SIGMA_MAX * x, sigma, y)
@@ -201,8 +229,3 @@ def _generate_chunk(net, z, c, layers, reducer: Reducer, device, batch_size: int
         thumbs.append(thumbnails(images, thumb_size))
         bar.update(len(x))
     return feats, thumbs
-
-
-def quantise(images: torch.Tensor) -> torch.Tensor:
-    """A generated image as a stored one reads back: uint8 (EDM's rounding), then / 127.5 - 1."""
-    return (images.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8).float().div_(127.5).sub_(1)

@@ -1,0 +1,98 @@
+"""What every stage is handed: the config, the work directory, the generator (loaded on first use), a log."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import Config
+from .workdir import WorkDir
+
+log = logging.getLogger(__name__)
+
+
+def compute_identity(device: torch.device, use_fp16: bool) -> dict:
+    """What the numbers depend on besides weights, data and settings: the device type and the UNet's
+    dtype (EDMPrecond.unet_dtype: bf16 on CUDA when the fp16 path is on). Batch size and compilation
+    change only rounding, like cuDNN's choices. Stage keys and store keys both come from here."""
+    return {"device": device.type, "unet_dtype": "bfloat16" if use_fp16 and device.type == "cuda" else "float32"}
+
+
+class Generator:
+    """The run's generator: its identity without loading it (for cache keys), and the network on first use."""
+
+    def __init__(self, config: Config, workdir: WorkDir, write_cache: bool = True):
+        self.config = config
+        self.workdir = workdir
+        self.write_cache = write_cache   # torchrun: rank 0 alone writes checksums.json
+        self._net = None
+        self._identity = None
+
+    def identity(self) -> dict:
+        """Preset and checkpoint checksum (cached by path, size and mtime in checksums.json)."""
+        if self._identity is None:
+            from .checkpoint import bundled_weights, resolve_checkpoint_file
+
+            m = self.config.model
+            path = resolve_checkpoint_file(m.checkpoint) if m.checkpoint else bundled_weights(m.preset)
+            sha = (f"untrained-seed{self.config.run.seed}" if path is None
+                   else self.workdir.checkpoint_sha256(path, write=self.write_cache))
+            self._identity = {"preset": m.preset, "checkpoint": str(path or ""), "sha256": sha,
+                              "untrained": path is None}
+        return self._identity
+
+    @property
+    def checksum(self) -> str:
+        return self.identity()["sha256"]
+
+    def device(self) -> torch.device:
+        from .device import resolve_device
+
+        return resolve_device(self.config.run.device)
+
+    def compute_identity(self) -> dict:
+        """`compute_identity` of the configured device and precision, without loading the network."""
+        from .models.presets import preset_config
+
+        precision = self.config.model.precision
+        fp16 = precision == "bfloat16" or (precision == "auto" and preset_config(self.config.model.preset)["use_fp16"])
+        return compute_identity(self.device(), fp16)
+
+    @property
+    def net(self) -> torch.nn.Module:
+        if self._net is None:
+            from .checkpoint import load_generator
+            from .runtime import auto_batch_size, prepare
+
+            device = self.device()
+            net, info = load_generator(self.config.model.preset, self.config.model.checkpoint or None, "cpu",
+                                       seed=self.config.run.seed)
+            log.info("model: %s from %s on %s", info.preset, info.checkpoint or "random weights (UNTRAINED)", device)
+            net = prepare(net, device, self.config.model.precision, self.config.model.compile,
+                          batch_hint=auto_batch_size(device, self.config.features.batch_size))
+            assert compute_identity(device, net.use_fp16) == self.compute_identity()  # prepare's rule is the same
+            self._net = net
+        return self._net
+
+
+@dataclass
+class Context:
+    """One stage's view of a build. Stages read inputs and write outputs through `workdir` only."""
+
+    config: Config
+    workdir: WorkDir
+    generator: Generator
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("dmd2report"))
+    command: str = "dmd2report build"
+
+    @classmethod
+    def create(cls, config: Config, command: str = "dmd2report build", write_cache: bool = True) -> Context:
+        workdir = WorkDir(Path(config.run.workdir))
+        return cls(config, workdir, Generator(config, workdir, write_cache), command=command)
+
+    def for_stage(self, module_name: str) -> Context:
+        """The same context with the stage module's own logger."""
+        return Context(self.config, self.workdir, self.generator, logging.getLogger(module_name), self.command)

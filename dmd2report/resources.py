@@ -1,0 +1,53 @@
+"""Files that ship with dmd2report, found the same way installed and from a source checkout.
+
+In a checkout the templates live in the top-level `templates/` and the bundled demo files in `data/`;
+an installed wheel carries them as the packages `dmd2report.templates` and `dmd2report.bundled`
+(pyproject.toml maps the folders to those names). Class indexes are package data of `dmd2report`.
+Every other module asks here instead of importing those packages, which exist only once installed.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parent
+_CHECKOUT = _PACKAGE.parent
+
+
+def _folder(checkout_name: str, package: str) -> Path:
+    """The checkout's folder when this module runs from one (checked first: an editable install maps
+    the package to the same folder), else the installed package's."""
+    folder = _CHECKOUT / checkout_name
+    if folder.is_dir() and (_CHECKOUT / "pyproject.toml").is_file():
+        return folder
+    try:
+        return Path(str(resources.files(package)))
+    except ModuleNotFoundError:
+        raise RuntimeError(f"dmd2report is installed without its {package!r} files; reinstall it") from None
+
+
+def templates_dir() -> Path:
+    """The default Jinja templates (base.html, pages, static/)."""
+    return _folder("templates", "dmd2report.templates")
+
+
+def static_file(name: str) -> Path:
+    """A file of the templates' static/ folder (site.css, site.js)."""
+    return templates_dir() / "static" / name
+
+
+def bundled_file(relative: str) -> Path:
+    """A bundled file by its path under data/ (e.g. "demo/generator.safetensors"); it may not exist."""
+    return _folder("data", "dmd2report.bundled") / relative
+
+
+def package_json(name: str):
+    """A JSON file of the package's own data (class indexes)."""
+    return json.loads((_PACKAGE / "data" / name).read_text(encoding="utf-8"))
+
+
+def report_code_paths() -> list[Path]:
+    """What the rendered site depends on besides stored results: the templates and the report code."""
+    return [templates_dir(), _PACKAGE / "report"]

@@ -1,0 +1,272 @@
+"""The trajectory stage: where each step of a few-step DMD2 sample lies on the real map.
+
+Paths follow `sampling.sample_paths` (schedule `trajectory.sigmas`, default 80, 14, 1, 0.05). The chosen
+layers are captured during each step's call and reduced as the stores reduce them (`features.Reducer`);
+a step's point is what the generator sees at that step, as a generated set's point is what it sees
+at sigma = 80.
+
+Real references: real images x noised to each sigma (x + sigma eps, eps fixed per image) and passed
+through the model with their class, G(x + sigma eps, sigma, one_hot(label)): what the model sees of
+real data at each noise level (`sampling.noised_real`).
+
+The stage writes, under `<workdir>/trajectory/`:
+
+    paths/          a store (store.py layout): one row per sample and step (sample-major), with
+                    `path`, `step` and `sigma` columns; thumbnails are each step's output D_s
+    real/           a store of the real references, one row per image and step, thumbnails D_s
+    points.parquet  both projected onto the real map with the headline layer's fitted embedding
+    metrics.json    per step: precision, recall, density, coverage and FD of the step's samples
+                    against the real set, and against the real references at the same sigma
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ..chunks import versions
+from ..config import check_schedule
+from ..context import Context, compute_identity
+from ..errors import UserError
+from ..features import Reducer, feature_dims, parse_reduce
+from ..files import array_digest, bytes_digest, save_json, save_parquet
+from ..layers import resolve_layer
+from ..metrics import measure
+from ..runtime import auto_batch_size
+from ..sampling import REAL_NOISE_OFFSET, condition_vectors, noised_real, sample_paths, sample_plan, thumbnails
+from ..sources import open_source, source_class_index
+from ..store import Store, StoreWriter, load_pca, metadata_frame, sparse_labels
+
+log = logging.getLogger(__name__)
+
+METRIC_KEYS = ("precision", "recall", "density", "coverage", "fd")
+
+
+def _rows_of_steps(a: np.ndarray) -> np.ndarray:
+    """(S, n, ...) -> (n * S, ...): sample-major rows (sample i's steps are rows i*S .. i*S+S-1)."""
+    return np.ascontiguousarray(np.swapaxes(a, 0, 1).reshape(-1, *a.shape[2:]))
+
+
+def _write_steps_store(path: Path, key: dict, info: dict, overwrite: bool, n: int, per_chunk: int, compute,
+                       meta_of, dims: dict, thumb_size: int, dtype) -> None:
+    """A store of n items x S steps, `per_chunk` items per chunk; compute(sl) -> (images, feats) for items sl."""
+    class_index = info.pop("class_index")
+    writer = StoreWriter(path, key, "trajectory")
+    writer.prepare(overwrite, info)
+    n_chunks = -(-n // per_chunk) if n else 0
+    for i in range(n_chunks):
+        if writer.done(i):
+            continue
+        sl = slice(i * per_chunk, min((i + 1) * per_chunk, n))
+        images, feats = compute(sl)
+        S = images.shape[0]
+        thumbs = thumbnails(images.reshape(-1, *images.shape[2:]), thumb_size).numpy()
+        thumbs = _rows_of_steps(thumbs.reshape(S, -1, *thumbs.shape[1:]))
+        writer.write_chunk(i, {l: _rows_of_steps(f).astype(dtype) for l, f in feats.items()}, meta_of(sl), thumbs)
+    save_json(path / "class_index.json", class_index)
+    writer.finalize(n_chunks, info)
+
+
+def _reference_rows(real_classes: np.ndarray, n: int) -> np.ndarray:
+    """Real rows spread over the classes: each class's first sample, then each one's second, ..."""
+    rank = pd.Series(real_classes).groupby(real_classes).cumcount().to_numpy()
+    order = np.lexsort((real_classes, rank))
+    return np.sort(order[:n])
+
+
+def run(ctx: Context, overwrite: bool = False) -> None:
+    """The trajectory stage: sample the paths and the real references, project, measure."""
+    cfg, t, wd = ctx.config, ctx.config.trajectory, ctx.workdir
+    out = wd.trajectory
+    if not t.enabled:
+        shutil.rmtree(out, ignore_errors=True)  # no stale paths in the report
+        ctx.log.info("[trajectory] disabled (trajectory.enabled = false)")
+        return
+    sigmas = check_schedule(t.sigmas)
+    S = len(sigmas)
+    real = wd.store("real")
+    real_meta = real.metadata()
+    real_classes = real_meta["class_id"].to_numpy().astype(np.int64)
+    net, checksum = ctx.generator.net, ctx.generator.checksum
+    device = next(net.parameters()).device
+    f = cfg.features
+    layers = list(real.layers)
+    for name in layers:
+        resolve_layer(net, name)
+    mode, _ = parse_reduce(f.reduce)
+    pca, pca_digest = None, None
+    if mode == "pca":
+        pca_path = real.path / "pca.safetensors"
+        pca_digest = bytes_digest(pca_path.read_bytes())
+        pca = load_pca(pca_path)
+    reducer = Reducer(f.reduce, f.dtype, pca, device)
+    dims = feature_dims(net, layers, f.reduce)
+    K = net.label_dim
+    index = source_class_index(cfg)
+    ts = min(cfg.report.thumb_size, net.img_resolution)
+    per_chunk = max(1, f.chunk_size // S)
+    common = {"model_checksum": checksum, "sigmas": sigmas, "seed": cfg.run.seed, "resolution": net.img_resolution,
+              "num_classes": K, "features": {"layers": layers, "reduce": f.reduce, "dtype": f.dtype, "pca": pca_digest},
+              "thumb_size": cfg.report.thumb_size, "per_chunk": per_chunk, "compute": compute_identity(device, net.use_fp16)}
+    info = {"model_checksum": checksum, "versions": versions(), "layers": layers, "feature_dims": dims,
+            "reduction": f.reduce, "dtype": f.dtype, "sigmas": sigmas, "steps": S, "seed": cfg.run.seed,
+            "num_classes": K, "resolution": net.img_resolution, "thumb_size": cfg.report.thumb_size,
+            "full_layer": None, "class_index": index.to_mapping()}
+
+    # Paths.
+    class_ids, seeds = sample_plan(real_classes, t.samples)
+    if t.conditioning == "class":
+        vectors = condition_vectors("class", K, classes=class_ids)
+    elif t.conditioning == "blend":
+        # A path's blend is the one the generate stage made for the same seed (its neighbours' classes).
+        if "blend" not in cfg.generate.variants:
+            raise UserError("trajectory.conditioning = 'blend' needs 'blend' in generate.variants")
+        blend = wd.store("gen-blend")
+        if len(blend) < len(seeds):
+            raise UserError(f"trajectory.samples ({len(seeds)}) exceeds the blend set's {len(blend)} samples "
+                            f"(generate.variant_samples): a path's blend comes from that set")
+        vectors = torch.from_numpy(blend.label_vectors(K)[: len(seeds)])
+    else:
+        vectors = condition_vectors(t.conditioning, K, count=len(seeds))
+        class_ids = np.full(len(seeds), -1, np.int64)
+    n = len(seeds)
+
+    def steps_extra(sl):
+        """The columns of a steps store that follow sample_id: each item's path number, step and sigma."""
+        n_items = sl.stop - sl.start
+        return {"path": np.repeat(np.arange(sl.start, sl.stop), S), "step": np.tile(np.arange(S), n_items),
+                "sigma": np.tile(np.asarray(sigmas, np.float64), n_items)}
+
+    def rep(a):
+        return np.repeat(np.asarray(a), S)
+
+    def path_meta(sl):
+        ids, idx = class_ids[sl], seeds[sl]
+        li, lw = sparse_labels(vectors[sl].numpy())
+        return metadata_frame(np.arange(sl.start * S, sl.stop * S), rep(ids), index, variant=t.conditioning,
+                              source=rep([f"seed {cfg.run.seed} #{s}" for s in idx]), seed=cfg.run.seed,
+                              seed_index=rep(idx), label_index=[a for a in li for _ in range(S)],
+                              label_weight=[w for w in lw for _ in range(S)], extra=steps_extra(sl))
+
+    def path_compute(sl):
+        images, feats = sample_paths(net, cfg.run.seed, seeds[sl], vectors[sl], sigmas, layers=layers,
+                                     reducer=reducer, batch_size=auto_batch_size(device, f.batch_size))
+        return images, feats
+
+    ctx.log.info("[trajectory] %d samples x %d steps (sigmas %s)", n, S, ", ".join(f"{s:g}" for s in sigmas))
+    _write_steps_store(out / "paths", {"stage": "trajectory", **common, "conditioning": t.conditioning,
+                                       "class_ids": array_digest(class_ids), "seed_indices": array_digest(seeds)},
+                       info | {"variant": t.conditioning, "planned": n * S, "chunk_size": per_chunk * S},
+                       overwrite, n, per_chunk, path_compute, path_meta, dims, ts, np.dtype(f.dtype))
+
+    # Real references: real images noised to each sigma.
+    ref_rows = _reference_rows(real_classes, min(t.real_references, len(real_meta)))
+    ref_ids = real_meta["sample_id"].to_numpy().astype(np.int64)[ref_rows]
+    ref_images = np.zeros((0, 3, net.img_resolution, net.img_resolution), np.uint8)
+    if len(ref_rows):
+        with open_source(cfg, net.img_resolution) as source:
+            pos_of = {int(s): p for p, s in enumerate(source.samples["sample_id"])}
+            loaded = []
+            for sid in ref_ids:
+                got = source.load(pos_of[int(sid)], pos_of[int(sid)] + 1)
+                if not got.kept.all():
+                    raise UserError(f"data: real sample {sid} can no longer be read; rerun the extract stage")
+                loaded.append(got.images)
+            ref_images = np.concatenate(loaded)
+
+    def ref_meta(sl):
+        rows = real_meta.iloc[ref_rows[sl]]
+        li, lw = sparse_labels(F.one_hot(torch.tensor(rows["class_id"].to_numpy(np.int64)), K).numpy().astype(np.float32))
+        return metadata_frame(np.arange(sl.start * S, sl.stop * S), rep(rows["class_id"]), index, variant="real",
+                              source=rep(rows["source"].astype(str)), seed=cfg.run.seed,
+                              seed_index=rep(REAL_NOISE_OFFSET + rows["sample_id"].to_numpy(np.int64)),
+                              label_index=[a for a in li for _ in range(S)],
+                              label_weight=[w for w in lw for _ in range(S)],
+                              extra=steps_extra(sl) | {"real_row": rep(ref_rows[sl])})
+
+    def ref_compute(sl):
+        return noised_real(net, ref_images[sl], real_classes[ref_rows[sl]], ref_ids[sl], cfg.run.seed, sigmas,
+                           layers=layers, reducer=reducer, batch_size=auto_batch_size(device, f.batch_size))
+
+    ctx.log.info("[trajectory] %d real references x %d sigmas", len(ref_rows), S)
+    _write_steps_store(out / "real", {"stage": "trajectory-real", **common, "real_store": real.manifest["config_hash"],
+                                      "reference_ids": array_digest(ref_ids)},
+                       info | {"variant": "real", "planned": len(ref_rows) * S, "chunk_size": per_chunk * S},
+                       overwrite, len(ref_rows), per_chunk, ref_compute, ref_meta, dims, ts, np.dtype(f.dtype))
+
+    # Projection onto the map and metrics per step, in the headline layer.
+    headline = cfg.metrics.layer
+    emb = wd.fitted(headline)
+    paths, refs = Store(out / "paths", "trajectory"), Store(out / "real", "trajectory")
+    frames, reduced = [], {}
+    for kind, store in (("path", paths), ("real", refs)):
+        meta, x = _store_rows(store, headline)
+        reduced[kind] = (emb.reduce(x), meta)
+        xy = emb.transform(x, progress=False) if len(x) else np.zeros((0, 2), np.float32)
+        frames.append(pd.DataFrame({"kind": kind, "row": np.arange(len(meta)), "path": meta["path"].to_numpy(np.int64),
+                                    "step": meta["step"].to_numpy(np.int64), "sigma": meta["sigma"].to_numpy(np.float64),
+                                    "class_id": meta["class_id"].to_numpy(np.int64),
+                                    "source": meta["source"].astype(str).to_numpy(),
+                                    "x": xy[:, 0].astype(np.float32), "y": xy[:, 1].astype(np.float32)}))
+    points = pd.concat(frames, ignore_index=True)
+    doc = measure_steps(emb.reduce(real.features(headline)), real_classes, reduced["path"], reduced["real"], sigmas,
+                        cfg, feature_space=f"{headline}:{f.reduce}+standardise+pca{emb.n_components}")
+    doc.update({"layer": headline, "conditioning": t.conditioning, "samples": n, "real_references": int(len(ref_rows)),
+                "paths_per_class": t.paths_per_class})
+    save_parquet(out / "points.parquet", points)
+    save_json(out / "metrics.json", doc)
+
+
+def _store_rows(store, layer: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """(metadata, features) of a store, also when it holds no chunks at all."""
+    if store.manifest["chunks"] == 0:
+        cols = ["path", "step", "sigma", "class_id", "source"]
+        return pd.DataFrame({c: np.zeros(0, np.int64) for c in cols}), \
+            np.zeros((0, store.manifest["feature_dims"][layer]), np.float32)
+    return store.metadata(), store.features(layer)
+
+
+def measure_steps(real_red: np.ndarray, real_classes: np.ndarray, paths: tuple[np.ndarray, pd.DataFrame],
+                  refs: tuple[np.ndarray, pd.DataFrame], sigmas: Sequence[float], config, feature_space: str) -> dict:
+    """Per step: the step's samples against the real set, and against the real references at that sigma.
+
+    paths/refs: (reduced features, store metadata with `step`). A comparison whose sets are too small
+    for the metrics' k is left out (value None)."""
+    m = config.metrics
+    kw = dict(k_pr=m.k_pr, k_dc=m.k_dc, k_fidelity=m.k_fidelity, k_neighbours=1, bootstrap=m.bootstrap,
+              seed=config.run.seed, per_class=False, per_class_fd=False, log=lambda s: None)
+    g_feat, g_meta = paths
+    r_feat, r_meta = refs
+    g_step, r_step = g_meta["step"].to_numpy(), r_meta["step"].to_numpy()
+    need = max(m.k_pr, m.k_dc) + 1
+
+    def entries(real_x, real_c, gen_x, tag):
+        if len(real_x) < need or len(gen_x) < 2:
+            return {k: None for k in METRIC_KEYS} | {"n_real": len(real_x), "n_generated": len(gen_x)}
+        r = measure(real_x, real_c, {tag: (gen_x, None)}, feature_space=f"{feature_space} {tag}", **kw)
+        o = r["variants"][tag]["overall"]
+        out = {"n_real": len(real_x), "n_generated": len(gen_x)}
+        for k in METRIC_KEYS:
+            e = o.get(k) or {}
+            out[k] = e.get("value")
+            if "ci_low" in e:
+                out[k + "_ci"] = [e["ci_low"], e["ci_high"]]
+        return out
+
+    steps = []
+    for s, sigma in enumerate(sigmas):
+        g = g_feat[g_step == s]
+        steps.append({"step": s, "sigma": float(sigma),
+                      "vs_real": entries(real_red, real_classes, g, f"step{s}"),
+                      "vs_noised_real": entries(r_feat[r_step == s], None, g, f"step{s}-noised")})
+    return {"feature_space": feature_space, "sigmas": [float(s) for s in sigmas], "steps": steps,
+            "definitions": {"vs_real": "the step's samples against the real set as extracted (sigma 80 on the image)",
+                            "vs_noised_real": "the step's samples against real images noised to the step's sigma "
+                                              "and passed through the model with their class"}}

@@ -1,0 +1,208 @@
+"""The work directory: where every artifact of a run lives, who may write it, and how it is read back.
+
+    <workdir>/.lock                 held by the build that owns the directory (fcntl; released on exit)
+    <workdir>/stages.json           the cache key each stage last finished with (pipeline.py)
+    <workdir>/checksums.json        SHA-256 of checkpoints by (path, size, mtime): hashing 1 GB once
+    <workdir>/stores/<name>/        activation stores: real, gen-<variant> (store.py)
+    <workdir>/fit/                  manifest.json, <layer>.joblib, points.parquet
+    <workdir>/measure/              metrics.json, arrays.npz, headline.json
+    <workdir>/atlas/                atlas.npz, atlas.json
+    <workdir>/trajectory/           paths/, real/ (stores), points.parquet, metrics.json
+
+Every write goes through `files.atomic_write`. Readers turn a missing or damaged file into one line
+that names the file and the stage to rerun; state that is only a cache (stages.json, checksums.json)
+is treated as stale instead, and the stages it describes are redone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+from . import files
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+try:  # POSIX; on other systems a work directory is not locked
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+
+def generated_sets(config) -> list[tuple[str, str]]:
+    """(variant, store name) of every generated set of a run, the class-conditioned set first."""
+    return [("class", "gen-class")] + [(v, f"gen-{v}") for v in config.generate.variants if v != "class"]
+
+
+class WorkDir:
+    """One run's work directory: artifact paths, atomic writes, the lock, and checked readers."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self._lock_file = None
+
+    def __repr__(self) -> str:
+        return f"WorkDir({str(self.root)!r})"
+
+    # ------------------------------------------------------------------ layout
+
+    def store_path(self, name: str) -> Path:
+        return self.root / "stores" / name
+
+    @property
+    def fit(self) -> Path:
+        return self.root / "fit"
+
+    @property
+    def measure(self) -> Path:
+        return self.root / "measure"
+
+    @property
+    def atlas(self) -> Path:
+        return self.root / "atlas"
+
+    @property
+    def trajectory(self) -> Path:
+        return self.root / "trajectory"
+
+    @property
+    def stages_file(self) -> Path:
+        return self.root / "stages.json"
+
+    @property
+    def checksums_file(self) -> Path:
+        return self.root / "checksums.json"
+
+    # ------------------------------------------------------------------ ownership
+
+    @contextlib.contextmanager
+    def locked(self, command: str):
+        """Hold the directory for one build. A second process gets one line naming the holder.
+
+        The lock is an fcntl lock on `.lock`, so the system releases it when the holder exits,
+        however it exits: a killed build never leaves the directory locked. Temporary files a
+        killed run left behind are removed once the lock is held (no other run can be writing them).
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / ".lock"
+        f = open(path, "a+", encoding="utf-8")
+        if fcntl is not None:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.seek(0)
+                holder = f.read().strip()
+                f.close()
+                try:
+                    h = json.loads(holder)
+                    who = f"`{h['command']}` (pid {h['pid']} on {h['host']}, since {h['started']})"
+                except (ValueError, KeyError, TypeError):
+                    who = "another dmd2report process"
+                raise UserError(f"{self.root}: in use by {who}; wait for it to finish or use another --workdir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                            "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
+        f.flush()
+        self._lock_file = f
+        try:
+            n = files.remove_temporaries(self.root)
+            if n:
+                log.info("removed %d temporary file(s) left by an interrupted run", n)
+            yield self
+        finally:
+            self._lock_file = None
+            f.close()
+
+    # ------------------------------------------------------------------ caches (stale when damaged)
+
+    def recorded(self) -> dict:
+        """stages.json, or {} when missing or damaged (every stage then checks its outputs again)."""
+        try:
+            state = json.loads(self.stages_file.read_text(encoding="utf-8"))
+            if isinstance(state, dict) and all(isinstance(v, dict) for v in state.values()):
+                return state
+            raise ValueError("not a table of stages")
+        except FileNotFoundError:
+            return {}
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            log.warning("%s: damaged (%s); treating every stage as not done", self.stages_file, e)
+            return {}
+
+    def record(self, stage: str, key: str, seconds: float) -> None:
+        state = self.recorded()
+        state[stage] = {"key": key, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "seconds": round(seconds, 2)}
+        files.save_json(self.stages_file, state)
+
+    def started(self, stage: str) -> None:
+        """Mark a stage's record unfinished while it runs: a stage that dies half-way is run again by the
+        next build, which resumes its stores (the key it was written under is kept)."""
+        state = self.recorded()
+        if stage in state and not state[stage].get("unfinished"):
+            state[stage]["unfinished"] = True
+            files.save_json(self.stages_file, state)
+
+    def checkpoint_sha256(self, path: Path, write: bool = True) -> str:
+        """SHA-256 of a checkpoint file, cached by (resolved path, size, mtime) in checksums.json."""
+        st = path.stat()
+        key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+        try:
+            cache = json.loads(self.checksums_file.read_text(encoding="utf-8"))
+            if not isinstance(cache, dict):
+                raise ValueError("not a table")
+        except FileNotFoundError:
+            cache = {}
+        except (OSError, UnicodeDecodeError, ValueError):
+            cache = {}  # a cache: recomputed
+        if not isinstance(cache.get(key), str):
+            cache[key] = files.sha256_file(path)
+            if write:
+                files.save_json(self.checksums_file, cache)
+        return cache[key]
+
+    # ------------------------------------------------------------------ readers
+
+    def store(self, name: str):
+        """The finished store `name` (real, gen-<variant>)."""
+        from .store import Store
+
+        return Store(self.store_path(name), stage="extract" if name == "real" else "generate")
+
+    def fit_manifest(self) -> dict:
+        m = files.read_json(self.fit / "manifest.json", "fit")
+        if not isinstance(m, dict) or not isinstance(m.get("layers"), dict):
+            raise files.damaged(self.fit / "manifest.json", "fit", "no table of layers")
+        return m
+
+    def fitted(self, layer: str):
+        """The fitted reduction (and map, for the headline layer) of `layer`; hash checked before loading."""
+        from .embed import load_embedding
+
+        manifest = self.fit_manifest()
+        entry = manifest["layers"].get(layer)
+        if not isinstance(entry, dict) or "file" not in entry:
+            raise UserError(f"{self.fit / 'manifest.json'}: no fitted reduction for layer {layer!r}; "
+                            f"rerun `dmd2report fit`")
+        return load_embedding(self.fit / entry["file"], entry.get("sha256"))
+
+    def points(self):
+        return files.load_parquet(self.fit / "points.parquet", "fit")
+
+    def metrics(self) -> dict:
+        doc = files.read_json(self.measure / "metrics.json", "measure")
+        if not isinstance(doc, dict) or "feature_spaces" not in doc:
+            raise files.damaged(self.measure / "metrics.json", "measure", "no feature_spaces")
+        return doc
+
+    def headline(self) -> dict:
+        return files.read_json(self.measure / "headline.json", "measure")
+
+    def arrays(self) -> dict:
+        return files.load_npz(self.measure / "arrays.npz", "measure")
