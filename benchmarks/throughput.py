@@ -205,7 +205,7 @@ def bench_config(work: Path, npz: Path, n: int, batch: int) -> Config:
 
 
 def optimised_extract(net, cfg: Config) -> dict:
-    from dmd2report.extract import extract_real
+    from dmd2report.stages.extract import extract_real
 
     sync()
     torch.cuda.reset_peak_memory_stats()
@@ -219,7 +219,7 @@ def optimised_extract(net, cfg: Config) -> dict:
 
 
 def optimised_generate(net, cfg: Config, variant: str, n: int) -> dict:
-    from dmd2report.generate import generate_set
+    from dmd2report.stages.generate import generate_set
 
     classes = np.arange(n) % 1000
     vectors = None

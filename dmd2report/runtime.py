@@ -246,8 +246,8 @@ def auto_batch_size(device, batch_size: int = 0) -> int:
     kind = device.type if hasattr(device, "type") else str(device).split(":")[0]
     if kind != "cuda":
         return 256
-    # The full ImageNet-64 network peaked at 21-27 GiB for batches of 1024 and ~14.5 GiB for 512
-    # (benchmarks/README.md). On an H200 the two run alike model only; 1024 is where the
-    # end-to-end figures were measured, and it halves the launches per image.
+    # The full ImageNet-64 network's stages peaked at about 23 GiB for batches of 1024 (benchmarks/README.md),
+    # 512 needs about half. 1024 is where the end-to-end figures were measured, and it halves the
+    # launches per image.
     gib = torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30
     return 1024 if gib >= 48 else 512 if gib >= 24 else 256
