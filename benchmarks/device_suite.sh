@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Everything that needs the GPU machine, in parts that each fit one device call (10 minutes):
 #   bash benchmarks/device_suite.sh tests        # GPU tests (eager + compiled vs float32), k-NN on CUDA
-#   bash benchmarks/device_suite.sh forward      # model-only rates: what each optimisation buys
+#   bash benchmarks/device_suite.sh forward      # model-only rates, eager and compiled
 #   bash benchmarks/device_suite.sh throughput   # end to end, with the GPU's busy fraction in a stage
 #   SCALING=1,2,4 bash benchmarks/device_suite.sh scaling   # on a several-GPU machine: torchrun scaling
-#   bash benchmarks/device_suite.sh kernels      # slowest kernels per variant (KERNELS_ARGS), Inductor's generated code
+#   bash benchmarks/device_suite.sh kernels      # model-only rates and slowest kernels of the compiled network (KERNELS_ARGS: other variants), Inductor's generated code
 # Run back to back on a warm machine, later parts reuse the compiled kernels (Inductor's cache in /tmp).
 # Results go to $OUT (the device tool brings that folder back).
 set -u -o pipefail
@@ -24,7 +24,7 @@ case "${1:-tests}" in
   kernels)
     # One output_code.py per compiled graph (generation, extraction), named in the profile's kernel names.
     TORCH_COMPILE_DEBUG=1 TORCH_COMPILE_DEBUG_DIR=/tmp/compile-debug timeout 560 \
-      python benchmarks/kernels.py ${KERNELS_ARGS:---what generate --variants before-subpixel-up,default} --out "$OUT" 2>&1 | quiet | tee "$OUT/kernels.log"
+      python benchmarks/kernels.py ${KERNELS_ARGS:---variants default} --out "$OUT" 2>&1 | quiet | tee "$OUT/kernels.log"
     find /tmp/compile-debug -name output_code.py -size +100k | while read -r f; do
       cp "$f" "$OUT/output_code-$(echo "$f" | md5sum | cut -c1-8).py"; done
     ls -la "$OUT" ;;

@@ -1,14 +1,14 @@
-"""Model-only forward rates of the full DMD2 ImageNet-64 network: what each optimisation buys.
+"""Model-only forward rates of the full DMD2 ImageNet-64 network, eager and compiled.
 
     PYTHONPATH=. python benchmarks/forward.py --out $OUT [--batch 512] [--only compiled] [--cudagraphs]
 
 Rows, side by side in one run, for generation (full network, `encoder_bottleneck` and `midblock`
 captured) and extraction (stopping after `midblock`): float32 eager (TF32 convolutions, PyTorch's
-default), bfloat16 eager with flash SDPA, the same channels-last, and the whole network compiled
-(`model.compile`, the path `extract`/`generate` take at scale), with its compile time, and the
-same with Inductor's own group-norm decomposition (instead of per-channel statistics). Timed with
-CUDA events, median of repeated batches after warm-up; img/s, TFLOP/s, fraction of the 790 TFLOP/s
-bf16 peak. Random weights (speed does not depend on them).
+default), bfloat16 eager with flash SDPA, and the whole network compiled (`model.compile`, the path
+`extract`/`generate` take at scale), with its compile time; with --cudagraphs also the compiled network with CUDA graphs
+(torch.compile mode `reduce-overhead`, not used by the stages). Timed with CUDA events, median of
+repeated batches after warm-up; img/s, TFLOP/s, fraction of the 790 TFLOP/s bf16 peak. Random
+weights (speed does not depend on them).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from throughput import PEAK_BF16, flops_per_image, random_weights, rate
 
-from dmd2report.models import build_preset, unet
+from dmd2report.models import build_preset
 from dmd2report.runtime import compile_forward, prepare
 
 
@@ -43,10 +43,10 @@ def main():
     gflop = {"generate": flops_per_image(False) / 1e9, "extract": flops_per_image(True) / 1e9}
     base = random_weights(build_preset("dmd2-imagenet64")).eval()
 
-    def copy(use_fp16: bool, compile: str = "off", channels_last: bool = False, mode: str | None = None):
+    def copy(use_fp16: bool, compile: str = "off", mode: str | None = None):
         net = build_preset("dmd2-imagenet64", use_fp16=use_fp16)
         net.load_state_dict(base.state_dict())
-        net = prepare(net, dev, "auto", compile=compile, batch_hint=args.batch, channels_last=channels_last)
+        net = prepare(net, dev, "auto", compile=compile, batch_hint=args.batch)
         if mode:
             compile_forward(net, args.batch, mode=mode)
         return net
@@ -64,22 +64,17 @@ def main():
                                                             "gflop": gflop, "rows": rows}, indent=1))
 
     variants = [("float32 eager (TF32)", {"use_fp16": False}),
-                ("bf16 eager, flash SDPA", {"use_fp16": True}),
-                ("bf16 eager, channels-last", {"use_fp16": True, "channels_last": True})]
+                ("bf16 eager, flash SDPA", {"use_fp16": True})]
     if not args.skip_compile:
         variants.append(("bf16 compiled (model.compile)", {"use_fp16": True, "compile": "on"}))
-        variants.append(("bf16 compiled, Inductor's group-norm decomposition",
-                         {"use_fp16": True, "compile": "on", "channel_stats": False}))
     if args.cudagraphs:
         variants.insert(0, ("bf16 compiled + CUDA graphs", {"use_fp16": True, "mode": "reduce-overhead"}))
     variants = [v for v in variants if args.only in v[0]]
     for name, kw in variants:
-        unet.COMPILED_CHANNEL_STATS = kw.pop("channel_stats", True)  # read when a graph compiles (the first call)
         net = copy(**kw)
         for what in ("generate", "extract"):
-            img_s, first = rate(net, args.batch, what == "extract", kw.get("channels_last", False))
+            img_s, first = rate(net, args.batch, what == "extract")
             record(f"{name}, batch {args.batch}", what, img_s, first)
-        unet.COMPILED_CHANNEL_STATS = True
         del net
         torch.cuda.empty_cache()
     print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")

@@ -1,24 +1,19 @@
 """Where a compiled batch spends its GPU time: the slowest kernels of the compiled network, full names.
 
-    PYTHONPATH=. python benchmarks/kernels.py --out $OUT [--batch 1024] [--what generate,extract]
+    PYTHONPATH=. python benchmarks/kernels.py --out $OUT [--batch 1024] [--what generate,extract] [--variants default,...]
 
-For each layout variant of the compiled network, side by side in one run: model-only img/s of
-generation (full network) and extraction (stopping after `midblock`), and the kernels that take
-the most GPU time in one batch, with Inductor's full kernel names (which name the fused operations)
-so that they can be found in its generated code (run with TORCH_COMPILE_DEBUG=1 to keep that code;
-`device_suite.sh kernels` does). Variants: `default` (what the stages run), `nchw-cat` (the
-decoder's skip concatenations left to Inductor's default layout, as before `unet.cat_channels`),
-`before-nhwc-token`, `nhwc-norm`, `token-attention` and `nhwc-norm+token-attention` (the
-group-norm / scale-shift / SiLU tails written over (n, h, w, c) views, `unet.NHWC_ELEMENTWISE`, and
-attention as token matrix products reading q, k, v in place, `unet.TOKEN_ATTENTION`: neither, one,
-the other, both as the default), `before-subpixel-up` (the up blocks' convolutions run on the upsampled
-maps, as before `unet.SUBPIXEL_UP`), `conv1x1-mm` (Inductor running the 1x1 convolutions, the decoder blocks'
-skip projections among them, as matrix products with fused epilogues instead of cuDNN calls),
-`coordinate-descent` and `autotune-pointwise` (Inductor tuning its own kernels' launch parameters, by
-coordinate descent or over its list of configurations: candidates for the memory-bound group-norm
-kernels between the convolutions; both compile for longer), and `cudnn-all-algos` (cuDNN's
-autotuner trying every convolution algorithm, `torch.backends.cudnn.benchmark_limit = 0`, instead of
-its heuristics' first 10).
+For each variant of the compiled network, side by side in one run: model-only img/s of generation
+(full network) and extraction (stopping after `midblock`), and the kernels that take the most GPU
+time in one batch, with Inductor's full kernel names (which name the fused operations) so that they
+can be found in its generated code (run with TORCH_COMPILE_DEBUG=1 to keep that code;
+`device_suite.sh kernels` does). Variants: `default` (what the stages run: `models.compiled`) and
+compiler settings tried on it: `conv1x1-mm` (Inductor running the 1x1 convolutions, the decoder
+blocks' skip projections among them, as matrix products with fused epilogues instead of cuDNN
+calls), `coordinate-descent` and `autotune-pointwise` (Inductor tuning its own kernels' launch
+parameters, by coordinate descent or over its list of configurations: candidates for the
+memory-bound group-norm kernels between the convolutions; both compile for longer), and
+`cudnn-all-algos` (cuDNN's autotuner trying every convolution algorithm,
+`torch.backends.cudnn.benchmark_limit = 0`, instead of its heuristics' first 10).
 
 Each variant runs in a process of its own, one after the other, so that nothing one variant chose
 (cuDNN's per-shape algorithm cache, Dynamo's compiled code) carries over into the next; Inductor's
@@ -41,18 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from throughput import flops_per_image, model_batch, random_weights, rate
 
-from dmd2report.models import build_preset, unet
+from dmd2report.models import build_preset
 from dmd2report.runtime import prepare
 
-# Flags set in a variant's process before its graphs compile: attributes of models.unet,
-# "inductor.<name>" of torch._inductor.config, or "cudnn.<name>" of torch.backends.cudnn.
-VARIANTS = {"default": {}, "nchw-cat": {"CHANNELS_LAST_CAT": False},
-            # The layouts of the block tails and attention, each way (the default: both on).
-            "before-nhwc-token": {"NHWC_ELEMENTWISE": False, "TOKEN_ATTENTION": False},
-            "nhwc-norm": {"NHWC_ELEMENTWISE": True, "TOKEN_ATTENTION": False},
-            "token-attention": {"NHWC_ELEMENTWISE": False, "TOKEN_ATTENTION": True},
-            "nhwc-norm+token-attention": {"NHWC_ELEMENTWISE": True, "TOKEN_ATTENTION": True},
-            "before-subpixel-up": {"SUBPIXEL_UP": False},
+# Settings made in a variant's process before its graphs compile: "inductor.<name>" of
+# torch._inductor.config or "cudnn.<name>" of torch.backends.cudnn.
+VARIANTS = {"default": {},
             "conv1x1-mm": {"inductor.conv_1x1_as_mm": True},
             "coordinate-descent": {"inductor.coordinate_descent_tuning": True},
             "autotune-pointwise": {"inductor.max_autotune_pointwise": True},
@@ -79,8 +68,8 @@ def top_kernels(net, batch: int, early_exit: bool, rows: int = 25) -> list[dict]
 def run_variant(variant: str, what: list[str], batch: int) -> dict:
     """This process's rows: one variant's model-only rates and slowest kernels."""
     for key, value in VARIANTS[variant].items():
-        owner, _, name = key.rpartition(".")
-        setattr(OWNERS[owner] if owner else unet, name, value)
+        owner, name = key.split(".", 1)
+        setattr(OWNERS[owner], name, value)
     base = random_weights(build_preset("dmd2-imagenet64")).eval()
     net = prepare(base, torch.device("cuda"), "auto", compile="on", batch_hint=batch)
     rows = {}

@@ -66,13 +66,27 @@ def random_weights(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 def flops_per_image(early_exit: bool, compiled_forms: bool = False, by_op: bool = False):
-    """FLOPs per image of the upstream network, or (compiled_forms) of the forms the compiled network
-    runs (unet's compile-only branches, e.g. the up blocks from low-resolution maps), which do less;
+    """FLOPs per image of the upstream network (models.unet), or (compiled_forms) of the forms the
+    compiled graphs run (models.compiled: the up blocks from low-resolution maps do less);
     by_op: {ATen operator: FLOPs per image} instead of the total."""
-    from unittest import mock
+    counts = flop_counts(early_exit, compiled_forms)  # of two images: / 2 below
+    if not by_op:
+        return sum(counts["Global"].values()) / 2
+    ops = {str(op): f / 2 for op, f in counts["Global"].items()}
+    # Counted in float32, attention's qkv and projection are 1x1 convolutions; compiled in bf16 they
+    # are matrix products over tokens (cuBLAS, models.compiled.attention), the same FLOPs. The
+    # counter names modules only as the upstream forward calls them.
+    upstream = flop_counts(early_exit, compiled_forms=False)
+    ops["of which attention qkv + proj"] = sum(f for name, c in upstream.items()
+                                               if name.endswith((".qkv", ".proj")) for f in c.values()) / 2
+    return ops
 
+
+def flop_counts(early_exit: bool, compiled_forms: bool) -> dict:
+    """torch's FLOP counts of one forward over two images: {module name or "Global": {op: FLOPs}}."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from dmd2report.models import compiled
     from dmd2report.models.unet import Conv2d
 
     # On the meta device: FLOPs are counted from shapes, nothing is computed.
@@ -82,19 +96,15 @@ def flops_per_image(early_exit: bool, compiled_forms: bool = False, by_op: bool 
             m.box_resample = True
     x = torch.randn(2, 3, 64, 64, device="meta")
     c = torch.zeros(2, 1000, device="meta")
-    with (FlopCounterMode(display=False) as fc, torch.no_grad(),
-          mock.patch.object(torch.compiler, "is_compiling", lambda: compiled_forms)):
-        with ActivationCapture(net, LAYERS, early_exit=early_exit) as cap:
-            cap.run(80 * x, torch.full((2,), 80.0, device="meta"), c)
-    if by_op:
-        counts = fc.get_flop_counts()
-        ops = {str(op): f / 2 for op, f in counts["Global"].items()}
-        # Counted in float32, attention's qkv and projection are 1x1 convolutions; compiled in bf16
-        # they are matrix products over tokens (cuBLAS, unet.TOKEN_ATTENTION).
-        ops["of which attention qkv + proj"] = sum(f for name, c in counts.items()
-                                                   if name.endswith((".qkv", ".proj")) for f in c.values()) / 2
-        return ops
-    return fc.get_total_flops() / 2
+    sigma = torch.full((2,), 80.0, device="meta")
+    cap = ActivationCapture(net, LAYERS, early_exit=early_exit)  # the block names a stage captures
+    stop_after = cap.last if early_exit else None
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        if compiled_forms:
+            compiled.forward_capture(net, 80 * x, sigma, c, capture=cap.capture, stop_after=stop_after)
+        else:
+            net.forward_capture(80 * x, sigma, c, capture=cap.capture, stop_after=stop_after)
+    return fc.get_flop_counts()
 
 
 def write_npz(root: Path, n: int, per_file: int = 10000) -> None:
@@ -195,7 +205,7 @@ def bench_config(work: Path, npz: Path, n: int, batch: int) -> Config:
 
 
 def optimised_extract(net, cfg: Config) -> dict:
-    from dmd2report.extract import extract_real
+    from dmd2report.stages.extract import extract_real
 
     sync()
     torch.cuda.reset_peak_memory_stats()
@@ -209,7 +219,7 @@ def optimised_extract(net, cfg: Config) -> dict:
 
 
 def optimised_generate(net, cfg: Config, variant: str, n: int) -> dict:
-    from dmd2report.generate import generate_set
+    from dmd2report.stages.generate import generate_set
 
     classes = np.arange(n) % 1000
     vectors = None
@@ -250,20 +260,18 @@ def accuracy(net_fp32, net_fast, n: int = 64) -> dict:
 
 
 @torch.no_grad()
-def model_batch(net, batch: int, early_exit: bool, channels_last: bool = False):
+def model_batch(net, batch: int, early_exit: bool):
     """A model-only workload: (capture over both layers, its inputs 80 x, sigma, one-hot labels)."""
     dev = next(net.parameters()).device
     x = torch.randn(batch, 3, 64, 64, device=dev)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
     c = condition_vectors("class", 1000, classes=[i % 1000 for i in range(batch)]).to(dev)
     s = torch.full((batch,), 80.0, device=dev)
     return ActivationCapture(net, LAYERS, reduce="mean", early_exit=early_exit), (80 * x, s, c)
 
 
-def rate(net, batch: int, early_exit: bool, channels_last: bool = False, iters: int = 8) -> tuple[float, float]:
+def rate(net, batch: int, early_exit: bool, iters: int = 8) -> tuple[float, float]:
     """(img/s, seconds of the first call: compilation where there is one)."""
-    cap, (x, s, c) = model_batch(net, batch, early_exit, channels_last)
+    cap, (x, s, c) = model_batch(net, batch, early_exit)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     cap.run(x, s, c)

@@ -3,9 +3,9 @@
 On CUDA the default path is: the UNet in bfloat16 (DMD2's own precision) with PyTorch SDPA (flash)
 attention, TF32 for what stays in float32, cuDNN autotuning, and, for runs large enough to repay
 the compilation, the whole network compiled by `torch.compile` (`model.compile`, see
-`CompiledForward`): Inductor fuses group norm, scale/shift, SiLU and the residual adds into the
-neighbouring kernels and picks the convolutions' memory layout, which eager mode cannot do.
-If compilation fails, the eager path is used and a warning says so.
+`CompiledForward`): the graphs run `models.compiled`, the network written in forms that Inductor
+fuses into fast kernels over channels-last maps, which eager mode cannot do. Eager calls run
+`models.unet`. If compilation fails, the eager path is used and a warning says so.
 """
 
 from __future__ import annotations
@@ -19,19 +19,26 @@ import warnings
 import torch
 
 from .errors import UserError
+from .models import compiled
 
-# `model.compile = "auto"` compiles when a stage has at least this many samples to do (in this process).
-# Measured on an H200 (benchmarks/README.md): compiling the two graphs a stage uses takes ~90 s without
-# Inductor's cache and saves 0.21 ms per extracted and 0.58 ms per generated image, so it pays from ~155k
-# generated / ~430k extracted images on a fresh machine, sooner once Inductor's on-disk cache holds them.
-# This threshold sits between the two.
+# `model.compile = "auto"` compiles when a stage has at least this many samples to do (in this process):
+# compiling a stage's graphs costs minutes without Inductor's on-disk cache, and each compiled image
+# saves a fraction of a millisecond, so compiling pays from about 170k generated or 500k extracted
+# images on a fresh machine (benchmarks/README.md, "When compiling pays"), sooner once the cache
+# holds the graphs. The threshold sits between the two.
 AUTO_COMPILE_MIN_SAMPLES = 200_000
 COMPILE_MODES = ("auto", "on", "off")
 
 
-def prepare(net: torch.nn.Module, device: torch.device, precision: str = "auto", compile: str | bool = "auto",
-            batch_hint: int = 256, channels_last: bool = False) -> torch.nn.Module:
-    """Move `net` to `device` and set up its fastest numerically-checked inference path."""
+def prepare(net: torch.nn.Module, device: torch.device, precision: str = "auto", compile: str = "auto",
+            batch_hint: int = 256) -> torch.nn.Module:
+    """Move `net` to `device` and set up its fastest numerically-checked inference path.
+
+    `compile` is `model.compile`: "on" compiles the network for batches of `batch_hint`, "auto"
+    installs the compiled forward disabled until a large stage enables it (`stage_samples`), "off"
+    keeps eager. Only CUDA compiles."""
+    if compile not in COMPILE_MODES:
+        raise UserError(f"model.compile: {compile!r} is not one of {', '.join(COMPILE_MODES)}")
     net = net.eval().requires_grad_(False).to(device)
     use_box_resampling(net)
     if precision == "bfloat16":
@@ -45,13 +52,8 @@ def prepare(net: torch.nn.Module, device: torch.device, precision: str = "auto",
     torch.backends.cuda.matmul.allow_tf32 = True  # float32 path only; the bf16 path is unaffected
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
-    if channels_last:
-        net.to(memory_format=torch.channels_last)
-    mode = {True: "on", False: "off"}.get(compile, compile)
-    if mode not in COMPILE_MODES:
-        raise UserError(f"model.compile: {compile!r} is not one of {', '.join(COMPILE_MODES)}")
-    if mode != "off":
-        compile_forward(net, batch_hint, enabled=mode == "on")
+    if compile != "off":
+        compile_forward(net, batch_hint, enabled=compile == "on")
     return net
 
 
@@ -112,6 +114,7 @@ class _CompileFailed(Exception):
 class CompiledForward:
     """`forward_capture` as whole-network graphs of one static batch size.
 
+    A graph runs `models.compiled.forward_capture` over the network's own modules and parameters.
     One graph per (captured blocks, stop_after), each compiled on first use with
     `fullgraph=True, dynamic=False`: a static shape lets Inductor specialise every kernel, and a
     batch of another size is cut into pieces of `batch` with the last one padded (repeating its last
@@ -125,6 +128,7 @@ class CompiledForward:
     def __init__(self, net: torch.nn.Module, batch: int, enabled: bool = True, mode: str | None = None):
         # The bound method of the class (also when `net` was compiled before: never a graph of a graph).
         self.eager = type(net).forward_capture.__get__(net)
+        self.net = net
         self.batch = int(batch)
         self.enabled = enabled
         self.auto = not enabled
@@ -205,10 +209,10 @@ class CompiledForward:
 
     def _compile(self, key):
         capture, stop_after = key
-        eager = self.eager
+        net = self.net
 
         def forward(x, sigma, labels):
-            return eager(x, sigma, labels, capture=capture, stop_after=stop_after)
+            return compiled.forward_capture(net, x, sigma, labels, capture=capture, stop_after=stop_after)
 
         what = f"capturing {', '.join(capture)}" if capture else "the full network"
         _say(f"torch.compile: compiling the network for batches of {self.batch} ({what}"
@@ -242,8 +246,8 @@ def auto_batch_size(device, batch_size: int = 0) -> int:
     kind = device.type if hasattr(device, "type") else str(device).split(":")[0]
     if kind != "cuda":
         return 256
-    # The full ImageNet-64 network peaked at 21-27 GiB for batches of 1024 and ~14.5 GiB for 512
-    # (benchmarks/README.md). On an H200 the two run alike model only; 1024 is where the
-    # end-to-end figures were measured, and it halves the launches per image.
+    # The full ImageNet-64 network's stages peaked at about 23 GiB for batches of 1024 (benchmarks/README.md),
+    # 512 needs about half. 1024 is where the end-to-end figures were measured, and it halves the
+    # launches per image.
     gib = torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30
     return 1024 if gib >= 48 else 512 if gib >= 24 else 256

@@ -161,14 +161,11 @@ def test_box_resampling_is_the_same_arithmetic(vectors):
     assert not m.box_resample
 
 
-@pytest.mark.parametrize("tokens", [False, True])
-def test_reduced_precision_attention_keeps_upstream_channel_layout(tokens, monkeypatch):
+def test_reduced_precision_attention_keeps_upstream_channel_layout():
     """The bf16 path (flash SDPA on 4-D heads) computes what the float32 einsums do, compiled also
-    as token matrix products with q, k, v read in place (unet.TOKEN_ATTENTION)."""
-    from dmd2report.models import unet
+    as token matrix products with q, k, v read in place (models.compiled.attention)."""
+    from dmd2report.models import compiled
     from dmd2report.models.unet import UNetBlock
-
-    monkeypatch.setattr(unet, "TOKEN_ATTENTION", tokens)
 
     # Four heads, so that a mixed-up channel layout (heads, channels per head, q|k|v) would show.
     torch.manual_seed(0)
@@ -184,32 +181,32 @@ def test_reduced_precision_attention_keeps_upstream_channel_layout(tokens, monke
         got = block(x.bfloat16(), emb).float()
         # Compiled (Inductor fuses the q, k, v layout with the qkv bias): the same.
         torch._dynamo.reset()
-        compiled = torch.compile(block, fullgraph=True, dynamic=False)(x.bfloat16(), emb).float()
+        compiled_block = torch.compile(compiled.block_forward, fullgraph=True, dynamic=False)
+        out = compiled_block(block, x.bfloat16(), emb).float()
     assert ((got - ref).norm() / ref.norm()).item() < 2e-2
-    assert ((compiled - ref).norm() / ref.norm()).item() < 2e-2
+    assert ((out - ref).norm() / ref.norm()).item() < 2e-2
 
 
 def test_compiled_skip_concatenation_is_channels_last_and_exact():
     # Compiled, the decoder's concatenations are built channels-last (the layout of the convolutions
-    # around them); the values are torch.cat's, and eager it is torch.cat itself.
-    from dmd2report.models.unet import cat_channels
+    # around them); the values are torch.cat's, eager as well as compiled.
+    from dmd2report.models.compiled import cat_channels_last
 
     g = torch.Generator().manual_seed(0)
     x, skip = torch.randn(2, 3, 4, 5, generator=g), torch.randn(2, 6, 4, 5, generator=g)
     torch._dynamo.reset()
-    got = torch.compile(cat_channels, fullgraph=True, dynamic=False)(x, skip)
+    got = torch.compile(cat_channels_last, fullgraph=True, dynamic=False)(x, skip)
     assert torch.equal(got, torch.cat([x, skip], 1))
     assert got.is_contiguous(memory_format=torch.channels_last)
-    eager = cat_channels(x, skip)
-    assert torch.equal(eager, torch.cat([x, skip], 1)) and eager.is_contiguous()
+    assert torch.equal(cat_channels_last(x, skip), torch.cat([x, skip], 1))
 
 
 @pytest.mark.parametrize("kernel", [1, 3])
-def test_convolution_after_upsampling_from_the_low_resolution_map(kernel, monkeypatch):
-    # Compiled, an up block's convolution runs on the map before upsampling (unet.SUBPIXEL_UP): four
-    # 2x2 phase convolutions, or the 1x1 convolution before the upsampling. Same function as
-    # upsampling then convolving, with odd sizes too; the Conv2d module takes that path only compiled.
-    from dmd2report.models import unet
+def test_convolution_after_upsampling_from_the_low_resolution_map(kernel):
+    # Compiled, an up block's convolution runs on the map before upsampling (models.compiled.conv2d):
+    # four 2x2 phase convolutions, or the 1x1 convolution before the upsampling. Same function as
+    # upsampling then convolving, with odd sizes too; the Conv2d module itself (eager) upsamples first.
+    from dmd2report.models import compiled
     from dmd2report.models.unet import Conv2d
 
     g = torch.Generator().manual_seed(0)
@@ -221,8 +218,7 @@ def test_convolution_after_upsampling_from_the_low_resolution_map(kernel, monkey
         up = torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
         ref = torch.nn.functional.conv2d(up, conv.weight, padding=kernel // 2).add_(conv.bias.reshape(1, -1, 1, 1))
         assert torch.equal(conv(x), ref)  # eager: upstream's order of operations
-        torch.testing.assert_close(unet._conv_after_upsampling(x, conv.weight, conv.bias), ref, atol=1e-5, rtol=0)
-        monkeypatch.setattr(unet, "SUBPIXEL_UP", True)
+        torch.testing.assert_close(compiled.conv_after_upsampling(x, conv.weight, conv.bias), ref, atol=1e-5, rtol=0)
         torch._dynamo.reset()
         traced = []
 
@@ -232,7 +228,8 @@ def test_convolution_after_upsampling_from_the_low_resolution_map(kernel, monkey
             traced.append(gm.code)
             return compile_fx(gm, example_inputs)
 
-        got = torch.compile(conv, backend=inductor_keeping_the_graph, fullgraph=True, dynamic=False)(x)
+        got = torch.compile(lambda x: compiled.conv2d(conv, x), backend=inductor_keeping_the_graph,
+                            fullgraph=True, dynamic=False)(x)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
     assert got.shape == (2, 4, 6, 10)
     # The compiled graph took that path: phase taps summed from the weights, or the 1x1 convolution

@@ -30,17 +30,13 @@ def _tiny():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("nhwc", [False, True])
-def test_compiled_network_reproduces_reference_vectors(nhwc, monkeypatch):
-    from dmd2report.models import unet
-
-    # The block tails over (n, h, w, c) views and the upsampling convolutions from the
-    # low-resolution maps, or neither: the same results.
-    monkeypatch.setattr(unet, "NHWC_ELEMENTWISE", nhwc)
-    monkeypatch.setattr(unet, "SUBPIXEL_UP", nhwc)
+@pytest.mark.parametrize("box", [False, True])
+def test_compiled_network_reproduces_reference_vectors(box):
+    # The compiled forms (models.compiled) over the network, with the up blocks' convolutions from the
+    # low-resolution maps where the resampling filter is the box, or without: the reference results.
     torch._dynamo.reset()
     net, v = _tiny()
-    if nhwc:
+    if box:
         use_box_resampling(net)  # as runtime.prepare does (the tiny configuration's filter is the box)
         assert any(getattr(m, "box_resample", False) for m in net.modules())
     x, sigma, labels = v["input.x"], v["input.sigma"], v["input.class_labels"]
@@ -78,6 +74,10 @@ def test_auto_compiles_only_large_stages():
     assert not fwd.enabled
     # On the CPU nothing is compiled, whatever the setting; a bad setting is a clear error.
     assert "forward_capture" not in prepare(_tiny()[0], torch.device("cpu"), compile="on").__dict__
+    from dmd2report.errors import UserError
+
+    with pytest.raises(UserError, match="model.compile"):
+        prepare(_tiny()[0], torch.device("cpu"), compile=True)  # the boolean of old: a mode is a string
 
 
 def test_any_hook_in_the_network_runs_eager():
@@ -133,50 +133,85 @@ def test_compile_failure_falls_back_but_runtime_errors_surface(monkeypatch):
     assert not fwd.failed
 
 
-@pytest.mark.parametrize("nhwc", [False, True])
+def test_compiled_network_runs_the_compiled_forms(monkeypatch):
+    """The graphs CompiledForward compiles run models.compiled (here traced by no compiler, so that the
+    calls are seen): the up blocks' low-resolution convolutions, channels-last concatenations and
+    group norms over (n, h, w, c) views, giving the reference results."""
+    import dmd2report.runtime as runtime
+    from dmd2report.models import compiled
+
+    calls = {}
+
+    def spy(name):
+        original = getattr(compiled, name)
+
+        def counted(*a, **kw):
+            calls[name] = calls.get(name, 0) + 1
+            return original(*a, **kw)
+        monkeypatch.setattr(compiled, name, counted)
+
+    for name in ("conv_after_upsampling", "cat_channels_last", "group_norm", "block_forward"):
+        spy(name)
+    monkeypatch.setattr(runtime.torch, "compile", lambda fn, **kw: fn)
+    net, v = _tiny()
+    use_box_resampling(net)
+    fwd = compile_forward(net, batch=4)
+    with torch.no_grad():
+        out = net(v["input.x"], v["input.sigma"], v["input.class_labels"])
+    torch.testing.assert_close(out, v["output.D_x"], atol=1e-5, rtol=0)
+    assert not fwd.failed and len(fwd.graphs) == 1
+    up_blocks = [name for name in net.model.dec if name.endswith("_up")]
+    # each up block's conv0 (its skip has no kernel: upsampling only), in each of the 2 batches
+    assert calls["conv_after_upsampling"] == 2 * len(up_blocks) > 0
+    assert calls["cat_channels_last"] > 0 and calls["group_norm"] > 0 and calls["block_forward"] > 0
+
+
 @pytest.mark.parametrize("offset", [0.0, 300.0])
-def test_compiled_group_norm_from_channel_statistics_equals_group_norm(offset, nhwc):
-    # Compiled, group norm is assembled from per-channel mean/variance (coalesced in channels-last);
-    # it must be F.group_norm, also for maps whose mean is large against their spread.
-    from dmd2report.models import unet
+def test_compiled_group_norm_from_channel_statistics_equals_group_norm(offset):
+    # Compiled, group norm is assembled from per-channel mean/variance over the (n, h, w, c) view
+    # (coalesced in channels-last); it must be F.group_norm, also for maps whose mean is large
+    # against their spread.
+    from dmd2report.models import compiled, unet
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 12, 5, 7, generator=g) * torch.rand(1, 12, 1, 1, generator=g) * 2 + offset
     x = x + torch.randn(1, 12, 1, 1, generator=g) * 3  # channel means differ within a group
     w, b = torch.randn(12, generator=g), torch.randn(12, generator=g)
-    # over (n, c, h, w) as written, or over the (n, h, w, c) view as the compiled blocks run it
-    norm = (lambda x: unet._norm_nhwc(x, 4, w, b, 1e-5, silu=False)) if nhwc else (lambda x: unet.group_norm_f32(x, 4, w, b, 1e-5))
+    norm = unet.GroupNorm(12, num_groups=4, min_channels_per_group=3)
+    with torch.no_grad():
+        norm.weight.copy_(w), norm.bias.copy_(b)
     torch._dynamo.reset()
-    fn = torch.compile(norm, fullgraph=True, dynamic=False)
+    fn = torch.compile(lambda x: compiled.group_norm(norm, x), fullgraph=True, dynamic=False)
     expected = torch.nn.functional.group_norm(x.double(), 4, w.double(), b.double(), 1e-5)
-    got = fn(x)
+    with torch.no_grad():
+        got = fn(x)
+        # and eager is ATen's kernel itself
+        assert torch.equal(norm(x), torch.nn.functional.group_norm(x, 4, w, b, 1e-5))
     assert torch.allclose(got.double(), expected, atol=2e-4 * (1 + offset / 100), rtol=1e-4)
-    # and eager is ATen's kernel itself
-    assert torch.equal(unet.group_norm_f32(x, 4, w, b, 1e-5), torch.nn.functional.group_norm(x, 4, w, b, 1e-5))
 
 
 @pytest.mark.parametrize("scale", [False, True])
-def test_compiled_nhwc_norm_silu_equals_eager_and_is_channels_last(scale, monkeypatch):
+def test_compiled_nhwc_norm_silu_equals_eager_and_is_channels_last(scale):
     # The (n, h, w, c) formulation of a block's tail (group norm, adaptive scale/shift, SiLU) gives
     # what the eager upstream sequence gives, as a channels-last map in the input's dtype.
-    from dmd2report.models import unet
+    from dmd2report.models import compiled, unet
 
     g = torch.Generator().manual_seed(1)
     x = (torch.randn(2, 16, 6, 5, generator=g) * 3 + 1).contiguous(memory_format=torch.channels_last)
-    w, b = torch.randn(16, generator=g), torch.randn(16, generator=g)
+    norm = unet.GroupNorm(16, num_groups=4)
     params = torch.randn(2, 32, 1, 1, generator=g)
     sc, sh = params.chunk(2, dim=1) if scale else (None, None)  # strided halves, as UNetBlock passes them
-    expected = unet.norm_silu(x, w, b, 4, 1e-5, sc, sh)
-    monkeypatch.setattr(unet, "NHWC_ELEMENTWISE", True)
-    torch._dynamo.reset()
-    got = torch.compile(unet.norm_silu, fullgraph=True, dynamic=False)(x, w, b, 4, 1e-5, sc, sh)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(16, generator=g)), norm.bias.copy_(torch.randn(16, generator=g))
+        expected = unet.norm_silu(norm, x, sc, sh)
+        torch._dynamo.reset()
+        got = torch.compile(compiled.group_norm, fullgraph=True, dynamic=False)(norm, x, sc, sh, silu=True)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert got.dtype == x.dtype and got.is_contiguous(memory_format=torch.channels_last)
-    norm = unet.GroupNorm(16, num_groups=4)
     with torch.no_grad():
-        norm.weight.copy_(w), norm.bias.copy_(b)
         torch._dynamo.reset()
-        torch.testing.assert_close(torch.compile(norm, fullgraph=True)(x), norm(x), atol=1e-5, rtol=1e-5)
+        plain = torch.compile(lambda x: compiled.group_norm(norm, x), fullgraph=True)(x)
+        torch.testing.assert_close(plain, norm(x), atol=1e-5, rtol=1e-5)
 
 
 def test_compile_drops_only_inductors_extern_choice_bookkeeping_warning(caplog):
