@@ -33,8 +33,8 @@ def worker(args) -> None:
 
     from dmd2report.config import Config
     from dmd2report.device import resolve_device
-    from dmd2report.extract import extract_real
-    from dmd2report.generate import generate_set
+    from dmd2report.stages.extract import extract_real
+    from dmd2report.stages.generate import generate_set
     from dmd2report.models import build_preset
     from dmd2report.runtime import auto_batch_size, prepare
 

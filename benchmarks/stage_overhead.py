@@ -30,9 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import dmd2report.generate as generate_stage  # noqa: E402
+import dmd2report.stages.generate as generate_stage  # noqa: E402
 from dmd2report.config import Config  # noqa: E402
-from dmd2report.extract import feature_dims  # noqa: E402
+from dmd2report.features import feature_dims  # noqa: E402
 from dmd2report.models import build_preset  # noqa: E402
 
 
