@@ -34,6 +34,7 @@ ATLAS_SEED_OFFSET = 1_000_003  # noise indices disjoint from the generated sets'
 
 def build_atlas(run) -> None:
     from .embed import even_grid, nearest_stored
+    from .knn import knn
     from .pipeline import atlas_dir, fit_dir, load_fitted, open_store
 
     cfg, m = run.config, run.config.metrics
@@ -62,18 +63,18 @@ def build_atlas(run) -> None:
     device = next(net.parameters()).device
     rng = np.random.default_rng(cfg.run.seed)
 
-    anchors = []
+    chosen = []   # (anchor, class, kind)
     for c in np.unique(classes[full_rows]):
         members = np.flatnonzero(classes[full_rows] == c)
         centre = feats[classes == c].mean(0)
-        medoid = members[np.argmin(((full_feats[members] - centre) ** 2).sum(1))]
+        medoid = members[knn(centre[None], full_feats[members], 1, device=device)[1][0, 0]]
         others = rng.permutation(np.setdiff1d(members, [medoid]))[: max(m.anchors_per_class - 1, 0)]
-        for a in [medoid, *others]:
-            d = ((full_feats - full_feats[a]) ** 2).sum(1)
-            nb = np.argsort(d, kind="stable")[: min(NEIGHBOURS, len(d))]
-            anchors.append({"anchor_row": int(full_rows[a]), "neighbour_rows": full_rows[nb].tolist(),
-                            "mask": full[nb].astype(np.float32).mean(0), "class_id": int(c),
-                            "kind": "medoid" if a == medoid else "sample"})
+        chosen += [(a, int(c), "medoid" if a == medoid else "sample") for a in [medoid, *others]]
+    # every anchor's nearest samples with full activations (the anchor among them), in one search
+    _, near = knn(full_feats[[a for a, _, _ in chosen]], full_feats, min(NEIGHBOURS, len(full_feats)), device=device)
+    anchors = [{"anchor_row": int(full_rows[a]), "neighbour_rows": full_rows[nb].tolist(),
+                "mask": full[nb].astype(np.float32).mean(0), "class_id": c, "kind": kind}
+               for (a, c, kind), nb in zip(chosen, near)]
 
     grid, cells = even_grid(real_2d, m.atlas_grid, return_cells=True)
     invertible = cfg.features.reduce != "mean" and m.mask_layer in real.layers and headline == m.mask_layer
