@@ -21,7 +21,7 @@ form, small). Queries (and, for huge bases, the base) are cut into blocks so tha
 and its temporaries stay under `max_block_bytes`: a 50k x 50k problem never holds a 50k x 50k matrix.
 The product form is only used to *select* and to *rule out*; it is off from the exact value by at most
 band = (4 D + 8) 2^-23 (||a||^2 + ||b||^2) (rounding of the shift, the norms, the dot product of D terms and
-the two additions; generous by about 2x). Then:
+the two additions; generous by 2x or more). Then:
   - `knn` keeps the k + 4 nearest candidates of each query by the product form (running top-k over base
     blocks), recomputes their distances exactly, and sorts them by (distance, index). The answer is certified
     when every base point left out is provably farther than the k-th: its product form is >= the largest kept
@@ -379,7 +379,9 @@ def within_radius(queries, base, radii, *, radius_of: str = "base", cap: int = 0
     """For each query q, count the base points b with d(q, b) <= r, where r is r(b) (`radius_of="base"`,
     radii shaped (n_base,) or (n_base, R)) or r(q) (`radius_of="query"`, radii (n_query,) or (n_query, R)).
     Several radius columns are tested on one distance block. With `cap` > 0, also return the indices
-    of up to `cap` covering base points per query (first radius column), nearest first.
+    of up to `cap` covering base points per query (first radius column), nearest first by the product
+    form (the counts are exact; this list's order among near-equal distances, and so which of them make
+    the cap, is not held to the exact distance and index as `knn`'s is).
 
     precision/density: queries = generated, base = real, radii = r_k(real) of the base.
     recall: queries = real, base = generated, radii = r_k(generated) of the base.
