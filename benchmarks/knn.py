@@ -2,6 +2,12 @@
 
     python benchmarks/knn.py                      # 20,000 x 20,000 x 256, k = 10
     python benchmarks/knn.py --n 5000 --skip-baseline
+    python benchmarks/knn.py --trust              # trust-score searches: old numpy all-pairs vs knn.py
+
+`--trust` times the trust score's two searches (real x real, k = 10, each point excluded from its own
+list) at 50,000 x 50,000: in feature space (50 dims, chunked torch on the CPU) and on the 2-D map (cKDTree),
+against a copy of the float64 numpy all-pairs search the package used before (`embed._exact_knn`, kept here
+only as the baseline); `--trust-baseline-n` runs the baseline on fewer points when it is too slow.
 
 Baselines: scikit-learn NearestNeighbors(algorithm="brute") (chunked pairwise distances with float64
 upcasting), and the naive full N x M float32 distance matrix in numpy with argpartition (run last, so
@@ -19,6 +25,33 @@ import numpy as np
 import torch
 
 from dmd2report.knn import knn, within_radius
+
+OLD_CHUNK_BYTES = 64 << 20   # embed.KNN_CHUNK_BYTES before the one k-NN module
+
+
+def old_exact_knn(query, ref, k, exclude_self=False):
+    """The removed embed._exact_knn, verbatim but for the name: float64 numpy all-pairs product form,
+    chunked over queries, argpartition then lexsort. (indices, distances). Baseline only."""
+    q = np.asarray(query, np.float64)
+    r = np.asarray(ref, np.float64)
+    if exclude_self and len(q) != len(r):
+        raise ValueError("exclude_self needs the query set to be the reference set")
+    r2 = np.einsum("ij,ij->i", r, r)
+    rows = max(1, OLD_CHUNK_BYTES // (8 * max(1, len(r))))
+    idx = np.empty((len(q), k), np.int64)
+    dist = np.empty((len(q), k), np.float64)
+    for s in range(0, len(q), rows):
+        qc = q[s:s + rows]
+        d2 = np.einsum("ij,ij->i", qc, qc)[:, None] - 2.0 * qc @ r.T + r2[None, :]
+        np.maximum(d2, 0.0, out=d2)
+        if exclude_self:
+            d2[np.arange(len(qc)), np.arange(s, s + len(qc))] = np.inf
+        part = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < d2.shape[1] else np.broadcast_to(np.arange(d2.shape[1]), d2.shape)
+        pd = np.take_along_axis(d2, part, axis=1)
+        order = np.lexsort((part, pd), axis=1)
+        idx[s:s + rows] = np.take_along_axis(part, order, axis=1)
+        dist[s:s + rows] = np.sqrt(np.take_along_axis(pd, order, axis=1))
+    return idx, dist
 
 
 def timed(fn, repeat=1):
@@ -39,6 +72,38 @@ def agreement(ref, other):
     return f"same lists {np.mean((i0 == i1).all(axis=1)):.4f}, max |d diff| {np.abs(d0 - d1).max():.2e}"
 
 
+def trust_searches(n: int, baseline_n: int, k: int, block: int) -> None:
+    """The trust score's searches, real x real with exclude_self: old numpy all-pairs vs knn.py."""
+    from dmd2report.embed import trust_scores
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 50)) * 3
+    feats = (centres[rng.integers(0, 20, n)] + rng.normal(size=(n, 50))).astype(np.float32)
+    map_2d = (feats[:, :2] * 2 + rng.normal(size=(n, 2))).astype(np.float32)   # a noisy 2-D view of them
+    print(f"trust-score searches, real x real, k={k}, each point excluded from its own list; "
+          f"{torch.get_num_threads()} torch threads, block {block // 2**20} MiB")
+    for name, x in (("feature space, 50 dims", feats), ("2-D map", map_2d)):
+        t_new, (d, i) = timed(lambda x=x: knn(x, None, k, exclude_self=True, device="cpu", max_block_bytes=block))
+        path = "cKDTree" if x.shape[1] <= 2 else "torch chunked, cpu"
+        m = min(baseline_n, n)
+        sub = x[:m]
+        t_old, (oi, od) = timed(lambda sub=sub: old_exact_knn(sub, sub, k, exclude_self=True))
+        if m == n:
+            same, t_old_n = np.mean((oi == i).all(axis=1)), t_old
+            d_diff = np.abs(od - d).max()
+            note = ""
+        else:   # the knn result on the subset, to compare lists; the old time scaled by (n / m)^2
+            _, si = knn(sub, None, k, exclude_self=True, device="cpu", max_block_bytes=block)
+            same, t_old_n = np.mean((oi == si).all(axis=1)), t_old * (n / m) ** 2
+            d_diff = float("nan")
+            note = f" (old search run on {m:,} points: {t_old:.2f} s, scaled by (n/m)^2)"
+        print(f"  {name:24s} knn ({path}) {t_new:8.2f} s   old numpy all-pairs {t_old_n:8.2f} s   "
+              f"{t_old_n / t_new:7.1f}x faster   same lists {same:.4f}, max |d diff| {d_diff:.1e}{note}")
+    q = n // 2
+    t_new, scores = timed(lambda: trust_scores(feats[:q], map_2d[:q], feats[q:], map_2d[q:], k=k, device="cpu"))
+    print(f"  trust_scores, {q:,} generated x {n - q:,} real (both searches): {t_new:.2f} s, mean {scores.mean():.4f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=20_000, help="queries = base points")
@@ -46,7 +111,14 @@ def main():
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--block-mib", type=int, default=256, help="max_block_bytes of the chunked search, MiB")
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--trust", action="store_true", help="the trust-score searches instead (see above)")
+    ap.add_argument("--trust-n", type=int, default=50_000, help="points of the --trust searches")
+    ap.add_argument("--trust-baseline-n", type=int, default=50_000,
+                    help="points of the old numpy search in --trust (timed at this size, scaled to --trust-n)")
     args = ap.parse_args()
+    if args.trust:
+        trust_searches(args.trust_n, args.trust_baseline_n, args.k, args.block_mib * 2**20)
+        return
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(args.n, args.dim)).astype(np.float32)

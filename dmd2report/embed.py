@@ -26,8 +26,7 @@ from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
 from .errors import UserError
-
-KNN_CHUNK_BYTES = 64 << 20  # bound on one query-chunk x reference distance block (float64)
+from .knn import knn
 
 
 @dataclass
@@ -241,38 +240,14 @@ def load_embedding(path: str | os.PathLike, expected_sha256: str) -> Embedding:
 # ---------------------------------------------------------------- map points and neighbours
 
 
-def _exact_knn(query: np.ndarray, ref: np.ndarray, k: int, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k nearest rows of `ref` for each row of `query`: (indices, distances), nearest
-    first, ties broken by the lower index. Chunked over queries so memory stays bounded.
-    With `exclude_self`, query row i is reference row i and is never its own neighbour."""
-    q = np.asarray(query, np.float64)
-    r = np.asarray(ref, np.float64)
-    if exclude_self and len(q) != len(r):
-        raise ValueError("exclude_self needs the query set to be the reference set")
-    r2 = np.einsum("ij,ij->i", r, r)
-    rows = max(1, KNN_CHUNK_BYTES // (8 * max(1, len(r))))
-    idx = np.empty((len(q), k), np.int64)
-    dist = np.empty((len(q), k), np.float64)
-    for s in range(0, len(q), rows):
-        qc = q[s:s + rows]
-        d2 = np.einsum("ij,ij->i", qc, qc)[:, None] - 2.0 * qc @ r.T + r2[None, :]
-        np.maximum(d2, 0.0, out=d2)
-        if exclude_self:
-            d2[np.arange(len(qc)), np.arange(s, s + len(qc))] = np.inf
-        part = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < d2.shape[1] else np.broadcast_to(np.arange(d2.shape[1]), d2.shape)
-        pd = np.take_along_axis(d2, part, axis=1)
-        order = np.lexsort((part, pd), axis=1)
-        idx[s:s + rows] = np.take_along_axis(part, order, axis=1)
-        dist[s:s + rows] = np.sqrt(np.take_along_axis(pd, order, axis=1))
-    return idx, dist
-
-
 def nearest_stored(points_2d: np.ndarray, coords: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """The k stored samples nearest each map point, on the map: (indices (m, k), distances (m, k)).
+    """The k stored samples nearest each map point, on the map: (indices (m, k), distances (m, k) float32),
+    nearest first, equal distances by lower index (`knn.knn`, KD-tree path).
     For layers whose stored features cannot be inverted, their full activations stand in."""
     if not 1 <= k <= len(coords):
         raise ValueError(f"k={k} needs 1..{len(coords)}")
-    return _exact_knn(np.asarray(points_2d).reshape(-1, 2), coords, k)
+    dist, idx = knn(np.asarray(points_2d).reshape(-1, 2), np.asarray(coords).reshape(-1, 2), k)
+    return idx, dist
 
 
 def even_grid(coords: np.ndarray, n: int, margin: float = 0.05, radius: float | None = None,
@@ -294,8 +269,9 @@ def even_grid(coords: np.ndarray, n: int, margin: float = 0.05, radius: float | 
         radius = 0.5 * float(np.hypot(*step)) if n > 1 else float(np.hypot(*span))
     gy, gx = np.meshgrid(ys, xs, indexing="ij")
     points = np.stack([gx.ravel(), gy.ravel()], axis=1)
-    _, dist = _exact_knn(points, coords, 1)
-    keep = dist[:, 0] <= radius
+    _, idx = knn(points, coords, 1)
+    # the nearest point's distance again in float64 from the float64 grid point, as the radius is
+    keep = np.sqrt(np.square(points - coords[idx[:, 0]]).sum(axis=1)) <= radius
     cells = np.stack(np.divmod(np.arange(n * n), n), axis=1)[keep]
     points = points[keep].astype(np.float32)
     return (points, cells) if return_cells else points
@@ -305,12 +281,15 @@ def even_grid(coords: np.ndarray, n: int, margin: float = 0.05, radius: float | 
 
 
 def trust_scores(query_feats: np.ndarray, query_2d: np.ndarray, ref_feats: np.ndarray, ref_2d: np.ndarray,
-                 k: int = 10, exclude_self: bool = False) -> np.ndarray:
+                 k: int = 10, exclude_self: bool = False, device=None) -> np.ndarray:
     """How faithfully the map shows each query point's neighbourhood, in [0, 1]: the fraction
     of its k nearest reference (real) points in feature space that are also among its k
     nearest reference points on the map. Pass reduced features (`Embedding.reduce`), the
     space the metrics use. With `exclude_self` the queries are the reference set itself
-    (row i is reference row i) and a point is not its own neighbour."""
+    (row i is reference row i) and a point is not its own neighbour.
+
+    Both searches are exact with equal distances by lower index (`knn.knn`): in feature space the
+    chunked search on `device` (None: CUDA when present), on the map the KD-tree."""
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     if len(query_feats) != len(query_2d) or len(ref_feats) != len(ref_2d):
@@ -318,8 +297,11 @@ def trust_scores(query_feats: np.ndarray, query_2d: np.ndarray, ref_feats: np.nd
     available = len(ref_feats) - int(exclude_self)
     if k > available:
         raise UserError(f"the trust score with k={k} needs more than {k} reference samples, got {len(ref_feats)}")
-    in_features, _ = _exact_knn(query_feats, ref_feats, k, exclude_self)
-    on_map, _ = _exact_knn(query_2d, ref_2d, k, exclude_self)
+    if exclude_self and len(query_feats) != len(ref_feats):
+        raise ValueError("exclude_self needs the query set to be the reference set")
+    base_feats, base_2d = (None, None) if exclude_self else (ref_feats, ref_2d)
+    _, in_features = knn(query_feats, base_feats, k, exclude_self=exclude_self, device=device)
+    _, on_map = knn(query_2d, base_2d, k, exclude_self=exclude_self)
     # each row holds k distinct indices per set, so equal neighbours after sorting are shared ones
     both = np.sort(np.concatenate([in_features, on_map], axis=1), axis=1)
     shared = (both[:, 1:] == both[:, :-1]).sum(axis=1)

@@ -1,21 +1,39 @@
-"""Exact nearest-neighbour search and radius tests by chunked matrix products (torch, CPU or CUDA).
+"""Exact nearest-neighbour search and radius tests: the package's one k-NN module.
 
-One code path for every device. Squared distances of a block of queries against a block of base
-points come from ||a||^2 + ||b||^2 - 2 a.b in float32 (one `addmm`), clamped at 0. The queries (and,
-for huge bases, the base) are cut into blocks so that one block's distance matrix and its temporaries
-stay under `max_block_bytes`: a 50k x 50k problem never holds a 50k x 50k matrix.
+`knn` picks the method by dimension; callers have one entry point and get the same answer either way:
+  - feature space (D > 2): chunked torch matrix products on the run's device (CPU or CUDA), below;
+  - the 2-D map (D <= 2): scipy's `cKDTree` on the CPU (`knn_kdtree`; a 50,000 x 50,000 2-D search takes
+    a fraction of a second where an all-pairs search takes tens of seconds).
 
-Precision. Both sets are first shifted by the mean of the base (distances are translation invariant;
-the shift keeps the norms, and so the cancellation error of the product form, small). Then:
-  - `knn` selects neighbours on the product-form distances, and recomputes the returned distances
-    directly as sqrt(sum((a - b)^2)) in float32 from the unshifted inputs. Returned distances are
-    therefore accurate to float32 rounding; only the choice among candidates whose distances differ
-    by less than the product-form error (~D * 2^-23 * (||a||^2 + ||b||^2) on the shifted data) may
-    differ from exact arithmetic. Among exactly equal distances, which index is returned is unspecified.
-  - `within_radius` decides `d(a, b) <= r` on the product form where it is clear by more than that
-    error bound, and recomputes every pair inside the band directly. The decision is thus exact for
-    the float32 direct distance; in particular an exact copy of a point lies at distance 0 from it,
-    and a radius equal to a distance (the tie) counts as inside (`<=`).
+The distance. Both paths rank by the same squared distance, sum((a - b)^2) computed in float64 from the
+float32 inputs (`exact_sq_dist`): the differences and squares of float32 values are (all but) exact in float64
+and only the sum rounds, so copies of a point and points of a grid tie exactly, as they do in exact arithmetic.
+Results are exact for that distance and deterministic: the k nearest base points are the k smallest by
+(distance, base index), i.e. among exactly equal distances the lower index comes first, also at the k-th
+place (a tied candidate of lower index is never dropped for one of higher index). Returned distances are
+sqrt of that value rounded once to float32, so they are non-decreasing along a row, and `within_radius`
+decides `d <= r` on the same float32 value (a radius taken from `knn` and tested in `within_radius` agree).
+
+Feature space (torch). Squared distances of a block of queries against a block of base points come from
+||a||^2 + ||b||^2 - 2 a.b in float32 (one `addmm`), clamped at 0, on copies shifted by the mean of the base
+(distances are translation invariant; the shift keeps the norms, and so the cancellation error of the product
+form, small). Queries (and, for huge bases, the base) are cut into blocks so that one block's distance matrix
+and its temporaries stay under `max_block_bytes`: a 50k x 50k problem never holds a 50k x 50k matrix.
+The product form is only used to *select* and to *rule out*; it is off from the exact value by at most
+band = (4 D + 8) 2^-23 (||a||^2 + ||b||^2) (rounding of the shift, the norms, the dot product of D terms and
+the two additions; generous by 2x or more). Then:
+  - `knn` keeps the k + 4 nearest candidates of each query by the product form (running top-k over base
+    blocks), recomputes their distances exactly, and sorts them by (distance, index). The answer is certified
+    when every base point left out is provably farther than the k-th: its product form is >= the largest kept
+    one, so its exact distance is >= that minus the band, which must exceed the k-th exact distance (strictly,
+    so a left-out point cannot even tie). Queries not certified (many points within the band of their k-th
+    neighbour: copies, grids) get a second, exact pass over the base: every base point whose product form is
+    within the band of their k-th distance is recomputed exactly and the k smallest by (distance, index) kept,
+    block by block (selection by the k-th value and the first tied columns, no sort of a whole row).
+  - `within_radius` decides `d(a, b) <= r` on the product form where it is clear by more than the band, and
+    recomputes every pair inside the band exactly. In particular an exact copy of a point lies at distance 0
+    from it, and a radius equal to a distance (the tie) counts as inside (`<=`).
+The exact recomputation runs on the same device in float64 (on the CPU for MPS, which has no float64).
 TF32 matrix products are switched off for the duration of a call, whatever the global setting.
 """
 
@@ -32,6 +50,8 @@ from .device import resolve_device
 DEFAULT_BLOCK_BYTES = 256 * 2**20
 _BYTES_PER_ENTRY = 16   # float32 distances + error band + a few boolean masks per block entry
 _EPS32 = float(np.finfo(np.float32).eps)
+KDTREE_MAX_DIM = 2      # up to this dimension `knn` uses the KD-tree (the 2-D map)
+_SLACK = 4              # candidates kept beyond k by the product form, for the certificate
 
 
 def as_device(device) -> torch.device:
@@ -67,14 +87,23 @@ def _block_shape(n_query: int, n_base: int, max_block_bytes: int) -> tuple[int, 
     return rows, cols
 
 
-def direct_sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise squared distance sum((a - b)^2) of two (P, D) tensors; one formula used everywhere
-    so that the same pair of points always gets the same float32 value."""
-    return (a - b).square().sum(dim=1)
+def exact_sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared distances sum((a - b)^2) over the last dimension of two broadcastable (..., D) tensors of
+    points, in float64: the one distance both search paths rank by and `within_radius` decides on. The sum
+    always runs over rows of one (P, D) tensor, so a pair of points gets the same value wherever it is met."""
+    diff = a.double() - b.double()
+    return diff.reshape(-1, diff.shape[-1]).square().sum(dim=1).reshape(diff.shape[:-1])
+
+
+def _check_k(k: int, n_base: int, exclude_self: bool) -> None:
+    available = n_base - (1 if exclude_self else 0)
+    if not 1 <= k <= available:
+        raise ValueError(f"k={k} needs at least {k} candidate neighbours, have {available}")
 
 
 class _Prepared:
-    """Shifted copies and squared norms of queries and base, on one device."""
+    """Shifted copies and squared norms of queries and base, on one device (and float32 copies of the
+    unshifted points on the device of the exact recomputation)."""
 
     def __init__(self, queries, base, device):
         self.device = as_device(device)
@@ -88,16 +117,30 @@ class _Prepared:
         self.qn = self.qc.square().sum(dim=1)
         self.bn = self.qn if base is None else self.bc.square().sum(dim=1)
         self.dim = self.q.shape[1]
+        self.band_coef = (4.0 * self.dim + 8.0) * _EPS32
+        self.exact_device = torch.device("cpu") if self.device.type == "mps" else self.device
+        self.q_ex = self.q.to(self.exact_device)
+        self.b_ex = self.q_ex if base is None else self.b.to(self.exact_device)
 
     def sq_block(self, q0, q1, b0, b1) -> torch.Tensor:
         """Product-form squared distances of queries [q0, q1) to base [b0, b1), clamped at 0."""
-        d2 = torch.addmm(self.bn[None, b0:b1], self.qc[q0:q1], self.bc[b0:b1].T, beta=1.0, alpha=-2.0)
-        return d2.add_(self.qn[q0:q1, None]).clamp_(min=0.0)
+        return self.sq_rows(self.qc[q0:q1], self.qn[q0:q1], b0, b1)
+
+    def sq_rows(self, qc, qn, b0, b1) -> torch.Tensor:
+        """Product-form squared distances of shifted query rows `qc` (squared norms `qn`) to base [b0, b1)."""
+        d2 = torch.addmm(self.bn[None, b0:b1], qc, self.bc[b0:b1].T, beta=1.0, alpha=-2.0)
+        return d2.add_(qn[:, None]).clamp_(min=0.0)
 
     def band(self, q0, q1, b0, b1) -> torch.Tensor:
-        """Bound on |product form - direct| for each pair of the block (generous: 4 D eps)."""
-        c = 4.0 * self.dim * _EPS32
+        """Bound on |product form - exact| for each pair of the block (see the module docstring)."""
+        c = self.band_coef
         return (self.qn[q0:q1, None] * c + self.bn[None, b0:b1] * c).add_(torch.finfo(torch.float32).tiny)
+
+    def exact(self, qi: torch.Tensor, bi: torch.Tensor) -> torch.Tensor:
+        """Exact squared distances (float64, on `exact_device`) of query rows `qi` to base rows `bi`
+        (index tensors of one shape, any device), shaped like them."""
+        qi, bi = qi.to(self.exact_device), bi.to(self.exact_device)
+        return exact_sq_dist(self.q_ex[qi.reshape(-1)], self.b_ex[bi.reshape(-1)]).reshape(qi.shape)
 
 
 def _mask_self(d2: torch.Tensor, q0: int, b0: int) -> None:
@@ -109,13 +152,17 @@ def _mask_self(d2: torch.Tensor, q0: int, b0: int) -> None:
         d2[r - q0, r - b0] = float("inf")
 
 
-def _distance_blocks(p: _Prepared, q0: int, q1: int, cols: int, exclude_self: bool):
+def _distance_blocks(p: _Prepared, q0: int, q1: int, cols: int, exclude_self: bool, rank_only: bool = False):
     """Yield (b0, b1, squared distances of queries q0:q1 to base points b0:b1), each point itself
-    at infinity with `exclude_self`."""
+    at infinity with `exclude_self`. `rank_only` leaves out the query's own squared norm and the clamp
+    (the same per row: the order within a row is unchanged), two passes fewer over the block."""
     n_b = len(p.b)
     for b0 in range(0, n_b, cols):
         b1 = min(b0 + cols, n_b)
-        d2 = p.sq_block(q0, q1, b0, b1)
+        if rank_only:
+            d2 = torch.addmm(p.bn[None, b0:b1], p.qc[q0:q1], p.bc[b0:b1].T, beta=1.0, alpha=-2.0)
+        else:
+            d2 = p.sq_block(q0, q1, b0, b1)
         if exclude_self:
             _mask_self(d2, q0, b0)
         yield b0, b1, d2
@@ -130,44 +177,193 @@ def _keep_nearest(best_d, best_i, top_d, top_i, k: int):
     return best_d, best_i
 
 
+def _sort_by_key_then_index(key: torch.Tensor, idx: torch.Tensor):
+    """Each row of (key, idx) sorted by key, equal keys by index (indices of a row are distinct)."""
+    idx, o = idx.sort(dim=1)
+    key, o2 = key.gather(1, o).sort(dim=1, stable=True)
+    return key, idx.gather(1, o2)
+
+
+def _smallest_by_key_then_index(key: torch.Tensor, k: int):
+    """The k smallest entries of each row of `key` (m, w) by (value, column), sorted that way: the values
+    and the columns. Selection by the k-th value plus the first columns tied with it, no sort of a row."""
+    m, w = key.shape
+    if w <= k:
+        key, cols = key.sort(dim=1, stable=True)
+        return key, cols
+    kth = key.kthvalue(k, dim=1, keepdim=True).values
+    less = key < kth
+    tied = key == kth
+    need = k - less.sum(dim=1, keepdim=True)
+    take = less | (tied & (tied.cumsum(dim=1) <= need))
+    cols = take.nonzero()[:, 1].reshape(m, k)          # row-major: ascending columns within a row
+    sel, o = key.gather(1, cols).sort(dim=1, stable=True)
+    return sel, cols.gather(1, o)
+
+
+def _shape(a) -> tuple:
+    return tuple(a.shape) if hasattr(a, "shape") else np.shape(a)
+
+
 def knn(queries, base=None, k: int = 1, *, exclude_self: bool = False, device=None,
         max_block_bytes: int = DEFAULT_BLOCK_BYTES) -> tuple[np.ndarray, np.ndarray]:
     """The k nearest base points of every query: (distances float32 (Q, k), indices int64 (Q, k)),
-    nearest first, Euclidean distances.
+    nearest first, Euclidean distances, equal distances by lower base index (see the module docstring).
 
     `base=None` searches the queries among themselves; `exclude_self` then skips each point itself
     (by index, so duplicates of a point still count as neighbours at distance 0): this is the
-    "k-th nearest other point" of r_k.
+    "k-th nearest other point" of r_k. Points of dimension <= 2 (the map) go to the KD-tree on the CPU
+    whatever `device`; others to the chunked search on `device` (None: CUDA when present).
     """
+    shape = _shape(queries)
+    if len(shape) == 2 and shape[1] <= KDTREE_MAX_DIM:
+        return knn_kdtree(queries, base, k, exclude_self=exclude_self, max_block_bytes=max_block_bytes)
     with torch.no_grad(), _no_tf32():
         d, i = knn_tensors(_Prepared(queries, base, device), k, exclude_self, max_block_bytes)
     return d.cpu().numpy(), i.cpu().numpy()
 
 
 def knn_tensors(p: _Prepared, k: int, exclude_self: bool, max_block_bytes: int):
+    """The chunked search on prepared tensors: (distances float32, indices int64) on `p.exact_device`."""
     n_q, n_b = len(p.q), len(p.b)
     if exclude_self and p.b is not p.q:
         raise ValueError("exclude_self needs base=None (the queries searched among themselves)")
+    _check_k(k, n_b, exclude_self)
     available = n_b - (1 if exclude_self else 0)
-    if not 1 <= k <= available:
-        raise ValueError(f"k={k} needs at least {k} candidate neighbours, have {available}")
+    kk = min(k + _SLACK, available)              # candidates kept by the product form
     rows, cols = _block_shape(n_q, n_b, max_block_bytes)
-    out_d = torch.empty(n_q, k, device=p.device)
-    out_i = torch.empty(n_q, k, dtype=torch.int64, device=p.device)
+    # the exact recomputation gathers (rows, kk, D) float64 twice: slices of it stay under the block too
+    ex_rows = max(1, max_block_bytes // (kk * p.dim * 8 * 3))
+    bn_max = p.bn.max().double()
+    out_key = torch.empty(n_q, k, dtype=torch.float64, device=p.exact_device)
+    out_i = torch.empty(n_q, k, dtype=torch.int64, device=p.exact_device)
+    unsure = []
     for q0 in range(0, n_q, rows):
         q1 = min(q0 + rows, n_q)
-        best_d = torch.full((q1 - q0, 0), float("inf"), device=p.device)
+        best_d = torch.empty((q1 - q0, 0), device=p.device)
         best_i = torch.empty((q1 - q0, 0), dtype=torch.int64, device=p.device)
-        for b0, b1, d2 in _distance_blocks(p, q0, q1, cols, exclude_self):
-            top_d, top_j = torch.topk(d2, min(k, b1 - b0), dim=1, largest=False)
-            best_d, best_i = _keep_nearest(best_d, best_i, top_d, top_j + b0, k)
-        # Recompute the chosen distances directly, then order by them (ties keep the selection order).
-        dq = p.q[q0:q1].repeat_interleave(k, dim=0)
-        exact = direct_sq_dist(dq, p.b[best_i.reshape(-1)]).reshape(q1 - q0, k)
-        exact, order = torch.sort(exact, dim=1, stable=True)
-        out_d[q0:q1] = exact.sqrt()
-        out_i[q0:q1] = best_i.gather(1, order)
-    return out_d, out_i
+        for b0, b1, d2 in _distance_blocks(p, q0, q1, cols, exclude_self, rank_only=True):
+            top_d, top_j = torch.topk(d2, min(kk, b1 - b0), dim=1, largest=False)
+            best_d, best_i = _keep_nearest(best_d, best_i, top_d, top_j + b0, kk)
+        for s0 in range(q0, q1, ex_rows):
+            s1 = min(s0 + ex_rows, q1)
+            cand = best_i[s0 - q0:s1 - q0].to(p.exact_device)
+            key, idx = _sort_by_key_then_index(exact_sq_dist(p.q_ex[s0:s1, None, :], p.b_ex[cand]), cand)
+            out_key[s0:s1], out_i[s0:s1] = key[:, :k], idx[:, :k]
+        if kk < available:
+            # Every base point left out has a product form >= the largest kept one (+ the row's squared
+            # norm, added here in float64 without rounding; no clamp, which only moves towards the exact
+            # value), so an exact distance >= that minus the band; certified when this exceeds the k-th
+            # exact distance, strictly.
+            qn = p.qn[q0:q1].double()
+            lower = best_d.max(dim=1).values.double() + qn - (qn + bn_max) * p.band_coef
+            bad = ~(lower.to(p.exact_device) > out_key[q0:q1, k - 1])
+            if bad.any():
+                unsure.append(bad.nonzero()[:, 0] + q0)
+    if unsure:
+        rows_u = torch.cat(unsure)
+        key, idx = _threshold_pass(p, rows_u, out_key[rows_u, k - 1], k, exclude_self, max_block_bytes)
+        out_key[rows_u], out_i[rows_u] = key, idx
+    return out_key.sqrt().float(), out_i
+
+
+def _threshold_pass(p: _Prepared, qrows: torch.Tensor, limit: torch.Tensor, k: int, exclude_self: bool,
+                    max_block_bytes: int):
+    """Exact k nearest of the query rows `qrows` whose k-th exact squared distance is at most `limit`
+    (float64): every base point whose product form is within the band of `limit` is recomputed exactly,
+    and the k smallest by (distance, index) are kept, block by block. (key float64, idx) on exact_device."""
+    n_b = len(p.b)
+    rows, cols = _block_shape(len(qrows), n_b, max_block_bytes // 2)   # + a float64 key block per entry
+    qrows_d = qrows.to(p.device)
+    out_key = torch.empty(len(qrows), k, dtype=torch.float64, device=p.exact_device)
+    out_i = torch.empty(len(qrows), k, dtype=torch.int64, device=p.exact_device)
+    for s in range(0, len(qrows), rows):
+        qi = qrows_d[s:s + rows]
+        qc, qn = p.qc[qi], p.qn[qi]
+        # float32 bound: limit + band, widened for the roundings of this very expression
+        lim = limit[s:s + rows].to(p.device).float()[:, None] * (1 + 4 * _EPS32)
+        best_k = torch.empty((len(qi), 0), dtype=torch.float64, device=p.exact_device)
+        best_i = torch.empty((len(qi), 0), dtype=torch.int64, device=p.exact_device)
+        for b0 in range(0, n_b, cols):
+            b1 = min(b0 + cols, n_b)
+            d2 = p.sq_rows(qc, qn, b0, b1)
+            bound = (lim + (qn[:, None] + p.bn[None, b0:b1]) * p.band_coef) * (1 + 8 * _EPS32)
+            near = d2 <= bound
+            if exclude_self:
+                near &= qi[:, None] != torch.arange(b0, b1, device=p.device)[None, :]
+            del d2, bound
+            key = torch.full(near.shape, float("inf"), dtype=torch.float64, device=p.exact_device)
+            pairs = near.nonzero().to(p.exact_device)
+            step = max(1, max_block_bytes // (p.dim * 8 * 4))
+            for t in range(0, len(pairs), step):
+                i, j = pairs[t:t + step, 0], pairs[t:t + step, 1]
+                key[i, j] = p.exact(qi.to(p.exact_device)[i], j + b0)
+            sel, col = _smallest_by_key_then_index(key, k)
+            # all indices of this block are above the running selection's: a stable sort keeps (key, index)
+            best_k, order = torch.cat([best_k, sel], dim=1).sort(dim=1, stable=True)
+            best_i = torch.cat([best_i, col + b0], dim=1).gather(1, order)
+            best_k, best_i = best_k[:, :k], best_i[:, :k]
+        if not (best_k[:, -1] <= limit[s:s + rows].to(p.exact_device)).all():   # the bound above is too tight
+            raise RuntimeError("knn: the exact pass lost a neighbour; the error band is too narrow (a bug)")
+        out_key[s:s + rows], out_i[s:s + rows] = best_k, best_i
+    return out_key, out_i
+
+
+def _as_float64(a) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        a = a.detach().cpu().numpy()
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim != 2:
+        raise ValueError(f"expected a 2-D array of points, got shape {a.shape}")
+    return a
+
+
+def knn_kdtree(queries, base=None, k: int = 1, *, exclude_self: bool = False,
+               max_block_bytes: int = DEFAULT_BLOCK_BYTES) -> tuple[np.ndarray, np.ndarray]:
+    """`knn` for low-dimensional points (the 2-D map) by scipy's `cKDTree`, exact, same results and ties.
+
+    The tree returns the kk nearest (its own float64 distances, ties in no given order); their distances are
+    recomputed as everywhere (`exact_sq_dist`: float32 points, float64 sum) and sorted by (distance, index).
+    A query is certified when the tree's kk-th distance is strictly beyond the k-th (margin for the tree's
+    own rounding): then no other point can tie with or beat it. Queries not certified (ties across the cut)
+    are asked again with 4x the candidates until certified or the whole base is returned.
+    """
+    from scipy.spatial import cKDTree
+
+    # float32 points, as the torch path sees them, then float64 for the tree and the distances
+    q = _as_float64(np.asarray(queries.detach().cpu() if isinstance(queries, torch.Tensor) else queries,
+                               dtype=np.float32))
+    b = q if base is None else _as_float64(np.asarray(base.detach().cpu() if isinstance(base, torch.Tensor)
+                                                      else base, dtype=np.float32))
+    if exclude_self and base is not None:
+        raise ValueError("exclude_self needs base=None (the queries searched among themselves)")
+    if q.shape[1] != b.shape[1]:
+        raise ValueError(f"dimension mismatch: queries have {q.shape[1]}, base {b.shape[1]}")
+    n_q, n_b = len(q), len(b)
+    _check_k(k, n_b, exclude_self)
+    tree = cKDTree(b)
+    out_key = np.empty((n_q, k), np.float64)
+    out_i = np.empty((n_q, k), np.int64)
+    pending = np.arange(n_q)
+    kk = min(n_b, k + int(exclude_self) + 1)
+    while len(pending):
+        step = max(1, max_block_bytes // (kk * 8 * (2 * q.shape[1] + 6)))
+        again = []
+        for s in range(0, len(pending), step):
+            rows = pending[s:s + step]
+            dist, idx = tree.query(q[rows], k=kk)
+            dist, idx = dist.reshape(len(rows), kk), idx.reshape(len(rows), kk).astype(np.int64)
+            key = np.square(q[rows][:, None, :] - b[idx]).sum(axis=2)
+            if exclude_self:
+                key[idx == rows[:, None]] = np.inf
+            order = np.lexsort((idx, key), axis=1)
+            key, idx = np.take_along_axis(key, order, 1)[:, :k], np.take_along_axis(idx, order, 1)[:, :k]
+            out_key[rows], out_i[rows] = key, idx
+            if kk < n_b:
+                again.append(rows[~(np.square(dist[:, -1]) > key[:, -1] * (1 + 1e-12))])
+        pending = np.concatenate(again) if again else pending[:0]
+        kk = min(n_b, 4 * kk)
+    return np.sqrt(out_key).astype(np.float32), out_i
 
 
 @dataclass
@@ -183,7 +379,9 @@ def within_radius(queries, base, radii, *, radius_of: str = "base", cap: int = 0
     """For each query q, count the base points b with d(q, b) <= r, where r is r(b) (`radius_of="base"`,
     radii shaped (n_base,) or (n_base, R)) or r(q) (`radius_of="query"`, radii (n_query,) or (n_query, R)).
     Several radius columns are tested on one distance block. With `cap` > 0, also return the indices
-    of up to `cap` covering base points per query (first radius column), nearest first.
+    of up to `cap` covering base points per query (first radius column), nearest first by the product
+    form (the counts are exact; this list's order among near-equal distances, and so which of them make
+    the cap, is not held to the exact distance and index as `knn`'s is).
 
     precision/density: queries = generated, base = real, radii = r_k(real) of the base.
     recall: queries = real, base = generated, radii = r_k(generated) of the base.
@@ -246,12 +444,13 @@ def within_radius_tensors(p: _Prepared, radii: torch.Tensor, radius_of: str, cap
 
 def _direct_within(p: _Prepared, pairs: torch.Tensor, q0: int, b0: int, rad: torch.Tensor, radius_of: str,
                    max_block_bytes: int) -> torch.Tensor:
-    """Exact `<=` test for block pairs (i, j) near the boundary, in slices of bounded memory."""
+    """Exact `<=` test for block pairs (i, j) near the boundary (the float32 distance of `exact_sq_dist`,
+    as `knn` returns it), in slices of bounded memory."""
     out = torch.empty(len(pairs), dtype=torch.bool, device=p.device)
-    step = max(1, max_block_bytes // (8 * p.dim))
+    step = max(1, max_block_bytes // (8 * 4 * p.dim))
     for s in range(0, len(pairs), step):
         i, j = pairs[s:s + step, 0], pairs[s:s + step, 1]
-        d = direct_sq_dist(p.q[q0 + i], p.b[b0 + j]).sqrt()
+        d = p.exact(q0 + i, b0 + j).sqrt().float().to(p.device)   # the float32 distance `knn` returns
         r = rad[0, j] if radius_of == "base" else rad[i, 0]
         out[s:s + step] = d <= r
     return out

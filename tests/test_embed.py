@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dmd2report import embed
 from dmd2report.embed import (Embedding, balanced_subsample, even_grid, fit_embedding, load_embedding,
                               nearest_stored, save_embedding, trust_scores, trust_summary)
 from dmd2report.errors import UserError
@@ -192,19 +191,35 @@ def test_even_grid_keeps_only_occupied_cells():
     assert ((points[:, 0] > 0.75) & (points[:, 1] > 0.75)).any() and (points[:, 0] < 0.25).sum() >= 10
 
 
-def test_nearest_stored_and_exact_knn_match_a_full_sort(monkeypatch):
+def _ranked(query, ref, exclude_self=False):
+    """All reference rows of each query, nearest first, equal distances by lower index (float64 brute force
+    on the float32 points, as knn.py computes them)."""
+    q = np.asarray(query, np.float32).astype(np.float64)
+    r = np.asarray(ref, np.float32).astype(np.float64)
+    d = np.sqrt(np.square(q[:, None] - r[None]).sum(-1))
+    if exclude_self:
+        np.fill_diagonal(d, np.inf)
+    order = np.lexsort((np.broadcast_to(np.arange(len(r)), d.shape), d), axis=1)
+    return order, np.take_along_axis(d, order, 1)
+
+
+def test_nearest_stored_matches_a_full_sort_with_ties():
     rng = np.random.default_rng(2)
-    ref, query = rng.normal(size=(300, 7)), rng.normal(size=(50, 7))
-    monkeypatch.setattr(embed, "KNN_CHUNK_BYTES", 8 * 300 * 7)  # 7 query rows per chunk
-    idx, dist = embed._exact_knn(query, ref, 4)
-    full = np.linalg.norm(query[:, None] - ref[None], axis=2)
-    np.testing.assert_array_equal(idx, np.argsort(full, axis=1)[:, :4])
-    np.testing.assert_allclose(dist, np.sort(full, axis=1)[:, :4], rtol=1e-9)
-    self_idx, _ = embed._exact_knn(ref, ref, 3, exclude_self=True)
-    full = np.linalg.norm(ref[:, None] - ref[None], axis=2) + np.diag(np.full(300, np.inf))
-    np.testing.assert_array_equal(self_idx, np.argsort(full, axis=1)[:, :3])
+    # map points on an integer grid (ties at every distance) and random ones; queries on and off the grid
+    coords = np.concatenate([rng.integers(0, 8, size=(300, 2)), rng.normal(size=(100, 2)) * 4]).astype(np.float32)
+    query = np.concatenate([rng.integers(0, 8, size=(40, 2)) + 0.5 * rng.integers(0, 2, size=(40, 2)),
+                            rng.normal(size=(30, 2)) * 4]).astype(np.float32)
+    idx, dist = nearest_stored(query, coords, k=6)
+    ref_i, ref_d = _ranked(query, coords)
+    np.testing.assert_array_equal(idx, ref_i[:, :6])
+    np.testing.assert_allclose(dist, ref_d[:, :6], rtol=1e-6)
     near, d = nearest_stored(np.array([[0.1, 0.0], [2.9, 3.0]]), np.array([[0, 0], [1, 1], [3, 3]]), k=2)
     assert near.tolist() == [[0, 1], [2, 1]] and d[0, 0] == pytest.approx(0.1)
+    # equidistant from [1, 1] and [3, 3]: the lower index first
+    near, _ = nearest_stored(np.array([[2.0, 2.0]]), np.array([[3, 3], [1, 1], [3, 3], [0, 0]]), k=2)
+    assert near.tolist() == [[0, 1]]
+    with pytest.raises(ValueError, match="k=5"):
+        nearest_stored(query, coords[:4], k=5)
 
 
 # ---------------------------------------------------------------- trust
@@ -231,6 +246,31 @@ def test_trust_by_hand():
     assert trust_scores(ref_feats, ref_map, ref_feats, ref_map, k=2, exclude_self=True).tolist() == [1, 0.5, 0.5, 1]
     with pytest.raises(UserError, match="k=4"):
         trust_scores(ref_feats, ref_map, ref_feats, ref_map, k=4, exclude_self=True)
+
+
+def _trust_brute_force(query_feats, query_2d, ref_feats, ref_2d, k, exclude_self=False):
+    in_features = _ranked(query_feats, ref_feats, exclude_self)[0][:, :k]
+    on_map = _ranked(query_2d, ref_2d, exclude_self)[0][:, :k]
+    return np.array([len(set(a) & set(b)) / k for a, b in zip(in_features, on_map)], np.float32)
+
+
+@pytest.mark.parametrize("k", [1, 5, 12])
+def test_trust_equals_the_brute_force_definition_with_ties(k):
+    rng = np.random.default_rng(6)
+    # features: 12-D integer grid points with copies (exact ties in feature space); map: a noisy 2-D
+    # projection rounded to a grid (exact ties on the map too)
+    feats = rng.integers(-1, 2, size=(240, 12)).astype(np.float32)
+    feats = np.concatenate([feats, feats[:40]])
+    proj = feats @ rng.normal(size=(12, 2)) + rng.normal(size=(len(feats), 2)) * 0.3
+    map_2d = np.round(proj * 2).astype(np.float32) / 2
+    q_feats = rng.integers(-1, 2, size=(70, 12)).astype(np.float32)
+    q_2d = (np.round((q_feats @ rng.normal(size=(12, 2))) * 2) / 2).astype(np.float32)
+    got = trust_scores(q_feats, q_2d, feats, map_2d, k=k, device="cpu")
+    np.testing.assert_array_equal(got, _trust_brute_force(q_feats, q_2d, feats, map_2d, k))
+    got = trust_scores(feats, map_2d, feats, map_2d, k=k, exclude_self=True, device="cpu")
+    want = _trust_brute_force(feats, map_2d, feats, map_2d, k, exclude_self=True)
+    np.testing.assert_array_equal(got, want)
+    assert got.dtype == np.float32 and 0 < got.mean() < 1
 
 
 def test_trust_summary():

@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
+import torch
 
-from dmd2report.knn import knn, within_radius
+from dmd2report import knn as knn_module
+from dmd2report.knn import knn, knn_kdtree, within_radius
 
 
 def _full_dist(a, b):
@@ -82,3 +84,132 @@ def test_within_radius_ties_and_copies_count_inside():
     base = (np.random.default_rng(1).normal(size=(50, 64)) * 100).astype(np.float32)
     res = within_radius(base[:10].copy(), base, np.zeros(50, np.float32), device="cpu")
     np.testing.assert_array_equal(res.counts, np.ones(10))
+
+
+# ---------------------------------------------------------------- exact ties, both paths
+
+
+def _reference(q, b, k, exclude_self=False):
+    """Brute force in float64 on the float32 points: all pairs, sorted by (distance, index)."""
+    q = np.asarray(q, np.float32).astype(np.float64)
+    b = q if b is None else np.asarray(b, np.float32).astype(np.float64)
+    e = np.square(q[:, None, :] - b[None, :, :]).sum(-1)
+    if exclude_self:
+        np.fill_diagonal(e, np.inf)
+    order = np.lexsort((np.broadcast_to(np.arange(len(b)), e.shape), e), axis=1)[:, :k]
+    return np.sqrt(np.take_along_axis(e, order, 1)).astype(np.float32), order
+
+
+def _tied_sets(dim, seed=0):
+    """Integer-grid points (many exactly equal distances) with exact copies, and offset Gaussian points
+    with copies: as (queries, base)."""
+    rng = np.random.default_rng(seed)
+    grid = rng.integers(-2, 3, size=(260, dim)).astype(np.float32)
+    grid = np.concatenate([grid, grid[rng.choice(260, 60)]])[rng.permutation(320)]   # copies, shuffled in
+    gauss = (rng.normal(size=(300, dim)) * 3 + 40).astype(np.float32)
+    gauss = np.concatenate([gauss, gauss[:40], gauss[:10]])
+    return [(rng.integers(-2, 3, size=(90, dim)).astype(np.float32), grid), (gauss[::3].copy(), gauss)]
+
+
+@pytest.fixture
+def count_exact_passes(monkeypatch):
+    """How many queries went to the torch path's exact second pass (ties across the candidate cut)."""
+    seen = []
+    original = knn_module._threshold_pass
+
+    def spy(p, rows, *args):
+        seen.append(len(rows))
+        return original(p, rows, *args)
+    monkeypatch.setattr(knn_module, "_threshold_pass", spy)
+    return seen
+
+
+@pytest.mark.parametrize("dim", [1, 2, 7, 24])           # 1 and 2: KD-tree; above: chunked torch
+@pytest.mark.parametrize("block", [1 << 28, 6_000, 700])  # whole base; query blocks; base blocks too
+@pytest.mark.parametrize("k", [1, 13])
+def test_knn_exact_with_ties_by_lower_index(dim, block, k, count_exact_passes):
+    for queries, base in _tied_sets(dim):
+        for q, b, exclude_self in ((queries, base, False), (base, None, True)):
+            d, i = knn(q, b, k, exclude_self=exclude_self, device="cpu", max_block_bytes=block)
+            ref_d, ref_i = _reference(q, b, k, exclude_self)
+            np.testing.assert_array_equal(i, ref_i)
+            np.testing.assert_allclose(d, ref_d, rtol=1e-6, atol=0)
+            assert d.dtype == np.float32 and i.dtype == np.int64
+            assert (np.diff(d, axis=1) >= 0).all()
+    if dim > 2 and k > 1:
+        assert sum(count_exact_passes) > 0    # the grid's ties did reach the exact second pass
+
+
+def test_knn_tie_at_the_kth_place_keeps_the_lower_index():
+    # query at the origin; base: 2 at distance 2, then distance-1 points at indices 1, 3, 4, 6 and copies of
+    # the query at 5 and 7. k = 4 cuts through the distance-1 ties: the lower indices 1, 3 must be kept.
+    for dim in (2, 4):
+        e = np.eye(dim, dtype=np.float32)
+        base = np.stack([2 * e[0], e[0], 2 * e[1], -e[0], e[1], 0 * e[0], -e[1], 0 * e[0]])
+        q = np.zeros((1, dim), np.float32)
+        d, i = knn(q, base, 4, device="cpu")
+        assert i.tolist() == [[5, 7, 1, 3]] and d.tolist() == [[0, 0, 1, 1]]
+        # the same among the points themselves: point 5's nearest other points are its copy 7, then 1, 3, 4
+        d, i = knn(base, None, 3, exclude_self=True, device="cpu")
+        assert i[5].tolist() == [7, 1, 3] and i[7].tolist() == [5, 1, 3]
+
+
+def test_knn_many_copies_beyond_the_candidates():
+    # 100 copies of one point (more than k + slack): the first k copies by index, on both paths
+    for dim in (2, 16):
+        rng = np.random.default_rng(3)
+        base = np.concatenate([rng.normal(size=(50, dim)) + 5, np.zeros((100, dim)), rng.normal(size=(50, dim))])
+        base = base.astype(np.float32)[np.r_[0:50, 150:200, 50:150]]      # copies at indices 100..199
+        d, i = knn(np.zeros((3, dim), np.float32), base, 10, device="cpu", max_block_bytes=2_000)
+        assert (i == np.arange(100, 110)).all() and (d == 0).all()
+        d, i = knn(base, None, 10, exclude_self=True, device="cpu", max_block_bytes=2_000)
+        np.testing.assert_array_equal(i[150], [100, 101, 102, 103, 104, 105, 106, 107, 108, 109])
+        np.testing.assert_array_equal(i[100], np.arange(101, 111))
+
+
+@pytest.mark.parametrize("block", [1 << 28, 900])
+def test_torch_and_kdtree_paths_agree_on_the_map(block):
+    rng = np.random.default_rng(5)
+    pts = np.concatenate([rng.integers(0, 6, size=(200, 2)), rng.normal(size=(150, 2)) * 3]).astype(np.float32)
+    pts = np.concatenate([pts, pts[:30]])
+    with torch.no_grad():
+        p = knn_module._Prepared(pts, None, torch.device("cpu"))
+        td, ti = knn_module.knn_tensors(p, 9, True, block)
+    kd, ki = knn_kdtree(pts, None, 9, exclude_self=True, max_block_bytes=block)
+    np.testing.assert_array_equal(ti.numpy(), ki)
+    np.testing.assert_array_equal(td.numpy(), kd)
+    np.testing.assert_array_equal(ki, _reference(pts, None, 9, True)[1])
+
+
+def test_knn_kdtree_checks_its_arguments():
+    x = np.zeros((4, 2), np.float32)
+    with pytest.raises(ValueError, match="k=4"):
+        knn(x, None, 4, exclude_self=True)
+    with pytest.raises(ValueError, match="exclude_self"):
+        knn(x, x, 1, exclude_self=True)
+    with pytest.raises(ValueError, match="dimension"):
+        knn(x, np.zeros((4, 3), np.float32), 1)
+
+
+def test_radius_from_knn_is_inside_within_radius():
+    # r_k(x) from knn and the test d(y, x) <= r_k(x) use one float32 distance: an exact copy of x's k-th
+    # neighbour lies inside x's ball, whatever the rounding of the sum
+    rng = np.random.default_rng(7)
+    x = (rng.normal(size=(300, 40)) * 50 + 7).astype(np.float32)
+    d, i = knn(x, None, 4, exclude_self=True, device="cpu")
+    copies = x[i[:, -1]]
+    res = within_radius(copies, x, d[:, -1], radius_of="base", device="cpu", max_block_bytes=5_000)
+    assert (res.counts >= 1).all()
+    full = np.sqrt(np.square(copies[:, None].astype(np.float64) - x[None].astype(np.float64)).sum(-1))
+    np.testing.assert_array_equal(res.counts, (full.astype(np.float32) <= d[None, :, -1]).sum(1))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_knn_cuda_matches_the_reference_with_ties():
+    for queries, base in _tied_sets(24) + _tied_sets(5, seed=1):
+        for q, b, ex in ((queries, base, False), (base, None, True)):
+            d, i = knn(q, b, 8, exclude_self=ex, device="cuda", max_block_bytes=6_000)
+            ref_d, ref_i = _reference(q, b, 8, ex)
+            np.testing.assert_array_equal(i, ref_i)
+            np.testing.assert_allclose(d, ref_d, rtol=1e-6, atol=0)

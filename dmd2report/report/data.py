@@ -237,19 +237,17 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def _knn(queries: np.ndarray, pool: np.ndarray, k: int, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """k nearest rows of `pool` for each query row (rows of `pool` index; -1/NaN pad when pool is small).
+def _nearest(queries: np.ndarray, pool: np.ndarray, k: int, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """`knn.knn` on the CPU as (indices, distances), padded with -1/NaN to k columns when the pool is small.
     exclude_self: queries are `pool` itself, and a row is not its own neighbour."""
-    from sklearn.neighbors import NearestNeighbors
+    from ..knn import knn
     idx = np.full((len(queries), k), -1, np.int64)
     dist = np.full((len(queries), k), np.nan, np.float32)
-    kk = min(k + int(exclude_self), len(pool))
-    if kk == 0 or len(queries) == 0:
+    kk = min(k, len(pool) - int(exclude_self))
+    if kk <= 0 or len(queries) == 0:
         return idx, dist
-    d, i = NearestNeighbors(n_neighbors=kk).fit(pool).kneighbors(queries)
-    if exclude_self:
-        d, i = d[:, 1:], i[:, 1:]
-    idx[:, :i.shape[1]], dist[:, :d.shape[1]] = i, d
+    d, i = knn(queries, None if exclude_self else pool, kk, exclude_self=exclude_self, device="cpu")
+    idx[:, :kk], dist[:, :kk] = i, d
     return idx, dist
 
 
@@ -309,7 +307,7 @@ def synthetic_report_data(n_real: int = 600, n_gen: int = 300, n_classes: int = 
     # Neighbours in feature space; rows of the pools map back to point rows. The real pool
     # includes the query's own row for real points, so ask for one more and drop self matches.
     def neighbours(pool_rows):
-        idx, dist = _knn(feats, feats[pool_rows], k + 1)
+        idx, dist = _nearest(feats, feats[pool_rows], k + 1)
         idx = np.where(idx >= 0, pool_rows[np.clip(idx, 0, None)], -1)
         own = idx == np.arange(n)[:, None]
         keep = np.argsort(own, axis=1, kind="stable")[:, :k]  # self matches sort last
@@ -317,14 +315,11 @@ def synthetic_report_data(n_real: int = 600, n_gen: int = 300, n_classes: int = 
     ri, rd = neighbours(real_rows)
     gi, gd = neighbours(gen_rows)
     # Coverage (Naeem et al. 2020): a real point is covered when a generated sample lies within its k-NN radius.
-    from sklearn.neighbors import NearestNeighbors
-    radius = _knn(real_f, real_f, k, exclude_self=True)[1][:, -1]
-    gen_nn = NearestNeighbors().fit(feats[gen_rows])
-    covered_by: dict[int, list[int]] = {}
-    for r in range(n_real):
-        d, inside = gen_nn.radius_neighbors(real_f[r:r + 1], radius=radius[r], sort_results=True)
-        if len(inside[0]):
-            covered_by[r] = [int(g) for g in gen_rows[inside[0][:20]]]
+    from ..knn import within_radius
+    radius = _nearest(real_f, real_f, k, exclude_self=True)[1][:, -1]
+    cover = within_radius(real_f, feats[gen_rows], radius, radius_of="query", cap=20, device="cpu")
+    covered_by: dict[int, list[int]] = {int(r): gen_rows[cover.nearest[r][cover.nearest[r] >= 0]].tolist()
+                                        for r in np.flatnonzero(cover.counts)}
     covered = np.zeros(n, bool)
     covered[list(covered_by)] = True
     trust = np.clip(rng.normal(0.85, 0.08, n), 0, 1)
@@ -360,11 +355,11 @@ def synthetic_report_data(n_real: int = 600, n_gen: int = 300, n_classes: int = 
                            "variant": var_variant, "point": n_real + n_gen + np.arange(n_var)})
 
     # Metrics computed from the synthetic features (Kynkaanniemi et al. 2019; Naeem et al. 2020).
-    gen_to_real, gen_to_real_d = _knn(feats[gen_rows], real_f, k)
+    gen_to_real, gen_to_real_d = _nearest(feats[gen_rows], real_f, k)
     precision = float((gen_to_real_d <= radius[gen_to_real]).any(1).mean())
     density = float((gen_to_real_d <= radius[gen_to_real]).sum(1).mean() / k)
-    gen_radius = _knn(feats[gen_rows], feats[gen_rows], k, exclude_self=True)[1][:, -1]
-    real_to_gen, real_to_gen_d = _knn(real_f, feats[gen_rows], k)
+    gen_radius = _nearest(feats[gen_rows], feats[gen_rows], k, exclude_self=True)[1][:, -1]
+    real_to_gen, real_to_gen_d = _nearest(real_f, feats[gen_rows], k)
     recall = float((real_to_gen_d <= gen_radius[real_to_gen]).any(1).mean())
     coverage = float(covered[:n_real].mean())
     gen_r = gen_to_real_d
@@ -408,7 +403,7 @@ def synthetic_report_data(n_real: int = 600, n_gen: int = 300, n_classes: int = 
         classes=classes, points=points, thumbnails=all_thumbs,
         neighbours=Neighbours(ri, rd.astype(np.float32), gi, gd.astype(np.float32), layer="midblock"),
         covered_by=covered_by, metrics=metrics,
-        nn_real_real=_knn(real_f, real_f, k, exclude_self=True)[1][:, -1],
+        nn_real_real=radius,
         nn_gen_real=gen_r[:, -1], variants=var_df, atlas=atlas)
     if trajectories:
         data = _synthetic_trajectories(data, centres, plane, rng)

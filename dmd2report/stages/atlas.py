@@ -26,6 +26,7 @@ from ..context import Context
 from ..embed import even_grid, nearest_stored
 from ..errors import UserError
 from ..files import save_json, save_npz
+from ..knn import knn
 from ..layers import mask_layers
 from ..runtime import auto_batch_size
 from ..sampling import condition_vectors, generate, sample_noise, to_uint8
@@ -63,18 +64,18 @@ def run(ctx: Context, overwrite: bool = False) -> None:
     device = next(net.parameters()).device
     rng = np.random.default_rng(cfg.run.seed)
 
-    anchors = []
+    chosen = []   # (anchor, class, kind)
     for c in np.unique(classes[full_rows]):
         members = np.flatnonzero(classes[full_rows] == c)
         centre = feats[classes == c].mean(0)
-        medoid = members[np.argmin(((full_feats[members] - centre) ** 2).sum(1))]
+        medoid = members[knn(centre[None], full_feats[members], 1, device=device)[1][0, 0]]
         others = rng.permutation(np.setdiff1d(members, [medoid]))[: max(m.anchors_per_class - 1, 0)]
-        for a in [medoid, *others]:
-            d = ((full_feats - full_feats[a]) ** 2).sum(1)
-            nb = np.argsort(d, kind="stable")[: min(NEIGHBOURS, len(d))]
-            anchors.append({"anchor_row": int(full_rows[a]), "neighbour_rows": full_rows[nb].tolist(),
-                            "mask": full[nb].astype(np.float32).mean(0), "class_id": int(c),
-                            "kind": "medoid" if a == medoid else "sample"})
+        chosen += [(a, int(c), "medoid" if a == medoid else "sample") for a in [medoid, *others]]
+    # every anchor's nearest samples with full activations (the anchor among them), in one search
+    _, near = knn(full_feats[[a for a, _, _ in chosen]], full_feats, min(NEIGHBOURS, len(full_feats)), device=device)
+    anchors = [{"anchor_row": int(full_rows[a]), "neighbour_rows": full_rows[nb].tolist(),
+                "mask": full[nb].astype(np.float32).mean(0), "class_id": c, "kind": kind}
+               for (a, c, kind), nb in zip(chosen, near)]
 
     grid, cells = even_grid(real_2d, m.atlas_grid, return_cells=True)
     invertible = cfg.features.reduce != "mean" and m.mask_layer in real.layers and headline == m.mask_layer
