@@ -12,7 +12,6 @@ elsewhere is never unpickled.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import warnings
@@ -26,6 +25,7 @@ from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
 from .errors import UserError
+from .files import sha256_file
 
 KNN_CHUNK_BYTES = 64 << 20  # bound on one query-chunk x reference distance block (float64)
 
@@ -195,12 +195,7 @@ def fit_embedding(features: np.ndarray, classes: np.ndarray | None, *, pca_compo
 # ---------------------------------------------------------------- persistence
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+_sha256 = sha256_file  # the one file hash (files.py)
 
 
 def save_embedding(emb: Embedding, path: str | os.PathLike) -> str:

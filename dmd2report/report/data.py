@@ -14,13 +14,13 @@ Conventions shared by every table:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
+
+from ..files import sha256_bytes, short_hash
 
 POINT_COLUMNS = ["set", "variant", "sample_id", "class_id", "x", "y", "trust", "covered", "source", "thumb"]
 CLASS_COLUMNS = ["class_id", "synset", "name"]
@@ -222,7 +222,7 @@ class ReportData:
 
 
 def config_hash(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return short_hash(config)
 
 
 def package_versions() -> dict[str, str]:
@@ -401,7 +401,7 @@ def synthetic_report_data(n_real: int = 600, n_gen: int = 300, n_classes: int = 
                   built_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), versions=package_versions(),
                   config_hash=config_hash(config), config=config)
     data = ReportData(
-        run=run, model=ModelInfo(preset="tiny", checkpoint="synthetic.safetensors", sha256=hashlib.sha256(b"synthetic").hexdigest(), untrained=untrained),
+        run=run, model=ModelInfo(preset="tiny", checkpoint="synthetic.safetensors", sha256=sha256_bytes(b"synthetic"), untrained=untrained),
         sources=[DataSource("real: synthetic clusters", "data/train", n_real),
                  DataSource("generated: class-conditioned", f"seed {seed}", n_gen),
                  DataSource("generated: variants (class, uniform, zero, blend)", f"seed {seed}", n_var)],
