@@ -22,8 +22,8 @@ import joblib
 import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
-from tqdm.auto import tqdm
 
+from .console import progress as progress_bar
 from .errors import UserError
 from .files import sha256_file
 
@@ -72,7 +72,7 @@ class Embedding:
     def _umap_transform(self, reduced: np.ndarray, batch_size: int, progress: bool, desc="project") -> np.ndarray:
         out = np.empty((len(reduced), 2), np.float32)
         starts = range(0, len(reduced), batch_size)
-        for s in tqdm(starts, desc=desc, unit="batch", disable=not progress or len(starts) == 0):
+        for s in progress_bar(starts, desc=desc, unit="batch", enabled=progress and len(starts) > 0):
             out[s:s + batch_size] = self.umap.transform(reduced[s:s + batch_size])
         return out
 

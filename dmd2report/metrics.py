@@ -33,17 +33,20 @@ coverage. They show the sampling error of the scored set, not of the manifold es
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 from threadpoolctl import threadpool_limits   # a dependency of scikit-learn
 
 from .knn import DEFAULT_BLOCK_BYTES, as_device, knn, to_tensor, within_radius
+
+log = logging.getLogger(__name__)
 
 SCHEMA = "dmd2report-metrics/1"
 
@@ -190,8 +193,7 @@ def _prdc_entries(flags, k_pr, k_dc, n_real, n_gen, suffix, boot, level, seed, v
 def measure(real: np.ndarray, real_classes, generated: Mapping[str, tuple], *, feature_space: str,
             k_pr: int = 3, k_dc: int = 5, k_fidelity: int = 10, k_neighbours: int = 8, bootstrap: int = 200,
             ci_level: float = 0.95, seed: int = 0, cover_cap: int = 16, per_class: bool = True,
-            per_class_fd: bool = True, device=None, max_block_bytes: int = DEFAULT_BLOCK_BYTES,
-            log: Callable[[str], None] | None = None) -> dict:
+            per_class_fd: bool = True, device=None, max_block_bytes: int = DEFAULT_BLOCK_BYTES) -> dict:
     """All metrics of one feature space: every variant overall and per class, plus per-point arrays.
 
     real: (N, D) features; real_classes: (N,) int class ids or None.
@@ -206,15 +208,16 @@ def measure(real: np.ndarray, real_classes, generated: Mapping[str, tuple], *, f
     (precision flag), gen_density (its density term, count / k_dc), gen_fidelity (NaN without a class),
     gen_centroid_class; per real point real_covered, real_cover_count, real_covered_by (generated indices,
     nearest first, -1 padded, at most cover_cap), real_nn_gen_*.
+
+    Each step is logged at DEBUG level (`dmd2report -v`).
     """
     with _one_blas_thread():
         return _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelity, k_neighbours,
-                        bootstrap, ci_level, seed, cover_cap, per_class, per_class_fd, device, max_block_bytes, log)
+                        bootstrap, ci_level, seed, cover_cap, per_class, per_class_fd, device, max_block_bytes)
 
 
 def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelity, k_neighbours, bootstrap,
-             ci_level, seed, cover_cap, per_class, per_class_fd, device, max_block_bytes, log) -> dict:
-    say = log or (lambda msg: None)
+             ci_level, seed, cover_cap, per_class, per_class_fd, device, max_block_bytes) -> dict:
     dev = as_device(device)
     kw = dict(device=dev, max_block_bytes=max_block_bytes)
     real_np = np.ascontiguousarray(real, dtype=np.float32)
@@ -229,7 +232,7 @@ def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelit
     settings = dict(k_pr=k_pr, k_dc=k_dc, k_fidelity=k_fidelity, k_neighbours=k_neighbours, bootstrap=bootstrap,
                     ci_level=ci_level, seed=seed, cover_cap=cover_cap)
 
-    say(f"{feature_space}: radii of {n_real} real samples")
+    log.debug("%s: radii of %d real samples", feature_space, n_real)
     k_rr = min(max(k_pr, k_dc, k_neighbours), n_real - 1)
     real_r, (rr_d, rr_i) = knn_radii(x, sorted({k_pr, k_dc, k_rr}), **kw)
     stats_real = mean_and_cov(real_np)
@@ -268,7 +271,7 @@ def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelit
         cond = np.full(n_gen, NO_CLASS, np.int64) if cond is None else np.asarray(cond, dtype=np.int64)
         if cond.shape != (n_gen,):
             raise ValueError(f"{feature_space}/{name}: conditioning classes of shape {cond.shape} for {n_gen} samples")
-        say(f"{feature_space}/{name}: {n_gen} generated samples")
+        log.debug("%s/%s: %d generated samples", feature_space, name, n_gen)
         y = to_tensor(gen_np, dev)
         arr: dict = {}
         gen_r_pr = None

@@ -97,6 +97,7 @@ def _run(ctx: Context, stages, force, overwrite, rank: int) -> list[str]:
         if rank != 0 and stage not in SHARDED_STAGES:
             continue  # torchrun: the other ranks help with extraction and generation only
         previous = recorded.get(stage, {}).get("key")
+        log.debug("[%s] key %s, recorded %s", stage, keys[stage], previous)
         if previous == keys[stage] and stage not in force and not recorded[stage].get("unfinished"):
             log.info("[%s] up to date", stage)
             continue

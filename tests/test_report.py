@@ -121,13 +121,14 @@ def test_refuses_to_replace_a_folder_that_is_not_a_site(data, tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
-def test_single_file_inlines_everything_and_respects_limit(data, tmp_path, capsys):
-    files = render_site(data, tmp_path / "one", single_file=True)
+def test_single_file_inlines_everything_and_respects_limit(data, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="dmd2report"):
+        files = render_site(data, tmp_path / "one", single_file=True)
     assert [f.name for f in files] == ["report.html"]
     html = files[0].read_text()
     assert not re.search(r'<(script|img|link)\b[^>]*\b(src|href)="(?!data:)', html)   # nothing loaded from elsewhere
     assert "data:image/webp;base64," in html and HOSTILE not in html
-    assert "MB" in capsys.readouterr().out
+    assert re.search(r"single-file report: [\d.]+ MB", caplog.text)
     with pytest.raises(UserError, match="folder form"):
         render_site(data, tmp_path / "two", single_file=True, single_file_limit_mb=0.1)
     assert not (tmp_path / "two").exists()

@@ -8,6 +8,7 @@ bokeh package into site/static/ (one copy shared by all pages); nothing is loade
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -30,6 +31,8 @@ SITE_MARKER = ".dmd2report-site"     # marks a folder as a rendered site, so re-
 THUMB_PX = 64                        # displayed thumbnail side in grids and panels
 MAX_GRID = 60                        # thumbnails per grid on class pages
 VARIANT_CLASSES, VARIANT_SEEDS = 8, 6
+
+log = logging.getLogger(__name__)
 
 
 def json_for_script(obj) -> str:
@@ -265,7 +268,7 @@ def render_site(data: ReportData, site_dir, *, single_file: bool = False, single
     """Write the report for `data` into `site_dir` (a folder) and return the files written.
 
     single_file=True writes `site_dir/report.html` with BokehJS, data and thumbnails inlined,
-    prints its size, and raises UserError when it exceeds `single_file_limit_mb`.
+    logs its size, and raises UserError when it exceeds `single_file_limit_mb`.
     """
     if color_by not in ("class", "variant"):
         raise UserError(f"report.color_by: expected 'class' or 'variant', got {color_by!r}")
@@ -289,7 +292,7 @@ def render_site(data: ReportData, site_dir, *, single_file: bool = False, single
         if single_file:
             html = _render_single(env, data, pages, nav, common)
             size_mb = len(html.encode()) / 2**20
-            print(f"single-file report: {size_mb:.1f} MB")
+            log.info("single-file report: %.1f MB", size_mb)
             if size_mb > single_file_limit_mb:
                 raise UserError(f"single-file report would be {size_mb:.1f} MB, above the {single_file_limit_mb:g} MB limit "
                                 f"(report.single_file_limit_mb); use the folder form (without --single-file) and share the folder")
