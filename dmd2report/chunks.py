@@ -43,13 +43,16 @@ def barrier(world: int) -> None:
         torch.distributed.barrier()
 
 
-def finish_store(writer, index, n_chunks: int, info: dict, rank: int, world: int) -> None:
-    """After every rank wrote its chunks: rank 0 writes the class index, then the manifest (last)."""
+def finish_store(writer, index, n_chunks: int, info: dict, rank: int, world: int) -> dict | None:
+    """After every rank wrote its chunks: rank 0 writes the class index, then the manifest (last),
+    and returns the manifest (None on the other ranks)."""
     barrier(world)
+    manifest = None
     if rank == 0:
         save_json(writer.path / "class_index.json", index.to_mapping())
-        writer.finalize(n_chunks, info)
+        manifest = writer.finalize(n_chunks, info)
     barrier(world)
+    return manifest
 
 
 # ---------------------------------------------------------------------------------------------

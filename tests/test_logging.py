@@ -1,4 +1,5 @@
-"""One output path: module loggers through the CLI's handler (-q / -v), progress only on rank 0."""
+"""One output path: module loggers through the CLI's handler (-q / -v), progress only on rank 0, and
+unreadable images counted on the console."""
 
 import logging
 
@@ -38,8 +39,9 @@ def _restore_package_logger():
 
 
 @pytest.fixture
-def tree_config(image_tree, tmp_path):
-    """A config extracting the fixture's class folders with the tiny model."""
+def broken_tree(image_tree, tmp_path):
+    """The fixture's class folders with one unreadable JPEG, and a config extracting them with the tiny model."""
+    (image_tree / "n01443537" / "img_2.jpg").write_bytes(b"\xff\xd8 truncated")
     cfg = tmp_path / "report.toml"
     cfg.write_text(CONFIG.format(w=tmp_path / "work", data=image_tree))
     return cfg
@@ -51,15 +53,20 @@ def _extract(*args):
     return r.stderr.splitlines(), r.stdout
 
 
-def test_default_quiet_and_verbose_output(tree_config):
-    cfg = str(tree_config)
+def test_default_quiet_and_verbose_output(broken_tree):
+    cfg = str(broken_tree)
     err, out = _extract("extract", "--config", cfg)
     assert "[extract] running (forced)" in err and any(l.startswith("[extract] done in") for l in err), err
+    skipped = [l for l in err if "unreadable" in l]
+    assert len(skipped) == 1 and skipped[0].startswith(
+        "warning: [extract] skipped 1 unreadable image (data.on_bad_image = skip), e.g. n01443537/img_2.jpg ("), err
+    assert skipped[0].endswith("listed on the report's overview page")
     assert not any(l.startswith("debug:") for l in err) and out == ""
 
     # --quiet: warnings only, no [stage] lines, no bars.
     err, out = _extract("-q", "extract", "--config", cfg, "--overwrite")
-    assert err == [] and out == ""
+    assert err and all(l.startswith("warning: ") for l in err), err
+    assert "skipped 1 unreadable image" in err[0] and out == ""
 
     # --verbose: debugging lines too (the stage key), the [stage] lines unchanged.
     err, _ = _extract("-v", "extract", "--config", cfg)

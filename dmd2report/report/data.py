@@ -164,6 +164,8 @@ class ReportData:
     variants: columns VARIANT_COLUMNS, the same seed under each conditioning.
     chosen_classes: the classes given their own page and shown on the variants page ([] = let
         the renderer pick the most populous ones, up to `max_class_pages`).
+    skipped: the real images the source could not read and left out (`data.on_bad_image = skip`),
+        as the real store's manifest lists them: {"source": path under the data folder, "error": why}.
     """
     run: RunInfo
     model: ModelInfo
@@ -181,6 +183,7 @@ class ReportData:
     chosen_classes: list[int] = field(default_factory=list)
     max_class_pages: int = 100
     trajectories: Trajectories | None = None
+    skipped: list[dict] = field(default_factory=list)
 
     def validate(self) -> None:
         """Check the cross-references; raises ValueError naming the first inconsistency."""
@@ -219,6 +222,9 @@ class ReportData:
                     raise ValueError(f"atlas anchor {a.anchor} out of range")
         if self.trajectories is not None:
             self.trajectories.validate(len(t))
+        for s in self.skipped:
+            if not isinstance(s, dict) or not isinstance(s.get("source"), str):
+                raise ValueError(f"skipped: expected {{'source': str, 'error': str}} entries, got {s!r}")
 
 
 def config_hash(config: dict) -> str:

@@ -31,6 +31,7 @@ SITE_MARKER = ".dmd2report-site"     # marks a folder as a rendered site, so re-
 THUMB_PX = 64                        # displayed thumbnail side in grids and panels
 MAX_GRID = 60                        # thumbnails per grid on class pages
 VARIANT_CLASSES, VARIANT_SEEDS = 8, 6
+MAX_SKIPPED = 100                    # unreadable images listed on the overview (the manifest has them all)
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,9 @@ def _pages(data: ReportData, color_by: str) -> list[dict]:
     pages.append(dict(name="index", file="index.html", title="Overview", nav="index", template="index.html",
                       ctx=dict(cards=[r for r in overall if r.get("headline")],
                                variant_names=variant_names, n_classes=int(p["class_id"][p["class_id"] >= 0].nunique()),
-                               has_atlas=data.atlas is not None, config_json=json.dumps(data.run.config, indent=2, default=str)),
+                               has_atlas=data.atlas is not None, config_json=json.dumps(data.run.config, indent=2, default=str),
+                               skipped=[dict(source=str(s.get("source", "")), error=str(s.get("error", "")))
+                                        for s in data.skipped[:MAX_SKIPPED]], n_skipped=len(data.skipped)),
                       models={}))
     gen_order = variant_names
     marker_legend = [(v, palette.VARIANT_SYMBOLS.get(palette.variant_marker(v, gen_order), "●")) for v in gen_order]

@@ -198,7 +198,7 @@ def assemble_report(ctx: Context) -> ReportData:
         covered_by=covered_by, metrics=metrics,
         nn_real_real=arrays["real.nn_real_dist"][:, 0], nn_gen_real=arrays[cls_arr + "nn_real_dist"][:, 0],
         variants=variants_df, atlas=atlas, chosen_classes=[], max_class_pages=cfg.report.max_classes_pages,
-        trajectories=trajectories)
+        trajectories=trajectories, skipped=list(real.manifest.get("skipped", [])))
     data.validate()
     return data
 
