@@ -45,37 +45,14 @@ import numpy as np
 from threadpoolctl import threadpool_limits   # a dependency of scikit-learn
 
 from .knn import DEFAULT_BLOCK_BYTES, as_device, knn, to_tensor, within_radius
+from .metric_defs import METRICS, Metric, definitions, markdown  # noqa: F401  (the declaration, re-exported)
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "dmd2report-metrics/1"
 
-DEFINITIONS = {
-    "precision": "(1/M) #{y in Y : exists x in X, d(y,x) <= r_k(x)}, r_k(x) the distance from x to its k-th "
-                 "nearest other real point (Kynkaanniemi et al. 2019)",
-    "recall": "(1/N) #{x in X : exists y in Y, d(x,y) <= r_k(y)}, r_k(y) the distance from y to its k-th "
-              "nearest other generated point (Kynkaanniemi et al. 2019)",
-    "density": "(1/(kM)) sum over y in Y, x in X of 1[d(y,x) <= r_k(x)] (Naeem et al. 2020)",
-    "coverage": "(1/N) #{x in X : exists y in Y, d(x,y) <= r_k(x)} (Naeem et al. 2020)",
-    "fd": "|mu_X - mu_Y|^2 + tr S_X + tr S_Y - 2 tr sqrt(S_X^1/2 S_Y S_X^1/2), float64, eigenvalues "
-          "clipped at 0, unbiased covariances, clipped at 0; biased for small sample counts",
-    "class_fidelity": "mean over generated samples with conditioning class c of the fraction of their k "
-                      "nearest real samples whose class is c",
-    "centroid_accuracy": "fraction of generated samples with a conditioning class whose nearest real class "
-                         "centroid (mean real feature of a class) is their conditioning class",
-    "centroid_accuracy_real": "fraction of real samples whose nearest real class centroid is their own class "
-                              "(the ceiling for centroid_accuracy)",
-    "precision_in_class": "precision with X = real samples of class c, Y = samples conditioned on c, "
-                          "r_k within X_c",
-    "recall_in_class": "recall with X = real samples of class c, Y = samples conditioned on c, r_k within Y_c",
-    "density_in_class": "density with X = real samples of class c, Y = samples conditioned on c, "
-                        "r_k within X_c",
-    "coverage_in_class": "coverage with X = real samples of class c, Y = samples conditioned on c, "
-                         "r_k within X_c",
-    "fd_in_class": "fd between the real samples of class c and the samples conditioned on c",
-    "coverage_global": "fraction of the real samples of class c covered by any sample of the variant "
-                       "(d(x,y) <= r_k(x), r_k within the whole real set)",
-}
+DEFINITIONS = definitions()   # what metrics.json's "definitions" draws from
+
 NO_CLASS = -1   # conditioning class of samples without one (uniform, zero conditioning)
 
 
@@ -401,3 +378,18 @@ def write_metrics_json(path, results, provenance: Mapping) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m dmd2report.metrics", description="The metric declarations.")
+    p.add_argument("--markdown", action="store_true", required=True, help="print README.md's metrics table")
+    p.parse_args(argv)
+    sys.stdout.write(markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

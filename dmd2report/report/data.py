@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..files import sha256_bytes, short_hash
+from ..metric_defs import METRICS
 
 POINT_COLUMNS = ["set", "variant", "sample_id", "class_id", "x", "y", "trust", "covered", "source", "thumb"]
 CLASS_COLUMNS = ["class_id", "synset", "name"]
@@ -378,15 +379,11 @@ def synthetic_report_data(n_real: int = 600, n_gen: int = 300, n_classes: int = 
     def boot(v):  # a plausible interval shape; the real pipeline bootstraps
         return max(v - 0.03, 0.0), min(v + 0.03, 1.0)
     rows = []
-    for key, label, v, expl in (
-            ("precision", "Precision", precision, "Share of generated samples inside the real manifold (k-NN balls of real samples)."),
-            ("recall", "Recall", recall, "Share of real samples inside the generated manifold."),
-            ("density", "Density", density, "How many real k-NN balls contain a generated sample, on average, divided by k (1 = as dense as real)."),
-            ("coverage", "Coverage", coverage, "Share of real samples whose k-NN ball contains at least one generated sample.")):
+    for key, v in (("precision", precision), ("recall", recall), ("density", density), ("coverage", coverage)):
         lo, hi = boot(v)
-        rows.append((key, label, v, lo, hi, expl, n_real, n_gen + n_var, True))
-    rows.append(("trust", "Map trustworthiness", float(trust.mean()), np.nan, np.nan,
-                 "How well the 2-D map keeps activation-space neighbourhoods (1 = perfectly).", n_real, n_gen + n_var, False))
+        rows.append((key, METRICS[key].label, v, lo, hi, METRICS[key].explanation, n_real, n_gen + n_var, True))
+    rows.append(("trust", METRICS["trust"].label, float(trust.mean()), np.nan, np.nan, METRICS["trust"].explanation,
+                 n_real, n_gen + n_var, False))
     overall = pd.DataFrame(rows, columns=OVERALL_COLUMNS)
     per_class = []
     for c in range(n_classes):

@@ -22,6 +22,7 @@ from bokeh.embed import components
 from bokeh.util.paths import bokehjs_path
 
 from ..errors import UserError
+from ..metric_defs import METRICS
 from ..resources import static_file, templates_dir
 from . import figures, palette, sprites
 from .data import ReportData
@@ -238,7 +239,8 @@ def _pages(data: ReportData, color_by: str) -> list[dict]:
         mmodels["classbars"] = figures.bar_chart(worst, "label", cbar_cols, "classbars",
                                                  f"per class: the {len(worst)} with the lowest {cbar_cols[-1]}")
     pages.append(dict(name="metrics", file="metrics.html", title="Metrics", nav="metrics", template="metrics.html",
-                      ctx=dict(overall=overall, fd=m.fd, layer=m.layer, per_variant=m.per_variant.to_dict("records"),
+                      ctx=dict(overall=overall, fd=m.fd, fd_label=METRICS["fd"].label, layer=m.layer,
+                               per_variant=m.per_variant.to_dict("records"),
                                var_metric_cols=var_metric_cols, class_rows=class_rows, class_metric_cols=class_metric_cols),
                       models=mmodels))
     if data.atlas is not None:
