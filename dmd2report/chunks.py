@@ -17,6 +17,7 @@ import os
 import numpy as np
 import torch
 
+from .console import Progress, process_rank  # noqa: F401  (the stages import them from here)
 from .files import save_json
 
 log = logging.getLogger(__name__)
@@ -24,12 +25,6 @@ log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 # torch.distributed.
-
-def process_rank() -> int:
-    """This process's rank under torchrun (RANK with WORLD_SIZE > 1), else 0, without joining a
-    process group: rank 0 alone writes records and runs the stages that are not sharded."""
-    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
-
 
 def dist_rank_world() -> tuple[int, int]:
     """(rank, world size); joins the process group torchrun describes (RANK, WORLD_SIZE) if needed."""
@@ -48,13 +43,16 @@ def barrier(world: int) -> None:
         torch.distributed.barrier()
 
 
-def finish_store(writer, index, n_chunks: int, info: dict, rank: int, world: int) -> None:
-    """After every rank wrote its chunks: rank 0 writes the class index, then the manifest (last)."""
+def finish_store(writer, index, n_chunks: int, info: dict, rank: int, world: int) -> dict | None:
+    """After every rank wrote its chunks: rank 0 writes the class index, then the manifest (last),
+    and returns the manifest (None on the other ranks)."""
     barrier(world)
+    manifest = None
     if rank == 0:
         save_json(writer.path / "class_index.json", index.to_mapping())
-        writer.finalize(n_chunks, info)
+        manifest = writer.finalize(n_chunks, info)
     barrier(world)
+    return manifest
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,26 +110,6 @@ def gather(parts: list[torch.Tensor], row_shape: tuple, dtype: torch.dtype) -> n
         return np.zeros((0, *row_shape), torch.empty(0, dtype=dtype).numpy().dtype)
     t = torch.cat(parts)
     return HostCopy(t) if t.is_cuda else t.cpu().numpy()
-
-
-class Progress:
-    """A tqdm bar on rank 0 (nothing elsewhere, or with `enabled=False`)."""
-
-    def __init__(self, total: int, desc: str, enabled: bool = True):
-        self.bar = None
-        if enabled and process_rank() == 0:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, smoothing=0.1,
-                            disable=None if logging.getLogger("dmd2report").isEnabledFor(logging.INFO) else True)
-
-    def update(self, n: int):
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
 
 
 def versions() -> dict:

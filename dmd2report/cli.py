@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from .console import setup_logging
 from .errors import UserError
 
 
@@ -31,23 +32,16 @@ class _Group(click.Group):
 
 @click.group(cls=_Group)
 @click.version_option(package_name="dmd2report")
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors (no progress bars).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors (no progress lines or bars).")
 @click.option("-v", "--verbose", is_flag=True, help="Also debugging details.")
 def cli(quiet, verbose):
-    """Static reports on where a DMD2 one-step generator lands among real data."""
+    """Static reports on where a DMD2 one-step generator lands among real data.
+
+    Progress goes to stderr: `[stage]` lines and bars (hidden with -q, and on torchrun ranks
+    other than 0); a command's own output (report path, inspect, layers, compare) to stdout."""
+    if quiet and verbose:
+        raise click.UsageError("--quiet and --verbose exclude each other")
     setup_logging(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
-
-
-def setup_logging(level: int) -> None:
-    """One handler on the package's logger: messages to stderr, as `[stage] message` lines already read.
-    Progress bars (tqdm) follow the same level: hidden with --quiet."""
-    logger = logging.getLogger("dmd2report")
-    logger.setLevel(level)
-    for h in list(logger.handlers):
-        logger.removeHandler(h)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s" if level <= logging.DEBUG else "%(message)s"))
-    logger.addHandler(handler)
 
 
 @cli.command()

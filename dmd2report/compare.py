@@ -5,7 +5,8 @@ Every value is addressed by a path `<feature space>/<variant>/overall/<metric>` 
 A selector is either a bare metric name, which picks that metric in the `overall` scope of every
 feature space and variant (`precision`), or a glob over paths (`midblock*/per_class/*/coverage`).
 
-Direction: for `fd` lower is better; for every other metric higher is better. A selected value
+Direction (`Metric.higher_is_better` in metrics.py): for `fd` lower is better; for every other metric
+higher is better. A selected value
 regressed when it moved in the worse direction by more than the threshold (absolute), or when it
 disappeared or became undefined (null) in B. Moves in the better direction are reported, never fail.
 """
@@ -17,10 +18,12 @@ import json
 from pathlib import Path
 
 from .errors import UserError
+from .metric_defs import METRICS
 from .metrics import SCHEMA
 
-LOWER_IS_BETTER = frozenset({"fd"})
-DEFAULT_METRICS = ("precision", "recall", "density", "coverage", "fd", "class_fidelity", "centroid_accuracy")
+LOWER_IS_BETTER = frozenset(k for k, m in METRICS.items() if not m.higher_is_better)
+# The overall entries of every variant: precision, recall, density, coverage, fd, class_fidelity, centroid_accuracy.
+DEFAULT_METRICS = tuple(k for k, m in METRICS.items() if m.scope == "overall")
 
 
 def read_metrics(path) -> dict:

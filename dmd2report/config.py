@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import re
@@ -32,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .files import short_hash
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -280,7 +280,7 @@ class Config:
         """Hash of the named sections (all when none): the cache key of the stages reading them."""
         d = self.to_dict()
         chosen = {s: d[s] for s in (sections or d)}
-        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16]
+        return short_hash(chosen)
 
 
 # Keys that moved to another section: a file using the old name gets an error naming the new one.

@@ -12,7 +12,6 @@ elsewhere is never unpickled.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import warnings
@@ -23,9 +22,10 @@ import joblib
 import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
-from tqdm.auto import tqdm
 
+from .console import progress as progress_bar
 from .errors import UserError
+from .files import sha256_file
 from .knn import knn
 
 
@@ -71,7 +71,7 @@ class Embedding:
     def _umap_transform(self, reduced: np.ndarray, batch_size: int, progress: bool, desc="project") -> np.ndarray:
         out = np.empty((len(reduced), 2), np.float32)
         starts = range(0, len(reduced), batch_size)
-        for s in tqdm(starts, desc=desc, unit="batch", disable=not progress or len(starts) == 0):
+        for s in progress_bar(starts, desc=desc, unit="batch", enabled=progress and len(starts) > 0):
             out[s:s + batch_size] = self.umap.transform(reduced[s:s + batch_size])
         return out
 
@@ -194,12 +194,7 @@ def fit_embedding(features: np.ndarray, classes: np.ndarray | None, *, pca_compo
 # ---------------------------------------------------------------- persistence
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+_sha256 = sha256_file  # the one file hash (files.py)
 
 
 def save_embedding(emb: Embedding, path: str | os.PathLike) -> str:

@@ -171,8 +171,20 @@ def array_digest(a) -> str:
     return hashlib.sha256(memoryview(np.ascontiguousarray(a))).hexdigest()[:16]
 
 
-def bytes_digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:16]
+def bytes_digest(data) -> str:
+    """16 hex digits of `sha256_bytes(data)`."""
+    return sha256_bytes(data)[:16]
+
+
+def sha256_bytes(data) -> str:
+    """Full SHA-256 (hex) of bytes, or of an iterable of byte strings hashed one after another (the
+    hash of their concatenation, without building it)."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return hashlib.sha256(data).hexdigest()
+    h = hashlib.sha256()
+    for part in data:
+        h.update(part)
+    return h.hexdigest()
 
 
 def sha256_file(path: str | os.PathLike, block: int = 1 << 24) -> str:

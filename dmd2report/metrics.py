@@ -33,46 +33,26 @@ coverage. They show the sampling error of the scored set, not of the manifold es
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 from threadpoolctl import threadpool_limits   # a dependency of scikit-learn
 
 from .knn import DEFAULT_BLOCK_BYTES, as_device, knn, to_tensor, within_radius
+from .metric_defs import METRICS, Metric, definitions, markdown  # noqa: F401  (the declaration, re-exported)
+
+log = logging.getLogger(__name__)
 
 SCHEMA = "dmd2report-metrics/1"
 
-DEFINITIONS = {
-    "precision": "(1/M) #{y in Y : exists x in X, d(y,x) <= r_k(x)}, r_k(x) the distance from x to its k-th "
-                 "nearest other real point (Kynkaanniemi et al. 2019)",
-    "recall": "(1/N) #{x in X : exists y in Y, d(x,y) <= r_k(y)}, r_k(y) the distance from y to its k-th "
-              "nearest other generated point (Kynkaanniemi et al. 2019)",
-    "density": "(1/(kM)) sum over y in Y, x in X of 1[d(y,x) <= r_k(x)] (Naeem et al. 2020)",
-    "coverage": "(1/N) #{x in X : exists y in Y, d(x,y) <= r_k(x)} (Naeem et al. 2020)",
-    "fd": "|mu_X - mu_Y|^2 + tr S_X + tr S_Y - 2 tr sqrt(S_X^1/2 S_Y S_X^1/2), float64, eigenvalues "
-          "clipped at 0, unbiased covariances, clipped at 0; biased for small sample counts",
-    "class_fidelity": "mean over generated samples with conditioning class c of the fraction of their k "
-                      "nearest real samples whose class is c",
-    "centroid_accuracy": "fraction of generated samples with a conditioning class whose nearest real class "
-                         "centroid (mean real feature of a class) is their conditioning class",
-    "centroid_accuracy_real": "fraction of real samples whose nearest real class centroid is their own class "
-                              "(the ceiling for centroid_accuracy)",
-    "precision_in_class": "precision with X = real samples of class c, Y = samples conditioned on c, "
-                          "r_k within X_c",
-    "recall_in_class": "recall with X = real samples of class c, Y = samples conditioned on c, r_k within Y_c",
-    "density_in_class": "density with X = real samples of class c, Y = samples conditioned on c, "
-                        "r_k within X_c",
-    "coverage_in_class": "coverage with X = real samples of class c, Y = samples conditioned on c, "
-                         "r_k within X_c",
-    "fd_in_class": "fd between the real samples of class c and the samples conditioned on c",
-    "coverage_global": "fraction of the real samples of class c covered by any sample of the variant "
-                       "(d(x,y) <= r_k(x), r_k within the whole real set)",
-}
+DEFINITIONS = definitions()   # what metrics.json's "definitions" draws from
+
 NO_CLASS = -1   # conditioning class of samples without one (uniform, zero conditioning)
 
 
@@ -190,8 +170,7 @@ def _prdc_entries(flags, k_pr, k_dc, n_real, n_gen, suffix, boot, level, seed, v
 def measure(real: np.ndarray, real_classes, generated: Mapping[str, tuple], *, feature_space: str,
             k_pr: int = 3, k_dc: int = 5, k_fidelity: int = 10, k_neighbours: int = 8, bootstrap: int = 200,
             ci_level: float = 0.95, seed: int = 0, cover_cap: int = 16, per_class: bool = True,
-            per_class_fd: bool = True, device=None, max_block_bytes: int = DEFAULT_BLOCK_BYTES,
-            log: Callable[[str], None] | None = None) -> dict:
+            per_class_fd: bool = True, device=None, max_block_bytes: int = DEFAULT_BLOCK_BYTES) -> dict:
     """All metrics of one feature space: every variant overall and per class, plus per-point arrays.
 
     real: (N, D) features; real_classes: (N,) int class ids or None.
@@ -206,15 +185,16 @@ def measure(real: np.ndarray, real_classes, generated: Mapping[str, tuple], *, f
     (precision flag), gen_density (its density term, count / k_dc), gen_fidelity (NaN without a class),
     gen_centroid_class; per real point real_covered, real_cover_count, real_covered_by (generated indices,
     nearest first, -1 padded, at most cover_cap), real_nn_gen_*.
+
+    Each step is logged at DEBUG level (`dmd2report -v`).
     """
     with _one_blas_thread():
         return _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelity, k_neighbours,
-                        bootstrap, ci_level, seed, cover_cap, per_class, per_class_fd, device, max_block_bytes, log)
+                        bootstrap, ci_level, seed, cover_cap, per_class, per_class_fd, device, max_block_bytes)
 
 
 def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelity, k_neighbours, bootstrap,
-             ci_level, seed, cover_cap, per_class, per_class_fd, device, max_block_bytes, log) -> dict:
-    say = log or (lambda msg: None)
+             ci_level, seed, cover_cap, per_class, per_class_fd, device, max_block_bytes) -> dict:
     dev = as_device(device)
     kw = dict(device=dev, max_block_bytes=max_block_bytes)
     real_np = np.ascontiguousarray(real, dtype=np.float32)
@@ -229,7 +209,7 @@ def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelit
     settings = dict(k_pr=k_pr, k_dc=k_dc, k_fidelity=k_fidelity, k_neighbours=k_neighbours, bootstrap=bootstrap,
                     ci_level=ci_level, seed=seed, cover_cap=cover_cap)
 
-    say(f"{feature_space}: radii of {n_real} real samples")
+    log.debug("%s: radii of %d real samples", feature_space, n_real)
     k_rr = min(max(k_pr, k_dc, k_neighbours), n_real - 1)
     real_r, (rr_d, rr_i) = knn_radii(x, sorted({k_pr, k_dc, k_rr}), **kw)
     stats_real = mean_and_cov(real_np)
@@ -268,7 +248,7 @@ def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelit
         cond = np.full(n_gen, NO_CLASS, np.int64) if cond is None else np.asarray(cond, dtype=np.int64)
         if cond.shape != (n_gen,):
             raise ValueError(f"{feature_space}/{name}: conditioning classes of shape {cond.shape} for {n_gen} samples")
-        say(f"{feature_space}/{name}: {n_gen} generated samples")
+        log.debug("%s/%s: %d generated samples", feature_space, name, n_gen)
         y = to_tensor(gen_np, dev)
         arr: dict = {}
         gen_r_pr = None
@@ -398,3 +378,18 @@ def write_metrics_json(path, results, provenance: Mapping) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m dmd2report.metrics", description="The metric declarations.")
+    p.add_argument("--markdown", action="store_true", required=True, help="print README.md's metrics table")
+    p.parse_args(argv)
+    sys.stdout.write(markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -19,7 +19,6 @@ keys and the dispatch, and no stage imports it.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 import time
@@ -27,7 +26,7 @@ import time
 from .chunks import process_rank
 from .context import Context
 from .errors import UserError
-from .files import short_hash
+from .files import bytes_digest, short_hash
 from .resources import report_code_paths
 
 log = logging.getLogger(__name__)
@@ -43,11 +42,9 @@ def stage_module(stage: str):
 
 def renderer_fingerprint() -> str:
     """Hash of the templates and the report code: a new dmd2report version re-renders old results."""
-    h = hashlib.sha256()
-    for root in report_code_paths():
-        for f in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".html", ".js", ".css", ".py")):
-            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()[:16]
+    return bytes_digest(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes()
+                        for root in report_code_paths()
+                        for f in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".html", ".js", ".css", ".py")))
 
 
 def stage_keys(ctx: Context) -> dict[str, str]:
@@ -100,6 +97,7 @@ def _run(ctx: Context, stages, force, overwrite, rank: int) -> list[str]:
         if rank != 0 and stage not in SHARDED_STAGES:
             continue  # torchrun: the other ranks help with extraction and generation only
         previous = recorded.get(stage, {}).get("key")
+        log.debug("[%s] key %s, recorded %s", stage, keys[stage], previous)
         if previous == keys[stage] and stage not in force and not recorded[stage].get("unfinished"):
             log.info("[%s] up to date", stage)
             continue

@@ -221,9 +221,9 @@ class CompiledForward:
 
 
 def _say(message: str) -> None:
-    """A progress line on stderr, from one process only (under torchrun every rank compiles)."""
-    if os.environ.get("RANK", "0") == "0":
-        print(message, file=sys.stderr, flush=True)
+    """A progress line (INFO on this module's logger; under torchrun, where every rank compiles, the
+    CLI's handler shows rank 0's only)."""
+    logging.getLogger(__name__).info(message)
 
 
 class _Graph:

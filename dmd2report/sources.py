@@ -33,6 +33,7 @@ import pandas as pd
 
 from .classes import DATASET_INDEX_NAME, ClassIndex, dataset_classes
 from .errors import UserError
+from .files import sha256_bytes
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 DEMO_DIR = "demo_data"
@@ -110,12 +111,8 @@ class RealSource:
 
     def fingerprint(self) -> dict:
         """What identifies the planned samples (part of a store's configuration key)."""
-        import hashlib
-
-        h = hashlib.sha256()
-        for s, c in zip(self.samples["source"], self.samples["class_id"]):
-            h.update(f"{s}\t{c}\n".encode())
-        return {"kind": self.kind, "count": len(self.samples), "samples_sha256": h.hexdigest(),
+        lines = (f"{s}\t{c}\n".encode() for s, c in zip(self.samples["source"], self.samples["class_id"]))
+        return {"kind": self.kind, "count": len(self.samples), "samples_sha256": sha256_bytes(lines),
                 "classes": len(self.class_index)}
 
     def load(self, start: int, stop: int) -> Loaded:

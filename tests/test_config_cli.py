@@ -50,6 +50,12 @@ def test_section_hash_tracks_sections():
     b.report.color_by = "variant"
     assert a.section_hash("model", "features") == b.section_hash("model", "features")
     assert a.section_hash("report") != b.section_hash("report")
+    # files.short_hash, the one short hash, gives the value the config's own formula gave (the same JSON).
+    import hashlib
+    import json
+
+    whole = a.to_dict()
+    assert a.section_hash() == hashlib.sha256(json.dumps(whole, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def test_device_resolution():

@@ -195,9 +195,12 @@ def test_full_reduction_prints_size(tiny_net, npz_dir, make_config, caplog):
     assert Store(path).features("encoder_bottleneck").shape == (10, 1024)
 
 
-def test_folder_with_an_unreadable_image_is_skipped_and_listed(tiny_net, image_tree, make_config):
+def test_folder_with_an_unreadable_image_is_skipped_and_listed(tiny_net, image_tree, make_config, caplog):
     (image_tree / "n01443537" / "img_2.jpg").write_bytes(b"\xff\xd8 truncated")
-    s = Store(extract_real(make_config("folder", image_tree), tiny_net, "sum0", progress=False))
+    with caplog.at_level("WARNING", logger="dmd2report"):
+        s = Store(extract_real(make_config("folder", image_tree), tiny_net, "sum0", progress=False))
+    assert len(caplog.records) == 1 and caplog.records[0].getMessage().startswith(
+        "[extract] skipped 1 unreadable image (data.on_bad_image = skip), e.g. n01443537/img_2.jpg (")
     assert len(s) == 59 and s.manifest["skipped"][0]["source"] == "n01443537/img_2.jpg"
     assert "n01443537/img_2.jpg" not in set(s.metadata()["source"])
     with pytest.raises(UserError, match="img_2.jpg: unreadable image"):

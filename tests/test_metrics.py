@@ -196,3 +196,28 @@ def test_metrics_json_is_stable_and_complete(tmp_path, clustered):
     assert p1.read_text().index('"config_hash"') < p1.read_text().index('"data"')   # sorted keys
     with pytest.raises(ValueError, match="config_hash"):
         write_metrics_json(tmp_path / "c.json", res, {"model_checksum": "x", "data": "y"})
+
+
+def test_one_declaration_names_every_metric_everywhere():
+    """METRICS is the one source: metrics.json's definitions, the pages' labels, compare's directions and
+    the README's table (regenerate it with `python -m dmd2report.metrics --markdown`)."""
+    from pathlib import Path
+
+    from dmd2report.compare import DEFAULT_METRICS, LOWER_IS_BETTER
+    from dmd2report.metrics import DEFINITIONS, METRICS, markdown
+
+    assert set(METRICS) == {"precision", "recall", "density", "coverage", "fd", "class_fidelity", "centroid_accuracy",
+                            "coverage_global", "trust"}
+    assert {k: DEFINITIONS[k] for k in METRICS} == {k: m.definition for k, m in METRICS.items()}
+    assert DEFINITIONS["precision_in_class"].startswith("precision with X = real samples of class c")
+    assert DEFINITIONS["centroid_accuracy_real"] == METRICS["centroid_accuracy"].reference
+    assert LOWER_IS_BETTER == {"fd"} and DEFAULT_METRICS[:4] == ("precision", "recall", "density", "coverage")
+    table = markdown()
+    for key, m in METRICS.items():
+        assert f"| {m.label} | `{key}`" in table and m.explanation in table
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Metrics\n", 1)[1].split("\n## ", 1)[0]
+    start = section.index("<!-- generated from METRICS")
+    assert section[start:start + len(table)] == table, \
+        "README.md's metrics table is stale: replace it with `python -m dmd2report.metrics --markdown`"
+    assert section.count("| metric |") == 1   # no second, hand-written table

@@ -191,7 +191,7 @@ def test_stage_command_refuses_another_config_unless_overwrite(built):
 
 def test_torchrun_two_processes_equal_one(tmp_path):
     """`torchrun --nproc_per_node=2 -m dmd2report.cli build` (gloo, CPU): the sharded stores equal a
-    one-process build file for file, and the later stages ran once, on rank 0."""
+    one-process build file for file, and the later stages ran once, on rank 0, which alone shows progress."""
     import os
     import subprocess
     import sys
@@ -212,7 +212,7 @@ def test_torchrun_two_processes_equal_one(tmp_path):
                           "-m", "dmd2report.cli", "build", "--config", str(config("two"))],
                          capture_output=True, text=True, env=env)
     assert two.returncode == 0, [l for l in two.stderr.splitlines() if "error" in l.lower()][:5]
-    assert two.stderr.count("[fit] running") == 1 and two.stderr.count("[extract] running") == 2
+    assert two.stderr.count("[fit] running") == 1 and two.stderr.count("[extract] running") == 1
     for store in ("real", "gen-class", "gen-blend"):
         a, b = tmp_path / "one" / "work" / "stores" / store, tmp_path / "two" / "work" / "stores" / store
         files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.name != "manifest.json")

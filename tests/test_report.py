@@ -121,13 +121,14 @@ def test_refuses_to_replace_a_folder_that_is_not_a_site(data, tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
-def test_single_file_inlines_everything_and_respects_limit(data, tmp_path, capsys):
-    files = render_site(data, tmp_path / "one", single_file=True)
+def test_single_file_inlines_everything_and_respects_limit(data, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="dmd2report"):
+        files = render_site(data, tmp_path / "one", single_file=True)
     assert [f.name for f in files] == ["report.html"]
     html = files[0].read_text()
     assert not re.search(r'<(script|img|link)\b[^>]*\b(src|href)="(?!data:)', html)   # nothing loaded from elsewhere
     assert "data:image/webp;base64," in html and HOSTILE not in html
-    assert "MB" in capsys.readouterr().out
+    assert re.search(r"single-file report: [\d.]+ MB", caplog.text)
     with pytest.raises(UserError, match="folder form"):
         render_site(data, tmp_path / "two", single_file=True, single_file_limit_mb=0.1)
     assert not (tmp_path / "two").exists()
@@ -153,3 +154,23 @@ def test_many_classes_group_the_legend(tmp_path):
     assert len([f for f in files if f.parent.name == "classes"]) == 40
     render_site(d, tmp_path / "v", color_by="variant")
     assert "uniform (" in (tmp_path / "v" / "map.html").read_text()
+
+
+def test_skipped_images_are_listed_on_the_overview_escaped_and_capped(data, tmp_path):
+    from dmd2report.report.render import MAX_SKIPPED
+
+    hostile = {"source": 'n01443537/<img src=x onerror=alert(1)>.jpg', "error": "OSError: cannot identify <b>image</b>"}
+    many = [hostile] + [{"source": f"n01443537/bad_{i}.jpg", "error": "OSError: truncated"} for i in range(MAX_SKIPPED + 4)]
+    render_site(replace(data, skipped=many), tmp_path / "s")
+    html = (tmp_path / "s" / "index.html").read_text()
+    assert "Skipped images" in html and f"{len(many):,} real images could not be read" in html
+    assert "&lt;img src=x onerror=alert(1)&gt;.jpg" in html and "<img src=x" not in html
+    assert "cannot identify &lt;b&gt;image&lt;/b&gt;" in html
+    assert html.count("<tr><td><code class=\"wrap\">n01443537/") == MAX_SKIPPED
+    assert f"and {len(many) - MAX_SKIPPED:,} more" in html
+    render_site(replace(data, skipped=[{"source": "a/b.png", "error": "OSError: x"}]), tmp_path / "one")
+    html = (tmp_path / "one" / "index.html").read_text()
+    assert "1 real image could not be read and was left out" in html and "more (every one" not in html
+    # No section at all without skipped images.
+    render_site(data, tmp_path / "none")
+    assert "Skipped images" not in (tmp_path / "none" / "index.html").read_text()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import logging
 import os
 import shlex
 import sys
@@ -35,6 +36,8 @@ from ..errors import UserError
 from ..models.precond import EDMPrecond
 from ..resources import bundled_file
 from ..sampling import SIGMA_MAX
+
+log = logging.getLogger(__name__)
 
 
 def demo_file(name: str) -> Path:
@@ -141,7 +144,7 @@ def _one_hot(labels, num_classes):
 
 
 class _Log:
-    """Loss records to OUT/train_log.jsonl (one JSON object a line) and the console."""
+    """Loss records to OUT/train_log.jsonl (one JSON object a line) and the log (INFO)."""
 
     def __init__(self, path: Path):
         self.path, self.records = path, []
@@ -151,14 +154,14 @@ class _Log:
         self.records.append(record)
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        print(" ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()), flush=True)
+        log.info(" ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
 
 
 def _lr(base, step, warmup):
     return base * min(1.0, (step + 1) / max(warmup, 1))
 
 
-def _train_loop(net, cfg, device, phase: str, n_items: int, batch: int, gen_seed: int, loss_of, log, extra_record=None):
+def _train_loop(net, cfg, device, phase: str, n_items: int, batch: int, gen_seed: int, loss_of, records, extra_record=None):
     """Adam with warm-up and an EMA over `cfg["steps"]` steps of random batches of item indices, within
     `cfg["max_seconds"]`, logging the mean loss every `log_every` steps (and `extra_record(ema_net)`)."""
     ema = EMA(net, cfg["ema_halflife_images"], cfg["ema_rampup"])
@@ -182,14 +185,14 @@ def _train_loop(net, cfg, device, phase: str, n_items: int, batch: int, gen_seed
         if (step + 1) % cfg["log_every"] == 0 or last:
             n = (step % cfg["log_every"]) + 1
             record = dict(phase=phase, step=step + 1, loss=float(acc) / n, images=seen, seconds=round(elapsed, 2))
-            log(**record, **(extra_record(ema.net) if extra_record else {}))
+            records(**record, **(extra_record(ema.net) if extra_record else {}))
             acc.zero_()
         if last:
             break
     return ema.net, step + 1
 
 
-def train_teacher(images, labels, model_cfg, cfg, device, log, seed):
+def train_teacher(images, labels, model_cfg, cfg, device, records, seed):
     """EDM denoiser on `images` (N,3,R,R) in [-1,1] on `device`; returns the EMA network."""
     torch.manual_seed(seed)
     net = EDMPrecond(**model_cfg).to(device).train()
@@ -199,7 +202,7 @@ def train_teacher(images, labels, model_cfg, cfg, device, log, seed):
         with _autocast(device):
             return edm_loss(net, images[idx], labels[idx], cfg["P_mean"], cfg["P_std"], sigma_data).mean()
 
-    return _train_loop(net, cfg, device, "teacher", len(images), cfg["batch"], seed, loss_of, log)
+    return _train_loop(net, cfg, device, "teacher", len(images), cfg["batch"], seed, loss_of, records)
 
 
 @torch.no_grad()
@@ -219,7 +222,7 @@ def make_pairs(teacher, count, num_classes, cfg, device, seed):
     return torch.cat(zs), torch.cat(cs), torch.cat(xs), time.perf_counter() - start
 
 
-def train_student(teacher, pairs, cfg, device, log, seed):
+def train_student(teacher, pairs, cfg, device, records, seed):
     """One-step student G(80 z, 80, c) -> x0, initialised from the teacher; returns its EMA."""
     torch.manual_seed(seed + 2)
     z, c, x0 = pairs
@@ -235,7 +238,7 @@ def train_student(teacher, pairs, cfg, device, log, seed):
     def holdout_record(ema_net):
         return {"holdout_mse": holdout_mse(ema_net, z[train_n:], c[train_n:], x0[train_n:], device)} if holdout else {}
 
-    return _train_loop(net, cfg, device, "student", train_n, min(cfg["batch"], train_n), seed + 3, loss_of, log,
+    return _train_loop(net, cfg, device, "student", train_n, min(cfg["batch"], train_n), seed + 3, loss_of, records,
                        holdout_record)
 
 
@@ -339,7 +342,7 @@ def train(config: dict, out: Path, device: torch.device, seed: int, teacher_path
     if model_cfg["label_dim"] != NUM_CLASSES:
         raise UserError(f"model.label_dim is {model_cfg['label_dim']} but the demo dataset has {NUM_CLASSES} classes")
     out.mkdir(parents=True, exist_ok=True)
-    log = _Log(out / "train_log.jsonl")
+    records = _Log(out / "train_log.jsonl")
     run: dict = {"seed": seed, "device": str(device), "torch": torch.__version__, "dataset_version": DATASET_VERSION}
     t0 = time.perf_counter()
     torch.backends.cudnn.benchmark = True
@@ -348,15 +351,15 @@ def train(config: dict, out: Path, device: torch.device, seed: int, teacher_path
     if teacher_path:
         # Resuming: a finished teacher phase is not repeated.
         teacher = load_weights(teacher_path, model_cfg, device)
-        print(f"teacher: loaded {teacher_path}", flush=True)
+        log.info("teacher: loaded %s", teacher_path)
         run["teacher"] = {"loaded": str(teacher_path)}
     else:
         # The training images use their own seed, so the report's real images (seed 0) are unseen.
         images, labels = make_demo_images(data_cfg["n_per_class"], seed=data_cfg["seed"] + seed)
         x = torch.as_tensor(images, device=device).permute(0, 3, 1, 2).float() / 127.5 - 1
         c = _one_hot(torch.as_tensor(labels, device=device), NUM_CLASSES)
-        print(f"data: {len(x)} images ({time.perf_counter() - t0:.1f}s)", flush=True)
-        teacher, steps = train_teacher(x, c, model_cfg, config["teacher"], device, log, seed)
+        log.info("data: %d images (%.1fs)", len(x), time.perf_counter() - t0)
+        teacher, steps = train_teacher(x, c, model_cfg, config["teacher"], device, records, seed)
         save_weights(teacher, out / "teacher.safetensors", {"model": model_cfg})
         run["teacher"] = {"steps": steps, "images": steps * config["teacher"]["batch"]}
         del x, c
@@ -364,9 +367,9 @@ def train(config: dict, out: Path, device: torch.device, seed: int, teacher_path
     pairs_cfg = config["pairs"]
     z, c, x0, seconds = make_pairs(teacher, pairs_cfg["count"], NUM_CLASSES, pairs_cfg, device, seed)
     run["pairs"] = {"count": len(z), "seconds": round(seconds, 1)}
-    print(f"pairs: {len(z)} teacher ODE solutions in {seconds:.1f}s", flush=True)
+    log.info("pairs: %d teacher ODE solutions in %.1fs", len(z), seconds)
 
-    student, steps = train_student(teacher, (z, c, x0), config["student"], device, log, seed)
+    student, steps = train_student(teacher, (z, c, x0), config["student"], device, records, seed)
     run["student"] = {"steps": steps, "images": steps * min(config["student"]["batch"], len(z))}
     save_weights(student, out / "generator.safetensors", {"model": model_cfg})
     run["seconds"] = round(time.perf_counter() - t0, 1)
@@ -375,7 +378,7 @@ def train(config: dict, out: Path, device: torch.device, seed: int, teacher_path
     with torch.no_grad(), _autocast(device):
         rows = [x0[:n], student(SIGMA_MAX * z[:n], torch.full((n,), SIGMA_MAX, device=device), c[:n]).float()]
     save_sample_grid([r.detach().cpu() for r in rows], out / "samples.png")
-    plot_curves(log.records, out / "training_curves.png")
+    plot_curves(records.records, out / "training_curves.png")
     record = copy.deepcopy(config) | {"run": run}
     _atomic(out / "train_config.json", lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2) + "\n"))
     return run
@@ -390,7 +393,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher", type=Path, default=None, help="skip phase 1: use these teacher weights")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args(argv)
+    from ..console import ensure_logging
     from ..device import resolve_device
+
+    ensure_logging()  # progress lines; `dmd2report demo-train` has set up the handler already
 
     try:
         config = apply_overrides(load_train_config(args.config), args.overrides)

@@ -14,13 +14,14 @@ Conventions shared by every table:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
+
+from ..files import sha256_bytes, short_hash
+from ..metric_defs import METRICS
 
 POINT_COLUMNS = ["set", "variant", "sample_id", "class_id", "x", "y", "trust", "covered", "source", "thumb"]
 CLASS_COLUMNS = ["class_id", "synset", "name"]
@@ -164,6 +165,8 @@ class ReportData:
     variants: columns VARIANT_COLUMNS, the same seed under each conditioning.
     chosen_classes: the classes given their own page and shown on the variants page ([] = let
         the renderer pick the most populous ones, up to `max_class_pages`).
+    skipped: the real images the source could not read and left out (`data.on_bad_image = skip`),
+        as the real store's manifest lists them: {"source": path under the data folder, "error": why}.
     """
     run: RunInfo
     model: ModelInfo
@@ -181,6 +184,7 @@ class ReportData:
     chosen_classes: list[int] = field(default_factory=list)
     max_class_pages: int = 100
     trajectories: Trajectories | None = None
+    skipped: list[dict] = field(default_factory=list)
 
     def validate(self) -> None:
         """Check the cross-references; raises ValueError naming the first inconsistency."""
@@ -219,10 +223,13 @@ class ReportData:
                     raise ValueError(f"atlas anchor {a.anchor} out of range")
         if self.trajectories is not None:
             self.trajectories.validate(len(t))
+        for s in self.skipped:
+            if not isinstance(s, dict) or not isinstance(s.get("source"), str):
+                raise ValueError(f"skipped: expected {{'source': str, 'error': str}} entries, got {s!r}")
 
 
 def config_hash(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return short_hash(config)
 
 
 def package_versions() -> dict[str, str]:
@@ -367,15 +374,11 @@ def synthetic_report_data(n_real: int = 600, n_gen: int = 300, n_classes: int = 
     def boot(v):  # a plausible interval shape; the real pipeline bootstraps
         return max(v - 0.03, 0.0), min(v + 0.03, 1.0)
     rows = []
-    for key, label, v, expl in (
-            ("precision", "Precision", precision, "Share of generated samples inside the real manifold (k-NN balls of real samples)."),
-            ("recall", "Recall", recall, "Share of real samples inside the generated manifold."),
-            ("density", "Density", density, "How many real k-NN balls contain a generated sample, on average, divided by k (1 = as dense as real)."),
-            ("coverage", "Coverage", coverage, "Share of real samples whose k-NN ball contains at least one generated sample.")):
+    for key, v in (("precision", precision), ("recall", recall), ("density", density), ("coverage", coverage)):
         lo, hi = boot(v)
-        rows.append((key, label, v, lo, hi, expl, n_real, n_gen + n_var, True))
-    rows.append(("trust", "Map trustworthiness", float(trust.mean()), np.nan, np.nan,
-                 "How well the 2-D map keeps activation-space neighbourhoods (1 = perfectly).", n_real, n_gen + n_var, False))
+        rows.append((key, METRICS[key].label, v, lo, hi, METRICS[key].explanation, n_real, n_gen + n_var, True))
+    rows.append(("trust", METRICS["trust"].label, float(trust.mean()), np.nan, np.nan, METRICS["trust"].explanation,
+                 n_real, n_gen + n_var, False))
     overall = pd.DataFrame(rows, columns=OVERALL_COLUMNS)
     per_class = []
     for c in range(n_classes):
@@ -396,7 +399,7 @@ def synthetic_report_data(n_real: int = 600, n_gen: int = 300, n_classes: int = 
                   built_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), versions=package_versions(),
                   config_hash=config_hash(config), config=config)
     data = ReportData(
-        run=run, model=ModelInfo(preset="tiny", checkpoint="synthetic.safetensors", sha256=hashlib.sha256(b"synthetic").hexdigest(), untrained=untrained),
+        run=run, model=ModelInfo(preset="tiny", checkpoint="synthetic.safetensors", sha256=sha256_bytes(b"synthetic"), untrained=untrained),
         sources=[DataSource("real: synthetic clusters", "data/train", n_real),
                  DataSource("generated: class-conditioned", f"seed {seed}", n_gen),
                  DataSource("generated: variants (class, uniform, zero, blend)", f"seed {seed}", n_var)],

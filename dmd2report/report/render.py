@@ -8,6 +8,7 @@ bokeh package into site/static/ (one copy shared by all pages); nothing is loade
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -21,6 +22,7 @@ from bokeh.embed import components
 from bokeh.util.paths import bokehjs_path
 
 from ..errors import UserError
+from ..metric_defs import METRICS
 from ..resources import static_file, templates_dir
 from . import figures, palette, sprites
 from .data import ReportData
@@ -30,6 +32,9 @@ SITE_MARKER = ".dmd2report-site"     # marks a folder as a rendered site, so re-
 THUMB_PX = 64                        # displayed thumbnail side in grids and panels
 MAX_GRID = 60                        # thumbnails per grid on class pages
 VARIANT_CLASSES, VARIANT_SEEDS = 8, 6
+MAX_SKIPPED = 100                    # unreadable images listed on the overview (the manifest has them all)
+
+log = logging.getLogger(__name__)
 
 
 def json_for_script(obj) -> str:
@@ -161,7 +166,9 @@ def _pages(data: ReportData, color_by: str) -> list[dict]:
     pages.append(dict(name="index", file="index.html", title="Overview", nav="index", template="index.html",
                       ctx=dict(cards=[r for r in overall if r.get("headline")],
                                variant_names=variant_names, n_classes=int(p["class_id"][p["class_id"] >= 0].nunique()),
-                               has_atlas=data.atlas is not None, config_json=json.dumps(data.run.config, indent=2, default=str)),
+                               has_atlas=data.atlas is not None, config_json=json.dumps(data.run.config, indent=2, default=str),
+                               skipped=[dict(source=str(s.get("source", "")), error=str(s.get("error", "")))
+                                        for s in data.skipped[:MAX_SKIPPED]], n_skipped=len(data.skipped)),
                       models={}))
     gen_order = variant_names
     marker_legend = [(v, palette.VARIANT_SYMBOLS.get(palette.variant_marker(v, gen_order), "●")) for v in gen_order]
@@ -232,7 +239,8 @@ def _pages(data: ReportData, color_by: str) -> list[dict]:
         mmodels["classbars"] = figures.bar_chart(worst, "label", cbar_cols, "classbars",
                                                  f"per class: the {len(worst)} with the lowest {cbar_cols[-1]}")
     pages.append(dict(name="metrics", file="metrics.html", title="Metrics", nav="metrics", template="metrics.html",
-                      ctx=dict(overall=overall, fd=m.fd, layer=m.layer, per_variant=m.per_variant.to_dict("records"),
+                      ctx=dict(overall=overall, fd=m.fd, fd_label=METRICS["fd"].label, layer=m.layer,
+                               per_variant=m.per_variant.to_dict("records"),
                                var_metric_cols=var_metric_cols, class_rows=class_rows, class_metric_cols=class_metric_cols),
                       models=mmodels))
     if data.atlas is not None:
@@ -265,7 +273,7 @@ def render_site(data: ReportData, site_dir, *, single_file: bool = False, single
     """Write the report for `data` into `site_dir` (a folder) and return the files written.
 
     single_file=True writes `site_dir/report.html` with BokehJS, data and thumbnails inlined,
-    prints its size, and raises UserError when it exceeds `single_file_limit_mb`.
+    logs its size, and raises UserError when it exceeds `single_file_limit_mb`.
     """
     if color_by not in ("class", "variant"):
         raise UserError(f"report.color_by: expected 'class' or 'variant', got {color_by!r}")
@@ -289,7 +297,7 @@ def render_site(data: ReportData, site_dir, *, single_file: bool = False, single
         if single_file:
             html = _render_single(env, data, pages, nav, common)
             size_mb = len(html.encode()) / 2**20
-            print(f"single-file report: {size_mb:.1f} MB")
+            log.info("single-file report: %.1f MB", size_mb)
             if size_mb > single_file_limit_mb:
                 raise UserError(f"single-file report would be {size_mb:.1f} MB, above the {single_file_limit_mb:g} MB limit "
                                 f"(report.single_file_limit_mb); use the folder form (without --single-file) and share the folder")

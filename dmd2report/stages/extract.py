@@ -179,8 +179,20 @@ def extract_real(config, net, model_checksum: str, *, overwrite: bool = False, p
         finally:
             bar.close()
             stage_samples(net, 0)
-        finish_store(writer, index, n_chunks, info, rank, world)
+        manifest = finish_store(writer, index, n_chunks, info, rank, world)
+    if manifest is not None:
+        warn_skipped(manifest.get("skipped", []))
     return path
+
+
+def warn_skipped(skipped: list[dict]) -> None:
+    """One warning for the images the source could not read (their list is in the store's manifest
+    and on the report's overview page)."""
+    if skipped:
+        first = skipped[0]
+        log.warning("[extract] skipped %d unreadable image%s (data.on_bad_image = skip), e.g. %s (%s); "
+                    "listed on the report's overview page", len(skipped), "" if len(skipped) == 1 else "s",
+                    first.get("source", "?"), first.get("error", "?"))
 
 
 def _extract_chunk(net, images, rows: pd.DataFrame, layers, full_layer, full_shape, dims, reducer: Reducer, device,

@@ -12,6 +12,7 @@ import pandas as pd
 from ..context import Context
 from ..errors import UserError
 from ..files import load_npz, load_parquet, read_json
+from ..metric_defs import METRICS
 from ..report.data import (OVERALL_COLUMNS, STEP_METRIC_COLUMNS, Atlas, AtlasAnchor, DataSource, FrechetDistance,
                            Metrics, ModelInfo, Neighbours, ReportData, RunInfo, Trajectories, package_versions)
 from ..report.render import render_site
@@ -19,22 +20,6 @@ from ..store import Store
 from ..workdir import generated_sets
 
 log = logging.getLogger(__name__)
-
-HEADLINE = {"precision", "recall", "density", "coverage", "fd", "class_fidelity"}
-LABELS = {"precision": "Precision", "recall": "Recall", "density": "Density", "coverage": "Coverage",
-          "fd": "Fréchet distance", "class_fidelity": "Class fidelity", "centroid_accuracy": "Centroid accuracy",
-          "coverage_global": "Coverage (any sample)", "trust": "Map trust"}
-EXPLAIN = {
-    "precision": "Share of generated samples that fall inside the real data's manifold (some real sample's 3-NN ball).",
-    "recall": "Share of real samples that fall inside the generated samples' manifold (some generated sample's 3-NN ball).",
-    "density": "How many real 5-NN balls hold a generated sample, on average, over 5: about 1 when as dense as real data.",
-    "coverage": "Share of real samples whose 5-NN ball holds at least one generated sample.",
-    "fd": "Fréchet distance between Gaussians fitted to real and generated activations (lower is closer; biased for few samples).",
-    "class_fidelity": "Mean share of a generated sample's 10 nearest real samples that belong to its conditioning class.",
-    "centroid_accuracy": "Share of generated samples whose nearest real class centre is their conditioning class.",
-    "coverage_global": "Share of the class's real samples covered by any generated sample of this variant.",
-    "trust": "How well the 2-D map keeps activation-space neighbourhoods: share of 10-NN kept on the map (1 = all).",
-}
 
 
 def _fit_thumb(images: np.ndarray, size: int) -> np.ndarray:
@@ -116,16 +101,16 @@ def assemble_report(ctx: Context) -> ReportData:
     variants = space["variants"]
     main = variants["class"]["overall"]
     rows = []
-    for key in ("precision", "recall", "density", "coverage", "fd", "class_fidelity", "centroid_accuracy"):
-        e = main.get(key)
+    for key, spec in METRICS.items():  # labels and explanations: the one declaration (metrics.METRICS)
+        e = main.get(key) if spec.scope == "overall" else None
         if e is None:
             continue
-        rows.append((key, LABELS[key], _num(e.get("value")), _num(e.get("ci_low")), _num(e.get("ci_high")),
-                     EXPLAIN[key], e.get("n_real", 0), e.get("n_generated", 0), key in HEADLINE))
-    trust = doc["provenance"].get("fit", {}).get("class", {})
+        rows.append((key, spec.label, _num(e.get("value")), _num(e.get("ci_low")), _num(e.get("ci_high")),
+                     spec.explanation, e.get("n_real", 0), e.get("n_generated", 0), spec.headline))
+    trust, spec = doc["provenance"].get("fit", {}).get("class", {}), METRICS["trust"]
     if trust.get("n"):
-        rows.append(("trust", LABELS["trust"], trust["mean"], np.nan, np.nan, EXPLAIN["trust"], len(real),
-                     trust["n"], False))
+        rows.append(("trust", spec.label, trust["mean"], np.nan, np.nan, spec.explanation, len(real),
+                     trust["n"], spec.headline))
     overall = pd.DataFrame(rows, columns=OVERALL_COLUMNS)
     per_class = []
     real_classes = real.metadata()["class_id"].to_numpy()
@@ -198,7 +183,7 @@ def assemble_report(ctx: Context) -> ReportData:
         covered_by=covered_by, metrics=metrics,
         nn_real_real=arrays["real.nn_real_dist"][:, 0], nn_gen_real=arrays[cls_arr + "nn_real_dist"][:, 0],
         variants=variants_df, atlas=atlas, chosen_classes=[], max_class_pages=cfg.report.max_classes_pages,
-        trajectories=trajectories)
+        trajectories=trajectories, skipped=list(real.manifest.get("skipped", [])))
     data.validate()
     return data
 

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from ..chunks import versions
+from ..chunks import Progress, versions
 from ..config import check_schedule
 from ..context import Context, compute_identity
 from ..errors import UserError
@@ -61,15 +61,19 @@ def _write_steps_store(path: Path, key: dict, info: dict, overwrite: bool, n: in
     writer = StoreWriter(path, key, "trajectory")
     writer.prepare(overwrite, info)
     n_chunks = -(-n // per_chunk) if n else 0
-    for i in range(n_chunks):
-        if writer.done(i):
-            continue
-        sl = slice(i * per_chunk, min((i + 1) * per_chunk, n))
-        images, feats = compute(sl)
-        S = images.shape[0]
-        thumbs = thumbnails(images.reshape(-1, *images.shape[2:]), thumb_size).numpy()
-        thumbs = _rows_of_steps(thumbs.reshape(S, -1, *thumbs.shape[1:]))
-        writer.write_chunk(i, {l: _rows_of_steps(f).astype(dtype) for l, f in feats.items()}, meta_of(sl), thumbs)
+    todo = [i for i in range(n_chunks) if not writer.done(i)]
+    bar = Progress(sum(min(per_chunk, n - i * per_chunk) for i in todo), f"trajectory {path.name}", unit="path")
+    try:
+        for i in todo:
+            sl = slice(i * per_chunk, min((i + 1) * per_chunk, n))
+            images, feats = compute(sl)
+            S = images.shape[0]
+            thumbs = thumbnails(images.reshape(-1, *images.shape[2:]), thumb_size).numpy()
+            thumbs = _rows_of_steps(thumbs.reshape(S, -1, *thumbs.shape[1:]))
+            writer.write_chunk(i, {l: _rows_of_steps(f).astype(dtype) for l, f in feats.items()}, meta_of(sl), thumbs)
+            bar.update(sl.stop - sl.start)
+    finally:
+        bar.close()
     save_json(path / "class_index.json", class_index)
     writer.finalize(n_chunks, info)
 
@@ -241,7 +245,7 @@ def measure_steps(real_red: np.ndarray, real_classes: np.ndarray, paths: tuple[n
     for the metrics' k is left out (value None)."""
     m = config.metrics
     kw = dict(k_pr=m.k_pr, k_dc=m.k_dc, k_fidelity=m.k_fidelity, k_neighbours=1, bootstrap=m.bootstrap,
-              seed=config.run.seed, per_class=False, per_class_fd=False, log=lambda s: None)
+              seed=config.run.seed, per_class=False, per_class_fd=False)
     g_feat, g_meta = paths
     r_feat, r_meta = refs
     g_step, r_step = g_meta["step"].to_numpy(), r_meta["step"].to_numpy()

@@ -1,0 +1,112 @@
+"""The one output path: every module logs to `logging.getLogger(__name__)`, and long loops show a
+tqdm bar through `progress` / `Progress`; nothing in the library prints.
+
+`setup_logging` (the CLI calls it: `--quiet`, `--verbose`) puts one handler on the package's logger:
+
+  default     INFO and above: `[stage] ...` lines as they read, warnings as `warning: ...`; bars shown
+  --quiet     warnings and errors only; no bars
+  --verbose   also DEBUG lines (`debug: <module>: ...`)
+
+Under torchrun only rank 0 shows progress (INFO lines and bars); the other ranks show their warnings
+and errors, prefixed `rank N:`. Log lines are written with `tqdm.write`, so they do not break a bar
+that is on screen. Without `setup_logging` (the library used from Python) records go wherever the
+application sends them and bars follow the `dmd2report` logger's effective level.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+PACKAGE = "dmd2report"
+
+
+def process_rank() -> int:
+    """This process's rank under torchrun (RANK with WORLD_SIZE > 1), else 0, without joining a
+    process group: rank 0 alone writes records, runs the stages that are not sharded and shows progress."""
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, prefix: str = ""):
+        super().__init__()
+        self.prefix = prefix
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        if record.levelno >= logging.ERROR:
+            message = f"error: {message}"
+        elif record.levelno >= logging.WARNING:
+            message = f"warning: {message}"
+        elif record.levelno < logging.INFO:
+            message = f"debug: {record.name}: {message}"
+        return self.prefix + message
+
+
+class _Handler(logging.Handler):
+    """Writes each record through tqdm (above any bar on screen) to `stream`, or to the `sys.stderr`
+    of the moment when none is given (a test runner's capture, a redirected stderr)."""
+
+    def __init__(self, stream=None):
+        super().__init__()
+        self.stream = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            stream = self.stream or sys.stderr
+            tqdm.write(self.format(record), file=stream)
+            stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def setup_logging(level: int = logging.INFO, stream=None) -> None:
+    """One handler on the package's logger, writing to `stream` (stderr): INFO lines as they read,
+    `warning:` / `error:` / `debug:` prefixes otherwise. Ranks other than 0 log warnings and errors only."""
+    rank = process_rank()
+    logger = logging.getLogger(PACKAGE)
+    logger.setLevel(level if rank == 0 else max(level, logging.WARNING))
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+    handler = _Handler(stream)
+    handler.setFormatter(_Formatter(f"rank {rank}: " if rank else ""))
+    logger.addHandler(handler)
+
+
+def ensure_logging(level: int = logging.INFO) -> None:
+    """`setup_logging(level)` unless the package's logger has a handler already (a script's `main`
+    run directly rather than through the CLI, which sets it up from -q / -v)."""
+    if not logging.getLogger(PACKAGE).handlers:
+        setup_logging(level)
+
+
+def showing_progress() -> bool:
+    """Whether bars are shown: on rank 0, while the package logs INFO (not with --quiet)."""
+    return process_rank() == 0 and logging.getLogger(PACKAGE).isEnabledFor(logging.INFO)
+
+
+def progress(iterable=None, *, total: int | None = None, desc: str = "", unit: str = "it", enabled: bool = True):
+    """A tqdm bar over `iterable` (or a bar to `update` by hand, given `total`), the one way the
+    package shows progress: hidden with `enabled=False`, with --quiet, on ranks other than 0, and
+    when stderr is not a terminal."""
+    from tqdm.auto import tqdm
+
+    on = enabled and showing_progress()
+    return tqdm(iterable, total=total, desc=desc, unit=unit, dynamic_ncols=True, smoothing=0.1,
+                disable=None if on else True)
+
+
+class Progress:
+    """A bar counted in images for the chunk loops (extract, generate, trajectory): `update(n)`, `close()`."""
+
+    def __init__(self, total: int, desc: str, enabled: bool = True, unit: str = "img"):
+        self.bar = progress(total=total, desc=desc, unit=unit, enabled=enabled)
+
+    def update(self, n: int):
+        self.bar.update(n)
+
+    def close(self):
+        self.bar.close()
