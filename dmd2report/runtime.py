@@ -11,8 +11,6 @@ fuses into fast kernels over channels-last maps, which eager mode cannot do. Eag
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import time
 import warnings
 
