@@ -19,6 +19,8 @@ import torch
 from .errors import UserError
 from .models import compiled
 
+log = logging.getLogger(__name__)
+
 # `model.compile = "auto"` compiles when a stage has at least this many samples to do (in this process):
 # compiling a stage's graphs costs minutes without Inductor's on-disk cache, and each compiled image
 # saves a fraction of a millisecond, so compiling pays from about 170k generated or 500k extracted
@@ -194,7 +196,7 @@ class CompiledForward:
             except Exception as e:
                 raise _CompileFailed from e
             graph.fresh = False
-            _say(f"torch.compile: graph ready in {time.perf_counter() - t0:.0f} s")
+            log.info(f"torch.compile: graph ready in {time.perf_counter() - t0:.0f} s")
         else:
             out, acts = graph.fn(*args)
         if self.mode == "reduce-overhead":  # CUDA graphs reuse their output buffers on the next replay
@@ -213,15 +215,9 @@ class CompiledForward:
             return compiled.forward_capture(net, x, sigma, labels, capture=capture, stop_after=stop_after)
 
         what = f"capturing {', '.join(capture)}" if capture else "the full network"
-        _say(f"torch.compile: compiling the network for batches of {self.batch} ({what}"
+        log.info(f"torch.compile: compiling the network for batches of {self.batch} ({what}"
              f"{', stopping after ' + stop_after if stop_after else ''}); once per run, about a minute")
         return _Graph(torch.compile(forward, fullgraph=True, dynamic=False, mode=self.mode))
-
-
-def _say(message: str) -> None:
-    """A progress line (INFO on this module's logger; under torchrun, where every rank compiles, the
-    CLI's handler shows rank 0's only)."""
-    logging.getLogger(__name__).info(message)
 
 
 class _Graph:
