@@ -58,7 +58,7 @@ def _source(points: pd.DataFrame, rows: np.ndarray, **extra) -> ColumnDataSource
                              "row": rows, **extra})
 
 
-def _points(fig, name: str, label: str, src: ColumnDataSource, *, selectable: bool, **glyph):
+def _points(fig, name: str, src: ColumnDataSource, *, selectable: bool, **glyph):
     r = fig.scatter("x", "y", source=src, name=name, **glyph)
     if selectable:
         src.selected.js_on_change("indices", CustomJS(args={"fig": name.split(":")[0]}, code=_JS_SELECT))
@@ -83,7 +83,7 @@ def _class_label(data: ReportData, class_id: int) -> str:
 
 def _real_background(fig, name: str, data: ReportData, rows: np.ndarray, *, selectable: bool, size: float = 4,
                      alpha: float = 0.22) -> list[LegendItem]:
-    r = _points(fig, f"{name}:pt:real", "real", _source(data.points, rows), selectable=selectable,
+    r = _points(fig, f"{name}:pt:real", _source(data.points, rows), selectable=selectable,
                 size=size, marker="circle", fill_color=palette.REAL_COLOUR, fill_alpha=alpha, line_color=None)
     return [LegendItem(label=f"real ({len(rows):,})", renderers=[r])]
 
@@ -115,7 +115,7 @@ def map_figure(data: ReportData, color_by: str, name: str = "map"):
         if colours is not None:
             extra["color"] = colours
         src = _source(p, gen_rows[mask], **extra)
-        r = _points(fig, f"{name}:pt:gen:{i}", label, src, selectable=True, size=7, marker="marker",
+        r = _points(fig, f"{name}:pt:gen:{i}", src, selectable=True, size=7, marker="marker",
                     fill_color="color" if colours is not None else colour, fill_alpha=0.85,
                     line_color="#ffffff", line_alpha=0.35, line_width=0.5)
         items.append(LegendItem(label=label, renderers=[r]))
@@ -142,10 +142,10 @@ def class_figure(data: ReportData, class_id: int, colour: str, name: str):
     _real_background(fig, name, data, _subsample(real[~in_class[real]], 3000), selectable=False, alpha=0.15)
     rr = np.flatnonzero(in_class & (p["set"] == "real").to_numpy())
     gr = np.flatnonzero(in_class & (p["set"] == "generated").to_numpy())
-    r1 = _points(fig, f"{name}:pt:gen:0", "real", _source(p, rr), selectable=False, size=6, marker="circle",
+    r1 = _points(fig, f"{name}:pt:gen:0", _source(p, rr), selectable=False, size=6, marker="circle",
                  fill_color=palette.REAL_COLOUR, fill_alpha=0.8, line_color=None)
     order = list(dict.fromkeys(p["variant"][gr]))
-    r2 = _points(fig, f"{name}:pt:gen:1", "generated",
+    r2 = _points(fig, f"{name}:pt:gen:1",
                  _source(p, gr, marker=np.array([palette.variant_marker(v, order) for v in p["variant"][gr]])),
                  selectable=False, size=8, marker="marker", fill_color=colour, fill_alpha=0.9,
                  line_color="#ffffff", line_alpha=0.4)
@@ -174,7 +174,7 @@ def variants_figure(data: ReportData, rows: pd.DataFrame, name: str = "variants"
     order = list(dict.fromkeys(rows["variant"]))
     for i, (v, c) in enumerate(palette.variant_colours(order).items()):
         pts = rows[rows["variant"] == v]["point"].to_numpy()
-        r = _points(fig, f"{name}:pt:gen:{i}", v, _source(p, pts), selectable=False, size=9,
+        r = _points(fig, f"{name}:pt:gen:{i}", _source(p, pts), selectable=False, size=9,
                     marker=palette.variant_marker(v, order), fill_color=c, fill_alpha=0.9, line_color="#ffffff", line_alpha=0.4)
         items.append(LegendItem(label=f"{v} ({len(pts)})", renderers=[r]))
     _legend_right(fig, items)
@@ -192,7 +192,7 @@ def coverage_figure(data: ReportData, name: str = "coverage"):
     for i, (label, mask, colour, marker) in enumerate((("covered", real & cov, palette.COVERED_COLOUR, "circle"),
                                                         ("not covered", real & ~cov, palette.UNCOVERED_COLOUR, "x"))):
         rows = np.flatnonzero(mask)
-        r = _points(fig, f"{name}:pt:gen:{i}", label, _source(p, rows), selectable=False, size=5 if marker == "circle" else 7,
+        r = _points(fig, f"{name}:pt:gen:{i}", _source(p, rows), selectable=False, size=5 if marker == "circle" else 7,
                     marker=marker, fill_color=colour, line_color=colour, fill_alpha=0.5, line_alpha=0.9,
                     line_width=1 if marker == "circle" else 1.8)
         items.append(LegendItem(label=f"{label} ({len(rows):,})", renderers=[r]))
