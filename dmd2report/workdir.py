@@ -169,11 +169,12 @@ class WorkDir:
 
     # ------------------------------------------------------------------ readers
 
-    def store(self, name: str):
-        """The finished store `name` (real, gen-<variant>)."""
+    def store(self, name: str, reader: str | None = None):
+        """The finished store `name` (real, gen-<variant>); `reader`, the stage reading it, is named
+        when its features hold non-finite values."""
         from .store import Store
 
-        return Store(self.store_path(name), stage="extract" if name == "real" else "generate")
+        return Store(self.store_path(name), stage="extract" if name == "real" else "generate", reader=reader)
 
     def fit_manifest(self) -> dict:
         m = files.read_json(self.fit / "manifest.json", "fit")

@@ -24,10 +24,10 @@ log = logging.getLogger(__name__)
 
 def run(ctx: Context, overwrite: bool = False) -> None:
     cfg, e, wd = ctx.config, ctx.config.embedding, ctx.workdir
-    real = wd.store("real")
+    real = wd.store("real", reader="fit")
     real_meta = real.metadata()
     real_classes = real_meta["class_id"].to_numpy()
-    gens = {v: wd.store(name) for v, name in generated_sets(cfg)}
+    gens = {v: wd.store(name, reader="fit") for v, name in generated_sets(cfg)}
     headline = cfg.metrics.layer
     if headline not in real.layers:
         raise UserError(f"metrics.layer: {headline!r} is not among the extracted layers ({', '.join(real.layers)})")

@@ -69,7 +69,9 @@ def _write_steps_store(path: Path, key: dict, info: dict, overwrite: bool, n: in
         S = images.shape[0]
         thumbs = thumbnails(images.reshape(-1, *images.shape[2:]), thumb_size).numpy()
         thumbs = _rows_of_steps(thumbs.reshape(S, -1, *thumbs.shape[1:]))
-        writer.write_chunk(i, {l: _rows_of_steps(f).astype(dtype) for l, f in feats.items()}, meta_of(sl), thumbs)
+        finite = _rows_of_steps(torch.isfinite(images).flatten(2).all(2).cpu().numpy())
+        writer.write_chunk(i, {l: _rows_of_steps(f).astype(dtype) for l, f in feats.items()}, meta_of(sl), thumbs,
+                           first_row=i * per_chunk * S, outputs_finite=finite)
     save_json(path / "class_index.json", class_index)
     writer.finalize(n_chunks, info)
 
@@ -91,7 +93,7 @@ def run(ctx: Context, overwrite: bool = False) -> None:
         return
     sigmas = check_schedule(t.sigmas)
     S = len(sigmas)
-    real = wd.store("real")
+    real = wd.store("real", reader="trajectory")
     real_meta = real.metadata()
     real_classes = real_meta["class_id"].to_numpy().astype(np.int64)
     net, checksum = ctx.generator.net, ctx.generator.checksum
