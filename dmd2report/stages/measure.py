@@ -29,11 +29,11 @@ def variant_classes(variant: str, meta: pd.DataFrame) -> np.ndarray:
 
 def run(ctx: Context, overwrite: bool = False) -> None:
     cfg, m, wd = ctx.config, ctx.config.metrics, ctx.workdir
+    fit_manifest = wd.fit_manifest()  # first: a fit of other stores is refused before any work
     real = wd.store("real", reader="measure")
     real_classes = real.metadata()["class_id"].to_numpy()
     gens = {v: wd.store(name, reader="measure") for v, name in generated_sets(cfg)}
-    fit_manifest = wd.fit_manifest()
-    results = []
+    results, headline = [], None
     for layer in real.layers:
         emb = wd.fitted(layer)
         real_red = _reduced(emb, real, layer)
@@ -44,8 +44,7 @@ def run(ctx: Context, overwrite: bool = False) -> None:
         r = measure(real_red, real_classes, generated, feature_space=space, k_pr=m.k_pr, k_dc=m.k_dc,
                     k_fidelity=m.k_fidelity, k_neighbours=m.k_neighbours, bootstrap=m.bootstrap, seed=cfg.run.seed)
         if layer == m.layer:
-            save_npz(wd.measure / "arrays.npz", **flatten_arrays(r["arrays"]))
-            save_json(wd.measure / "headline.json", {"feature_space": space, "layer": layer})
+            headline = (r["arrays"], {"feature_space": space, "layer": layer, "fit": wd.fit_id(fit_manifest)})
         results.append(r)
     ident = ctx.generator.identity()
     provenance = {"model_checksum": ident["sha256"], "model_preset": ident["preset"],
@@ -53,7 +52,12 @@ def run(ctx: Context, overwrite: bool = False) -> None:
                   "data": {"source": cfg.data.source, "path": cfg.data.path, "n_real": len(real_classes)},
                   "config_hash": cfg.section_hash(), "headline_layer": m.layer,
                   "fit": fit_manifest.get("trust", {})}
-    write_metrics_json(wd.measure / "metrics.json", results, provenance)
+    # measure/ is replaced whole: metrics.json, arrays.npz and headline.json always come from one run.
+    with wd.replacing(wd.measure) as out:
+        if headline is not None:
+            save_npz(out / "arrays.npz", **flatten_arrays(headline[0]))
+            save_json(out / "headline.json", headline[1])
+        write_metrics_json(out / "metrics.json", results, provenance)
 
 
 def _reduced(emb, store, layer: str) -> np.ndarray:

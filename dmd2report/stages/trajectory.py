@@ -93,6 +93,7 @@ def run(ctx: Context, overwrite: bool = False) -> None:
         return
     sigmas = check_schedule(t.sigmas)
     S = len(sigmas)
+    fit_id = wd.fit_id(wd.fit_manifest())  # first: a fit of other stores is refused before any work
     real = wd.store("real", reader="trajectory")
     real_meta = real.metadata()
     real_classes = real_meta["class_id"].to_numpy().astype(np.int64)
@@ -221,7 +222,7 @@ def run(ctx: Context, overwrite: bool = False) -> None:
     doc = measure_steps(emb.reduce(real.features(headline)), real_classes, reduced["path"], reduced["real"], sigmas,
                         cfg, feature_space=f"{headline}:{f.reduce}+standardise+pca{emb.n_components}")
     doc.update({"layer": headline, "conditioning": t.conditioning, "samples": n, "real_references": int(len(ref_rows)),
-                "paths_per_class": t.paths_per_class})
+                "paths_per_class": t.paths_per_class, "fit": fit_id})
     save_parquet(out / "points.parquet", points)
     save_json(out / "metrics.json", doc)
 
