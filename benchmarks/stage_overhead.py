@@ -52,7 +52,7 @@ def main():
         thumbs = [torch.zeros(n, thumb_size, thumb_size, 3, dtype=torch.uint8)]
         bar.update(n)
         marks.append(("end", time.perf_counter()))
-        return feats, thumbs
+        return feats, thumbs, [torch.ones(n, dtype=torch.bool)]
 
     generate_stage._generate_chunk = stand_in
     work = Path(tempfile.mkdtemp(prefix="dmd2-overhead-"))

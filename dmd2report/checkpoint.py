@@ -1,9 +1,12 @@
 """Reading generator checkpoints safely and matching them to a preset.
 
-Formats: `.pth`/`.bin`/`.pt` through `torch.load(weights_only=True)` (never a full unpickle),
-`.safetensors`, and an Accelerate checkpoint folder as DMD2's training saves it
-(`pytorch_model.bin` or `model.safetensors` is the generator, `pytorch_model_1.bin` the guidance
-networks). Loading is strict; a `module.` prefix (DDP) is stripped when the rest then matches.
+Formats, told apart by the file's first bytes (not its name): safetensors (an 8-byte little-endian
+header length, then JSON), a PyTorch zip archive and a legacy PyTorch pickle, both read through
+`torch.load(weights_only=True)` (never a full unpickle); anything else is not a checkpoint. An
+Accelerate checkpoint folder as DMD2's training saves it is read too (`pytorch_model.bin` or
+`model.safetensors` is the generator, `pytorch_model_1.bin` the guidance networks). Loading is
+strict; a `module.` prefix (DDP) is stripped when the rest then matches. A tensor holding NaN or
+infinity is refused, and so is a network whose outputs are not finite (`check_outputs`).
 """
 
 from __future__ import annotations
@@ -73,15 +76,43 @@ def resolve_checkpoint_file(path: str | Path) -> Path:
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read a state dict without running any code from the file."""
     file = resolve_checkpoint_file(path)
-    if file.suffix == ".safetensors":
-        state, fmt = _read_safetensors(file), "safetensors"
+    fmt = checkpoint_format(file)
+    if fmt is None:
+        raise UserError(f"{file}: not a checkpoint (neither safetensors nor a PyTorch file)")
+    if fmt == "safetensors":
+        state = _read_safetensors(file)
     else:
-        state, fmt = _read_torch(file)
+        state, fmt = _read_torch(file, fmt)
     state = _unwrap(state, file)
     if any(k.startswith(GUIDANCE_PREFIXES) for k in state):
         raise UserError(f"{file}: holds DMD2's guidance networks (real/fake score UNets), not the generator; "
                         f"point at pytorch_model.bin of the same checkpoint folder")
+    for k, t in state.items():
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+            raise UserError(f"{file}: tensor {k!r} holds non-finite values (NaN or infinity); the checkpoint is damaged")
     return Checkpoint(path=file, format=fmt, state_dict=state)
+
+
+SAFETENSORS_MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
+
+
+def checkpoint_format(file: Path) -> str | None:
+    """"safetensors", "torch-zip" or "torch-legacy" from a file's first bytes; None for anything else.
+
+    A legacy PyTorch file is a pickle (protocol 2 or later: 0x80, then the protocol); whether it is
+    one torch can read, and holds nothing but tensors, is found out by `torch.load(weights_only=True)`."""
+    try:
+        with open(file, "rb") as f:
+            head = f.read(9)
+    except OSError as e:
+        raise UserError(f"{file}: cannot read ({e.strerror or e})") from None
+    if head[:4] == b"PK\x03\x04":
+        return "torch-zip"
+    if len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= SAFETENSORS_MAX_HEADER:
+        return "safetensors"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "torch-legacy"
+    return None
 
 
 def _read_safetensors(file: Path) -> dict:
@@ -94,15 +125,16 @@ def _read_safetensors(file: Path) -> dict:
         raise UserError(f"{file}: not a readable safetensors file ({_first_line(e)}); is it truncated?") from None
 
 
-def _read_torch(file: Path) -> tuple[dict, str]:
-    is_zip = zipfile.is_zipfile(file)
+def _read_torch(file: Path, fmt: str) -> tuple[dict, str]:
+    is_zip = fmt == "torch-zip"
     try:
         # mmap avoids a second copy of a 1.2 GB checkpoint in memory; legacy files can't be mapped.
         state = torch.load(file, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as e:
         raise UserError(f"{file}: refused: the pickle holds objects other than tensors, and loading it would run "
                         f"code ({_first_line(e).split('. ')[0]}); convert it to a plain state dict or safetensors") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError,
+            UnicodeDecodeError, zipfile.BadZipFile) as e:
         raise UserError(f"{file}: cannot read this checkpoint; it is truncated or not a PyTorch file ({_first_line(e)})") from None
     return state, "torch-zip" if is_zip else "torch-legacy"
 
@@ -179,6 +211,24 @@ def load_into(net, ckpt: Checkpoint, preset: str) -> None:
     if not m.exact:
         raise UserError(f"{ckpt.path}: does not match preset {preset!r}: {describe_mismatch(m, 3)}")
     net.load_state_dict(ckpt.state_dict, strict=True)
+
+
+@torch.no_grad()
+def check_outputs(net, source: str | Path) -> None:
+    """One forward of one fixed sample at sigma 80 (class 0): a network whose outputs hold NaN or
+    infinity is refused in one line naming `source` (its checkpoint), before any stage uses it.
+    Milliseconds on a GPU; the full ImageNet model takes seconds on a CPU."""
+    device = next(net.parameters()).device
+    n, r = 1, net.img_resolution
+    z = torch.randn((n, net.img_channels, r, r), generator=torch.Generator().manual_seed(0)).to(device)
+    labels = None
+    if net.label_dim:
+        labels = torch.zeros(n, net.label_dim, device=device)
+        labels[:, 0] = 1
+    out = net(80 * z, torch.full((n,), 80.0, device=device), labels)
+    if not bool(torch.isfinite(out).all()):
+        raise UserError(f"outputs of {source} are not finite (NaN or infinity at sigma 80); "
+                        f"the checkpoint is damaged or was trained for another preset")
 
 
 @dataclass

@@ -95,12 +95,23 @@ class HostCopy:
     def __init__(self, t: torch.Tensor):
         self.host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
         self.host.copy_(t, non_blocking=True)
+        # Whether every value is finite, reduced on the device and copied with the values: the
+        # store's writer checks it without searching the rows on the host (store.first_non_finite).
+        self.finite = None
+        if t.is_floating_point():
+            self.finite = torch.empty((), dtype=torch.bool, pin_memory=True)
+            self.finite.copy_(torch.isfinite(t).all(), non_blocking=True)
         self.copied = torch.cuda.Event()
         self.copied.record()
 
     def numpy(self) -> np.ndarray:
         self.copied.synchronize()
         return self.host.numpy()
+
+    def all_finite(self) -> bool | None:
+        """Whether every value is finite (None: not a floating-point array); waits for the copy."""
+        self.copied.synchronize()
+        return None if self.finite is None else bool(self.finite)
 
 
 def gather(parts: list[torch.Tensor], row_shape: tuple, dtype: torch.dtype) -> np.ndarray | HostCopy:

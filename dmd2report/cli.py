@@ -6,6 +6,7 @@ a traceback means a bug in dmd2report.
 
 from __future__ import annotations
 
+import errno
 import logging
 import shlex
 import sys
@@ -23,6 +24,13 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except UserError as e:
             click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except OSError as e:  # disk full where no writer caught it: still one line
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            from .files import write_error
+
+            click.echo(f"error: {write_error(e.filename or 'the disk', e)}", err=True)
             sys.exit(2)
         except click.UsageError as e:  # a bad option value, an unknown option: one line too
             hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
@@ -97,7 +105,9 @@ def init(path, force):
 
     if path.exists() and not force:
         raise UserError(f"{path}: already exists (use --force to overwrite)")
-    path.write_text(example_toml(), encoding="utf-8")
+    from .files import save_text
+
+    save_text(path, example_toml())
     click.echo(f"wrote {path}")
 
 

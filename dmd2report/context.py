@@ -64,13 +64,16 @@ class Generator:
     @property
     def net(self) -> torch.nn.Module:
         if self._net is None:
-            from .checkpoint import load_generator
+            from .checkpoint import check_outputs, load_generator
             from .runtime import auto_batch_size, prepare
 
             device = self.device()
             net, info = load_generator(self.config.model.preset, self.config.model.checkpoint or None, "cpu",
                                        seed=self.config.run.seed)
             log.info("model: %s from %s on %s", info.preset, info.checkpoint or "random weights (UNTRAINED)", device)
+            # Once a run, eagerly on the device before `prepare` compiles anything: a checkpoint whose
+            # outputs are not finite is refused here rather than giving black images.
+            check_outputs(net.to(device), info.checkpoint or f"random weights of preset {info.preset}")
             net = prepare(net, device, self.config.model.precision, self.config.model.compile,
                           batch_hint=auto_batch_size(device, self.config.features.batch_size))
             assert compute_identity(device, net.use_fp16) == self.compute_identity()  # prepare's rule is the same

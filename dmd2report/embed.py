@@ -198,21 +198,12 @@ _sha256 = sha256_file  # the one file hash (files.py)
 
 
 def save_embedding(emb: Embedding, path: str | os.PathLike) -> str:
-    """Write the map atomically; returns the file's SHA-256 (hex), which the caller records
-    in the store manifest and must hand back to `load_embedding`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            joblib.dump(emb, f)
-            f.flush()
-            os.fsync(f.fileno())
-        digest = _sha256(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return digest
+    """Write the map atomically (files.atomic_write, flushed to disk); returns the SHA-256 (hex) of
+    the bytes written, which the caller records in the fit manifest and must hand back to
+    `load_embedding`."""
+    from .files import atomic_write
+
+    return atomic_write(path, lambda f: joblib.dump(emb, f), sha256=True, fsync=True)
 
 
 def load_embedding(path: str | os.PathLike, expected_sha256: str) -> Embedding:

@@ -2,17 +2,24 @@
 
 A file is written to a temporary name beside its target and moved into place (`os.replace`), so a
 killed run leaves either the old file or the new one, never half of one. Temporaries are named
-`.<name>.<random>.tmp`; `remove_temporaries` clears those a killed run left behind. Reading a file
-that is missing or damaged raises a `UserError` naming it and the stage that writes it.
+`.<name>.<random>.tmp`; `remove_temporaries` clears those a killed run left behind. A folder that
+must change as a whole (the site, fit/, measure/, atlas/) is written into a temporary sibling,
+`.<name>.tmp-<pid>-<random>`, and swapped in (`replace_folder`); `remove_stale_folders` clears the
+ones a killed run left. Disk full or any other OSError while writing is a one-line UserError naming
+the file. Reading a file that is missing or damaged raises a `UserError` naming it and the stage
+that writes it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -23,22 +30,37 @@ from .errors import UserError
 
 TEMP_SUFFIX = ".tmp"
 
+# The permissions a file opened normally gets (mkstemp's are 0600): read once, at import, since
+# reading the umask means setting it.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
 
-def atomic_write(path: str | os.PathLike, write: Callable) -> None:
+
+def atomic_write(path: str | os.PathLike, write: Callable, *, sha256: bool = False, fsync: bool = False) -> str | None:
     """Write through `write(binary file)` into a temporary file beside `path`, then move it into place.
 
     Disk full (ENOSPC, EDQUOT) or any other OSError becomes a one-line UserError naming the file; the
-    temporary file is removed and the previous file, if any, is left as it was.
+    temporary file is removed and the previous file, if any, is left as it was. `sha256=True` returns
+    the SHA-256 (hex) of the bytes written, read back from the temporary file before it is moved into
+    place; `fsync=True` flushes them to the disk first.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     except OSError as e:
-        raise _write_error(path, e) from None
+        raise write_error(path, e) from None
+    digest = None
     try:
+        os.fchmod(fd, FILE_MODE)
         with _open_binary(fd) as f:
             write(f)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        if sha256:
+            digest = sha256_file(tmp)
         os.replace(tmp, path)
     except BaseException as e:
         try:
@@ -46,15 +68,17 @@ def atomic_write(path: str | os.PathLike, write: Callable) -> None:
         except FileNotFoundError:
             pass
         if isinstance(e, OSError):
-            raise _write_error(path, e) from None
+            raise write_error(path, e) from None
         raise
+    return digest
 
 
 def _open_binary(fd: int):
     return os.fdopen(fd, "wb")
 
 
-def _write_error(path: Path, e: OSError) -> UserError:
+def write_error(path: str | os.PathLike, e: OSError) -> UserError:
+    """The one-line error for an OSError while writing `path` (disk full said as such)."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return UserError(f"{path}: disk full while writing ({e.strerror}); free space and rerun to resume")
     return UserError(f"{path}: cannot write ({e.strerror or e})")
@@ -62,6 +86,12 @@ def _write_error(path: Path, e: OSError) -> UserError:
 
 def save_bytes(path, data: bytes) -> None:
     atomic_write(path, lambda f: f.write(data))
+
+
+def copy_file(source, path) -> None:
+    """Copy a file (read whole, written atomically)."""
+    with open(source, "rb") as src:
+        atomic_write(path, lambda f: shutil.copyfileobj(src, f, 1 << 20))
 
 
 def save_text(path, text: str) -> None:
@@ -102,6 +132,96 @@ def remove_temporaries(root: str | os.PathLike) -> int:
             if p.is_file():
                 p.unlink(missing_ok=True)
                 n += 1
+    return n
+
+
+# ---------------------------------------------------------------------------------------------
+# Folders replaced whole: written beside their place, then swapped in.
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
+def new_folder(target: str | os.PathLike) -> Path:
+    """An empty temporary sibling of `target` (`.<name>.tmp-<pid>-<random>`) to write the new contents into."""
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    except OSError as e:
+        raise write_error(target, e) from None
+
+
+def replace_folder(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Put folder `tmp` in the place of `target` with two renames: the old folder is moved aside
+    (`.<name>.old-<pid>`) until the new one is in place, then deleted. On failure the old folder
+    is put back and a UserError names the folder."""
+    tmp, target = Path(tmp), Path(target)
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    try:
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp's folders are 0700
+        if old.exists():
+            shutil.rmtree(old)
+        moved = False
+        if target.exists():
+            os.replace(target, old)
+            moved = True
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if moved:
+                os.replace(old, target)
+            raise
+    except OSError as e:
+        raise write_error(target, e) from None
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def replacing(target: str | os.PathLike):
+    """`with replacing(folder) as tmp:` write the new contents into `tmp`; on success they replace
+    `folder` whole, on any error `folder` is left as it was and `tmp` is removed. An OSError inside
+    the block (disk full) becomes a one-line UserError naming the file."""
+    target = Path(target)
+    tmp = new_folder(target)
+    try:
+        try:
+            yield tmp
+        except OSError as e:
+            raise write_error(str(e.filename or tmp).replace(str(tmp), str(target)), e) from None
+        except UserError as e:
+            # Name the file by its final place, not by the temporary folder it was written in.
+            raise UserError(str(e).replace(str(tmp), str(target))) from None
+        replace_folder(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def remove_stale_folders(target: str | os.PathLike) -> int:
+    """Delete the temporary siblings of `target` that killed runs left: `.<name>.tmp-*` and
+    `.<name>.old-*` (only ours, by name), except those of a process still running."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return 0
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(tmp|old)-(.+)")
+    n = 0
+    for p in target.parent.iterdir():
+        m = pattern.fullmatch(p.name)
+        if not m or not p.is_dir() or p.is_symlink():
+            continue
+        # .<name>.tmp-<pid>-<random> and .<name>.old-<pid>; older versions wrote .<name>.tmp-<random>.
+        pid = re.fullmatch(r"(\d+)-.+" if m.group(1) == "tmp" else r"(\d+)", m.group(2))
+        if pid and int(pid.group(1)) != os.getpid() and _alive(int(pid.group(1))):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        n += 1
     return n
 
 

@@ -35,8 +35,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Mapping
@@ -44,6 +42,7 @@ from typing import Mapping
 import numpy as np
 from threadpoolctl import threadpool_limits   # a dependency of scikit-learn
 
+from .files import save_text
 from .knn import DEFAULT_BLOCK_BYTES, as_device, knn, to_tensor, within_radius
 from .metric_defs import METRICS, Metric, definitions, markdown  # noqa: F401  (the declaration, re-exported)
 
@@ -367,16 +366,7 @@ def write_metrics_json(path, results, provenance: Mapping) -> Path:
     """Write metrics.json atomically: sorted keys, floats rounded to 6 significant digits, one value a line."""
     path = Path(path)
     text = json.dumps(metrics_document(results, provenance), sort_keys=True, indent=1, allow_nan=False) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    save_text(path, text)
     return path
 
 

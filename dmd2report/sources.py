@@ -21,9 +21,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import math
-import os
 import re
-import shutil
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +31,7 @@ import pandas as pd
 
 from .classes import DATASET_INDEX_NAME, ClassIndex, dataset_classes
 from .errors import UserError
-from .files import sha256_bytes
+from .files import replacing, save_text, sha256_bytes
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 DEMO_DIR = "demo_data"
@@ -350,12 +348,9 @@ def ensure_demo_data(workdir: str | Path, n_per_class: int, seed: int = 0) -> Pa
     except (OSError, ValueError):
         pass
     # Written beside the final place, then swapped in, so a killed run leaves no half dataset.
-    tmp = out.with_name(f".{DEMO_DIR}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write_demo_npz(tmp, n_per_class, seed=seed)
-    (tmp / _DEMO_MARKER).write_text(json.dumps(want) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with replacing(out) as tmp:
+        write_demo_npz(tmp, n_per_class, seed=seed)
+        save_text(tmp / _DEMO_MARKER, json.dumps(want) + "\n")
     return out
 
 

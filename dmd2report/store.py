@@ -101,6 +101,7 @@ class StoreWriter:
         self.key = key
         self.kind = kind
         self.hash = short_hash(key)
+        self.stage = WRITING_STAGE.get(kind, kind)
 
     def check(self, overwrite: bool = False) -> bool:
         """Read-only: whether the directory must be cleared; a UserError if it may not be (any rank may call it)."""
@@ -149,12 +150,32 @@ class StoreWriter:
 
     def write_chunk(self, i: int, features: dict[str, np.ndarray], meta: pd.DataFrame, thumbs: np.ndarray,
                     recon: np.ndarray | None = None, full: dict[str, np.ndarray] | None = None,
-                    skipped: list[dict] | None = None) -> None:
+                    skipped: list[dict] | None = None, first_row: int | None = None,
+                    outputs_finite: np.ndarray | None = None) -> None:
         """Write chunk i's files, then its marker. On failure none of the chunk's files remain.
 
         Arrays may be host copies still under way (extract.HostCopy); they are waited for here, on the
-        writer thread."""
+        writer thread. Features and full activations holding NaN or infinity are refused (UserError
+        naming the stage, the set, the layer and the first row, counted from `first_row`, the chunk's
+        first row in the planned order), as are rows whose `outputs_finite` (the model's outputs,
+        one flag a row) is False; nothing of the chunk is written then."""
         name = chunk_name(i)
+        row0 = i * len(meta) if first_row is None else first_row
+        set_name = store_set_name(self.path, self.kind)
+        for layer, a in features.items():
+            bad = first_non_finite(a)
+            if bad is not None:
+                raise non_finite_error(self.stage, set_name, layer, row0 + bad)
+        for layer, a in (full or {}).items():
+            bad = first_non_finite(a)
+            if bad is not None:  # rows of the kept subset: back to the chunk's rows
+                row = int(np.flatnonzero(meta["has_full"].to_numpy())[bad]) if "has_full" in meta else bad
+                raise non_finite_error(self.stage, set_name, f"{layer} (full activations)", row0 + row)
+        if outputs_finite is not None:
+            ok = np.asarray(host_array(outputs_finite), bool)
+            if not ok.all():
+                raise UserError(f"{self.stage}: non-finite outputs of the model in the {set_name} set, first at row "
+                                f"{row0 + int(np.argmin(ok))}; the checkpoint or the settings make it produce NaN or infinity")
         features = {layer: host_array(a) for layer, a in features.items()}
         thumbs, recon = host_array(thumbs), host_array(recon)
         full = {layer: host_array(a) for layer, a in (full or {}).items()}
@@ -226,6 +247,46 @@ def host_array(a):
     return a if a is None or isinstance(a, np.ndarray) else a.numpy()
 
 
+# ---------------------------------------------------------------------------------------------
+# Non-finite values: found where they are written and where they are read.
+
+WRITING_STAGE = {"real": "extract", "generated": "generate", "trajectory": "trajectory"}
+
+
+def store_set_name(path: Path, kind: str | None) -> str:
+    """How a store is named in messages: real, gen-<variant>, trajectory paths, trajectory real."""
+    return f"trajectory {path.name}" if kind == "trajectory" else path.name
+
+
+def first_non_finite(a) -> int | None:
+    """The first row of an (n, ...) array holding NaN or infinity, or None. A host copy under way
+    (chunks.HostCopy) carries a flag computed on the device, so that the rows are only searched on
+    the host when something is wrong."""
+    if a is None:
+        return None
+    if not isinstance(a, np.ndarray):
+        finite = a.all_finite()
+        a = a.numpy()
+        if finite is True:
+            return None
+    if a.dtype.kind not in "fc" or len(a) == 0:
+        return None
+    if finite_array(a):
+        return None
+    bad = ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+    return int(np.argmax(bad))
+
+
+def finite_array(a: np.ndarray, block: int = 1 << 22) -> bool:
+    """Whether every value is finite, in blocks (a memory-mapped store chunk is not read whole at once)."""
+    flat = a.reshape(-1)
+    return all(np.isfinite(flat[s:s + block]).all() for s in range(0, len(flat), block))
+
+
+def non_finite_error(stage: str, set_name: str, layer: str, row: int) -> UserError:
+    return UserError(f"{stage}: non-finite values in {set_name} features of layer {layer}, first at row {row}")
+
+
 class BackgroundWriter:
     """Runs `StoreWriter.write_chunk` calls on a thread so that writing overlaps compute.
 
@@ -283,9 +344,10 @@ class Store:
 
     `stage` is the stage that writes it, named in the one-line error for a missing or damaged file."""
 
-    def __init__(self, path: str | Path, stage: str = "extract"):
+    def __init__(self, path: str | Path, stage: str = "extract", reader: str | None = None):
         self.path = Path(path)
         self.stage = stage
+        self.reader = reader or stage
         manifest = self.path / MANIFEST
         try:
             self.manifest = json.loads(manifest.read_text())
@@ -315,14 +377,22 @@ class Store:
         return [load_npy(self.path / sub / f"{c}.npy", self.stage) for c in self.chunks]
 
     def features(self, layer: str) -> np.ndarray:
-        """(N, D) features of a layer: memory-mapped when the store is one chunk, else concatenated."""
-        if layer not in self.manifest["layers"]:
-            raise UserError(f"{self.path}: no features of layer {layer!r}; stored: {', '.join(self.layers)}")
-        return self._concat(self._arrays(f"features/{layer}"))
+        """(N, D) features of a layer: memory-mapped when the store is one chunk, else concatenated.
+        NaN or infinity is a UserError naming the reading stage, the set, the layer and the first row."""
+        return self._concat(list(self.iter_features(layer)))
 
     def iter_features(self, layer: str):
-        """Memory-mapped (n, D) arrays chunk by chunk, for data larger than memory."""
-        yield from self._arrays(f"features/{layer}")
+        """Memory-mapped (n, D) arrays chunk by chunk, for data larger than memory; each checked finite."""
+        if layer not in self.manifest["layers"]:
+            raise UserError(f"{self.path}: no features of layer {layer!r}; stored: {', '.join(self.layers)}")
+        row = 0
+        for a in self._arrays(f"features/{layer}"):
+            bad = first_non_finite(a)
+            if bad is not None:
+                e = non_finite_error(self.reader, store_set_name(self.path, self.manifest.get("kind")), layer, row + bad)
+                raise UserError(f"{e} ({self.path}); remove that store and rerun `dmd2report {self.stage}`")
+            row += len(a)
+            yield a
 
     def metadata(self) -> pd.DataFrame:
         frames = [load_parquet(self.path / "meta" / f"{c}.parquet", self.stage) for c in self.chunks]

@@ -9,9 +9,13 @@
     <workdir>/atlas/                atlas.npz, atlas.json
     <workdir>/trajectory/           paths/, real/ (stores), points.parquet, metrics.json
 
-Every write goes through `files.atomic_write`. Readers turn a missing or damaged file into one line
-that names the file and the stage to rerun; state that is only a cache (stages.json, checksums.json)
-is treated as stale instead, and the stages it describes are redone.
+Every write goes through `files.atomic_write`; fit/, measure/ and atlas/ are each written into a
+temporary sibling and swapped in whole (`replacing`), so a failed stage leaves the previous results
+as they were. Readers turn a missing or damaged file into one line that names the file and the stage
+to rerun; state that is only a cache (stages.json, checksums.json) is treated as stale instead, and
+the stages it describes are redone. Results made from other inputs are refused the same way: the fit
+records the stores it was fitted on (their config hashes) and its id; measure, atlas and trajectory
+record the fit id they used.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -113,12 +118,27 @@ class WorkDir:
         self._lock_file = f
         try:
             n = files.remove_temporaries(self.root)
+            n += sum(files.remove_stale_folders(self.root / name) for name in self._temporary_folders())
             if n:
-                log.info("removed %d temporary file(s) left by an interrupted run", n)
+                log.info("removed %d temporary file(s) or folder(s) left by an interrupted run", n)
             yield self
         finally:
             self._lock_file = None
             f.close()
+
+    def _temporary_folders(self) -> set[str]:
+        """Names of the folders under the root with temporary siblings (`.<name>.tmp-*`, `.<name>.old-*`)."""
+        names = set()
+        for p in self.root.iterdir():
+            m = re.fullmatch(r"\.(.+)\.(?:tmp|old)-.+", p.name)
+            if m and p.is_dir():
+                names.add(m.group(1))
+        return names
+
+    def replacing(self, folder: Path):
+        """`with wd.replacing(wd.fit) as out:` write a stage's results into `out`; they replace `folder`
+        whole when the block succeeds, and the previous results stay when it fails (files.replacing)."""
+        return files.replacing(folder)
 
     # ------------------------------------------------------------------ caches (stale when damaged)
 
@@ -169,17 +189,47 @@ class WorkDir:
 
     # ------------------------------------------------------------------ readers
 
-    def store(self, name: str):
-        """The finished store `name` (real, gen-<variant>)."""
+    def store(self, name: str, reader: str | None = None):
+        """The finished store `name` (real, gen-<variant>); `reader`, the stage reading it, is named
+        when its features hold non-finite values."""
         from .store import Store
 
-        return Store(self.store_path(name), stage="extract" if name == "real" else "generate")
+        return Store(self.store_path(name), stage="extract" if name == "real" else "generate", reader=reader)
 
     def fit_manifest(self) -> dict:
-        m = files.read_json(self.fit / "manifest.json", "fit")
+        """fit/manifest.json, checked: readable, and fitted on the stores that are there now."""
+        path = self.fit / "manifest.json"
+        m = files.read_json(path, "fit")
         if not isinstance(m, dict) or not isinstance(m.get("layers"), dict):
-            raise files.damaged(self.fit / "manifest.json", "fit", "no table of layers")
+            raise files.damaged(path, "fit", "no table of layers")
+        stores = m.get("stores")
+        if stores is not None:  # fits written before stores were recorded are not checked
+            if not isinstance(stores, dict):
+                raise files.damaged(path, "fit", "no table of stores")
+            for name, config_hash in stores.items():
+                if not self.store_path(name).exists():
+                    raise UserError(f"{path}: fitted on the {name} store, which is gone; rerun `dmd2report fit`")
+                if self.store(name).manifest.get("config_hash") != config_hash:
+                    what = "extraction" if name == "real" else f"generation ({name})"
+                    raise UserError(f"{path}: fitted on another {what} than the one in {self.store_path(name)}; "
+                                    f"rerun `dmd2report fit`")
         return m
+
+    @staticmethod
+    def fit_id(manifest: dict) -> str | None:
+        """What a fit is, as those reading it record it: the stores, the settings and the layers fitted
+        (not the pickles' bytes). None for a fit from before stores were recorded."""
+        if "stores" not in manifest:
+            return None
+        return files.short_hash([manifest["stores"], manifest.get("headline"), manifest.get("fit_on"),
+                                 {k: v.get("params") for k, v in manifest["layers"].items()}])
+
+    def check_made_on_fit(self, recorded: str | None, path: Path, stage: str) -> None:
+        """Refuse results (measure, atlas, trajectory) made on another fit than fit/ holds now."""
+        current = self.fit_id(self.fit_manifest())
+        if recorded is not None and current is not None and recorded != current:
+            raise UserError(f"{path}: made on another fit than {self.fit / 'manifest.json'}; "
+                            f"rerun `dmd2report {stage}`")
 
     def fitted(self, layer: str):
         """The fitted reduction (and map, for the headline layer) of `layer`; hash checked before loading."""
@@ -193,16 +243,24 @@ class WorkDir:
         return load_embedding(self.fit / entry["file"], entry.get("sha256"))
 
     def points(self):
+        self.fit_manifest()
         return files.load_parquet(self.fit / "points.parquet", "fit")
 
     def metrics(self) -> dict:
         doc = files.read_json(self.measure / "metrics.json", "measure")
-        if not isinstance(doc, dict) or "feature_spaces" not in doc:
+        if not isinstance(doc, dict) or not isinstance(doc.get("feature_spaces"), dict):
             raise files.damaged(self.measure / "metrics.json", "measure", "no feature_spaces")
         return doc
 
     def headline(self) -> dict:
-        return files.read_json(self.measure / "headline.json", "measure")
+        """measure/headline.json: the headline layer and feature space, and the fit measure used
+        (measure/ is written whole, so this vouches for metrics.json and arrays.npz too)."""
+        path = self.measure / "headline.json"
+        doc = files.read_json(path, "measure")
+        if not isinstance(doc, dict) or not {"feature_space", "layer"} <= set(doc):
+            raise files.damaged(path, "measure", "no feature_space and layer")
+        self.check_made_on_fit(doc.get("fit"), self.measure, "measure")
+        return doc
 
     def arrays(self) -> dict:
         return files.load_npz(self.measure / "arrays.npz", "measure")

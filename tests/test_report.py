@@ -108,7 +108,7 @@ def test_rerender_replaces_site_and_failure_keeps_old_one(data, tmp_path, monkey
     before = (root / "index.html").read_text()
     from dmd2report.report import render as render_mod
     monkeypatch.setattr(render_mod.sprites, "write_sheets", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match=f"^{root}: cannot write \\(disk full\\)$"):  # one line, not a traceback
         render_site(data, root)
     assert (root / "index.html").read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["site"]     # no temp folder left behind

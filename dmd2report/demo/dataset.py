@@ -17,7 +17,6 @@ from __future__ import annotations
 import colorsys
 import functools
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..files import atomic_write
 
 NUM_CLASSES = 12
 RESOLUTION = 32
@@ -255,18 +255,6 @@ def demo_class_index() -> dict[str, list[str]]:
     return {str(k): [synset, name] for k, (synset, name) in enumerate(DEMO_CLASSES)}
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file beside `path`, so readers never see a partial file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # opened normally: the umask's permissions
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_demo_npz(out_dir, n_per_class: int, seed: int = 0, batch_size: int = 1000) -> list[Path]:
     """Write the demo dataset as `train_data_batch_1.npz, ...` plus `class_index.json` in `out_dir`.
 
@@ -291,14 +279,14 @@ def write_demo_npz(out_dir, n_per_class: int, seed: int = 0, batch_size: int = 1
     for number, start in enumerate(range(0, len(order), batch_size), start=1):
         path = out / f"train_data_batch_{number}.npz"
         chunk = slice(start, start + batch_size)
-        _atomic_write(path, lambda f: np.savez(f, data=data[chunk], labels=npz_labels[chunk]))
+        atomic_write(path, lambda f: np.savez(f, data=data[chunk], labels=npz_labels[chunk]))
         paths.append(path)
     for stale in out.glob("train_data_batch_*.npz"):
         m = re.fullmatch(r"train_data_batch_(\d+)\.npz", stale.name)
         if m and int(m.group(1)) > len(paths):
             stale.unlink()
     text = json.dumps(demo_class_index(), indent=2) + "\n"
-    _atomic_write(out / "class_index.json", lambda f: f.write(text.encode()))
+    atomic_write(out / "class_index.json", lambda f: f.write(text.encode()))
     return paths
 
 
@@ -351,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise UserError(f"{args.out}: the grid is written as PNG; give a .png path")
             args.out.parent.mkdir(parents=True, exist_ok=True)
             grid = render_grid(args.per_class, args.seed, args.scale)
-            _atomic_write(args.out, lambda f: grid.save(f, format="PNG", optimize=True))
+            atomic_write(args.out, lambda f: grid.save(f, format="PNG", optimize=True))
             print(f"wrote {args.out} ({grid.width}x{grid.height})")
         else:
             paths = write_demo_npz(args.out_dir, args.per_class, args.seed, args.batch_size)

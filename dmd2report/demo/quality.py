@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from scipy.spatial.distance import pdist
 
 from ..errors import UserError
+from ..files import save_text
 from ..models.precond import EDMPrecond
 from ..sampling import condition_vectors, generate, sample_noise, to_uint8
 from .dataset import DEMO_CLASSES, NUM_CLASSES, make_demo_images
@@ -163,7 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     print(format_report(result, title))
     print(f"({time.perf_counter() - start:.1f}s)")
     if args.json:
-        args.json.write_text(json.dumps(result | {"weights": title}, indent=2) + "\n")
+        try:
+            save_text(args.json, json.dumps(result | {"weights": title}, indent=2) + "\n")
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     return 0
 
 

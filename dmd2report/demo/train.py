@@ -21,18 +21,17 @@ import argparse
 import copy
 import json
 import logging
-import os
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from ..errors import UserError
+from ..files import atomic_write, save_bytes, save_text
 from ..models.precond import EDMPrecond
 from ..resources import bundled_file
 from ..sampling import SIGMA_MAX
@@ -256,22 +255,11 @@ def holdout_mse(net, z, c, x0, device, batch=1024):
 # ---------------------------------------------------------------------------------------------
 # Files.
 
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_weights(net, path: Path, metadata: dict | None = None) -> None:
     """safetensors with exactly EDMPrecond.state_dict()'s keys, float32, so it loads with strict=True."""
     state = {k: v.detach().float().contiguous().cpu() for k, v in net.state_dict().items()}
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
-    _atomic(path, lambda tmp: save_file(state, tmp, metadata=meta))
+    save_bytes(path, save(state, metadata=meta))
 
 
 def load_weights(path: str | Path, model_cfg: dict, device="cpu") -> EDMPrecond:
@@ -314,7 +302,7 @@ def plot_curves(records: list[dict], path: Path) -> bool:
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    _atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
     return True
 
@@ -328,7 +316,7 @@ def save_sample_grid(rows: list[torch.Tensor], path: Path) -> None:
     tiles = [np.concatenate(list(to_uint8(r)), axis=1) for r in rows]
     image = Image.fromarray(np.concatenate(tiles, axis=0)).resize(
         (tiles[0].shape[1] * 2, len(tiles) * tiles[0].shape[0] * 2), Image.NEAREST)
-    _atomic(path, lambda tmp: image.save(tmp, format="PNG"))
+    atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,7 +368,7 @@ def train(config: dict, out: Path, device: torch.device, seed: int, teacher_path
     save_sample_grid([r.detach().cpu() for r in rows], out / "samples.png")
     plot_curves(records.records, out / "training_curves.png")
     record = copy.deepcopy(config) | {"run": run}
-    _atomic(out / "train_config.json", lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2) + "\n"))
+    save_text(out / "train_config.json", json.dumps(record, indent=2) + "\n")
     return run
 
 
@@ -408,7 +396,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run["command"] = "python -m dmd2report.demo.train " + shlex.join(argv if argv is not None else sys.argv[1:])
     record = json.loads((args.out / "train_config.json").read_text()) | {"run": run}
-    _atomic(args.out / "train_config.json", lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2) + "\n"))
+    try:
+        save_text(args.out / "train_config.json", json.dumps(record, indent=2) + "\n")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"done in {run['seconds']}s: {args.out / 'generator.safetensors'}", flush=True)
     return 0
 

@@ -1,7 +1,9 @@
 """Render a ReportData into the static site (a folder, or one inlined HTML file).
 
-The site is written into a temporary sibling folder and swapped in at the end, so a failure
-never leaves a half-written site that looks complete. BokehJS is copied from the installed
+The site is written into a temporary sibling folder and swapped in at the end (files.replacing),
+so a failure (disk full: one line naming the file) never leaves a half-written site that looks
+complete, and the previous site stays as it was. Temporary folders of killed renders are removed
+first. BokehJS is copied from the installed
 bokeh package into site/static/ (one copy shared by all pages); nothing is loaded from a CDN.
 """
 
@@ -10,9 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import jinja2
@@ -21,6 +20,7 @@ import pandas as pd
 from bokeh.embed import components
 from bokeh.util.paths import bokehjs_path
 
+from .. import files
 from ..errors import UserError
 from ..metric_defs import METRICS
 from ..resources import static_file, templates_dir
@@ -291,9 +291,9 @@ def render_site(data: ReportData, site_dir, *, single_file: bool = False, single
     nav = _nav(data.atlas is not None)
     common = _common(data)
 
-    site_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{site_dir.name}.tmp-", dir=site_dir.parent))
-    try:
+    # Temporary folders a killed render left beside the site (only ours, by name) go first.
+    files.remove_stale_folders(site_dir)
+    with files.replacing(site_dir) as tmp:
         if single_file:
             html = _render_single(env, data, pages, nav, common)
             size_mb = len(html.encode()) / 2**20
@@ -301,26 +301,11 @@ def render_site(data: ReportData, site_dir, *, single_file: bool = False, single
             if size_mb > single_file_limit_mb:
                 raise UserError(f"single-file report would be {size_mb:.1f} MB, above the {single_file_limit_mb:g} MB limit "
                                 f"(report.single_file_limit_mb); use the folder form (without --single-file) and share the folder")
-            (tmp / "report.html").write_text(html, encoding="utf-8")
+            files.save_text(tmp / "report.html", html)
         else:
             _render_folder(env, data, pages, nav, common, tmp)
-        (tmp / SITE_MARKER).write_text("rendered by dmd2report; this folder is replaced on every render\n")
-        _swap_in(tmp, site_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        files.save_text(tmp / SITE_MARKER, "rendered by dmd2report; this folder is replaced on every render\n")
     return sorted(q for q in site_dir.rglob("*") if q.is_file() and q.name != SITE_MARKER)
-
-
-def _swap_in(tmp: Path, site_dir: Path) -> None:
-    """Replace site_dir by tmp with two renames; the old site lives until the new one is in place."""
-    old = None
-    if site_dir.exists():
-        old = site_dir.with_name(f".{site_dir.name}.old-{os.getpid()}")
-        os.replace(site_dir, old)
-    os.replace(tmp, site_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _sprite_css(n_sheets: int, urls: list[list[str]]) -> str:
@@ -340,12 +325,12 @@ def _render_folder(env, data, pages, nav, common, out: Path) -> None:
     (out / "classes").mkdir()
     js_dir = Path(bokehjs_path()) / "js"
     for f in BOKEH_FILES:
-        shutil.copyfile(js_dir / f, out / "static" / f)
+        files.copy_file(js_dir / f, out / "static" / f)
     for f in ("site.css", "site.js"):
-        (out / "static" / f).write_text(_static_text(f), encoding="utf-8")
+        files.save_text(out / "static" / f, _static_text(f))
     layout = sprites.write_sheets(data.thumbnails, out / "assets")
     site_json = json_for_script(_site_data(data, layout))
-    (out / "assets" / "data.js").write_text(f"window.DMD2_DATA={site_json};\n", encoding="utf-8")
+    files.save_text(out / "assets" / "data.js", f"window.DMD2_DATA={site_json};\n")
     for page in pages:
         depth = page["file"].count("/")
         root = "../" * depth
@@ -357,7 +342,7 @@ def _render_folder(env, data, pages, nav, common, out: Path) -> None:
             bokeh_script=script, divs=divs,
             sprite_css=_sprite_css(layout.sheets, urls), thumb=_Thumbs(layout), thumb_px=THUMB_PX,
             inline_css="", inline_js="", inline_data="")
-        (out / page["file"]).write_text(html, encoding="utf-8")
+        files.save_text(out / page["file"], html)
 
 
 def _render_single(env, data, pages, nav, common) -> str:

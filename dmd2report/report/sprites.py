@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..files import save_bytes
+
 MAX_SHEET_PX = 2048     # per side; well under WebP's 16383 limit and GPU texture limits
 
 
@@ -75,7 +77,7 @@ def write_sheets(thumbnails: np.ndarray, assets_dir: Path) -> SpriteLayout:
     lay, images = sheet_images(thumbnails)
     for s, im in enumerate(images):
         for fmt in ("webp", "png"):
-            (assets_dir / f"thumbs-{s:03d}.{fmt}").write_bytes(_encode(im, fmt))
+            save_bytes(assets_dir / f"thumbs-{s:03d}.{fmt}", _encode(im, fmt))
     return lay
 
 

@@ -175,7 +175,7 @@ def extract_real(config, net, model_checksum: str, *, overwrite: bool = False, p
                         label_weight=[np.ones(1, np.float32)] * len(rows), has_recon=rows["has_recon"],
                         has_full=rows["has_full"])
                     bg.submit(i, out["features"], meta, out["thumbs"], recon=out["recon"],
-                              full={full_layer: out["full"]}, skipped=loaded.skipped)
+                              full={full_layer: out["full"]}, skipped=loaded.skipped, first_row=loaded.start)
         finally:
             bar.close()
             stage_samples(net, 0)

@@ -3,7 +3,9 @@ headline layer; every set projected onto it, with a trust score per point.
 
 Writes `fit/<layer>.joblib` (the fitted reductions; pickles, so the manifest records their SHA-256
 and nothing else is ever unpickled), `fit/points.parquet` (every point's map position and trust) and,
-last, `fit/manifest.json`.
+last, `fit/manifest.json`, which also records the stores fitted on (their config hashes): readers
+refuse a fit of other stores (WorkDir.fit_manifest). fit/ is replaced whole at the end, so a failed
+fit leaves the previous one as it was.
 """
 
 from __future__ import annotations
@@ -24,15 +26,17 @@ log = logging.getLogger(__name__)
 
 def run(ctx: Context, overwrite: bool = False) -> None:
     cfg, e, wd = ctx.config, ctx.config.embedding, ctx.workdir
-    real = wd.store("real")
+    real = wd.store("real", reader="fit")
     real_meta = real.metadata()
     real_classes = real_meta["class_id"].to_numpy()
-    gens = {v: wd.store(name) for v, name in generated_sets(cfg)}
+    gens = {v: wd.store(name, reader="fit") for v, name in generated_sets(cfg)}
     headline = cfg.metrics.layer
     if headline not in real.layers:
         raise UserError(f"metrics.layer: {headline!r} is not among the extracted layers ({', '.join(real.layers)})")
-    manifest = {"layers": {}, "headline": headline, "fit_on": e.fit_on}
-    frames = []
+    manifest = {"layers": {}, "headline": headline, "fit_on": e.fit_on,
+                "stores": {"real": real.manifest["config_hash"]} | {n: gens[v].manifest["config_hash"]
+                                                                    for v, n in generated_sets(cfg)}}
+    frames, fitted_files = [], {}
     for layer in real.layers:
         real_x = real.features(layer)
         gen_x = gens["class"].features(layer)
@@ -44,8 +48,8 @@ def run(ctx: Context, overwrite: bool = False) -> None:
         emb = fit_embedding(fit_x, fit_c, pca_components=e.pca_components, n_neighbors=e.n_neighbors,
                             min_dist=e.min_dist, metric=e.metric, seed=cfg.run.seed, fit_subsample=e.fit_subsample,
                             with_map=layer == headline)
-        sha = save_embedding(emb, wd.fit / f"{layer}.joblib")
-        manifest["layers"][layer] = {"file": f"{layer}.joblib", "sha256": sha, "params": emb.params}
+        fitted_files[layer] = emb
+        manifest["layers"][layer] = {"file": f"{layer}.joblib", "params": emb.params}
         if layer != headline:
             continue
         # Sets that were part of the fitted set already have coordinates; the others are projected.
@@ -64,9 +68,13 @@ def run(ctx: Context, overwrite: bool = False) -> None:
             frames.append(_points_frame("generated", variant, store.metadata(), g2d, trust))
             summaries[variant] = trust_summary(trust)
         manifest["trust"] = summaries
-    save_parquet(wd.fit / "points.parquet", pd.concat(frames, ignore_index=True))
-    # The SHA-256 of every fitted file: the only files `load_embedding` will ever unpickle. Written last.
-    save_json(wd.fit / "manifest.json", manifest)
+    manifest["fit_id"] = wd.fit_id(manifest)
+    with wd.replacing(wd.fit) as out:
+        for layer, emb in fitted_files.items():
+            manifest["layers"][layer]["sha256"] = save_embedding(emb, out / f"{layer}.joblib")
+        save_parquet(out / "points.parquet", pd.concat(frames, ignore_index=True))
+        # The SHA-256 of every fitted file: the only files `load_embedding` will ever unpickle. Written last.
+        save_json(out / "manifest.json", manifest)
 
 
 def _points_frame(set_name: str, variant: str, meta: pd.DataFrame, coords: np.ndarray, trust: np.ndarray) -> pd.DataFrame:

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 def run(ctx: Context, overwrite: bool = False) -> None:
     """The generate stage: the class-conditioned set, then the same first seeds under every other variant."""
     cfg, wd = ctx.config, ctx.workdir
-    real = wd.store("real")
+    real = wd.store("real", reader="generate")
     real_classes = real.metadata()["class_id"].to_numpy()
     class_ids, seeds = sample_plan(real_classes, cfg.generate.samples)
     net, checksum = ctx.generator.net, ctx.generator.checksum
@@ -60,7 +60,7 @@ def run(ctx: Context, overwrite: bool = False) -> None:
         if variant == "blend":
             layer = cfg.metrics.layer
             vectors = blend_weights(real.features(layer).astype(np.float32), real_classes,
-                                    wd.store("gen-class").features(layer)[:n_var].astype(np.float32),
+                                    wd.store("gen-class", reader="generate").features(layer)[:n_var].astype(np.float32),
                                     cfg.generate.blend_neighbours, net.label_dim)
         generate_set(cfg, net, checksum, variant, class_ids[:n_var], seeds[:n_var], label_vectors=vectors,
                      overwrite=overwrite)
@@ -195,10 +195,11 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
     try:
         with BackgroundWriter(writer) as bg:
             for i, (z, c, c_reencode, meta) in prefetch(load, todo):
-                feats, thumbs = _generate_chunk(net, z, c, layers, reducer, device, auto_batch_size(device, f.batch_size), config.report.thumb_size,
-                                                bar, reencode_labels=c_reencode)
+                feats, thumbs, finite = _generate_chunk(net, z, c, layers, reducer, device, auto_batch_size(device, f.batch_size),
+                                                        config.report.thumb_size, bar, reencode_labels=c_reencode)
                 bg.submit(i, {l: gather(v, (dims[l],), reducer.dtype) for l, v in feats.items()}, meta,
-                          gather(thumbs, (min(config.report.thumb_size, net.img_resolution),) * 2 + (3,), torch.uint8))
+                          gather(thumbs, (min(config.report.thumb_size, net.img_resolution),) * 2 + (3,), torch.uint8),
+                          first_row=i * cs, outputs_finite=gather(finite, (), torch.bool))
     finally:
         bar.close()
         stage_samples(net, 0)
@@ -209,7 +210,7 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
 def _generate_chunk(net, z, c, layers, reducer: Reducer, device, batch_size: int, thumb_size: int, bar: Progress,
                     reencode_labels: torch.Tensor | None = None):
     feats: dict[str, list] = {l: [] for l in layers}
-    thumbs = []
+    thumbs, finite = [], []  # finite: per sample, whether the generated image is (checked by the store's writer)
     mode = reducer.capture_mode(False)
     for b in range(0, len(z), batch_size):
         x = to_device(z[b:b + batch_size], device)
@@ -227,5 +228,6 @@ def _generate_chunk(net, z, c, layers, reducer: Reducer, device, batch_size: int
         for l in layers:
             feats[l].append(reducer(l, cap.activations[l]))
         thumbs.append(thumbnails(images, thumb_size))
+        finite.append(torch.isfinite(images).flatten(1).all(1))
         bar.update(len(x))
-    return feats, thumbs
+    return feats, thumbs, finite

@@ -150,6 +150,7 @@ def assemble_report(ctx: Context) -> ReportData:
         z = load_npz(wd.atlas / "atlas.npz", "atlas")
         anchor_images, grid_images, grid = z["anchor_images"], z["grid_images"], z["grid"]
         info = read_json(wd.atlas / "atlas.json", "atlas")
+        wd.check_made_on_fit(info.get("fit") if isinstance(info, dict) else None, wd.atlas, "atlas")
         base = n
         thumbs += [_fit_thumb(grid_images, t), _fit_thumb(anchor_images, t)]
         names = _class_table(real)
@@ -194,6 +195,7 @@ def _load_trajectories(wd, thumbs: list[np.ndarray], t: int):
     out = wd.trajectory
     hint = "run `dmd2report trajectory` (or `dmd2report build`), or set trajectory.enabled = false"
     doc = read_json(out / "metrics.json", "trajectory", missing=hint)
+    wd.check_made_on_fit(doc.get("fit") if isinstance(doc, dict) else None, out, "trajectory")
     if not (out / "points.parquet").exists():
         raise UserError(f"{out / 'points.parquet'}: missing; {hint}")
     points = load_parquet(out / "points.parquet", "trajectory")

@@ -70,7 +70,9 @@ def _write_steps_store(path: Path, key: dict, info: dict, overwrite: bool, n: in
             S = images.shape[0]
             thumbs = thumbnails(images.reshape(-1, *images.shape[2:]), thumb_size).numpy()
             thumbs = _rows_of_steps(thumbs.reshape(S, -1, *thumbs.shape[1:]))
-            writer.write_chunk(i, {l: _rows_of_steps(f).astype(dtype) for l, f in feats.items()}, meta_of(sl), thumbs)
+            finite = _rows_of_steps(torch.isfinite(images).flatten(2).all(2).cpu().numpy())
+            writer.write_chunk(i, {l: _rows_of_steps(f).astype(dtype) for l, f in feats.items()}, meta_of(sl), thumbs,
+                               first_row=i * per_chunk * S, outputs_finite=finite)
             bar.update(sl.stop - sl.start)
     finally:
         bar.close()
@@ -95,7 +97,8 @@ def run(ctx: Context, overwrite: bool = False) -> None:
         return
     sigmas = check_schedule(t.sigmas)
     S = len(sigmas)
-    real = wd.store("real")
+    fit_id = wd.fit_id(wd.fit_manifest())  # first: a fit of other stores is refused before any work
+    real = wd.store("real", reader="trajectory")
     real_meta = real.metadata()
     real_classes = real_meta["class_id"].to_numpy().astype(np.int64)
     net, checksum = ctx.generator.net, ctx.generator.checksum
@@ -223,7 +226,7 @@ def run(ctx: Context, overwrite: bool = False) -> None:
     doc = measure_steps(emb.reduce(real.features(headline)), real_classes, reduced["path"], reduced["real"], sigmas,
                         cfg, feature_space=f"{headline}:{f.reduce}+standardise+pca{emb.n_components}")
     doc.update({"layer": headline, "conditioning": t.conditioning, "samples": n, "real_references": int(len(ref_rows)),
-                "paths_per_class": t.paths_per_class})
+                "paths_per_class": t.paths_per_class, "fit": fit_id})
     save_parquet(out / "points.parquet", points)
     save_json(out / "metrics.json", doc)
 
