@@ -15,7 +15,7 @@ quiet() { grep -v -i "warn\|softmax\|use case\|^$"; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpus.txt"
 case "${1:-tests}" in
   tests)
-    timeout 400 python -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_model.py 2>&1 | tail -5 | tee "$OUT/gpu-tests.log"
+    timeout 400 python -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_model.py tests/test_knn.py tests/test_runtime.py 2>&1 | tail -5 | tee "$OUT/gpu-tests.log"
     timeout 150 python benchmarks/knn.py 2>&1 | tee "$OUT/knn.log" ;;
   forward)
     timeout 560 python benchmarks/forward.py --out "$OUT" 2>&1 | quiet | tee "$OUT/forward.log" ;;
