@@ -148,8 +148,8 @@ def seed_style_generation(net, n: int, batch: int, out: Path) -> dict:
         idx = range(s, min(s + batch, n))
         z = sample_noise(0, idx, (3, 64, 64)).to(dev)
         c = condition_vectors("class", 1000, classes=[i % 1000 for i in idx]).to(dev)
-        with ActivationCapture(net, LAYERS) as cap:
-            img = cap.run(80 * z, torch.full((len(idx),), 80.0, device=dev), c)
+        cap = ActivationCapture(net, LAYERS)
+        img = cap.run(80 * z, torch.full((len(idx),), 80.0, device=dev), c)
         acts = {k: v.cpu().numpy() for k, v in cap.activations.items()}
         img = img.cpu().numpy()
         for j, i in enumerate(idx):
@@ -180,8 +180,8 @@ def float32_eager(net, n: int, batch: int, out: Path, extract_npz: Path | None =
             idx = range(done, min(done + batch, n))
             x = sample_noise(0, idx, (3, 64, 64)).to(dev)
             c = condition_vectors("class", 1000, classes=[i % 1000 for i in idx]).to(dev)
-        with ActivationCapture(net, LAYERS, reduce="mean", early_exit=extract_npz is not None) as cap:
-            img = cap.run(80 * x, torch.full((len(x),), 80.0, device=dev), c)
+        cap = ActivationCapture(net, LAYERS, reduce="mean", early_exit=extract_npz is not None)
+        img = cap.run(80 * x, torch.full((len(x),), 80.0, device=dev), c)
         np.save(out / f"{done:08d}.npy", np.concatenate([a.cpu().numpy() for a in cap.activations.values()], 1))
         if img is not None:
             np.save(out / f"{done:08d}.img.npy", ((img * 127.5 + 128).clamp(0, 255).byte()).cpu().numpy())
@@ -247,10 +247,10 @@ def accuracy(net_fp32, net_fast, n: int = 64) -> dict:
     c = condition_vectors("class", 1000, classes=list(range(n))).to(dev)
     s = torch.full((n,), 80.0, device=dev)
     out = {}
-    with ActivationCapture(net_fp32, LAYERS) as a:
-        ref = a.run(80 * z, s, c)
-    with ActivationCapture(net_fast, LAYERS) as b:
-        got = b.run(80 * z, s, c)
+    a = ActivationCapture(net_fp32, LAYERS)
+    ref = a.run(80 * z, s, c)
+    b = ActivationCapture(net_fast, LAYERS)
+    got = b.run(80 * z, s, c)
     for k in LAYERS:
         out[f"rel_err_{k}"] = ((b.activations[k] - a.activations[k]).norm() / a.activations[k].norm()).item()
     out["rel_err_image"] = ((got - ref).norm() / ref.norm()).item()

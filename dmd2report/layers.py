@@ -89,8 +89,7 @@ class ActivationCapture:
     `midblock` needs about 60 of the full network's 219 GFLOPs.
 
     The blocks' outputs come back from the network's `forward_capture` (no hooks), so a compiled
-    network (`model.compile`, runtime.CompiledForward) captures inside its one graph. Usable as a context
-    manager, as it was when it installed hooks.
+    network (`model.compile`, runtime.CompiledForward) captures inside its one graph.
     """
 
     def __init__(self, net, layers: Iterable[str], reduce: str | Reducer | None = "full",
@@ -109,12 +108,6 @@ class ActivationCapture:
         self.capture = tuple(sorted(set(self.names), key=order.index))
         self.last = self.capture[-1] if self.capture else None
         self.activations: dict[str, torch.Tensor] = {}
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
     def run(self, x, sigma, class_labels) -> torch.Tensor | None:
         """Forward pass; returns D(x) or, when it stopped early, None. Activations are in `.activations`."""

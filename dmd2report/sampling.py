@@ -194,14 +194,14 @@ def sample_paths(net, seed: int, seed_indices, labels: torch.Tensor, sigmas: Seq
     shape = (net.img_channels, net.img_resolution, net.img_resolution)
     reduce = reducer or (lambda l, a: REDUCERS["mean"](a) if a.ndim == 4 else a)
     images, feats = [], {l: [] for l in layers}
-    with ActivationCapture(net, list(layers), reduce=reducer.capture_mode(False) if reducer else "full") as cap:
-        for b in range(0, len(seed_indices), batch_size):
-            noise = path_noise(seed, seed_indices[b:b + batch_size], len(sigmas), shape)
-            y = labels[b:b + batch_size].to(device)
-            outs, acts = denoise_steps(net, noise, y, sigmas, cap if layers else None, reduce)
-            images.append(torch.stack([o.float().cpu() for o in outs]))
-            for l in layers:
-                feats[l].append(torch.stack([a[l].float().cpu() for a in acts]))
+    cap = ActivationCapture(net, list(layers), reduce=reducer.capture_mode(False) if reducer else "full")
+    for b in range(0, len(seed_indices), batch_size):
+        noise = path_noise(seed, seed_indices[b:b + batch_size], len(sigmas), shape)
+        y = labels[b:b + batch_size].to(device)
+        outs, acts = denoise_steps(net, noise, y, sigmas, cap if layers else None, reduce)
+        images.append(torch.stack([o.float().cpu() for o in outs]))
+        for l in layers:
+            feats[l].append(torch.stack([a[l].float().cpu() for a in acts]))
     n = len(sigmas)
     empty = torch.zeros((n, 0, *shape))
     return (torch.cat(images, 1) if images else empty), {l: torch.cat(v, 1).numpy() for l, v in feats.items()}
@@ -215,18 +215,18 @@ def noised_real(net, images_uint8: np.ndarray, class_ids: np.ndarray, noise_ids:
     device = next(net.parameters()).device
     shape = (net.img_channels, net.img_resolution, net.img_resolution)
     out_images, feats = [], {l: [] for l in layers}
-    with ActivationCapture(net, list(layers), reduce=reducer.capture_mode(False)) as cap:
-        for b in range(0, len(images_uint8), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images_uint8[b:b + batch_size])).to(device).float() / 127.5 - 1
-            y = F.one_hot(torch.as_tensor(class_ids[b:b + batch_size], device=device), net.label_dim).float()
-            eps = sample_noise(seed, REAL_NOISE_OFFSET + np.asarray(noise_ids[b:b + batch_size], np.int64), shape).to(device)
-            step_images, step_feats = [], {l: [] for l in layers}
-            for sigma in sigmas:
-                d = cap.run(x + sigma * eps, torch.full((len(x),), sigma, device=device), y)
-                step_images.append(d.float().cpu())
-                for l in layers:
-                    step_feats[l].append(reducer(l, cap.activations[l]).float().cpu())
-            out_images.append(torch.stack(step_images))
+    cap = ActivationCapture(net, list(layers), reduce=reducer.capture_mode(False))
+    for b in range(0, len(images_uint8), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(images_uint8[b:b + batch_size])).to(device).float() / 127.5 - 1
+        y = F.one_hot(torch.as_tensor(class_ids[b:b + batch_size], device=device), net.label_dim).float()
+        eps = sample_noise(seed, REAL_NOISE_OFFSET + np.asarray(noise_ids[b:b + batch_size], np.int64), shape).to(device)
+        step_images, step_feats = [], {l: [] for l in layers}
+        for sigma in sigmas:
+            d = cap.run(x + sigma * eps, torch.full((len(x),), sigma, device=device), y)
+            step_images.append(d.float().cpu())
             for l in layers:
-                feats[l].append(torch.stack(step_feats[l]))
+                step_feats[l].append(reducer(l, cap.activations[l]).float().cpu())
+        out_images.append(torch.stack(step_images))
+        for l in layers:
+            feats[l].append(torch.stack(step_feats[l]))
     return torch.cat(out_images, 1), {l: torch.cat(v, 1).numpy() for l, v in feats.items()}

@@ -39,8 +39,8 @@ def test_extract_stores_what_the_model_computes(tiny_net, npz_dir, make_config):
     images = NpzSource(npz_dir, 16).load(0, 60).images[rows]
     x = torch.from_numpy(images).float() / 127.5 - 1
     y = F.one_hot(torch.tensor(meta["class_id"].to_numpy()[rows]), 10).float()
-    with ActivationCapture(tiny_net, ["encoder_bottleneck", "midblock"], reduce="mean") as cap:
-        out = cap.run(80 * x, torch.full((3,), 80.0), y)
+    cap = ActivationCapture(tiny_net, ["encoder_bottleneck", "midblock"], reduce="mean")
+    out = cap.run(80 * x, torch.full((3,), 80.0), y)
     for layer in ("encoder_bottleneck", "midblock"):
         np.testing.assert_allclose(s.features(layer)[rows], cap.activations[layer].numpy(), rtol=2e-3, atol=2e-3)
     np.testing.assert_array_equal(s.thumbnails()[rows], to_uint8(F.interpolate(x, size=(8, 8), mode="area")))
@@ -149,8 +149,8 @@ def test_pca_fitted_on_real_and_applied_unchanged_to_generated(tiny_net, npz_dir
     images = NpzSource(npz_dir, 16).load(0, 40).images
     x = torch.from_numpy(images).float() / 127.5 - 1
     y = F.one_hot(torch.tensor(real.metadata()["class_id"].to_numpy()[:40]), 10).float()
-    with ActivationCapture(tiny_net, ["midblock"]) as cap:
-        cap.run(80 * x, torch.full((40,), 80.0), y)
+    cap = ActivationCapture(tiny_net, ["midblock"])
+    cap.run(80 * x, torch.full((40,), 80.0), y)
     a = cap.activations["midblock"].flatten(1)
     _, s, vh = torch.linalg.svd(a - a.mean(0), full_matrices=False)
     np.testing.assert_allclose(pca["midblock"]["explained_variance"], s[:6] ** 2 / 39, rtol=1e-3)
@@ -165,8 +165,8 @@ def test_pca_fitted_on_real_and_applied_unchanged_to_generated(tiny_net, npz_dir
     # fed exactly as a real image is.
     image = tiny_net(80 * z, sigma, labels)
     stored = torch.from_numpy(to_uint8(image)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    with ActivationCapture(tiny_net, ["midblock"]) as cap:
-        cap.run(80 * stored, sigma, labels)
+    cap = ActivationCapture(tiny_net, ["midblock"])
+    cap.run(80 * stored, sigma, labels)
     want = (cap.activations["midblock"].flatten(1) - pca["midblock"]["mean"]) @ comps.T
     np.testing.assert_allclose(gen.features("midblock"), want.numpy(), atol=2e-2, rtol=2e-3)
     assert gen.manifest["key"]["features"]["pca"] is not None
@@ -174,8 +174,8 @@ def test_pca_fitted_on_real_and_applied_unchanged_to_generated(tiny_net, npz_dir
     config.features.generated = "generation"
     gen = Store(generate_set(config, tiny_net, "sum0", "class", np.arange(12) % 10, np.arange(12), overwrite=True,
                              progress=False))
-    with ActivationCapture(tiny_net, ["midblock"]) as cap:
-        cap.run(80 * z, sigma, labels)
+    cap = ActivationCapture(tiny_net, ["midblock"])
+    cap.run(80 * z, sigma, labels)
     want = (cap.activations["midblock"].flatten(1) - pca["midblock"]["mean"]) @ comps.T
     np.testing.assert_allclose(gen.features("midblock"), want.numpy(), atol=2e-2, rtol=2e-3)
 

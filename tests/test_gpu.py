@@ -62,9 +62,11 @@ def test_optimised_path_matches_float32(nets, mode, compile):
     c = condition_vectors(mode, 1000, classes=list(range(n)), weights=weights, count=n).to(dev)
     s = torch.full((n,), 80.0, device=dev)
     layers = ["encoder_bottleneck", "midblock"]
-    with torch.no_grad(), ActivationCapture(ref_net, layers) as a:
+    a = ActivationCapture(ref_net, layers)
+    with torch.no_grad():
         ref = a.run(80 * z, s, c)
-    with torch.no_grad(), ActivationCapture(fast, layers) as b:
+    b = ActivationCapture(fast, layers)
+    with torch.no_grad():
         out = b.run(80 * z, s, c)
     assert torch.isfinite(out).all()
     assert _rel(out, ref) < IMAGE_REL_TOL
@@ -82,9 +84,11 @@ def test_compiled_extraction_early_exit_and_odd_batches(nets, n):
     c = condition_vectors("class", 1000, classes=[i * 7 for i in range(n)]).to(dev)
     s = torch.full((n,), 80.0, device=dev)
     layers = ["encoder_bottleneck", "midblock"]
-    with torch.no_grad(), ActivationCapture(ref_net, layers, early_exit=True) as a:
+    a = ActivationCapture(ref_net, layers, early_exit=True)
+    with torch.no_grad():
         assert a.run(80 * x, s, c) is None
-    with torch.no_grad(), ActivationCapture(fast, layers, early_exit=True) as b:
+    b = ActivationCapture(fast, layers, early_exit=True)
+    with torch.no_grad():
         assert b.run(80 * x, s, c) is None
     for k in layers:
         assert b.activations[k].shape == a.activations[k].shape

@@ -39,8 +39,8 @@ def test_output_matches_reference(tiny, vectors):
 
 def test_every_block_activation_matches_reference(tiny, vectors):
     names = block_names(tiny)
-    with ActivationCapture(tiny, names) as cap:
-        cap.run(*_inputs(vectors))
+    cap = ActivationCapture(tiny, names)
+    cap.run(*_inputs(vectors))
     expected = {k[len("activation."):]: v for k, v in vectors.items() if k.startswith("activation.")}
     assert set(expected) == set(names)
     for name in names:
@@ -82,8 +82,8 @@ def test_capture_reduces_on_device_and_exits_early(tiny, vectors):
     calls = []
     hook = tiny.model.out_conv.register_forward_hook(lambda *a: calls.append(1))
     try:
-        with ActivationCapture(tiny, ["encoder_bottleneck", "midblock"], reduce="mean", early_exit=True) as cap:
-            out = cap.run(x, sigma, labels)
+        cap = ActivationCapture(tiny, ["encoder_bottleneck", "midblock"], reduce="mean", early_exit=True)
+        out = cap.run(x, sigma, labels)
     finally:
         hook.remove()
     assert out is None and not calls  # nothing after midblock ran
@@ -149,8 +149,8 @@ def test_box_resampling_is_the_same_arithmetic(vectors):
     use_box_resampling(net)
     resampling = [m for m in net.modules() if isinstance(m, Conv2d) and m.resample_filter is not None]
     assert resampling and all(m.box_resample for m in resampling)
-    with ActivationCapture(net, block_names(net)) as cap:
-        out = cap.run(*_inputs(vectors))
+    cap = ActivationCapture(net, block_names(net))
+    out = cap.run(*_inputs(vectors))
     torch.testing.assert_close(out, vectors["output.D_x"], atol=ATOL, rtol=0)
     for name in block_names(net):
         torch.testing.assert_close(cap.activations[name], vectors[f"activation.{name}"], atol=ATOL, rtol=0, msg=name)

@@ -45,9 +45,11 @@ def test_compiled_network_reproduces_reference_vectors(box):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # a compile failure (eager fallback) warns: fail instead
         warnings.filterwarnings("ignore", message=".*script_method.*")
-        with torch.no_grad(), ActivationCapture(net, ["encoder_bottleneck", "midblock"]) as cap:
+        cap = ActivationCapture(net, ["encoder_bottleneck", "midblock"])
+        with torch.no_grad():
             out = cap.run(x, sigma, labels)
-        with torch.no_grad(), ActivationCapture(net, ["midblock"], early_exit=True) as early:
+        early = ActivationCapture(net, ["midblock"], early_exit=True)
+        with torch.no_grad():
             stopped = early.run(x, sigma, labels)
     assert not fwd.failed and len(fwd.graphs) == 2  # one graph per (capture, stop_after)
     assert out.shape[0] == n and stopped is None

@@ -100,8 +100,8 @@ def test_capture_during_generation_equals_plain_generation():
     net = build_preset("tiny").eval()
     z = sample_noise(0, range(4), (3, 16, 16))
     c = condition_vectors("class", 10, classes=[0, 1, 2, 3])
-    with ActivationCapture(net, ["encoder_bottleneck", "midblock"]) as cap:
-        img = cap.run(80 * z, torch.full((4,), 80.0), c)
+    cap = ActivationCapture(net, ["encoder_bottleneck", "midblock"])
+    img = cap.run(80 * z, torch.full((4,), 80.0), c)
     torch.testing.assert_close(img, generate(net, z, c))
     assert cap.activations["midblock"].shape == (4, 64, 4, 4)
 

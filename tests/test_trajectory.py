@@ -49,8 +49,8 @@ def test_one_step_is_the_one_step_sample(tiny_net):
     one = generate(tiny_net, sample_noise(5, idx, (3, 16, 16)), labels)
     assert images.shape == (1, 5, 3, 16, 16)
     assert torch.equal(images[0], one)  # exactly, not approximately
-    with ActivationCapture(tiny_net, LAYERS, reduce="mean") as cap:
-        cap.run(80 * sample_noise(5, idx, (3, 16, 16)), torch.full((5,), 80.0), labels)
+    cap = ActivationCapture(tiny_net, LAYERS, reduce="mean")
+    cap.run(80 * sample_noise(5, idx, (3, 16, 16)), torch.full((5,), 80.0), labels)
     for l in LAYERS:
         np.testing.assert_array_equal(feats[l][0], cap.activations[l].numpy())
     # The first step of a longer schedule is that same call; later steps move away from it.

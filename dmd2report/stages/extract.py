@@ -63,21 +63,21 @@ def _fit_pca(net, source, plan, config, device, k: int) -> dict:
     m = min(config.features.pca_fit_samples, len(plan))
     rows: dict[str, list[torch.Tensor]] = {l: [] for l in layers}
     taken, start, bs = 0, 0, auto_batch_size(device, config.features.batch_size)
-    with ActivationCapture(net, layers, reduce="full", early_exit=True) as cap:
-        while taken < m and start < len(plan):
-            stop = min(start + config.features.chunk_size, len(plan))
-            loaded = source.load(start, stop)
-            ids = plan["class_id"].to_numpy()[start:stop][loaded.kept]
-            for b in range(0, len(ids), bs):
-                if taken >= m:
-                    break
-                x = to_device(loaded.images[b:b + bs], device).float() / 127.5 - 1
-                y = F.one_hot(torch.tensor(ids[b:b + bs], device=device), net.label_dim).float()
-                cap.run(SIGMA_MAX * x, torch.full((len(x),), SIGMA_MAX, device=device), y)
-                for l in layers:
-                    rows[l].append(cap.activations[l].flatten(1).float()[: m - taken])
-                taken += min(len(x), m - taken)
-            start = stop
+    cap = ActivationCapture(net, layers, reduce="full", early_exit=True)
+    while taken < m and start < len(plan):
+        stop = min(start + config.features.chunk_size, len(plan))
+        loaded = source.load(start, stop)
+        ids = plan["class_id"].to_numpy()[start:stop][loaded.kept]
+        for b in range(0, len(ids), bs):
+            if taken >= m:
+                break
+            x = to_device(loaded.images[b:b + bs], device).float() / 127.5 - 1
+            y = F.one_hot(torch.tensor(ids[b:b + bs], device=device), net.label_dim).float()
+            cap.run(SIGMA_MAX * x, torch.full((len(x),), SIGMA_MAX, device=device), y)
+            for l in layers:
+                rows[l].append(cap.activations[l].flatten(1).float()[: m - taken])
+            taken += min(len(x), m - taken)
+        start = stop
     return {l: randomized_pca(torch.cat(rows[l]), k) for l in layers}
 
 

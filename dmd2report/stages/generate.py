@@ -220,11 +220,11 @@ def _generate_chunk(net, z, c, layers, reducer: Reducer, device, batch_size: int
             # A second pass on the image as stored, stopping after the last captured layer
             # exactly as real extraction does.
             images = net(SIGMA_MAX * x, sigma, y)
-            with ActivationCapture(net, layers, reduce=mode, early_exit=True) as cap:
-                cap.run(SIGMA_MAX * as_stored(images), sigma, to_device(reencode_labels[b:b + batch_size], device))
+            cap = ActivationCapture(net, layers, reduce=mode, early_exit=True)
+            cap.run(SIGMA_MAX * as_stored(images), sigma, to_device(reencode_labels[b:b + batch_size], device))
         else:
-            with ActivationCapture(net, layers, reduce=mode) as cap:
-                images = cap.run(SIGMA_MAX * x, sigma, y)
+            cap = ActivationCapture(net, layers, reduce=mode)
+            images = cap.run(SIGMA_MAX * x, sigma, y)
         for l in layers:
             feats[l].append(reducer(l, cap.activations[l]))
         thumbs.append(thumbnails(images, thumb_size))
