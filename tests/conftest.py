@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 import numpy as np
 import pytest
 import torch
@@ -80,3 +82,25 @@ def make_config(tmp_path):
         return load_config(None, o)
 
     return make
+
+
+class FullDisk:
+    """A file object that fails with ENOSPC after `budget` bytes, as a full disk does."""
+
+    def __init__(self, f, budget: int = 0):
+        self.f, self.budget = f, budget
+
+    def write(self, data):
+        self.budget -= len(data)
+        if self.budget < 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()

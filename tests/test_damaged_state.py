@@ -23,6 +23,7 @@ from dmd2report.cli import cli
 from dmd2report.errors import UserError
 from dmd2report.models import build_preset
 from dmd2report.workdir import WorkDir
+from conftest import FullDisk
 
 CONFIG = """
 [run]
@@ -169,22 +170,6 @@ def test_truncated_features_and_metadata_said_damaged_and_recomputed_by_extract(
 # ---------------------------------------------------------------------------------------------
 # Disk full: one line naming the file, the previous results intact, nothing temporary left.
 
-class _FullDisk:
-    def __init__(self, f):
-        self.f = f
-
-    def write(self, data):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
-
 
 @pytest.mark.parametrize("command, folder", [("fit", "work/fit"), ("measure", "work/measure"), ("render", "site")])
 def test_disk_full_leaves_previous_results(work, monkeypatch, command, folder):
@@ -196,7 +181,7 @@ def test_disk_full_leaves_previous_results(work, monkeypatch, command, folder):
 
     def open_binary(fd):
         f = real_open(fd)
-        return _FullDisk(f) if new_results in os.readlink(f"/proc/self/fd/{fd}") else f
+        return FullDisk(f) if new_results in os.readlink(f"/proc/self/fd/{fd}") else f
 
     monkeypatch.setattr(files, "_open_binary", open_binary)
     line = _error(_invoke(command, "--config", cfg))

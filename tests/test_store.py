@@ -8,6 +8,7 @@ import pytest
 from dmd2report import files as files_mod
 from dmd2report.errors import UserError
 from dmd2report.store import BackgroundWriter, Store, StoreWriter, sparse_labels
+from conftest import FullDisk
 
 KEY = {"stage": "real", "features": {"reduce": "mean"}}
 INFO = {"layers": ["midblock"], "num_classes": 4, "full_layer": "midblock"}
@@ -83,28 +84,6 @@ def test_other_config_refused_unless_overwrite(tmp_path):
         StoreWriter(tmp_path / "t", KEY, "real").prepare()
 
 
-class _FullDisk:
-    """A file object that fails with ENOSPC after `budget` bytes, as a full disk does."""
-
-    def __init__(self, f, budget):
-        self.f, self.budget = f, budget
-
-    def write(self, data):
-        self.budget -= len(data)
-        if self.budget < 0:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return self.f.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
-
-
 def test_disk_full_leaves_no_partial_chunk_and_rerun_completes(tmp_path, monkeypatch):
     w = StoreWriter(tmp_path / "s", KEY, "real")
     w.prepare(info=INFO)
@@ -114,7 +93,7 @@ def test_disk_full_leaves_no_partial_chunk_and_rerun_completes(tmp_path, monkeyp
 
     def failing_open(fd):
         opened.append(fd)
-        return _FullDisk(real_open(fd), 10**9 if len(opened) < 3 else 50)  # the third file fills the disk
+        return FullDisk(real_open(fd), 10**9 if len(opened) < 3 else 50)  # the third file fills the disk
 
     monkeypatch.setattr(files_mod, "_open_binary", failing_open)
     with pytest.raises(UserError, match=r"thumbs/chunk_000000.npy: disk full while writing .*rerun to resume"):
