@@ -239,7 +239,7 @@ def _pages(data: ReportData, color_by: str) -> list[dict]:
         mmodels["classbars"] = figures.bar_chart(worst, "label", cbar_cols, "classbars",
                                                  f"per class: the {len(worst)} with the lowest {cbar_cols[-1]}")
     pages.append(dict(name="metrics", file="metrics.html", title="Metrics", nav="metrics", template="metrics.html",
-                      ctx=dict(overall=overall, fd=m.fd, fd_label=METRICS["fd"].label, layer=m.layer,
+                      ctx=dict(overall=overall, fd=m.fd, fd_label=METRICS["fd"].label, fd_explanation=METRICS["fd"].explanation, layer=m.layer,
                                per_variant=m.per_variant.to_dict("records"),
                                var_metric_cols=var_metric_cols, class_rows=class_rows, class_metric_cols=class_metric_cols),
                       models=mmodels))
