@@ -291,13 +291,17 @@ def run_stage(stage: str, config: Path, timeout: float, workdir: Path) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Plot (Pillow: no matplotlib needed).
 
-def loglog_png(path: Path, series: dict[str, list[tuple[float, float]]], title: str) -> None:
+def loglog_png(path: Path, series: dict[str, list[tuple[float, float]]], title: str,
+               unfinished: dict[str, list[tuple[float, float]]] | None = None) -> None:
+    """Filled dots: measured times; hollow dots: the time limit of a stage that did not finish (a lower bound)."""
     from PIL import Image, ImageDraw
+
+    unfinished = unfinished or {}
 
     W, H, L, R, T, B = 900, 600, 90, 200, 50, 70
     img = Image.new("RGB", (W, H), "white")
     d = ImageDraw.Draw(img)
-    pts = [p for s in series.values() for p in s if p[1] > 0]
+    pts = [p for s in [*series.values(), *unfinished.values()] for p in s if p[1] > 0]
     if not pts:
         img.save(path)
         return
@@ -332,6 +336,9 @@ def loglog_png(path: Path, series: dict[str, list[tuple[float, float]]], title: 
             d.line(xy, fill=col, width=3)
         for x, y in xy:
             d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=col)
+        for a, b in unfinished.get(name, []):
+            d.ellipse([X(a) - 6, Y(b) - 6, X(a) + 6, Y(b) + 6], outline=col, width=2)
+            d.text((X(a) + 9, Y(b) - 6), "did not finish", fill=col)
         d.line([(W - R + 15, T + 20 + 22 * i), (W - R + 40, T + 20 + 22 * i)], fill=col, width=3)
         d.text((W - R + 46, T + 14 + 22 * i), name, fill="black")
     img.save(path)
@@ -439,8 +446,11 @@ def finish(doc: dict, stages: list[str], out: Path, plot: Path | None) -> None:
     doc["loglog_slope_peak_rss"] = {s: slope(p) for s, p in rss.items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    dnf = {s: [(z["n_real"], r["wall_s"]) for z in doc["sizes"] for r in z["stages"]
+               if r["stage"] == s and r["status"] == "did not finish"] for s in stages}
     loglog_png(plot or out.with_suffix(".png"), series,
-               f"dmd2report stage wall time against N real ({doc['machine']['cpus']} cores)")
+               f"dmd2report stage wall time against N real ({doc['machine']['cpus']} cores); hollow: did not finish",
+               unfinished=dnf)
 
 
 def print_table(doc: dict) -> None:
