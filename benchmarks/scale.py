@@ -1,0 +1,487 @@
+"""Scale benchmark (issue 20 item 6): time and peak host memory of fit, measure and render against N.
+
+    PYTHONPATH=. nice -n 10 python benchmarks/scale.py --n-real 10000,50000 --n-gen 10000,50000 \
+        --n-variant 2000,10000 --timeout 1800 --out benchmarks/results/scale-cpu2.json
+
+For each size, `write_synthetic_work_dir` writes a work directory without the model: a real store and
+the gen-class / gen-uniform / gen-zero / gen-blend stores, written with `store.StoreWriter` as the
+extract and generate stages write them (same manifests, chunk layout, metadata columns, class index),
+with class-structured float16 features at the preset's layer widths (768 for `dmd2-imagenet64`'s
+`encoder_bottleneck` and `midblock`: class means on a low-dimensional curved manifold, within-class
+variation in a few directions plus isotropic noise), uint8 thumbnails of one colour per class, and a
+few full mask-layer activations per class. The config file it writes records extract and generate as
+done in `stages.json` (their keys from `pipeline.stage_keys`), so `dmd2report build` would start at fit.
+
+Each stage then runs in a fresh process, `python -m dmd2report.cli -q <stage> --config <file>`, as a
+user runs it: wall time of that process (imports included), the stage's own time (stages.json), and
+its peak resident memory (`ru_maxrss` of that child alone, from `os.wait4`). A stage that does not
+finish within `--timeout` is killed and recorded as "did not finish"; the stages after it at that
+size are not run. atlas and trajectory need the model (generation by masking, few-step sampling) and
+are not timed here: the config sets `trajectory.enabled = false` and no atlas is made, so render runs
+without those pages.
+
+Baseline: the only code path the package has is the current one (the numpy all-pairs search it
+replaced is in `benchmarks/knn.py --trust`); every row here is that current path, at the sizes where
+it finishes. Later fast paths are to be compared against these rows, in the same command.
+
+Writes a JSON file of every measurement and a log-log PNG of stage time against N (drawn with Pillow;
+matplotlib is not a dependency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANTS = ("uniform", "zero", "blend")
+DEFAULT_DIMS = {"encoder_bottleneck": 768, "midblock": 768}
+MODEL_STAGES_NOTE = ("atlas and trajectory need the generator (masking, few-step sampling): not timed; "
+                     "trajectory.enabled = false and no atlas, so render runs without those pages")
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic work directory.
+
+class _Structure:
+    """Class-structured features of one layer: class means on a curved low-dimensional manifold,
+    within-class variation along a few directions, isotropic noise."""
+
+    def __init__(self, dim: int, classes: int, seed: int, latent: int = 8, within: int = 12):
+        rng = np.random.default_rng([seed, dim, classes, 17])
+        u = rng.standard_normal((classes, latent)).astype(np.float32)
+        a = rng.standard_normal((latent, dim)).astype(np.float32) / math.sqrt(latent)
+        b = rng.standard_normal((latent, dim)).astype(np.float32) / math.sqrt(latent)
+        self.means = (u @ a + 0.5 * np.tanh(u @ b)) * 2.0          # (classes, dim)
+        self.within = rng.standard_normal((within, dim)).astype(np.float32) / math.sqrt(within)
+        self.shift = 0.3 * rng.standard_normal((classes, dim)).astype(np.float32) / math.sqrt(dim) * 4
+        self.dim = dim
+
+    def sample(self, rng, means: np.ndarray, spread: float, noise: float) -> np.ndarray:
+        n = len(means)
+        z = rng.standard_normal((n, self.within.shape[0]), dtype=np.float32)
+        x = means + spread * (z @ self.within)
+        x += noise * rng.standard_normal((n, self.dim), dtype=np.float32)
+        return x.astype(np.float16)
+
+
+def _class_colours(classes: int, seed: int) -> np.ndarray:
+    return np.random.default_rng([seed, 99]).integers(30, 226, (classes, 3), dtype=np.uint8)
+
+
+def _thumbs(colours: np.ndarray, class_ids: np.ndarray, size: int) -> np.ndarray:
+    c = colours[np.where(class_ids >= 0, class_ids, 0)]
+    c[class_ids < 0] = 128
+    return np.ascontiguousarray(np.broadcast_to(c[:, None, None, :], (len(c), size, size, 3)))
+
+
+def write_config(path: Path, root: Path, *, preset: str, layers, n_gen: int, n_variant: int, seed: int,
+                 chunk_size: int, full_per_class: int, device: str, extra: str = "", metrics_extra: str = "") -> Path:
+    """The TOML config of a synthetic work directory (trajectory off: it needs the model)."""
+    layer_list = ", ".join(f'"{l}"' for l in layers)
+    text = f"""# written by benchmarks/scale.py: a synthetic work directory (no model)
+[run]
+name = "scale benchmark (synthetic)"
+workdir = "{root / 'work'}"
+site = "{root / 'site'}"
+seed = {seed}
+device = "{device}"
+
+[model]
+preset = "{preset}"
+
+[data]
+source = "imagenet64-npz"
+path = "{root / 'no-data'}"
+max_samples = 0
+
+[features]
+layers = [{layer_list}]
+chunk_size = {chunk_size}
+full_per_class = {full_per_class}
+
+[generate]
+samples = {n_gen}
+variant_samples = {n_variant}
+variants = ["class", "uniform", "zero", "blend"]
+
+[metrics]
+layer = "{layers[-1]}"
+{metrics_extra}
+
+[trajectory]
+enabled = false
+{extra}"""
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def write_synthetic_work_dir(root, n_real: int, n_gen_class: int, n_variant: int, classes: int = 1000,
+                             dims: dict | None = None, seed: int = 0, *, preset: str = "dmd2-imagenet64",
+                             chunk_size: int = 4096, full_per_class: int = 1, thumb_size: int = 32,
+                             device: str = "auto", extra_config: str = "", metrics_config: str = "") -> Path:
+    """Write `<root>/work` (stores + stages.json) and `<root>/config.toml`; returns the config path.
+
+    The stores are those the extract and generate stages write (StoreWriter, metadata_frame,
+    sparse_labels, the same manifest keys), filled with synthetic data chunk by chunk, vectorised.
+    extract and generate are recorded as done under the keys `pipeline.stage_keys` gives the config,
+    so only fit and the stages after it run. `extra_config` is TOML appended to the file (sections other
+    than those written), `metrics_config` lines added to its [metrics] section."""
+    from dmd2report.classes import ClassIndex
+    from dmd2report.config import _meta_net, load_config
+    from dmd2report.context import Context
+    from dmd2report.features import block_shapes
+    from dmd2report.layers import resolve_layer
+    from dmd2report.pipeline import stage_keys
+    from dmd2report.sampling import condition_vectors, sample_plan
+    from dmd2report.store import StoreWriter, metadata_frame, sparse_labels
+    from dmd2report.workdir import WorkDir
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    dims = dict(dims or DEFAULT_DIMS)
+    layers = list(dims)
+    net = _meta_net(preset)
+    if classes > net.label_dim:
+        raise ValueError(f"{classes} classes: preset {preset} takes {net.label_dim}")
+    cfg_path = write_config(root / "config.toml", root, preset=preset, layers=layers, n_gen=n_gen_class,
+                            n_variant=n_variant, seed=seed, chunk_size=chunk_size, full_per_class=full_per_class,
+                            device=device, extra=extra_config, metrics_extra=metrics_config)
+    config = load_config(cfg_path)
+    mask_layer = config.atlas.mask_layer
+    full_shape = tuple(block_shapes(net)[resolve_layer(net, mask_layer)])
+    wd = WorkDir(config.run.workdir)
+    ctx = Context.create(config, command="benchmarks/scale.py")
+    checksum = ctx.generator.checksum
+    compute = ctx.generator.compute_identity()
+    index = ClassIndex.imagenet()
+    K = net.label_dim
+    structures = {l: _Structure(d, classes, seed + i) for i, (l, d) in enumerate(dims.items())}
+    colours = _class_colours(classes, seed)
+    common = {"model_checksum": checksum, "versions": {"synthetic": "benchmarks/scale.py"}, "layers": layers,
+              "feature_dims": dims, "reduction": "mean", "dtype": "float16", "chunk_size": chunk_size,
+              "num_classes": K, "resolution": net.img_resolution, "thumb_size": thumb_size}
+
+    def write_store(name: str, kind: str, key: dict, info: dict, n: int, chunk) -> None:
+        writer = StoreWriter(wd.store_path(name), key, kind)
+        writer.prepare(overwrite=True, info=info)
+        n_chunks = -(-n // chunk_size)
+        for i in range(n_chunks):
+            sl = slice(i * chunk_size, min((i + 1) * chunk_size, n))
+            writer.write_chunk(i, **chunk(i, sl), first_row=sl.start)
+        (writer.path / "class_index.json").write_text(json.dumps(index.to_mapping()), encoding="utf-8")
+        writer.finalize(n_chunks, info)
+
+    # Real: classes in turn (every class the same count), the first full_per_class of each keep full activations.
+    real_classes = (np.arange(n_real) % classes).astype(np.int64)
+
+    def real_chunk(i, sl):
+        rng = np.random.default_rng([seed, 0, i])
+        c = real_classes[sl]
+        feats = {l: s.sample(rng, s.means[c], 1.0, 0.35) for l, s in structures.items()}
+        has_full = np.arange(sl.start, sl.stop) < classes * full_per_class
+        onehot = np.zeros((len(c), K), np.float32)
+        onehot[np.arange(len(c)), c] = 1
+        li, lw = sparse_labels(onehot)
+        meta = metadata_frame(np.arange(sl.start, sl.stop), c, index, variant="real",
+                              source=[f"synthetic #{j}" for j in range(sl.start, sl.stop)], seed=seed,
+                              seed_index=np.arange(sl.start, sl.stop), label_index=li, label_weight=lw,
+                              has_full=has_full)
+        full = {mask_layer: rng.standard_normal((int(has_full.sum()), *full_shape), dtype=np.float32)}
+        return {"features": feats, "meta": meta, "thumbs": _thumbs(colours, c, thumb_size), "full": full}
+
+    real_key = {"stage": "real", "synthetic": True, "n": n_real, "classes": classes, "seed": seed, "dims": dims,
+                "model_checksum": checksum, "num_classes": K, "thumb_size": thumb_size, "full_layer": mask_layer,
+                "full_per_class": full_per_class, "compute": compute}
+    write_store("real", "real", real_key, common | {"full_layer": mask_layer, "planned": n_real}, n_real, real_chunk)
+
+    gen_classes, seeds = sample_plan(real_classes, n_gen_class)
+
+    def gen_chunk(variant: str, set_index: int):
+        def chunk(i, sl):
+            rng = np.random.default_rng([seed, set_index, i])
+            c = gen_classes[sl]
+            if variant == "class":
+                vectors = condition_vectors("class", K, classes=c).numpy()
+                src = {l: s.means[c] + s.shift[c] for l, s in structures.items()}
+                spread, noise = 0.9, 0.35
+            elif variant == "blend":  # the shown class and another, weighted as a neighbour blend would be
+                other = rng.integers(0, classes, len(c))
+                vectors = np.zeros((len(c), K), np.float32)
+                vectors[np.arange(len(c)), c] += 0.7
+                vectors[np.arange(len(c)), other] += 0.3
+                src = {l: 0.7 * s.means[c] + 0.3 * s.means[other] for l, s in structures.items()}
+                spread, noise = 1.0, 0.4
+            else:  # uniform / zero: a class the label does not choose, drawn wider (mode mixing)
+                drawn = rng.integers(0, classes, len(c))
+                vectors = condition_vectors(variant, K, count=len(c)).numpy()
+                src = {l: (0.8 if variant == "uniform" else 0.5) * s.means[drawn] for l, s in structures.items()}
+                spread, noise = 1.3, 0.5
+            feats = {l: s.sample(rng, src[l], spread, noise) for l, s in structures.items()}
+            li, lw = sparse_labels(vectors)
+            meta = metadata_frame(np.arange(sl.start, sl.stop), c, index, variant=variant,
+                                  source=[f"seed {seed} #{s}" for s in seeds[sl]], seed=seed, seed_index=seeds[sl],
+                                  label_index=li, label_weight=lw)
+            return {"features": feats, "meta": meta, "thumbs": _thumbs(colours, c, thumb_size)}
+        return chunk
+
+    for set_index, (variant, n) in enumerate([("class", n_gen_class)] + [(v, n_variant) for v in VARIANTS], 1):
+        key = {"stage": "generated", "synthetic": True, "variant": variant, "n": n, "classes": classes, "seed": seed,
+               "dims": dims, "model_checksum": checksum, "num_classes": K, "thumb_size": thumb_size,
+               "compute": compute}
+        info = common | {"variant": variant, "seed": seed, "planned": n, "full_layer": None,
+                         "generated_features": "reencode"}
+        write_store(f"gen-{variant}", "generated", key, info, n, gen_chunk(variant, set_index))
+
+    keys = stage_keys(ctx)
+    for stage in ("extract", "generate"):
+        wd.record(stage, keys[stage], 0.0)
+    return cfg_path
+
+
+# ---------------------------------------------------------------------------------------------
+# One stage in a fresh process: wall time and peak resident memory.
+
+def run_stage(stage: str, config: Path, timeout: float, workdir: Path) -> dict:
+    cmd = [sys.executable, "-m", "dmd2report.cli", "-q", stage, "--config", str(config)]
+    env = os.environ | {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    log = open(config.parent / f"{stage}.log", "w+", encoding="utf-8")
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    status, rusage, finished = None, None, True
+    while True:
+        pid, status, rusage = os.wait4(p.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.perf_counter() - t0 > timeout:
+            os.killpg(p.pid, signal.SIGKILL)
+            pid, status, rusage = os.wait4(p.pid, 0)
+            finished = False
+            break
+        time.sleep(0.05)
+    wall = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    log.seek(0)
+    out = log.read()
+    log.close()
+    row = {"stage": stage, "wall_s": round(wall, 2), "peak_rss_gib": round(rusage.ru_maxrss / 2**20, 3),
+           "status": "ok" if finished and p.returncode == 0 else ("did not finish" if not finished else "failed")}
+    if row["status"] == "ok":
+        rec = json.loads((workdir / "stages.json").read_text()).get(stage, {})
+        row["stage_s"] = rec.get("seconds")
+    elif row["status"] == "did not finish":
+        row["timeout_s"] = timeout
+    else:
+        row["error"] = out[-2000:]
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
+# Plot (Pillow: no matplotlib needed).
+
+def loglog_png(path: Path, series: dict[str, list[tuple[float, float]]], title: str,
+               unfinished: dict[str, list[tuple[float, float]]] | None = None) -> None:
+    """Filled dots: measured times; hollow dots: the time limit of a stage that did not finish (a lower bound)."""
+    from PIL import Image, ImageDraw
+
+    unfinished = unfinished or {}
+
+    W, H, L, R, T, B = 900, 600, 90, 200, 50, 70
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    pts = [p for s in [*series.values(), *unfinished.values()] for p in s if p[1] > 0]
+    if not pts:
+        img.save(path)
+        return
+    x0, x1 = math.floor(math.log10(min(p[0] for p in pts))), math.ceil(math.log10(max(p[0] for p in pts)))
+    y0, y1 = math.floor(math.log10(min(p[1] for p in pts))), math.ceil(math.log10(max(p[1] for p in pts)))
+    x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
+    X = lambda v: L + (math.log10(v) - x0) / (x1 - x0) * (W - L - R)
+    Y = lambda v: H - B - (math.log10(v) - y0) / (y1 - y0) * (H - T - B)
+    for e in range(x0, x1 + 1):
+        for m in range(1, 10):
+            v = m * 10.0 ** e
+            if v > 10.0 ** x1:
+                break
+            d.line([(X(v), T), (X(v), H - B)], fill=(225, 225, 225) if m > 1 else (170, 170, 170))
+        d.text((X(10.0 ** e) - 12, H - B + 8), f"1e{e}", fill="black")
+    for e in range(y0, y1 + 1):
+        for m in range(1, 10):
+            v = m * 10.0 ** e
+            if v > 10.0 ** y1:
+                break
+            d.line([(L, Y(v)), (W - R, Y(v))], fill=(225, 225, 225) if m > 1 else (170, 170, 170))
+        d.text((L - 45, Y(10.0 ** e) - 6), f"1e{e} s", fill="black")
+    d.rectangle([L, T, W - R, H - B], outline="black")
+    d.text((L, 15), title, fill="black")
+    d.text(((L + W - R) // 2 - 60, H - 30), "N real samples (log)", fill="black")
+    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+    for i, (name, s) in enumerate(series.items()):
+        col = colours[i % len(colours)]
+        s = sorted(p for p in s if p[1] > 0)
+        xy = [(X(a), Y(b)) for a, b in s]
+        if len(xy) > 1:
+            d.line(xy, fill=col, width=3)
+        for x, y in xy:
+            d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=col)
+        for a, b in unfinished.get(name, []):
+            d.ellipse([X(a) - 6, Y(b) - 6, X(a) + 6, Y(b) + 6], outline=col, width=2)
+            d.text((X(a) + 9, Y(b) - 6), "did not finish", fill=col)
+        d.line([(W - R + 15, T + 20 + 22 * i), (W - R + 40, T + 20 + 22 * i)], fill=col, width=3)
+        d.text((W - R + 46, T + 14 + 22 * i), name, fill="black")
+    img.save(path)
+
+
+def slope(points: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of log time against log N (None for fewer than two sizes)."""
+    p = [(math.log(a), math.log(b)) for a, b in points if b > 0]
+    if len(p) < 2:
+        return None
+    x, y = np.array(p).T
+    return float(np.polyfit(x, y, 1)[0])
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _ints(text: str) -> list[int]:
+    return [int(v.replace("_", "")) for v in text.split(",") if v]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n-real", default="50000", help="real samples; a comma list for a sweep")
+    ap.add_argument("--n-gen", default="50000", help="class-conditioned samples (one value, or one per --n-real)")
+    ap.add_argument("--n-variant", default="10000", help="samples of each other variant (uniform, zero, blend)")
+    ap.add_argument("--classes", type=int, default=1000)
+    ap.add_argument("--dim", type=int, default=768, help="width of both layers (dmd2-imagenet64: 768)")
+    ap.add_argument("--preset", default="dmd2-imagenet64")
+    ap.add_argument("--stages", default="fit,measure,render")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per stage before it counts as not finished")
+    ap.add_argument("--device", default="auto", help="run.device of the stages (auto: CUDA when present)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--root", type=Path, help="where the work directories go (default: a temporary folder)")
+    ap.add_argument("--keep", action="store_true", help="keep the work directories")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "scale.json")
+    ap.add_argument("--plot", type=Path, help="log-log PNG (default: --out with .png)")
+    args = ap.parse_args(argv)
+
+    n_real = _ints(args.n_real)
+    n_gen, n_var = _ints(args.n_gen), _ints(args.n_variant)
+    n_gen = n_gen * len(n_real) if len(n_gen) == 1 else n_gen
+    n_var = n_var * len(n_real) if len(n_var) == 1 else n_var
+    if not len(n_real) == len(n_gen) == len(n_var):
+        ap.error("--n-gen and --n-variant take one value or one per --n-real")
+    stages = [s for s in args.stages.split(",") if s]
+    for s in stages:
+        if s not in ("fit", "measure", "render"):
+            ap.error(f"--stages: {s!r}; this benchmark times fit, measure and render ({MODEL_STAGES_NOTE})")
+    base = args.root or Path(tempfile.mkdtemp(prefix="dmd2scale-"))
+    import torch
+
+    doc = {"command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]), "machine": {
+        "cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+        "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_avg_start": os.getloadavg()},
+        "code": _git_head(), "code_path": "current (the only one in the package; baseline for later fast paths)",
+        "classes": args.classes, "dims": args.dim, "preset": args.preset, "timeout_s": args.timeout,
+        "note": MODEL_STAGES_NOTE, "sizes": []}
+    for nr, ng, nv in zip(n_real, n_gen, n_var):
+        root = base / f"n{nr}-g{ng}-v{nv}"
+        shutil.rmtree(root, ignore_errors=True)
+        t0 = time.perf_counter()
+        cfg = write_synthetic_work_dir(root, nr, ng, nv, classes=args.classes,
+                                       dims={"encoder_bottleneck": args.dim, "midblock": args.dim}, seed=args.seed,
+                                       preset=args.preset, device=args.device)
+        write_s = time.perf_counter() - t0
+        size = {"n_real": nr, "n_gen_class": ng, "n_variant": nv, "n_generated": ng + 3 * nv,
+                "write_s": round(write_s, 1), "store_bytes": _bytes(root / "work" / "stores"), "stages": []}
+        print(f"N real {nr:,}, generated {ng:,} + 3 x {nv:,}: stores written in {write_s:.1f} s "
+              f"({size['store_bytes'] / 2**30:.2f} GiB)", flush=True)
+        doc["sizes"].append(size)
+        stopped = None
+        for stage in stages:
+            if stopped:
+                size["stages"].append({"stage": stage, "status": f"not run ({stopped} did not finish)"})
+                continue
+            row = run_stage(stage, cfg, args.timeout, root / "work")
+            size["stages"].append(row)
+            finish(doc, stages, args.out, args.plot)
+            print(f"  {stage:8s} {row['status']:14s} wall {row.get('wall_s', 0):8.1f} s  stage {row.get('stage_s') or 0:8.1f} s"
+                  f"  peak RSS {row.get('peak_rss_gib', 0):6.2f} GiB", flush=True)
+            if row["status"] != "ok":
+                stopped = stage
+                if row.get("error"):
+                    print(row["error"], file=sys.stderr)
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    finish(doc, stages, args.out, args.plot)
+    print_table(doc)
+    print(f"wrote {args.out} and {args.plot or args.out.with_suffix('.png')}")
+    if args.root is None and not args.keep:
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+def finish(doc: dict, stages: list[str], out: Path, plot: Path | None) -> None:
+    """Slopes, the JSON file and the plot, from what is measured so far (written after every stage, so
+    that a run stopped part-way keeps its rows)."""
+    doc["machine"]["load_avg_end"] = os.getloadavg()
+    series = {s: [(z["n_real"], r["wall_s"]) for z in doc["sizes"] for r in z["stages"]
+                  if r["stage"] == s and r["status"] == "ok"] for s in stages}
+    doc["loglog_slope_wall"] = {s: slope(p) for s, p in series.items()}
+    rss = {s: [(z["n_real"] + z["n_generated"], r["peak_rss_gib"]) for z in doc["sizes"] for r in z["stages"]
+               if r["stage"] == s and r["status"] == "ok"] for s in stages}
+    doc["loglog_slope_peak_rss"] = {s: slope(p) for s, p in rss.items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    dnf = {s: [(z["n_real"], r["wall_s"]) for z in doc["sizes"] for r in z["stages"]
+               if r["stage"] == s and r["status"] == "did not finish"] for s in stages}
+    loglog_png(plot or out.with_suffix(".png"), series,
+               f"dmd2report stage wall time against N real ({doc['machine']['cpus']} cores); hollow: did not finish",
+               unfinished=dnf)
+
+
+def print_table(doc: dict) -> None:
+    print("\n| N real | generated | stage | status | wall s | stage s | peak RSS GiB | GiB per M samples |")
+    print("|---:|---:|---|---|---:|---:|---:|---:|")
+    for z in doc["sizes"]:
+        total = z["n_real"] + z["n_generated"]
+        for r in z["stages"]:
+            ok = r["status"] == "ok"
+            print(f"| {z['n_real']:,} | {z['n_gen_class']:,} + 3 x {z['n_variant']:,} | {r['stage']} | {r['status']} | "
+                  f"{r['wall_s'] if 'wall_s' in r else '-'} | {r.get('stage_s', '-') if ok else '-'} | "
+                  f"{r.get('peak_rss_gib', '-')} | {r['peak_rss_gib'] / total * 1e6:.1f} |" if ok else
+                  f"| {z['n_real']:,} | {z['n_gen_class']:,} + 3 x {z['n_variant']:,} | {r['stage']} | {r['status']} | "
+                  f"{r.get('wall_s', '-')} | - | {r.get('peak_rss_gib', '-')} | - |")
+    print("log-log slope of wall time against N real: " + ", ".join(
+        f"{s} {v:.2f}" if v is not None else f"{s} -" for s, v in doc["loglog_slope_wall"].items()))
+    print("log-log slope of peak RSS against N (real + generated): " + ", ".join(
+        f"{s} {v:.2f}" if v is not None else f"{s} -" for s, v in doc["loglog_slope_peak_rss"].items()))
+
+
+def _bytes(p: Path) -> int:
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def _git_head() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

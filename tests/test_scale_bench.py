@@ -1,0 +1,65 @@
+"""benchmarks/scale.py cannot rot: its synthetic work directory runs fit, measure and render without a model,
+and a stage over its time limit is recorded as not finished."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dmd2report.config import load_config
+from dmd2report.context import Context
+from dmd2report.pipeline import run_stages, stage_keys
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _scale():
+    spec = importlib.util.spec_from_file_location("scale_bench", ROOT / "benchmarks" / "scale.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["scale_bench"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+def test_synthetic_work_dir_runs_fit_measure_render(tmp_path):
+    scale = _scale()
+    cfg = scale.write_synthetic_work_dir(
+        tmp_path, n_real=300, n_gen_class=200, n_variant=50, classes=10,
+        dims={"encoder_bottleneck": 64, "midblock": 64}, seed=3, preset="demo", chunk_size=128, device="cpu",
+        extra_config="[embedding]\npca_components = 8\nn_neighbors = 10\n", metrics_config="bootstrap = 10")
+    config = load_config(cfg)
+    ctx = Context.create(config, command="test")
+    wd = ctx.workdir
+    # Stores as the stages write them: counts, chunks, widths, labels, the atlas's full activations.
+    real = wd.store("real")
+    assert len(real) == 300 and real.manifest["chunks"] == 3 and real.manifest["feature_dims"]["midblock"] == 64
+    assert real.features("midblock").dtype == np.float16 and real.thumbnails().shape == (300, 32, 32, 3)
+    ids, full = real.full_activations()
+    assert len(ids) == 10 and full.shape[1:] == (64, 8, 8)
+    assert {n: len(wd.store(f"gen-{n}")) for n in ("class", "uniform", "zero", "blend")} == \
+        {"class": 200, "uniform": 50, "zero": 50, "blend": 50}
+    assert wd.store("gen-uniform").label_vectors()[0].sum() == pytest.approx(1.0)
+    assert wd.store("gen-zero").label_vectors().sum() == 0
+    # extract and generate are recorded as done under this config's keys: only the later stages run.
+    keys, recorded = stage_keys(ctx), wd.recorded()
+    assert {s: recorded[s]["key"] for s in ("extract", "generate")} == {s: keys[s] for s in ("extract", "generate")}
+    ran = run_stages(ctx, ("extract", "generate", "fit", "measure", "render"))
+    assert ran == ["fit", "measure", "render"]
+    doc = json.loads((wd.measure / "metrics.json").read_text())
+    space = next(iter(v for k, v in doc["feature_spaces"].items() if k.startswith("midblock")))
+    # Class structure survives: class-conditioned samples land among their own class.
+    assert space["variants"]["class"]["overall"]["class_fidelity"]["value"] > 0.5
+    assert (Path(config.run.site) / "index.html").is_file()
+
+
+def test_stage_over_its_time_limit_is_not_finished(tmp_path):
+    scale = _scale()
+    cfg = scale.write_config(tmp_path / "config.toml", tmp_path, preset="demo", layers=["encoder_bottleneck", "midblock"],
+                             n_gen=10, n_variant=5, seed=0, chunk_size=16, full_per_class=1, device="cpu")
+    row = scale.run_stage("fit", cfg, timeout=0.3, workdir=tmp_path / "work")
+    assert row["status"] == "did not finish" and row["timeout_s"] == 0.3
+    assert scale.slope([(10, 1.0), (100, 10.0)]) == pytest.approx(1.0)
