@@ -65,13 +65,14 @@ def metadata_frame(sample_id, class_id, index, *, variant: str, source, seed, se
     `extra` columns ({name: values}) follow `sample_id` (the trajectory stores' path, step, sigma)."""
     class_id = np.asarray(class_id, np.int64)
     n = len(class_id)
-    names = {int(c): (index.synset(int(c)), index.name(int(c))) for c in np.unique(class_id)}
+    classes, inverse = np.unique(class_id, return_inverse=True)  # names per class, then spread: no loop per sample
+    synsets = np.array([index.synset(int(c)) for c in classes], dtype=object)[inverse]
+    names = np.array([index.name(int(c)) for c in classes], dtype=object)[inverse]
     columns = {"sample_id": np.asarray(sample_id, np.int64), **(extra or {}),
                "source": np.asarray(source, dtype=object).astype(str) if not isinstance(source, str) else source,
                "seed": np.broadcast_to(np.asarray(seed, np.int64), (n,)).copy(),
                "seed_index": np.broadcast_to(np.asarray(seed_index, np.int64), (n,)).copy(),
-               "class_id": class_id, "synset": [names[int(c)][0] for c in class_id],
-               "name": [names[int(c)][1] for c in class_id], "variant": variant,
+               "class_id": class_id, "synset": synsets, "name": names, "variant": variant,
                "label_index": list(label_index), "label_weight": list(label_weight),
                "has_recon": np.zeros(n, bool) if has_recon is None else np.asarray(has_recon, bool),
                "has_full": np.zeros(n, bool) if has_full is None else np.asarray(has_full, bool)}
