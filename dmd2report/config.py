@@ -243,6 +243,8 @@ class ReportConfig:
     color_by: str = setting("class", "What colours the map's points.", choices=("class", "variant"))
     max_classes_pages: int = setting(100, "Per-class pages, for the most populous classes.", ge=0)
     thumb_size: int = setting(32, "Thumbnail side in pixels (at most the model's resolution).", ge=1)
+    png_fallback: bool = setting(False, "Also write PNG thumbnail sheets for browsers without WebP (every current "
+                                        "browser reads WebP; the PNGs more than double the sheets' size).")
 
 
 @dataclass

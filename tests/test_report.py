@@ -35,8 +35,9 @@ def test_site_has_every_page_and_local_bokehjs(site, data):
     names = {p.relative_to(root).as_posix() for p in files}
     for page in ("index.html", "map.html", "variants.html", "classes.html", "metrics.html", "atlas.html",
                  "static/bokeh.min.js", "static/bokeh-gl.min.js", "static/site.js", "assets/data.js",
-                 "assets/thumbs-000.webp", "assets/thumbs-000.png"):
+                 "assets/thumbs-000.webp"):
         assert page in names
+    assert not any(n.endswith(".png") for n in names)  # WebP sheets only by default
     assert {f"classes/class-{c}.html" for c in range(4)} <= names
     for f in files:
         if f.suffix == ".html":
@@ -89,8 +90,23 @@ def test_sprite_sheets_hold_each_thumbnail_where_layout_says(tmp_path):
         tile = np.asarray(images[s])[r * 8:(r + 1) * 8, c * 8:(c + 1) * 8]
         assert np.array_equal(tile, thumbs[i])
     lay2 = sprites.write_sheets(thumbs, tmp_path)
-    assert lay2.sheets == len(list(tmp_path.glob("*.webp"))) == len(list(tmp_path.glob("*.png")))
+    assert lay2.sheets == len(list(tmp_path.glob("*.webp"))) and not list(tmp_path.glob("*.png"))
     assert Image.open(tmp_path / "thumbs-000.webp").size == (lay.cols * 8, lay.rows * 8)
+    sprites.write_sheets(thumbs, tmp_path / "with-png", png_fallback=True)
+    assert len(list((tmp_path / "with-png").glob("*.png"))) == lay2.sheets
+    assert Image.open(tmp_path / "with-png" / "thumbs-000.png").size == (lay.cols * 8, lay.rows * 8)  # palette PNG
+
+
+def test_png_fallback_is_an_option(data, tmp_path):
+    """report.png_fallback adds PNG sheets and the CSS that falls back to them; without it no page names a PNG."""
+    plain = render_site(data, tmp_path / "plain")
+    with_png = render_site(data, tmp_path / "png", png_fallback=True)
+    assert not [p for p in plain if p.suffix == ".png"] and "thumbs-000.png" in {p.name for p in with_png}
+    index_plain = (tmp_path / "plain" / "index.html").read_text()
+    index_png = (tmp_path / "png" / "index.html").read_text()
+    assert ".png" not in index_plain and 'image-set(url("assets/thumbs-000.webp")' in index_png
+    size = lambda files: sum(p.stat().st_size for p in files)
+    assert size(plain) < size(with_png)
 
 
 def test_many_thumbnails_span_several_sheets():

@@ -269,11 +269,12 @@ def _common(data: ReportData) -> dict:
 
 
 def render_site(data: ReportData, site_dir, *, single_file: bool = False, single_file_limit_mb: float = 25.0,
-                color_by: str = "class") -> list[Path]:
+                color_by: str = "class", png_fallback: bool = False) -> list[Path]:
     """Write the report for `data` into `site_dir` (a folder) and return the files written.
 
     single_file=True writes `site_dir/report.html` with BokehJS, data and thumbnails inlined,
-    logs its size, and raises UserError when it exceeds `single_file_limit_mb`.
+    logs its size, and raises UserError when it exceeds `single_file_limit_mb`. Thumbnail sheets are
+    WebP; `png_fallback` adds PNG copies for browsers without WebP (folder form only).
     """
     if color_by not in ("class", "variant"):
         raise UserError(f"report.color_by: expected 'class' or 'variant', got {color_by!r}")
@@ -303,7 +304,7 @@ def render_site(data: ReportData, site_dir, *, single_file: bool = False, single
                                 f"(report.single_file_limit_mb); use the folder form (without --single-file) and share the folder")
             files.save_text(tmp / "report.html", html)
         else:
-            _render_folder(env, data, pages, nav, common, tmp)
+            _render_folder(env, data, pages, nav, common, tmp, png_fallback)
         files.save_text(tmp / SITE_MARKER, "rendered by dmd2report; this folder is replaced on every render\n")
     return sorted(q for q in site_dir.rglob("*") if q.is_file() and q.name != SITE_MARKER)
 
@@ -319,7 +320,7 @@ def _sprite_css(n_sheets: int, urls: list[list[str]]) -> str:
     return "\n".join(rules)
 
 
-def _render_folder(env, data, pages, nav, common, out: Path) -> None:
+def _render_folder(env, data, pages, nav, common, out: Path, png_fallback: bool = False) -> None:
     (out / "static").mkdir()
     (out / "assets").mkdir()
     (out / "classes").mkdir()
@@ -328,13 +329,14 @@ def _render_folder(env, data, pages, nav, common, out: Path) -> None:
         files.copy_file(js_dir / f, out / "static" / f)
     for f in ("site.css", "site.js"):
         files.save_text(out / "static" / f, _static_text(f))
-    layout = sprites.write_sheets(data.thumbnails, out / "assets")
+    layout = sprites.write_sheets(data.thumbnails, out / "assets", png_fallback)
     site_json = json_for_script(_site_data(data, layout))
     files.save_text(out / "assets" / "data.js", f"window.DMD2_DATA={site_json};\n")
     for page in pages:
         depth = page["file"].count("/")
         root = "../" * depth
-        urls = [[f"{root}assets/thumbs-{s:03d}.webp", f"{root}assets/thumbs-{s:03d}.png"] for s in range(layout.sheets)]
+        formats = ("webp", "png") if png_fallback else ("webp",)
+        urls = [[f"{root}assets/thumbs-{s:03d}.{fmt}" for fmt in formats] for s in range(layout.sheets)]
         script, divs = components(page["models"]) if page["models"] else ("", {})
         html = env.get_template(page["template"]).render(
             **common, **page["ctx"], page=page, nav=nav, root=root, single=False, fragment=False,

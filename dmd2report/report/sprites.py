@@ -2,8 +2,9 @@
 
 Every sheet has the same grid (cols x rows tiles of t x t pixels), so a thumbnail index maps to
 (sheet, col, row) by arithmetic alone; the pages (CSS and JS) do the same arithmetic.
-Sheets are written as lossy WebP and as a palette PNG fallback; CSS `image-set()` lets the
-browser pick WebP and older browsers fall back to the PNG declared before it.
+Sheets are written as lossy WebP, which every current browser reads; with `png_fallback` also as a
+palette PNG, and CSS `image-set()` lets the browser pick WebP while older ones fall back to the PNG
+declared before it.
 """
 
 from __future__ import annotations
@@ -72,11 +73,11 @@ def _encode(image: Image.Image, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def write_sheets(thumbnails: np.ndarray, assets_dir: Path) -> SpriteLayout:
-    """Write thumbs-NNN.webp and thumbs-NNN.png under assets_dir; returns the layout."""
+def write_sheets(thumbnails: np.ndarray, assets_dir: Path, png_fallback: bool = False) -> SpriteLayout:
+    """Write thumbs-NNN.webp (and thumbs-NNN.png with `png_fallback`) under assets_dir; returns the layout."""
     lay, images = sheet_images(thumbnails)
     for s, im in enumerate(images):
-        for fmt in ("webp", "png"):
+        for fmt in ("webp", "png") if png_fallback else ("webp",):
             save_bytes(assets_dir / f"thumbs-{s:03d}.{fmt}", _encode(im, fmt))
     return lay
 

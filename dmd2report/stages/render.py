@@ -36,7 +36,8 @@ def run(ctx: Context, overwrite: bool = False) -> None:
     """The render stage: the site at `run.site`, replaced whole."""
     r = ctx.config.report
     pages = render_site(assemble_report(ctx), ctx.config.run.site, single_file=r.single_file,
-                        single_file_limit_mb=r.single_file_limit_mb, color_by=r.color_by)
+                        single_file_limit_mb=r.single_file_limit_mb, color_by=r.color_by,
+                        png_fallback=r.png_fallback)
     ctx.log.info("[render] wrote %d page(s) to %s", len(pages), ctx.config.run.site)
 
 
