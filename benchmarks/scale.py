@@ -88,9 +88,13 @@ def _thumbs(colours: np.ndarray, class_ids: np.ndarray, size: int) -> np.ndarray
 
 
 def write_config(path: Path, root: Path, *, preset: str, layers, n_gen: int, n_variant: int, seed: int,
-                 chunk_size: int, full_per_class: int, device: str, extra: str = "", metrics_extra: str = "") -> Path:
-    """The TOML config of a synthetic work directory (trajectory off: it needs the model)."""
+                 chunk_size: int, full_per_class: int, device: str, extra: str = "", metrics_extra: str = "",
+                 checkpoint: Path | None = None) -> Path:
+    """The TOML config of a synthetic work directory. Without a checkpoint the trajectory is off (it needs
+    the model); with one it follows its paths but takes no real references (there are no real images)."""
     layer_list = ", ".join(f'"{l}"' for l in layers)
+    model_line = f'checkpoint = "{checkpoint}"' if checkpoint else ""
+    trajectory = "enabled = true\nreal_references = 0" if checkpoint else "enabled = false"
     text = f"""# written by benchmarks/scale.py: a synthetic work directory (no model)
 [run]
 name = "scale benchmark (synthetic)"
@@ -101,6 +105,7 @@ device = "{device}"
 
 [model]
 preset = "{preset}"
+{model_line}
 
 [data]
 source = "imagenet64-npz"
@@ -122,7 +127,7 @@ layer = "{layers[-1]}"
 {metrics_extra}
 
 [trajectory]
-enabled = false
+{trajectory}
 {extra}"""
     path.write_text(text, encoding="utf-8")
     return path
@@ -131,7 +136,8 @@ enabled = false
 def write_synthetic_work_dir(root, n_real: int, n_gen_class: int, n_variant: int, classes: int = 1000,
                              dims: dict | None = None, seed: int = 0, *, preset: str = "dmd2-imagenet64",
                              chunk_size: int = 4096, full_per_class: int = 1, thumb_size: int = 32,
-                             device: str = "auto", extra_config: str = "", metrics_config: str = "") -> Path:
+                             device: str = "auto", extra_config: str = "", metrics_config: str = "",
+                             checkpoint: Path | None = None) -> Path:
     """Write `<root>/work` (stores + stages.json) and `<root>/config.toml`; returns the config path.
 
     The stores are those the extract and generate stages write (StoreWriter, metadata_frame,
@@ -158,7 +164,7 @@ def write_synthetic_work_dir(root, n_real: int, n_gen_class: int, n_variant: int
         raise ValueError(f"{classes} classes: preset {preset} takes {net.label_dim}")
     cfg_path = write_config(root / "config.toml", root, preset=preset, layers=layers, n_gen=n_gen_class,
                             n_variant=n_variant, seed=seed, chunk_size=chunk_size, full_per_class=full_per_class,
-                            device=device, extra=extra_config, metrics_extra=metrics_config)
+                            device=device, extra=extra_config, metrics_extra=metrics_config, checkpoint=checkpoint)
     config = load_config(cfg_path)
     mask_layer = config.atlas.mask_layer
     full_shape = tuple(block_shapes(net)[resolve_layer(net, mask_layer)])
@@ -254,12 +260,13 @@ def write_synthetic_work_dir(root, n_real: int, n_gen_class: int, n_variant: int
 # ---------------------------------------------------------------------------------------------
 # One stage in a fresh process: wall time and peak resident memory.
 
-def run_stage(stage: str, config: Path, timeout: float, workdir: Path) -> dict:
+def run_stage(stage: str, config: Path, timeout: float, workdir: Path, code: Path = REPO) -> dict:
+    """Run one stage of `config` with the package found under `code` (this checkout, or a baseline's)."""
     cmd = [sys.executable, "-m", "dmd2report.cli", "-q", stage, "--config", str(config)]
-    env = os.environ | {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    log = open(config.parent / f"{stage}.log", "w+", encoding="utf-8")
+    env = os.environ | {"PYTHONPATH": str(code) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    log = open(workdir.parent / f"{workdir.name}-{stage}.log", "w+", encoding="utf-8")
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    p = subprocess.Popen(cmd, cwd=code, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     status, rusage, finished = None, None, True
     while True:
         pid, status, rusage = os.wait4(p.pid, os.WNOHANG)
@@ -327,7 +334,8 @@ def loglog_png(path: Path, series: dict[str, list[tuple[float, float]]], title: 
     d.rectangle([L, T, W - R, H - B], outline="black")
     d.text((L, 15), title, fill="black")
     d.text(((L + W - R) // 2 - 60, H - 30), "N real samples (log)", fill="black")
-    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+               (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
     for i, (name, s) in enumerate(series.items()):
         col = colours[i % len(colours)]
         s = sorted(p for p in s if p[1] > 0)
@@ -367,8 +375,15 @@ def main(argv=None) -> int:
     ap.add_argument("--classes", type=int, default=1000)
     ap.add_argument("--dim", type=int, default=768, help="width of both layers (dmd2-imagenet64: 768)")
     ap.add_argument("--preset", default="dmd2-imagenet64")
-    ap.add_argument("--stages", default="fit,measure,render")
+    ap.add_argument("--stages", default="fit,measure,render",
+                    help="of fit, measure, atlas, trajectory, render (atlas and trajectory need a checkpoint)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per stage before it counts as not finished")
+    ap.add_argument("--baseline", metavar="REF", help="also run every stage with the package as of git REF "
+                    "(e.g. f2c731b, the code before issue 20), side by side on the same stores")
+    ap.add_argument("--baseline-timeout", type=float, help="--timeout of the baseline's stages (default: --timeout)")
+    ap.add_argument("--checkpoint", type=Path, help="a checkpoint of --preset: enables atlas and trajectory")
+    ap.add_argument("--random-checkpoint", type=Path, metavar="FILE",
+                    help="like --checkpoint, with random weights written to FILE first if it is missing")
     ap.add_argument("--device", default="auto", help="run.device of the stages (auto: CUDA when present)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--root", type=Path, help="where the work directories go (default: a temporary folder)")
@@ -383,47 +398,60 @@ def main(argv=None) -> int:
     n_var = n_var * len(n_real) if len(n_var) == 1 else n_var
     if not len(n_real) == len(n_gen) == len(n_var):
         ap.error("--n-gen and --n-variant take one value or one per --n-real")
+    if args.random_checkpoint:
+        args.checkpoint = random_checkpoint(args.random_checkpoint, args.preset, args.seed)
     stages = [s for s in args.stages.split(",") if s]
     for s in stages:
-        if s not in ("fit", "measure", "render"):
-            ap.error(f"--stages: {s!r}; this benchmark times fit, measure and render ({MODEL_STAGES_NOTE})")
+        if s not in ("fit", "measure", "atlas", "trajectory", "render"):
+            ap.error(f"--stages: {s!r}; this benchmark times fit, measure, atlas, trajectory and render")
+        if s in ("atlas", "trajectory") and not args.checkpoint:
+            ap.error(f"--stages: {s} needs the model: give --checkpoint or --random-checkpoint ({MODEL_STAGES_NOTE})")
     base = args.root or Path(tempfile.mkdtemp(prefix="dmd2scale-"))
+    baseline_code = checkout(args.baseline, base / f"code-{args.baseline}") if args.baseline else None
     import torch
 
     doc = {"command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]), "machine": {
         "cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
         "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_avg_start": os.getloadavg()},
-        "code": _git_head(), "code_path": "current (the only one in the package; baseline for later fast paths)",
+        "code": _git_head(), "baseline": args.baseline,
         "classes": args.classes, "dims": args.dim, "preset": args.preset, "timeout_s": args.timeout,
-        "note": MODEL_STAGES_NOTE, "sizes": []}
+        "checkpoint": "random weights" if args.random_checkpoint else (str(args.checkpoint) if args.checkpoint else None),
+        "note": MODEL_STAGES_NOTE if not args.checkpoint else
+        "trajectory.real_references = 0: the synthetic work directory has no real images to noise", "sizes": []}
     for nr, ng, nv in zip(n_real, n_gen, n_var):
         root = base / f"n{nr}-g{ng}-v{nv}"
         shutil.rmtree(root, ignore_errors=True)
         t0 = time.perf_counter()
         cfg = write_synthetic_work_dir(root, nr, ng, nv, classes=args.classes,
                                        dims={"encoder_bottleneck": args.dim, "midblock": args.dim}, seed=args.seed,
-                                       preset=args.preset, device=args.device)
+                                       preset=args.preset, device=args.device, checkpoint=args.checkpoint)
         write_s = time.perf_counter() - t0
         size = {"n_real": nr, "n_gen_class": ng, "n_variant": nv, "n_generated": ng + 3 * nv,
                 "write_s": round(write_s, 1), "store_bytes": _bytes(root / "work" / "stores"), "stages": []}
         print(f"N real {nr:,}, generated {ng:,} + 3 x {nv:,}: stores written in {write_s:.1f} s "
               f"({size['store_bytes'] / 2**30:.2f} GiB)", flush=True)
         doc["sizes"].append(size)
-        stopped = None
-        for stage in stages:
-            if stopped:
-                size["stages"].append({"stage": stage, "status": f"not run ({stopped} did not finish)"})
-                continue
-            row = run_stage(stage, cfg, args.timeout, root / "work")
-            size["stages"].append(row)
-            finish(doc, stages, args.out, args.plot)
-            print(f"  {stage:8s} {row['status']:14s} wall {row.get('wall_s', 0):8.1f} s  stage {row.get('stage_s') or 0:8.1f} s"
-                  f"  peak RSS {row.get('peak_rss_gib', 0):6.2f} GiB", flush=True)
-            if row["status"] != "ok":
-                stopped = stage
-                if row.get("error"):
-                    print(row["error"], file=sys.stderr)
+        paths = [("current", REPO, cfg, root / "work", args.timeout)]
+        if baseline_code:
+            paths.append((f"baseline {args.baseline}", baseline_code, *baseline_work_dir(cfg, root),
+                          args.baseline_timeout or args.timeout))
+        for code_name, code, config, workdir, timeout in paths:
+            stopped = None
+            for stage in stages:
+                if stopped:
+                    size["stages"].append({"stage": stage, "code": code_name,
+                                           "status": f"not run ({stopped} did not finish)"})
+                    continue
+                row = {"code": code_name} | run_stage(stage, config, timeout, workdir, code)
+                size["stages"].append(row)
+                finish(doc, stages, args.out, args.plot)
+                print(f"  {code_name:18s} {stage:10s} {row['status']:14s} wall {row.get('wall_s', 0):8.1f} s  "
+                      f"stage {row.get('stage_s') or 0:8.1f} s  peak RSS {row.get('peak_rss_gib', 0):6.2f} GiB", flush=True)
+                if row["status"] != "ok":
+                    stopped = stage
+                    if row.get("error"):
+                        print(row["error"], file=sys.stderr)
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     finish(doc, stages, args.out, args.plot)
@@ -434,37 +462,85 @@ def main(argv=None) -> int:
     return 0
 
 
+def random_checkpoint(path: Path, preset: str, seed: int) -> Path:
+    """A safetensors checkpoint of `preset` with every parameter random (benchmarks/throughput.py's
+    `random_weights`), written once: timings need the real architecture, not trained weights."""
+    if not path.is_file():
+        from safetensors.torch import save_file
+
+        from dmd2report.models import build_preset
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from throughput import random_weights
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(random_weights(build_preset(preset), seed).state_dict(), str(path))
+    return path
+
+
+def checkout(ref: str, dest: Path) -> Path:
+    """The package as of git `ref`, unpacked into `dest` (git archive: no work tree of this checkout changes)."""
+    if not (dest / "dmd2report").is_dir():
+        dest.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", ref], cwd=REPO, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
+def baseline_work_dir(cfg: Path, root: Path) -> tuple[Path, Path]:
+    """A second work directory on the same stores (linked, read only by these stages) with the same
+    config apart from its work directory and site: (config, work directory)."""
+    work = root / "work-baseline"
+    work.mkdir(parents=True, exist_ok=True)
+    if not (work / "stores").exists():
+        (work / "stores").symlink_to(root / "work" / "stores", target_is_directory=True)
+    shutil.copy2(root / "work" / "stages.json", work / "stages.json")
+    text = cfg.read_text(encoding="utf-8")
+    text = text.replace(f'workdir = "{root / "work"}"', f'workdir = "{work}"')
+    text = text.replace(f'site = "{root / "site"}"', f'site = "{root / "site-baseline"}"')
+    out = root / "config-baseline.toml"
+    out.write_text(text, encoding="utf-8")
+    return out, work
+
+
 def finish(doc: dict, stages: list[str], out: Path, plot: Path | None) -> None:
     """Slopes, the JSON file and the plot, from what is measured so far (written after every stage, so
-    that a run stopped part-way keeps its rows)."""
+    that a run stopped part-way keeps its rows). One series per stage and code path."""
     doc["machine"]["load_avg_end"] = os.getloadavg()
-    series = {s: [(z["n_real"], r["wall_s"]) for z in doc["sizes"] for r in z["stages"]
-                  if r["stage"] == s and r["status"] == "ok"] for s in stages}
-    doc["loglog_slope_wall"] = {s: slope(p) for s, p in series.items()}
-    rss = {s: [(z["n_real"] + z["n_generated"], r["peak_rss_gib"]) for z in doc["sizes"] for r in z["stages"]
-               if r["stage"] == s and r["status"] == "ok"] for s in stages}
-    doc["loglog_slope_peak_rss"] = {s: slope(p) for s, p in rss.items()}
+    rows = [(z, r) for z in doc["sizes"] for r in z["stages"]]
+    codes = list(dict.fromkeys(r.get("code", "current") for _, r in rows)) or ["current"]
+
+    def name(stage, code):
+        return stage if code == "current" else f"{stage} ({code})"
+
+    def pick(stage, code, status):
+        return [(z, r) for z, r in rows if r["stage"] == stage and r.get("code", "current") == code
+                and r["status"] == status]
+
+    series = {name(s, c): [(z["n_real"], r["wall_s"]) for z, r in pick(s, c, "ok")] for c in codes for s in stages}
+    doc["loglog_slope_wall"] = {k: slope(p) for k, p in series.items()}
+    rss = {name(s, c): [(z["n_real"] + z["n_generated"], r["peak_rss_gib"]) for z, r in pick(s, c, "ok")]
+           for c in codes for s in stages}
+    doc["loglog_slope_peak_rss"] = {k: slope(p) for k, p in rss.items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    dnf = {s: [(z["n_real"], r["wall_s"]) for z in doc["sizes"] for r in z["stages"]
-               if r["stage"] == s and r["status"] == "did not finish"] for s in stages}
-    loglog_png(plot or out.with_suffix(".png"), series,
+    dnf = {name(s, c): [(z["n_real"], r["wall_s"]) for z, r in pick(s, c, "did not finish")]
+           for c in codes for s in stages}
+    loglog_png(plot or out.with_suffix(".png"), {k: v for k, v in series.items() if v or dnf.get(k)},
                f"dmd2report stage wall time against N real ({doc['machine']['cpus']} cores); hollow: did not finish",
                unfinished=dnf)
 
 
 def print_table(doc: dict) -> None:
-    print("\n| N real | generated | stage | status | wall s | stage s | peak RSS GiB | GiB per M samples |")
-    print("|---:|---:|---|---|---:|---:|---:|---:|")
+    print("\n| N real | generated | code | stage | status | wall s | stage s | peak RSS GiB | GiB per M samples |")
+    print("|---:|---:|---|---|---|---:|---:|---:|---:|")
     for z in doc["sizes"]:
         total = z["n_real"] + z["n_generated"]
         for r in z["stages"]:
             ok = r["status"] == "ok"
-            print(f"| {z['n_real']:,} | {z['n_gen_class']:,} + 3 x {z['n_variant']:,} | {r['stage']} | {r['status']} | "
-                  f"{r['wall_s'] if 'wall_s' in r else '-'} | {r.get('stage_s', '-') if ok else '-'} | "
-                  f"{r.get('peak_rss_gib', '-')} | {r['peak_rss_gib'] / total * 1e6:.1f} |" if ok else
-                  f"| {z['n_real']:,} | {z['n_gen_class']:,} + 3 x {z['n_variant']:,} | {r['stage']} | {r['status']} | "
-                  f"{r.get('wall_s', '-')} | - | {r.get('peak_rss_gib', '-')} | - |")
+            per_m = f"{r['peak_rss_gib'] / total * 1e6:.1f}" if ok else "-"
+            print(f"| {z['n_real']:,} | {z['n_gen_class']:,} + 3 x {z['n_variant']:,} | {r.get('code', 'current')} | "
+                  f"{r['stage']} | {r['status']} | {r.get('wall_s', '-')} | {r.get('stage_s', '-') if ok else '-'} | "
+                  f"{r.get('peak_rss_gib', '-')} | {per_m} |")
     print("log-log slope of wall time against N real: " + ", ".join(
         f"{s} {v:.2f}" if v is not None else f"{s} -" for s, v in doc["loglog_slope_wall"].items()))
     print("log-log slope of peak RSS against N (real + generated): " + ", ".join(

@@ -26,7 +26,7 @@ from ..context import Context
 from ..embed import even_grid, nearest_stored
 from ..errors import UserError
 from ..files import save_json, save_npz
-from ..knn import knn
+from ..knn import exact_sq_dist, knn
 from ..layers import mask_layers
 from ..runtime import auto_batch_size
 from ..sampling import condition_vectors, generate, sample_noise, to_uint8
@@ -47,8 +47,7 @@ def run(ctx: Context, overwrite: bool = False) -> None:
     ids, full = real.full_activations(m.mask_layer)
     if len(ids) == 0:
         raise UserError(f"{real.path}: no full activations of {m.mask_layer!r} were kept; cannot generate by masking")
-    row_of = {s: i for i, s in enumerate(meta["sample_id"].astype(str))}
-    full_rows = np.array([row_of[str(s)] for s in ids])
+    full_rows = np.flatnonzero(meta["has_full"].to_numpy())   # the rows `full_activations` returned, in order
     classes = meta["class_id"].to_numpy()
     headline = cfg.metrics.layer
     emb = wd.fitted(headline)
@@ -56,20 +55,25 @@ def run(ctx: Context, overwrite: bool = False) -> None:
     real_pts = points[points["set"] == "real"].sort_values("row")
     real_2d = real_pts[["x", "y"]].to_numpy(np.float32)
 
-    # Neighbours among the samples with full activations, in the headline layer's reduced space.
-    feats = emb.reduce(real.features(headline))
-    full_feats = feats[full_rows]
+    # Class means in the headline layer's reduced space, one chunk of the store at a time (no full copy of
+    # the layer), and the neighbours among the samples with full activations.
     net = ctx.generator.net
+    device = next(net.parameters()).device
+    centres, full_feats = _class_means_and_rows(emb, real, headline, classes, full_rows)
     K = net.label_dim
     shape = (net.img_channels, net.img_resolution, net.img_resolution)
-    device = next(net.parameters()).device
     rng = np.random.default_rng(cfg.run.seed)
 
+    # Each class's medoid: its sample with full activations nearest its mean (`knn`'s distance and ties).
+    full_classes = classes[full_rows]
+    d2 = exact_sq_dist(torch.from_numpy(full_feats), torch.from_numpy(centres[full_classes])).numpy()
+    by_class = np.lexsort((np.arange(len(full_rows)), d2, full_classes))
+    first = np.r_[True, full_classes[by_class][1:] != full_classes[by_class][:-1]]
+    medoid_of = dict(zip(full_classes[by_class][first].tolist(), by_class[first].tolist()))
     chosen = []   # (anchor, class, kind)
-    for c in np.unique(classes[full_rows]):
-        members = np.flatnonzero(classes[full_rows] == c)
-        centre = feats[classes == c].mean(0)
-        medoid = members[knn(centre[None], full_feats[members], 1, device=device)[1][0, 0]]
+    for c in np.unique(full_classes):   # one step per class (the seeded draw order of the anchors)
+        members = np.flatnonzero(full_classes == c)
+        medoid = medoid_of[int(c)]
         others = rng.permutation(np.setdiff1d(members, [medoid]))[: max(m.anchors_per_class - 1, 0)]
         chosen += [(a, int(c), "medoid" if a == medoid else "sample") for a in [medoid, *others]]
     # every anchor's nearest samples with full activations (the anchor among them), in one search
@@ -127,3 +131,29 @@ def run(ctx: Context, overwrite: bool = False) -> None:
                                        "fit": fit_id})
     ctx.log.info("[atlas] %d anchor generations, %d grid generations by masking %s", len(anchors), len(grid),
                  m.mask_layer)
+
+
+def _class_means_and_rows(emb, store, layer: str, classes: np.ndarray, rows: np.ndarray):
+    """(float32 (C_max + 1, n_components) mean reduced features per class id, float32 reduced features of
+    `rows`), reading the store's features of `layer` one memory-mapped chunk at a time."""
+    n_classes = int(classes.max()) + 1
+    sums = np.zeros((n_classes, emb.n_components), np.float64)
+    picked = np.empty((len(rows), emb.n_components), np.float32)
+    start = 0
+    for chunk in store.iter_features(layer):
+        stop = start + len(chunk)
+        x = emb.reduce(chunk)
+        _add_rows(sums, classes[start:stop], x)
+        sel = (rows >= start) & (rows < stop)
+        picked[sel] = x[rows[sel] - start]
+        start = stop
+    counts = np.bincount(classes, minlength=n_classes)[:, None]
+    return (sums / np.maximum(counts, 1)).astype(np.float32), picked
+
+
+def _add_rows(sums: np.ndarray, groups: np.ndarray, x: np.ndarray) -> None:
+    """sums[g] += the rows of x in group g, in float64 (a sort and a segmented sum, no loop per row)."""
+    order = np.argsort(groups, kind="stable")
+    g = groups[order]
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    sums[g[starts]] += np.add.reduceat(x[order].astype(np.float64), starts, axis=0)

@@ -33,7 +33,7 @@ from ..context import Context, compute_identity
 from ..errors import UserError
 from ..features import Reducer, feature_dims, parse_reduce
 from ..files import array_digest, bytes_digest
-from ..knn import knn
+from ..knn import as_device, knn
 from ..layers import ActivationCapture, resolve_layer
 from ..runtime import auto_batch_size, stage_samples
 from ..sampling import SIGMA_MAX, as_stored, condition_vectors, sample_noise, sample_plan, thumbnails
@@ -59,20 +59,41 @@ def run(ctx: Context, overwrite: bool = False) -> None:
         vectors = None
         if variant == "blend":
             layer = cfg.metrics.layer
-            vectors = blend_weights(real.features(layer).astype(np.float32), real_classes,
-                                    wd.store("gen-class", reader="generate").features(layer)[:n_var].astype(np.float32),
-                                    cfg.generate.blend_neighbours, net.label_dim)
+            vectors = blend_weights(lambda: real.iter_features(layer), real_classes,
+                                    wd.store("gen-class", reader="generate").features(layer)[:n_var],
+                                    cfg.generate.blend_neighbours, net.label_dim, device=next(net.parameters()).device)
         generate_set(cfg, net, checksum, variant, class_ids[:n_var], seeds[:n_var], label_vectors=vectors,
                      overwrite=overwrite)
 
 
-def blend_weights(real_feats: np.ndarray, real_classes: np.ndarray, query_feats: np.ndarray, k: int,
-                  num_classes: int) -> np.ndarray:
-    """Each query's blend: the mean one-hot of its k nearest real samples (standardised features)."""
-    mu, sd = real_feats.mean(0), real_feats.std(0) + 1e-6
-    _, idx = knn((query_feats - mu) / sd, (real_feats - mu) / sd, min(k, len(real_feats)))
+def blend_weights(real_chunks, real_classes: np.ndarray, query_feats: np.ndarray, k: int, num_classes: int,
+                  device=None) -> np.ndarray:
+    """Each query's blend: the mean one-hot of its k nearest real samples (standardised features).
+
+    `real_chunks()` yields the real features chunk by chunk (memory-mapped store chunks): the mean and
+    standard deviation are accumulated in float64 over them, and the standardised base is written straight
+    into one float32 tensor on `device` (the search's), so the host never holds a full copy of the layer."""
+    n, dim, mean = 0, None, None
+    for chunk in real_chunks():
+        s = chunk.astype(np.float64).sum(0)
+        mean = s if mean is None else mean + s
+        n += len(chunk)
+    mean /= n
+    sq = sum(np.square(chunk.astype(np.float64) - mean).sum(0) for chunk in real_chunks())
+    sd = np.sqrt(sq / n) + 1e-6
+    dim = len(mean)
+    mu32, sd32 = torch.from_numpy(mean.astype(np.float32)), torch.from_numpy(sd.astype(np.float32))
+    dev = as_device(device)
+    base = torch.empty((n, dim), dtype=torch.float32, device=dev)
+    row = 0
+    for chunk in real_chunks():
+        x = torch.from_numpy(np.asarray(chunk, np.float32))
+        base[row:row + len(x)] = ((x - mu32) / sd32).to(dev)
+        row += len(x)
+    queries = ((torch.from_numpy(np.asarray(query_feats, np.float32)) - mu32) / sd32).to(dev)
+    _, idx = knn(queries, base, min(k, n), device=dev)
     weights = np.zeros((len(query_feats), num_classes), np.float32)
-    for j in range(idx.shape[1]):
+    for j in range(idx.shape[1]):   # one step per neighbour rank, vectorised over the queries
         np.add.at(weights, (np.arange(len(idx)), real_classes[idx[:, j]]), 1.0)
     return weights / idx.shape[1]
 

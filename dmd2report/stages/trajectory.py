@@ -179,12 +179,16 @@ def run(ctx: Context, overwrite: bool = False) -> None:
     ref_images = np.zeros((0, 3, net.img_resolution, net.img_resolution), np.uint8)
     if len(ref_rows):
         with open_source(cfg, net.img_resolution) as source:
-            pos_of = {int(s): p for p, s in enumerate(source.samples["sample_id"])}
+            positions = pd.Index(source.samples["sample_id"].to_numpy().astype(np.int64)).get_indexer(ref_ids)
+            if (positions < 0).any():
+                raise UserError(f"data: real sample {ref_ids[positions < 0][0]} is no longer in {cfg.data.path or 'the data'}; "
+                                "rerun the extract stage")
             loaded = []
-            for sid in ref_ids:
-                got = source.load(pos_of[int(sid)], pos_of[int(sid)] + 1)
+            for pos in positions.tolist():   # one read per reference image (trajectory.real_references of them)
+                got = source.load(pos, pos + 1)
                 if not got.kept.all():
-                    raise UserError(f"data: real sample {sid} can no longer be read; rerun the extract stage")
+                    raise UserError(f"data: real sample {ref_ids[positions == pos][0]} can no longer be read; "
+                                    "rerun the extract stage")
                 loaded.append(got.images)
             ref_images = np.concatenate(loaded)
 
@@ -223,7 +227,8 @@ def run(ctx: Context, overwrite: bool = False) -> None:
                                     "source": meta["source"].astype(str).to_numpy(),
                                     "x": xy[:, 0].astype(np.float32), "y": xy[:, 1].astype(np.float32)}))
     points = pd.concat(frames, ignore_index=True)
-    doc = measure_steps(emb.reduce(real.features(headline)), real_classes, reduced["path"], reduced["real"], sigmas,
+    real_red = np.concatenate([emb.reduce(c) for c in real.iter_features(headline)])   # chunk by chunk
+    doc = measure_steps(real_red, real_classes, reduced["path"], reduced["real"], sigmas,
                         cfg, feature_space=f"{headline}:{f.reduce}+standardise+pca{emb.n_components}")
     doc.update({"layer": headline, "conditioning": t.conditioning, "samples": n, "real_references": int(len(ref_rows)),
                 "paths_per_class": t.paths_per_class, "fit": fit_id})
