@@ -542,7 +542,7 @@ class RadiusPass:
         self.row_counts = torch.zeros(n_q, n_r, dtype=torch.int64, device=p.device)
         self.col_counts = torch.zeros(n_b, n_r, dtype=torch.int64, device=p.device)
         self.col_counts_row = torch.zeros(n_b, dtype=torch.int64, device=p.device)
-        self.step = max(1, max_block_bytes // (8 * 4 * max(p.dim, 1)))
+        self.step = max(4096, max_block_bytes // (8 * 4 * max(p.dim, 1)))   # candidate pairs per exact slice
 
     def __call__(self, q0: int, q1: int, b0: int, b1: int, d2: torch.Tensor) -> None:
         e = d2.add_(self.a[q0:q1, None])      # the product form, less the band's share of the row
@@ -593,31 +593,37 @@ def radius_counts(queries, base, *, col_radii=None, row_radius=None, k: int = 0,
     group (stably, so that ties keep the order of the group's own subset) and run in blocks of whole
     groups, pairs of different groups at infinity. A query needs more than k base points of its group."""
     dev = as_device(device)
-    q_np, b_np = _as_numpy32(queries), _as_numpy32(base)
-    col = None if col_radii is None else np.asarray(col_radii, np.float32).reshape(len(b_np), -1)
-    row = None if row_radius is None else np.asarray(row_radius, np.float32).reshape(len(q_np))
+    n_q, n_b = _shape(queries)[0], _shape(base)[0]
+    col = None if col_radii is None else np.asarray(col_radii, np.float32).reshape(n_b, -1)
+    row = None if row_radius is None else np.asarray(row_radius, np.float32).reshape(n_q)
     n_r = 0 if col is None else col.shape[1]
-    out = {"row_counts": np.zeros((len(q_np), n_r), np.int64), "col_counts": np.zeros((len(b_np), n_r), np.int64),
-           "col_counts_row": np.zeros(len(b_np), np.int64), "knn": None}
-    if k:
-        out["knn"] = (np.full((len(q_np), k), np.inf, np.float32), np.full((len(q_np), k), -1, np.int64))
+    out = {"row_counts": np.zeros((n_q, n_r), np.int64), "col_counts": np.zeros((n_b, n_r), np.int64),
+           "col_counts_row": np.zeros(n_b, np.int64), "knn": None}
     if (q_groups is None) != (b_groups is None):
         raise ValueError("groups need to be given for both queries and base")
-    if q_groups is None:
-        q_order, b_order = np.arange(len(q_np)), np.arange(len(b_np))
-        blocks = [((0, len(q_np)), (0, len(b_np)))]
-        qg = bg = None
-    else:
-        qg_all, bg_all = np.asarray(q_groups, np.int64), np.asarray(b_groups, np.int64)
-        q_order, b_order = np.argsort(qg_all, kind="stable"), np.argsort(bg_all, kind="stable")
-        qg, bg = qg_all[q_order], bg_all[b_order]
-        blocks = _group_blocks(qg, bg)
+    if q_groups is None:   # one block of everything: the inputs go to the device as they are
+        with torch.no_grad(), _no_tf32():
+            p = _Prepared(queries, base, dev)
+            rp = RadiusPass(p, None if col is None else torch.from_numpy(col),
+                            None if row is None else torch.from_numpy(row), max_block_bytes)
+            res = knn_tensors(p, k, False, max_block_bytes, on_block=rp)
+        out.update(row_counts=rp.row_counts.cpu().numpy(), col_counts=rp.col_counts.cpu().numpy(),
+                   col_counts_row=rp.col_counts_row.cpu().numpy())
+        if res is not None:
+            out["knn"] = (res[0].cpu().numpy(), res[1].cpu().numpy())
+        return out
+    q_np, b_np = _as_numpy32(queries), _as_numpy32(base)
+    if k:
+        out["knn"] = (np.full((n_q, k), np.inf, np.float32), np.full((n_q, k), -1, np.int64))
+    qg_all, bg_all = np.asarray(q_groups, np.int64), np.asarray(b_groups, np.int64)
+    q_order, b_order = np.argsort(qg_all, kind="stable"), np.argsort(bg_all, kind="stable")
+    qg, bg = qg_all[q_order], bg_all[b_order]
     with torch.no_grad(), _no_tf32():
-        for (q0, q1), (b0, b1) in blocks:
+        for (q0, q1), (b0, b1) in _group_blocks(qg, bg):
             if q1 == q0 or b1 == b0:
                 continue
             qi, bi = q_order[q0:q1], b_order[b0:b1]
-            p = _Prepared(q_np[qi], b_np[bi], dev, None if qg is None else qg[q0:q1], None if bg is None else bg[b0:b1])
+            p = _Prepared(q_np[qi], b_np[bi], dev, qg[q0:q1], bg[b0:b1])
             rp = RadiusPass(p, None if col is None else torch.from_numpy(col[bi]),
                             None if row is None else torch.from_numpy(row[qi]), max_block_bytes)
             res = knn_tensors(p, k, False, max_block_bytes, on_block=rp)
