@@ -514,10 +514,11 @@ class RadiusPass:
     point (`col_counts`). row_radius (n_query,): tests d(q, b) <= row_radius[q], counted per base point
     (`col_counts_row`). A NaN radius is a test that never holds. The decision is `<=` on the float32
     distance of `exact_sq_dist` (as `within_radius` and `knn`): a block's pairs whose product form could
-    be inside the largest of their balls (with twice the error band of the module docstring as margin)
-    are candidates, found by one comparison over the block; each candidate's distance is recomputed
-    exactly and every test decided on it. Candidates are few (the balls are k-NN balls), so the exact
-    work is small and the block sees one addition, one comparison (two with `row_radius`) and a nonzero."""
+    be inside one of their balls (with twice the error band of the module docstring as margin; for the
+    query's own ball a looser bound, see below) are candidates, found by one comparison over the block;
+    each candidate's distance is recomputed exactly and every test decided on it. Candidates are few
+    (the balls are k-NN balls: about 1.1 per real point measured at 10,000 x 10,000, 50-D), so the exact
+    work is small and the block sees one subtraction, one comparison and a nonzero."""
 
     def __init__(self, p: _Prepared, col_radii: torch.Tensor | None, row_radius: torch.Tensor | None,
                  max_block_bytes: int = DEFAULT_BLOCK_BYTES):
@@ -526,18 +527,24 @@ class RadiusPass:
         coef = 2 * p.band_coef
         tiny = torch.finfo(torch.float32).tiny
         grow = 1 + 8 * _EPS32
-        self.a = p.qn * (1 - coef)              # the row's norm, less its share of the band
+        self.neg_a = -(p.qn * (1 - coef))      # minus the row's norm less its share of the band
         self.col = None if col_radii is None else col_radii.to(p.device, torch.float32).reshape(n_b, -1)
         self.row = None if row_radius is None else row_radius.to(p.device, torch.float32).reshape(n_q)
-        ninf = torch.tensor(float("-inf"), device=p.device)
-        thr_c = torch.full((n_b,), float("-inf"), device=p.device)
+        # Column thresholds C: a pair can be inside a ball of its base point only if d2r - C <= -a (d2r the
+        # rank form the search hands over). A base point without a radius gets radius 0: a few candidates
+        # more, decided exactly (NaN never holds), and C stays finite for the row test below.
+        r2 = torch.zeros(n_b, device=p.device)
         if self.col is not None:
-            r2 = torch.where(self.col.isnan(), ninf, self.col.square()).max(dim=1).values
-            thr_c = torch.where(r2.isinf(), ninf, r2 * grow + p.bn * coef + tiny)
-        self.thr_c = thr_c
+            r2 = torch.nan_to_num(self.col, nan=0.0).square().max(dim=1).values
+        self.thr_c = r2 * grow + p.bn * coef + tiny
+        # Row thresholds: inside the query's ball only if d2r + a <= R, i.e. d2r - C <= R - a - C, implied by
+        # d2r - C <= R - a - min C. One per-row bound then covers both tests: max(-a, R - a - min C).
+        self.row_bound = self.neg_a
         if self.row is not None:
             bn_max = p.bn.max() if n_b else torch.tensor(0.0, device=p.device)
-            self.thr_r = torch.where(self.row.isnan(), ninf, self.row.square() * grow + bn_max * coef + tiny)
+            thr_r = torch.where(self.row.isnan(), float("-inf"), self.row.square() * grow + bn_max * coef + tiny)
+            min_c = self.thr_c.min() if n_b else torch.tensor(0.0, device=p.device)
+            self.row_bound = torch.maximum(self.neg_a, thr_r + self.neg_a - min_c)
         n_r = 0 if self.col is None else self.col.shape[1]
         self.row_counts = torch.zeros(n_q, n_r, dtype=torch.int64, device=p.device)
         self.col_counts = torch.zeros(n_b, n_r, dtype=torch.int64, device=p.device)
@@ -545,11 +552,8 @@ class RadiusPass:
         self.step = max(4096, max_block_bytes // (8 * 4 * max(p.dim, 1)))   # candidate pairs per exact slice
 
     def __call__(self, q0: int, q1: int, b0: int, b1: int, d2: torch.Tensor) -> None:
-        e = d2.add_(self.a[q0:q1, None])      # the product form, less the band's share of the row
-        thr = self.thr_c[None, b0:b1]
-        if self.row is not None:
-            thr = torch.maximum(thr, self.thr_r[q0:q1, None])
-        pairs = (e <= thr).nonzero()
+        # two passes over the block (a subtraction in place, a comparison) and the candidates' positions
+        pairs = (d2.sub_(self.thr_c[None, b0:b1]) <= self.row_bound[q0:q1, None]).nonzero()
         for s in range(0, len(pairs), self.step):
             i, j = pairs[s:s + self.step, 0] + q0, pairs[s:s + self.step, 1] + b0
             d = self.p.exact(i, j).sqrt().float().to(self.p.device)   # the float32 distance `knn` returns
