@@ -33,6 +33,12 @@ the two additions; generous by 2x or more). Then:
   - `within_radius` decides `d(a, b) <= r` on the product form where it is clear by more than the band, and
     recomputes every pair inside the band exactly. In particular an exact copy of a point lies at distance 0
     from it, and a radius equal to a distance (the tie) counts as inside (`<=`).
+  - `RadiusPass` (the metrics' ball tests) rides on `knn_tensors`' blocks: pairs that could be inside a
+    ball by the product form and a margin of twice the band are candidates; each is recomputed exactly and
+    decided on the float32 distance, as `within_radius` decides.
+Groups (`_Prepared`'s q_groups/b_groups; `knn_grouped`, `radius_counts(..., q_groups, b_groups)`): pairs of
+different groups are at infinity, so a search over blocks of whole groups (classes) gives, per group, what a
+search over that group's own subset gives (same values, same ties: the sort by group is stable).
 The exact recomputation runs on the same device in float64 (on the CPU for MPS, which has no float64).
 TF32 matrix products are switched off for the duration of a call, whatever the global setting.
 """
