@@ -33,6 +33,12 @@ the two additions; generous by 2x or more). Then:
   - `within_radius` decides `d(a, b) <= r` on the product form where it is clear by more than the band, and
     recomputes every pair inside the band exactly. In particular an exact copy of a point lies at distance 0
     from it, and a radius equal to a distance (the tie) counts as inside (`<=`).
+  - `RadiusPass` (the metrics' ball tests) rides on `knn_tensors`' blocks: pairs that could be inside a
+    ball by the product form and a margin of twice the band are candidates; each is recomputed exactly and
+    decided on the float32 distance, as `within_radius` decides.
+Groups (`_Prepared`'s q_groups/b_groups; `knn_grouped`, `radius_counts(..., q_groups, b_groups)`): pairs of
+different groups are at infinity, so a search over blocks of whole groups (classes) gives, per group, what a
+search over that group's own subset gives (same values, same ties: the sort by group is stable).
 The exact recomputation runs on the same device in float64 (on the CPU for MPS, which has no float64).
 TF32 matrix products are switched off for the duration of a call, whatever the global setting.
 """
@@ -105,7 +111,7 @@ class _Prepared:
     """Shifted copies and squared norms of queries and base, on one device (and float32 copies of the
     unshifted points on the device of the exact recomputation)."""
 
-    def __init__(self, queries, base, device):
+    def __init__(self, queries, base, device, q_groups=None, b_groups=None):
         self.device = as_device(device)
         self.q = to_tensor(queries, self.device)
         self.b = self.q if base is None else to_tensor(base, self.device)
@@ -121,6 +127,25 @@ class _Prepared:
         self.exact_device = torch.device("cpu") if self.device.type == "mps" else self.device
         self.q_ex = self.q.to(self.exact_device)
         self.b_ex = self.q_ex if base is None else self.b.to(self.exact_device)
+        # Group ids (int64 per point, e.g. classes): pairs of different groups are not neighbours (at infinity).
+        self.qg = None if q_groups is None else torch.as_tensor(np.asarray(q_groups), dtype=torch.int64).to(self.device)
+        if base is None:
+            self.bg = self.qg
+        else:
+            self.bg = None if b_groups is None else torch.as_tensor(np.asarray(b_groups), dtype=torch.int64).to(self.device)
+        if (self.qg is None) != (self.bg is None):
+            raise ValueError("groups need to be given for both queries and base")
+
+    def invalid(self, qi: torch.Tensor, bi: torch.Tensor, exclude_self: bool) -> torch.Tensor | None:
+        """Where candidate pairs (query rows qi, base rows bi, index tensors of one shape) are no
+        neighbours: the point itself (`exclude_self`) or another group. None when all are valid."""
+        bad = None
+        if exclude_self:
+            bad = qi == bi
+        if self.qg is not None:
+            other = self.qg[qi.to(self.device)] != self.bg[bi.to(self.device)]
+            bad = other if bad is None else bad | other.to(bad.device)
+        return bad
 
     def sq_block(self, q0, q1, b0, b1) -> torch.Tensor:
         """Product-form squared distances of queries [q0, q1) to base [b0, b1), clamped at 0."""
@@ -154,8 +179,9 @@ def _mask_self(d2: torch.Tensor, q0: int, b0: int) -> None:
 
 def _distance_blocks(p: _Prepared, q0: int, q1: int, cols: int, exclude_self: bool, rank_only: bool = False):
     """Yield (b0, b1, squared distances of queries q0:q1 to base points b0:b1), each point itself
-    at infinity with `exclude_self`. `rank_only` leaves out the query's own squared norm and the clamp
-    (the same per row: the order within a row is unchanged), two passes fewer over the block."""
+    (`exclude_self`) and pairs of different groups at infinity. `rank_only` leaves out the query's own
+    squared norm and the clamp (the same per row: the order within a row is unchanged), two passes fewer
+    over the block."""
     n_b = len(p.b)
     for b0 in range(0, n_b, cols):
         b1 = min(b0 + cols, n_b)
@@ -165,6 +191,8 @@ def _distance_blocks(p: _Prepared, q0: int, q1: int, cols: int, exclude_self: bo
             d2 = p.sq_block(q0, q1, b0, b1)
         if exclude_self:
             _mask_self(d2, q0, b0)
+        if p.qg is not None:
+            d2.masked_fill_(p.qg[q0:q1, None] != p.bg[None, b0:b1], float("inf"))
         yield b0, b1, d2
 
 
@@ -223,11 +251,24 @@ def knn(queries, base=None, k: int = 1, *, exclude_self: bool = False, device=No
     return d.cpu().numpy(), i.cpu().numpy()
 
 
-def knn_tensors(p: _Prepared, k: int, exclude_self: bool, max_block_bytes: int):
-    """The chunked search on prepared tensors: (distances float32, indices int64) on `p.exact_device`."""
+def knn_tensors(p: _Prepared, k: int, exclude_self: bool, max_block_bytes: int, on_block=None):
+    """The chunked search on prepared tensors: (distances float32, indices int64) on `p.exact_device`.
+
+    `on_block(q0, q1, b0, b1, d2)` (optional) is called on every distance block after its candidates are
+    taken, with d2 the rank form (product form less the query's squared norm, unclamped; pairs of the
+    point itself or of different groups at infinity), which it may overwrite: a second use of the one
+    matrix product (the radius tests of `RadiusPass`). k = 0 runs the blocks for it alone (returns None).
+    With groups, the k nearest are those of the query's own group, which must have more than k points."""
     n_q, n_b = len(p.q), len(p.b)
     if exclude_self and p.b is not p.q:
         raise ValueError("exclude_self needs base=None (the queries searched among themselves)")
+    if k == 0:
+        rows, cols = _block_shape(n_q, n_b, max_block_bytes)
+        for q0 in range(0, n_q, rows):
+            q1 = min(q0 + rows, n_q)
+            for b0, b1, d2 in _distance_blocks(p, q0, q1, cols, exclude_self, rank_only=True):
+                on_block(q0, q1, b0, b1, d2)
+        return None
     _check_k(k, n_b, exclude_self)
     available = n_b - (1 if exclude_self else 0)
     kk = min(k + _SLACK, available)              # candidates kept by the product form
@@ -245,16 +286,23 @@ def knn_tensors(p: _Prepared, k: int, exclude_self: bool, max_block_bytes: int):
         for b0, b1, d2 in _distance_blocks(p, q0, q1, cols, exclude_self, rank_only=True):
             top_d, top_j = torch.topk(d2, min(kk, b1 - b0), dim=1, largest=False)
             best_d, best_i = _keep_nearest(best_d, best_i, top_d, top_j + b0, kk)
+            if on_block is not None:
+                on_block(q0, q1, b0, b1, d2)
         for s0 in range(q0, q1, ex_rows):
             s1 = min(s0 + ex_rows, q1)
             cand = best_i[s0 - q0:s1 - q0].to(p.exact_device)
-            key, idx = _sort_by_key_then_index(exact_sq_dist(p.q_ex[s0:s1, None, :], p.b_ex[cand]), cand)
+            key = exact_sq_dist(p.q_ex[s0:s1, None, :], p.b_ex[cand])
+            # a candidate at infinity (fewer valid points than kk in the query's group) is no neighbour
+            bad = p.invalid(torch.arange(s0, s1, device=p.exact_device)[:, None].expand_as(cand), cand, exclude_self)
+            if bad is not None:
+                key = key.masked_fill(bad.to(key.device), float("inf"))
+            key, idx = _sort_by_key_then_index(key, cand)
             out_key[s0:s1], out_i[s0:s1] = key[:, :k], idx[:, :k]
         if kk < available:
             # Every base point left out has a product form >= the largest kept one (+ the row's squared
             # norm, added here in float64 without rounding; no clamp, which only moves towards the exact
             # value), so an exact distance >= that minus the band; certified when this exceeds the k-th
-            # exact distance, strictly.
+            # exact distance, strictly. (A kept candidate at infinity: every valid point was kept.)
             qn = p.qn[q0:q1].double()
             lower = best_d.max(dim=1).values.double() + qn - (qn + bn_max) * p.band_coef
             bad = ~(lower.to(p.exact_device) > out_key[q0:q1, k - 1])
@@ -291,6 +339,8 @@ def _threshold_pass(p: _Prepared, qrows: torch.Tensor, limit: torch.Tensor, k: i
             near = d2 <= bound
             if exclude_self:
                 near &= qi[:, None] != torch.arange(b0, b1, device=p.device)[None, :]
+            if p.qg is not None:
+                near &= p.qg[qi][:, None] == p.bg[None, b0:b1]
             del d2, bound
             key = torch.full(near.shape, float("inf"), dtype=torch.float64, device=p.exact_device)
             pairs = near.nonzero().to(p.exact_device)
@@ -454,3 +504,176 @@ def _direct_within(p: _Prepared, pairs: torch.Tensor, q0: int, b0: int, rad: tor
         r = rad[0, j] if radius_of == "base" else rad[i, 0]
         out[s:s + step] = d <= r
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Ball tests fused with the search, and searches restricted to groups (classes).
+
+# Rows per side of a block of whole groups. A block costs rows x rows distances of which only the same-group
+# pairs are used, so N x rows in all; larger blocks mean fewer calls. On the CPU (cost per distance) small
+# blocks; on a GPU (cost per call: launches, syncs) large ones: 1,280,000 real in 1,000 classes of 1,280
+# make ~80 blocks there instead of 1,000.
+_GROUP_ROWS = {"cpu": 2048}
+_GROUP_ROWS_DEVICE = 16384
+
+
+def _group_rows(device: torch.device) -> int:
+    return _GROUP_ROWS.get(device.type, _GROUP_ROWS_DEVICE)
+
+
+class RadiusPass:
+    """Exact ball-membership counts taken from the distance blocks of a search (`knn_tensors`' `on_block`),
+    so that one matrix product serves the k-NN and every radius test.
+
+    col_radii (n_base, R): tests d(q, b) <= col_radii[b, r]; counted per query (`row_counts`) and per base
+    point (`col_counts`). row_radius (n_query,): tests d(q, b) <= row_radius[q], counted per base point
+    (`col_counts_row`). A NaN radius is a test that never holds. The decision is `<=` on the float32
+    distance of `exact_sq_dist` (as `within_radius` and `knn`): a block's pairs whose product form could
+    be inside one of their balls (with twice the error band of the module docstring as margin; for the
+    query's own ball a looser bound, see below) are candidates, found by one comparison over the block;
+    each candidate's distance is recomputed exactly and every test decided on it. Candidates are few
+    (the balls are k-NN balls: about 1.1 per real point measured at 10,000 x 10,000, 50-D), so the exact
+    work is small and the block sees one subtraction, one comparison and a nonzero."""
+
+    def __init__(self, p: _Prepared, col_radii: torch.Tensor | None, row_radius: torch.Tensor | None,
+                 max_block_bytes: int = DEFAULT_BLOCK_BYTES):
+        self.p = p
+        n_q, n_b = len(p.q), len(p.b)
+        coef = 2 * p.band_coef
+        tiny = torch.finfo(torch.float32).tiny
+        grow = 1 + 8 * _EPS32
+        self.neg_a = -(p.qn * (1 - coef))      # minus the row's norm less its share of the band
+        self.col = None if col_radii is None else col_radii.to(p.device, torch.float32).reshape(n_b, -1)
+        self.row = None if row_radius is None else row_radius.to(p.device, torch.float32).reshape(n_q)
+        # Column thresholds C: a pair can be inside a ball of its base point only if d2r - C <= -a (d2r the
+        # rank form the search hands over). A base point without a radius gets radius 0: a few candidates
+        # more, decided exactly (NaN never holds), and C stays finite for the row test below.
+        r2 = torch.zeros(n_b, device=p.device)
+        if self.col is not None:
+            r2 = torch.nan_to_num(self.col, nan=0.0).square().max(dim=1).values
+        self.thr_c = r2 * grow + p.bn * coef + tiny
+        # Row thresholds: inside the query's ball only if d2r + a <= R, i.e. d2r - C <= R - a - C, implied by
+        # d2r - C <= R - a - min C. One per-row bound then covers both tests: max(-a, R - a - min C).
+        self.row_bound = self.neg_a
+        if self.row is not None:
+            bn_max = p.bn.max() if n_b else torch.tensor(0.0, device=p.device)
+            thr_r = torch.where(self.row.isnan(), float("-inf"), self.row.square() * grow + bn_max * coef + tiny)
+            min_c = self.thr_c.min() if n_b else torch.tensor(0.0, device=p.device)
+            self.row_bound = torch.maximum(self.neg_a, thr_r + self.neg_a - min_c)
+        n_r = 0 if self.col is None else self.col.shape[1]
+        self.row_counts = torch.zeros(n_q, n_r, dtype=torch.int64, device=p.device)
+        self.col_counts = torch.zeros(n_b, n_r, dtype=torch.int64, device=p.device)
+        self.col_counts_row = torch.zeros(n_b, dtype=torch.int64, device=p.device)
+        self.step = max(4096, max_block_bytes // (8 * 4 * max(p.dim, 1)))   # candidate pairs per exact slice
+
+    def __call__(self, q0: int, q1: int, b0: int, b1: int, d2: torch.Tensor) -> None:
+        # two passes over the block (a subtraction in place, a comparison) and the candidates' positions
+        pairs = (d2.sub_(self.thr_c[None, b0:b1]) <= self.row_bound[q0:q1, None]).nonzero()
+        for s in range(0, len(pairs), self.step):
+            i, j = pairs[s:s + self.step, 0] + q0, pairs[s:s + self.step, 1] + b0
+            d = self.p.exact(i, j).sqrt().float().to(self.p.device)   # the float32 distance `knn` returns
+            if self.col is not None:
+                inside = (d[:, None] <= self.col[j]).long()
+                self.row_counts.index_add_(0, i, inside)
+                self.col_counts.index_add_(0, j, inside)
+            if self.row is not None:
+                self.col_counts_row.index_add_(0, j, (d <= self.row[i]).long())
+
+
+def _group_blocks(q_sorted: np.ndarray, b_sorted: np.ndarray, rows: int):
+    """Blocks of whole groups over two group-sorted id arrays: yields ((q0, q1), (b0, b1)) ranges whose
+    groups are the same, at most `rows` rows a side unless one group alone is larger."""
+    ids = np.union1d(np.unique(q_sorted), np.unique(b_sorted))
+    qs, qe = np.searchsorted(q_sorted, ids, "left"), np.searchsorted(q_sorted, ids, "right")
+    bs, be = np.searchsorted(b_sorted, ids, "left"), np.searchsorted(b_sorted, ids, "right")
+    start = 0
+    for g in range(len(ids)):
+        last = g == len(ids) - 1
+        if last or max(qe[g + 1] - qs[start], be[g + 1] - bs[start]) > rows:
+            yield (int(qs[start]), int(qe[g])), (int(bs[start]), int(be[g]))
+            start = g + 1
+
+
+def _as_numpy32(a) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        a = a.detach().cpu().numpy()
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def radius_counts(queries, base, *, col_radii=None, row_radius=None, k: int = 0, q_groups=None, b_groups=None,
+                  device=None, max_block_bytes: int = DEFAULT_BLOCK_BYTES) -> dict:
+    """One pass over the (query, base) pairs for the ball tests of `RadiusPass` and, with k > 0, the k
+    nearest base points of each query (exactly as `knn`): the four k-NN metrics and the neighbours from one
+    matrix product per block. Returns numpy arrays {"row_counts" (n_q, R), "col_counts" (n_b, R),
+    "col_counts_row" (n_b,), "knn": (distances, indices) or None}.
+
+    With groups (an int per query and per base point: classes), only pairs of one group are tested and
+    searched, as if each group were run on its own (the `*_in_class` scopes): the points are sorted by
+    group (stably, so that ties keep the order of the group's own subset) and run in blocks of whole
+    groups, pairs of different groups at infinity. A query needs more than k base points of its group."""
+    dev = as_device(device)
+    n_q, n_b = _shape(queries)[0], _shape(base)[0]
+    col = None if col_radii is None else np.asarray(col_radii, np.float32).reshape(n_b, -1)
+    row = None if row_radius is None else np.asarray(row_radius, np.float32).reshape(n_q)
+    n_r = 0 if col is None else col.shape[1]
+    out = {"row_counts": np.zeros((n_q, n_r), np.int64), "col_counts": np.zeros((n_b, n_r), np.int64),
+           "col_counts_row": np.zeros(n_b, np.int64), "knn": None}
+    if (q_groups is None) != (b_groups is None):
+        raise ValueError("groups need to be given for both queries and base")
+    if q_groups is None:   # one block of everything: the inputs go to the device as they are
+        with torch.no_grad(), _no_tf32():
+            p = _Prepared(queries, base, dev)
+            rp = RadiusPass(p, None if col is None else torch.from_numpy(col),
+                            None if row is None else torch.from_numpy(row), max_block_bytes)
+            res = knn_tensors(p, k, False, max_block_bytes, on_block=rp)
+        out.update(row_counts=rp.row_counts.cpu().numpy(), col_counts=rp.col_counts.cpu().numpy(),
+                   col_counts_row=rp.col_counts_row.cpu().numpy())
+        if res is not None:
+            out["knn"] = (res[0].cpu().numpy(), res[1].cpu().numpy())
+        return out
+    q_np, b_np = _as_numpy32(queries), _as_numpy32(base)
+    if k:
+        out["knn"] = (np.full((n_q, k), np.inf, np.float32), np.full((n_q, k), -1, np.int64))
+    qg_all, bg_all = np.asarray(q_groups, np.int64), np.asarray(b_groups, np.int64)
+    q_order, b_order = np.argsort(qg_all, kind="stable"), np.argsort(bg_all, kind="stable")
+    qg, bg = qg_all[q_order], bg_all[b_order]
+    with torch.no_grad(), _no_tf32():
+        for (q0, q1), (b0, b1) in _group_blocks(qg, bg, _group_rows(dev)):
+            if q1 == q0 or b1 == b0:
+                continue
+            qi, bi = q_order[q0:q1], b_order[b0:b1]
+            p = _Prepared(q_np[qi], b_np[bi], dev, qg[q0:q1], bg[b0:b1])
+            rp = RadiusPass(p, None if col is None else torch.from_numpy(col[bi]),
+                            None if row is None else torch.from_numpy(row[qi]), max_block_bytes)
+            res = knn_tensors(p, k, False, max_block_bytes, on_block=rp)
+            out["row_counts"][qi] = rp.row_counts.cpu().numpy()
+            out["col_counts"][bi] = rp.col_counts.cpu().numpy()
+            out["col_counts_row"][bi] = rp.col_counts_row.cpu().numpy()
+            if res is not None:
+                d, i = res[0].cpu().numpy(), res[1].cpu().numpy()
+                out["knn"][0][qi], out["knn"][1][qi] = d, np.where(np.isfinite(d), bi[np.clip(i, 0, None)], -1)
+    return out
+
+
+def knn_grouped(points, groups, k: int, *, device=None, max_block_bytes: int = DEFAULT_BLOCK_BYTES):
+    """`knn(points, None, k, exclude_self=True)` inside each group (class) of `points`, for all groups in
+    a few block searches: (distances (n, k) float32, indices (n, k) into `points`), the same values and
+    ties as a search run on the group's own subset (in its order). Points of groups of at most k points
+    get inf and -1."""
+    dev = as_device(device)
+    x = _as_numpy32(points)
+    g = np.asarray(groups, np.int64)
+    dist, idx = np.full((len(x), k), np.inf, np.float32), np.full((len(x), k), -1, np.int64)
+    ids, counts = np.unique(g, return_counts=True)
+    order = np.argsort(g, kind="stable")
+    order = order[np.isin(g[order], ids[counts > k])]
+    gs = g[order]
+    with torch.no_grad(), _no_tf32():
+        for (q0, q1), _ in _group_blocks(gs, gs, _group_rows(dev)):
+            if q1 - q0 <= k:
+                continue
+            rows = order[q0:q1]
+            p = _Prepared(x[rows], None, dev, gs[q0:q1])
+            d, i = knn_tensors(p, k, True, max_block_bytes)
+            dist[rows], idx[rows] = d.cpu().numpy(), rows[i.cpu().numpy()]
+    return dist, idx

@@ -43,7 +43,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits   # a dependency of scikit-learn
 
 from .files import save_text
-from .knn import DEFAULT_BLOCK_BYTES, as_device, knn, to_tensor, within_radius
+from .knn import DEFAULT_BLOCK_BYTES, as_device, knn, knn_grouped, radius_counts, to_tensor
 from .metric_defs import METRICS, Metric, definitions, markdown  # noqa: F401  (the declaration, re-exported)
 
 log = logging.getLogger(__name__)
@@ -113,22 +113,38 @@ def bootstrap_ci(values: np.ndarray, n_boot: int, level: float, rng: np.random.G
     return float(lo), float(hi)
 
 
-def point_flags(real, gen, real_r_pr, real_r_dc, gen_r_pr, *, cover_cap=16, device=None,
-                max_block_bytes=DEFAULT_BLOCK_BYTES) -> dict:
-    """Per-point indicators behind precision, recall, density and coverage (their means are the metrics).
-    gen_r_pr None (too few generated points for r_k) leaves recall out."""
-    kw = dict(device=device, max_block_bytes=max_block_bytes)
-    g2r = within_radius(gen, real, np.stack([real_r_pr, real_r_dc], axis=1), radius_of="base", **kw)
-    cov = within_radius(real, gen, real_r_dc, radius_of="query", cap=cover_cap, **kw)
-    out = {
-        "gen_in_real_manifold": g2r.counts[:, 0] > 0,
-        "gen_density_count": g2r.counts[:, 1],
-        "real_cover_count": cov.counts,
-        "real_covered": cov.counts > 0,
-        "real_covered_by": cov.nearest,
+def point_flags(real, gen, real_r_pr, real_r_dc, gen_r_pr, *, k_gen_real: int = 0, real_groups=None,
+                gen_groups=None, device=None, max_block_bytes=DEFAULT_BLOCK_BYTES) -> dict:
+    """Per-point indicators behind precision, recall, density and coverage (their means are the metrics),
+    from one pass over the (generated, real) pairs (`knn.radius_counts`): density (per generated sample) and
+    coverage (per real point) count the same test d(y, x) <= r_dc(x), by row and by column; precision tests
+    r_pr(x), recall r_pr(y) of the generated sample. gen_r_pr None (too few generated points for r_k)
+    leaves recall out. `k_gen_real` > 0 adds the exact k nearest real points of each generated sample
+    ("nn_real": (distances, indices)) from the same matrix products. With groups (classes), each group on
+    its own (the in-class scopes; radii NaN where a group has none)."""
+    out = radius_counts(gen, real, col_radii=np.stack([real_r_pr, real_r_dc], axis=1), row_radius=gen_r_pr,
+                        k=k_gen_real, q_groups=gen_groups, b_groups=real_groups, device=device,
+                        max_block_bytes=max_block_bytes)
+    flags = {
+        "gen_in_real_manifold": out["row_counts"][:, 0] > 0,
+        "gen_density_count": out["row_counts"][:, 1],
+        "real_cover_count": out["col_counts"][:, 1],
+        "real_covered": out["col_counts"][:, 1] > 0,
+        "nn_real": out["knn"],
     }
     if gen_r_pr is not None:
-        out["real_in_gen_manifold"] = within_radius(real, gen, gen_r_pr, radius_of="base", **kw).counts > 0
+        flags["real_in_gen_manifold"] = out["col_counts_row"] > 0
+    return flags
+
+
+def covered_by(real_gen_dist, real_gen_idx, real_r_dc, cover_cap):
+    """The generated samples covering each real point (d(x, y) <= r_dc(x)), nearest first, at most cover_cap,
+    -1 padded: the prefix of x's exact nearest generated samples within r_dc(x) (covering is monotone in the
+    distance), so it has `knn`'s order and ties. Needs the nearest min(cover_cap, M) of each real point."""
+    w = min(cover_cap, real_gen_idx.shape[1])
+    out = np.full((len(real_gen_idx), cover_cap), -1, np.int64)
+    inside = real_gen_dist[:, :w] <= np.asarray(real_r_dc, np.float32)[:, None]
+    out[:, :w] = np.where(inside, real_gen_idx[:, :w], -1)
     return out
 
 
@@ -169,7 +185,8 @@ def _prdc_entries(flags, k_pr, k_dc, n_real, n_gen, suffix, boot, level, seed, v
 def measure(real: np.ndarray, real_classes, generated: Mapping[str, tuple], *, feature_space: str,
             k_pr: int = 3, k_dc: int = 5, k_fidelity: int = 10, k_neighbours: int = 8, bootstrap: int = 200,
             ci_level: float = 0.95, seed: int = 0, cover_cap: int = 16, per_class: bool = True,
-            per_class_fd: bool = True, device=None, max_block_bytes: int = DEFAULT_BLOCK_BYTES) -> dict:
+            per_class_fd: bool = True, arrays: bool = True, device=None,
+            max_block_bytes: int = DEFAULT_BLOCK_BYTES) -> dict:
     """All metrics of one feature space: every variant overall and per class, plus per-point arrays.
 
     real: (N, D) features; real_classes: (N,) int class ids or None.
@@ -183,17 +200,52 @@ def measure(real: np.ndarray, real_classes, generated: Mapping[str, tuple], *, f
     arrays["variants"][v]: per generated sample nn_real_*, nn_gen_* (nearest other generated), gen_in_real_manifold
     (precision flag), gen_density (its density term, count / k_dc), gen_fidelity (NaN without a class),
     gen_centroid_class; per real point real_covered, real_cover_count, real_covered_by (generated indices,
-    nearest first, -1 padded, at most cover_cap), real_nn_gen_*.
+    nearest first, -1 padded, at most cover_cap), real_nn_gen_*. `arrays=False` (a layer whose per-point
+    arrays are not kept) returns "arrays": None and skips the searches only they need (the neighbour
+    lists, the real -> generated search).
 
-    Each step is logged at DEBUG level (`dmd2report -v`).
+    Work per variant: one pass over the (generated, real) pairs for the four k-NN metrics and the
+    generated samples' nearest real points (`point_flags`), one over (real, generated) for the real points'
+    nearest generated samples (arrays only); the per-class scopes for all classes at once in blocks of
+    whole classes (`knn.knn_grouped`, `knn.radius_counts` with groups). Each step is logged at DEBUG level.
     """
     with _one_blas_thread():
         return _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelity, k_neighbours,
-                        bootstrap, ci_level, seed, cover_cap, per_class, per_class_fd, device, max_block_bytes)
+                        bootstrap, ci_level, seed, cover_cap, per_class, per_class_fd, arrays, device,
+                        max_block_bytes)
+
+
+class _ClassIndex:
+    """Rows of each class of a label array, without an (N x classes) mask: one stable sort, then the rows
+    of class c are order[start[c]:end[c]] in their original order (the order of `labels == c`)."""
+
+    def __init__(self, labels: np.ndarray, classes):
+        self.labels = labels
+        self.order = np.argsort(labels, kind="stable")
+        srt = labels[self.order]
+        self.classes = np.asarray(classes, np.int64)
+        self.start = np.searchsorted(srt, self.classes, "left")
+        self.end = np.searchsorted(srt, self.classes, "right")
+        self.count = self.end - self.start
+
+    def rows(self, i: int) -> np.ndarray:
+        """Rows of the i-th class of `classes`."""
+        return self.order[self.start[i]:self.end[i]]
+
+    def means(self, values: np.ndarray) -> np.ndarray:
+        """Mean of `values` over each class's rows (NaN for an empty class); labels outside `classes` ignored."""
+        v = np.asarray(values, np.float64)[self.order]
+        sums = np.array([v[s:e].sum() for s, e in zip(self.start, self.end)]) if len(self.classes) else np.zeros(0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return sums / self.count
+
+
+def _nan_where_inf(a: np.ndarray) -> np.ndarray:
+    return np.where(np.isfinite(a), a, np.nan).astype(np.float32)
 
 
 def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelity, k_neighbours, bootstrap,
-             ci_level, seed, cover_cap, per_class, per_class_fd, device, max_block_bytes) -> dict:
+             ci_level, seed, cover_cap, per_class, per_class_fd, want_arrays, device, max_block_bytes) -> dict:
     dev = as_device(device)
     kw = dict(device=dev, max_block_bytes=max_block_bytes)
     real_np = np.ascontiguousarray(real, dtype=np.float32)
@@ -209,33 +261,43 @@ def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelit
                     ci_level=ci_level, seed=seed, cover_cap=cover_cap)
 
     log.debug("%s: radii of %d real samples", feature_space, n_real)
-    k_rr = min(max(k_pr, k_dc, k_neighbours), n_real - 1)
+    k_rr = min(max(k_pr, k_dc, k_neighbours if want_arrays else 0), n_real - 1)
     real_r, (rr_d, rr_i) = knn_radii(x, sorted({k_pr, k_dc, k_rr}), **kw)
     stats_real = mean_and_cov(real_np)
     sqrt_real = sqrt_psd(stats_real[1])
     arrays = {"real": {"r_pr": real_r[k_pr], "r_dc": real_r[k_dc], "nn_real_dist": rr_d[:, :k_neighbours],
-                       "nn_real_idx": rr_i[:, :k_neighbours]}, "variants": {}}
+                       "nn_real_idx": rr_i[:, :k_neighbours]}, "variants": {}} if want_arrays else None
+    del rr_d, rr_i
     reference = {}
-    centroids = None
+    centroids = rcls = None
     if rc is not None:
-        centroids = np.stack([real_np[rc == c].astype(np.float64).mean(axis=0) for c in classes]).astype(np.float32)
+        rcls = _ClassIndex(rc, classes)
+        centroids = np.stack([real_np[rcls.rows(i)].astype(np.float64).mean(axis=0)
+                              for i in range(len(classes))]).astype(np.float32)
         _, nc = knn(x, centroids, 1, **kw)
         reference["centroid_accuracy"] = _entry(np.mean(np.asarray(classes)[nc[:, 0]] == rc),
                                                 "centroid_accuracy_real", n_real, 0)
 
-    class_cache: dict[int, dict] = {}   # per real class: subset, radii, Gaussian statistics
+    in_class = {}   # real radii inside each class (NaN for classes too small) and per-class Gaussian statistics
 
-    def real_class(c):
-        if c not in class_cache:
-            xc = real_np[rc == c]
-            entry = {"x": xc, "r": None, "stats": None}
-            if len(xc) > max(k_pr, k_dc):
-                entry["r"] = knn_radii(xc, sorted({k_pr, k_dc}), **kw)[0]
+    def real_in_class():
+        if not in_class:
+            log.debug("%s: radii inside %d real classes", feature_space, len(classes))
+            d, _ = knn_grouped(real_np, rc, max(k_pr, k_dc), **kw)
+            in_class["r_pr"], in_class["r_dc"] = _nan_where_inf(d[:, k_pr - 1]), _nan_where_inf(d[:, k_dc - 1])
+            in_class["stats"] = {}
+        return in_class
+
+    def class_stats(i):
+        st = in_class["stats"]
+        if i not in st:
+            xc = real_np[rcls.rows(i)]
             if per_class_fd and len(xc) >= 2:
                 mu, cov = mean_and_cov(xc)
-                entry["stats"] = (mu, cov, sqrt_psd(cov))
-            class_cache[c] = entry
-        return class_cache[c]
+                st[i] = (mu, cov, sqrt_psd(cov))
+            else:
+                st[i] = None
+        return st[i]
 
     variants = {}
     for name in sorted(generated):
@@ -251,20 +313,27 @@ def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelit
         y = to_tensor(gen_np, dev)
         arr: dict = {}
         gen_r_pr = None
-        if n_gen >= 2:
-            k_gg = min(max(k_pr, k_neighbours), n_gen - 1)
+        k_gg = min(max(k_pr, k_neighbours if want_arrays else 0), n_gen - 1)
+        if n_gen >= 2 and (want_arrays or n_gen > k_pr):
             gen_r, (gg_d, gg_i) = knn_radii(y, sorted({k_gg} | ({k_pr} if n_gen > k_pr else set())), **kw)
             gen_r_pr = gen_r.get(k_pr)
             arr["nn_gen_dist"], arr["nn_gen_idx"] = gg_d[:, :k_neighbours], gg_i[:, :k_neighbours]
-        flags = point_flags(x, y, real_r[k_pr], real_r[k_dc], gen_r_pr, cover_cap=cover_cap, **kw)
+        k_gr = min(max(k_fidelity if rc is not None else 0, k_neighbours if want_arrays else 0), n_real)
+        log.debug("%s/%s: generated x real pass", feature_space, name)
+        flags = point_flags(x, y, real_r[k_pr], real_r[k_dc], gen_r_pr, k_gen_real=k_gr, **kw)
         arr.update(gen_in_real_manifold=flags["gen_in_real_manifold"],
                    gen_density=flags["gen_density_count"] / k_dc, real_covered=flags["real_covered"],
-                   real_cover_count=flags["real_cover_count"], real_covered_by=flags["real_covered_by"])
-        k_gr = min(max(k_fidelity, k_neighbours), n_real)
-        gr_d, gr_i = knn(y, x, k_gr, **kw)
-        arr["nn_real_dist"], arr["nn_real_idx"] = gr_d[:, :k_neighbours], gr_i[:, :k_neighbours]
-        rg_d, rg_i = knn(x, y, min(k_neighbours, n_gen), **kw)
-        arr["real_nn_gen_dist"], arr["real_nn_gen_idx"] = rg_d, rg_i
+                   real_cover_count=flags["real_cover_count"])
+        gr_i = None
+        if flags["nn_real"] is not None:
+            gr_d, gr_i = flags["nn_real"]
+            arr["nn_real_dist"], arr["nn_real_idx"] = gr_d[:, :k_neighbours], gr_i[:, :k_neighbours]
+        if want_arrays:
+            log.debug("%s/%s: real x generated neighbours", feature_space, name)
+            rg_d, rg_i = knn(x, y, min(max(k_neighbours, cover_cap), n_gen), **kw)
+            arr["real_covered_by"] = covered_by(rg_d, rg_i, real_r[k_dc], cover_cap)
+            arr["real_nn_gen_dist"], arr["real_nn_gen_idx"] = rg_d[:, :k_neighbours], rg_i[:, :k_neighbours]
+            del rg_d, rg_i
 
         overall = _prdc_entries(flags, k_pr, k_dc, n_real, n_gen, "", bootstrap, ci_level, seed, name, -1)
         overall["fd"] = _entry(frechet_from_stats(*stats_real, *mean_and_cov(gen_np), sqrt_cov_x=sqrt_real)
@@ -283,39 +352,67 @@ def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelit
                                                   if n_c else None, "centroid_accuracy", n_real, n_c)
         scopes = {}
         if rc is not None and per_class:
-            for c in classes:
-                in_c = rc == c
-                scope = {"coverage_global": _entry(np.mean(flags["real_covered"][in_c]), "coverage_global",
-                                                   int(in_c.sum()), n_gen, k_dc)}
-                sel = cond == c
-                if sel.any():
-                    scope.update(_class_scope(real_class(c), gen_np[sel], fid[sel], centroid_class[sel] == c,
-                                              c, name, k_pr, k_dc, k_fidelity, bootstrap, ci_level, seed, kw))
-                scopes[str(c)] = scope
+            scopes = _class_scopes(name, real_np, rcls, gen_np, cond, fid, centroid_class, flags["real_covered"],
+                                   real_in_class, class_stats, n_gen, k_pr, k_dc, k_fidelity, bootstrap, ci_level,
+                                   seed, kw)
         variants[name] = {"overall": overall, "per_class": scopes}
-        arrays["variants"][name] = arr
+        if want_arrays:
+            arrays["variants"][name] = arr
     return {"feature_space": feature_space, "dims": int(dims), "n_real": int(n_real), "settings": settings,
             "reference": reference, "variants": variants, "arrays": arrays}
 
 
-def _class_scope(rcache, yc, fid, centroid_hit, c, variant, k_pr, k_dc, k_fid, boot, level, seed, kw) -> dict:
-    """Metrics of real class c against the samples conditioned on c, radii inside those subsets."""
-    xc = rcache["x"]
-    n_r, n_g = len(xc), len(yc)
-    out = {"class_fidelity": _entry(np.mean(fid), "class_fidelity", n_r, n_g, k_fid),
-           "centroid_accuracy": _entry(np.mean(centroid_hit), "centroid_accuracy", n_r, n_g)}
-    if rcache["r"] is not None:
-        gen_r_pr = knn_radii(yc, [k_pr], **kw)[0][k_pr] if n_g > k_pr else None
-        flags = point_flags(xc, yc, rcache["r"][k_pr], rcache["r"][k_dc], gen_r_pr, cover_cap=0, **kw)
-        out.update(_prdc_entries(flags, k_pr, k_dc, n_r, n_g, "_in_class", boot, level, seed, variant, c))
-    else:
-        for name, k in (("precision", k_pr), ("recall", k_pr), ("density", k_dc), ("coverage", k_dc)):
-            out[name] = _entry(None, name + "_in_class", n_r, n_g, k)
-    if rcache["stats"] is not None:
-        fd = frechet_from_stats(*rcache["stats"][:2], *mean_and_cov(yc), sqrt_cov_x=rcache["stats"][2]) \
-            if n_g >= 2 else None
-        out["fd"] = _entry(fd, "fd_in_class", n_r, n_g)
-    return out
+def _class_scopes(variant, real_np, rcls, gen_np, cond, fid, centroid_class, real_covered, real_in_class,
+                  class_stats, n_gen, k_pr, k_dc, k_fid, boot, level, seed, kw) -> dict:
+    """Every class's scope: metrics of real class c against the samples conditioned on c, radii inside
+    those subsets (the `*_in_class` definitions), computed for all classes at once by grouped searches;
+    then one small loop per class for the entries, bootstrap intervals and FD."""
+    classes = rcls.classes
+    cov_global = rcls.means(real_covered)
+    has = np.isin(cond, classes)          # samples conditioned on a class the real set has
+    yi = np.flatnonzero(has)
+    gcls = _ClassIndex(cond, classes)
+    flags = None
+    if len(yi):
+        rin = real_in_class()
+        yc = cond[yi]
+        d, _ = knn_grouped(gen_np[yi], yc, k_pr, **kw)
+        gen_r = np.full(n_gen, np.nan, np.float32)
+        gen_r[yi] = _nan_where_inf(d[:, k_pr - 1])
+        log.debug("in-class pass: %d samples of %d classes", len(yi), len(np.unique(yc)))
+        f = point_flags(real_np, gen_np[yi], rin["r_pr"], rin["r_dc"], gen_r[yi], real_groups=rcls.labels,
+                        gen_groups=yc, **kw)
+        flags = {k: np.zeros(n_gen, v.dtype) if k.startswith("gen_") else v for k, v in f.items()
+                 if k != "nn_real"}
+        for k in ("gen_in_real_manifold", "gen_density_count"):
+            flags[k][yi] = f[k]
+    n_min = max(k_pr, k_dc)
+    scopes = {}
+    for i, c in enumerate(classes):
+        n_r = int(rcls.count[i])
+        scope = {"coverage_global": _entry(cov_global[i], "coverage_global", n_r, n_gen, k_dc)}
+        g_rows = gcls.rows(i)
+        n_g = len(g_rows)
+        if n_g:
+            scope["class_fidelity"] = _entry(np.mean(fid[g_rows]), "class_fidelity", n_r, n_g, k_fid)
+            scope["centroid_accuracy"] = _entry(np.mean(centroid_class[g_rows] == c), "centroid_accuracy", n_r, n_g)
+            if n_r > n_min:
+                r_rows = rcls.rows(i)
+                fc = {"gen_in_real_manifold": flags["gen_in_real_manifold"][g_rows],
+                      "gen_density_count": flags["gen_density_count"][g_rows],
+                      "real_covered": flags["real_covered"][r_rows]}
+                if n_g > k_pr:
+                    fc["real_in_gen_manifold"] = flags["real_in_gen_manifold"][r_rows]
+                scope.update(_prdc_entries(fc, k_pr, k_dc, n_r, n_g, "_in_class", boot, level, seed, variant, int(c)))
+            else:
+                for name, k in (("precision", k_pr), ("recall", k_pr), ("density", k_dc), ("coverage", k_dc)):
+                    scope[name] = _entry(None, name + "_in_class", n_r, n_g, k)
+            st = class_stats(i)
+            if st is not None:
+                fd = frechet_from_stats(*st[:2], *mean_and_cov(gen_np[g_rows]), sqrt_cov_x=st[2]) if n_g >= 2 else None
+                scope["fd"] = _entry(fd, "fd_in_class", n_r, n_g)
+        scopes[str(int(c))] = scope
+    return scopes
 
 
 # ----------------------------------------------------------------------------------------------

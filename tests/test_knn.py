@@ -213,3 +213,90 @@ def test_knn_cuda_matches_the_reference_with_ties():
             ref_d, ref_i = _reference(q, b, 8, ex)
             np.testing.assert_array_equal(i, ref_i)
             np.testing.assert_allclose(d, ref_d, rtol=1e-6, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Grouped searches and the fused ball counts (the measure stage's batched paths).
+
+def _tied_points(rng, n, d, scale=2.0):
+    """Points on a half-unit grid (exact distance ties) with a block of exact duplicates."""
+    x = np.round(rng.normal(size=(n, d)) * scale) / 2
+    x[10:20] = x[0]
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("block", [10**9, 5000])
+def test_knn_grouped_equals_a_search_per_group(block):
+    from dmd2report.knn import knn_grouped
+
+    rng = np.random.default_rng(1)
+    x = _tied_points(rng, 600, 6)
+    g = rng.integers(0, 13, 600)
+    g[g == 5] = 4          # a missing group id
+    g[:3] = 77             # a group too small for k
+    d, i = knn_grouped(x, g, 4, device="cpu", max_block_bytes=block)
+    for c in np.unique(g):
+        sel = np.flatnonzero(g == c)
+        if len(sel) <= 4:
+            assert (i[sel] == -1).all() and np.isinf(d[sel]).all()
+            continue
+        dr, ir = knn(x[sel], None, 4, exclude_self=True, device="cpu")
+        np.testing.assert_array_equal(d[sel], dr)
+        np.testing.assert_array_equal(i[sel], sel[ir])   # same ties: by the lower index inside the group
+
+
+@pytest.mark.parametrize("block", [10**9, 3000])
+def test_radius_counts_equal_within_radius_and_knn(block):
+    from dmd2report.knn import radius_counts
+
+    rng = np.random.default_rng(2)
+    x = _tied_points(rng, 500, 5)
+    y = np.round((x[rng.integers(0, 500, 400)] + rng.normal(size=(400, 5)) * 0.3) * 2) / 2
+    y[:40] = x[100:140]    # generated copies of real points: distance 0, and radii met exactly
+    y = y.astype(np.float32)
+    rx = knn(x, None, 5, exclude_self=True, device="cpu")[0][:, [2, 4]]
+    ry = knn(y, None, 3, exclude_self=True, device="cpu")[0][:, 2]
+    out = radius_counts(y, x, col_radii=rx, row_radius=ry, k=10, device="cpu", max_block_bytes=block)
+    np.testing.assert_array_equal(out["row_counts"], within_radius(y, x, rx, radius_of="base", device="cpu").counts)
+    np.testing.assert_array_equal(out["col_counts"][:, 1],
+                                  within_radius(x, y, rx[:, 1], radius_of="query", device="cpu").counts)
+    np.testing.assert_array_equal(out["col_counts_row"], within_radius(x, y, ry, radius_of="base", device="cpu").counts)
+    kd, ki = knn(y, x, 10, device="cpu")
+    np.testing.assert_array_equal(out["knn"][0], kd)
+    np.testing.assert_array_equal(out["knn"][1], ki)
+    # against the definition: float32 distances from float64 sums, `<=`
+    dist = np.sqrt(((y[:, None, :].astype(np.float64) - x[None].astype(np.float64)) ** 2).sum(-1)).astype(np.float32)
+    np.testing.assert_array_equal(out["row_counts"][:, 1], (dist <= rx[None, :, 1]).sum(1))
+    np.testing.assert_array_equal(out["col_counts_row"], (dist <= ry[:, None]).sum(0))
+    assert out["row_counts"][:40, 0].min() >= 1     # a copy lies in its own ball
+
+
+def test_radius_counts_with_groups_equal_one_search_per_group():
+    from dmd2report.knn import radius_counts
+
+    rng = np.random.default_rng(3)
+    x = _tied_points(rng, 500, 5)
+    gx = rng.integers(0, 9, 500)
+    y = np.round((x[rng.integers(0, 500, 300)] + rng.normal(size=(300, 5)) * 0.4) * 2).astype(np.float32) / 2
+    gy = rng.integers(0, 11, 300)                  # groups 9 and 10 have no real points
+    rx = knn(x, None, 5, exclude_self=True, device="cpu")[0][:, [2, 4]]
+    rx[gx == 3] = np.nan                           # a group without radii: never inside
+    ry = knn(y, None, 3, exclude_self=True, device="cpu")[0][:, 2]
+    out = radius_counts(y, x, col_radii=rx, row_radius=ry, k=2, q_groups=gy, b_groups=gx, device="cpu",
+                        max_block_bytes=4000)
+    for c in range(11):
+        sq, sb = np.flatnonzero(gy == c), np.flatnonzero(gx == c)
+        if len(sb) == 0:
+            assert (out["row_counts"][sq] == 0).all()
+            continue
+        if c == 3:
+            assert (out["row_counts"][sq] == 0).all()
+        else:
+            r = within_radius(y[sq], x[sb], rx[sb], radius_of="base", device="cpu")
+            np.testing.assert_array_equal(out["row_counts"][sq], r.counts)
+        r = within_radius(x[sb], y[sq], ry[sq], radius_of="base", device="cpu")
+        np.testing.assert_array_equal(out["col_counts_row"][sb], r.counts)
+        kd, ki = knn(y[sq], x[sb], 2, device="cpu")
+        np.testing.assert_array_equal(out["knn"][0][sq], kd)
+        np.testing.assert_array_equal(out["knn"][1][sq], sb[ki])
+    assert (out["col_counts"][gx == 3] == 0).all()

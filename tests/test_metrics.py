@@ -221,3 +221,85 @@ def test_one_declaration_names_every_metric_everywhere():
     assert section[start:start + len(table)] == table, \
         "README.md's metrics table is stale: replace it with `python -m dmd2report.metrics --markdown`"
     assert section.count("| metric |") == 1   # no second, hand-written table
+
+
+def _reference_flags(x, y, k_pr=3, k_dc=5):
+    """Per-point indicators straight from the definitions (float64 full matrices)."""
+    def dist(a, b):
+        return np.sqrt(((a[:, None, :].astype(np.float64) - b[None].astype(np.float64)) ** 2).sum(-1))
+    dxx, dyy, dyx = dist(x, x), dist(y, y), dist(y, x)
+    rx = lambda k: np.sort(dxx, axis=1)[:, k]   # column 0 is the point itself
+    out = {"precision": (dyx <= rx(k_pr)[None]).any(1), "density": (dyx <= rx(k_dc)[None]).sum(1) / k_dc,
+           "coverage": (dyx.T <= rx(k_dc)[:, None]).any(1)}
+    if len(y) > k_pr:
+        out["recall"] = (dyx.T <= np.sort(dyy, axis=1)[:, k_pr][None]).any(1)
+    return out, dyx, rx(k_dc)
+
+
+@pytest.fixture(scope="module")
+def tied():
+    """Classes on a quarter grid (exact ties), duplicated points, copies of real points among the generated,
+    a class too small for the radii, samples of a class the real set lacks and samples without a class."""
+    rng = np.random.default_rng(5)
+    n_cls, d = 12, 6
+    means = rng.normal(size=(n_cls, d)) * 2
+    rc = rng.integers(0, n_cls - 1, 500)
+    rc[:4] = n_cls - 1                               # class 11: 4 real points, too few for r_5
+    x = np.round((means[rc] + rng.normal(size=(500, d))) * 4) / 4
+    x[50:60] = x[60]
+    cond = rng.integers(0, n_cls + 1, 400)           # class 12: no real points
+    cond[:60] = -1
+    y = np.round((means[np.clip(cond, 0, n_cls - 1)] + 1.2 * rng.normal(size=(400, d))) * 4) / 4
+    y[100:120] = x[200:220]
+    return x.astype(np.float32), rc, y.astype(np.float32), cond
+
+
+def test_per_class_scopes_equal_the_definitions_on_each_class(tied):
+    from dmd2report.metrics import _rng, bootstrap_ci
+
+    x, rc, y, cond = tied
+    res = measure(x, rc, {"v": (y, cond)}, feature_space="t", bootstrap=25, seed=4, device="cpu",
+                  max_block_bytes=20_000)
+    scopes = res["variants"]["v"]["per_class"]
+    assert set(scopes) == {str(c) for c in np.unique(rc)}    # class 12 (no real points) has no scope
+    for c in np.unique(rc):
+        sx, sy = rc == c, cond == c
+        scope = scopes[str(c)]
+        if not sy.any():
+            assert scope.keys() == {"coverage_global"}
+            continue
+        if sx.sum() <= 5:
+            assert scope["precision"]["value"] is None and scope["coverage"]["value"] is None
+            continue
+        flags, _, _ = _reference_flags(x[sx], y[sy])
+        for name in ("precision", "recall", "density", "coverage"):
+            e = scope[name]
+            if name not in flags:
+                assert e["value"] is None
+                continue
+            assert e["value"] == pytest.approx(np.mean(flags[name]), abs=1e-12), (c, name)
+            ci = bootstrap_ci(flags[name], 25, 0.95, _rng(4, "v", int(c), name))   # the same stream per scope
+            assert (e["ci_low"], e["ci_high"]) == ci, (c, name)
+
+
+def test_covering_lists_are_the_nearest_covering_samples(tied):
+    x, rc, y, cond = tied
+    res = measure(x, rc, {"v": (y, cond)}, feature_space="t", bootstrap=0, device="cpu", cover_cap=4)
+    arr = res["arrays"]["variants"]["v"]
+    _, dyx, r_dc = _reference_flags(x, y)
+    d32 = dyx.T.astype(np.float32)
+    for i in range(len(x)):
+        inside = np.flatnonzero(d32[i] <= r_dc[i].astype(np.float32))
+        order = inside[np.lexsort((inside, d32[i][inside]))][:4]    # by distance, ties by lower index
+        np.testing.assert_array_equal(arr["real_covered_by"][i][:len(order)], order)
+        assert (arr["real_covered_by"][i][len(order):] == -1).all()
+    np.testing.assert_array_equal(arr["real_cover_count"], (d32 <= r_dc.astype(np.float32)[:, None]).sum(1))
+
+
+def test_without_arrays_the_metrics_are_the_same(tied):
+    x, rc, y, cond = tied
+    kw = dict(feature_space="t", bootstrap=10, device="cpu")
+    full = measure(x, rc, {"v": (y, cond), "u": (y[::2], None)}, **kw)
+    lean = measure(x, rc, {"v": (y, cond), "u": (y[::2], None)}, arrays=False, **kw)
+    assert lean["arrays"] is None
+    assert lean["variants"] == full["variants"] and lean["reference"] == full["reference"]

@@ -41,8 +41,10 @@ def run(ctx: Context, overwrite: bool = False) -> None:
         space = f"{layer}:{cfg.features.reduce}+standardise+pca{emb.n_components}"
         ctx.log.info("[measure] %s: %d real, %s", space, len(real_red),
                      ", ".join(f"{len(g[0])} {v}" for v, g in generated.items()))
+        # per-point arrays are kept for the headline layer only: other layers skip the searches only they need
         r = measure(real_red, real_classes, generated, feature_space=space, k_pr=m.k_pr, k_dc=m.k_dc,
-                    k_fidelity=m.k_fidelity, k_neighbours=m.k_neighbours, bootstrap=m.bootstrap, seed=cfg.run.seed)
+                    k_fidelity=m.k_fidelity, k_neighbours=m.k_neighbours, bootstrap=m.bootstrap, seed=cfg.run.seed,
+                    arrays=layer == m.layer, device=ctx.generator.device())
         if layer == m.layer:
             headline = (r["arrays"], {"feature_space": space, "layer": layer, "fit": wd.fit_id(fit_manifest)})
         results.append(r)
@@ -62,8 +64,12 @@ def run(ctx: Context, overwrite: bool = False) -> None:
 
 def _reduced(emb, store, layer: str) -> np.ndarray:
     """A store's features of `layer` in the fitted reduced space, checked finite (FD and the k-NN
-    metrics would otherwise fail or mislead)."""
-    x = emb.reduce(store.features(layer))
+    metrics would otherwise fail or mislead). Read chunk by chunk from the memory-mapped store and
+    reduced chunk by chunk: only the reduced (n, n_components) float32 array is held, never a copy of
+    the full-width layer (768 floats a sample at ImageNet scale)."""
+    parts = [emb.reduce(chunk) for chunk in store.iter_features(layer)]
+    x = np.concatenate(parts) if len(parts) != 1 else parts[0]
+    del parts
     bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
     if len(bad):
         raise UserError(f"measure: non-finite values in {store.path.name} features of layer {layer} after the fitted "
@@ -72,17 +78,20 @@ def _reduced(emb, store, layer: str) -> np.ndarray:
 
 
 def flatten_arrays(arrays: dict) -> dict[str, np.ndarray]:
-    """The per-point arrays of the headline layer, flattened to `real.x` / `variant.name.x` keys."""
+    """The per-point arrays of the headline layer, flattened to `real.x` / `variant.name.x` keys.
+    `real_covered_by` (rows of covering generated samples, -1 padded) is stored ragged: `.values` holds each
+    real point's covering samples (nearest first, no -1) one point after the other, `.offsets` (n + 1) where
+    each point's run starts, so point i's list is values[offsets[i]:offsets[i + 1]]."""
     flat = {}
     for k, v in arrays["real"].items():
         flat[f"real.{k}"] = np.asarray(v)
     for variant, d in arrays["variants"].items():
         for k, v in d.items():
-            if k == "real_covered_by":  # rows of covering samples: stored as offsets + values
-                lengths = np.array([len(x) for x in v], np.int64)
-                flat[f"variant.{variant}.{k}.offsets"] = np.concatenate([[0], np.cumsum(lengths)])
-                flat[f"variant.{variant}.{k}.values"] = np.concatenate([np.asarray(x, np.int64) for x in v]) \
-                    if len(v) else np.zeros(0, np.int64)
+            if k == "real_covered_by":
+                v = np.asarray(v, np.int64).reshape(len(v), -1)
+                valid = v >= 0     # each row's -1 padding follows its entries (a prefix of its neighbours)
+                flat[f"variant.{variant}.{k}.offsets"] = np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int64)
+                flat[f"variant.{variant}.{k}.values"] = v[valid]   # row-major: point by point, nearest first
             else:
                 flat[f"variant.{variant}.{k}"] = np.asarray(v)
     return flat

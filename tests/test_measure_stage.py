@@ -1,0 +1,75 @@
+"""The measure stage reads the stores chunk by chunk (memory-mapped) and writes what an in-memory
+`metrics.measure` computes; the covering lists are stored ragged with their true lengths."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dmd2report.config import load_config
+from dmd2report.context import Context
+from dmd2report.metrics import measure
+from dmd2report.pipeline import run_stages
+from dmd2report.stages.measure import flatten_arrays, variant_classes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_flatten_arrays_stores_covering_lists_ragged_without_padding():
+    cov = np.array([[4, 2, -1], [-1, -1, -1], [0, 1, 3]])
+    flat = flatten_arrays({"real": {"r_pr": np.ones(3)}, "variants": {"class": {"real_covered_by": cov}}})
+    offs, vals = flat["variant.class.real_covered_by.offsets"], flat["variant.class.real_covered_by.values"]
+    np.testing.assert_array_equal(offs, [0, 2, 2, 5])
+    np.testing.assert_array_equal(vals, [4, 2, 0, 1, 3])
+    assert [vals[offs[i]:offs[i + 1]].tolist() for i in range(3)] == [[4, 2], [], [0, 1, 3]]
+
+
+@pytest.mark.slow
+def test_chunked_measure_stage_equals_in_memory_measure(tmp_path):
+    spec = importlib.util.spec_from_file_location("scale_bench", ROOT / "benchmarks" / "scale.py")
+    scale = importlib.util.module_from_spec(spec)
+    sys.modules["scale_bench"] = scale
+    spec.loader.exec_module(scale)
+    cfg = scale.write_synthetic_work_dir(
+        tmp_path, n_real=300, n_gen_class=200, n_variant=50, classes=10,
+        dims={"encoder_bottleneck": 48, "midblock": 48}, seed=2, preset="demo", chunk_size=64, device="cpu",
+        extra_config="[embedding]\npca_components = 8\nn_neighbors = 10\n", metrics_config="bootstrap = 10")
+    config = load_config(cfg)
+    ctx = Context.create(config, command="test")
+    wd = ctx.workdir
+    assert wd.store("real").manifest["chunks"] == 5      # several memory-mapped chunks per store
+    run_stages(ctx, ("extract", "generate", "fit", "measure"))
+    m = config.metrics
+    real = wd.store("real")
+    rc = real.metadata()["class_id"].to_numpy()
+    doc = json.loads((wd.measure / "metrics.json").read_text())
+    arrays = np.load(wd.measure / "arrays.npz")
+    for layer in real.layers:
+        emb = wd.fitted(layer)
+        gens = {v: wd.store(f"gen-{v}") for v in ("class", "uniform", "zero", "blend")}
+        ref = measure(emb.reduce(real.features(layer)), rc,
+                      {v: (emb.reduce(s.features(layer)), variant_classes(v, s.metadata())) for v, s in gens.items()},
+                      feature_space="t", k_pr=m.k_pr, k_dc=m.k_dc, k_fidelity=m.k_fidelity,
+                      k_neighbours=m.k_neighbours, bootstrap=m.bootstrap, seed=config.run.seed, device="cpu")
+        space = next(v for k, v in doc["feature_spaces"].items() if k.startswith(layer + ":"))
+        expect = json.loads(json.dumps(scale_round(ref["variants"])))
+        assert space["variants"] == expect, layer
+        if layer == m.layer:
+            flat = flatten_arrays(ref["arrays"])
+            assert set(flat) == set(arrays.files)
+            for key in flat:
+                np.testing.assert_array_equal(arrays[key], flat[key], err_msg=key)
+            cov = ref["arrays"]["variants"]["class"]["real_covered_by"]
+            offs = arrays["variant.class.real_covered_by.offsets"]
+            vals = arrays["variant.class.real_covered_by.values"]
+            assert (vals >= 0).all() and len(offs) == len(rc) + 1
+            np.testing.assert_array_equal(np.diff(offs), (cov >= 0).sum(1))
+
+
+def scale_round(v):
+    from dmd2report.metrics import _round
+
+    return _round(v)
