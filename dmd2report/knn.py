@@ -54,6 +54,7 @@ import torch
 from .device import resolve_device
 
 DEFAULT_BLOCK_BYTES = 256 * 2**20
+GPU_BLOCK_BYTES = 4 * 2**30     # the default budget of a block on a CUDA device (see _block_shape)
 _BYTES_PER_ENTRY = 16   # float32 distances + error band + a few boolean masks per block entry
 _EPS32 = float(np.finfo(np.float32).eps)
 KDTREE_MAX_DIM = 2      # up to this dimension `knn` uses the KD-tree (the 2-D map)
@@ -83,6 +84,13 @@ def _no_tf32():
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def _budget(max_block_bytes: int, device: torch.device) -> int:
+    """The block budget: on a CUDA device the default is `GPU_BLOCK_BYTES`, as there a block costs per call
+    (launches, a top-k per row) more than per entry, and 256 MiB would cut a 1.28M-point base into 64-row
+    blocks. A budget given explicitly is kept."""
+    return GPU_BLOCK_BYTES if device.type == "cuda" and max_block_bytes == DEFAULT_BLOCK_BYTES else max_block_bytes
 
 
 def _block_shape(n_query: int, n_base: int, max_block_bytes: int) -> tuple[int, int]:
@@ -259,6 +267,7 @@ def knn_tensors(p: _Prepared, k: int, exclude_self: bool, max_block_bytes: int, 
     point itself or of different groups at infinity), which it may overwrite: a second use of the one
     matrix product (the radius tests of `RadiusPass`). k = 0 runs the blocks for it alone (returns None).
     With groups, the k nearest are those of the query's own group, which must have more than k points."""
+    max_block_bytes = _budget(max_block_bytes, p.device)
     n_q, n_b = len(p.q), len(p.b)
     if exclude_self and p.b is not p.q:
         raise ValueError("exclude_self needs base=None (the queries searched among themselves)")
@@ -320,6 +329,7 @@ def _threshold_pass(p: _Prepared, qrows: torch.Tensor, limit: torch.Tensor, k: i
     """Exact k nearest of the query rows `qrows` whose k-th exact squared distance is at most `limit`
     (float64): every base point whose product form is within the band of `limit` is recomputed exactly,
     and the k smallest by (distance, index) are kept, block by block. (key float64, idx) on exact_device."""
+    max_block_bytes = _budget(max_block_bytes, p.device)
     n_b = len(p.b)
     rows, cols = _block_shape(len(qrows), n_b, max_block_bytes // 2)   # + a float64 key block per entry
     qrows_d = qrows.to(p.device)
@@ -448,6 +458,7 @@ def within_radius(queries, base, radii, *, radius_of: str = "base", cap: int = 0
 
 def within_radius_tensors(p: _Prepared, radii: torch.Tensor, radius_of: str, cap: int, exclude_self: bool,
                           max_block_bytes: int):
+    max_block_bytes = _budget(max_block_bytes, p.device)
     n_q, n_b = len(p.q), len(p.b)
     if radius_of not in ("base", "query"):
         raise ValueError(f"radius_of must be 'base' or 'query', not {radius_of!r}")

@@ -259,12 +259,14 @@ def measure_steps(real_red: np.ndarray, real_classes: np.ndarray, paths: tuple[n
     g_step, r_step = g_meta["step"].to_numpy(), r_meta["step"].to_numpy()
     need = max(m.k_pr, m.k_dc) + 1
 
-    def entries(real_x, real_c, gen_x, tag):
-        if len(real_x) < need or len(gen_x) < 2:
-            return {k: None for k in METRIC_KEYS} | {"n_real": len(real_x), "n_generated": len(gen_x)}
-        r = measure(real_x, real_c, {tag: (gen_x, None)}, feature_space=f"{feature_space} {tag}", **kw)
-        o = r["variants"][tag]["overall"]
-        out = {"n_real": len(real_x), "n_generated": len(gen_x)}
+    def usable(real_x, gen_x):
+        return len(real_x) >= need and len(gen_x) >= 2
+
+    def entry(result, tag, n_real, n_gen):
+        out = {"n_real": n_real, "n_generated": n_gen}
+        if result is None:
+            return out | {k: None for k in METRIC_KEYS}
+        o = result["variants"][tag]["overall"]
         for k in METRIC_KEYS:
             e = o.get(k) or {}
             out[k] = e.get("value")
@@ -272,12 +274,19 @@ def measure_steps(real_red: np.ndarray, real_classes: np.ndarray, paths: tuple[n
                 out[k + "_ci"] = [e["ci_low"], e["ci_high"]]
         return out
 
+    # Against the real set: every step in one `measure` call, so the real set's radii are found once.
+    per_step = {f"step{s}": g_feat[g_step == s] for s in range(len(sigmas))}
+    kept = {tag: (g, None) for tag, g in per_step.items() if usable(real_red, g)}
+    vs_real = measure(real_red, real_classes, kept, feature_space=feature_space, arrays=False, **kw) if kept else None
     steps = []
     for s, sigma in enumerate(sigmas):
-        g = g_feat[g_step == s]
+        tag, g = f"step{s}", per_step[f"step{s}"]
+        r_s = r_feat[r_step == s]
+        noised = measure(r_s, None, {tag: (g, None)}, feature_space=f"{feature_space} {tag}-noised", arrays=False,
+                         **kw) if usable(r_s, g) else None
         steps.append({"step": s, "sigma": float(sigma),
-                      "vs_real": entries(real_red, real_classes, g, f"step{s}"),
-                      "vs_noised_real": entries(r_feat[r_step == s], None, g, f"step{s}-noised")})
+                      "vs_real": entry(vs_real if tag in kept else None, tag, len(real_red), len(g)),
+                      "vs_noised_real": entry(noised, tag, len(r_s), len(g))})
     return {"feature_space": feature_space, "sigmas": [float(s) for s in sigmas], "steps": steps,
             "definitions": {"vs_real": "the step's samples against the real set as extracted (sigma 80 on the image)",
                             "vs_noised_real": "the step's samples against real images noised to the step's sigma "
