@@ -102,10 +102,10 @@ def test_map_interactions(site, browser):
     page.screenshot(path=str(ARTIFACTS / "map-neighbours.png"))
 
     # A real point says whether it is covered, and by which generated samples.
-    real_row = next(iter(data.covered_by))
+    real_row = int(data.covered_by.nonempty()[0])
     page.evaluate("r => DMD2Site.showNeighbours('map', r)", real_row)
     assert "covered by" in panel.inner_text()
-    assert panel.locator(".nbr").count() == 2 * k + min(12, len(data.covered_by[real_row]))
+    assert panel.locator(".nbr").count() == 2 * k + min(12, len(data.covered_by.row(real_row)))
 
     # The switch hides the real layer (and hover then skips real points).
     page.click('.switch label:has(input[value="generated"])')
