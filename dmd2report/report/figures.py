@@ -47,10 +47,11 @@ def _legend_right(fig, items, **style):
                           border_line_alpha=0.0, **style), "right")
 
 
-def _interactive(fig, name: str):
-    fig.js_on_event(events.MouseMove, CustomJS(args={"fig": name}, code=_JS_MOVE))
-    fig.js_on_event(events.MouseLeave, CustomJS(args={"fig": name}, code=_JS_LEAVE))
-    fig.js_on_event(events.Tap, CustomJS(args={"fig": name}, code=_JS_TAP))
+def _interactive(fig, name: str) -> list[CustomJS]:
+    cbs = [CustomJS(args={"fig": name}, code=code) for code in (_JS_MOVE, _JS_LEAVE, _JS_TAP)]
+    for ev, cb in zip((events.MouseMove, events.MouseLeave, events.Tap), cbs):
+        fig.js_on_event(ev, cb)
+    return cbs
 
 
 def _source(points: pd.DataFrame, rows: np.ndarray, **extra) -> ColumnDataSource:
@@ -176,33 +177,73 @@ def _drawn_real(view: SiteView) -> np.ndarray:
     return np.flatnonzero(view.drawn & (view.site.points["set"] == "real").to_numpy())
 
 
-def class_figure(view: SiteView, class_id: int, colour: str, name: str):
+class ClassFigure:
     """The class's region on the map: its carried real and generated points (the drawn sample and the
-    page's grids) over a faint subsample of the drawn real points. Legend counts: shown of all."""
-    data, p, P = view.site, view.site.points, view.full.points
-    fig = _figure(name, height=420, select=False, x_axis_label="map x", y_axis_label="map y")
-    in_class = (p["class_id"] == class_id).to_numpy()
-    real = _drawn_real(view)
-    _real_background(fig, name, data, _subsample(real[~in_class[real]], 3000), selectable=False, alpha=0.15)
-    rr = np.flatnonzero(in_class & (p["set"] == "real").to_numpy())
-    gr = np.flatnonzero(in_class & (p["set"] == "generated").to_numpy())
-    full_in = (P["class_id"] == class_id).to_numpy()
-    n_rr, n_gr = int((full_in & (P["set"] == "real").to_numpy()).sum()), int((full_in & (P["set"] == "generated").to_numpy()).sum())
-    r1 = _points(fig, f"{name}:pt:gen:0", _source(p, rr), selectable=False, size=6, marker="circle",
-                 fill_color=palette.REAL_COLOUR, fill_alpha=0.8, line_color=None)
-    order = list(dict.fromkeys(p["variant"][gr]))
-    r2 = _points(fig, f"{name}:pt:gen:1",
-                 _source(p, gr, marker=np.array([palette.variant_marker(v, order) for v in order] or ["circle"])[
-                     pd.Series(np.arange(len(order)), index=order).reindex(p["variant"][gr]).fillna(0).to_numpy(np.int64)]),
-                 selectable=False, size=8, marker="marker", fill_color=colour, fill_alpha=0.9,
-                 line_color="#ffffff", line_alpha=0.4)
+    page's grids) over a faint subsample of the drawn real points. Legend counts: shown of all.
 
-    def label(what, shown, total):
-        return f"{what} ({total:,})" if shown == total else f"{what} ({shown:,} shown of {total:,})"
-    _legend_right(fig, [LegendItem(label=label("real, this class", len(rr), n_rr), renderers=[r1]),
-                        LegendItem(label=label("generated", len(gr), n_gr), renderers=[r2])])
-    _interactive(fig, name)
-    return fig
+    One figure serves every class page (`fill` swaps its data, names and labels; serialise it before
+    the next `fill`): building a Bokeh figure costs about as much as serialising it, and a report has up
+    to `report.max_classes_pages` of them. Model ids repeat across pages, so the single-file form
+    (every page in one document) builds one per class (`reuse=False`)."""
+
+    def __init__(self, view: SiteView):
+        self.view = view
+        fig = self.fig = _figure("cls", height=420, select=False, x_axis_label="map x", y_axis_label="map y")
+        self.bg = _points(fig, "cls:pt:real", _source(view.site.points, np.zeros(0, np.int64)), selectable=False, size=4,
+                          marker="circle", fill_color=palette.REAL_COLOUR, fill_alpha=0.15, line_color=None)
+        self.r1 = _points(fig, "cls:pt:gen:0", _source(view.site.points, np.zeros(0, np.int64)), selectable=False, size=6,
+                          marker="circle", fill_color=palette.REAL_COLOUR, fill_alpha=0.8, line_color=None)
+        self.r2 = _points(fig, "cls:pt:gen:1", _source(view.site.points, np.zeros(0, np.int64), marker=np.zeros(0, "<U8")),
+                          selectable=False, size=8, marker="marker", fill_color=palette.PALETTE[0], fill_alpha=0.9,
+                          line_color="#ffffff", line_alpha=0.4)
+        self.items = [LegendItem(label="real", renderers=[self.bg]), LegendItem(label="real, this class", renderers=[self.r1]),
+                      LegendItem(label="generated", renderers=[self.r2])]
+        _legend_right(fig, self.items)
+        self.callbacks = _interactive(fig, "cls")
+        hl = [r for r in fig.renderers if r.name in ("cls:hl", "cls:focus")]
+        self.others = hl
+        p = view.site.points
+        self.real_rows = _drawn_real(view)
+        self.site_cls = p["class_id"].to_numpy(np.int64)
+        self.site_real = (p["set"] == "real").to_numpy()
+        P = view.full.points
+        full_real = (P["set"] == "real").to_numpy()
+        cls_all = P["class_id"].to_numpy(np.int64)
+        self.n_real = pd.Series(cls_all[full_real]).value_counts()
+        self.n_gen = pd.Series(cls_all[~full_real]).value_counts()
+
+    def fill(self, class_id: int, colour: str, name: str):
+        p = self.view.site.points
+        in_class = self.site_cls == class_id
+        bg = _subsample(self.real_rows[~in_class[self.real_rows]], 3000)
+        rr = np.flatnonzero(in_class & self.site_real)
+        gr = np.flatnonzero(in_class & ~self.site_real)
+        order = list(dict.fromkeys(p["variant"].to_numpy()[gr]))
+        marker_of = np.array([palette.variant_marker(v, order) for v in order] or ["circle"])
+        codes = pd.Series(np.arange(len(order)), index=order).reindex(p["variant"].to_numpy()[gr]).to_numpy(np.int64) \
+            if len(gr) else np.zeros(0, np.int64)
+        for r, rows, extra in ((self.bg, bg, {}), (self.r1, rr, {}), (self.r2, gr, {"marker": marker_of[codes]})):
+            r.data_source.data = dict(_source(p, rows, **extra).data)
+        self.r2.glyph.fill_color = colour
+        self.fig.name = name
+        for r, suffix in ((self.bg, "pt:real"), (self.r1, "pt:gen:0"), (self.r2, "pt:gen:1")):
+            r.name = f"{name}:{suffix}"
+        for r in self.others:
+            r.name = name + r.name[r.name.index(":"):]
+        for cb in self.callbacks:
+            cb.args = {"fig": name}
+
+        def label(what, shown, total):
+            return f"{what} ({total:,})" if shown == total else f"{what} ({shown:,} shown of {total:,})"
+        self.items[0].label = f"real ({len(bg):,})"
+        self.items[1].label = label("real, this class", len(rr), int(self.n_real.get(class_id, 0)))
+        self.items[2].label = label("generated", len(gr), int(self.n_gen.get(class_id, 0)))
+        return self.fig
+
+
+def class_figure(view: SiteView, class_id: int, colour: str, name: str):
+    """A class-region figure of its own (see ClassFigure)."""
+    return ClassFigure(view).fill(class_id, colour, name)
 
 
 def variants_figure(view: SiteView, rows: pd.DataFrame, name: str = "variants"):

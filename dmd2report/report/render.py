@@ -159,7 +159,7 @@ def _class_colours(data: ReportData) -> dict[int, str]:
     return {**dict(own), **rest}
 
 
-def _pages(view: SiteView, color_by: str) -> list[dict]:
+def _pages(view: SiteView, color_by: str, reuse_figures: bool = True) -> list[dict]:
     """Every page: name, file, title, nav section, template, template context, Bokeh models.
     Counts and tables come from the full data (`view.full`); rows and thumbnails from the site's
     points (`view.site`)."""
@@ -226,6 +226,12 @@ def _pages(view: SiteView, color_by: str) -> list[dict]:
                   for c in present]
     pages.append(dict(name="classes", file="classes.html", title="Classes", nav="classes", template="classes.html",
                       ctx=dict(rows=class_rows, metric_cols=class_metric_cols, n_pages=len(chosen)), models={}))
+    class_fig = figures.ClassFigure(view) if reuse_figures else view
+
+    def _class_plot(fig, c, colour):  # the shared figure is serialised now, before the next class refills it
+        if isinstance(fig, figures.ClassFigure):
+            return dict(models={}, embedded=components({"plot": fig.fill(c, colour, f"cls{c}")}))
+        return dict(models={"plot": figures.class_figure(view, c, colour, f"cls{c}")})
     grid = class_grid_rows(P, chosen)
     grid = pd.DataFrame({"class_id": grid["class_id"].to_numpy(), "set": grid["set"].to_numpy(),
                          "row": view.local[grid.index.to_numpy()]})
@@ -238,7 +244,7 @@ def _pages(view: SiteView, color_by: str) -> list[dict]:
         pages.append(dict(name=f"class-{c}", file=f"classes/class-{c}.html", title=f"Class {c}: {names.get(c, c)}",
                           nav="classes", template="class.html",
                           ctx=dict(cls=row, metric_cols=class_metric_cols, real_thumbs=real_thumbs, gen_thumbs=gen_thumbs),
-                          models={"plot": figures.class_figure(view, c, colours.get(c, palette.PALETTE[0]), f"cls{c}")}))
+                          **_class_plot(class_fig, c, colours.get(c, palette.PALETTE[0]))))
     # Metrics.
     mmodels = {"coverage": figures.coverage_figure(view), "nnhist": figures.nn_histogram(data)}
     var_metric_cols = [c for c in m.per_variant.columns if c not in ("variant", "n_gen")]
@@ -310,7 +316,7 @@ def render_site(data: ReportData, site_dir, *, single_file: bool = False, single
         raise UserError(f"report.max_points: expected at least 1, got {max_points}")
     env = _environment()
     view = site_view(data, max_points)
-    pages = _pages(view, color_by)
+    pages = _pages(view, color_by, reuse_figures=not single_file)
     nav = _nav(data.atlas is not None)
     common = _common(data)
 
@@ -360,7 +366,7 @@ def _render_folder(env, view: SiteView, pages, nav, common, out: Path, png_fallb
         root = "../" * depth
         formats = ("webp", "png") if png_fallback else ("webp",)
         urls = [[f"{root}assets/thumbs-{s:03d}.{fmt}" for fmt in formats] for s in range(layout.sheets)]
-        script, divs = components(page["models"]) if page["models"] else ("", {})
+        script, divs = page.get("embedded") or (components(page["models"]) if page["models"] else ("", {}))
         html = env.get_template(page["template"]).render(
             **common, **page["ctx"], page=page, nav=nav, root=root, single=False, fragment=False,
             link=lambda target, root=root: f"{root}{target}", map_link=lambda c, root=root: f"{root}map.html#class={int(c)}",
@@ -383,7 +389,7 @@ def _render_single(env, view: SiteView, pages, nav, common) -> str:
     def map_link(class_id):
         return f"#page=map&class={int(class_id)}"
     for page in pages:
-        script, divs = components(page["models"]) if page["models"] else ("", {})
+        script, divs = page.get("embedded") or (components(page["models"]) if page["models"] else ("", {}))
         scripts.append(script)
         sections.append((page["name"], env.get_template(page["template"]).render(
             **common, **page["ctx"], page=page, nav=nav, root="", single=True, fragment=True, link=link, map_link=map_link,
