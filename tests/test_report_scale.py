@@ -126,3 +126,30 @@ def test_stacked_thumbnails_read_only_the_rows_asked(tmp_path):
 def test_ragged_round_trip():
     r = Ragged.from_dict({1: [5, 6], 3: [7]}, 5)
     assert r.counts().tolist() == [0, 2, 0, 1, 0] and r.row(1).tolist() == [5, 6] and r.nonempty().tolist() == [1, 3]
+
+
+def test_class_pages_patched_embedding_equals_components():
+    """Class pages serialise one figure once and then only the models a class changes: the document
+    JSON must be what bokeh's components() gives for the same figure filled for that class."""
+    from bokeh.embed import components
+
+    from dmd2report.report import figures
+
+    def doc(script):  # the JSON with model ids renumbered by first appearance (two figures, two id ranges)
+        m = re.search(r"const docs_json = '(.*?)';", script, re.S)
+        (body,) = json.loads(m.group(1).replace("\\'", "'")).values()
+        txt = json.dumps(body, sort_keys=True)
+        for i, x in enumerate(dict.fromkeys(re.findall(r'"id": "(p\d+)"', txt))):
+            txt = txt.replace(f'"{x}"', f'"ID{i}"')
+        return txt
+
+    data = synthetic_report_data(600, 300, 12, seed=0, thumb_size=16)
+    view = site_view(data, 500)
+    patched, fresh = figures.ClassFigure(view), figures.ClassFigure(view)
+    seen = []
+    for c, colour in ((3, "#123456"), (0, "#abcdef"), (7, "#123456"), (3, "#00ff00")):
+        script, divs = patched.components(c, colour, f"cls{c}")
+        ref, ref_divs = components({"plot": fresh.fill(c, colour, f"cls{c}")})
+        assert doc(script) == doc(ref) and set(divs) == set(ref_divs)
+        seen.append(doc(script))
+    assert len(set(seen)) == 4       # every class page differs (data, names, colours)

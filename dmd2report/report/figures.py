@@ -54,10 +54,13 @@ def _interactive(fig, name: str) -> list[CustomJS]:
     return cbs
 
 
-def _source(points: pd.DataFrame, rows: np.ndarray, **extra) -> ColumnDataSource:
+def _columns(points: pd.DataFrame, rows: np.ndarray, **extra) -> dict:
     rows = np.asarray(rows, np.int32)
-    return ColumnDataSource({"x": points["x"].to_numpy(np.float32)[rows], "y": points["y"].to_numpy(np.float32)[rows],
-                             "row": rows, **extra})
+    return {"x": points["x"].to_numpy(np.float32)[rows], "y": points["y"].to_numpy(np.float32)[rows], "row": rows, **extra}
+
+
+def _source(points: pd.DataFrame, rows: np.ndarray, **extra) -> ColumnDataSource:
+    return ColumnDataSource(_columns(points, rows, **extra))
 
 
 def _points(fig, name: str, src: ColumnDataSource, *, selectable: bool, **glyph):
@@ -223,7 +226,7 @@ class ClassFigure:
         codes = pd.Series(np.arange(len(order)), index=order).reindex(p["variant"].to_numpy()[gr]).to_numpy(np.int64) \
             if len(gr) else np.zeros(0, np.int64)
         for r, rows, extra in ((self.bg, bg, {}), (self.r1, rr, {}), (self.r2, gr, {"marker": marker_of[codes]})):
-            r.data_source.data = dict(_source(p, rows, **extra).data)
+            r.data_source.data = _columns(p, rows, **extra)
         self.r2.glyph.fill_color = colour
         self.fig.name = name
         for r, suffix in ((self.bg, "pt:real"), (self.r1, "pt:gen:0"), (self.r2, "pt:gen:1")):
@@ -239,6 +242,76 @@ class ClassFigure:
         self.items[1].label = label("real, this class", len(rr), int(self.n_real.get(class_id, 0)))
         self.items[2].label = label("generated", len(gr), int(self.n_gen.get(class_id, 0)))
         return self.fig
+
+    def components(self, class_id: int, colour: str, name: str) -> tuple[str, dict]:
+        """`components({"plot": ...})` of the figure filled for `class_id`; after the first class only the
+        models `fill` changes are serialised again (EmbeddedFigure)."""
+        if not hasattr(self, "embedded"):
+            renderers = [self.bg, self.r1, self.r2, *self.others]
+            self.embedded = EmbeddedFigure(self.fig, [self.fig, *renderers, *(r.data_source for r in renderers[:3]),
+                                                      self.r2.glyph, *self.items, *self.callbacks])
+        self.fill(class_id, colour, name)
+        return self.embedded.components()
+
+
+class EmbeddedFigure:
+    """`bokeh.embed.components` of one figure whose model graph stays fixed while a few models' plain
+    values (data, names, labels, colours, callback args) change between pages: the document JSON is built
+    once, and for every later page only the `changed` models are serialised again and their non-reference
+    attributes written over the stored JSON. Serialising a whole figure walks every property of its ~60
+    models (about 0.1-0.2 s); the few models a class page changes take a small fraction of that. The
+    output is what `components` gives for the same figure (the test compares them)."""
+
+    def __init__(self, fig, changed):
+        self.fig, self.changed = fig, list(changed)
+        self.docs_json = self.render_item = self.objects = None
+
+    def components(self) -> tuple[str, dict]:
+        from bokeh.embed.elements import script_for_render_items
+        from bokeh.embed.util import OutputDocumentFor, standalone_docs_json_and_render_items
+        if self.docs_json is None:  # the first page: the whole document, as components() builds it
+            with OutputDocumentFor([self.fig]):
+                self.docs_json, [self.render_item] = standalone_docs_json_and_render_items([self.fig])
+            self.objects = {}
+            _index_objects(self.docs_json, self.objects)
+            self.refs = set(self.fig.references())
+        else:
+            from bokeh.core.serialization import Serializer
+            for model in self.changed:
+                rep = Serializer(references=self.refs - {model}, deferred=False).encode(model)
+                old = self.objects[model.id].setdefault("attributes", {})
+                new = rep.get("attributes", {})
+                for key in [k for k in old if k not in new and not _has_ref(old[k])]:
+                    del old[key]  # back to its default
+                for key, value in new.items():
+                    if not _has_ref(value):  # references keep the stored (first, full) definition
+                        old[key] = value
+        from bokeh.core.templates import MACROS, ROOT_DIV
+        from bokeh.embed.bundle import Script, bundle_for_objs_and_resources
+        bundle = bundle_for_objs_and_resources(None, None)  # as components() wraps its script
+        bundle.add(Script(script_for_render_items(self.docs_json, [self.render_item])))
+        return bundle.scripts(tag=True), {"plot": ROOT_DIV.render(root=self.render_item.roots[0], macros=MACROS)}
+
+
+def _index_objects(node, out: dict) -> None:
+    if isinstance(node, dict):
+        if node.get("type") == "object" and "id" in node and "name" in node:  # a full definition, not a reference
+            out.setdefault(node["id"], node)
+        for v in node.values():
+            _index_objects(v, out)
+    elif isinstance(node, (list, tuple)):  # map entries are (key, value) tuples
+        for v in node:
+            _index_objects(v, out)
+
+
+def _has_ref(node) -> bool:
+    if isinstance(node, dict):
+        if "id" in node and (node.get("type") in (None, "object")):
+            return True
+        return any(_has_ref(v) for v in node.values())
+    if isinstance(node, (list, tuple)):
+        return any(_has_ref(v) for v in node)
+    return False
 
 
 def class_figure(view: SiteView, class_id: int, colour: str, name: str):

@@ -230,7 +230,7 @@ def _pages(view: SiteView, color_by: str, reuse_figures: bool = True) -> list[di
 
     def _class_plot(fig, c, colour):  # the shared figure is serialised now, before the next class refills it
         if isinstance(fig, figures.ClassFigure):
-            return dict(models={}, embedded=components({"plot": fig.fill(c, colour, f"cls{c}")}))
+            return dict(models={}, embedded=fig.components(c, colour, f"cls{c}"))
         return dict(models={"plot": figures.class_figure(view, c, colour, f"cls{c}")})
     grid = class_grid_rows(P, chosen)
     grid = pd.DataFrame({"class_id": grid["class_id"].to_numpy(), "set": grid["set"].to_numpy(),
