@@ -47,19 +47,26 @@ class MadeThumbs:
     def __getitem__(self, idx):
         idx = np.atleast_1d(np.asarray(idx, np.int64))
         out = np.empty((len(idx),) + self.shape[1:], np.uint8)
-        for s in range(0, len(idx), 2048):  # in blocks: the float temporaries stay small
+        for s in range(0, len(idx), 2048):  # in blocks: the temporaries stay small
             out[s:s + 2048] = self._make(idx[s:s + 2048])
         return out
 
+    BANK = 4096
+
     def _make(self, idx):
-        t = self.shape[1]
-        rng = np.random.default_rng(int(idx.sum()) + len(idx))
-        tint = (np.random.default_rng(7).uniform(40, 215, (200, 3)))[self.classes[idx] % 200].astype(np.float32)
-        coarse = rng.normal(0, 35, (len(idx), 4, 4, 3)).astype(np.float32)
-        smooth = coarse.repeat(t // 4, 1).repeat(t // 4, 2)          # blocky field, then a box blur
-        smooth = (smooth + np.roll(smooth, 2, 1) + np.roll(smooth, 2, 2) + np.roll(smooth, -2, 1)) / 4
-        img = tint[:, None, None, :] + smooth + rng.normal(0, 6, (len(idx), t, t, 3)).astype(np.float32)
-        return np.clip(img, 0, 255).astype(np.uint8)
+        # A class tint plus one of BANK smooth noisy fields (made once): each row's image is fixed by its
+        # index, and making them costs about what reading them from a memory-mapped store would.
+        if not hasattr(self, "_bank"):
+            t = self.shape[1]
+            rng = np.random.default_rng(0)
+            coarse = rng.normal(0, 35, (self.BANK, 4, 4, 3)).astype(np.float32)
+            smooth = coarse.repeat(t // 4, 1).repeat(t // 4, 2)          # blocky field, then a box blur
+            smooth = (smooth + np.roll(smooth, 2, 1) + np.roll(smooth, 2, 2) + np.roll(smooth, -2, 1)) / 4
+            self._bank = (smooth + rng.normal(0, 6, smooth.shape)).astype(np.int16)
+            self._tint = np.random.default_rng(7).uniform(40, 215, (200, 3)).astype(np.int16)
+        field = self._bank[(idx * 2654435761) % self.BANK]
+        tint = self._tint[self.classes[idx] % 200]
+        return np.clip(field + tint[:, None, None, :], 0, 255).astype(np.uint8)
 
     def __array__(self, dtype=None, copy=None):
         return self[np.arange(len(self))]

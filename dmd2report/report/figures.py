@@ -248,8 +248,10 @@ class ClassFigure:
         models `fill` changes are serialised again (EmbeddedFigure)."""
         if not hasattr(self, "embedded"):
             renderers = [self.bg, self.r1, self.r2, *self.others]
-            self.embedded = EmbeddedFigure(self.fig, [self.fig, *renderers, *(r.data_source for r in renderers[:3]),
-                                                      self.r2.glyph, *self.items, *self.callbacks])
+            self.embedded = EmbeddedFigure(self.fig, [(self.fig, ["name"]), *((r, ["name"]) for r in renderers),
+                                                      *((r.data_source, ["data"]) for r in renderers[:3]),
+                                                      (self.r2.glyph, ["fill_color"]), *((i, ["label"]) for i in self.items),
+                                                      *((cb, ["args"]) for cb in self.callbacks)])
         self.fill(class_id, colour, name)
         return self.embedded.components()
 
@@ -263,6 +265,8 @@ class EmbeddedFigure:
     output is what `components` gives for the same figure (the test compares them)."""
 
     def __init__(self, fig, changed):
+        """`changed`: (model, attribute names) pairs, or (model, None) to re-serialise all of the model's
+        non-reference attributes."""
         self.fig, self.changed = fig, list(changed)
         self.docs_json = self.render_item = self.objects = None
 
@@ -277,12 +281,16 @@ class EmbeddedFigure:
             self.refs = set(self.fig.references())
         else:
             from bokeh.core.serialization import Serializer
-            for model in self.changed:
-                rep = Serializer(references=self.refs - {model}, deferred=False).encode(model)
+            for model, attrs in self.changed:
                 old = self.objects[model.id].setdefault("attributes", {})
-                new = rep.get("attributes", {})
-                for key in [k for k in old if k not in new and not _has_ref(old[k])]:
-                    del old[key]  # back to its default
+                if attrs:  # only these (explicitly set) properties: a Figure has hundreds
+                    ser = Serializer(references=self.refs, deferred=False)
+                    new = {a: ser.encode(model.lookup(a).get_value(model)) for a in attrs}
+                else:
+                    rep = Serializer(references=self.refs - {model}, deferred=False).encode(model)
+                    new = rep.get("attributes", {})
+                    for key in [k for k in old if k not in new and not _has_ref(old[k])]:
+                        del old[key]  # back to its default
                 for key, value in new.items():
                     if not _has_ref(value):  # references keep the stored (first, full) definition
                         old[key] = value
