@@ -96,10 +96,11 @@ def _real_background(fig, name: str, data: ReportData, rows: np.ndarray, *, sele
 def _density(fig, name: str, i: int, x: np.ndarray, y: np.ndarray, ext: Extent, colour: str | None = None,
              colours: np.ndarray | None = None):
     """An image of the points' 2-D histogram beneath the drawn points (None when it would be empty)."""
-    uri = density_png(np.asarray(x, np.float64), np.asarray(y, np.float64), ext, colour, colours)
-    if uri is None:
+    made = density_png(np.asarray(x, np.float64), np.asarray(y, np.float64), ext, colour, colours)
+    if made is None:
         return None
-    return fig.image_url(url=[uri], x=ext.x0, y=ext.y1, w=ext.x1 - ext.x0, h=ext.y1 - ext.y0, anchor="top_left",
+    uri, box = made
+    return fig.image_url(url=[uri], x=box.x0, y=box.y1, w=box.x1 - box.x0, h=box.y1 - box.y0, anchor="top_left",
                          name=f"{name}:density:{i}")
 
 
