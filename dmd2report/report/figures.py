@@ -17,7 +17,7 @@ from bokeh.plotting import figure
 
 from . import palette
 from .data import ReportData
-from .view import Extent, SiteView, colours_of, density_png
+from .view import Extent, SiteView, colours_of, density_rgba
 
 _JS_MOVE = "window.DMD2Site && DMD2Site.hover(fig, cb_obj)"
 _JS_LEAVE = "window.DMD2Site && DMD2Site.unhover(fig)"
@@ -95,13 +95,19 @@ def _real_background(fig, name: str, data: ReportData, rows: np.ndarray, *, sele
 
 def _density(fig, name: str, i: int, x: np.ndarray, y: np.ndarray, ext: Extent, colour: str | None = None,
              colours: np.ndarray | None = None):
-    """An image of the points' 2-D histogram beneath the drawn points (None when it would be empty)."""
-    made = density_png(np.asarray(x, np.float64), np.asarray(y, np.float64), ext, colour, colours)
+    """An image of the points' 2-D histogram beneath the drawn points (None when it would be empty).
+
+    An image_rgba glyph, not image_url: BokehJS paints it with the canvas's smoothing off (sharp
+    cells, where a stretched image_url is blurred) and has it at once, where every image_url that
+    finishes loading repaints the whole plot (with WebGL each repaint copies the GL canvas: most of
+    the map's first render under software GL, measured with 21 layers)."""
+    made = density_rgba(np.asarray(x, np.float64), np.asarray(y, np.float64), ext, colour, colours)
     if made is None:
         return None
-    uri, box = made
-    return fig.image_url(url=[uri], x=box.x0, y=box.y1, w=box.x1 - box.x0, h=box.y1 - box.y0, anchor="top_left",
-                         name=f"{name}:density:{i}")
+    rgba, box = made
+    img = np.ascontiguousarray(rgba[::-1]).view(np.uint32)[..., 0]  # image_rgba's row 0 is the bottom
+    return fig.image_rgba(image=[img], x=box.x0, y=box.y0, dw=box.x1 - box.x0, dh=box.y1 - box.y0,
+                          name=f"{name}:density:{i}")
 
 
 def _class_colour_rgb(classes: np.ndarray, colour_of: dict[int, str]) -> np.ndarray:

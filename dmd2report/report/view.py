@@ -16,9 +16,7 @@ finite distance, which the page shows as "not in this site" (padding has row -1 
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +28,6 @@ MAX_GRID = 60                        # thumbnails per grid on class pages
 VARIANT_CLASSES, VARIANT_SEEDS = 8, 6
 MAX_COVERED_BY = 12                  # covering generated samples listed (and carried) per drawn real point
 DENSITY_BINS = 256                   # density cells per side over the map's extent
-DENSITY_UPSCALE = 4                  # image pixels per cell side (sharp cells in a ~1000 px plot)
 
 
 @dataclass
@@ -246,17 +243,14 @@ class Extent:
         return cls(x0 - px, y0 - py, x1 + px, y1 + py)
 
 
-def density_png(x: np.ndarray, y: np.ndarray, extent: Extent, colour: str | None = None,
-                colours: np.ndarray | None = None, bins: int = DENSITY_BINS, max_alpha: int = 200,
-                upscale: int = DENSITY_UPSCALE) -> tuple[str, Extent] | None:
-    """A PNG data URI of the points' 2-D histogram over `extent` (row 0 = top) and the part of `extent`
-    it covers: alpha grows with the log of the count, colour is `colour`, or the count-weighted mean of
-    the per-point `colours` (n, 3). None when no point falls inside.
-
-    The image is cropped to the cells that hold points (a class's layer is a small patch of the map)
-    and every cell is `upscale` x `upscale` pixels: BokehJS draws image_url glyphs with the canvas's
-    bilinear smoothing on, which turns 256 cells stretched over a ~1000 px plot into a blur; at about
-    the plot's own resolution the cells stay sharp squares. Repeated pixels cost PNG little."""
+def density_rgba(x: np.ndarray, y: np.ndarray, extent: Extent, colour: str | None = None,
+                 colours: np.ndarray | None = None, bins: int = DENSITY_BINS,
+                 max_alpha: int = 200) -> tuple[np.ndarray, Extent] | None:
+    """The points' 2-D histogram over `extent` as an (h, w, 4) uint8 RGBA image (row 0 = top), cropped
+    to the cells that hold points (a class's layer is a small patch of the map), and the part of
+    `extent` it covers. Alpha grows with the log of the count (one point faint but visible, the
+    densest cell `max_alpha`); colour is `colour`, or the count-weighted mean of the per-point
+    `colours` (n, 3). None when no point is finite."""
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
     if not len(x):
@@ -273,18 +267,12 @@ def density_png(x: np.ndarray, y: np.ndarray, extent: Extent, colour: str | None
         with np.errstate(invalid="ignore", divide="ignore"):
             for ch in range(3):
                 rgba[:, ch] = np.nan_to_num(np.bincount(cell, colours[:, ch], bins * bins) / count).round().astype(np.uint8)
-    # log scale: one point is faint but visible, the densest cell is max_alpha
     level = np.log1p(count) / np.log1p(count.max())
     rgba[:, 3] = np.where(count > 0, np.round(40 + (max_alpha - 40) * level), 0).astype(np.uint8)
-    img = rgba.reshape(bins, bins, 4)
     r0, r1, c0, c1 = int(iy.min()), int(iy.max()) + 1, int(ix.min()), int(ix.max()) + 1
-    img = img[r0:r1, c0:c1].repeat(upscale, 0).repeat(upscale, 1)
     cw, ch_ = (extent.x1 - extent.x0) / bins, (extent.y1 - extent.y0) / bins
     crop = Extent(extent.x0 + c0 * cw, extent.y1 - r1 * ch_, extent.x0 + c1 * cw, extent.y1 - r0 * ch_)
-    from PIL import Image
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(img), "RGBA").save(buf, "PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode(), crop
+    return np.ascontiguousarray(rgba.reshape(bins, bins, 4)[r0:r1, c0:c1]), crop
 
 
 def colours_of(hexes: list[str]) -> np.ndarray:
