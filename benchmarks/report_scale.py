@@ -97,18 +97,20 @@ def make_data(n: int, seed: int = 0, n_classes: int = 100, k: int = 8, old_forma
     d = np.sort(rng.uniform(0.5, 3, (n, k)).astype(np.float32), 1)
     cov = pts["covered"].to_numpy()
     counts = np.where(cov, rng.integers(1, 6, n), 0)
-    from dmd2report.report.data import Ragged
-    covered_by = Ragged(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-                        rng.integers(n_real, n, int(counts.sum())).astype(np.int64))
+    cb_off = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    cb_val = rng.integers(n_real, n, int(counts.sum())).astype(np.int64)
     n_var = min(2000, n_gen // 4)
     vrows = pd.DataFrame({"seed_index": np.tile(np.arange(n_var // 4), 4), "class_id": np.tile(cls[n_real:n_real + n_var // 4], 4),
                           "variant": np.repeat(variants, n_var // 4), "point": n_real + np.arange(n_var // 4 * 4)})
     thumbs = MadeThumbs(n + len(base.thumbnails), 32, np.concatenate([cls, np.zeros(len(base.thumbnails), np.int64)]))
     atlas = dataclasses.replace(base.atlas, grid=base.atlas.grid.assign(thumb=n + np.arange(len(base.atlas.grid))),
                                 anchors=[dataclasses.replace(a, thumb=n + len(base.atlas.grid) + i) for i, a in enumerate(base.atlas.anchors)])
-    if old_format:
-        covered_by = {int(i): covered_by.row(i).tolist() for i in covered_by.nonempty()}
+    if old_format:  # the code before: a dict of lists, thumbnails in memory (it has no Ragged)
+        covered_by = {int(i): cb_val[cb_off[i]:cb_off[i + 1]].tolist() for i in np.flatnonzero(counts)}
         thumbs = np.asarray(thumbs)
+    else:
+        from dmd2report.report.data import Ragged
+        covered_by = Ragged(cb_off, cb_val)
     return dataclasses.replace(base, points=pts, thumbnails=thumbs, neighbours=Neighbours(ri, d, gi, d, layer="midblock"),
                                covered_by=covered_by, nn_real_real=d[:n_real, -1], nn_gen_real=d[n_real:, -1],
                                variants=vrows, atlas=atlas, classes=pd.DataFrame(

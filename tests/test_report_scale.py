@@ -151,6 +151,8 @@ def test_class_pages_patched_embedding_equals_components():
         script, divs = patched.components(c, colour, f"cls{c}")
         ref, ref_divs = components({"plot": fresh.fill(c, colour, f"cls{c}")})
         assert doc(script) == doc(ref) and set(divs) == set(ref_divs)
+        labels = re.findall(r'"name": "LegendItem", "type": "object"\}|"label": (\{[^}]*\})', doc(script))
+        assert [json.loads(x)["type"] for x in labels if x] == ["value"] * 3     # text, not a column name
         seen.append(doc(script))
     assert len(set(seen)) == 4       # every class page differs (data, names, colours)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from bokeh import events
+from bokeh.core.properties import value
 from bokeh.models import (BoxSelectTool, ColumnDataSource, CustomJS, FactorRange, LassoSelectTool, Legend,
                           LegendItem, PanTool, ResetTool, WheelZoomTool)
 from bokeh.plotting import figure
@@ -245,9 +246,11 @@ class ClassFigure:
 
         def label(what, shown, total):
             return f"{what} ({total:,})" if shown == total else f"{what} ({shown:,} shown of {total:,})"
-        self.items[0].label = f"real ({len(bg):,})"
-        self.items[1].label = label("real, this class", len(rr), int(self.n_real.get(class_id, 0)))
-        self.items[2].label = label("generated", len(gr), int(self.n_gen.get(class_id, 0)))
+        # value(): a plain string assigned to a legend label is read as a column name (only the
+        # constructor wraps it), which BokehJS rejects as a bad column
+        self.items[0].label = value(f"real ({len(bg):,})")
+        self.items[1].label = value(label("real, this class", len(rr), int(self.n_real.get(class_id, 0))))
+        self.items[2].label = value(label("generated", len(gr), int(self.n_gen.get(class_id, 0))))
         return self.fig
 
     def components(self, class_id: int, colour: str, name: str) -> tuple[str, dict]:
@@ -298,9 +301,9 @@ class EmbeddedFigure:
                     new = rep.get("attributes", {})
                     for key in [k for k in old if k not in new and not _has_ref(old[k])]:
                         del old[key]  # back to its default
-                for key, value in new.items():
-                    if not _has_ref(value):  # references keep the stored (first, full) definition
-                        old[key] = value
+                for key, val in new.items():
+                    if not _has_ref(val):  # references keep the stored (first, full) definition
+                        old[key] = val
         from bokeh.core.templates import MACROS, ROOT_DIV
         from bokeh.embed.bundle import Script, bundle_for_objs_and_resources
         bundle = bundle_for_objs_and_resources(None, None)  # as components() wraps its script
