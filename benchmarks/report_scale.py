@@ -182,7 +182,18 @@ def main():
     ap.add_argument("--one", type=int)
     ap.add_argument("--site")
     ap.add_argument("--old", action="store_true")
+    ap.add_argument("--compare-sites", default="", help="site folders: map first render of each, loads alternating "
+                                                          "between them (side by side), nothing rendered")
     args = ap.parse_args()
+    if args.compare_sites:
+        sites = args.compare_sites.split(",")
+        times = {s: [] for s in sites}
+        for _ in range(3):
+            for s in sites:
+                times[s].append(first_render((Path(s) / "map.html").resolve().as_uri(), loads=1))
+        for s, t in times.items():
+            print(json.dumps({"site": s, "first_render_ms": statistics.median(t), "loads": t}))
+        return
     if args.one:
         print(json.dumps(one(args.one, args.site, int(args.max_points.split(",")[0]), args.old)))
         return
