@@ -222,6 +222,7 @@ class ClassFigure:
         cls_all = P["class_id"].to_numpy(np.int64)
         self.n_real = pd.Series(cls_all[full_real]).value_counts()
         self.n_gen = pd.Series(cls_all[~full_real]).value_counts()
+        self.embedded: EmbeddedFigure | None = None   # made on the first `components` call
 
     def fill(self, class_id: int, colour: str, name: str):
         p = self.view.site.points
@@ -256,7 +257,7 @@ class ClassFigure:
     def components(self, class_id: int, colour: str, name: str) -> tuple[str, dict]:
         """`components({"plot": ...})` of the figure filled for `class_id`; after the first class only the
         models `fill` changes are serialised again (EmbeddedFigure)."""
-        if not hasattr(self, "embedded"):
+        if self.embedded is None:
             renderers = [self.bg, self.r1, self.r2, *self.others]
             self.embedded = EmbeddedFigure(self.fig, [(self.fig, ["name"]), *((r, ["name"]) for r in renderers),
                                                       *((r.data_source, ["data"]) for r in renderers[:3]),
@@ -267,45 +268,35 @@ class ClassFigure:
 
 
 class EmbeddedFigure:
-    """`bokeh.embed.components` of one figure whose model graph stays fixed while a few models' plain
-    values (data, names, labels, colours, callback args) change between pages: the document JSON is built
-    once, and for every later page only the `changed` models are serialised again and their non-reference
-    attributes written over the stored JSON. Serialising a whole figure walks every property of its ~60
-    models (about 0.1-0.2 s); the few models a class page changes take a small fraction of that. The
-    output is what `components` gives for the same figure (the test compares them)."""
+    """`bokeh.embed.components` of one figure whose model graph stays fixed while a few properties with
+    plain values (data, names, labels, colours, callback args) change between pages: the document JSON
+    is built once, and for every later page only the `changed` properties are serialised again and
+    written over the stored JSON. Serialising a whole figure walks every property of its ~60 models
+    (0.1-0.2 s); the dozen properties a class page changes take a small fraction of that. The output is
+    what `components` gives for the same figure (tests/test_report_scale.py compares them)."""
 
-    def __init__(self, fig, changed):
-        """`changed`: (model, attribute names) pairs, or (model, None) to re-serialise all of the model's
-        non-reference attributes."""
-        self.fig, self.changed = fig, list(changed)
-        self.docs_json = self.render_item = self.objects = None
+    def __init__(self, fig, changed: list[tuple[object, list[str]]]):
+        """`changed`: (model, property names) pairs; each property explicitly set, holding no model."""
+        self.fig, self.changed = fig, changed
+        self.docs_json = self.render_item = None
+        self.objects: dict[str, dict] = {}
 
     def components(self) -> tuple[str, dict]:
+        from bokeh.core.serialization import Serializer
+        from bokeh.core.templates import MACROS, ROOT_DIV
+        from bokeh.embed.bundle import Script, bundle_for_objs_and_resources
         from bokeh.embed.elements import script_for_render_items
         from bokeh.embed.util import OutputDocumentFor, standalone_docs_json_and_render_items
         if self.docs_json is None:  # the first page: the whole document, as components() builds it
             with OutputDocumentFor([self.fig]):
                 self.docs_json, [self.render_item] = standalone_docs_json_and_render_items([self.fig])
-            self.objects = {}
             _index_objects(self.docs_json, self.objects)
-            self.refs = set(self.fig.references())
         else:
-            from bokeh.core.serialization import Serializer
-            for model, attrs in self.changed:
-                old = self.objects[model.id].setdefault("attributes", {})
-                if attrs:  # only these (explicitly set) properties: a Figure has hundreds
-                    ser = Serializer(references=self.refs, deferred=False)
-                    new = {a: ser.encode(model.lookup(a).get_value(model)) for a in attrs}
-                else:
-                    rep = Serializer(references=self.refs - {model}, deferred=False).encode(model)
-                    new = rep.get("attributes", {})
-                    for key in [k for k in old if k not in new and not _has_ref(old[k])]:
-                        del old[key]  # back to its default
-                for key, val in new.items():
-                    if not _has_ref(val):  # references keep the stored (first, full) definition
-                        old[key] = val
-        from bokeh.core.templates import MACROS, ROOT_DIV
-        from bokeh.embed.bundle import Script, bundle_for_objs_and_resources
+            ser = Serializer(deferred=False)  # arrays inline (base64), as components() has them
+            for model, names in self.changed:
+                attributes = self.objects[model.id].setdefault("attributes", {})
+                for a in names:
+                    attributes[a] = ser.encode(model.lookup(a).get_value(model))
         bundle = bundle_for_objs_and_resources(None, None)  # as components() wraps its script
         bundle.add(Script(script_for_render_items(self.docs_json, [self.render_item])))
         return bundle.scripts(tag=True), {"plot": ROOT_DIV.render(root=self.render_item.roots[0], macros=MACROS)}
@@ -320,16 +311,6 @@ def _index_objects(node, out: dict) -> None:
     elif isinstance(node, (list, tuple)):  # map entries are (key, value) tuples
         for v in node:
             _index_objects(v, out)
-
-
-def _has_ref(node) -> bool:
-    if isinstance(node, dict):
-        if "id" in node and (node.get("type") in (None, "object")):
-            return True
-        return any(_has_ref(v) for v in node.values())
-    if isinstance(node, (list, tuple)):
-        return any(_has_ref(v) for v in node)
-    return False
 
 
 def class_figure(view: SiteView, class_id: int, colour: str, name: str):
