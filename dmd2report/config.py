@@ -242,6 +242,12 @@ class ReportConfig:
     single_file_limit_mb: float = setting(25.0, "Largest single-file report, in MB.", gt=0.0)
     color_by: str = setting("class", "What colours the map's points.", choices=("class", "variant"))
     max_classes_pages: int = setting(100, "Per-class pages, for the most populous classes.", ge=0)
+    max_points: int = setting(20000, "Points drawn on the map (with hover, click and selection), a class-balanced "
+                                     "sample past this; every point is in the density layer beneath. Bounds the "
+                                     "site's size and first render at any number of samples. The default keeps the "
+                                     "map's first render under 2.5 s in headless Chromium (benchmarks/README.md, "
+                                     "'Report at any N': 1.9 s at 20,000, 2.5 s at 30,000 on a loaded 2-core machine).",
+                              ge=1)
     thumb_size: int = setting(32, "Thumbnail side in pixels (at most the model's resolution).", ge=1)
     png_fallback: bool = setting(False, "Also write PNG thumbnail sheets for browsers without WebP (every current "
                                         "browser reads WebP; the PNGs more than double the sheets' size).")

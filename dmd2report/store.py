@@ -405,6 +405,10 @@ class Store:
     def thumbnails(self) -> np.ndarray:
         return self._concat(self._arrays("thumbs"))
 
+    def thumbnail_chunks(self) -> list[np.ndarray]:
+        """The thumbnails chunk by chunk, memory-mapped (the report reads only the rows it shows)."""
+        return self._arrays("thumbs")
+
     def reconstructions(self) -> tuple[np.ndarray, np.ndarray]:
         """(sample_ids, uint8 (n, R, R, 3)) of the samples whose reconstruction was kept."""
         meta = self.metadata()

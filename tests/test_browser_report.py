@@ -102,10 +102,10 @@ def test_map_interactions(site, browser):
     page.screenshot(path=str(ARTIFACTS / "map-neighbours.png"))
 
     # A real point says whether it is covered, and by which generated samples.
-    real_row = next(iter(data.covered_by))
+    real_row = int(data.covered_by.nonempty()[0])
     page.evaluate("r => DMD2Site.showNeighbours('map', r)", real_row)
     assert "covered by" in panel.inner_text()
-    assert panel.locator(".nbr").count() == 2 * k + min(12, len(data.covered_by[real_row]))
+    assert panel.locator(".nbr").count() == 2 * k + min(12, len(data.covered_by.row(real_row)))
 
     # The switch hides the real layer (and hover then skips real points).
     page.click('.switch label:has(input[value="generated"])')
@@ -270,5 +270,37 @@ def test_trajectory_paths_per_class_on_demand(browser, tmp_path):
     assert page.evaluate(segments) == expected(set()) * (n_steps - 1)
     page.evaluate("location.hash = 'class=0'")
     page.wait_for_function(f"{segments} === {expected({0}) * (n_steps - 1)}", timeout=5000)
+    assert problems == []
+    page.context.close()
+
+
+def test_capped_map_selection_csv_says_it_covers_the_drawn_points(browser, tmp_path):
+    """Past report.max_points the map draws a sample over density images; selection and its CSV cover
+    the drawn points and the CSV's first line says so; neighbours outside the site keep their distance."""
+    data = synthetic_report_data(700, 300, 5, seed=3)
+    render_site(data, tmp_path / "site", max_points=250)
+    page, problems, _ = _open(browser, (tmp_path / "site" / "map.html").as_uri())
+    assert page.evaluate("DMD2Site.pointCount('map')") == 250
+    assert page.evaluate("Bokeh.documents[0].get_model_by_name('map:density:0') !== null")
+    assert "shows 250 of" in page.locator(".point-note").inner_text()
+    page.evaluate("""() => { const r = DMD2Site.resolve('map').real[0];
+        r.data_source.selected.indices = [...Array(r.data_source.data.x.length).keys()]; }""")
+    sel = page.locator('[data-sel-for="map"]')
+    sel.locator("button[data-csv]").wait_for(timeout=5000)
+    n_sel = page.evaluate("DMD2Site.resolve('map').real[0].data_source.data.x.length")
+    with page.expect_download() as dl:
+        sel.locator("button[data-csv]").click()
+    lines = Path(dl.value.path()).read_text().splitlines()
+    assert lines[0].startswith("# selection among the 250 points drawn on the map") and f"all {len(data.points)} points" in lines[0]
+    assert lines[1].startswith("sample_id,") and len(lines) == n_sel + 2
+    # A drawn point whose neighbour is not carried still lists it (distance, no image).
+    row = page.evaluate("""() => { const d = DMD2_DATA, k = d.nb.k;
+        for (let i = 0; i < d.points.id.length; i++) if (d.points.drawn[i])
+          for (let j = 0; j < k; j++) if (d.nb.ri[i * k + j] < 0 && d.nb.rd[i * k + j] !== null) return i;
+        return -1; }""")
+    assert row >= 0
+    page.evaluate("r => DMD2Site.showNeighbours('map', r)", row)
+    panel = page.locator('[data-nbr-for="map"]')
+    assert panel.locator(".nbr.outside").count() >= 1 and "not among the points this site carries" in panel.inner_text()
     assert problems == []
     page.context.close()

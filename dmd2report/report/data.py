@@ -73,6 +73,80 @@ class Neighbours:
 
 
 @dataclass
+class Ragged:
+    """Variable-length lists of point rows, one list per point row: list i is
+    `values[offsets[i]:offsets[i + 1]]` (CSR layout, as measure stores them), so millions of rows
+    need no Python object per row."""
+    offsets: np.ndarray             # (n + 1,) int64, non-decreasing, offsets[0] == 0
+    values: np.ndarray              # (offsets[-1],) int64 point rows
+
+    @classmethod
+    def from_dict(cls, lists: dict[int, list[int]], n: int) -> "Ragged":
+        counts = np.zeros(n, np.int64)
+        keys = np.array(sorted(lists), np.int64)
+        counts[keys] = [len(lists[int(k)]) for k in keys]
+        values = np.array([v for k in keys for v in lists[int(k)]], np.int64)
+        return cls(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), values)
+
+    @classmethod
+    def empty(cls, n: int) -> "Ragged":
+        return cls(np.zeros(n + 1, np.int64), np.zeros(0, np.int64))
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def counts(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def row(self, i: int) -> np.ndarray:
+        return self.values[self.offsets[i]:self.offsets[i + 1]]
+
+    def nonempty(self) -> np.ndarray:
+        return np.flatnonzero(self.counts())
+
+
+class StackedThumbnails:
+    """Thumbnail arrays (for example one memory-mapped file per store chunk) seen as one (n, t, t, 3)
+    array without concatenating them: the report reads only the rows its site shows, so a million
+    stored thumbnails never sit in memory at once. Indexing with an integer array returns a new array."""
+
+    def __init__(self, parts: list[np.ndarray]):
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            raise ValueError("StackedThumbnails needs at least one non-empty array")
+        self.parts = parts
+        self.starts = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
+        self.shape = (int(self.starts[-1]),) + tuple(parts[0].shape[1:])
+        self.dtype = parts[0].dtype
+        self.ndim = len(self.shape)
+        if any(p.shape[1:] != parts[0].shape[1:] or p.dtype != self.dtype for p in parts):
+            raise ValueError("StackedThumbnails: parts differ in shape or dtype")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, slice):
+            index = np.arange(*index.indices(len(self)))
+        idx = np.asarray(index, np.int64)
+        if idx.ndim == 0:
+            return self[idx[None]][0]
+        idx = np.where(idx < 0, idx + len(self), idx)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError("StackedThumbnails index out of range")
+        out = np.empty((len(idx),) + self.shape[1:], self.dtype)
+        part = np.searchsorted(self.starts, idx, side="right") - 1
+        for k in np.unique(part):  # one gather per stored part (chunk), not per row
+            sel = np.flatnonzero(part == k)
+            out[sel] = self.parts[k][idx[sel] - self.starts[k]]
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.concatenate(self.parts)
+        return out if dtype is None else out.astype(dtype)
+
+
+@dataclass
 class FrechetDistance:
     value: float
     n_real: int
@@ -159,8 +233,10 @@ class ReportData:
         some generated sample's k-NN ball; False for generated); source str (file path for real,
         "seed S index I" for generated); thumb int (thumbnail index, -1 = none).
     classes: columns CLASS_COLUMNS, every class that may appear (class_id int, synset str, name str).
-    thumbnails: uint8 (m, t, t, 3).
-    covered_by: real point row -> generated point rows whose k-NN balls contain it.
+    thumbnails: uint8 (m, t, t, 3): an array, or a `StackedThumbnails` over stored chunks (the site
+        reads only the rows it shows).
+    covered_by: per point row, the generated point rows whose k-NN balls contain it (empty for
+        generated points), as `Ragged`; a dict {real row: [generated rows]} is converted on creation.
     nn_real_real / nn_gen_real: k-th-NN distances for the histograms (real to real, generated to real).
     variants: columns VARIANT_COLUMNS, the same seed under each conditioning.
     chosen_classes: the classes given their own page and shown on the variants page ([] = let
@@ -175,7 +251,7 @@ class ReportData:
     points: pd.DataFrame
     thumbnails: np.ndarray
     neighbours: Neighbours
-    covered_by: dict[int, list[int]]
+    covered_by: Ragged
     metrics: Metrics
     nn_real_real: np.ndarray
     nn_gen_real: np.ndarray
@@ -185,6 +261,10 @@ class ReportData:
     max_class_pages: int = 100
     trajectories: Trajectories | None = None
     skipped: list[dict] = field(default_factory=list)
+
+    def __post_init__(self):
+        if isinstance(self.covered_by, dict):
+            self.covered_by = Ragged.from_dict(self.covered_by, len(self.points))
 
     def validate(self) -> None:
         """Check the cross-references; raises ValueError naming the first inconsistency."""
@@ -211,9 +291,14 @@ class ReportData:
                 raise ValueError(f"neighbours.{name} refers to a point row out of range")
         if len(self.variants) and self.variants["point"].max() >= len(p):
             raise ValueError("variants.point out of range")
-        for key, rows in self.covered_by.items():
-            if p["set"].iat[key] != "real":
-                raise ValueError(f"covered_by[{key}] is not a real point")
+        cb = self.covered_by
+        if len(cb) != len(p):
+            raise ValueError(f"covered_by: {len(cb)} lists for {len(p)} points")
+        has = cb.counts() > 0
+        if has.any() and (p["set"].to_numpy()[has] != "real").any():
+            raise ValueError(f"covered_by[{int(np.flatnonzero(has & (p['set'].to_numpy() != 'real'))[0])}] is not a real point")
+        if cb.values.size and (cb.values.min() < 0 or cb.values.max() >= len(p)):
+            raise ValueError("covered_by refers to a point row out of range")
         if self.atlas is not None:
             g = self.atlas.grid
             if len(g) and g["thumb"].max() >= len(t):

@@ -11,12 +11,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from bokeh import events
+from bokeh.core.properties import value
 from bokeh.models import (BoxSelectTool, ColumnDataSource, CustomJS, FactorRange, LassoSelectTool, Legend,
                           LegendItem, PanTool, ResetTool, WheelZoomTool)
 from bokeh.plotting import figure
 
 from . import palette
 from .data import ReportData
+from .view import Extent, SiteView, colours_of, density_rgba
 
 _JS_MOVE = "window.DMD2Site && DMD2Site.hover(fig, cb_obj)"
 _JS_LEAVE = "window.DMD2Site && DMD2Site.unhover(fig)"
@@ -46,16 +48,20 @@ def _legend_right(fig, items, **style):
                           border_line_alpha=0.0, **style), "right")
 
 
-def _interactive(fig, name: str):
-    fig.js_on_event(events.MouseMove, CustomJS(args={"fig": name}, code=_JS_MOVE))
-    fig.js_on_event(events.MouseLeave, CustomJS(args={"fig": name}, code=_JS_LEAVE))
-    fig.js_on_event(events.Tap, CustomJS(args={"fig": name}, code=_JS_TAP))
+def _interactive(fig, name: str) -> list[CustomJS]:
+    cbs = [CustomJS(args={"fig": name}, code=code) for code in (_JS_MOVE, _JS_LEAVE, _JS_TAP)]
+    for ev, cb in zip((events.MouseMove, events.MouseLeave, events.Tap), cbs):
+        fig.js_on_event(ev, cb)
+    return cbs
+
+
+def _columns(points: pd.DataFrame, rows: np.ndarray, **extra) -> dict:
+    rows = np.asarray(rows, np.int32)
+    return {"x": points["x"].to_numpy(np.float32)[rows], "y": points["y"].to_numpy(np.float32)[rows], "row": rows, **extra}
 
 
 def _source(points: pd.DataFrame, rows: np.ndarray, **extra) -> ColumnDataSource:
-    rows = np.asarray(rows, np.int32)
-    return ColumnDataSource({"x": points["x"].to_numpy(np.float32)[rows], "y": points["y"].to_numpy(np.float32)[rows],
-                             "row": rows, **extra})
+    return ColumnDataSource(_columns(points, rows, **extra))
 
 
 def _points(fig, name: str, src: ColumnDataSource, *, selectable: bool, **glyph):
@@ -88,39 +94,83 @@ def _real_background(fig, name: str, data: ReportData, rows: np.ndarray, *, sele
     return [LegendItem(label=f"real ({len(rows):,})", renderers=[r])]
 
 
-def map_figure(data: ReportData, color_by: str, name: str = "map"):
-    """Real points grey beneath, generated points coloured by class or variant, shape by variant."""
-    p = data.points
+def _density(fig, name: str, i: int, x: np.ndarray, y: np.ndarray, ext: Extent, colour: str | None = None,
+             colours: np.ndarray | None = None):
+    """An image of the points' 2-D histogram beneath the drawn points (None when it would be empty).
+
+    An image_rgba glyph, not image_url: BokehJS paints it with the canvas's smoothing off (sharp
+    cells, where a stretched image_url is blurred) and has it at once, where every image_url that
+    finishes loading repaints the whole plot (with WebGL each repaint copies the GL canvas: most of
+    the map's first render under software GL, measured with 21 layers)."""
+    made = density_rgba(np.asarray(x, np.float64), np.asarray(y, np.float64), ext, colour, colours)
+    if made is None:
+        return None
+    rgba, box = made
+    img = np.ascontiguousarray(rgba[::-1]).view(np.uint32)[..., 0]  # image_rgba's row 0 is the bottom
+    return fig.image_rgba(image=[img], x=box.x0, y=box.y0, dw=box.x1 - box.x0, dh=box.y1 - box.y0,
+                          name=f"{name}:density:{i}")
+
+
+def _class_colour_rgb(classes: np.ndarray, colour_of: dict[int, str]) -> np.ndarray:
+    """(n, 3) colour of each point's class, looked up once per class and spread by index."""
+    keys = np.array(sorted(colour_of), np.int64)
+    table = colours_of([colour_of[int(c)] for c in keys])
+    return table[np.searchsorted(keys, classes)]
+
+
+def map_figure(view: SiteView, color_by: str, name: str = "map"):
+    """Every point as a density layer (real grey, generated per colour group) beneath the drawn sample:
+    real points grey, generated points coloured by class or variant, shape by variant. Legend counts
+    are of all points; a legend entry hides its points and its density layer together."""
+    P, p = view.full.points, view.site.points
     fig = _figure(name, x_axis_label="map x", y_axis_label="map y")
-    real_rows = np.flatnonzero((p["set"] == "real").to_numpy())
-    items = _real_background(fig, name, data, real_rows, selectable=True)
-    gen = p[p["set"] == "generated"]
-    variant_order = list(dict.fromkeys(gen["variant"]))
-    markers = np.array([palette.variant_marker(v, variant_order) for v in gen["variant"]])
-    gen_rows = gen.index.to_numpy()
+    ext = Extent.of(P["x"].to_numpy(np.float64), P["y"].to_numpy(np.float64))
+    full_gen = (P["set"] == "generated").to_numpy()
+    site_gen = (p["set"] == "generated").to_numpy()
+    gen_full, gen_site = P[full_gen], p[site_gen & view.drawn]
+    variant_order = list(dict.fromkeys(gen_full["variant"]))
     if color_by == "variant":
-        groups = [(f"{v} ({(gen['variant'] == v).sum():,})", (gen["variant"] == v).to_numpy(), c, None)
-                  for v, c in palette.variant_colours(variant_order).items()]
+        groups = [(f"{v} ({(gen_full['variant'] == v).sum():,})", (gen_full["variant"] == v).to_numpy(),
+                   (gen_site["variant"] == v).to_numpy(), c, None) for v, c in palette.variant_colours(variant_order).items()]
     else:
-        counts = gen["class_id"].value_counts().to_dict()
+        counts = gen_full["class_id"].value_counts().to_dict()
         own, rest = palette.class_groups(counts)
-        groups = [(f"{_class_label(data, c) if c >= 0 else 'no class'} ({counts[c]:,})", (gen["class_id"] == c).to_numpy(), col, None)
+        groups = [(f"{_class_label(view.full, c) if c >= 0 else 'no class'} ({counts[c]:,})",
+                   (gen_full["class_id"] == c).to_numpy(), (gen_site["class_id"] == c).to_numpy(), col, None)
                   for c, col in own]
         if rest:
-            mask = gen["class_id"].isin(list(rest)).to_numpy()
-            colours = np.array([rest[c] for c in gen["class_id"][mask]])
-            groups.append((f"{len(rest)} other classes ({mask.sum():,})", mask, None, colours))
-    for i, (label, mask, colour, colours) in enumerate(groups):
-        extra = {"marker": markers[mask]}
-        if colours is not None:
-            extra["color"] = colours
-        src = _source(p, gen_rows[mask], **extra)
+            mf = gen_full["class_id"].isin(list(rest)).to_numpy()
+            groups.append((f"{len(rest)} other classes ({mf.sum():,})", mf, gen_site["class_id"].isin(list(rest)).to_numpy(),
+                           None, rest))
+    # Density layers first: renderers paint in the order they are added, so these stay beneath every point.
+    real_full = P[~full_gen]
+    dens = [_density(fig, name, 0, real_full["x"], real_full["y"], ext, palette.REAL_COLOUR)]
+    for i, (_, mf, _, colour, rest) in enumerate(groups):
+        g = gen_full[mf]
+        colours = _class_colour_rgb(g["class_id"].to_numpy(np.int64), rest) if rest else None
+        dens.append(_density(fig, name, i + 1, g["x"], g["y"], ext, colour, colours))
+    real_rows = np.flatnonzero(~site_gen & view.drawn)
+    r = _points(fig, f"{name}:pt:real", _source(p, real_rows), selectable=True, size=4, marker="circle",
+                fill_color=palette.REAL_COLOUR, fill_alpha=0.22, line_color=None)
+    items = [LegendItem(label=f"real ({len(real_full):,})", renderers=[r] + [d for d in dens[:1] if d is not None])]
+    markers = np.array([palette.variant_marker(v, variant_order) for v in variant_order] or ["circle"])
+    marker_of = pd.Series(np.arange(len(variant_order)), index=variant_order)
+    gen_rows = gen_site.index.to_numpy()
+    gen_markers = markers[marker_of.reindex(gen_site["variant"]).fillna(0).to_numpy(np.int64)] if len(gen_site) else \
+        np.zeros(0, "<U8")
+    for i, (label, _, ms, colour, rest) in enumerate(groups):
+        extra = {"marker": gen_markers[ms]}
+        if rest:
+            rgb = _class_colour_rgb(gen_site["class_id"].to_numpy(np.int64)[ms], rest).astype(np.int64)
+            extra["color"] = np.array([f"#{v:06x}" for v in (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]]) if len(rgb) \
+                else np.zeros(0, "<U7")
+        src = _source(p, gen_rows[ms], **extra)
         r = _points(fig, f"{name}:pt:gen:{i}", src, selectable=True, size=7, marker="marker",
-                    fill_color="color" if colours is not None else colour, fill_alpha=0.85,
+                    fill_color="color" if rest else colour, fill_alpha=0.85,
                     line_color="#ffffff", line_alpha=0.35, line_width=0.5)
-        items.append(LegendItem(label=label, renderers=[r]))
-    if data.trajectories is not None:
-        items += _trajectory_layers(fig, name, data.trajectories)
+        items.append(LegendItem(label=label, renderers=[r] + [d for d in dens[i + 1:i + 2] if d is not None]))
+    if view.site.trajectories is not None:
+        items += _trajectory_layers(fig, name, view.site.trajectories)
     _highlight(fig, name)
     _legend_right(fig, items, label_text_font_size="11px", glyph_height=14, glyph_width=14, spacing=1)
     _interactive(fig, name)
@@ -133,43 +183,153 @@ def _subsample(rows: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(rows, n, replace=False))
 
 
-def class_figure(data: ReportData, class_id: int, colour: str, name: str):
-    """The class's region on the map: its real and generated points over a faint subsample of all real."""
-    p = data.points
-    fig = _figure(name, height=420, select=False, x_axis_label="map x", y_axis_label="map y")
-    real = np.flatnonzero((p["set"] == "real").to_numpy())
-    in_class = (p["class_id"] == class_id).to_numpy()
-    _real_background(fig, name, data, _subsample(real[~in_class[real]], 3000), selectable=False, alpha=0.15)
-    rr = np.flatnonzero(in_class & (p["set"] == "real").to_numpy())
-    gr = np.flatnonzero(in_class & (p["set"] == "generated").to_numpy())
-    r1 = _points(fig, f"{name}:pt:gen:0", _source(p, rr), selectable=False, size=6, marker="circle",
-                 fill_color=palette.REAL_COLOUR, fill_alpha=0.8, line_color=None)
-    order = list(dict.fromkeys(p["variant"][gr]))
-    r2 = _points(fig, f"{name}:pt:gen:1",
-                 _source(p, gr, marker=np.array([palette.variant_marker(v, order) for v in p["variant"][gr]])),
-                 selectable=False, size=8, marker="marker", fill_color=colour, fill_alpha=0.9,
-                 line_color="#ffffff", line_alpha=0.4)
-    _legend_right(fig, [LegendItem(label=f"real, this class ({len(rr)})", renderers=[r1]),
-                        LegendItem(label=f"generated ({len(gr)})", renderers=[r2])])
-    _interactive(fig, name)
-    return fig
+def _drawn_real(view: SiteView) -> np.ndarray:
+    """Site rows of the real points drawn on the map: the backgrounds of the other figures."""
+    return np.flatnonzero(view.drawn & (view.site.points["set"] == "real").to_numpy())
 
 
-def variants_figure(data: ReportData, rows: pd.DataFrame, name: str = "variants"):
+class ClassFigure:
+    """The class's region on the map: its carried real and generated points (the drawn sample and the
+    page's grids) over a faint subsample of the drawn real points. Legend counts: shown of all.
+
+    One figure serves every class page (`fill` swaps its data, names and labels; serialise it before
+    the next `fill`): building a Bokeh figure costs about as much as serialising it, and a report has up
+    to `report.max_classes_pages` of them. Model ids repeat across pages, so the single-file form
+    (every page in one document) builds one per class (`reuse=False`)."""
+
+    def __init__(self, view: SiteView):
+        self.view = view
+        fig = self.fig = _figure("cls", height=420, select=False, x_axis_label="map x", y_axis_label="map y")
+        self.bg = _points(fig, "cls:pt:real", _source(view.site.points, np.zeros(0, np.int64)), selectable=False, size=4,
+                          marker="circle", fill_color=palette.REAL_COLOUR, fill_alpha=0.15, line_color=None)
+        self.r1 = _points(fig, "cls:pt:gen:0", _source(view.site.points, np.zeros(0, np.int64)), selectable=False, size=6,
+                          marker="circle", fill_color=palette.REAL_COLOUR, fill_alpha=0.8, line_color=None)
+        self.r2 = _points(fig, "cls:pt:gen:1", _source(view.site.points, np.zeros(0, np.int64), marker=np.zeros(0, "<U8")),
+                          selectable=False, size=8, marker="marker", fill_color=palette.PALETTE[0], fill_alpha=0.9,
+                          line_color="#ffffff", line_alpha=0.4)
+        self.items = [LegendItem(label="real", renderers=[self.bg]), LegendItem(label="real, this class", renderers=[self.r1]),
+                      LegendItem(label="generated", renderers=[self.r2])]
+        _legend_right(fig, self.items)
+        self.callbacks = _interactive(fig, "cls")
+        hl = [r for r in fig.renderers if r.name in ("cls:hl", "cls:focus")]
+        self.others = hl
+        p = view.site.points
+        self.real_rows = _drawn_real(view)
+        self.site_cls = p["class_id"].to_numpy(np.int64)
+        self.site_real = (p["set"] == "real").to_numpy()
+        P = view.full.points
+        full_real = (P["set"] == "real").to_numpy()
+        cls_all = P["class_id"].to_numpy(np.int64)
+        self.n_real = pd.Series(cls_all[full_real]).value_counts()
+        self.n_gen = pd.Series(cls_all[~full_real]).value_counts()
+        self.embedded: EmbeddedFigure | None = None   # made on the first `components` call
+
+    def fill(self, class_id: int, colour: str, name: str):
+        p = self.view.site.points
+        in_class = self.site_cls == class_id
+        bg = _subsample(self.real_rows[~in_class[self.real_rows]], 3000)
+        rr = np.flatnonzero(in_class & self.site_real)
+        gr = np.flatnonzero(in_class & ~self.site_real)
+        order = list(dict.fromkeys(p["variant"].to_numpy()[gr]))
+        marker_of = np.array([palette.variant_marker(v, order) for v in order] or ["circle"])
+        codes = pd.Series(np.arange(len(order)), index=order).reindex(p["variant"].to_numpy()[gr]).to_numpy(np.int64) \
+            if len(gr) else np.zeros(0, np.int64)
+        for r, rows, extra in ((self.bg, bg, {}), (self.r1, rr, {}), (self.r2, gr, {"marker": marker_of[codes]})):
+            r.data_source.data = _columns(p, rows, **extra)
+        self.r2.glyph.fill_color = colour
+        self.fig.name = name
+        for r, suffix in ((self.bg, "pt:real"), (self.r1, "pt:gen:0"), (self.r2, "pt:gen:1")):
+            r.name = f"{name}:{suffix}"
+        for r in self.others:
+            r.name = name + r.name[r.name.index(":"):]
+        for cb in self.callbacks:
+            cb.args = {"fig": name}
+
+        def label(what, shown, total):
+            return f"{what} ({total:,})" if shown == total else f"{what} ({shown:,} shown of {total:,})"
+        # value(): a plain string assigned to a legend label is read as a column name (only the
+        # constructor wraps it), which BokehJS rejects as a bad column
+        self.items[0].label = value(f"real ({len(bg):,})")
+        self.items[1].label = value(label("real, this class", len(rr), int(self.n_real.get(class_id, 0))))
+        self.items[2].label = value(label("generated", len(gr), int(self.n_gen.get(class_id, 0))))
+        return self.fig
+
+    def components(self, class_id: int, colour: str, name: str) -> tuple[str, dict]:
+        """`components({"plot": ...})` of the figure filled for `class_id`; after the first class only the
+        models `fill` changes are serialised again (EmbeddedFigure)."""
+        if self.embedded is None:
+            renderers = [self.bg, self.r1, self.r2, *self.others]
+            self.embedded = EmbeddedFigure(self.fig, [(self.fig, ["name"]), *((r, ["name"]) for r in renderers),
+                                                      *((r.data_source, ["data"]) for r in renderers[:3]),
+                                                      (self.r2.glyph, ["fill_color"]), *((i, ["label"]) for i in self.items),
+                                                      *((cb, ["args"]) for cb in self.callbacks)])
+        self.fill(class_id, colour, name)
+        return self.embedded.components()
+
+
+class EmbeddedFigure:
+    """`bokeh.embed.components` of one figure whose model graph stays fixed while a few properties with
+    plain values (data, names, labels, colours, callback args) change between pages: the document JSON
+    is built once, and for every later page only the `changed` properties are serialised again and
+    written over the stored JSON. Serialising a whole figure walks every property of its ~60 models
+    (0.1-0.2 s); the dozen properties a class page changes take a small fraction of that. The output is
+    what `components` gives for the same figure (tests/test_report_scale.py compares them)."""
+
+    def __init__(self, fig, changed: list[tuple[object, list[str]]]):
+        """`changed`: (model, property names) pairs; each property explicitly set, holding no model."""
+        self.fig, self.changed = fig, changed
+        self.docs_json = self.render_item = None
+        self.objects: dict[str, dict] = {}
+
+    def components(self) -> tuple[str, dict]:
+        from bokeh.core.serialization import Serializer
+        from bokeh.core.templates import MACROS, ROOT_DIV
+        from bokeh.embed.bundle import Script, bundle_for_objs_and_resources
+        from bokeh.embed.elements import script_for_render_items
+        from bokeh.embed.util import OutputDocumentFor, standalone_docs_json_and_render_items
+        if self.docs_json is None:  # the first page: the whole document, as components() builds it
+            with OutputDocumentFor([self.fig]):
+                self.docs_json, [self.render_item] = standalone_docs_json_and_render_items([self.fig])
+            _index_objects(self.docs_json, self.objects)
+        else:
+            ser = Serializer(deferred=False)  # arrays inline (base64), as components() has them
+            for model, names in self.changed:
+                attributes = self.objects[model.id].setdefault("attributes", {})
+                for a in names:
+                    attributes[a] = ser.encode(model.lookup(a).get_value(model))
+        bundle = bundle_for_objs_and_resources(None, None)  # as components() wraps its script
+        bundle.add(Script(script_for_render_items(self.docs_json, [self.render_item])))
+        return bundle.scripts(tag=True), {"plot": ROOT_DIV.render(root=self.render_item.roots[0], macros=MACROS)}
+
+
+def _index_objects(node, out: dict) -> None:
+    if isinstance(node, dict):
+        if node.get("type") == "object" and "id" in node and "name" in node:  # a full definition, not a reference
+            out.setdefault(node["id"], node)
+        for v in node.values():
+            _index_objects(v, out)
+    elif isinstance(node, (list, tuple)):  # map entries are (key, value) tuples
+        for v in node:
+            _index_objects(v, out)
+
+
+def class_figure(view: SiteView, class_id: int, colour: str, name: str):
+    """A class-region figure of its own (see ClassFigure)."""
+    return ClassFigure(view).fill(class_id, colour, name)
+
+
+def variants_figure(view: SiteView, rows: pd.DataFrame, name: str = "variants"):
     """Variant samples in the real map, a line from each class-conditioned sample to its variants."""
+    data = view.site
     p = data.points
     fig = _figure(name, height=560, select=False, x_axis_label="map x", y_axis_label="map y")
-    real = np.flatnonzero((p["set"] == "real").to_numpy())
-    items = _real_background(fig, name, data, _subsample(real, 5000), selectable=False, alpha=0.15)
-    xs0, ys0, xs1, ys1 = [], [], [], []
-    for _, g in rows.groupby(["class_id", "seed_index"]):
-        base = g[g["variant"] == "class"]["point"]
-        if not len(base):
-            continue
-        b = int(base.iat[0])
-        for q in g[g["variant"] != "class"]["point"]:
-            xs0.append(p["x"].iat[b]); ys0.append(p["y"].iat[b]); xs1.append(p["x"].iat[int(q)]); ys1.append(p["y"].iat[int(q)])
-    seg = fig.segment(xs0, ys0, xs1, ys1, line_color=palette.REAL_COLOUR, line_alpha=0.6, line_width=1)
+    items = _real_background(fig, name, data, _subsample(_drawn_real(view), 5000), selectable=False, alpha=0.15)
+    base = rows[rows["variant"] == "class"].drop_duplicates(["class_id", "seed_index"])
+    pairs = rows[rows["variant"] != "class"].merge(base[["class_id", "seed_index", "point"]], on=["class_id", "seed_index"],
+                                                   suffixes=("", "_base"))
+    b, q = pairs["point_base"].to_numpy(np.int64), pairs["point"].to_numpy(np.int64)
+    x, y = p["x"].to_numpy(), p["y"].to_numpy()
+    seg = fig.segment(x[b], y[b], x[q], y[q], line_color=palette.REAL_COLOUR, line_alpha=0.6, line_width=1)
     items.append(LegendItem(label="class sample → its variants", renderers=[seg]))
     order = list(dict.fromkeys(rows["variant"]))
     for i, (v, c) in enumerate(palette.variant_colours(order).items()):
@@ -182,20 +342,26 @@ def variants_figure(data: ReportData, rows: pd.DataFrame, name: str = "variants"
     return fig
 
 
-def coverage_figure(data: ReportData, name: str = "coverage"):
-    """Real points coloured by covered or not (and shaped: circle covered, x not)."""
-    p = data.points
+def coverage_figure(view: SiteView, name: str = "coverage"):
+    """Real points coloured by covered or not (and shaped: circle covered, x not): every real point as
+    a density layer per kind, the drawn sample as points. Legend counts are of all real points."""
+    P, p = view.full.points, view.site.points
     fig = _figure(name, height=480, select=False, x_axis_label="map x", y_axis_label="map y")
-    real = (p["set"] == "real").to_numpy()
+    ext = Extent.of(P["x"].to_numpy(np.float64), P["y"].to_numpy(np.float64))
+    real_f = (P["set"] == "real").to_numpy()
+    cov_f = P["covered"].fillna(False).astype(bool).to_numpy()
+    real = (p["set"] == "real").to_numpy() & view.drawn
     cov = p["covered"].fillna(False).astype(bool).to_numpy()
+    kinds = (("covered", real_f & cov_f, real & cov, palette.COVERED_COLOUR, "circle"),
+             ("not covered", real_f & ~cov_f, real & ~cov, palette.UNCOVERED_COLOUR, "x"))
+    dens = [_density(fig, name, i, P["x"][mf], P["y"][mf], ext, colour) for i, (_, mf, _, colour, _) in enumerate(kinds)]
     items = []
-    for i, (label, mask, colour, marker) in enumerate((("covered", real & cov, palette.COVERED_COLOUR, "circle"),
-                                                        ("not covered", real & ~cov, palette.UNCOVERED_COLOUR, "x"))):
+    for i, (label, mf, mask, colour, marker) in enumerate(kinds):
         rows = np.flatnonzero(mask)
         r = _points(fig, f"{name}:pt:gen:{i}", _source(p, rows), selectable=False, size=5 if marker == "circle" else 7,
                     marker=marker, fill_color=colour, line_color=colour, fill_alpha=0.5, line_alpha=0.9,
                     line_width=1 if marker == "circle" else 1.8)
-        items.append(LegendItem(label=f"{label} ({len(rows):,})", renderers=[r]))
+        items.append(LegendItem(label=f"{label} ({int(mf.sum()):,})", renderers=[r] + [d for d in dens[i:i + 1] if d is not None]))
     _legend_right(fig, items)
     _interactive(fig, name)
     return fig
@@ -244,12 +410,12 @@ def bar_chart(table: pd.DataFrame, label_col: str, metrics: list[str], name: str
     return fig
 
 
-def atlas_figure(data: ReportData, name: str = "atlas"):
-    """The grid generations laid out where they were inverse-projected from, over the real points."""
-    p, grid = data.points, data.atlas.grid
+def atlas_figure(view: SiteView, name: str = "atlas"):
+    """The grid generations laid out where they were inverse-projected from, over the drawn real points."""
+    data = view.site
+    grid = data.atlas.grid
     fig = _figure(name, height=640, select=False, x_axis_label="map x", y_axis_label="map y", match_aspect=True)
-    real = np.flatnonzero((p["set"] == "real").to_numpy())
-    _real_background(fig, name, data, _subsample(real, 5000), selectable=False, alpha=0.12)
+    _real_background(fig, name, data, _subsample(_drawn_real(view), 5000), selectable=False, alpha=0.12)
     xs, ys = np.unique(grid["x"].round(9)), np.unique(grid["y"].round(9))
     dw = float(np.min(np.diff(xs))) * 0.96 if len(xs) > 1 else 1.0
     dh = float(np.min(np.diff(ys))) * 0.96 if len(ys) > 1 else 1.0

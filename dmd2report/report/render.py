@@ -26,12 +26,11 @@ from ..metric_defs import METRICS
 from ..resources import static_file, templates_dir
 from . import figures, palette, sprites
 from .data import ReportData
+from .view import SiteView, class_grid_rows, site_view, variant_selection
 
 BOKEH_FILES = ["bokeh.min.js", "bokeh-gl.min.js"]
 SITE_MARKER = ".dmd2report-site"     # marks a folder as a rendered site, so re-rendering may replace it
 THUMB_PX = 64                        # displayed thumbnail side in grids and panels
-MAX_GRID = 60                        # thumbnails per grid on class pages
-VARIANT_CLASSES, VARIANT_SEEDS = 8, 6
 MAX_SKIPPED = 100                    # unreadable images listed on the overview (the manifest has them all)
 
 log = logging.getLogger(__name__)
@@ -49,14 +48,29 @@ def _finite(a: np.ndarray, digits: int) -> list:
     return [None if not math.isfinite(v) else v for v in a.tolist()]
 
 
-def _site_data(data: ReportData, layout: sprites.SpriteLayout) -> dict:
-    """What the site JS needs per point (hover, neighbours, search, selection), columnar."""
-    p = data.points
-    variant_names = list(dict.fromkeys(p["variant"]))
+def _ints(a) -> list:
+    return np.asarray(a).astype(np.int64).tolist()
+
+
+def _site_data(view: SiteView, layout: sprites.SpriteLayout) -> dict:
+    """What the site JS needs per carried point (hover, neighbours, search, selection), columnar.
+    Neighbour lists are the full-N lists: an entry whose point the site does not carry has row -1, its
+    distance and its class (rc/gc); padding has row -1 and a null distance. coveredBy is CSR: real
+    site row i is covered by `n[i]` generated samples (all N), of which rows[off[i]:off[i+1]] are carried."""
+    data, full = view.site, view.full
+    p, P = data.points, full.points
+    variant_names = list(dict.fromkeys(P["variant"]))
     nb = data.neighbours
+    cb = data.covered_by
+    n_real_cls = P[P["set"] == "real"]["class_id"].value_counts()
+    n_gen_cls = P[P["set"] == "generated"]["class_id"].value_counts()
     return {
         "classes": {str(int(c)): [str(s), str(n)] for c, s, n in data.classes[["class_id", "synset", "name"]].itertuples(index=False)},
+        "classCounts": {str(int(c)): [int(n_real_cls.get(c, 0)), int(n_gen_cls.get(c, 0))]
+                        for c in sorted(set(n_real_cls.index) | set(n_gen_cls.index))},
         "variants": variant_names,
+        "site": {"drawn": view.n_drawn, "total": view.n_total, "capped": view.capped,
+                 "real": int((P["set"] == "real").sum()), "gen": int((P["set"] == "generated").sum())},
         "points": {
             "gen": (p["set"] == "generated").astype(int).tolist(),
             "variant": p["variant"].map({v: i for i, v in enumerate(variant_names)}).astype(int).tolist(),
@@ -67,11 +81,12 @@ def _site_data(data: ReportData, layout: sprites.SpriteLayout) -> dict:
             "thumb": p["thumb"].astype(int).tolist(),
             "covered": p["covered"].fillna(False).astype(bool).astype(int).tolist(),
             "trust": _finite(p["trust"], 3),
+            "drawn": view.drawn.astype(int).tolist(),
         },
         "nb": {"k": int(nb.real_index.shape[1]), "layer": nb.layer,
-               "ri": nb.real_index.astype(int).ravel().tolist(), "rd": _finite(nb.real_dist.ravel(), 4),
-               "gi": nb.gen_index.astype(int).ravel().tolist(), "gd": _finite(nb.gen_dist.ravel(), 4)},
-        "coveredBy": {str(k): [int(v) for v in vs] for k, vs in data.covered_by.items()},
+               "ri": _ints(nb.real_index.ravel()), "rd": _finite(nb.real_dist.ravel(), 4), "rc": _ints(view.nb_real_class.ravel()),
+               "gi": _ints(nb.gen_index.ravel()), "gd": _finite(nb.gen_dist.ravel(), 4), "gc": _ints(view.nb_gen_class.ravel())},
+        "coveredBy": {"n": _ints(view.covered_count), "off": _ints(cb.offsets), "rows": _ints(cb.values)},
         "sprites": layout.to_json(),
         "traj": _trajectory_data(data.trajectories),
     }
@@ -138,34 +153,29 @@ def _static_text(name: str) -> str:
     return static_file(name).read_text(encoding="utf-8")
 
 
-def _chosen_classes(data: ReportData) -> list[int]:
-    present = data.points["class_id"][data.points["class_id"] >= 0]
-    if data.chosen_classes:
-        return [int(c) for c in data.chosen_classes if c in set(present)]
-    counts = present.value_counts()
-    return sorted(int(c) for c in counts.index[:data.max_class_pages])
-
-
 def _class_colours(data: ReportData) -> dict[int, str]:
     gen = data.points[data.points["set"] == "generated"]
     own, rest = palette.class_groups(gen["class_id"].value_counts().to_dict())
     return {**dict(own), **rest}
 
 
-def _pages(data: ReportData, color_by: str) -> list[dict]:
-    """Every page: name, file, title, nav section, template, template context, Bokeh models."""
-    p, m = data.points, data.metrics
+def _pages(view: SiteView, color_by: str, reuse_figures: bool = True) -> list[dict]:
+    """Every page: name, file, title, nav section, template, template context, Bokeh models.
+    Counts and tables come from the full data (`view.full`); rows and thumbnails from the site's
+    points (`view.site`)."""
+    data, full = view.site, view.full
+    p, P, m = data.points, full.points, data.metrics
     cls = data.classes.set_index("class_id")
     names = {int(c): str(n) for c, n in cls["name"].items()}
     synsets = {int(c): str(s) for c, s in cls["synset"].items()}
-    chosen = _chosen_classes(data)
-    colours = _class_colours(data)
-    variant_names = [v for v in dict.fromkeys(p["variant"]) if v != "real"]
+    chosen = data.chosen_classes
+    colours = _class_colours(full)
+    variant_names = [v for v in dict.fromkeys(P["variant"]) if v != "real"]
     pages = []
     overall = m.overall.to_dict("records")
     pages.append(dict(name="index", file="index.html", title="Overview", nav="index", template="index.html",
                       ctx=dict(cards=[r for r in overall if r.get("headline")],
-                               variant_names=variant_names, n_classes=int(p["class_id"][p["class_id"] >= 0].nunique()),
+                               variant_names=variant_names, n_classes=int(P["class_id"][P["class_id"] >= 0].nunique()),
                                has_atlas=data.atlas is not None, config_json=json.dumps(data.run.config, indent=2, default=str),
                                skipped=[dict(source=str(s.get("source", "")), error=str(s.get("error", "")))
                                         for s in data.skipped[:MAX_SKIPPED]], n_skipped=len(data.skipped)),
@@ -173,7 +183,7 @@ def _pages(data: ReportData, color_by: str) -> list[dict]:
     gen_order = variant_names
     marker_legend = [(v, palette.VARIANT_SYMBOLS.get(palette.variant_marker(v, gen_order), "●")) for v in gen_order]
     traj = data.trajectories
-    map_models = {"plot": figures.map_figure(data, color_by)}
+    map_models = {"plot": figures.map_figure(view, color_by)}
     traj_ctx = None
     if traj is not None:
         map_models["trajsteps"] = figures.step_metrics_figure(traj)
@@ -184,32 +194,31 @@ def _pages(data: ReportData, color_by: str) -> list[dict]:
                         note=traj.note, colours=list(zip(traj.sigmas, figures.step_colours(len(traj.sigmas)))),
                         metrics=traj.metrics.sort_values(["step", "reference"]).to_dict("records"))
     pages.append(dict(name="map", file="map.html", title="Map", nav="map", template="map.html",
-                      ctx=dict(color_by=color_by, marker_legend=marker_legend,
+                      ctx=dict(color_by=color_by, marker_legend=marker_legend, n_drawn=view.n_drawn, n_total=view.n_total,
+                               capped=view.capped, max_points=view.max_points,
                                class_options=[(c, names[c], synsets[c]) for c in sorted(names)], traj=traj_ctx),
                       models=map_models))
     # Variants: the same seeds under each conditioning, for the chosen classes.
     v = data.variants
-    var_classes = [c for c in chosen if c in set(v["class_id"])][:VARIANT_CLASSES] or list(dict.fromkeys(v["class_id"]))[:VARIANT_CLASSES]
-    var_tables, shown_rows = [], []
-    for c in var_classes:
-        vc = v[v["class_id"] == c]
-        seeds = list(dict.fromkeys(vc["seed_index"]))[:VARIANT_SEEDS]
+    var_classes, shown = variant_selection(v, chosen) if len(v) else ([], v)
+    var_tables = []
+    for c in var_classes:  # a few classes, a few seeds each
+        vc = shown[shown["class_id"] == c]
+        seeds = list(dict.fromkeys(vc["seed_index"]))
         cols = [x for x in dict.fromkeys(vc["variant"])]
         rows = []
         for s in seeds:
             cells = {r.variant: int(r.point) for r in vc[vc["seed_index"] == s].itertuples()}
             rows.append((int(s), [(cells.get(col), int(p["thumb"].iat[cells[col]]) if col in cells else -1) for col in cols]))
         var_tables.append(dict(class_id=int(c), name=names.get(int(c), str(c)), variants=cols, rows=rows))
-        shown_rows.append(vc[vc["seed_index"].isin(seeds)])
-    shown = pd.concat(shown_rows) if shown_rows else v.iloc[:0]
     pages.append(dict(name="variants", file="variants.html", title="Variants", nav="variants", template="variants.html",
-                      ctx=dict(tables=var_tables, n_variant_rows=len(v)),
-                      models={"plot": figures.variants_figure(data, shown)} if len(shown) else {}))
+                      ctx=dict(tables=var_tables, n_variant_rows=len(full.variants)),
+                      models={"plot": figures.variants_figure(view, shown)} if len(shown) else {}))
     # Classes: an index, then one page per chosen class.
     per_class = m.per_class.set_index("class_id") if len(m.per_class) else pd.DataFrame()
     class_metric_cols = [c for c in m.per_class.columns if c not in ("class_id", "n_real", "n_gen")]
-    counts_real = p[p["set"] == "real"]["class_id"].value_counts()
-    counts_gen = p[p["set"] == "generated"]["class_id"].value_counts()
+    counts_real = P[P["set"] == "real"]["class_id"].value_counts()
+    counts_gen = P[P["set"] == "generated"]["class_id"].value_counts()
     present = sorted(int(c) for c in set(counts_real.index) | set(counts_gen.index) if c >= 0)
     class_rows = [dict(class_id=c, name=names.get(c, str(c)), synset=synsets.get(c, ""), n_real=int(counts_real.get(c, 0)),
                        n_gen=int(counts_gen.get(c, 0)), has_page=c in chosen,
@@ -217,17 +226,27 @@ def _pages(data: ReportData, color_by: str) -> list[dict]:
                   for c in present]
     pages.append(dict(name="classes", file="classes.html", title="Classes", nav="classes", template="classes.html",
                       ctx=dict(rows=class_rows, metric_cols=class_metric_cols, n_pages=len(chosen)), models={}))
-    for c in chosen:
-        sub = p[p["class_id"] == c]
-        real_thumbs = [(int(i), int(t)) for i, t in sub[sub["set"] == "real"]["thumb"].items()][:MAX_GRID]
-        gen_thumbs = [(int(i), int(t)) for i, t in sub[sub["set"] == "generated"]["thumb"].items()][:MAX_GRID]
+    class_fig = figures.ClassFigure(view) if reuse_figures else view
+
+    def _class_plot(fig, c, colour):  # the shared figure is serialised now, before the next class refills it
+        if isinstance(fig, figures.ClassFigure):
+            return dict(models={}, embedded=fig.components(c, colour, f"cls{c}"))
+        return dict(models={"plot": figures.class_figure(view, c, colour, f"cls{c}")})
+    grid = class_grid_rows(P, chosen)
+    grid = pd.DataFrame({"class_id": grid["class_id"].to_numpy(), "set": grid["set"].to_numpy(),
+                         "row": view.local[grid.index.to_numpy()]})
+    grid["thumb"] = p["thumb"].to_numpy()[grid["row"].to_numpy()]
+    for c in chosen:  # one page per class
+        sub = grid[grid["class_id"] == c]
+        real_thumbs = [(int(i), int(t)) for i, t in sub[sub["set"] == "real"][["row", "thumb"]].itertuples(index=False)]
+        gen_thumbs = [(int(i), int(t)) for i, t in sub[sub["set"] == "generated"][["row", "thumb"]].itertuples(index=False)]
         row = next(r for r in class_rows if r["class_id"] == c)
         pages.append(dict(name=f"class-{c}", file=f"classes/class-{c}.html", title=f"Class {c}: {names.get(c, c)}",
                           nav="classes", template="class.html",
                           ctx=dict(cls=row, metric_cols=class_metric_cols, real_thumbs=real_thumbs, gen_thumbs=gen_thumbs),
-                          models={"plot": figures.class_figure(data, c, colours.get(c, palette.PALETTE[0]), f"cls{c}")}))
+                          **_class_plot(class_fig, c, colours.get(c, palette.PALETTE[0]))))
     # Metrics.
-    mmodels = {"coverage": figures.coverage_figure(data), "nnhist": figures.nn_histogram(data)}
+    mmodels = {"coverage": figures.coverage_figure(view), "nnhist": figures.nn_histogram(data)}
     var_metric_cols = [c for c in m.per_variant.columns if c not in ("variant", "n_gen")]
     bar_cols = [c for c in ("precision", "recall", "density", "coverage") if c in var_metric_cols] or var_metric_cols[:4]
     if len(m.per_variant) and bar_cols:
@@ -250,7 +269,7 @@ def _pages(data: ReportData, color_by: str) -> list[dict]:
                         thumb=a.thumb, conditioning=a.conditioning, note=a.note) for a in data.atlas.anchors]
         pages.append(dict(name="atlas", file="atlas.html", title="Atlas", nav="atlas", template="atlas.html",
                           ctx=dict(atlas=data.atlas, anchors=anchors, names=names, n_grid=len(data.atlas.grid)),
-                          models={"plot": figures.atlas_figure(data)} if len(data.atlas.grid) else {}))
+                          models={"plot": figures.atlas_figure(view)} if len(data.atlas.grid) else {}))
     return pages
 
 
@@ -263,14 +282,17 @@ def _nav(has_atlas: bool) -> list[tuple[str, str, str]]:
 
 
 def _common(data: ReportData) -> dict:
-    p = data.points
+    p = data.points  # the full data: counts of every point
     return dict(run=data.run, model=data.model, sources=data.sources,
                 n_real=int((p["set"] == "real").sum()), n_gen=int((p["set"] == "generated").sum()))
 
 
 def render_site(data: ReportData, site_dir, *, single_file: bool = False, single_file_limit_mb: float = 25.0,
-                color_by: str = "class", png_fallback: bool = False) -> list[Path]:
+                color_by: str = "class", png_fallback: bool = False, max_points: int | None = None) -> list[Path]:
     """Write the report for `data` into `site_dir` (a folder) and return the files written.
+
+    The map draws at most `max_points` points (a class-balanced sample, `view.balanced_sample`) over
+    density images of every point; the site carries only those points and the ones its pages show.
 
     single_file=True writes `site_dir/report.html` with BokehJS, data and thumbnails inlined,
     logs its size, and raises UserError when it exceeds `single_file_limit_mb`. Thumbnail sheets are
@@ -287,8 +309,14 @@ def render_site(data: ReportData, site_dir, *, single_file: bool = False, single
         raise UserError(f"{site_dir}: exists and is not a folder")
     if site_dir.is_dir() and any(site_dir.iterdir()) and not (site_dir / SITE_MARKER).exists():
         raise UserError(f"{site_dir}: folder is not empty and is not a dmd2report site; choose another --site folder")
+    if max_points is None:  # the default declared once, in config.py
+        from ..config import ReportConfig
+        max_points = ReportConfig().max_points
+    if max_points < 1:
+        raise UserError(f"report.max_points: expected at least 1, got {max_points}")
     env = _environment()
-    pages = _pages(data, color_by)
+    view = site_view(data, max_points)
+    pages = _pages(view, color_by, reuse_figures=not single_file)
     nav = _nav(data.atlas is not None)
     common = _common(data)
 
@@ -296,7 +324,7 @@ def render_site(data: ReportData, site_dir, *, single_file: bool = False, single
     files.remove_stale_folders(site_dir)
     with files.replacing(site_dir) as tmp:
         if single_file:
-            html = _render_single(env, data, pages, nav, common)
+            html = _render_single(env, view, pages, nav, common)
             size_mb = len(html.encode()) / 2**20
             log.info("single-file report: %.1f MB", size_mb)
             if size_mb > single_file_limit_mb:
@@ -304,7 +332,7 @@ def render_site(data: ReportData, site_dir, *, single_file: bool = False, single
                                 f"(report.single_file_limit_mb); use the folder form (without --single-file) and share the folder")
             files.save_text(tmp / "report.html", html)
         else:
-            _render_folder(env, data, pages, nav, common, tmp, png_fallback)
+            _render_folder(env, view, pages, nav, common, tmp, png_fallback)
         files.save_text(tmp / SITE_MARKER, "rendered by dmd2report; this folder is replaced on every render\n")
     return sorted(q for q in site_dir.rglob("*") if q.is_file() and q.name != SITE_MARKER)
 
@@ -320,7 +348,8 @@ def _sprite_css(n_sheets: int, urls: list[list[str]]) -> str:
     return "\n".join(rules)
 
 
-def _render_folder(env, data, pages, nav, common, out: Path, png_fallback: bool = False) -> None:
+def _render_folder(env, view: SiteView, pages, nav, common, out: Path, png_fallback: bool = False) -> None:
+    data = view.site
     (out / "static").mkdir()
     (out / "assets").mkdir()
     (out / "classes").mkdir()
@@ -330,14 +359,14 @@ def _render_folder(env, data, pages, nav, common, out: Path, png_fallback: bool 
     for f in ("site.css", "site.js"):
         files.save_text(out / "static" / f, _static_text(f))
     layout = sprites.write_sheets(data.thumbnails, out / "assets", png_fallback)
-    site_json = json_for_script(_site_data(data, layout))
+    site_json = json_for_script(_site_data(view, layout))
     files.save_text(out / "assets" / "data.js", f"window.DMD2_DATA={site_json};\n")
     for page in pages:
         depth = page["file"].count("/")
         root = "../" * depth
         formats = ("webp", "png") if png_fallback else ("webp",)
         urls = [[f"{root}assets/thumbs-{s:03d}.{fmt}" for fmt in formats] for s in range(layout.sheets)]
-        script, divs = components(page["models"]) if page["models"] else ("", {})
+        script, divs = page.get("embedded") or (components(page["models"]) if page["models"] else ("", {}))
         html = env.get_template(page["template"]).render(
             **common, **page["ctx"], page=page, nav=nav, root=root, single=False, fragment=False,
             link=lambda target, root=root: f"{root}{target}", map_link=lambda c, root=root: f"{root}map.html#class={int(c)}",
@@ -347,9 +376,9 @@ def _render_folder(env, data, pages, nav, common, out: Path, png_fallback: bool 
         files.save_text(out / page["file"], html)
 
 
-def _render_single(env, data, pages, nav, common) -> str:
-    layout, uris = sprites.inline_sheets(data.thumbnails)
-    site_json = json_for_script(_site_data(data, layout))
+def _render_single(env, view: SiteView, pages, nav, common) -> str:
+    layout, uris = sprites.inline_sheets(view.site.thumbnails)
+    site_json = json_for_script(_site_data(view, layout))
     thumbs = _Thumbs(layout)
     sections, scripts = [], []
 
@@ -360,7 +389,7 @@ def _render_single(env, data, pages, nav, common) -> str:
     def map_link(class_id):
         return f"#page=map&class={int(class_id)}"
     for page in pages:
-        script, divs = components(page["models"]) if page["models"] else ("", {})
+        script, divs = page.get("embedded") or (components(page["models"]) if page["models"] else ("", {}))
         scripts.append(script)
         sections.append((page["name"], env.get_template(page["template"]).render(
             **common, **page["ctx"], page=page, nav=nav, root="", single=True, fragment=True, link=link, map_link=map_link,

@@ -67,7 +67,10 @@ def sheet_images(thumbnails: np.ndarray) -> tuple[SpriteLayout, list[Image.Image
 def _encode(image: Image.Image, fmt: str) -> bytes:
     buf = io.BytesIO()
     if fmt == "webp":
-        image.save(buf, "WEBP", quality=82, method=4)
+        # method 0 (the encoder's fastest search): about 3x faster than method 4 for sheets about 9%
+        # larger at the same quality; sheet encoding was the largest render cost that grows with the
+        # number of carried points (12 sheets of 2048 px: 8.7 -> ~3 s on a loaded 2-core machine).
+        image.save(buf, "WEBP", quality=82, method=0)
     else:  # palette PNG: a fallback that stays small; WebP is what modern browsers load
         image.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(buf, "PNG", optimize=True)
     return buf.getvalue()

@@ -14,7 +14,8 @@ from ..errors import UserError
 from ..files import load_npz, load_parquet, read_json
 from ..metric_defs import METRICS
 from ..report.data import (OVERALL_COLUMNS, STEP_METRIC_COLUMNS, Atlas, AtlasAnchor, DataSource, FrechetDistance,
-                           Metrics, ModelInfo, Neighbours, ReportData, RunInfo, Trajectories, package_versions)
+                           Metrics, ModelInfo, Neighbours, Ragged, ReportData, RunInfo, StackedThumbnails, Trajectories,
+                           package_versions)
 from ..report.render import render_site
 from ..store import Store
 from ..workdir import generated_sets
@@ -37,7 +38,7 @@ def run(ctx: Context, overwrite: bool = False) -> None:
     r = ctx.config.report
     pages = render_site(assemble_report(ctx), ctx.config.run.site, single_file=r.single_file,
                         single_file_limit_mb=r.single_file_limit_mb, color_by=r.color_by,
-                        png_fallback=r.png_fallback)
+                        png_fallback=r.png_fallback, max_points=r.max_points)
     ctx.log.info("[render] wrote %d page(s) to %s", len(pages), ctx.config.run.site)
 
 
@@ -52,7 +53,8 @@ def assemble_report(ctx: Context) -> ReportData:
     gens = {v: wd.store(name) for v, name in generated_sets(cfg)}
     order = [("real", real)] + list(gens.items())
 
-    # Point rows: real first, then every generated set in order; thumbnails in the same order.
+    # Point rows: real first, then every generated set in order; thumbnails in the same order, kept
+    # memory-mapped chunk by chunk (the site reads only the rows it shows).
     offsets, thumbs, frames, start = {}, [], [], 0
     for name, store in order:
         part = points[(points["variant"] == name)].sort_values("row")
@@ -61,9 +63,9 @@ def assemble_report(ctx: Context) -> ReportData:
                             f"rerun `dmd2report fit`")
         offsets[name] = start
         if name != "real":  # stores number their samples from 0: make ids unique across sets
-            part = part.assign(sample_id=[f"{name}:{i}" for i in part["sample_id"]])
+            part = part.assign(sample_id=f"{name}:" + part["sample_id"].astype(str))
         frames.append(part)
-        thumbs.append(np.asarray(store.thumbnails()))
+        thumbs += [c for c in store.thumbnail_chunks() if len(c)]
         start += len(part)
     pts = pd.concat(frames, ignore_index=True)
     n = len(pts)
@@ -93,9 +95,10 @@ def assemble_report(ctx: Context) -> ReportData:
         put(real_idx, real_dist, rows, arrays[f"variant.{v}.nn_real_idx"], arrays[f"variant.{v}.nn_real_dist"], 0)
         if f"variant.{v}.nn_gen_idx" in arrays:
             put(gen_idx, gen_dist, rows, arrays[f"variant.{v}.nn_gen_idx"], arrays[f"variant.{v}.nn_gen_dist"], offsets[v])
-    offs, vals = arrays[cls_arr + "real_covered_by.offsets"], arrays[cls_arr + "real_covered_by.values"]
-    covered_by = {int(i): (vals[offs[i]:offs[i + 1]] + offsets["class"]).tolist()
-                  for i in range(len(real)) if offs[i + 1] > offs[i]}
+    # Covered-by lists of the real points (CSR, as measure stores them), as point rows; generated rows have none.
+    offs = np.asarray(arrays[cls_arr + "real_covered_by.offsets"], np.int64)
+    vals = np.asarray(arrays[cls_arr + "real_covered_by.values"], np.int64)
+    covered_by = Ragged(np.concatenate([offs, np.full(n - len(real), offs[-1], np.int64)]), vals + offsets["class"])
 
     # Metrics tables from metrics.json (the headline feature space).
     space = doc["feature_spaces"][headline["feature_space"]]
@@ -114,9 +117,10 @@ def assemble_report(ctx: Context) -> ReportData:
                      trust["n"], spec.headline))
     overall = pd.DataFrame(rows, columns=OVERALL_COLUMNS)
     per_class = []
-    real_classes = real.metadata()["class_id"].to_numpy()
+    real_classes = real.metadata()["class_id"].to_numpy(np.int64)
+    real_count = pd.Series(real_classes).value_counts()  # one pass, not one comparison per class
     for c, scope in sorted(variants["class"]["per_class"].items(), key=lambda kv: int(kv[0])):
-        row = {"class_id": int(c), "n_real": int((real_classes == int(c)).sum()),
+        row = {"class_id": int(c), "n_real": int(real_count.get(int(c), 0)),
                "n_gen": int(scope.get("class_fidelity", {}).get("n_generated", 0))}
         for key in ("precision", "recall", "density", "coverage", "coverage_global", "class_fidelity", "fd"):
             if key in scope:
@@ -138,12 +142,11 @@ def assemble_report(ctx: Context) -> ReportData:
 
     # The variants page: the same seed under each conditioning.
     n_var = min(cfg.generate.variant_samples, len(gens["class"]))
-    class_meta = gens["class"].metadata()
-    vrows = []
-    for v in gens:
-        for i in range(n_var):  # the class set's first n_var samples share the variants' seeds
-            vrows.append((i, int(class_meta["class_id"].iat[i]), v, offsets[v] + i))
-    variants_df = pd.DataFrame(vrows, columns=["seed_index", "class_id", "variant", "point"])
+    class_ids = gens["class"].metadata()["class_id"].to_numpy(np.int64)[:n_var]
+    # the class set's first n_var samples share the variants' seeds
+    variants_df = pd.DataFrame({"seed_index": np.tile(np.arange(n_var), len(gens)), "class_id": np.tile(class_ids, len(gens)),
+                                "variant": np.repeat(list(gens), n_var),
+                                "point": np.concatenate([offsets[v] + np.arange(n_var) for v in gens])})
 
     # Atlas: generated by masking, thumbnails appended after the points'.
     atlas = None
@@ -180,7 +183,7 @@ def assemble_report(ctx: Context) -> ReportData:
                         sha256="" if ident["untrained"] else ident["sha256"], untrained=ident["untrained"]),
         sources=sources, classes=_class_table(real),
         points=pts[["set", "variant", "sample_id", "class_id", "x", "y", "trust", "covered", "source", "thumb"]],
-        thumbnails=np.concatenate(thumbs).astype(np.uint8),
+        thumbnails=StackedThumbnails([a if a.dtype == np.uint8 else a.astype(np.uint8) for a in thumbs]),
         neighbours=Neighbours(real_idx, real_dist, gen_idx, gen_dist, layer=headline["layer"]),
         covered_by=covered_by, metrics=metrics,
         nn_real_real=arrays["real.nn_real_dist"][:, 0], nn_gen_real=arrays[cls_arr + "nn_real_dist"][:, 0],

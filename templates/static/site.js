@@ -263,10 +263,20 @@
   Site.unhover = function () { hideCard(); };
 
   // ---- neighbour panel ----
-  function nbrList(rows, dists, onPick) {
+  function nbrList(rows, dists, onPick, classes) {
     const grid = el("div", "nbr-grid");
     rows.forEach((j, i) => {
-      if (j < 0) return;
+      if (j < 0) {
+        // A neighbour among all N points that this site does not carry (past report.max_points): its
+        // distance and class are known, its image and id are not in the site. Padding has no distance.
+        if (!dists || dists[i] === null || !classes) return;
+        const item = el("div", "nbr outside");
+        item.title = "not in this site (" + className(classes[i]) + "): the site carries a sample of the points";
+        item.appendChild(thumb(-1, 56));
+        item.appendChild(el("span", "", "d " + dists[i].toFixed(3)));
+        grid.appendChild(item);
+        return;
+      }
       const item = el("div", "nbr");
       item.title = data().points.id[j] + " (" + className(data().points.cls[j]) + ")";
       item.appendChild(thumb(data().points.thumb[j], 56));
@@ -287,20 +297,23 @@
     head.appendChild(describe(row));
     parts.push(head);
     if (P.gen[row] === 0) {
-      const by = d.coveredBy[String(row)] || [];
+      const C = d.coveredBy, by = C.rows.slice(C.off[row], C.off[row + 1]), nBy = C.n[row];
       const p = el("p");
       p.appendChild(el("span", "badge " + (P.covered[row] ? "covered" : "uncovered"), P.covered[row] ? "covered" : "not covered"));
       p.appendChild(document.createTextNode(P.covered[row]
-        ? " by " + by.length + (by.length === 1 ? " generated sample" : " generated samples") + " (inside this point's k-NN ball)"
+        ? " by " + nBy + (nBy === 1 ? " generated sample" : " generated samples") + " (inside this point's k-NN ball)" +
+          (by.length < nBy ? "; " + by.length + " shown" : "")
         : " no generated sample lies inside this point's k-NN ball"));
       parts.push(p);
       if (by.length) parts.push(nbrList(by.slice(0, 12), null, pick));
     }
     const layer = d.nb.layer ? " (" + d.nb.layer + ")" : "";
     parts.push(el("h3", "", k + " nearest real in activation space" + layer));
-    parts.push(nbrList(d.nb.ri.slice(row * k, row * k + k), d.nb.rd.slice(row * k, row * k + k), pick));
+    parts.push(nbrList(d.nb.ri.slice(row * k, row * k + k), d.nb.rd.slice(row * k, row * k + k), pick, d.nb.rc.slice(row * k, row * k + k)));
     parts.push(el("h3", "", k + " nearest generated in activation space" + layer));
-    parts.push(nbrList(d.nb.gi.slice(row * k, row * k + k), d.nb.gd.slice(row * k, row * k + k), pick));
+    parts.push(nbrList(d.nb.gi.slice(row * k, row * k + k), d.nb.gd.slice(row * k, row * k + k), pick, d.nb.gc.slice(row * k, row * k + k)));
+    if (d.site.capped) parts.push(el("p", "muted small", "Neighbours are the nearest of all " + d.site.total.toLocaleString("en") +
+      " points; those without an image are not among the points this site carries."));
     panel.replaceChildren(...parts);
     panel.dataset.row = row;
     if (f && f.focus) {
@@ -335,6 +348,10 @@
   function csvField(v) { const s = String(v); return /[",\n\r]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s; }
   Site.selectionCsv = function (rows) {
     const d = data(), P = d.points, lines = ["sample_id,set,variant,class_id,class_name,source"];
+    // Past report.max_points only the drawn sample can be selected: the file says so on its first line
+    // (a '#' comment: pandas.read_csv(..., comment="#") and most tools skip it).
+    if (d.site.capped) lines.unshift("# selection among the " + d.site.drawn + " points drawn on the map, a class-balanced sample of all " +
+      d.site.total + " points (report.max_points); points not drawn cannot be selected");
     for (const j of rows) {
       const c = d.classes[String(P.cls[j])];
       lines.push([P.id[j], P.gen[j] ? "generated" : "real", d.variants[P.variant[j]], P.cls[j], c ? c[1] : "", P.src[j]].map(csvField).join(","));
@@ -412,7 +429,9 @@
     if (f.traj.pt) Site.drawTrajectories(name, [...want]);
     if (status) {
       status.textContent = !q.trim() ? "" : !want.size ? "no class matches" :
-        (want.size === 1 ? className([...want][0]) : want.size + " classes") + ": " + nr + " real, " + ng + " generated";
+        (want.size === 1 ? className([...want][0]) : want.size + " classes") + ": " + nr + " real, " + ng + " generated" +
+        (data().site.capped ? " marked, of " + [...want].reduce((a, c) => { const n = data().classCounts[String(c)] || [0, 0];
+          return [a[0] + n[0], a[1] + n[1]]; }, [0, 0]).join(" real and ") + " generated in all" : "");
       status.dataset.count = xs.length;
     }
     if (zoom && xs.length) {

@@ -1,0 +1,223 @@
+"""Report at any N (issue 20 item 4): site size, render time, peak memory and map first render against N.
+
+    PYTHONPATH=. nice python benchmarks/report_scale.py --n 10000,60000,250000,1300000 \
+        --max-points 20000,40000,60000 --baseline 60000,130000 --out /tmp/dmd2report-report-scale
+
+For each N (points in all: 80% real in 100 classes, 20% generated over the four variants), a
+`ReportData` is built directly (no k-NN: random neighbour lists and covered-by lists of the right
+shapes; x/y in class clusters; 32 px thumbnails made on demand, one per row, from a class tint, a
+smooth random field and noise, which compress about like small photographs) and `render_site` runs in
+a fresh process (`--one`), so `ru_maxrss` is that render's peak. The map page's first render is
+BokehJS's "document idle at N ms" in headless Chromium (median of 3 cold loads, as benchmarks/report.py).
+
+`--baseline N,...`: the same data rendered by the code before this change (`git worktree` of
+`--baseline-ref`, default the commit before the report-scale work), which draws and carries every point,
+side by side in the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
+
+
+class MadeThumbs:
+    """(n, t, t, 3) uint8 thumbnails made on demand from the row index (deterministic), so a million rows
+    need no memory until the site asks for its few thousand."""
+
+    def __init__(self, n: int, t: int, classes: np.ndarray):
+        self.shape, self.dtype, self.ndim, self.classes = (n, t, t, 3), np.dtype(np.uint8), 4, classes
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, idx):
+        idx = np.atleast_1d(np.asarray(idx, np.int64))
+        out = np.empty((len(idx),) + self.shape[1:], np.uint8)
+        for s in range(0, len(idx), 2048):  # in blocks: the temporaries stay small
+            out[s:s + 2048] = self._make(idx[s:s + 2048])
+        return out
+
+    BANK = 4096
+
+    def _make(self, idx):
+        # A class tint plus one of BANK smooth noisy fields (made once): each row's image is fixed by its
+        # index, and making them costs about what reading them from a memory-mapped store would.
+        if not hasattr(self, "_bank"):
+            t = self.shape[1]
+            rng = np.random.default_rng(0)
+            coarse = rng.normal(0, 35, (self.BANK, 4, 4, 3)).astype(np.float32)
+            smooth = coarse.repeat(t // 4, 1).repeat(t // 4, 2)          # blocky field, then a box blur
+            smooth = (smooth + np.roll(smooth, 2, 1) + np.roll(smooth, 2, 2) + np.roll(smooth, -2, 1)) / 4
+            self._bank = (smooth + rng.normal(0, 6, smooth.shape)).astype(np.int16)
+            self._tint = np.random.default_rng(7).uniform(40, 215, (200, 3)).astype(np.int16)
+        field = self._bank[(idx * 2654435761) % self.BANK]
+        tint = self._tint[self.classes[idx] % 200]
+        return np.clip(field + tint[:, None, None, :], 0, 255).astype(np.uint8)
+
+    def __array__(self, dtype=None, copy=None):
+        return self[np.arange(len(self))]
+
+
+def make_data(n: int, seed: int = 0, n_classes: int = 100, k: int = 8, old_format: bool = False):
+    from dmd2report.report.data import Neighbours, synthetic_report_data
+    import dataclasses
+    base = synthetic_report_data(600, 300, n_classes, seed=seed, thumb_size=32, variants_per_class=1)
+    rng = np.random.default_rng(seed)
+    n_real = int(n * 0.8)
+    n_gen = n - n_real
+    variants = np.array(["class", "uniform", "zero", "blend"])
+    var = np.concatenate([np.repeat("real", n_real), variants[np.minimum(rng.integers(0, 5, n_gen), 3)]])
+    cls = rng.integers(0, n_classes, n)
+    cls[var == "zero"] = -1
+    centres = rng.normal(0, 10, (n_classes + 1, 2))
+    xy = centres[cls] + rng.normal(0, 1.2, (n, 2))
+    ids = pd.Series(np.arange(n)).astype(str)
+    pts = pd.DataFrame({"set": np.where(var == "real", "real", "generated"), "variant": var,
+                        "sample_id": np.where(var == "real", "real-", "gen-") + ids, "class_id": cls,
+                        "x": xy[:, 0], "y": xy[:, 1], "trust": rng.uniform(0.6, 1, n), "covered": False,
+                        "source": np.where(var == "real", "data/train/n0144/img_", "seed 0 index ") + ids,
+                        "thumb": np.arange(n)})
+    pts.loc[:n_real - 1, "covered"] = rng.random(n_real) < 0.6
+    ri = np.sort(rng.integers(0, n_real, (n, k)), 1)
+    gi = np.sort(rng.integers(n_real, n, (n, k)), 1)
+    d = np.sort(rng.uniform(0.5, 3, (n, k)).astype(np.float32), 1)
+    cov = pts["covered"].to_numpy()
+    counts = np.where(cov, rng.integers(1, 6, n), 0)
+    cb_off = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    cb_val = rng.integers(n_real, n, int(counts.sum())).astype(np.int64)
+    n_var = min(2000, n_gen // 4)
+    vrows = pd.DataFrame({"seed_index": np.tile(np.arange(n_var // 4), 4), "class_id": np.tile(cls[n_real:n_real + n_var // 4], 4),
+                          "variant": np.repeat(variants, n_var // 4), "point": n_real + np.arange(n_var // 4 * 4)})
+    thumbs = MadeThumbs(n + len(base.thumbnails), 32, np.concatenate([cls, np.zeros(len(base.thumbnails), np.int64)]))
+    atlas = dataclasses.replace(base.atlas, grid=base.atlas.grid.assign(thumb=n + np.arange(len(base.atlas.grid))),
+                                anchors=[dataclasses.replace(a, thumb=n + len(base.atlas.grid) + i) for i, a in enumerate(base.atlas.anchors)])
+    if old_format:  # the code before: a dict of lists, thumbnails in memory (it has no Ragged)
+        covered_by = {int(i): cb_val[cb_off[i]:cb_off[i + 1]].tolist() for i in np.flatnonzero(counts)}
+        thumbs = np.asarray(thumbs)
+    else:
+        from dmd2report.report.data import Ragged
+        covered_by = Ragged(cb_off, cb_val)
+    return dataclasses.replace(base, points=pts, thumbnails=thumbs, neighbours=Neighbours(ri, d, gi, d, layer="midblock"),
+                               covered_by=covered_by, nn_real_real=d[:n_real, -1], nn_gen_real=d[n_real:, -1],
+                               variants=vrows, atlas=atlas, classes=pd.DataFrame(
+                                   {"class_id": np.arange(n_classes), "synset": [f"n{c:08d}" for c in range(n_classes)],
+                                    "name": [f"class {c}" for c in range(n_classes)]}))
+
+
+def one(n: int, out: str, max_points: int, old: bool) -> dict:
+    """Render in this process; print a JSON line with times, size and peak RSS."""
+    from dmd2report.report.render import render_site
+    t0 = time.time()
+    data = make_data(n, old_format=old)
+    t_data = time.time() - t0
+    t0 = time.time()
+    if old:
+        render_site(data, out)
+    else:
+        render_site(data, out, max_points=max_points)
+    t_render = time.time() - t0
+    size = sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file())
+    return {"n": n, "max_points": None if old else max_points, "old": old, "data_s": round(t_data, 2),
+            "render_s": round(t_render, 2), "site_mb": round(size / 2**20, 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def first_render(url: str, loads: int = 3) -> float:
+    import re
+    from playwright.sync_api import sync_playwright
+    idle = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+        for _ in range(loads):
+            ctx = browser.new_context(viewport={"width": 1400, "height": 900})
+            page = ctx.new_page()
+            logs = []
+            page.on("console", lambda m: logs.append(m.text))
+            page.goto(url)
+            page.wait_for_selector("body[data-ready='1']", timeout=120000)
+            deadline = time.time() + 60
+            while not any("document idle at" in t for t in logs) and time.time() < deadline:
+                page.wait_for_timeout(20)
+            m = next(re.search(r"document idle at (\d+) ms", t) for t in logs if "document idle at" in t)
+            idle.append(float(m.group(1)))
+            ctx.close()
+        browser.close()
+    return statistics.median(idle)
+
+
+def run_child(root: Path, n: int, out: Path, max_points: int, old: bool) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(root))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--one", str(n), "--site", str(out), "--max-points", str(max_points)]
+    if old:
+        cmd.append("--old")
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=root)
+    if r.returncode:
+        raise SystemExit(f"child failed: {' '.join(cmd)}\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", default="10000,60000,250000")
+    ap.add_argument("--max-points", default="60000")
+    ap.add_argument("--baseline", default="", help="N values to render with the code before this change too")
+    ap.add_argument("--baseline-ref", default="f2c731b")
+    ap.add_argument("--out", default="/tmp/dmd2report-report-scale")
+    ap.add_argument("--json", default="")
+    ap.add_argument("--no-browser", action="store_true")
+    ap.add_argument("--one", type=int)
+    ap.add_argument("--site")
+    ap.add_argument("--old", action="store_true")
+    ap.add_argument("--compare-sites", default="", help="site folders: map first render of each, loads alternating "
+                                                          "between them (side by side), nothing rendered")
+    args = ap.parse_args()
+    if args.compare_sites:
+        sites = args.compare_sites.split(",")
+        times = {s: [] for s in sites}
+        for _ in range(3):
+            for s in sites:
+                times[s].append(first_render((Path(s) / "map.html").resolve().as_uri(), loads=1))
+        for s, t in times.items():
+            print(json.dumps({"site": s, "first_render_ms": statistics.median(t), "loads": t}))
+        return
+    if args.one:
+        print(json.dumps(one(args.one, args.site, int(args.max_points.split(",")[0]), args.old)))
+        return
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    old_root = None
+    if args.baseline:
+        old_root = out / "baseline-tree"
+        if not old_root.exists():
+            subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(old_root), args.baseline_ref], check=True,
+                           capture_output=True)
+    jobs = [(n, mp, False) for n in map(int, args.n.split(",")) for mp in map(int, args.max_points.split(","))]
+    jobs += [(n, 0, True) for n in map(int, filter(None, args.baseline.split(",")))]
+    for n, mp, old in jobs:
+        site = out / (f"old-{n}" if old else f"new-{n}-{mp}")
+        r = run_child(old_root if old else REPO, n, site, mp or 1, old)
+        if not args.no_browser:
+            r["first_render_ms"] = first_render((site / "map.html").as_uri())
+        results.append(r)
+        print(json.dumps(r), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
