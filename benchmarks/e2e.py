@@ -51,7 +51,7 @@ def write_npz(root: Path, n: int, seed: int = 0) -> None:
         os.replace(tmp, path)
 
 
-def config_text(root: Path, checkpoint: Path, n_gen: int, n_variant: int) -> str:
+def config_text(root: Path, checkpoint: Path, n_gen: int, n_variant: int, extra: str = "") -> str:
     return f"""# written by benchmarks/e2e.py
 [run]
 name = "end to end at ImageNet scale (synthetic data, random weights)"
@@ -70,7 +70,7 @@ max_samples = 0
 [generate]
 samples = {n_gen}
 variant_samples = {n_variant}
-"""
+{extra}"""
 
 
 def main(argv=None) -> int:
@@ -82,13 +82,16 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=560.0, help="seconds this call may run the build")
     ap.add_argument("--compile", default="on")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    ap.add_argument("--config-extra", default="", help="TOML appended to the config (other sections), e.g. for a "
+                    "quick check on the CPU: '[trajectory]\\nsamples = 4'")
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
     write_npz(args.root / "npz", args.n)
     checkpoint = random_checkpoint(args.root / "random-dmd2-imagenet64.safetensors", "dmd2-imagenet64", 0)
     cfg = args.root / "config.toml"
-    cfg.write_text(config_text(args.root, checkpoint, args.gen, args.variant), encoding="utf-8")
+    cfg.write_text(config_text(args.root, checkpoint, args.gen, args.variant,
+                                       args.config_extra.replace("\\n", "\n")), encoding="utf-8")
     prepare_s = time.perf_counter() - t0
     print(f"data and checkpoint ready in {prepare_s:.0f} s", flush=True)
 
