@@ -148,12 +148,13 @@ class Embedding:
         return self.transform_reduced(self.reduce(features), batch_size, progress, method)
 
     def transform_reduced(self, reduced: np.ndarray, batch_size: int = 8192, progress: bool = True,
-                          method: str | None = None, desc: str = "project", device=None) -> np.ndarray:
-        """`transform` of already reduced features (n, n_components); `device` is the fast projection's
-        k-NN device (None: CUDA when present)."""
+                          method: str | None = None, desc: str = "project", device=None,
+                          neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """`transform` of already reduced features (n, n_components); `device` and `neighbours` go to the
+        fast projection (`project`)."""
         method = method or self.params.get("projection", "umap")
         if method == "fast":
-            return self.project(reduced, progress=progress, desc=desc, device=device)
+            return self.project(reduced, progress=progress, desc=desc, device=device, neighbours=neighbours)
         if method != "umap":
             raise ValueError(f"unknown projection {method!r} (fast or umap)")
         self._search_index()
@@ -177,7 +178,7 @@ class Embedding:
                                             n_jobs=1, low_memory=True, verbose=False)
 
     def project(self, reduced: np.ndarray, *, n_epochs: int | None = None, device=None, progress: bool = True,
-                desc: str = "project") -> np.ndarray:
+                desc: str = "project", neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """The fast projection of reduced features (n, n_components): (n, 2) float32.
 
         Per chunk of PROJECT_CHUNK points, what umap-learn's `transform` does, with an exact search:
@@ -193,6 +194,10 @@ class Embedding:
            below 1 / n_epochs dropped), with negative sampling from a random state per point (the seed and
            the point's start), so with one thread (a reproducible map) a point lands at the same place
            whichever points are projected with it; every core otherwise.
+
+        `neighbours`: (distances, indices) of `knn.knn(reduced, fitted rows, k >= n_neighbors)`, when the
+        caller has that search already (the fit stage shares it with the trust scores); the first
+        n_neighbors columns are used.
         """
         from umap.layouts import optimize_layout_euclidean
         from umap.umap_ import compute_membership_strengths, smooth_knn_dist
@@ -212,7 +217,11 @@ class Embedding:
         out = np.empty((len(reduced), 2), np.float32)
         starts = range(0, len(reduced), PROJECT_CHUNK)
         for s in progress_bar(starts, desc=desc, unit="chunk", enabled=progress and len(starts) > 1):
-            dist, idx = knn(reduced[s:s + PROJECT_CHUNK], base, k, device=device)
+            if neighbours is None:
+                dist, idx = knn(reduced[s:s + PROJECT_CHUNK], base, k, device=device)
+            else:
+                dist = np.ascontiguousarray(neighbours[0][s:s + PROJECT_CHUNK, :k], np.float32)
+                idx = np.ascontiguousarray(neighbours[1][s:s + PROJECT_CHUNK, :k])
             m = len(idx)
             sigmas, rhos = smooth_knn_dist(dist, float(k), local_connectivity=connectivity)
             _, _, vals, _ = compute_membership_strengths(idx.astype(np.int32), dist, sigmas, rhos, bipartite=True)
@@ -334,7 +343,7 @@ def fit_reduction(features, pca_components: int = 50, *, seed: int = 0, device=N
                 raise ValueError(f"features must be (N, D), got shape {a.shape}")
             if check_finite:
                 _non_finite(a, n)
-            t = torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(dev, fdt)
+            t = torch.from_numpy(np.array(a, np.float32)).to(dev, fdt)  # a copy of one chunk: memmaps are read-only
             release(a)
             if shift is None:
                 d = t.shape[1]
@@ -407,7 +416,8 @@ def fit_embedding(features, classes: np.ndarray | None, *, pca_components: int =
 
 def fit_map(emb: Embedding, reduced: np.ndarray, classes: np.ndarray | None, *, n_neighbors: int = 15,
             min_dist: float = 0.1, metric: str = "euclidean", fit_subsample: int = 50000, projection: str = "fast",
-            projection_epochs: int = 30, reproducible: bool = True, device=None, progress: bool = True) -> Embedding:
+            projection_epochs: int = 30, reproducible: bool = True, device=None, progress: bool = True,
+            graph_knn: tuple[np.ndarray, np.ndarray] | None = None) -> Embedding:
     """Fit the UMAP of `emb` on its reduced rows (N, n_components): on a class-balanced seeded subsample
     of `fit_subsample` rows when N is larger, every other row placed by the projection (`project` for
     "fast", umap-learn's transform for "umap"), which later projections of the map use too.
@@ -415,7 +425,12 @@ def fit_map(emb: Embedding, reduced: np.ndarray, classes: np.ndarray | None, *, 
     With "fast" and a Euclidean metric the UMAP gets the exact k-NN graph of the subsample from `knn.knn`
     on `device` as `precomputed_knn` (deterministic; no pynndescent index is built or saved). Other
     metrics, which `knn.knn` does not search, use umap-learn's own search and transform.
-    `reproducible`: seeded and single-threaded (the same map twice) or every core without a seed."""
+    `reproducible`: seeded and single-threaded (the same map twice) or every core without a seed.
+
+    The graph is each fitted row itself followed by its n_neighbors - 1 nearest other fitted rows
+    (`knn.knn(..., exclude_self=True)`): `graph_knn` hands that search in when the caller has it (the fit
+    stage shares it with the real set's trust scores when every real row is fitted); its first columns
+    are used."""
     import umap  # slow to import (numba); only the stages that fit or project need it
 
     n = len(reduced)
@@ -434,8 +449,14 @@ def fit_map(emb: Embedding, reduced: np.ndarray, classes: np.ndarray | None, *, 
     kw = dict(n_components=2, n_neighbors=neighbours, min_dist=min_dist, metric=metric,
               random_state=seed if reproducible else None, n_jobs=1 if reproducible else -1)
     if projection == "fast":
-        dist, idx = knn(fit_red, None, neighbours, device=device)
-        kw["precomputed_knn"] = (idx.astype(np.int32), dist.astype(np.float32))
+        if graph_knn is None:
+            graph_knn = knn(fit_red, None, neighbours - 1, exclude_self=True, device=device)
+        dist, idx = graph_knn[0][:, :neighbours - 1], graph_knn[1][:, :neighbours - 1]
+        if dist.shape != (len(fit_red), neighbours - 1):
+            raise ValueError(f"graph_knn of shape {dist.shape}: need {len(fit_red)} rows of >= {neighbours - 1}")
+        rows = np.arange(len(fit_red))[:, None]
+        kw["precomputed_knn"] = (np.concatenate([rows, idx], 1).astype(np.int32),
+                                 np.concatenate([np.zeros_like(rows, np.float32), dist], 1).astype(np.float32))
     emb.umap = umap.UMAP(**kw)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(n_jobs|spectral|graph is not fully connected|precomputed_knn).*")
@@ -529,7 +550,8 @@ def even_grid(coords: np.ndarray, n: int, margin: float = 0.05, radius: float | 
 
 
 def trust_scores(query_feats: np.ndarray, query_2d: np.ndarray, ref_feats: np.ndarray, ref_2d: np.ndarray,
-                 k: int = 10, exclude_self: bool = False, device=None) -> np.ndarray:
+                 k: int = 10, exclude_self: bool = False, device=None,
+                 feature_neighbours: np.ndarray | None = None) -> np.ndarray:
     """How faithfully the map shows each query point's neighbourhood, in [0, 1]: the fraction
     of its k nearest reference (real) points in feature space that are also among its k
     nearest reference points on the map. Pass reduced features (`Embedding.reduce`), the
@@ -537,7 +559,8 @@ def trust_scores(query_feats: np.ndarray, query_2d: np.ndarray, ref_feats: np.nd
     (row i is reference row i) and a point is not its own neighbour.
 
     Both searches are exact with equal distances by lower index (`knn.knn`): in feature space the
-    chunked search on `device` (None: CUDA when present), on the map the KD-tree."""
+    chunked search on `device` (None: CUDA when present), on the map the KD-tree. `feature_neighbours`:
+    the indices of that feature-space search with k or more columns, when the caller has it already."""
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     if len(query_feats) != len(query_2d) or len(ref_feats) != len(ref_2d):
@@ -548,7 +571,12 @@ def trust_scores(query_feats: np.ndarray, query_2d: np.ndarray, ref_feats: np.nd
     if exclude_self and len(query_feats) != len(ref_feats):
         raise ValueError("exclude_self needs the query set to be the reference set")
     base_feats, base_2d = (None, None) if exclude_self else (ref_feats, ref_2d)
-    _, in_features = knn(query_feats, base_feats, k, exclude_self=exclude_self, device=device)
+    if feature_neighbours is None:
+        _, in_features = knn(query_feats, base_feats, k, exclude_self=exclude_self, device=device)
+    elif feature_neighbours.shape[0] != len(query_feats) or feature_neighbours.shape[1] < k:
+        raise ValueError(f"feature_neighbours of shape {feature_neighbours.shape}: need {len(query_feats)} rows of >= {k}")
+    else:
+        in_features = feature_neighbours[:, :k]
     _, on_map = knn(query_2d, base_2d, k, exclude_self=exclude_self)
     # each row holds k distinct indices per set, so equal neighbours after sorting are shared ones
     both = np.sort(np.concatenate([in_features, on_map], axis=1), axis=1)
