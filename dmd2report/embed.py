@@ -190,8 +190,8 @@ class Embedding:
            a fitted one starts on it);
         4. `n_epochs` (default `params["projection_epochs"]`) epochs of umap-learn's own layout optimiser
            (`optimize_layout_euclidean`, numba) with the fitted map fixed: each edge is sampled in
-           proportion to its weight (epochs_per_sample = 1 / weight, so weight 1 every epoch, and edges
-           below 1 / n_epochs dropped), with negative sampling from a random state per point (the seed and
+           proportion to its weight over the point's largest (that one every epoch; edges below
+           1 / n_epochs of it dropped), with negative sampling from a random state per point (the seed and
            the point's start), so with one thread (a reproducible map) a point lands at the same place
            whichever points are projected with it; every core otherwise.
 
@@ -204,7 +204,7 @@ class Embedding:
 
         reduced = np.asarray(reduced, np.float32)
         model = self.umap
-        n_epochs = int(self.params.get("projection_epochs", 30) if n_epochs is None else n_epochs)
+        n_epochs = int(self.params.get("projection_epochs", 100) if n_epochs is None else n_epochs)
         reproducible = bool(self.params.get("reproducible", True))
         seed = int(self.params.get("seed", 0))
         base = np.ascontiguousarray(model._raw_data, np.float32)
@@ -232,11 +232,15 @@ class Embedding:
             on = exact.any(1)
             start[on] = fitted[idx[on, exact[on].argmax(1)]]
             y = np.ascontiguousarray(start, np.float32)
-            keep = (w >= 1.0 / max(n_epochs, 1)).ravel()
+            # each edge sampled in proportion to its weight relative to the point's strongest edge (sampled
+            # every epoch); umap-learn's transform divides by the batch's strongest edge instead, which
+            # would make a point's result depend on the other points of its batch
+            rel = w / np.maximum(w.max(1, keepdims=True), 1e-300)
+            keep = (rel >= 1.0 / max(n_epochs, 1)).ravel()
             if n_epochs > 0 and keep.any():
                 head = np.repeat(np.arange(m, dtype=np.int32), k)[keep]
                 tail = idx.astype(np.int32).ravel()[keep]
-                epochs_per_sample = 1.0 / w.ravel()[keep]
+                epochs_per_sample = 1.0 / rel.ravel()[keep]
                 y = optimize_layout_euclidean(y, fitted.copy(), head, tail, n_epochs, len(fitted), epochs_per_sample,
                                               float(model._a), float(model._b), rng_state,
                                               float(model.repulsion_strength), float(model._initial_alpha) / 4.0,
@@ -390,7 +394,7 @@ def fit_reduction(features, pca_components: int = 50, *, seed: int = 0, device=N
 
 def fit_embedding(features, classes: np.ndarray | None, *, pca_components: int = 50, n_neighbors: int = 15,
                   min_dist: float = 0.1, metric: str = "euclidean", seed: int = 0, fit_subsample: int = 50000,
-                  projection: str = "fast", projection_epochs: int = 30, reproducible: bool = True, device=None,
+                  projection: str = "fast", projection_epochs: int = 100, reproducible: bool = True, device=None,
                   progress: bool = True, with_map: bool = True) -> Embedding:
     """Fit the map on `features` (an (N, D) array or `as_chunks` blocks), whatever set the caller chose.
 
@@ -416,7 +420,7 @@ def fit_embedding(features, classes: np.ndarray | None, *, pca_components: int =
 
 def fit_map(emb: Embedding, reduced: np.ndarray, classes: np.ndarray | None, *, n_neighbors: int = 15,
             min_dist: float = 0.1, metric: str = "euclidean", fit_subsample: int = 50000, projection: str = "fast",
-            projection_epochs: int = 30, reproducible: bool = True, device=None, progress: bool = True,
+            projection_epochs: int = 100, reproducible: bool = True, device=None, progress: bool = True,
             graph_knn: tuple[np.ndarray, np.ndarray] | None = None) -> Embedding:
     """Fit the UMAP of `emb` on its reduced rows (N, n_components): on a class-balanced seeded subsample
     of `fit_subsample` rows when N is larger, every other row placed by the projection (`project` for

@@ -1,5 +1,6 @@
 """The map: fitting, projection, inversion, persistence (hash-checked), grid points and trust scores."""
 
+import copy
 import hashlib
 import pickle
 from pathlib import Path
@@ -42,6 +43,8 @@ def test_fit_shapes_params_and_balanced_subsample(fitted):
     # N = 450 > fit_subsample = 300: the UMAP is fitted on 100 rows of each class, the rest projected
     assert len(emb.fit_index) == 300 and np.bincount(classes[emb.fit_index]).tolist() == [100, 100, 100]
     np.testing.assert_array_equal(emb.coords[emb.fit_index], emb.umap.embedding_)
+    # fitted on the exact k-NN graph (each row itself first): no pynndescent index built, none saved
+    assert emb.umap._knn_search_index is None and (emb.umap._knn_indices[:, 0] == np.arange(300)).all()
     assert emb.params["pca_components"] == 10 and emb.n_components == 10 and emb.n_features == DIM
     assert emb.reduce(features).shape == (len(features), 10)
 
@@ -246,8 +249,10 @@ def test_fast_projection_is_deterministic_and_independent_of_the_other_points(fi
 
 def test_umap_option_uses_umap_transform(fitted, monkeypatch):
     features, classes, emb = fitted
-    # the fast map carries no pynndescent index: umap's transform builds one on first use
-    assert emb.umap._knn_search_index is None
+    # a fast map carries no pynndescent index (test_fit_shapes...): umap's transform builds one on first use
+    emb = copy.copy(emb)
+    emb.umap = copy.copy(emb.umap)
+    emb.umap._knn_search_index = None
     calls = []
     real = emb.umap.transform
     monkeypatch.setattr(emb.umap, "transform", lambda x: calls.append(len(x)) or real(x), raising=False)
