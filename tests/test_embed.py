@@ -1,5 +1,6 @@
 """The map: fitting, projection, inversion, persistence (hash-checked), grid points and trust scores."""
 
+import copy
 import hashlib
 import pickle
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dmd2report.embed import (Embedding, balanced_subsample, even_grid, fit_embedding, load_embedding,
+from dmd2report.embed import (Embedding, balanced_subsample, even_grid, fit_embedding, fit_reduction, load_embedding,
                               nearest_stored, save_embedding, trust_scores, trust_summary)
 from dmd2report.errors import UserError
 
@@ -42,15 +43,30 @@ def test_fit_shapes_params_and_balanced_subsample(fitted):
     # N = 450 > fit_subsample = 300: the UMAP is fitted on 100 rows of each class, the rest projected
     assert len(emb.fit_index) == 300 and np.bincount(classes[emb.fit_index]).tolist() == [100, 100, 100]
     np.testing.assert_array_equal(emb.coords[emb.fit_index], emb.umap.embedding_)
+    # fitted on the exact k-NN graph (each row itself first): no pynndescent index built, none saved
+    assert emb.umap._knn_search_index is None and (emb.umap._knn_indices[:, 0] == np.arange(300)).all()
     assert emb.params["pca_components"] == 10 and emb.n_components == 10 and emb.n_features == DIM
     assert emb.reduce(features).shape == (len(features), 10)
 
 
 def test_same_seed_same_map(fitted):
+    # embedding.reproducible (the default): the seeded one-thread UMAP on the exact k-NN graph and the
+    # one-thread projection give the same map, bit for bit, fitted and projected points alike
     features, classes, emb = fitted
+    assert emb.params["reproducible"] is True and emb.params["projection"] == "fast"
     again = fit_embedding(features, classes, **FIT)
-    np.testing.assert_allclose(again.coords, emb.coords, atol=1e-5)
+    np.testing.assert_array_equal(again.coords, emb.coords)
     np.testing.assert_array_equal(again.fit_index, emb.fit_index)
+
+
+def test_unseeded_map_uses_every_core_and_stays_a_good_map(fitted):
+    features, classes, emb = fitted
+    fast = fit_embedding(features, classes, **(FIT | {"reproducible": False}))
+    assert fast.umap.random_state is None and fast.umap.n_jobs == -1 and fast.params["reproducible"] is False
+    # not reproducible, but the same subsample and reduction, and the clusters stay apart
+    np.testing.assert_array_equal(fast.fit_index, emb.fit_index)
+    np.testing.assert_array_equal(fast.reduce(features), emb.reduce(features))
+    assert (_nearest_centroid(fast.coords, classes) == classes).all()
 
 
 def test_separated_clusters_stay_separated(fitted):
@@ -113,6 +129,150 @@ def test_balanced_subsample_shares_out_small_classes_and_is_seeded():
     assert not np.array_equal(pick, balanced_subsample(classes, 105, seed=8))
     assert np.bincount(classes[balanced_subsample(classes, 31, seed=0)]).tolist() in ([5, 13, 13], [5, 14, 12], [5, 12, 14])
     np.testing.assert_array_equal(balanced_subsample(classes, 500, seed=0), np.arange(205))
+
+
+# ---------------------------------------------------------------- streaming reduction (issue 20)
+
+
+def _structured(n, dim=40, seed=0):
+    """Correlated features with a decaying spectrum, an offset far from 0 (so a naive E[x^2] - E[x]^2
+    would cancel badly) and one constant column (sklearn keeps its scale at 1)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, dim)) @ (rng.normal(size=(dim, dim)) * np.exp(-np.arange(dim) / 6)[:, None])
+    x = (x + 50.0).astype(np.float32)
+    x[:, 7] = 3.25
+    return x
+
+
+def test_streaming_pca_equals_the_in_memory_fit(tmp_path):
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    x = _structured(3000)
+    # the reference in float64 (sklearn keeps float32 input in float32): exact up to rounding
+    scaler = StandardScaler().fit(x.astype(np.float64))
+    pca = PCA(n_components=12, svd_solver="full").fit(scaler.transform(x.astype(np.float64)))
+    # chunks as a store gives them: memory-mapped .npy blocks of uneven size
+    bounds = [0, 700, 1400, 2999, 3000]
+    for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        np.save(tmp_path / f"{i}.npy", x[a:b])
+    chunks = lambda: (np.load(tmp_path / f"{i}.npy", mmap_mode="r") for i in range(4))  # noqa: E731
+    for source in (x, chunks):
+        emb = fit_reduction(source, 12, device="cpu", progress=False)
+        np.testing.assert_allclose(emb.scaler.mean_, scaler.mean_, rtol=1e-10)
+        np.testing.assert_allclose(emb.scaler.scale_, scaler.scale_, rtol=1e-8)
+        assert emb.scaler.scale_[7] == 1.0
+        np.testing.assert_allclose(emb.pca.explained_variance_, pca.explained_variance_, rtol=1e-8)
+        np.testing.assert_allclose(emb.pca.explained_variance_ratio_, pca.explained_variance_ratio_, rtol=1e-8)
+        # same axes with the same signs (largest coordinate positive, sklearn's convention)
+        np.testing.assert_allclose(emb.pca.components_, pca.components_, atol=1e-8)
+        np.testing.assert_allclose(emb.reduce(x), pca.transform(scaler.transform(x)), atol=2e-4)
+        # and back: the inverse of the reduction is sklearn's
+        z = emb.reduce(x[:5])
+        np.testing.assert_allclose(emb.scaler.inverse_transform(emb.pca.inverse_transform(z)),
+                                   scaler.inverse_transform(pca.inverse_transform(z)), rtol=1e-5, atol=1e-4)
+    assert emb.params == {"pca_components": 12, "seed": 0, "n_fitted": 3000, "n_features": 40}
+    # the rows of every block are checked: a NaN is a UserError naming its row in the whole set
+    bad = x.copy()
+    bad[2100, 3] = np.nan
+    with pytest.raises(UserError, match="row 2100"):
+        fit_reduction(lambda: (bad[a:b] for a, b in zip(bounds, bounds[1:])), 12, device="cpu", progress=False)
+
+
+# ---------------------------------------------------------------- the fast projection (issue 20)
+
+
+def _new_draws(n_per_class=60, seed=5):
+    """Fresh samples of the three clusters of `_clusters` (same centres, new noise)."""
+    centres = np.random.default_rng(0).normal(size=(3, DIM)) * 12
+    classes = np.tile(np.arange(3), n_per_class)
+    noise = np.random.default_rng(seed).normal(size=(len(classes), DIM))
+    return (centres[classes] + noise).astype(np.float32), classes
+
+
+def _agreement(emb, fitted_red, fitted_2d, new):
+    """(median |fast - umap| as a share of the map's diagonal, trust fast, trust umap) for new points."""
+    fast = emb.transform(new, method="fast", progress=False)
+    slow = emb.transform(new, method="umap", progress=False)
+    diag = float(np.linalg.norm(np.ptp(emb.umap.embedding_, axis=0)))
+    red = emb.reduce(new)
+    trust = [trust_scores(red, p, fitted_red, fitted_2d, k=10, device="cpu").mean() for p in (fast, slow)]
+    return float(np.median(np.linalg.norm(fast - slow, axis=1)) / diag), trust[0], trust[1], fast
+
+
+def test_fast_projection_agrees_with_umap_transform_on_clusters(fitted):
+    features, _, emb = fitted
+    new, classes = _new_draws()
+    share, trust_fast, trust_umap, fast = _agreement(emb, emb.reduce(features), emb.coords, new)
+    assert share < 0.02, share          # measured 0.4% of the diagonal
+    assert trust_fast >= trust_umap - 0.02, (trust_fast, trust_umap)
+    assert (_nearest_centroid(fast, classes) == classes).all()
+
+
+def test_fast_projection_agrees_with_umap_transform_on_a_curved_manifold():
+    # 20 classes along a curve in 40-D with within-class structure: neighbouring classes touch, so
+    # where a point lands between them is decided by the layout epochs, not by the clusters alone
+    rng = np.random.default_rng(11)
+    t = np.linspace(0, 3 * np.pi, 20)
+    centres = np.concatenate([np.stack([np.cos(t), np.sin(t), t / 3], 1) * 6, rng.normal(size=(20, 5))], 1)
+    mix = rng.normal(size=(8, 40)) / 3
+
+    def draw(n):
+        c = rng.integers(0, 20, n)
+        z = centres[c] + 0.6 * rng.normal(size=(n, 8))
+        return (np.tanh(z @ mix) + 0.05 * rng.normal(size=(n, 40))).astype(np.float32), c
+
+    (x, c), (new, _) = draw(1500), draw(400)
+    emb = fit_embedding(x, c, **(FIT | {"fit_subsample": 1000}))
+    share, trust_fast, trust_umap, _ = _agreement(emb, emb.reduce(x), emb.coords, new)
+    assert share < 0.03, share
+    assert trust_fast >= trust_umap - 0.02, (trust_fast, trust_umap)
+
+
+def test_fast_projection_is_deterministic_and_independent_of_the_other_points(fitted):
+    _, _, emb = fitted
+    new, _ = _new_draws()
+    red = emb.reduce(new)
+    first = emb.project(red, progress=False)
+    np.testing.assert_array_equal(emb.project(red, progress=False), first)
+    # a point's random state is the seed and its own start: projecting a subset gives the same rows
+    pick = np.arange(3, len(red), 7)
+    np.testing.assert_array_equal(emb.project(red[pick], progress=False), first[pick])
+    # zero epochs: the membership-weighted mean of the nearest fitted points, inside their box
+    init = emb.project(red, n_epochs=0, progress=False)
+    assert np.isfinite(init).all() and not np.array_equal(init, first)
+    assert (init >= emb.umap.embedding_.min(0) - 1e-4).all() and (init <= emb.umap.embedding_.max(0) + 1e-4).all()
+    # a fitted point's own features start it on its own place
+    on = emb.project(emb.reduce(_clusters()[0][emb.fit_index[:10]]), n_epochs=0, progress=False)
+    np.testing.assert_allclose(on, emb.umap.embedding_[:10], atol=1e-6)
+
+
+def test_umap_option_uses_umap_transform(fitted, monkeypatch):
+    features, classes, emb = fitted
+    # a fast map carries no pynndescent index (test_fit_shapes...): umap's transform builds one on first use
+    emb = copy.copy(emb)
+    emb.umap = copy.copy(emb.umap)
+    emb.umap._knn_search_index = None
+    calls = []
+    real = emb.umap.transform
+    monkeypatch.setattr(emb.umap, "transform", lambda x: calls.append(len(x)) or real(x), raising=False)
+    emb.transform(features[:30], method="umap", batch_size=20, progress=False)
+    assert calls == [20, 10] and emb.umap._knn_search_index is not None
+    emb.transform(features[:30], method="fast", progress=False)
+    assert calls == [20, 10]
+    # a map fitted with projection="umap" uses umap-learn's own search and transform
+    emb_umap = fit_embedding(features, classes, **(FIT | {"projection": "umap"}))
+    assert emb_umap.params["projection"] == "umap" and emb_umap.umap.knn_dists is None
+    assert (_nearest_centroid(emb_umap.coords, classes) == classes).all()
+    with pytest.raises(UserError, match="fast or umap"):
+        fit_embedding(features, classes, **(FIT | {"projection": "exact"}))
+
+
+def test_a_metric_knn_does_not_search_falls_back_to_umap(fitted, caplog):
+    features, classes, _ = fitted
+    emb = fit_embedding(features, classes, **(FIT | {"metric": "manhattan"}))
+    assert emb.params["projection"] == "umap" and "Euclidean distances only" in caplog.text
+    assert np.isfinite(emb.coords).all()
 
 
 # ---------------------------------------------------------------- persistence

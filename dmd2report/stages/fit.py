@@ -10,15 +10,17 @@ fit leaves the previous one as it was.
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import numpy as np
 import pandas as pd
 
 from ..context import Context
-from ..embed import fit_embedding, save_embedding, trust_scores, trust_summary
+from ..embed import FAST_METRICS, fit_map, fit_reduction, save_embedding, trust_scores, trust_summary
 from ..errors import UserError
 from ..files import save_json, save_parquet
+from ..knn import knn
 from ..workdir import generated_sets
 
 log = logging.getLogger(__name__)
@@ -26,46 +28,71 @@ log = logging.getLogger(__name__)
 
 def run(ctx: Context, overwrite: bool = False) -> None:
     cfg, e, wd = ctx.config, ctx.config.embedding, ctx.workdir
+    device = ctx.generator.device()
     real = wd.store("real", reader="fit")
     real_meta = real.metadata()
     real_classes = real_meta["class_id"].to_numpy()
     gens = {v: wd.store(name, reader="fit") for v, name in generated_sets(cfg)}
+    gen_meta = {v: s.metadata() for v, s in gens.items()}
     headline = cfg.metrics.layer
     if headline not in real.layers:
         raise UserError(f"metrics.layer: {headline!r} is not among the extracted layers ({', '.join(real.layers)})")
     manifest = {"layers": {}, "headline": headline, "fit_on": e.fit_on,
                 "stores": {"real": real.manifest["config_hash"]} | {n: gens[v].manifest["config_hash"]
                                                                     for v, n in generated_sets(cfg)}}
+    # The fitted set, read chunk by chunk from the memory-mapped stores (never a whole layer in memory).
+    fit_sets = {"real": ["real"], "generated": ["class"], "both": ["real", "class"]}[e.fit_on]
+    stores = {"real": real} | gens
+    classes = {"real": real_classes} | {v: m["class_id"].to_numpy() for v, m in gen_meta.items()}
+    fit_c = np.concatenate([classes[v] for v in fit_sets])
     frames, fitted_files = [], {}
     for layer in real.layers:
-        real_x = real.features(layer)
-        gen_x = gens["class"].features(layer)
-        gen_classes = gens["class"].metadata()["class_id"].to_numpy()
-        fit_x, fit_c = {"real": (real_x, real_classes),
-                        "generated": (gen_x, gen_classes),
-                        "both": (np.concatenate([real_x, gen_x]), np.concatenate([real_classes, gen_classes]))}[e.fit_on]
+        chunks = lambda: itertools.chain.from_iterable(stores[v].iter_features(layer) for v in fit_sets)  # noqa: E731
         ctx.log.info("[fit] %s: standardise + PCA %d%s", layer, e.pca_components, " + UMAP" if layer == headline else "")
-        emb = fit_embedding(fit_x, fit_c, pca_components=e.pca_components, n_neighbors=e.n_neighbors,
-                            min_dist=e.min_dist, metric=e.metric, seed=cfg.run.seed, fit_subsample=e.fit_subsample,
-                            with_map=layer == headline)
+        emb = fit_reduction(chunks, e.pca_components, seed=cfg.run.seed, device=device, desc=f"PCA {layer}")
         fitted_files[layer] = emb
-        manifest["layers"][layer] = {"file": f"{layer}.joblib", "params": emb.params}
         if layer != headline:
+            manifest["layers"][layer] = {"file": f"{layer}.joblib", "params": emb.params}
             continue
+        # Every set reduced once (chunk by chunk): the UMAP's input, the projection's and the trust scores'.
+        reduced = {v: emb.reduce_chunks(s.iter_features(layer), total=len(s), desc=f"reduce {v}")
+                   for v, s in stores.items()}
+        # When the UMAP is fitted on every real row (fit_on real, N <= fit_subsample), the fast path's
+        # searches in PCA space coincide: the UMAP graph and the real trust score need each real row's
+        # nearest other real rows, the projection and the trust of a generated set each of its rows'
+        # nearest real rows. Each is then searched once, with the larger k, and shared (exact either way).
+        n_real = len(reduced["real"])
+        shared = (e.fit_on == "real" and n_real <= e.fit_subsample and e.projection == "fast"
+                  and e.metric in FAST_METRICS)
+        k_graph, k_trust_self, k_trust = min(e.n_neighbors, n_real - 1), min(e.trust_k, n_real - 1), min(e.trust_k, n_real)
+        near = {}
+        if shared:
+            near["real"] = knn(reduced["real"], None, max(k_graph - 1, k_trust_self), exclude_self=True, device=device)
+        fit_map(emb, np.concatenate([reduced[v] for v in fit_sets]) if len(fit_sets) > 1 else reduced[fit_sets[0]],
+                fit_c, n_neighbors=e.n_neighbors, min_dist=e.min_dist, metric=e.metric, fit_subsample=e.fit_subsample,
+                projection=e.projection, projection_epochs=e.projection_epochs, reproducible=e.reproducible,
+                device=device, graph_knn=near.get("real"))
+        manifest["layers"][layer] = {"file": f"{layer}.joblib", "params": emb.params}
         # Sets that were part of the fitted set already have coordinates; the others are projected.
-        fitted = {"real": {"real": emb.coords}, "generated": {"class": emb.coords},
-                  "both": {"real": emb.coords[: len(real_x)], "class": emb.coords[len(real_x):]}}[e.fit_on]
-        real_red = emb.reduce(real_x)
-        real_2d = fitted["real"] if "real" in fitted else emb.transform(real_x)
-        real_trust = trust_scores(real_red, real_2d, real_red, real_2d, k=min(e.trust_k, len(real_x) - 1),
-                                  exclude_self=True)
+        coords, row = {}, 0
+        for v in fit_sets:
+            coords[v] = emb.coords[row:row + len(reduced[v])]
+            row += len(reduced[v])
+        for v in stores:
+            if v in coords:
+                continue
+            if shared:
+                near[v] = knn(reduced[v], reduced["real"], max(k_graph, k_trust), device=device)
+            coords[v] = emb.transform_reduced(reduced[v], device=device, desc=f"project {v}", neighbours=near.get(v))
+        real_red, real_2d = reduced["real"], coords["real"]
+        real_trust = trust_scores(real_red, real_2d, real_red, real_2d, k=k_trust_self, exclude_self=True, device=device,
+                                  feature_neighbours=near["real"][1] if "real" in near else None)
         frames.append(_points_frame("real", "real", real_meta, real_2d, real_trust))
         summaries = {"real": trust_summary(real_trust)}
-        for variant, store in gens.items():
-            g = store.features(layer)
-            g2d = fitted[variant] if variant in fitted else emb.transform(g)
-            trust = trust_scores(emb.reduce(g), g2d, real_red, real_2d, k=min(e.trust_k, len(real_x)))
-            frames.append(_points_frame("generated", variant, store.metadata(), g2d, trust))
+        for variant in gens:
+            trust = trust_scores(reduced[variant], coords[variant], real_red, real_2d, k=k_trust, device=device,
+                                 feature_neighbours=near[variant][1] if variant in near else None)
+            frames.append(_points_frame("generated", variant, gen_meta[variant], coords[variant], trust))
             summaries[variant] = trust_summary(trust)
         manifest["trust"] = summaries
     manifest["fit_id"] = wd.fit_id(manifest)
