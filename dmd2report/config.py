@@ -215,9 +215,10 @@ class EmbeddingConfig:
     projection_epochs: int = setting(100, "Layout epochs of the fast projection (as umap-learn's transform runs for "
                                      "batches up to 10,000 points; 30 measured 0.02-0.05 lower trust on the demo).",
                                      ge=0)
-    reproducible: bool = setting(True, "true: the UMAP is seeded with run.seed and runs on one thread, as does the "
-                                 "projection's layout: the same inputs give the same map. false: every core, no "
-                                 "seed: faster, but the map differs from run to run.")
+    reproducible: bool = setting(True, "true: the UMAP is seeded with run.seed and runs on one thread: the same "
+                                 "inputs give the same map. false: every core, no seed: faster, but the map differs "
+                                 "from run to run. (The projection of the other points is deterministic and uses "
+                                 "every core either way.)")
 
 
 @dataclass

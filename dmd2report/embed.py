@@ -14,10 +14,10 @@ epochs of umap-learn's own layout optimiser with the fitted map held fixed, one 
 time. `embedding.projection = "umap"` keeps umap-learn's `transform` (and its search index) instead.
 
 Reproducibility (`embedding.reproducible`): true (default) seeds the UMAP, which makes umap-learn
-single-threaded, and runs the projection's layout on one thread with a seeded state per chunk: the same
-features, settings and library versions give the same map, twice. false lets umap-learn and the layout
-use every core without a seed: faster, but the map differs from run to run (the reductions, the k-NN
-graph and the subsample stay exact and identical).
+single-threaded: the same features, settings and library versions give the same map, twice. false lets
+umap-learn use every core without a seed: faster, but the map differs from run to run (the reductions,
+the k-NN graph and the subsample stay exact and identical). The projection is deterministic either way
+and uses every core: with the map fixed, points are independent (`_layout_points`).
 
 A fitted map is a pickle (the UMAP model has no other serialisation). It is only ever
 loaded if its SHA-256 equals the one recorded when this tool wrote it, so a pickle from
@@ -48,6 +48,68 @@ from .knn import knn
 log = logging.getLogger(__name__)
 
 PROJECT_CHUNK = 65536          # points per projection chunk: fixed, so a chunk's seeded layout does not depend on N
+
+
+_LAYOUT = []
+
+
+def _layout_points():
+    """The projection's layout kernel (numba, compiled on first use): umap-learn's epochs of
+    `_optimize_layout_euclidean_single_epoch` with the map fixed (`move_other=False`), reordered to run
+    every point's epochs in one task, points in parallel. With the map fixed a point's updates read only
+    its own position and fixed map points, and its negative samples come from its own random state, so
+    the order across points changes nothing: the result is the same on any number of threads, and the
+    same as umap-learn's one-threaded loop (edges of a point in order within an epoch, alpha decaying
+    per epoch). umap-learn's parallel form races on a point's position instead (edges in parallel)."""
+    if _LAYOUT:
+        return _LAYOUT[0]
+    import numba
+    from umap.layouts import clip, rdist
+    from umap.utils import tau_rand_int
+
+    @numba.njit(parallel=True, fastmath=True, nogil=True)
+    def layout(y, fitted, offsets, tail, epochs_per_sample, a, b, states, gamma, initial_alpha, negative_rate,
+               n_epochs):
+        n_fitted = fitted.shape[0]
+        dim = y.shape[1]
+        for j in numba.prange(y.shape[0]):
+            lo, hi = offsets[j], offsets[j + 1]
+            next_sample = epochs_per_sample[lo:hi].copy()
+            per_negative = epochs_per_sample[lo:hi] / negative_rate
+            next_negative = per_negative.copy()
+            current = y[j]
+            state = states[j]
+            alpha = initial_alpha
+            for n in range(n_epochs):
+                for e in range(hi - lo):
+                    if next_sample[e] > n:
+                        continue
+                    other = fitted[tail[lo + e]]
+                    dist_squared = rdist(current, other)
+                    if dist_squared > 0.0:
+                        grad_coeff = -2.0 * a * b * pow(dist_squared, b - 1.0)
+                        grad_coeff /= a * pow(dist_squared, b) + 1.0
+                    else:
+                        grad_coeff = 0.0
+                    for d in range(dim):
+                        current[d] += clip(grad_coeff * (current[d] - other[d])) * alpha
+                    next_sample[e] += epochs_per_sample[lo + e]
+                    n_neg = int((n - next_negative[e]) / per_negative[e])
+                    for _ in range(n_neg):
+                        k = tau_rand_int(state) % n_fitted
+                        other = fitted[k]
+                        dist_squared = rdist(current, other)
+                        if dist_squared > 0.0:
+                            grad_coeff = 2.0 * gamma * b
+                            grad_coeff /= (0.001 + dist_squared) * (a * pow(dist_squared, b) + 1)
+                            for d in range(dim):
+                                current[d] += clip(grad_coeff * (current[d] - other[d])) * alpha
+                    next_negative[e] += n_neg * per_negative[e]
+                alpha = initial_alpha * (1.0 - (float(n) / float(n_epochs)))
+        return y
+
+    _LAYOUT.append(layout)
+    return layout
 REDUCE_BATCH = 65536           # rows per reduction batch
 FAST_METRICS = ("euclidean", "l2")  # the metrics `knn.knn` searches exactly (the fast path's graph and projection)
 
@@ -189,23 +251,21 @@ class Embedding:
         3. the start: the weight-normalised mean of those fitted points' map positions (a point equal to
            a fitted one starts on it);
         4. `n_epochs` (default `params["projection_epochs"]`) epochs of umap-learn's own layout optimiser
-           (`optimize_layout_euclidean`, numba) with the fitted map fixed: each edge is sampled in
-           proportion to its weight over the point's largest (that one every epoch; edges below
+           (its single epoch, reordered per point: `_layout_points`) with the fitted map fixed: each edge is
+           sampled in proportion to its weight over the point's largest (that one every epoch; edges below
            1 / n_epochs of it dropped), with negative sampling from a random state per point (the seed and
-           the point's start), so with one thread (a reproducible map) a point lands at the same place
-           whichever points are projected with it; every core otherwise.
+           the point's start), so a point lands at the same place whichever points are projected with it
+           and on any number of threads.
 
         `neighbours`: (distances, indices) of `knn.knn(reduced, fitted rows, k >= n_neighbors)`, when the
         caller has that search already (the fit stage shares it with the trust scores); the first
         n_neighbors columns are used.
         """
-        from umap.layouts import optimize_layout_euclidean
         from umap.umap_ import compute_membership_strengths, smooth_knn_dist
 
         reduced = np.asarray(reduced, np.float32)
         model = self.umap
         n_epochs = int(self.params.get("projection_epochs", 100) if n_epochs is None else n_epochs)
-        reproducible = bool(self.params.get("reproducible", True))
         seed = int(self.params.get("seed", 0))
         base = np.ascontiguousarray(model._raw_data, np.float32)
         fitted = np.ascontiguousarray(model.embedding_, np.float32)
@@ -241,11 +301,12 @@ class Embedding:
                 head = np.repeat(np.arange(m, dtype=np.int32), k)[keep]
                 tail = idx.astype(np.int32).ravel()[keep]
                 epochs_per_sample = 1.0 / rel.ravel()[keep]
-                y = optimize_layout_euclidean(y, fitted.copy(), head, tail, n_epochs, len(fitted), epochs_per_sample,
-                                              float(model._a), float(model._b), rng_state,
-                                              float(model.repulsion_strength), float(model._initial_alpha) / 4.0,
-                                              float(model.negative_sample_rate), parallel=not reproducible,
-                                              move_other=False)
+                offsets = np.concatenate([[0], np.cumsum(np.bincount(head, minlength=m))]).astype(np.int64)
+                states = np.full((m, len(rng_state)), rng_state, np.int64) + \
+                    y[:, 0].astype(np.float64).view(np.int64).reshape(-1, 1)   # umap-learn's state per point
+                _layout_points()(y, fitted, offsets, tail, epochs_per_sample, float(model._a), float(model._b), states,
+                                 float(model.repulsion_strength), float(model._initial_alpha) / 4.0,
+                                 float(model.negative_sample_rate), n_epochs)
             out[s:s + m] = y
         return out
 

@@ -437,3 +437,37 @@ def test_trust_summary():
     s = trust_summary(np.array([0.0, 0.5, 0.5, 1.0]))
     assert s["n"] == 4 and s["mean"] == 0.5 and s["median"] == 0.5 and s["min"] == 0.0
     assert trust_summary(np.array([])) == {"n": 0}
+
+
+def test_projection_layout_is_umaps_loop_on_any_number_of_threads():
+    """The per-point kernel gives umap-learn's one-threaded layout (map fixed) exactly, on 1 or 2 threads."""
+    import numba
+    from umap.layouts import optimize_layout_euclidean
+
+    from dmd2report.embed import _layout_points
+
+    rng = np.random.default_rng(3)
+    fitted = rng.normal(size=(300, 2)).astype(np.float32) * 5
+    m, k = 40, 6
+    tail = rng.integers(0, 300, (m, k)).astype(np.int32)
+    rel = rng.uniform(0.05, 1.0, (m, k))
+    rel[:, 0] = 1.0
+    head = np.repeat(np.arange(m, dtype=np.int32), k)
+    eps = (1.0 / rel).ravel()
+    start = fitted[tail[:, 0]] + rng.normal(size=(m, 2)).astype(np.float32)
+    seed_state = np.array([12345, 678, 91011], np.int64)
+    a, b, gamma, alpha, neg, epochs = 1.58, 0.9, 1.0, 0.25, 5.0, 50
+
+    want = optimize_layout_euclidean(start.copy(), fitted.copy(), head, tail.ravel(), epochs, len(fitted), eps, a, b,
+                                     seed_state.copy(), gamma, alpha, neg, parallel=False, move_other=False)
+    offsets = np.arange(0, m * k + 1, k, dtype=np.int64)
+    got = []
+    for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+        numba.set_num_threads(threads)
+        states = np.full((m, 3), seed_state, np.int64) + start[:, 0].astype(np.float64).view(np.int64).reshape(-1, 1)
+        got.append(_layout_points()(start.copy(), fitted, offsets, tail.ravel(), eps, a, b, states, gamma, alpha,
+                                    neg, epochs))
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    np.testing.assert_array_equal(got[0], got[1])
+    np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-5)
+    assert np.abs(got[0] - start).max() > 0.01    # the layout moved the points
