@@ -552,9 +552,14 @@ def _bytes(p: Path) -> int:
 
 
 def _git_head() -> str:
+    """The checkout's commit, with "+changes" when its tracked files differ from it (a device copy may carry
+    a working tree whose git HEAD is older than its files: then the commit alone would mislead)."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                               check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return head + (" +changes" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

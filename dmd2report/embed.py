@@ -110,7 +110,7 @@ def _layout_points():
 
     _LAYOUT.append(layout)
     return layout
-REDUCE_BATCH = 65536           # rows per reduction batch
+REDUCE_BATCH = 16384           # rows per reduction batch (a float64 copy of 16,384 x 768 is 100 MB)
 FAST_METRICS = ("euclidean", "l2")  # the metrics `knn.knn` searches exactly (the fast path's graph and projection)
 
 
@@ -164,15 +164,15 @@ class Embedding:
         return features
 
     def _affine(self) -> tuple[np.ndarray, np.ndarray]:
-        """Standardise + PCA as one affine map x @ W + c (float32): one matrix product per batch instead of
-        sklearn's two passes and their float64 temporaries."""
+        """Standardise + PCA as one affine map x @ W + c (float64): one matrix product per batch instead of
+        sklearn's two passes."""
         cached = self.__dict__.get("_affine_cache")
         if cached is None:
             comps = np.asarray(self.pca.components_, np.float64)
             scale = np.asarray(self.scaler.scale_, np.float64)
             w = comps.T / scale[:, None]
             c = -(np.asarray(self.scaler.mean_, np.float64) / scale) @ comps.T - np.asarray(self.pca.mean_, np.float64) @ comps.T
-            cached = self.__dict__["_affine_cache"] = (w.astype(np.float32), c.astype(np.float32))
+            cached = self.__dict__["_affine_cache"] = (w, c)
         return cached
 
     def __getstate__(self):
@@ -181,13 +181,16 @@ class Embedding:
         return state
 
     def reduce(self, features: np.ndarray, batch_size: int = REDUCE_BATCH) -> np.ndarray:
-        """Standardised, PCA-reduced features (n, n_components) float32: the metrics' space."""
+        """Standardised, PCA-reduced features (n, n_components) float32: the metrics' space.
+
+        Computed in float64 and rounded once, so a row's value does not depend on the rows reduced with it
+        (a float32 product's rounding does, through the BLAS kernel its batch shape picks): the stages reduce
+        a store chunk by chunk and must agree with each other and with a whole-array reduction."""
         features = self._check(features)
         w, c = self._affine()
         out = np.empty((len(features), self.n_components), np.float32)
         for s in range(0, len(features), batch_size):
-            np.matmul(np.asarray(features[s:s + batch_size], np.float32), w, out=out[s:s + batch_size])
-            out[s:s + batch_size] += c
+            out[s:s + batch_size] = np.asarray(features[s:s + batch_size], np.float64) @ w + c
         return out
 
     def reduce_chunks(self, chunks: Iterable[np.ndarray], total: int | None = None, progress: bool = True,
