@@ -260,6 +260,11 @@ class ReportConfig:
                                      "'Report at any N': 1.9 s at 20,000, 2.5 s at 30,000 on a loaded 2-core machine).",
                               ge=1)
     thumb_size: int = setting(32, "Thumbnail side in pixels (at most the model's resolution).", ge=1)
+    template_dir: str = setting("", "Folder of your own Jinja templates, searched before the defaults (which stay "
+                                "reachable as default:NAME, e.g. {% extends \"default:base.html\" %}); its other "
+                                "*.html files (not starting with _) become extra pages, its static/ files are copied "
+                                "to the site's static/. Empty: the defaults only. Relative to the working directory.",
+                                cli="--template-dir")
     png_fallback: bool = setting(False, "Also write PNG thumbnail sheets for browsers without WebP (every current "
                                         "browser reads WebP; the PNGs more than double the sheets' size).")
 

@@ -9,7 +9,8 @@ Stages and what each one's cache key covers (keys chain, so a change reruns ever
   atlas      generation from map points       fit key, [atlas]
   trajectory few-step paths, real at each     fit key, [trajectory], metrics k's and bootstrap, report.thumb_size
              sigma, projected and measured
-  render     the site                         measure + atlas + trajectory keys, [report], run.name/site
+  render     the site                         measure + atlas + trajectory keys, [report], run.name/site,
+                                              the files of report.template_dir
 
 `<workdir>/stages.json` records the key each stage last finished with. A stage whose key is
 unchanged is skipped; `--force STAGE` reruns it. The stages themselves live in `stages/`, one
@@ -20,6 +21,7 @@ keys and the dispatch, and no stage imports it.
 from __future__ import annotations
 
 import importlib
+import itertools
 import logging
 import time
 
@@ -27,7 +29,7 @@ from .chunks import process_rank
 from .context import Context
 from .errors import UserError
 from .files import bytes_digest, short_hash
-from .resources import report_code_paths
+from .resources import report_code_paths, user_template_dir, user_template_files
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +42,16 @@ def stage_module(stage: str):
     return importlib.import_module(f"dmd2report.stages.{stage}")
 
 
-def renderer_fingerprint() -> str:
-    """Hash of the templates and the report code: a new dmd2report version re-renders old results."""
+def renderer_fingerprint(template_dir: str = "") -> str:
+    """Hash of the templates and the report code: a new dmd2report version re-renders old results.
+    With `report.template_dir`, every file of that folder too (path and contents): editing a user
+    template or its static files re-renders (the folder's path alone is in c["report"])."""
+    code = ((root, f) for root in report_code_paths()
+            for f in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".html", ".js", ".css", ".py")))
+    user = user_template_dir(template_dir)
+    own = ((user, f) for f in user_template_files(user))
     return bytes_digest(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes()
-                        for root in report_code_paths()
-                        for f in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".html", ".js", ".css", ".py")))
+                        for root, f in itertools.chain(code, own))
 
 
 def stage_keys(ctx: Context) -> dict[str, str]:
@@ -63,7 +70,7 @@ def stage_keys(ctx: Context) -> dict[str, str]:
     keys["trajectory"] = short_hash([keys["fit"], c["trajectory"], c["report"]["thumb_size"],
                                      {k: c["metrics"][k] for k in ("layer", "k_pr", "k_dc", "k_fidelity", "bootstrap")}])
     keys["render"] = short_hash([keys["measure"], keys["atlas"], keys["trajectory"], c["report"], c["run"]["name"],
-                                 c["run"]["site"], renderer_fingerprint()])
+                                 c["run"]["site"], renderer_fingerprint(c["report"]["template_dir"])])
     return keys
 
 

@@ -12,6 +12,8 @@ import json
 from importlib import resources
 from pathlib import Path
 
+from .errors import UserError
+
 _PACKAGE = Path(__file__).resolve().parent
 _CHECKOUT = _PACKAGE.parent
 
@@ -51,3 +53,24 @@ def package_json(name: str):
 def report_code_paths() -> list[Path]:
     """What the rendered site depends on besides stored results: the templates and the report code."""
     return [templates_dir(), _PACKAGE / "report"]
+
+
+def user_template_dir(path: str) -> Path | None:
+    """`report.template_dir` as a folder, None when empty; a UserError of one line naming the path
+    when it is missing or not a folder (checked before any stage runs: the render key reads it)."""
+    if not path:
+        return None
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise UserError(f"{path}: report.template_dir: folder not found")
+    if not folder.is_dir():
+        raise UserError(f"{path}: report.template_dir: not a folder")
+    return folder
+
+
+def user_template_files(folder: Path | None) -> list[Path]:
+    """Every file of a user template folder (templates and static/), in a fixed order: what its
+    render depends on, so that editing one re-renders on `build`."""
+    if folder is None:
+        return []
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))

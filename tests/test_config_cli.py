@@ -129,7 +129,7 @@ def test_command_options_come_from_the_declarations():
     assert list(declared) == ["--name", "--workdir", "--site", "--device", "--seed", "--preset", "--checkpoint",
                               "--precision", "--compile", "--source", "--data", "--classes", "--per-class",
                               "--max-samples", "--on-bad-image", "--layers", "--reduce", "--batch-size", "--samples",
-                              "--fit-on", "--single-file"]
+                              "--fit-on", "--single-file", "--template-dir"]
     for command in ("build", "extract", "generate", "fit", "measure", "atlas", "trajectory", "render"):
         options = {p.opts[0]: p for p in cli.commands[command].params}
         assert "--config" in options

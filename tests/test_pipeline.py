@@ -104,7 +104,7 @@ def test_new_templates_rerender(built, monkeypatch):
     import dmd2report.pipeline as pipeline
 
     w, cfg, _ = built
-    monkeypatch.setattr(pipeline, "renderer_fingerprint", lambda: "another dmd2report version")
+    monkeypatch.setattr(pipeline, "renderer_fingerprint", lambda *a: "another dmd2report version")
     r = CliRunner().invoke(cli, ["build", "--config", str(cfg)])
     assert _ran(r.output) == ["render"], r.output
     monkeypatch.undo()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import jinja2
@@ -23,7 +24,7 @@ from bokeh.util.paths import bokehjs_path
 from .. import files
 from ..errors import UserError
 from ..metric_defs import METRICS
-from ..resources import static_file, templates_dir
+from ..resources import static_file, templates_dir, user_template_dir, user_template_files
 from . import figures, palette, sprites
 from .data import ReportData
 from .view import SiteView, class_grid_rows, site_view, variant_selection
@@ -135,8 +136,16 @@ class _Thumbs:
                                          f"background-size:{lay.cols * px}px {lay.rows * px}px"}
 
 
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())), autoescape=True,
+def _environment(user_dir: Path | None = None) -> jinja2.Environment:
+    """The Jinja environment. A user folder (`report.template_dir`) is searched first, as mkdocs'
+    custom_dir: its `base.html` replaces ours for every page, and `default:NAME` always reaches our
+    own, so it can extend the template it replaces. Autoescape is on for every template, user ones
+    too (`autoescape=True`, not by file extension): data strings stay escaped whoever writes the markup."""
+    defaults = jinja2.FileSystemLoader(str(templates_dir()))
+    loaders = [jinja2.PrefixLoader({"default": defaults}, delimiter=":"), defaults]
+    if user_dir is not None:
+        loaders.insert(0, jinja2.FileSystemLoader(str(user_dir)))
+    env = jinja2.Environment(loader=jinja2.ChoiceLoader(loaders), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = _fmt_num
     env.filters["int"] = lambda v: f"{int(v):,}" if v is not None and pd.notna(v) else "–"
@@ -273,12 +282,57 @@ def _pages(view: SiteView, color_by: str, reuse_figures: bool = True) -> list[di
     return pages
 
 
-def _nav(has_atlas: bool) -> list[tuple[str, str, str]]:
+def _nav(has_atlas: bool, extra: list[dict] = ()) -> list[tuple[str, str, str]]:
     nav = [("index", "index.html", "Overview"), ("map", "map.html", "Map"), ("variants", "variants.html", "Variants"),
            ("classes", "classes.html", "Classes"), ("metrics", "metrics.html", "Metrics")]
     if has_atlas:
         nav.append(("atlas", "atlas.html", "Atlas"))
-    return nav
+    return nav + [(p["nav"], p["file"], p["title"]) for p in extra]
+
+
+EXTRA_PAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def _extra_pages(user_dir: Path | None, taken: set[str]) -> list[dict]:
+    """The user folder's own pages: each top-level `*.html` that is neither one of our template names
+    (those replace ours) nor a partial (a name starting with `_`, for includes and macros). Title: the
+    file stem, dashes and underscores as spaces, first letter capitalised ("about-us.html": "About us").
+    They get the context every page gets and no page-specific one."""
+    if user_dir is None:
+        return []
+    ours = {p.name for p in templates_dir().glob("*.html")}
+    pages = []
+    for f in sorted(user_dir.glob("*.html")):
+        if f.name in ours or f.name.startswith("_") or not f.is_file():
+            continue
+        stem = f.stem
+        # The stem becomes a file name, a link and, in the single-file report, an anchor (#page=stem).
+        if not EXTRA_PAGE_NAME.fullmatch(stem):
+            raise UserError(f"{f}: report.template_dir: page names may hold letters, digits, - and _ only "
+                            f"(and start with a letter or digit); rename it or start it with _ to make it a partial")
+        if stem in taken:
+            raise UserError(f"{f}: report.template_dir: {stem!r} is already a page of the report; rename it")
+        title = stem.replace("-", " ").replace("_", " ")
+        pages.append(dict(name=stem, file=f.name, title=title[:1].upper() + title[1:], nav=stem, template=f.name,
+                          ctx={}, models={}))
+    return pages
+
+
+BUNDLED_STATIC = {*BOKEH_FILES, "site.css", "site.js"}
+
+
+def _user_static(user_dir: Path | None) -> list[tuple[Path, Path]]:
+    """(file, path under static/) of every file in the user folder's static/ (a logo, extra CSS),
+    refusing the names of our own static files (a page would lose BokehJS or the site's script)."""
+    if user_dir is None or not (user_dir / "static").is_dir():
+        return []
+    root = user_dir / "static"
+    out = [(f, f.relative_to(root)) for f in user_template_files(root)]
+    for f, rel in out:
+        if rel.as_posix() in BUNDLED_STATIC:
+            raise UserError(f"{f}: report.template_dir: static/{rel.as_posix()} would replace the report's own file; "
+                            f"rename it (add CSS through a <link> in your base.html instead)")
+    return out
 
 
 def _common(data: ReportData) -> dict:
@@ -288,7 +342,8 @@ def _common(data: ReportData) -> dict:
 
 
 def render_site(data: ReportData, site_dir, *, single_file: bool = False, single_file_limit_mb: float = 25.0,
-                color_by: str = "class", png_fallback: bool = False, max_points: int | None = None) -> list[Path]:
+                color_by: str = "class", png_fallback: bool = False, max_points: int | None = None,
+                template_dir: str = "") -> list[Path]:
     """Write the report for `data` into `site_dir` (a folder) and return the files written.
 
     The map draws at most `max_points` points (a class-balanced sample, `view.balanced_sample`) over
@@ -297,6 +352,10 @@ def render_site(data: ReportData, site_dir, *, single_file: bool = False, single
     single_file=True writes `site_dir/report.html` with BokehJS, data and thumbnails inlined,
     logs its size, and raises UserError when it exceeds `single_file_limit_mb`. Thumbnail sheets are
     WebP; `png_fallback` adds PNG copies for browsers without WebP (folder form only).
+
+    `template_dir` (report.template_dir): a folder of templates searched before ours (see
+    `_environment`); its other pages are added to the site and the nav, its static/ files copied
+    into the site's static/ (folder form; the single file references no files).
     """
     if color_by not in ("class", "variant"):
         raise UserError(f"report.color_by: expected 'class' or 'variant', got {color_by!r}")
@@ -314,16 +373,23 @@ def render_site(data: ReportData, site_dir, *, single_file: bool = False, single
         max_points = ReportConfig().max_points
     if max_points < 1:
         raise UserError(f"report.max_points: expected at least 1, got {max_points}")
-    env = _environment()
+    user_dir = user_template_dir(template_dir)
+    env = _environment(user_dir)
+    user_static = _user_static(user_dir)
     view = site_view(data, max_points)
     pages = _pages(view, color_by, reuse_figures=not single_file)
-    nav = _nav(data.atlas is not None)
+    extra = _extra_pages(user_dir, {p["name"] for p in pages})
+    pages += extra
+    nav = _nav(data.atlas is not None, extra)
     common = _common(data)
 
     # Temporary folders a killed render left beside the site (only ours, by name) go first.
     files.remove_stale_folders(site_dir)
     with files.replacing(site_dir) as tmp:
         if single_file:
+            if user_static:
+                log.warning("report.template_dir: static/ files are not part of a single-file report; "
+                            "inline them (data: URIs) in your templates")
             html = _render_single(env, view, pages, nav, common)
             size_mb = len(html.encode()) / 2**20
             log.info("single-file report: %.1f MB", size_mb)
@@ -333,6 +399,9 @@ def render_site(data: ReportData, site_dir, *, single_file: bool = False, single
             files.save_text(tmp / "report.html", html)
         else:
             _render_folder(env, view, pages, nav, common, tmp, png_fallback)
+            for f, rel in user_static:
+                (tmp / "static" / rel).parent.mkdir(parents=True, exist_ok=True)
+                files.copy_file(f, tmp / "static" / rel)
         files.save_text(tmp / SITE_MARKER, "rendered by dmd2report; this folder is replaced on every render\n")
     return sorted(q for q in site_dir.rglob("*") if q.is_file() and q.name != SITE_MARKER)
 

@@ -38,7 +38,8 @@ def run(ctx: Context, overwrite: bool = False) -> None:
     r = ctx.config.report
     pages = render_site(assemble_report(ctx), ctx.config.run.site, single_file=r.single_file,
                         single_file_limit_mb=r.single_file_limit_mb, color_by=r.color_by,
-                        png_fallback=r.png_fallback, max_points=r.max_points)
+                        png_fallback=r.png_fallback, max_points=r.max_points,
+                        template_dir=r.template_dir)
     ctx.log.info("[render] wrote %d page(s) to %s", len(pages), ctx.config.run.site)
 
 
