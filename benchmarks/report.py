@@ -35,22 +35,29 @@ def site_size(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
+def open_map_page(browser, url: str, timeout_ms: int = 60000):
+    """Open `url` in a fresh 1400 x 900 context and wait for the site's "document idle at N ms" console line:
+    (context, page, that N = first render in ms, performance.now() when the page said it was ready)."""
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = ctx.new_page()
+    logs = []
+    page.on("console", lambda m: logs.append(m.text))
+    page.goto(url)
+    page.wait_for_selector("body[data-ready='1']", timeout=timeout_ms)
+    ready = page.evaluate("performance.now()")
+    deadline = time.time() + timeout_ms / 1000
+    while not any("document idle at" in t for t in logs) and time.time() < deadline:
+        page.wait_for_timeout(20)
+    m = next(re.search(r"document idle at (\d+) ms", t) for t in logs if "document idle at" in t)
+    return ctx, page, float(m.group(1)), ready
+
+
 def measure_map(browser, url: str, n_points: int, loads: int = 3, moves: int = 40) -> dict:
     idle, ready, hover, paint = [], [], [], []
     for i in range(loads):
-        ctx = browser.new_context(viewport={"width": 1400, "height": 900})
-        page = ctx.new_page()
-        logs = []
-        page.on("console", lambda m: logs.append(m.text))
-        page.goto(url)
-        page.wait_for_selector("body[data-ready='1']", timeout=60000)
-        ready.append(page.evaluate("performance.now()"))
-        page.wait_for_function("1", timeout=1000)
-        deadline = time.time() + 30
-        while not any("document idle at" in t for t in logs) and time.time() < deadline:
-            page.wait_for_timeout(20)
-        m = next(re.search(r"document idle at (\d+) ms", t) for t in logs if "document idle at" in t)
-        idle.append(float(m.group(1)))
+        ctx, page, idle_ms, ready_ms = open_map_page(browser, url, 60000)
+        idle.append(idle_ms)
+        ready.append(ready_ms)
         assert page.evaluate("DMD2Site.pointCount('map')") == n_points
         if i == 0:
             page.evaluate("""() => { window.__moves = [];

@@ -137,23 +137,17 @@ def one(n: int, out: str, max_points: int, old: bool) -> dict:
 
 
 def first_render(url: str, loads: int = 3) -> float:
-    import re
+    """Median first render (the site's "document idle at" line) of the map page over `loads` fresh loads."""
     from playwright.sync_api import sync_playwright
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from report import open_map_page   # benchmarks/report.py: the one page-opening helper
     idle = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
         for _ in range(loads):
-            ctx = browser.new_context(viewport={"width": 1400, "height": 900})
-            page = ctx.new_page()
-            logs = []
-            page.on("console", lambda m: logs.append(m.text))
-            page.goto(url)
-            page.wait_for_selector("body[data-ready='1']", timeout=120000)
-            deadline = time.time() + 60
-            while not any("document idle at" in t for t in logs) and time.time() < deadline:
-                page.wait_for_timeout(20)
-            m = next(re.search(r"document idle at (\d+) ms", t) for t in logs if "document idle at" in t)
-            idle.append(float(m.group(1)))
+            ctx, _page, idle_ms, _ready = open_map_page(browser, url, 120000)
+            idle.append(idle_ms)
             ctx.close()
         browser.close()
     return statistics.median(idle)
