@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..context import Context
-from ..embed import even_grid, nearest_stored
+from ..embed import even_grid, nearest_stored, release
 from ..errors import UserError
 from ..files import save_json, save_npz
 from ..knn import exact_sq_dist, knn
@@ -146,6 +146,7 @@ def _class_means_and_rows(emb, store, layer: str, classes: np.ndarray, rows: np.
         _add_rows(sums, classes[start:stop], x)
         sel = (rows >= start) & (rows < stop)
         picked[sel] = x[rows[sel] - start]
+        release(chunk)
         start = stop
     counts = np.bincount(classes, minlength=n_classes)[:, None]
     return (sums / np.maximum(counts, 1)).astype(np.float32), picked

@@ -73,7 +73,7 @@ def blend_weights(real_chunks, real_classes: np.ndarray, query_feats: np.ndarray
     `real_chunks()` yields the real features chunk by chunk (memory-mapped store chunks): the mean and
     standard deviation are accumulated in float64 over them, and the standardised base is written straight
     into one float32 tensor on `device` (the search's), so the host never holds a full copy of the layer."""
-    n, dim, mean = 0, None, None
+    n, mean = 0, None
     for chunk in real_chunks():
         s = chunk.astype(np.float64).sum(0)
         mean = s if mean is None else mean + s

@@ -67,9 +67,7 @@ def _reduced(emb, store, layer: str) -> np.ndarray:
     metrics would otherwise fail or mislead). Read chunk by chunk from the memory-mapped store and
     reduced chunk by chunk: only the reduced (n, n_components) float32 array is held, never a copy of
     the full-width layer (768 floats a sample at ImageNet scale)."""
-    parts = [emb.reduce(chunk) for chunk in store.iter_features(layer)]
-    x = np.concatenate(parts) if len(parts) != 1 else parts[0]
-    del parts
+    x = emb.reduce_chunks(store.iter_features(layer), total=len(store), desc=f"reduce {store.path.name}")
     bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
     if len(bad):
         raise UserError(f"measure: non-finite values in {store.path.name} features of layer {layer} after the fitted "

@@ -227,7 +227,7 @@ def run(ctx: Context, overwrite: bool = False) -> None:
                                     "source": meta["source"].astype(str).to_numpy(),
                                     "x": xy[:, 0].astype(np.float32), "y": xy[:, 1].astype(np.float32)}))
     points = pd.concat(frames, ignore_index=True)
-    real_red = np.concatenate([emb.reduce(c) for c in real.iter_features(headline)])   # chunk by chunk
+    real_red = emb.reduce_chunks(real.iter_features(headline), total=len(real), progress=False)
     doc = measure_steps(real_red, real_classes, reduced["path"], reduced["real"], sigmas,
                         cfg, feature_space=f"{headline}:{f.reduce}+standardise+pca{emb.n_components}")
     doc.update({"layer": headline, "conditioning": t.conditioning, "samples": n, "real_references": int(len(ref_rows)),
