@@ -204,6 +204,10 @@ class EmbeddingConfig:
     n_neighbors: int = setting(15, "UMAP n_neighbors.", ge=2)
     min_dist: float = setting(0.1, "UMAP min_dist (at most UMAP's spread, 1.0).", ge=0.0, le=1.0)
     metric: str = setting("euclidean", "UMAP metric.", choices=UMAP_METRICS)
+    init: str = setting("pca", "UMAP's starting layout: pca (the first two principal components, instant; as good or "
+                        "better a map on the demo and the scale benchmark's data) or spectral (umap-learn's default, "
+                        "an eigendecomposition of the graph: 18 s of a 50,000-point fit on 2 cores).",
+                        choices=("pca", "spectral"))
     fit_on: str = setting("real", "The set the reductions and the map are fitted on.",
                           choices=("real", "generated", "both"), cli="--fit-on")
     fit_subsample: int = setting(50000, "Class-balanced subsample the UMAP is fitted on; the rest is projected.", ge=4)
@@ -215,10 +219,11 @@ class EmbeddingConfig:
     projection_epochs: int = setting(100, "Layout epochs of the fast projection (as umap-learn's transform runs for "
                                      "batches up to 10,000 points; 30 measured 0.02-0.05 lower trust on the demo).",
                                      ge=0)
-    reproducible: bool = setting(True, "true: the UMAP is seeded with run.seed and runs on one thread: the same "
-                                 "inputs give the same map. false: every core, no seed: faster, but the map differs "
-                                 "from run to run. (The projection of the other points is deterministic and uses "
-                                 "every core either way.)")
+    reproducible: bool = setting(False, "false: umap-learn fits the map on every core, unseeded: 2-3x faster at "
+                                 "50,000 points (benchmarks/README.md), but the map's layout differs from run to run. "
+                                 "true: seeded with run.seed, on one thread: the same inputs give the same map (for "
+                                 "byte-identical CI snapshots). Either way the reductions, the subsample, every metric "
+                                 "and the projection of the other points onto a given map are deterministic.")
 
 
 @dataclass

@@ -98,16 +98,26 @@ def _one_blas_thread():
 
 
 def bootstrap_ci(values: np.ndarray, n_boot: int, level: float, rng: np.random.Generator):
-    """Percentile interval of the mean of `values` over `n_boot` resamples with replacement."""
+    """Percentile interval of the mean of `values` over `n_boot` resamples with replacement.
+
+    A resample draws each of the n values with probability 1/n, so how often each distinct value is drawn
+    is multinomial: when the values take few distinct levels (the 0/1 flags behind precision, recall and
+    coverage; density's small counts) the resampled means come from one multinomial draw of the levels'
+    counts per resample, O(levels) instead of O(n) each, with exactly the same distribution. Measured as a
+    third of the measure stage's time with ~1,000 classes (16,000 intervals) before."""
     values = np.asarray(values, dtype=np.float64)
     n = len(values)
     if n == 0 or n_boot <= 0:
         return None
-    means = np.empty(n_boot)
-    per = max(1, 2_000_000 // n)   # resamples per batch: bounded index matrix
-    for s in range(0, n_boot, per):
-        b = min(per, n_boot - s)
-        means[s:s + b] = values[rng.integers(0, n, size=(b, n))].mean(axis=1)
+    levels, counts = np.unique(values, return_counts=True)
+    if len(levels) <= max(8, n // 16):
+        means = rng.multinomial(n, counts / n, size=n_boot) @ levels / n
+    else:
+        means = np.empty(n_boot)
+        per = max(1, 2_000_000 // n)   # resamples per batch: bounded index matrix
+        for s in range(0, n_boot, per):
+            b = min(per, n_boot - s)
+            means[s:s + b] = values[rng.integers(0, n, size=(b, n))].mean(axis=1)
     a = (1 - level) / 2
     lo, hi = np.quantile(means, [a, 1 - a])
     return float(lo), float(hi)

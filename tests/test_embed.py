@@ -13,7 +13,7 @@ from dmd2report.embed import (Embedding, balanced_subsample, even_grid, fit_embe
 from dmd2report.errors import UserError
 
 N_PER_CLASS, DIM = 150, 20
-FIT = dict(pca_components=10, n_neighbors=10, min_dist=0.1, seed=3, fit_subsample=300, progress=False)
+FIT = dict(pca_components=10, n_neighbors=10, min_dist=0.1, seed=3, fit_subsample=300, progress=False, reproducible=True)
 
 
 def _clusters():
@@ -50,10 +50,10 @@ def test_fit_shapes_params_and_balanced_subsample(fitted):
 
 
 def test_same_seed_same_map(fitted):
-    # embedding.reproducible (the default): the seeded one-thread UMAP on the exact k-NN graph and the
-    # one-thread projection give the same map, bit for bit, fitted and projected points alike
+    # embedding.reproducible = true: the seeded one-thread UMAP on the exact k-NN graph (PCA start) and the
+    # projection give the same map, bit for bit, fitted and projected points alike
     features, classes, emb = fitted
-    assert emb.params["reproducible"] is True and emb.params["projection"] == "fast"
+    assert emb.params["reproducible"] is True and emb.params["projection"] == "fast" and emb.params["init"] == "pca"
     again = fit_embedding(features, classes, **FIT)
     np.testing.assert_array_equal(again.coords, emb.coords)
     np.testing.assert_array_equal(again.fit_index, emb.fit_index)
@@ -61,7 +61,8 @@ def test_same_seed_same_map(fitted):
 
 def test_unseeded_map_uses_every_core_and_stays_a_good_map(fitted):
     features, classes, emb = fitted
-    fast = fit_embedding(features, classes, **(FIT | {"reproducible": False}))
+    # the default: every core, no seed (embedding.reproducible = false)
+    fast = fit_embedding(features, classes, **{k: v for k, v in FIT.items() if k != "reproducible"})
     assert fast.umap.random_state is None and fast.umap.n_jobs == -1 and fast.params["reproducible"] is False
     # not reproducible, but the same subsample and reduction, and the clusters stay apart
     np.testing.assert_array_equal(fast.fit_index, emb.fit_index)

@@ -144,6 +144,26 @@ def test_bootstrap_interval_contains_estimate_and_is_seeded(clustered):
     assert c["variants"]["v"]["overall"]["precision"]["ci_low"] != a["variants"]["v"]["overall"]["precision"]["ci_low"]
 
 
+@pytest.mark.parametrize("values", [
+    np.r_[np.ones(130), np.zeros(370)],                   # 0/1 flags (precision, recall, coverage)
+    np.repeat([0.0, 0.2, 0.4, 1.0, 2.6], [300, 90, 60, 40, 10]),   # few density levels
+])
+def test_bootstrap_of_few_levels_has_the_resampling_distribution(values):
+    # few distinct values: the interval comes from multinomial draws of the levels' counts, which must give
+    # the same resampled means as drawing indices (compared on many resamples, and to the normal interval)
+    from dmd2report.metrics import bootstrap_ci
+
+    rng = np.random.default_rng(0)
+    reference = values[rng.integers(0, len(values), (20000, len(values)))].mean(1)
+    lo, hi = bootstrap_ci(values, 20000, 0.95, np.random.default_rng(1))
+    ref_lo, ref_hi = np.quantile(reference, [0.025, 0.975])
+    se = values.std() / np.sqrt(len(values))
+    assert abs(lo - ref_lo) < 0.05 * se * 4 and abs(hi - ref_hi) < 0.05 * se * 4
+    assert lo == pytest.approx(values.mean() - 1.96 * se, abs=0.1 * se)
+    assert bootstrap_ci(values, 200, 0.95, np.random.default_rng(3)) == bootstrap_ci(values, 200, 0.95,
+                                                                                 np.random.default_rng(3))
+
+
 def test_class_fidelity_hand_computed():
     # real class 0 at 0 1 2, class 1 at 10 11 12; centroids 1 and 11.
     # y=1 cond 0: 3 nearest real 1 0 2 -> all class 0 -> 1; centroid 0 -> hit

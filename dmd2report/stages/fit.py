@@ -69,7 +69,7 @@ def run(ctx: Context, overwrite: bool = False) -> None:
         if shared:
             near["real"] = knn(reduced["real"], None, max(k_graph - 1, k_trust_self), exclude_self=True, device=device)
         fit_map(emb, np.concatenate([reduced[v] for v in fit_sets]) if len(fit_sets) > 1 else reduced[fit_sets[0]],
-                fit_c, n_neighbors=e.n_neighbors, min_dist=e.min_dist, metric=e.metric, fit_subsample=e.fit_subsample,
+                fit_c, n_neighbors=e.n_neighbors, min_dist=e.min_dist, metric=e.metric, init=e.init, fit_subsample=e.fit_subsample,
                 projection=e.projection, projection_epochs=e.projection_epochs, reproducible=e.reproducible,
                 device=device, graph_knn=near.get("real"))
         manifest["layers"][layer] = {"file": f"{layer}.joblib", "params": emb.params}
