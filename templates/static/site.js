@@ -412,6 +412,7 @@
         const t = thumb(P.thumb[j], 48);
         t.classList.add(P.gen[j] ? "is-gen" : "is-real");
         t.dataset.set = P.gen[j] ? "generated" : "real";
+        t.dataset.row = j;
         t.title = (P.gen[j] ? "generated · " + variantOf(j) : "real") + " · " + P.id[j] + " · " +
           (conditioned(j) ? className(P.cls[j]) : "seed of " + className(P.cls[j]));
         t.style.cursor = "pointer";
