@@ -260,6 +260,8 @@ def test_trajectory_paths_per_class_on_demand(browser, tmp_path):
     d = np.sqrt(((cand[:, None] - xy[None]) ** 2).sum(-1))
     d[d == 0] = np.inf                   # not its own distance
     row = int(extra.index[np.argmax(d.min(1))])
+    # The class's zoom frames its real and class-conditioned points; a path's noisy first steps lie outside it.
+    page.evaluate("Bokeh.index[DMD2Site.resolve('map').fig.id].reset_range()")
     page.mouse.move(*_client_traj_step(page, row))
     page.wait_for_selector("#dmd2-hover[data-traj]:not([hidden])", timeout=5000)
     assert page.evaluate("document.getElementById('dmd2-hover').dataset.traj") == f"pt:{row}"
