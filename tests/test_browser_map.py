@@ -11,7 +11,8 @@ from dmd2report.report import palette
 from dmd2report.report.data import synthetic_report_data
 from dmd2report.report.figures import step_colours
 from dmd2report.report.render import render_site
-from test_browser_report import ARGS, ARTIFACTS, CHROMIUM, _client_point, _open, sync_api
+from conftest import ARTIFACTS
+from test_browser_report import _client_point, _open
 
 pytestmark = pytest.mark.browser
 # Every Bokeh toolbar of the page whose tools did not all fit (their last ones folded into the "⋮" menu).
@@ -32,15 +33,6 @@ def site(tmp_path_factory):
     return root, data
 
 
-@pytest.fixture(scope="module")
-def browser():
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
 def _ramp(t: float) -> str:
     """The map's colour for t in [0, 1] along palette.RAMP, as site.js computes it."""
     stops = [[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c in palette.RAMP]
@@ -51,6 +43,10 @@ def _ramp(t: float) -> str:
 
 def _text(locator) -> str:
     return re.sub(r"\s+", " ", locator.inner_text())
+
+
+def _ranges(page) -> list[float]:
+    return page.evaluate("(() => { const F = DMD2Site.resolve('map').fig; return [F.x_range.start, F.x_range.end, F.y_range.start, F.y_range.end]; })()")
 
 
 def _rows(locator) -> list[int]:
@@ -271,14 +267,14 @@ def test_the_address_reproduces_the_view(site, browser):
     page.evaluate("r => DMD2Site.showNeighbours('map', r)", row)
     h = page.evaluate("Object.fromEntries(new URLSearchParams(location.hash.slice(1)))")
     assert h["colour"] == "trust" and h["class"] == "class 3" and h["point"] == data.points["sample_id"][row]
-    ranges = page.evaluate("(() => { const F = DMD2Site.resolve('map').fig; return [F.x_range.start, F.x_range.end, F.y_range.start, F.y_range.end]; })()")
+    ranges = _ranges(page)
     assert [float(v) for v in h["view"].split(",")] == pytest.approx(ranges, rel=1e-4)
     url = page.url
     page.context.close()
 
     again, problems2, _ = _open(browser, url)        # the link reopens the same view
     assert again.input_value('[data-colour="map"]') == "trust" and again.input_value('[data-search="map"]') == "class 3"
-    assert again.evaluate("(() => { const F = DMD2Site.resolve('map').fig; return [F.x_range.start, F.x_range.end, F.y_range.start, F.y_range.end]; })()") \
+    assert _ranges(again) \
         == pytest.approx(ranges, rel=1e-4)
     assert again.get_attribute('[data-nbr-for="map"]', "data-row") == str(row)
     own = int(((data.points["class_id"] == 3) & data.points["variant"].isin(["real", "class"])).sum())
@@ -289,7 +285,7 @@ def test_the_address_reproduces_the_view(site, browser):
     h = again.evaluate("Object.fromEntries(new URLSearchParams(location.hash.slice(1)))")
     assert h == {"colour": "trust"}
     x = data.points["x"]
-    x0, x1 = again.evaluate("(() => { const F = DMD2Site.resolve('map').fig; return [F.x_range.start, F.x_range.end]; })()")
+    x0, x1 = _ranges(again)[:2]
     assert x0 <= x.min() and x1 >= x.max()
     assert problems == [] and problems2 == []
     again.context.close()
@@ -305,7 +301,7 @@ def test_search_takes_a_sample_id(site, browser):
     assert page.get_attribute('[data-nbr-for="map"]', "data-row") == str(row)
     assert f"sample {sid} (generated · blend)" in page.inner_text('[data-search-status="map"]')
     assert page.evaluate("DMD2Site.resolve('map').hl.data_source.data.x.length") == 1
-    x0, x1, y0, y1 = page.evaluate("(() => { const F = DMD2Site.resolve('map').fig; return [F.x_range.start, F.x_range.end, F.y_range.start, F.y_range.end]; })()")
+    x0, x1, y0, y1 = _ranges(page)
     px, py = data.points["x"][row], data.points["y"][row]
     assert x0 < px < x1 and y0 < py < y1 and (x1 - x0) < 0.5 * (data.points["x"].max() - data.points["x"].min())
     page.fill('[data-search="map"]', "no-such-sample")

@@ -5,13 +5,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ARTIFACTS, CHROMIUM   # and the `browser` fixture
 from dmd2report.report.data import synthetic_report_data
 from dmd2report.report.render import render_site
 
 pytestmark = pytest.mark.browser
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
 HOSTILE = '<script>alert(1)</script>'
 
 if not os.path.exists(CHROMIUM):
@@ -27,15 +26,6 @@ def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("site") / "site"
     render_site(data, root)
     return root, data
-
-
-@pytest.fixture(scope="module")
-def browser():
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 def _open(browser, url, scheme="light"):

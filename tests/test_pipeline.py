@@ -9,6 +9,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
+from conftest import ARTIFACTS
 from dmd2report.cli import cli
 from dmd2report.models import build_preset
 
@@ -87,15 +88,10 @@ def test_build_writes_every_stage_output(built):
         assert z["anchor_images"].shape[0] == 12 and z["anchor_images"].dtype == np.uint8
 
 
-def test_map_neighbour_panel_matches_the_stored_arrays(built):
+def test_map_neighbour_panel_matches_the_stored_arrays(built, browser):
     """In Chromium, a real point's panel of the built site against measure/arrays.npz and metrics.json:
     the true covering count, the stored covering samples nearest first (at most 12 shown), no padding;
     an uncovered point with its stored nearest generated samples and their distances."""
-    import os
-
-    if not os.path.exists("/usr/bin/chromium"):
-        pytest.skip("/usr/bin/chromium not installed (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install -e '.[test]')")
     w = built[0]
     work = w / "work"
     with np.load(work / "measure" / "arrays.npz") as z:
@@ -111,35 +107,34 @@ def test_map_neighbour_panel_matches_the_stored_arrays(built):
     assert (np.diff(offs) == np.minimum(count, 16)).all() and (vals >= 0).all()
     order = np.argsort(-count, kind="stable")
     picks = [int(order[0]), int(order[len(order) // 3]), *np.flatnonzero(count == 0)[:2].tolist()]
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto((w / "site" / "map.html").as_uri())
-        page.wait_for_selector("body[data-ready='1']", timeout=30000)
-        ids = page.evaluate("DMD2_DATA.points.id")
-        # Uncapped site: real rows first (the real store's order), then the class-conditioned set's.
-        assert not page.evaluate("DMD2_DATA.site.capped") and all(i.startswith("class:") for i in ids[n_real:n_real + 5])
-        panel = page.locator('[data-nbr-for="map"]')
-        for row in picks:
-            page.evaluate("r => DMD2Site.showNeighbours('map', r)", row)
-            cover = panel.locator(".cover")
-            text = re.sub(r"\s+", " ", cover.inner_text())
-            shown = [int(r) for r in cover.locator(".nbr").evaluate_all("els => els.map(e => e.dataset.row)")]
-            assert int(cover.get_attribute("data-count")) == count[row]
-            assert f"r = {a['real.r_dc'][row]:.3f}" in text
-            if count[row]:
-                assert f"covered by {count[row]} class-conditioned" in text
-                assert shown == (n_real + vals[offs[row]:offs[row + 1]][:12]).tolist()
-            else:
-                near = panel.locator('[data-list="generated"] .nbr')
-                rows = [int(r) for r in near.evaluate_all("els => els.map(e => e.dataset.row)")]
-                assert text.startswith("not covered") and shown == []
-                assert rows == (n_real + a["variant.class.real_nn_gen_idx"][row]).tolist()
-                assert near.first.inner_text().strip() == f"d {a['variant.class.real_nn_gen_dist'][row, 0]:.3f}"
-        assert errors == []
-        browser.close()
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto((w / "site" / "map.html").as_uri())
+    page.wait_for_selector("body[data-ready='1']", timeout=30000)
+    ids = page.evaluate("DMD2_DATA.points.id")
+    # Uncapped site: real rows first (the real store's order), then the class-conditioned set's.
+    assert not page.evaluate("DMD2_DATA.site.capped") and all(i.startswith("class:") for i in ids[n_real:n_real + 5])
+    panel = page.locator('[data-nbr-for="map"]')
+    for row in picks:
+        page.evaluate("r => DMD2Site.showNeighbours('map', r)", row)
+        cover = panel.locator(".cover")
+        text = re.sub(r"\s+", " ", cover.inner_text())
+        shown = [int(r) for r in cover.locator(".nbr").evaluate_all("els => els.map(e => e.dataset.row)")]
+        assert int(cover.get_attribute("data-count")) == count[row]
+        assert f"r = {a['real.r_dc'][row]:.3f}" in text
+        if count[row]:
+            assert f"covered by {count[row]} class-conditioned" in text
+            assert shown == (n_real + vals[offs[row]:offs[row + 1]][:12]).tolist()
+        else:
+            near = panel.locator('[data-list="generated"] .nbr')
+            rows = [int(r) for r in near.evaluate_all("els => els.map(e => e.dataset.row)")]
+            assert text.startswith("not covered") and shown == []
+            assert rows == (n_real + a["variant.class.real_nn_gen_idx"][row]).tolist()
+            assert near.first.inner_text().strip() == f"d {a['variant.class.real_nn_gen_dist'][row, 0]:.3f}"
+        page.screenshot(path=str(ARTIFACTS / f"pipeline-map-panel-{'covered' if count[row] else 'uncovered'}.png"))
+    assert errors == []
+    page.close()
 
 
 def test_unchanged_rebuild_runs_nothing(built):
