@@ -109,6 +109,7 @@ def _preset_names() -> list[str]:
 
 # The conditioning variants (sampling.MODES is this tuple).
 VARIANTS = ("class", "uniform", "zero", "blend")
+MAP_COLOURS = ("class", "variant", "trust", "covered", "distance")   # the map's colour-by choices
 # umap-learn's metrics that suit standardised PCA features and have a gradient (so the atlas can
 # invert the map): umap.distances.named_distances_with_gradients without those needing extra
 # parameters (minkowski, seuclidean, mahalanobis, wminkowski), positive inputs (hellinger,
@@ -256,7 +257,9 @@ class ReportConfig:
 
     single_file: bool = setting(False, "One self-contained HTML file (for mail).", cli="--single-file")
     single_file_limit_mb: float = setting(25.0, "Largest single-file report, in MB.", gt=0.0)
-    color_by: str = setting("class", "What colours the map's points.", choices=("class", "variant"))
+    color_by: str = setting("class", "What colours the map's points at first (the map's colour-by control changes "
+                                     "it): class, conditioning variant, map trust, covered or not (real points), "
+                                     "distance to the nearest real sample (generated points).", choices=MAP_COLOURS)
     max_classes_pages: int = setting(100, "Per-class pages, for the most populous classes.", ge=0)
     max_points: int = setting(20000, "Points drawn on the map (with hover, click and selection), a class-balanced "
                                      "sample past this; every point is in the density layer beneath. Bounds the "

@@ -5,13 +5,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ARTIFACTS, CHROMIUM   # and the `browser` fixture
 from dmd2report.report.data import synthetic_report_data
 from dmd2report.report.render import render_site
 
 pytestmark = pytest.mark.browser
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
 HOSTILE = '<script>alert(1)</script>'
 
 if not os.path.exists(CHROMIUM):
@@ -27,15 +26,6 @@ def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("site") / "site"
     render_site(data, root)
     return root, data
-
-
-@pytest.fixture(scope="module")
-def browser():
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 def _open(browser, url, scheme="light"):
@@ -115,9 +105,9 @@ def test_map_interactions(site, browser):
     page.click('.switch label:has(input[value="both"])')
     assert page.evaluate("DMD2Site.resolve('map').real.every(r => r.visible)")
 
-    # Search by name highlights the class's real and generated points.
+    # Search by name highlights the class's real points and the samples conditioned on it.
     page.fill('[data-search="map"]', "class 3")
-    n3 = int((data.points["class_id"] == 3).sum())
+    n3 = int(((data.points["class_id"] == 3) & data.points["variant"].isin(["real", "class"])).sum())
     assert page.evaluate("DMD2Site.resolve('map').hl.data_source.data.x.length") == n3
 
     # Selection: select every generated point of one renderer, get a grid and a CSV of their ids.
@@ -139,11 +129,11 @@ def test_map_interactions(site, browser):
 def test_class_hash_opens_map_on_class(site, browser):
     root, data = site
     page, problems, _ = _open(browser, (root / "map.html").as_uri() + "#class=2")
-    n2 = int((data.points["class_id"] == 2).sum())
-    assert page.evaluate("DMD2Site.resolve('map').hl.data_source.data.x.length") == n2
+    in_class = (data.points["class_id"] == 2) & data.points["variant"].isin(["real", "class"])
+    assert page.evaluate("DMD2Site.resolve('map').hl.data_source.data.x.length") == int(in_class.sum())
     assert page.input_value('[data-search="map"]') == "2"
     # The view zooms onto the class (its extent plus a quarter each side), and stays there after the first paint.
-    xs = data.points["x"][data.points["class_id"] == 2]
+    xs = data.points["x"][in_class]
     page.wait_for_timeout(300)
     x0, x1 = page.evaluate("[DMD2Site.resolve('map').fig.x_range.start, DMD2Site.resolve('map').fig.x_range.end]")
     assert x0 == pytest.approx(xs.min() - 0.25 * (xs.max() - xs.min()), abs=1e-3)
@@ -186,6 +176,11 @@ def test_trajectory_layer(browser, tmp_path):
     traj = data.trajectories
     shown = traj.steps[traj.steps["shown"]]
     page, problems, requests = _open(browser, (tmp_path / "site" / "map.html").as_uri())
+    r = "DMD2Site.resolve('map').traj"
+    # Off at first (long lines and labels over the clusters), drawn when switched on.
+    assert page.evaluate(f"[{r}.seg.visible, {r}.pt.visible, {r}.label.visible]") == [False, False, False]
+    page.click('label:has(input[data-traj="paths"])')
+    assert page.evaluate(f"[{r}.seg.visible, {r}.pt.visible, {r}.label.visible]") == [True, True, True]
     # One segment between consecutive steps of every drawn path, a sigma label on every drawn point.
     n_paths, n_steps = shown["path"].nunique(), len(traj.sigmas)
     assert n_paths == 2 * 5 and n_paths < traj.steps["path"].nunique()
@@ -210,8 +205,7 @@ def test_trajectory_layer(browser, tmp_path):
     assert page.locator("#dmd2-hover .thumb").count() == 2
     page.screenshot(path=str(ARTIFACTS / "map-trajectory-hover.png"))
 
-    # Toggles: paths off, the noised-real references on (off at first).
-    r = "DMD2Site.resolve('map').traj"
+    # Toggles: paths off again, the noised-real references on (off at first).
     assert page.evaluate(f"{r}.real.visible") is False
     page.click('label:has(input[data-traj="paths"])')
     assert page.evaluate(f"[{r}.seg.visible, {r}.pt.visible, {r}.label.visible]") == [False, False, False]
@@ -243,10 +237,11 @@ def test_trajectory_paths_per_class_on_demand(browser, tmp_path):
 
     segments, status = "DMD2Site.trajSegments('map')", "document.querySelector('[data-traj-status=\"map\"]')"
     page, problems, _ = _open(browser, (tmp_path / "site" / "map.html").as_uri() + "#class=3")
+    page.click('label:has(input[data-traj="paths"])')
     assert page.evaluate(segments) == expected({3}) * (n_steps - 1)
     assert page.evaluate("DMD2Site.resolve('map').traj.label.data_source.data.label.length") == expected({3}) * n_steps
     assert page.evaluate(f"Number({status}.dataset.paths)") == expected({3})
-    assert f"all {stored[3]} of 3 · class 3" in page.inner_text('[data-traj-status="map"]')
+    assert f"all {stored[3]} of 3 · class 3" in page.text_content('[data-traj-status="map"]')   # in a closed <details>
 
     # Hover reaches a step of a path that is drawn only because its class was asked for.
     extra = steps[(steps["class_id"] == 3) & ~steps["shown"]]
@@ -255,6 +250,8 @@ def test_trajectory_paths_per_class_on_demand(browser, tmp_path):
     d = np.sqrt(((cand[:, None] - xy[None]) ** 2).sum(-1))
     d[d == 0] = np.inf                   # not its own distance
     row = int(extra.index[np.argmax(d.min(1))])
+    # The class's zoom frames its real and class-conditioned points; a path's noisy first steps lie outside it.
+    page.evaluate("Bokeh.index[DMD2Site.resolve('map').fig.id].reset_range()")
     page.mouse.move(*_client_traj_step(page, row))
     page.wait_for_selector("#dmd2-hover[data-traj]:not([hidden])", timeout=5000)
     assert page.evaluate("document.getElementById('dmd2-hover').dataset.traj") == f"pt:{row}"

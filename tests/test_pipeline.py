@@ -9,6 +9,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
+from conftest import ARTIFACTS
 from dmd2report.cli import cli
 from dmd2report.models import build_preset
 
@@ -85,6 +86,55 @@ def test_build_writes_every_stage_output(built):
     assert "pipeline test" in (w / "site" / "index.html").read_text()
     with np.load(work / "atlas" / "atlas.npz") as z:
         assert z["anchor_images"].shape[0] == 12 and z["anchor_images"].dtype == np.uint8
+
+
+def test_map_neighbour_panel_matches_the_stored_arrays(built, browser):
+    """In Chromium, a real point's panel of the built site against measure/arrays.npz and metrics.json:
+    the true covering count, the stored covering samples nearest first (at most 12 shown), no padding;
+    an uncovered point with its stored nearest generated samples and their distances."""
+    w = built[0]
+    work = w / "work"
+    with np.load(work / "measure" / "arrays.npz") as z:
+        a = {k: z[k] for k in z.files}
+    doc = json.loads((work / "measure" / "metrics.json").read_text())
+    space = json.loads((work / "measure" / "headline.json").read_text())["feature_space"]
+    count, offs, vals = (a["variant.class.real_cover_count"], a["variant.class.real_covered_by.offsets"],
+                         a["variant.class.real_covered_by.values"])
+    n_real = len(count)
+    # The panel's counts are the ones coverage is the share of.
+    assert doc["feature_spaces"][space]["variants"]["class"]["overall"]["coverage"]["value"] == \
+        pytest.approx(float((count > 0).mean()), abs=1e-6)
+    assert (np.diff(offs) == np.minimum(count, 16)).all() and (vals >= 0).all()
+    order = np.argsort(-count, kind="stable")
+    picks = [int(order[0]), int(order[len(order) // 3]), *np.flatnonzero(count == 0)[:2].tolist()]
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto((w / "site" / "map.html").as_uri())
+    page.wait_for_selector("body[data-ready='1']", timeout=30000)
+    ids = page.evaluate("DMD2_DATA.points.id")
+    # Uncapped site: real rows first (the real store's order), then the class-conditioned set's.
+    assert not page.evaluate("DMD2_DATA.site.capped") and all(i.startswith("class:") for i in ids[n_real:n_real + 5])
+    panel = page.locator('[data-nbr-for="map"]')
+    for row in picks:
+        page.evaluate("r => DMD2Site.showNeighbours('map', r)", row)
+        cover = panel.locator(".cover")
+        text = re.sub(r"\s+", " ", cover.inner_text())
+        shown = [int(r) for r in cover.locator(".nbr").evaluate_all("els => els.map(e => e.dataset.row)")]
+        assert int(cover.get_attribute("data-count")) == count[row]
+        assert f"r = {a['real.r_dc'][row]:.3f}" in text
+        if count[row]:
+            assert f"covered by {count[row]} class-conditioned" in text
+            assert shown == (n_real + vals[offs[row]:offs[row + 1]][:12]).tolist()
+        else:
+            near = panel.locator('[data-list="generated"] .nbr')
+            rows = [int(r) for r in near.evaluate_all("els => els.map(e => e.dataset.row)")]
+            assert text.startswith("not covered") and shown == []
+            assert rows == (n_real + a["variant.class.real_nn_gen_idx"][row]).tolist()
+            assert near.first.inner_text().strip() == f"d {a['variant.class.real_nn_gen_dist'][row, 0]:.3f}"
+        page.screenshot(path=str(ARTIFACTS / f"pipeline-map-panel-{'covered' if count[row] else 'uncovered'}.png"))
+    assert errors == []
+    page.close()
 
 
 def test_unchanged_rebuild_runs_nothing(built):

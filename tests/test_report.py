@@ -159,17 +159,24 @@ def test_bad_inputs_are_user_errors(data, tmp_path):
         render_site(bad, tmp_path / "s")
 
 
-def test_many_classes_group_the_legend(tmp_path):
+def test_many_classes_group_the_key(tmp_path):
+    """Ten class colours, then the same ten ringed; past those 19 (+1) styles the rest share hashed colours
+    under one "other classes" key entry. The map's key is drawn from the styles the page carries."""
+    import json
+
     d = synthetic_report_data(300, 300, 40, seed=0, variants_per_class=1)
     from dmd2report.report import palette
-    counts = d.points[d.points["set"] == "generated"]["class_id"].value_counts().to_dict()
+    counts = d.points[d.points["variant"] == "class"]["class_id"].value_counts().to_dict()
     own, rest = palette.class_groups(counts)
     assert len(own) == palette.LEGEND_CLASSES and len(rest) == len(counts) - len(own)
+    assert [ring for _, _, ring in own] == [False] * 10 + [True] * 9 and len({(c, r) for _, c, r in own}) == 19
     files = render_site(d, tmp_path / "s", color_by="class")
-    assert "other classes" in (tmp_path / "s" / "map.html").read_text()
+    text = (tmp_path / "s" / "assets" / "data.js").read_text()
+    style = json.loads(text[text.index("=") + 1:text.rindex(";")])["style"]
+    assert style["classes"] == {str(c): [col, ring] for c, col, ring in own} and len(style["rest"]) == len(rest)
     assert len([f for f in files if f.parent.name == "classes"]) == 40
     render_site(d, tmp_path / "v", color_by="variant")
-    assert "uniform (" in (tmp_path / "v" / "map.html").read_text()
+    assert 'data-color-by="variant"' in (tmp_path / "v" / "map.html").read_text()
 
 
 def test_skipped_images_are_listed_on_the_overview_escaped_and_capped(data, tmp_path):

@@ -97,8 +97,12 @@ def test_neighbour_lists_and_counts_stay_full_n(data, capped):
     assert np.allclose(rd, data.neighbours.real_dist[view.rows], atol=1e-4)
     assert (rc == data.points["class_id"].to_numpy()[exact_i]).all()
     assert (~inside).any()          # the cap leaves some neighbours out of the site
-    # Covered-by counts are of all generated samples, the listed rows those carried.
-    assert p["coveredBy"]["n"] == data.covered_by.counts()[view.rows].tolist()
+    # Covered-by counts are the true counts of all generated samples (past the stored list's cap: here one
+    # point has more than the synthetic cap of 20), the listed rows those carried, at most MAX_COVERED_BY.
+    assert p["coveredBy"]["n"] == data.cover_count[view.rows].tolist()
+    assert (data.cover_count > data.covered_by.counts()).any()
+    listed = np.diff(p["coveredBy"]["off"])
+    assert (listed <= np.minimum(p["coveredBy"]["n"], p["coveredBy"]["shown"])).all() and listed.sum() > 0
     # The classes page counts every point.
     html = (capped / "classes.html").read_text()
     c0 = int(((data.points["class_id"] == 0) & (data.points["set"] == "real")).sum())

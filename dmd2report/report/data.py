@@ -236,7 +236,12 @@ class ReportData:
     thumbnails: uint8 (m, t, t, 3): an array, or a `StackedThumbnails` over stored chunks (the site
         reads only the rows it shows).
     covered_by: per point row, the generated point rows whose k-NN balls contain it (empty for
-        generated points), as `Ragged`; a dict {real row: [generated rows]} is converted on creation.
+        generated points), nearest first, as `Ragged` (measure keeps at most its `cover_cap` of them);
+        a dict {real row: [generated rows]} is converted on creation.
+    cover_count: (n,) int, how many class-conditioned generated samples cover each real point (all of
+        them, past covered_by's cap; 0 for generated points); None: the lengths of covered_by.
+    cover_radius: (n,) float, each real point's k-NN radius r_k(x) that coverage tests against (NaN
+        for generated points); None when unknown.
     nn_real_real / nn_gen_real: k-th-NN distances for the histograms (real to real, generated to real).
     variants: columns VARIANT_COLUMNS, the same seed under each conditioning.
     chosen_classes: the classes given their own page and shown on the variants page ([] = let
@@ -261,10 +266,16 @@ class ReportData:
     max_class_pages: int = 100
     trajectories: Trajectories | None = None
     skipped: list[dict] = field(default_factory=list)
+    cover_count: np.ndarray | None = None
+    cover_radius: np.ndarray | None = None
 
     def __post_init__(self):
         if isinstance(self.covered_by, dict):
             self.covered_by = Ragged.from_dict(self.covered_by, len(self.points))
+
+    def cover_counts(self) -> np.ndarray:
+        """(n,) true number of covering generated samples of each point (see cover_count)."""
+        return self.covered_by.counts() if self.cover_count is None else np.asarray(self.cover_count, np.int64)
 
     def validate(self) -> None:
         """Check the cross-references; raises ValueError naming the first inconsistency."""
@@ -299,6 +310,14 @@ class ReportData:
             raise ValueError(f"covered_by[{int(np.flatnonzero(has & (p['set'].to_numpy() != 'real'))[0])}] is not a real point")
         if cb.values.size and (cb.values.min() < 0 or cb.values.max() >= len(p)):
             raise ValueError("covered_by refers to a point row out of range")
+        for name in ("cover_count", "cover_radius"):
+            a = getattr(self, name)
+            if a is not None and np.shape(a) != (len(p),):
+                raise ValueError(f"{name}: shape {np.shape(a)} for {len(p)} points")
+        if self.cover_count is not None:
+            short = np.flatnonzero(self.cover_counts() < cb.counts())
+            if len(short):
+                raise ValueError(f"cover_count[{int(short[0])}] is below the length of its covered_by list")
         if self.atlas is not None:
             g = self.atlas.grid
             if len(g) and g["thumb"].max() >= len(t):
@@ -414,6 +433,10 @@ def synthetic_report_data(n_real: int = 600, n_gen: int = 300, n_classes: int = 
                                         for r in np.flatnonzero(cover.counts)}
     covered = np.zeros(n, bool)
     covered[list(covered_by)] = True
+    cover_count = np.zeros(n, np.int64)
+    cover_count[:n_real] = cover.counts
+    cover_radius = np.full(n, np.nan)
+    cover_radius[:n_real] = radius
     trust = np.clip(rng.normal(0.85, 0.08, n), 0, 1)
 
     # Thumbnails: class-tinted noise with a bright square, so grids look like distinct images.
@@ -490,7 +513,7 @@ def synthetic_report_data(n_real: int = 600, n_gen: int = 300, n_classes: int = 
                  DataSource("generated: variants (class, uniform, zero, blend)", f"seed {seed}", n_var)],
         classes=classes, points=points, thumbnails=all_thumbs,
         neighbours=Neighbours(ri, rd.astype(np.float32), gi, gd.astype(np.float32), layer="midblock"),
-        covered_by=covered_by, metrics=metrics,
+        covered_by=covered_by, cover_count=cover_count, cover_radius=cover_radius, metrics=metrics,
         nn_real_real=radius,
         nn_gen_real=gen_r[:, -1], variants=var_df, atlas=atlas)
     if trajectories:

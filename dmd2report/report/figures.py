@@ -30,7 +30,7 @@ def _figure(name: str, *, height: int | None = None, select: bool = True, **kw):
     tools = [PanTool(), WheelZoomTool(), ResetTool()]
     if select:
         tools += [BoxSelectTool(), LassoSelectTool()]
-    fig = figure(name=name, tools=tools, active_scroll=tools[1], output_backend="webgl", toolbar_location="above",
+    fig = figure(name=name, tools=tools, active_scroll=tools[1], output_backend="webgl", toolbar_location="right",
                  background_fill_color=None, border_fill_color=None, outline_line_color=None,
                  sizing_mode="stretch_both" if height is None else "stretch_width", height=height or 600,
                  min_border_left=40, **kw)
@@ -94,15 +94,15 @@ def _real_background(fig, name: str, data: ReportData, rows: np.ndarray, *, sele
     return [LegendItem(label=f"real ({len(rows):,})", renderers=[r])]
 
 
-def _density(fig, name: str, i: int, x: np.ndarray, y: np.ndarray, ext: Extent, colour: str | None = None,
-             colours: np.ndarray | None = None):
+def _density(fig, name: str, i: int | str, x: np.ndarray, y: np.ndarray, ext: Extent, colour: str | None = None,
+             colours: np.ndarray | None = None, max_alpha: int = 200):
     """An image of the points' 2-D histogram beneath the drawn points (None when it would be empty).
 
     An image_rgba glyph, not image_url: BokehJS paints it with the canvas's smoothing off (sharp
     cells, where a stretched image_url is blurred) and has it at once, where every image_url that
     finishes loading repaints the whole plot (with WebGL each repaint copies the GL canvas: most of
     the map's first render under software GL, measured with 21 layers)."""
-    made = density_rgba(np.asarray(x, np.float64), np.asarray(y, np.float64), ext, colour, colours)
+    made = density_rgba(np.asarray(x, np.float64), np.asarray(y, np.float64), ext, colour, colours, max_alpha=max_alpha)
     if made is None:
         return None
     rgba, box = made
@@ -115,65 +115,99 @@ def _class_colour_rgb(classes: np.ndarray, colour_of: dict[int, str]) -> np.ndar
     """(n, 3) colour of each point's class, looked up once per class and spread by index."""
     keys = np.array(sorted(colour_of), np.int64)
     table = colours_of([colour_of[int(c)] for c in keys])
-    return table[np.searchsorted(keys, classes)]
+    return table[np.clip(np.searchsorted(keys, classes), 0, max(len(keys) - 1, 0))]
 
 
-def map_figure(view: SiteView, color_by: str, name: str = "map"):
-    """Every point as a density layer (real grey, generated per colour group) beneath the drawn sample:
-    real points grey, generated points coloured by class or variant, shape by variant. Legend counts
-    are of all points; a legend entry hides its points and its density layer together."""
+MAX_LABELS = palette.LEGEND_CLASSES + 1   # class labels on the map: the classes with a style of their own
+LABEL_BINS = 24                           # cells per side in which a class label looks for its densest spot
+
+
+def class_colours(points: pd.DataFrame) -> tuple[list[tuple[int, str, bool]], dict[int, str]]:
+    """Each class's map style (palette.class_groups), ranked by class-conditioned samples (real points
+    where there are none): the one assignment the map, its key and the class pages share."""
+    cls = points["class_id"][points["variant"] == "class"]
+    if not len(cls):
+        cls = points["class_id"][points["set"] == "real"]
+    return palette.class_groups(cls[cls >= 0].value_counts().to_dict())
+
+
+def class_label_positions(points: pd.DataFrame, classes: list[int], ext: Extent) -> pd.DataFrame:
+    """Where each class's label goes: the centre of the densest of LABEL_BINS x LABEL_BINS cells of the
+    class's real points (its class-conditioned samples when it has no real point), so a label sits on
+    the class's main cluster, not between two of its clusters. One bincount over (class, cell)."""
+    real = points[(points["set"] == "real") & points["class_id"].isin(classes)]
+    have = set(real["class_id"])
+    rest = points[(points["variant"] == "class") & points["class_id"].isin([c for c in classes if c not in have])]
+    sub = pd.concat([real, rest])
+    if not len(sub):
+        return pd.DataFrame({"class_id": [], "x": [], "y": []})
+    cw, ch = (ext.x1 - ext.x0) / LABEL_BINS, (ext.y1 - ext.y0) / LABEL_BINS
+    ix = np.clip(((sub["x"].to_numpy() - ext.x0) / cw).astype(np.int64), 0, LABEL_BINS - 1)
+    iy = np.clip(((sub["y"].to_numpy() - ext.y0) / ch).astype(np.int64), 0, LABEL_BINS - 1)
+    code, uniq = pd.factorize(sub["class_id"], sort=True)
+    counts = np.bincount(code * LABEL_BINS ** 2 + iy * LABEL_BINS + ix, minlength=len(uniq) * LABEL_BINS ** 2)
+    best = counts.reshape(len(uniq), -1).argmax(axis=1)
+    return pd.DataFrame({"class_id": uniq.to_numpy(np.int64), "x": ext.x0 + (best % LABEL_BINS + 0.5) * cw,
+                         "y": ext.y0 + (best // LABEL_BINS + 0.5) * ch})
+
+
+def map_figure(view: SiteView, name: str = "map"):
+    """The map: a shaded density image of every real point beneath the drawn sample's points (real
+    small and grey, generated translucent, one layer per conditioning variant, shaped by variant),
+    class labels on their clusters, and the few-step paths (off at first).
+
+    Points carry per-point style columns (color, line, fa = fill alpha, lw = line width) that site.js
+    fills for the colour-by choice (class, variant, map trust, covered, distance to the nearest real
+    sample); the key, the layer switches and the opacity controls are the page's, not a Bokeh legend.
+    Past report.max_points, each variant's undrawn points are in a density image of their own, in
+    its variant colour ("map:density:gen:<i>") and for the class-conditioned set in class colours
+    ("map:density:cls:<i>"), shown with the matching colour-by."""
     P, p = view.full.points, view.site.points
     fig = _figure(name, x_axis_label="map x", y_axis_label="map y")
     ext = Extent.of(P["x"].to_numpy(np.float64), P["y"].to_numpy(np.float64))
     full_gen = (P["set"] == "generated").to_numpy()
     site_gen = (p["set"] == "generated").to_numpy()
-    gen_full, gen_site = P[full_gen], p[site_gen & view.drawn]
-    variant_order = list(dict.fromkeys(gen_full["variant"]))
-    if color_by == "variant":
-        groups = [(f"{v} ({(gen_full['variant'] == v).sum():,})", (gen_full["variant"] == v).to_numpy(),
-                   (gen_site["variant"] == v).to_numpy(), c, None) for v, c in palette.variant_colours(variant_order).items()]
-    else:
-        counts = gen_full["class_id"].value_counts().to_dict()
-        own, rest = palette.class_groups(counts)
-        groups = [(f"{_class_label(view.full, c) if c >= 0 else 'no class'} ({counts[c]:,})",
-                   (gen_full["class_id"] == c).to_numpy(), (gen_site["class_id"] == c).to_numpy(), col, None)
-                  for c, col in own]
-        if rest:
-            mf = gen_full["class_id"].isin(list(rest)).to_numpy()
-            groups.append((f"{len(rest)} other classes ({mf.sum():,})", mf, gen_site["class_id"].isin(list(rest)).to_numpy(),
-                           None, rest))
-    # Density layers first: renderers paint in the order they are added, so these stay beneath every point.
+    variant_order = list(dict.fromkeys(P["variant"][full_gen]))
+    var_colour = palette.variant_colours(variant_order)
+    own, rest = class_colours(P)
+    # Renderers paint in the order they are added: density images first, beneath every point.
     real_full = P[~full_gen]
-    dens = [_density(fig, name, 0, real_full["x"], real_full["y"], ext, palette.REAL_COLOUR)]
-    for i, (_, mf, _, colour, rest) in enumerate(groups):
-        g = gen_full[mf]
-        colours = _class_colour_rgb(g["class_id"].to_numpy(np.int64), rest) if rest else None
-        dens.append(_density(fig, name, i + 1, g["x"], g["y"], ext, colour, colours))
+    _density(fig, name, 0, real_full["x"], real_full["y"], ext, palette.REAL_COLOUR, max_alpha=150)
+    if view.capped:
+        colour_of = {**{c: col for c, col, _ in own}, **rest}
+        for i, v in enumerate(variant_order):
+            g = P[full_gen & (P["variant"] == v).to_numpy()]
+            _density(fig, name, f"gen:{i}", g["x"], g["y"], ext, var_colour[v])
+            if v == "class" and colour_of:
+                known = g[g["class_id"].isin(list(colour_of))]
+                _density(fig, name, f"cls:{i}", known["x"], known["y"], ext,
+                         colours=_class_colour_rgb(known["class_id"].to_numpy(np.int64), colour_of))
     real_rows = np.flatnonzero(~site_gen & view.drawn)
-    r = _points(fig, f"{name}:pt:real", _source(p, real_rows), selectable=True, size=4, marker="circle",
-                fill_color=palette.REAL_COLOUR, fill_alpha=0.22, line_color=None)
-    items = [LegendItem(label=f"real ({len(real_full):,})", renderers=[r] + [d for d in dens[:1] if d is not None])]
-    markers = np.array([palette.variant_marker(v, variant_order) for v in variant_order] or ["circle"])
-    marker_of = pd.Series(np.arange(len(variant_order)), index=variant_order)
-    gen_rows = gen_site.index.to_numpy()
-    gen_markers = markers[marker_of.reindex(gen_site["variant"]).fillna(0).to_numpy(np.int64)] if len(gen_site) else \
-        np.zeros(0, "<U8")
-    for i, (label, _, ms, colour, rest) in enumerate(groups):
-        extra = {"marker": gen_markers[ms]}
-        if rest:
-            rgb = _class_colour_rgb(gen_site["class_id"].to_numpy(np.int64)[ms], rest).astype(np.int64)
-            extra["color"] = np.array([f"#{v:06x}" for v in (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]]) if len(rgb) \
-                else np.zeros(0, "<U7")
-        src = _source(p, gen_rows[ms], **extra)
-        r = _points(fig, f"{name}:pt:gen:{i}", src, selectable=True, size=7, marker="marker",
-                    fill_color="color" if rest else colour, fill_alpha=0.85,
-                    line_color="#ffffff", line_alpha=0.35, line_width=0.5)
-        items.append(LegendItem(label=label, renderers=[r] + [d for d in dens[i + 1:i + 2] if d is not None]))
+    _points(fig, f"{name}:pt:real", _source(p, real_rows, color=np.full(len(real_rows), palette.REAL_COLOUR)),
+            selectable=True, size=4, marker="circle", fill_color="color", fill_alpha=0.45, line_color=None)
+    for i, v in enumerate(variant_order):
+        rows = np.flatnonzero(site_gen & view.drawn & (p["variant"] == v).to_numpy())
+        n = len(rows)
+        src = _source(p, rows, color=np.full(n, var_colour[v]), line=np.full(n, var_colour[v]),
+                      fa=np.full(n, 0.7, np.float32), lw=np.full(n, 0.5, np.float32))
+        _points(fig, f"{name}:pt:gen:{i}", src, selectable=True, size=7 if v == "class" else 8,
+                marker=palette.variant_marker(v, variant_order), fill_color="color", fill_alpha="fa",
+                line_color="line", line_width="lw", line_alpha=0.95)
+    labels = class_label_positions(P, [c for c, _, _ in own][:MAX_LABELS], ext)
+    style = {c: col for c, col, _ in own}
+    fig.text("x", "y", text="text", name=f"{name}:labels", text_font_size="11px", text_align="center",
+             text_baseline="middle", text_color="#1d2129", background_fill_color="#ffffff", background_fill_alpha=0.8,
+             border_line_color="border", border_line_width=1.5, padding=2, border_radius=3,
+             source=ColumnDataSource({"x": labels["x"].to_numpy(np.float32), "y": labels["y"].to_numpy(np.float32),
+                                      "text": [_class_label(view.full, int(c))[:28] for c in labels["class_id"]],
+                                      "border": [style[int(c)] for c in labels["class_id"]]}))
     if view.site.trajectories is not None:
-        items += _trajectory_layers(fig, name, view.site.trajectories)
+        _trajectory_layers(fig, name, view.site.trajectories)
     _highlight(fig, name)
-    _legend_right(fig, items, label_text_font_size="11px", glyph_height=14, glyph_width=14, spacing=1)
     _interactive(fig, name)
+    # The view goes into the address: every pan, zoom and reset (site.js writes #view=, a reset clears it).
+    fig.js_on_event(events.RangesUpdate, CustomJS(args={"fig": name}, code="window.DMD2Site && DMD2Site.rangesChanged(fig)"))
+    fig.js_on_event(events.Reset, CustomJS(args={"fig": name}, code="window.DMD2Site && DMD2Site.viewReset(fig)"))
     return fig
 
 
@@ -208,7 +242,7 @@ class ClassFigure:
                           selectable=False, size=8, marker="marker", fill_color=palette.PALETTE[0], fill_alpha=0.9,
                           line_color="#ffffff", line_alpha=0.4)
         self.items = [LegendItem(label="real", renderers=[self.bg]), LegendItem(label="real, this class", renderers=[self.r1]),
-                      LegendItem(label="generated", renderers=[self.r2])]
+                      LegendItem(label="class-conditioned", renderers=[self.r2])]
         _legend_right(fig, self.items)
         self.callbacks = _interactive(fig, "cls")
         hl = [r for r in fig.renderers if r.name in ("cls:hl", "cls:focus")]
@@ -217,11 +251,12 @@ class ClassFigure:
         self.real_rows = _drawn_real(view)
         self.site_cls = p["class_id"].to_numpy(np.int64)
         self.site_real = (p["set"] == "real").to_numpy()
+        self.site_cond = (p["variant"] == "class").to_numpy()   # class-conditioned: the class's own samples
         P = view.full.points
         full_real = (P["set"] == "real").to_numpy()
         cls_all = P["class_id"].to_numpy(np.int64)
         self.n_real = pd.Series(cls_all[full_real]).value_counts()
-        self.n_gen = pd.Series(cls_all[~full_real]).value_counts()
+        self.n_gen = pd.Series(cls_all[(P["variant"] == "class").to_numpy()]).value_counts()
         self.embedded: EmbeddedFigure | None = None   # made on the first `components` call
 
     def fill(self, class_id: int, colour: str, name: str):
@@ -229,7 +264,7 @@ class ClassFigure:
         in_class = self.site_cls == class_id
         bg = _subsample(self.real_rows[~in_class[self.real_rows]], 3000)
         rr = np.flatnonzero(in_class & self.site_real)
-        gr = np.flatnonzero(in_class & ~self.site_real)
+        gr = np.flatnonzero(in_class & self.site_cond)
         order = list(dict.fromkeys(p["variant"].to_numpy()[gr]))
         marker_of = np.array([palette.variant_marker(v, order) for v in order] or ["circle"])
         codes = pd.Series(np.arange(len(order)), index=order).reindex(p["variant"].to_numpy()[gr]).to_numpy(np.int64) \
@@ -251,7 +286,7 @@ class ClassFigure:
         # constructor wraps it), which BokehJS rejects as a bad column
         self.items[0].label = value(f"real ({len(bg):,})")
         self.items[1].label = value(label("real, this class", len(rr), int(self.n_real.get(class_id, 0))))
-        self.items[2].label = value(label("generated", len(gr), int(self.n_gen.get(class_id, 0))))
+        self.items[2].label = value(label("class-conditioned", len(gr), int(self.n_gen.get(class_id, 0))))
         return self.fig
 
     def components(self, class_id: int, colour: str, name: str) -> tuple[str, dict]:
@@ -373,7 +408,7 @@ def nn_histogram(data: ReportData, name: str = "nnhist"):
     a, b = a[np.isfinite(a)], b[np.isfinite(b)]
     both = np.concatenate([a, b]) if len(a) + len(b) else np.zeros(1)
     edges = np.histogram_bin_edges(both, bins=40)
-    fig = figure(name=name, height=320, sizing_mode="stretch_width", tools="pan,wheel_zoom,reset", toolbar_location="above",
+    fig = figure(name=name, height=320, sizing_mode="stretch_width", tools="pan,wheel_zoom,reset", toolbar_location="right",
                  background_fill_color=None, border_fill_color=None, outline_line_color=None,
                  x_axis_label="distance to k-th nearest real sample (activation space)", y_axis_label="share of samples")
     fig.toolbar.logo = None
@@ -396,7 +431,7 @@ def bar_chart(table: pd.DataFrame, label_col: str, metrics: list[str], name: str
     colours = [palette.PALETTE[i % len(palette.PALETTE)] for _ in range(len(table)) for i in range(len(metrics))]
     src = ColumnDataSource({"x": factors, "top": values, "color": colours, "metric": [m for _, m in factors]})
     fig = figure(name=name, x_range=FactorRange(*factors), height=320, sizing_mode="stretch_width",
-                 tools="pan,xwheel_zoom,reset", toolbar_location="above", title=title, y_range=(0, 1.05),
+                 tools="pan,xwheel_zoom,reset", toolbar_location="right", title=title, y_range=(0, 1.05),
                  background_fill_color=None, border_fill_color=None, outline_line_color=None)
     fig.toolbar.logo = None
     fig.vbar(x="x", top="top", width=0.85, source=src, fill_color="color", line_color=None, legend_group="metric")
@@ -433,10 +468,11 @@ def atlas_figure(view: SiteView, name: str = "atlas"):
 
 
 def step_colours(n_steps: int) -> list[str]:
-    """One colour per sampling step, dark (noisy) to light (clean); Viridis without its pale yellow end."""
+    """One colour per sampling step, dark (noisy) to light (clean): the middle of Viridis, without its
+    near-black start (lost on a dark page) or its pale yellow end (lost on a white one)."""
     from bokeh.palettes import Viridis256
 
-    return [Viridis256[int(i)] for i in np.linspace(0, 200, n_steps).round()] if n_steps > 1 else [Viridis256[0]]
+    return [Viridis256[int(i)] for i in np.linspace(60, 200, n_steps).round()] if n_steps > 1 else [Viridis256[60]]
 
 
 def trajectory_columns(steps: pd.DataFrame, sigmas: list[float]) -> tuple[dict, dict]:
@@ -460,30 +496,25 @@ def sigma_label(sigma: float) -> str:
     return f"σ {sigma:g}"
 
 
-def _trajectory_layers(fig, name: str, traj) -> list[LegendItem]:
+def _trajectory_layers(fig, name: str, traj) -> None:
     """Paths of the shown samples (segments between consecutive steps, points labelled with sigma) and
-    the noised-real references (hidden until switched on). Named "<fig>:traj:seg|pt|label|real".
-    site.js swaps the seg and pt sources' data to draw every stored path of a searched class."""
+    the noised-real references, all hidden until switched on in the page's toolbar (long lines and
+    labels over the clusters otherwise). Named "<fig>:traj:seg|pt|label|real". site.js swaps the seg
+    and pt sources' data to draw every stored path of a searched class."""
     colours = step_colours(len(traj.sigmas))
     segs, pts = trajectory_columns(traj.steps, traj.sigmas)
-    r_seg = fig.segment("x0", "y0", "x1", "y1", name=f"{name}:traj:seg", line_color="#5b6472", line_alpha=0.75,
-                        line_width=1.6, source=ColumnDataSource(segs))
+    fig.segment("x0", "y0", "x1", "y1", name=f"{name}:traj:seg", line_color="#5b6472", line_alpha=0.75,
+                line_width=1.6, source=ColumnDataSource(segs), visible=False)
     src = ColumnDataSource(pts)
-    r_pt = fig.scatter("x", "y", source=src, name=f"{name}:traj:pt", size=8, marker="circle", fill_color="color",
-                       line_color="#ffffff", line_width=0.8, fill_alpha=0.95)
-    r_lab = fig.text("x", "y", text="label", source=src, name=f"{name}:traj:label", x_offset=6, y_offset=-2,
-                     text_font_size="9px", text_color="color", text_alpha=0.95, text_baseline="middle")
+    fig.scatter("x", "y", source=src, name=f"{name}:traj:pt", size=8, marker="circle", fill_color="color",
+                line_color="#ffffff", line_width=0.8, fill_alpha=0.95, visible=False)
+    fig.text("x", "y", text="label", source=src, name=f"{name}:traj:label", x_offset=6, y_offset=-2,
+             text_font_size="9px", text_color="color", text_alpha=0.95, text_baseline="middle", visible=False)
     r = traj.real.reset_index(drop=True)
     rsrc = ColumnDataSource({"x": r["x"].to_numpy(np.float32), "y": r["y"].to_numpy(np.float32),
                              "row": r.index.to_numpy(np.int32), "color": [colours[int(i)] for i in r["step"]]})
-    r_real = fig.scatter("x", "y", source=rsrc, name=f"{name}:traj:real", size=7, marker="diamond", fill_color="color",
-                         fill_alpha=0.6, line_color="color", line_alpha=0.9, visible=False)
-    n_refs = r["ref"].nunique() if len(r) else 0
-    # No path count here: it changes when a class search draws all of that class's paths (the panel says it).
-    items = [LegendItem(label=f"few-step paths ({len(traj.sigmas)} steps)", renderers=[r_seg, r_pt, r_lab])]
-    if len(r):
-        items.append(LegendItem(label=f"real noised to each σ ({n_refs})", renderers=[r_real]))
-    return items
+    fig.scatter("x", "y", source=rsrc, name=f"{name}:traj:real", size=7, marker="diamond", fill_color="color",
+                fill_alpha=0.6, line_color="color", line_alpha=0.9, visible=False)
 
 
 def step_metrics_figure(traj, name: str = "trajsteps"):

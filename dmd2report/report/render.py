@@ -27,12 +27,15 @@ from ..metric_defs import METRICS
 from ..resources import static_file, templates_dir, user_template_dir, user_template_files
 from . import figures, palette, sprites
 from .data import ReportData
-from .view import SiteView, class_grid_rows, site_view, variant_selection
+from .view import MAX_COVERED_BY, SiteView, class_grid_rows, site_view, variant_selection
 
 BOKEH_FILES = ["bokeh.min.js", "bokeh-gl.min.js"]
 SITE_MARKER = ".dmd2report-site"     # marks a folder as a rendered site, so re-rendering may replace it
 THUMB_PX = 64                        # displayed thumbnail side in grids and panels
 MAX_SKIPPED = 100                    # unreadable images listed on the overview (the manifest has them all)
+# The map's colour-by choices (config.MAP_COLOURS) in the words of its control.
+COLOUR_BY_WORDS = {"class": "class", "variant": "conditioning variant", "trust": "map trust",
+                   "covered": "covered / not covered (real)", "distance": "distance to nearest real (generated)"}
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +67,15 @@ def _site_data(view: SiteView, layout: sprites.SpriteLayout) -> dict:
     nb = data.neighbours
     cb = data.covered_by
     n_real_cls = P[P["set"] == "real"]["class_id"].value_counts()
-    n_gen_cls = P[P["set"] == "generated"]["class_id"].value_counts()
+    n_cond_cls = P[P["variant"] == "class"]["class_id"].value_counts()
+    n_other_cls = P[(P["set"] == "generated") & (P["variant"] != "class")]["class_id"].value_counts()
     return {
         "classes": {str(int(c)): [str(s), str(n)] for c, s, n in data.classes[["class_id", "synset", "name"]].itertuples(index=False)},
-        "classCounts": {str(int(c)): [int(n_real_cls.get(c, 0)), int(n_gen_cls.get(c, 0))]
-                        for c in sorted(set(n_real_cls.index) | set(n_gen_cls.index))},
+        # per class: real, class-conditioned, and other conditionings' samples that share its seeds (all N)
+        "classCounts": {str(int(c)): [int(n_real_cls.get(c, 0)), int(n_cond_cls.get(c, 0)), int(n_other_cls.get(c, 0))]
+                        for c in sorted(set(n_real_cls.index) | set(n_cond_cls.index) | set(n_other_cls.index))},
         "variants": variant_names,
+        "style": _map_style(view, variant_names),
         "site": {"drawn": view.n_drawn, "total": view.n_total, "capped": view.capped,
                  "real": int((P["set"] == "real").sum()), "gen": int((P["set"] == "generated").sum())},
         "points": {
@@ -87,9 +93,46 @@ def _site_data(view: SiteView, layout: sprites.SpriteLayout) -> dict:
         "nb": {"k": int(nb.real_index.shape[1]), "layer": nb.layer,
                "ri": _ints(nb.real_index.ravel()), "rd": _finite(nb.real_dist.ravel(), 4), "rc": _ints(view.nb_real_class.ravel()),
                "gi": _ints(nb.gen_index.ravel()), "gd": _finite(nb.gen_dist.ravel(), 4), "gc": _ints(view.nb_gen_class.ravel())},
-        "coveredBy": {"n": _ints(view.covered_count), "off": _ints(cb.offsets), "rows": _ints(cb.values)},
+        "coveredBy": {"n": _ints(view.covered_count), "off": _ints(cb.offsets), "rows": _ints(cb.values),
+                      "k": _k_dc(full), "shown": MAX_COVERED_BY,
+                      "r": _finite(data.cover_radius if data.cover_radius is not None else np.full(len(p), np.nan), 4)},
         "sprites": layout.to_json(),
         "traj": _trajectory_data(data.trajectories),
+    }
+
+
+def _k_dc(data: ReportData) -> int:
+    """The k of coverage's k-NN balls: the run's metrics.k_dc (the configured default when data has no config)."""
+    from ..config import MetricsConfig
+    k = (data.run.config.get("metrics") or {}).get("k_dc")
+    return int(k if k is not None else MetricsConfig().k_dc)
+
+
+def _map_style(view: SiteView, variant_names: list[str]) -> dict:
+    """What site.js colours the map with, for every colour-by choice: class and variant colours (the
+    same assignment as the figure's density images and labels), the ramp, the real and covered
+    colours, each variant's marker and words, the full-N counts the key shows, and the range of the
+    generated samples' distances to their nearest real sample (5th to 95th percentile, all N)."""
+    full = view.full
+    P = full.points
+    own, rest = figures.class_colours(P)
+    gen_names = [v for v in variant_names if v != "real"]
+    gen = (P["set"] == "generated").to_numpy()
+    d = np.asarray(full.neighbours.real_dist, np.float64)[gen, 0] if gen.any() else np.zeros(0)
+    d = d[np.isfinite(d)]
+    real = ~gen
+    covered = P["covered"].fillna(False).astype(bool).to_numpy()
+    return {
+        "classes": {str(c): [col, ring] for c, col, ring in own}, "rest": {str(c): col for c, col in rest.items()},
+        "variants": {v: {"colour": col, "marker": palette.VARIANT_SYMBOLS.get(palette.variant_marker(v, gen_names), "●"),
+                         "words": palette.VARIANT_WORDS.get(v, (v, v))[0], "label": palette.VARIANT_WORDS.get(v, (v, v))[1],
+                         "n": int((P["variant"] == v).sum())}
+                     for v, col in palette.variant_colours(gen_names).items()},
+        "ramp": palette.RAMP, "real": palette.REAL_COLOUR, "ring": palette.RING_COLOUR,
+        "covered": [palette.COVERED_COLOUR, int((real & covered).sum())],
+        "uncovered": [palette.UNCOVERED_COLOUR, int((real & ~covered).sum())],
+        "dist": [float(np.percentile(d, 5)), float(np.percentile(d, 95))] if len(d) else [0.0, 1.0],
+        "trust": METRICS["trust"].explanation,
     }
 
 
@@ -163,9 +206,8 @@ def _static_text(name: str) -> str:
 
 
 def _class_colours(data: ReportData) -> dict[int, str]:
-    gen = data.points[data.points["set"] == "generated"]
-    own, rest = palette.class_groups(gen["class_id"].value_counts().to_dict())
-    return {**dict(own), **rest}
+    own, rest = figures.class_colours(data.points)
+    return {**{c: col for c, col, _ in own}, **rest}
 
 
 def _pages(view: SiteView, color_by: str, reuse_figures: bool = True) -> list[dict]:
@@ -189,10 +231,8 @@ def _pages(view: SiteView, color_by: str, reuse_figures: bool = True) -> list[di
                                skipped=[dict(source=str(s.get("source", "")), error=str(s.get("error", "")))
                                         for s in data.skipped[:MAX_SKIPPED]], n_skipped=len(data.skipped)),
                       models={}))
-    gen_order = variant_names
-    marker_legend = [(v, palette.VARIANT_SYMBOLS.get(palette.variant_marker(v, gen_order), "●")) for v in gen_order]
     traj = data.trajectories
-    map_models = {"plot": figures.map_figure(view, color_by)}
+    map_models = {"plot": figures.map_figure(view)}
     traj_ctx = None
     if traj is not None:
         map_models["trajsteps"] = figures.step_metrics_figure(traj)
@@ -203,7 +243,8 @@ def _pages(view: SiteView, color_by: str, reuse_figures: bool = True) -> list[di
                         note=traj.note, colours=list(zip(traj.sigmas, figures.step_colours(len(traj.sigmas)))),
                         metrics=traj.metrics.sort_values(["step", "reference"]).to_dict("records"))
     pages.append(dict(name="map", file="map.html", title="Map", nav="map", template="map.html",
-                      ctx=dict(color_by=color_by, marker_legend=marker_legend, n_drawn=view.n_drawn, n_total=view.n_total,
+                      ctx=dict(color_by=color_by, colour_choices=list(COLOUR_BY_WORDS.items()), n_drawn=view.n_drawn,
+                               n_total=view.n_total, has_variants=len(variant_names) > 1,
                                capped=view.capped, max_points=view.max_points,
                                class_options=[(c, names[c], synsets[c]) for c in sorted(names)], traj=traj_ctx),
                       models=map_models))
@@ -227,10 +268,13 @@ def _pages(view: SiteView, color_by: str, reuse_figures: bool = True) -> list[di
     per_class = m.per_class.set_index("class_id") if len(m.per_class) else pd.DataFrame()
     class_metric_cols = [c for c in m.per_class.columns if c not in ("class_id", "n_real", "n_gen")]
     counts_real = P[P["set"] == "real"]["class_id"].value_counts()
-    counts_gen = P[P["set"] == "generated"]["class_id"].value_counts()
+    # A class's generated samples are those conditioned on it; the other conditionings' samples carry
+    # their seed's class id but are counted apart (n_other), as what shares the class's seeds.
+    counts_gen = P[P["variant"] == "class"]["class_id"].value_counts()
+    counts_other = P[(P["set"] == "generated") & (P["variant"] != "class")]["class_id"].value_counts()
     present = sorted(int(c) for c in set(counts_real.index) | set(counts_gen.index) if c >= 0)
     class_rows = [dict(class_id=c, name=names.get(c, str(c)), synset=synsets.get(c, ""), n_real=int(counts_real.get(c, 0)),
-                       n_gen=int(counts_gen.get(c, 0)), has_page=c in chosen,
+                       n_gen=int(counts_gen.get(c, 0)), n_other=int(counts_other.get(c, 0)), has_page=c in chosen,
                        metrics=[per_class.at[c, k] if c in per_class.index else None for k in class_metric_cols])
                   for c in present]
     pages.append(dict(name="classes", file="classes.html", title="Classes", nav="classes", template="classes.html",
@@ -357,8 +401,9 @@ def render_site(data: ReportData, site_dir, *, single_file: bool = False, single
     `_environment`); its other pages are added to the site and the nav, its static/ files copied
     into the site's static/ (folder form; the single file references no files).
     """
-    if color_by not in ("class", "variant"):
-        raise UserError(f"report.color_by: expected 'class' or 'variant', got {color_by!r}")
+    from ..config import MAP_COLOURS
+    if color_by not in MAP_COLOURS:
+        raise UserError(f"report.color_by: expected one of {', '.join(MAP_COLOURS)}, got {color_by!r}")
     try:
         data.validate()
     except ValueError as e:

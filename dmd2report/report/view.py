@@ -39,7 +39,7 @@ class SiteView:
     drawn: np.ndarray                # (m,) bool: drawn as a point on the map (the capped sample)
     nb_real_class: np.ndarray        # (m, k) class of each real neighbour (full lists), -1 padding
     nb_gen_class: np.ndarray
-    covered_count: np.ndarray        # (m,) how many generated samples cover each site point (full N)
+    covered_count: np.ndarray        # (m,) how many generated samples cover each site point (all of them)
     max_points: int
 
     @property
@@ -127,8 +127,9 @@ def variant_selection(variants: pd.DataFrame, chosen: list[int]) -> tuple[list[i
 
 
 def class_grid_rows(points: pd.DataFrame, classes: list[int]) -> pd.DataFrame:
-    """The first MAX_GRID real and generated points of each class (point rows as the index)."""
-    sub = points[points["class_id"].isin(classes)]
+    """The first MAX_GRID real and class-conditioned generated points of each class (point rows as the
+    index). Samples of the other conditionings carry their seed's class but were not asked for it."""
+    sub = points[points["class_id"].isin(classes) & points["variant"].isin(["real", "class"])]
     return sub.groupby(["class_id", "set"], sort=False).head(MAX_GRID)
 
 
@@ -189,7 +190,7 @@ def site_view(data: ReportData, max_points: int) -> SiteView:
     neighbours = Neighbours(_map_rows(ri, local), np.asarray(nb.real_dist)[rows], _map_rows(gi, local),
                             np.asarray(nb.gen_dist)[rows], layer=nb.layer)
     # covered_by of site points: the carried covering samples, in stored order, at most MAX_COVERED_BY.
-    c_cnt = cb.counts()[rows]
+    c_cnt = data.cover_counts()[rows]
     c_take = np.minimum(c_cnt, MAX_COVERED_BY)
     c_starts = np.repeat(cb.offsets[rows], c_take)
     c_within = np.arange(int(c_take.sum())) - np.repeat(np.cumsum(c_take) - c_take, c_take)
@@ -212,7 +213,9 @@ def site_view(data: ReportData, max_points: int) -> SiteView:
     if traj is not None:
         traj = dataclasses.replace(traj, steps=traj.steps.assign(thumb=remap_thumb(traj.steps["thumb"])),
                                    real=traj.real.assign(thumb=remap_thumb(traj.real["thumb"])))
+    radius = None if data.cover_radius is None else np.asarray(data.cover_radius, np.float64)[rows]
     site = dataclasses.replace(data, points=pts, thumbnails=thumbs, neighbours=neighbours, covered_by=covered_by,
+                               cover_count=c_cnt, cover_radius=radius,
                                variants=variants.reset_index(drop=True), atlas=atlas, trajectories=traj,
                                chosen_classes=chosen)
     return SiteView(full=data, site=site, rows=rows, local=local, drawn=drawn, nb_real_class=nb_class(ri),

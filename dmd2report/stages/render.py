@@ -100,6 +100,11 @@ def assemble_report(ctx: Context) -> ReportData:
     offs = np.asarray(arrays[cls_arr + "real_covered_by.offsets"], np.int64)
     vals = np.asarray(arrays[cls_arr + "real_covered_by.values"], np.int64)
     covered_by = Ragged(np.concatenate([offs, np.full(n - len(real), offs[-1], np.int64)]), vals + offsets["class"])
+    # The lists stop at measure's cover_cap; the true counts and the radius each real point is tested with:
+    cover_count = np.zeros(n, np.int64)
+    cover_count[:len(real)] = arrays[cls_arr + "real_cover_count"]
+    cover_radius = np.full(n, np.nan)
+    cover_radius[:len(real)] = arrays["real.r_dc"]
 
     # Metrics tables from metrics.json (the headline feature space).
     space = doc["feature_spaces"][headline["feature_space"]]
@@ -186,7 +191,7 @@ def assemble_report(ctx: Context) -> ReportData:
         points=pts[["set", "variant", "sample_id", "class_id", "x", "y", "trust", "covered", "source", "thumb"]],
         thumbnails=StackedThumbnails([a if a.dtype == np.uint8 else a.astype(np.uint8) for a in thumbs]),
         neighbours=Neighbours(real_idx, real_dist, gen_idx, gen_dist, layer=headline["layer"]),
-        covered_by=covered_by, metrics=metrics,
+        covered_by=covered_by, cover_count=cover_count, cover_radius=cover_radius, metrics=metrics,
         nn_real_real=arrays["real.nn_real_dist"][:, 0], nn_gen_real=arrays[cls_arr + "nn_real_dist"][:, 0],
         variants=variants_df, atlas=atlas, chosen_classes=[], max_class_pages=cfg.report.max_classes_pages,
         trajectories=trajectories, skipped=list(real.manifest.get("skipped", [])))

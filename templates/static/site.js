@@ -1,5 +1,6 @@
-/* dmd2report site behaviour: nearest-point hover, neighbour panel, selection grid and CSV,
- * layer switch, class search and #class= links, sortable tables, dark-mode figure colours.
+/* dmd2report site behaviour: nearest-point hover, neighbour panel, selection grid and CSV, layer
+ * switches, opacity and colour-by, class and sample-id search, the view in the address (#class=, #colour=,
+ * #view=, #point=), sortable tables, dark-mode figure colours.
  * Data strings only ever reach the page through textContent, never as markup.
  * Figures are found by the model names set in dmd2report/report/figures.py. */
 (function () {
@@ -123,15 +124,21 @@
     const e = data().classes[String(c)];
     return c < 0 ? "no class" : (e ? c + " · " + e[1] : String(c));
   }
+  function variantOf(row) { return data().variants[data().points.variant[row]]; }
+  // A sample of another conditioning (uniform, zero, blend) carries its seed's class, not a class it was asked for.
+  function conditioned(row) { const P = data().points; return !P.gen[row] || variantOf(row) === "class"; }
   function describe(row) {
-    const P = data().points, gen = P.gen[row] === 1;
+    const P = data().points, gen = P.gen[row] === 1, v = variantOf(row), S = data().style;
     const dl = el("dl");
-    const add = (k, v) => { dl.appendChild(el("dt", "", k)); dl.appendChild(el("dd", "", v)); };
+    const add = (k, val) => { dl.appendChild(el("dt", "", k)); dl.appendChild(el("dd", "", val)); };
     add("id", P.id[row]);
-    add("set", gen ? "generated · " + data().variants[P.variant[row]] : "real");
-    add("class", className(P.cls[row]));
-    const c = data().classes[String(P.cls[row])];
-    if (c) add("synset", c[0]);
+    add("set", gen ? "generated · " + ((S.variants[v] && S.variants[v].words) || v) : "real");
+    if (gen && S.variants[v]) add("label", S.variants[v].label);
+    if (conditioned(row)) {
+      add("class", className(P.cls[row]));
+      const c = data().classes[String(P.cls[row])];
+      if (c) add("synset", c[0]);
+    } else if (P.cls[row] >= 0) add("seed of", "a class-conditioned sample of " + className(P.cls[row]));
     add(gen ? "seed" : "source", P.src[row]);
     // Trust: the share of its nearest real neighbours in activation space that stay its neighbours on the map.
     if (P.trust[row] !== null) add("map trust", P.trust[row].toFixed(2));
@@ -263,6 +270,7 @@
   Site.unhover = function () { hideCard(); };
 
   // ---- neighbour panel ----
+  function fmt(d) { return d === null || d === undefined ? "–" : d.toFixed(3); }
   function nbrList(rows, dists, onPick, classes) {
     const grid = el("div", "nbr-grid");
     rows.forEach((j, i) => {
@@ -273,18 +281,44 @@
         const item = el("div", "nbr outside");
         item.title = "not in this site (" + className(classes[i]) + "): the site carries a sample of the points";
         item.appendChild(thumb(-1, 56));
-        item.appendChild(el("span", "", "d " + dists[i].toFixed(3)));
+        item.appendChild(el("span", "", "d " + fmt(dists[i])));
         grid.appendChild(item);
         return;
       }
       const item = el("div", "nbr");
-      item.title = data().points.id[j] + " (" + className(data().points.cls[j]) + ")";
+      item.dataset.row = j;
+      item.title = data().points.id[j] + " (" + (conditioned(j) ? className(data().points.cls[j]) : variantOf(j)) + ")";
       item.appendChild(thumb(data().points.thumb[j], 56));
-      item.appendChild(el("span", "", dists ? "d " + (dists[i] === null ? "–" : dists[i].toFixed(3)) : data().points.id[j]));
+      item.appendChild(el("span", "", dists ? "d " + fmt(dists[i]) : data().points.id[j]));
       item.addEventListener("click", () => onPick(j));
       grid.appendChild(item);
     });
     return grid;
+  }
+  // A real point's coverage: the true number of class-conditioned samples whose k-NN ball holds it (all N),
+  // those the site carries (nearest first, at most coveredBy.shown), and the radius it is tested with.
+  function coverPart(row, pick) {
+    const d = data(), C = d.coveredBy, k = d.nb.k, n = C.n[row], r = C.r[row];
+    const listed = C.rows.slice(C.off[row], C.off[row + 1]);
+    const gi = d.nb.gi.slice(row * k, row * k + k), gd = d.nb.gd.slice(row * k, row * k + k);
+    const box = el("div", "cover");
+    box.dataset.count = n;
+    const p = el("p");
+    p.appendChild(el("span", "badge " + (n ? "covered" : "uncovered"), n ? "covered" : "not covered"));
+    const radius = r === null ? "" : " (r = " + fmt(r) + ")";
+    if (n) {
+      p.appendChild(document.createTextNode(" by " + n + (n === 1 ? " class-conditioned sample" : " class-conditioned samples") +
+        " within this point's " + C.k + "-NN radius" + radius + (listed.length < n ? "; the nearest " + listed.length + " shown" : "") + "."));
+      box.appendChild(p);
+      // The covering samples are the nearest generated ones within r: their distances are those of the neighbour list.
+      box.appendChild(nbrList(listed, listed.map((j, i) => gi[i] === j ? gd[i] : null), pick));
+    } else {
+      const near = gd[0];
+      p.appendChild(document.createTextNode(": no class-conditioned sample lies within this point's " + C.k + "-NN radius" + radius +
+        (near === null || near === undefined ? "." : "; the nearest is at d " + fmt(near) + " (below).")));
+      box.appendChild(p);
+    }
+    return box;
   }
   function showNeighbours(name, row) {
     const panel = document.querySelector('[data-nbr-for="' + name + '"]');
@@ -296,31 +330,25 @@
     head.appendChild(thumb(P.thumb[row], 96));
     head.appendChild(describe(row));
     parts.push(head);
-    if (P.gen[row] === 0) {
-      const C = d.coveredBy, by = C.rows.slice(C.off[row], C.off[row + 1]), nBy = C.n[row];
-      const p = el("p");
-      p.appendChild(el("span", "badge " + (P.covered[row] ? "covered" : "uncovered"), P.covered[row] ? "covered" : "not covered"));
-      p.appendChild(document.createTextNode(P.covered[row]
-        ? " by " + nBy + (nBy === 1 ? " generated sample" : " generated samples") + " (inside this point's k-NN ball)" +
-          (by.length < nBy ? "; " + by.length + " shown" : "")
-        : " no generated sample lies inside this point's k-NN ball"));
-      parts.push(p);
-      if (by.length) parts.push(nbrList(by.slice(0, 12), null, pick));
-    }
+    if (P.gen[row] === 0) parts.push(coverPart(row, pick));
     const layer = d.nb.layer ? " (" + d.nb.layer + ")" : "";
     parts.push(el("h3", "", k + " nearest real in activation space" + layer));
     parts.push(nbrList(d.nb.ri.slice(row * k, row * k + k), d.nb.rd.slice(row * k, row * k + k), pick, d.nb.rc.slice(row * k, row * k + k)));
-    parts.push(el("h3", "", k + " nearest generated in activation space" + layer));
-    parts.push(nbrList(d.nb.gi.slice(row * k, row * k + k), d.nb.gd.slice(row * k, row * k + k), pick, d.nb.gc.slice(row * k, row * k + k)));
+    parts.push(el("h3", "", k + " nearest generated (" + (P.gen[row] ? variantOf(row) : "class") + "-conditioned set)" + layer));
+    const near = nbrList(d.nb.gi.slice(row * k, row * k + k), d.nb.gd.slice(row * k, row * k + k), pick, d.nb.gc.slice(row * k, row * k + k));
+    near.dataset.list = "generated";
+    parts.push(near);
     if (d.site.capped) parts.push(el("p", "muted small", "Neighbours are the nearest of all " + d.site.total.toLocaleString("en") +
       " points; those without an image are not among the points this site carries."));
     panel.replaceChildren(...parts);
+    panel.scrollTop = 0;
     panel.dataset.row = row;
     if (f && f.focus) {
       const nb = d.nb.ri.slice(row * k, row * k + k).concat(d.nb.gi.slice(row * k, row * k + k)).filter(j => j >= 0);
       const all = [row].concat(nb);
       f.focus.data_source.data = { x: all.map(j => P.x[j]), y: all.map(j => P.y[j]), size: all.map((j, i) => i ? 10 : 20) };
     }
+    if (view[name]) { view[name].point = P.id[row]; writeHash(name); }
   }
   Site.showNeighbours = showNeighbours;
   Site.tap = function (name, ev) {
@@ -378,10 +406,15 @@
       actions.appendChild(dl);
       if (rows.length > 120) actions.appendChild(el("span", "muted small", "showing the first 120"));
       parts.push(actions);
+      parts.push(el("p", "muted small sel-legend", "outline: dashed = real, solid = generated"));
       const grid = el("div", "thumb-grid");
       rows.slice(0, 120).forEach(j => {
         const t = thumb(P.thumb[j], 48);
-        t.title = P.id[j] + " · " + className(P.cls[j]);
+        t.classList.add(P.gen[j] ? "is-gen" : "is-real");
+        t.dataset.set = P.gen[j] ? "generated" : "real";
+        t.dataset.row = j;
+        t.title = (P.gen[j] ? "generated · " + variantOf(j) : "real") + " · " + P.id[j] + " · " +
+          (conditioned(j) ? className(P.cls[j]) : "seed of " + className(P.cls[j]));
         t.style.cursor = "pointer";
         t.addEventListener("click", () => showNeighbours(name, j));
         grid.appendChild(t);
@@ -391,15 +424,170 @@
     panel.replaceChildren(...parts);
   }
 
-  // ---- layer switch ----
-  Site.setLayers = function (name, which) {
-    const f = resolve(name);
+  // ---- the map's view: layers, opacity, colour-by, key; kept in the address ----
+  // Per figure: what the page shows, written to the hash (so a link reproduces it) and read back from it.
+  const view = {};
+  function mapState(name) {
+    return view[name] || (view[name] = { layers: "both", off: new Set(), colour: null, alpha: { real: 0.45, generated: 0.7 },
+                                         search: "", withVariants: false, point: null, range: null });
+  }
+  function dark() { return !!(window.matchMedia && matchMedia("(prefers-color-scheme: dark)").matches); }
+  function hex(c) { return [1, 3, 5].map(i => parseInt(c.slice(i, i + 2), 16)); }
+  function ramp(t) {  // t in [0, 1] along the style's ramp (good to bad)
+    const R = data().style.ramp, x = Math.min(1, Math.max(0, t)) * (R.length - 1), i = Math.min(R.length - 2, Math.floor(x));
+    const a = hex(R[i]), b = hex(R[i + 1]), u = x - i;
+    return "#" + a.map((v, c) => Math.round(v + (b[c] - v) * u).toString(16).padStart(2, "0")).join("");
+  }
+  function classStyle(c) {  // [colour, ringed] of a class; classes past the own styles share hashed colours
+    const S = data().style, own = S.classes[String(c)];
+    return own ? own : [S.rest[String(c)] || S.real, false];
+  }
+  // One point's [fill colour, fill alpha, line colour, line width] under a colour-by choice.
+  function pointStyle(mode, row, alphaGen) {
+    const d = data(), S = d.style, P = d.points, v = variantOf(row), vc = S.variants[v] ? S.variants[v].colour : S.real;
+    if (!P.gen[row]) {
+      if (mode === "trust" && P.trust[row] !== null) return [ramp(1 - P.trust[row])];
+      if (mode === "covered") return [P.covered[row] ? S.covered[0] : S.uncovered[0]];
+      return [S.real];
+    }
+    if (mode === "class") {
+      if (v !== "class" || P.cls[row] < 0) return [vc, 0, vc, 1.4];  // not asked for a class: hollow, variant colour
+      const [c, ring] = classStyle(P.cls[row]);
+      return ring ? [c, alphaGen, dark() ? "#f0f0f0" : S.ring, 1.6] : [c, alphaGen, c, 0.5];
+    }
+    if (mode === "trust") { const c = P.trust[row] === null ? S.real : ramp(1 - P.trust[row]); return [c, alphaGen, c, 0.5]; }
+    if (mode === "covered") return [S.real, Math.min(alphaGen, 0.2), S.real, 0.5];
+    if (mode === "distance") {
+      const k = d.nb.k, dist = d.nb.rd[row * k], lo = S.dist[0], hi = S.dist[1];
+      const c = dist === null ? S.real : ramp(hi > lo ? (dist - lo) / (hi - lo) : 0);
+      return [c, alphaGen, c, 0.5];
+    }
+    return [vc, alphaGen, vc, 0.5];  // variant
+  }
+  function paint(name) {
+    const f = resolve(name), st = mapState(name);
     if (!f) return;
-    f.real.forEach(r => { r.visible = which !== "generated"; });
-    f.gens.forEach(r => { r.visible = which !== "real"; });
+    const mode = st.colour;
+    for (const r of f.real) {
+      const src = r.data_source, rows = src.data.row;
+      src.data = Object.assign({}, src.data, { color: Array.from(rows, j => pointStyle(mode, j)[0]) });
+      r.glyph.fill_alpha = st.alpha.real;
+      r.glyph.size = mode === "trust" || mode === "covered" ? 6 : 4;  // larger where the real points carry the colour
+    }
+    for (const r of f.gens) {
+      const src = r.data_source, rows = src.data.row, n = rows.length;
+      const color = new Array(n), fa = new Float32Array(n), line = new Array(n), lw = new Float32Array(n);
+      for (let i = 0; i < n; i++) { const s = pointStyle(mode, rows[i], st.alpha.generated); color[i] = s[0]; fa[i] = s[1]; line[i] = s[2]; lw[i] = s[3]; }
+      src.data = Object.assign({}, src.data, { color: color, fa: fa, line: line, lw: lw });
+    }
+    showLayers(name);
+    drawKey(name);
+  }
+  // Which layers are on: the real/generated switch, each variant's box in the key, and the density images that
+  // go with them (every point's density beneath; past the cap the generated ones match the colour-by).
+  function showLayers(name) {
+    const f = resolve(name), st = mapState(name);
+    if (!f) return;
+    const realOn = st.layers !== "generated", genOn = i => st.layers !== "real" && !st.off.has(i);
+    f.real.forEach(r => { r.visible = realOn; });
+    f.gens.forEach(r => { r.visible = genOn(Number(r.name.split(":").pop())); });
+    for (const m of byPrefix(name + ":density:")) {
+      const [, , kind, i] = m.name.split(":");
+      if (kind === "0") { m.visible = realOn; m.global_alpha = Math.min(1, 2 * st.alpha.real); continue; }
+      const cls = st.colour === "class" && byName(name + ":density:cls:" + i) !== null;
+      m.visible = genOn(Number(i)) && (kind === "cls" ? cls : st.colour === "variant" || (st.colour === "class" && !cls));
+      m.global_alpha = Math.min(1, 1.4 * st.alpha.generated);
+    }
+  }
+  const HOLLOW = { "●": "○", "■": "□", "▲": "△", "◆": "◇", "▼": "▽", "★": "☆" };
+  function swatch(colour, symbol, hollow, ring) {
+    const s = el("span", "sw" + (ring ? " ring" : ""), hollow ? HOLLOW[symbol] || symbol : symbol || "●");
+    s.setAttribute("aria-hidden", "true");
+    s.style.color = colour;
+    return s;
+  }
+  function keyRow(parts, attrs) {
+    const row = el("div", "key-row");
+    parts.forEach(p => row.appendChild(typeof p === "string" ? document.createTextNode(p) : p));
+    Object.assign(row.dataset, attrs || {});
+    return row;
+  }
+  function gradient(lo, hi, what) {
+    const bar = el("div", "ramp");
+    bar.style.background = "linear-gradient(to right, " + data().style.ramp.join(", ") + ")";
+    return [bar, keyRow([el("span", "", lo), el("span", "grow", ""), el("span", "", hi)]), el("p", "muted small", what)];
+  }
+  function drawKey(name) {
+    const box = document.querySelector('[data-key="' + name + '"]'), st = mapState(name);
+    const f = resolve(name);
+    if (!box || !f) return;
+    const d = data(), S = d.style, mode = st.colour, parts = [];
+    // Layers: real, then one box per conditioning variant (its marker shape on the map).
+    const realRow = keyRow([swatch(mode === "trust" ? ramp(0) : S.real, "●"), "real (" + d.site.real.toLocaleString("en") + ")"]);
+    parts.push(realRow);
+    f.gens.forEach(r => {
+      const i = Number(r.name.split(":").pop()), v = d.variants[d.points.variant[r.data_source.data.row[0]]];
+      const vs = S.variants[v] || { colour: S.real, marker: "●", words: v, n: 0 };
+      const box = el("input");
+      box.type = "checkbox"; box.checked = !st.off.has(i); box.dataset.variantLayer = i;
+      box.setAttribute("aria-label", "show " + v);
+      const label = el("label", "key-row");
+      label.append(box, swatch(mode === "variant" || (mode === "class" && v !== "class") ? vs.colour : S.real, vs.marker,
+                              mode === "class" && v !== "class"), document.createTextNode(vs.words + " (" + vs.n.toLocaleString("en") + ")"));
+      label.dataset.variant = v;
+      label.title = vs.label;
+      parts.push(label);
+    });
+    parts.push(el("h3", "", "colour: " + (document.querySelector('[data-colour="' + name + '"] option[value="' + mode + '"]') || { textContent: mode }).textContent));
+    if (mode === "class") {
+      Object.keys(S.classes).forEach(c => {
+        const [col, ring] = S.classes[c];
+        parts.push(keyRow([swatch(col, "●", false, ring), className(Number(c))], { cls: c }));
+      });
+      const nRest = Object.keys(S.rest).length;
+      if (nRest) parts.push(keyRow([swatch(S.real, "●"), nRest + " other classes (hashed colours; hover names them)"]));
+      parts.push(el("p", "muted small", "Class-conditioned samples by their class; samples of the other conditionings " +
+        "were not asked for a class: hollow, in their variant's colour. Real points grey."));
+    } else if (mode === "variant") {
+      parts.push(el("p", "muted small", "Generated samples by the label they were generated with; real points grey."));
+    } else if (mode === "trust") {
+      parts.push(...gradient("1 (kept)", "0 (lost)", S.trust));
+    } else if (mode === "covered") {
+      parts.push(keyRow([swatch(S.covered[0], "●"), "covered (" + S.covered[1].toLocaleString("en") + " real)"], { covered: "1" }));
+      parts.push(keyRow([swatch(S.uncovered[0], "●"), "not covered (" + S.uncovered[1].toLocaleString("en") + " real)"], { covered: "0" }));
+      parts.push(el("p", "muted small", "A real point is covered when a class-conditioned sample lies within its " + d.coveredBy.k +
+        "-NN radius (coverage). Generated points faint."));
+    } else if (mode === "distance") {
+      parts.push(...gradient(S.dist[0].toFixed(2), S.dist[1].toFixed(2) + "+",
+        "Distance from a generated sample to its nearest real sample in activation space (5th to 95th percentile of all). Real points grey."));
+    }
+    box.replaceChildren(...parts);
+  }
+  Site.setColour = function (name, mode) {
+    const st = mapState(name), sel = document.querySelector('[data-colour="' + name + '"]');
+    if (!data().style || !(mode in { class: 1, variant: 1, trust: 1, covered: 1, distance: 1 })) return;
+    st.colour = mode;
+    if (sel) sel.value = mode;
+    paint(name);
+    writeHash(name);
   };
+  Site.setLayers = function (name, which) {
+    mapState(name).layers = which;
+    document.querySelectorAll('input[data-layers="' + name + '"]').forEach(i => { i.checked = i.value === which; });
+    showLayers(name);
+  };
+  Site.setVariantLayer = function (name, i, on) {
+    const st = mapState(name);
+    if (on) st.off.delete(i); else st.off.add(i);
+    showLayers(name);
+  };
+  Site.setOpacity = function (name, layer, v) {
+    mapState(name).alpha[layer] = v;
+    paint(name);
+  };
+  Site.setLabels = function (name, on) { const r = byName(name + ":labels"); if (r) r.visible = on; };
 
-  // ---- class search and #class= ----
+  // ---- class and sample-id search ----
   function matchClasses(q) {
     const cls = data().classes;
     q = q.trim().toLowerCase();
@@ -413,35 +601,92 @@
     if (exact.length) return exact.map(Number);
     return ids.filter(c => cls[c][1].toLowerCase().includes(q)).map(Number);
   }
+  let idIndex = null;
+  function rowOfId(id) {  // a carried sample's site row by its sample id, or -1
+    if (!idIndex) { idIndex = new Map(); data().points.id.forEach((s, j) => idIndex.set(s, j)); }
+    const j = idIndex.get(id);
+    return j === undefined ? -1 : j;
+  }
+  Site.rowOfId = rowOfId;
+  function zoomTo(f, x0, x1, y0, y1) {
+    // Marked as a user zoom, or the data ranges recompute the full extent at their next update
+    // (the first paint after #class= on load, or any data change) and undo it; reset clears the mark.
+    [f.fig.x_range, f.fig.y_range].forEach(r => { if ("have_updated_interactively" in r) r.have_updated_interactively = true; });
+    f.fig.x_range.setv({ start: x0, end: x1 });
+    f.fig.y_range.setv({ start: y0, end: y1 });
+  }
   Site.search = function (name, q, zoom) {
     const f = resolve(name), status = document.querySelector('[data-search-status="' + name + '"]');
     if (!f || !f.hl) return;
-    const P = data().points, want = new Set(matchClasses(q));
+    const d = data(), P = d.points, st = mapState(name), want = new Set(matchClasses(q));
+    st.search = q.trim();
     const xs = [], ys = [];
     let nr = 0, ng = 0, x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
-    if (want.size) for (let j = 0; j < P.cls.length; j++) {
-      if (!want.has(P.cls[j])) continue;
+    const one = !want.size && q.trim() ? rowOfId(q.trim()) : -1;
+    const mark = j => {
       xs.push(P.x[j]); ys.push(P.y[j]);
       if (P.gen[j]) ng++; else nr++;
       x0 = Math.min(x0, P.x[j]); x1 = Math.max(x1, P.x[j]); y0 = Math.min(y0, P.y[j]); y1 = Math.max(y1, P.y[j]);
-    }
+    };
+    // A class marks its real points and the samples conditioned on it; the other conditionings' samples
+    // (made from its seeds) only when asked ("with other conditionings").
+    if (want.size) for (let j = 0; j < P.cls.length; j++) if (want.has(P.cls[j]) && (st.withVariants || conditioned(j))) mark(j);
+    if (one >= 0) mark(one);
     f.hl.data_source.data = { x: xs, y: ys };
     if (f.traj.pt) Site.drawTrajectories(name, [...want]);
     if (status) {
-      status.textContent = !q.trim() ? "" : !want.size ? "no class matches" :
+      const inAll = [...want].reduce((a, c) => { const n = d.classCounts[String(c)] || [0, 0, 0];
+        return [a[0] + n[0], a[1] + n[1] + (st.withVariants ? n[2] : 0)]; }, [0, 0]);
+      status.textContent = !q.trim() ? "" : one >= 0 ? "sample " + P.id[one] + " (" + (P.gen[one] ? "generated · " + variantOf(one) : "real") + ")" :
+        !want.size ? "no class or sample id matches" + (d.site.capped ? " (ids: only the points this site carries)" : "") :
         (want.size === 1 ? className([...want][0]) : want.size + " classes") + ": " + nr + " real, " + ng + " generated" +
-        (data().site.capped ? " marked, of " + [...want].reduce((a, c) => { const n = data().classCounts[String(c)] || [0, 0];
-          return [a[0] + n[0], a[1] + n[1]]; }, [0, 0]).join(" real and ") + " generated in all" : "");
+        (d.site.capped ? " marked, of " + inAll.join(" real and ") + " generated in all" : "");
       status.dataset.count = xs.length;
     }
     if (zoom && xs.length) {
-      const px = (x1 - x0) * 0.25 || 1, py = (y1 - y0) * 0.25 || 1;
-      // Marked as a user zoom, or the data ranges recompute the full extent at their next update
-      // (the first paint after #class= on load, or any data change) and undo it; reset clears the mark.
-      [f.fig.x_range, f.fig.y_range].forEach(r => { if ("have_updated_interactively" in r) r.have_updated_interactively = true; });
-      f.fig.x_range.setv({ start: x0 - px, end: x1 + px });
-      f.fig.y_range.setv({ start: y0 - py, end: y1 + py });
+      const X = f.fig.x_range, Y = f.fig.y_range;
+      const px = one >= 0 ? Math.abs(X.end - X.start) * 0.08 : (x1 - x0) * 0.25 || 1;
+      const py = one >= 0 ? Math.abs(Y.end - Y.start) * 0.08 : (y1 - y0) * 0.25 || 1;
+      zoomTo(f, x0 - px, x1 + px, y0 - py, y1 + py);
     }
+    if (one >= 0) showNeighbours(name, one);
+    writeHash(name);
+  };
+
+  // ---- the view in the address: #class= (search), colour=, view=x0,x1,y0,y1, point=sample id, with=variants ----
+  let applying = false;
+  function writeHash(name) {
+    const st = view[name], f = resolve(name);
+    if (applying || !st || !f || !Site.ready) return;
+    const h = new URLSearchParams(location.hash.slice(1)), put = (k, v) => { if (v) h.set(k, v); else h.delete(k); };
+    put("class", st.search);
+    put("with", st.withVariants ? "variants" : "");
+    put("colour", st.colour !== document.querySelector('[data-fig="' + name + '"]').dataset.colorBy ? st.colour : "");
+    put("view", st.range ? st.range.map(v => +v.toPrecision(6)).join(",") : "");
+    put("point", st.point);
+    const hash = h.toString().replace(/\+/g, "%20");
+    if (hash !== location.hash.slice(1)) history.replaceState(null, "", hash ? "#" + hash : location.pathname + location.search);
+  }
+  Site.rangesChanged = function (name) {  // a pan, zoom or reset (the Reset event follows a reset and clears it)
+    const f = resolve(name), st = mapState(name);
+    if (!f || applying) return;
+    const X = f.fig.x_range, Y = f.fig.y_range;
+    st.range = [X.start, X.end, Y.start, Y.end];
+    writeHash(name);
+  };
+  Site.viewReset = function (name) { mapState(name).range = null; writeHash(name); };
+  Site.reset = function (name) {
+    const f = resolve(name), st = mapState(name);
+    if (!f) return;
+    const input = document.querySelector('[data-search="' + name + '"]');
+    if (input) input.value = "";
+    st.point = null;
+    Site.search(name, "", false);
+    if (f.focus) f.focus.data_source.data = { x: [], y: [], size: [] };
+    const panel = document.querySelector('[data-nbr-for="' + name + '"]');
+    if (panel && panel._intro) { panel.replaceChildren(...panel._intro.map(n => n.cloneNode(true))); delete panel.dataset.row; }
+    for (const r of f.pts) r.data_source.selected.indices = [];
+    Bokeh.index[f.fig.id].reset();  // ranges to the data, as the toolbar's reset (its Reset event clears st.range)
   };
 
   function showPage(name) {  // single-file form: one section per page
@@ -459,11 +704,25 @@
   function applyHash() {
     const h = new URLSearchParams(location.hash.slice(1));
     const c = h.get("class");
-    if (document.querySelector("[data-page-section]")) showPage(h.get("page") || (c !== null ? "map" : "index"));
-    if (c !== null) {
-      const input = document.querySelector('[data-search="map"]');
-      if (input) { input.value = c; Site.search("map", c, true); }
-    }
+    if (document.querySelector("[data-page-section]")) showPage(h.get("page") || (c !== null || h.get("point") !== null ? "map" : "index"));
+    const f = resolve("map");
+    if (!f || !data().style) return;
+    const st = mapState("map"), input = document.querySelector('[data-search="map"]');
+    applying = true;
+    try {
+      const colour = h.get("colour") || document.querySelector('[data-fig="map"]').dataset.colorBy;
+      if (colour !== st.colour) Site.setColour("map", colour);
+      st.withVariants = h.get("with") === "variants";
+      const box = document.querySelector('[data-search-variants="map"]');
+      if (box) box.checked = st.withVariants;
+      const range = (h.get("view") || "").split(",").map(Number);
+      const hasRange = range.length === 4 && range.every(isFinite) && range[1] > range[0] && range[3] > range[2];
+      if (c !== null || st.search) { if (input) input.value = c || ""; Site.search("map", c || "", !hasRange); }
+      if (hasRange) { zoomTo(f, ...range); st.range = range; }
+      const point = h.get("point"), row = point ? rowOfId(point) : -1;
+      if (row >= 0) showNeighbours("map", row);
+      st.point = row >= 0 ? point : null;
+    } finally { applying = false; }
   }
 
   // ---- figure colours for light and dark mode ----
@@ -479,6 +738,9 @@
       set(m, "grid_line_color", grid);
       set(m, "inactive_fill_color", bg);
     }
+    const labels = byName("map:labels");  // class labels: page-coloured boxes, text in the page's colour
+    if (labels) { labels.glyph.text_color = dark ? "#e3e6ea" : "#1d2129"; labels.glyph.background_fill_color = dark ? "#1b1f25" : "#ffffff"; }
+    if (view.map && view.map.colour) paint("map");  // ring outlines follow the page colour
   }
 
   // ---- tables ----
@@ -515,16 +777,31 @@
     document.querySelectorAll("table.sortable").forEach(sortable);
     document.addEventListener("change", e => {
       const t = e.target;
-      if (t.matches && t.matches("[data-layers]")) Site.setLayers(t.dataset.layers, t.value);
-      if (t.matches && t.matches("[data-traj]")) Site.setTrajectory("map", t.dataset.traj, t.checked);
+      if (!t.matches) return;
+      if (t.matches("[data-layers]")) Site.setLayers(t.dataset.layers, t.value);
+      if (t.matches("[data-traj]")) Site.setTrajectory("map", t.dataset.traj, t.checked);
+      if (t.matches("[data-colour]")) Site.setColour(t.dataset.colour, t.value);
+      if (t.matches("[data-labels]")) Site.setLabels(t.dataset.labels, t.checked);
+      if (t.matches("[data-variant-layer]")) Site.setVariantLayer("map", Number(t.dataset.variantLayer), t.checked);
+      if (t.matches("[data-search-variants]")) {
+        const name = t.dataset.searchVariants, input = document.querySelector('[data-search="' + name + '"]');
+        mapState(name).withVariants = t.checked;
+        Site.search(name, input ? input.value : "", false);
+      }
     });
     document.addEventListener("input", e => {
       const t = e.target;
       if (t.matches && t.matches("[data-search]")) Site.search(t.dataset.search, t.value, false);
+      if (t.matches && t.matches("[data-opacity]")) Site.setOpacity("map", t.dataset.opacity, Number(t.value));
     });
     document.addEventListener("keydown", e => {
       const t = e.target;
       if (e.key === "Enter" && t.matches && t.matches("[data-search]")) Site.search(t.dataset.search, t.value, true);
+    });
+    document.querySelectorAll("[data-nbr-for]").forEach(p => { p._intro = Array.from(p.childNodes).map(n => n.cloneNode(true)); });
+    document.addEventListener("click", e => {
+      const b = e.target.closest && e.target.closest("[data-reset]");
+      if (b) Site.reset(b.dataset.reset);
     });
     document.addEventListener("click", e => {  // thumbnails on the map page open their point's neighbours
       const t = e.target.closest && e.target.closest(".thumb[data-row]");
@@ -533,6 +810,11 @@
     window.addEventListener("hashchange", applyHash);
     if (document.querySelector("[data-page-section]")) applyHash();
     whenFigures(() => {
+      if (resolve("map") && data().style) {
+        const opacity = document.querySelectorAll("[data-opacity]");
+        opacity.forEach(i => { mapState("map").alpha[i.dataset.opacity] = Number(i.value); });
+        Site.setColour("map", document.querySelector('[data-fig="map"]').dataset.colorBy);
+      }
       applyTheme();
       if (window.matchMedia) matchMedia("(prefers-color-scheme: dark)").addEventListener("change", applyTheme);
       applyHash();
