@@ -121,14 +121,6 @@ STEP_REFERENCES: dict[str, dict[str, str]] = {
 }
 
 
-def metric(key: str) -> Metric:
-    """The declaration of `key`; a KeyError names the metrics declared."""
-    try:
-        return METRICS[key]
-    except KeyError:
-        raise KeyError(f"metric {key!r} is not declared in metric_defs.METRICS ({', '.join(METRICS)})") from None
-
-
 def definitions() -> dict[str, str]:
     """Every definition name an entry of metrics.json may carry, with its text: each metric's own,
     its per-class scope's (`<key>_in_class`) and its real reference's (`<key>_real`)."""

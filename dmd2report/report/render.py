@@ -212,7 +212,7 @@ def _fd_scale(m) -> dict | None:
     for r in rows:
         r["width"] = round(100 * r["value"] / top, 1)
         r["times"] = r["value"] / fd.real_halves if fd.real_halves > 0 and not r["reference"] else None
-    return dict(rows=rows, colour=METRICS["fd"].colour, reference=fd.real_halves, value=fd.value,
+    return dict(rows=rows, colour=METRICS["fd"].colour, reference=fd.real_halves,
                 times=fd.value / fd.real_halves if fd.real_halves > 0 else None)
 
 
@@ -291,8 +291,7 @@ def _pages(view: SiteView, color_by: str, reuse_figures: bool = True) -> list[di
         t["n_seeds"] = int(n_var_seeds.get(t["class_id"], 0))
     pages.append(dict(name="variants", file="variants.html", title="Variants", nav="variants", template="variants.html",
                       ctx=dict(tables=var_tables, n_variant_rows=len(full.variants),
-                               open_names=", ".join(f"{c} {names.get(c, c)}" for c in var_classes),
-                               variant_names=variant_names),
+                               open_names=", ".join(f"{c} {names.get(c, c)}" for c in var_classes)),
                       models={"plot": figures.variants_figure(view, shown)} if len(shown) else {}))
     # Classes: an index, then one page per chosen class.
     per_class = m.per_class.set_index("class_id") if len(m.per_class) else pd.DataFrame()
