@@ -158,6 +158,57 @@ def covered_by(real_gen_dist, real_gen_idx, real_r_dc, cover_cap):
     return out
 
 
+def real_halves(n: int, classes, seed: int) -> np.ndarray:
+    """(n,) bool, True for the second half of a seeded split of the real set: within each class (the whole set
+    without classes) its rows in a random order go alternately to the halves, so both halves hold every class
+    in the same proportion and differ in size by at most one row per class."""
+    rng = np.random.default_rng([seed, zlib.crc32(b"fd_real_halves")])
+    cls = np.zeros(n, np.int64) if classes is None else np.asarray(classes, np.int64)
+    order = np.lexsort((rng.random(n), cls))         # by class, randomly within a class
+    srt = cls[order]
+    start = np.searchsorted(srt, srt, "left")        # first sorted position of each row's class
+    second = np.zeros(n, bool)
+    second[order] = (np.arange(n) - start) % 2 == 1
+    return second
+
+
+def _moments_by_half(x: np.ndarray, second: np.ndarray, chunk_bytes: int = 1 << 26):
+    """[(mean, covariance)] of x's rows in the first and the second half, in float64, two passes over row
+    chunks of x (it may be memory-mapped): never a float64 copy of x, never more than one chunk at a time."""
+    n, d = x.shape
+    rows = max(1, chunk_bytes // (8 * max(d, 1)))
+    halves = (~second, second)
+    sums, counts = [np.zeros(d) for _ in halves], [int(h.sum()) for h in halves]
+    for a in range(0, n, rows):
+        c = np.asarray(x[a:a + rows], np.float64)
+        for s, h in zip(sums, halves):
+            s += c[h[a:a + rows]].sum(axis=0)
+    means = [s / max(m, 1) for s, m in zip(sums, counts)]
+    scatter = [np.zeros((d, d)) for _ in halves]
+    for a in range(0, n, rows):
+        c = np.asarray(x[a:a + rows], np.float64)
+        for sc, mu, h in zip(scatter, means, halves):
+            z = c[h[a:a + rows]] - mu
+            sc += z.T @ z
+    return [(mu, sc / (m - 1)) for mu, sc, m in zip(means, scatter, counts)], counts
+
+
+def fd_real_halves(real: np.ndarray, real_classes, seed: int) -> dict:
+    """metrics.json's reference "fd" of a feature space: the Frechet distance between two halves of the real set
+    (`real_halves`), the scale against which a generated set's FD reads (it is not 0 even for real data, and
+    grows as samples get fewer). Exact (no subsample), from streamed float64 moments. An entry as every
+    other (`n_real` the whole real count), plus `n_halves`; value None below 2 rows a half."""
+    second = real_halves(len(real), real_classes, seed)
+    n_b = int(second.sum())
+    n_a = len(real) - n_b
+    value = None
+    if min(n_a, n_b) >= 2:
+        with _one_blas_thread():
+            (mu_a, cov_a), (mu_b, cov_b) = _moments_by_half(real, second)[0]
+            value = frechet_from_stats(mu_a, cov_a, mu_b, cov_b)
+    return _entry(value, "fd_real", len(real), 0) | {"n_halves": [n_a, n_b]}
+
+
 def _entry(value, definition, n_real, n_gen, k=None, ci=None) -> dict:
     e = {"value": None if value is None else float(value), "definition": definition, "k": k,
          "n_real": int(n_real), "n_generated": int(n_gen)}

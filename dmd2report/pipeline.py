@@ -59,7 +59,8 @@ def stage_keys(ctx: Context) -> dict[str, str]:
     c = ctx.config.to_dict()
     g = ctx.generator
     keys = {}
-    # batch_size changes no result; features.generated only what generate stores.
+    # batch_size changes no result; features.generated only what generate and trajectory store (the latter
+    # follows it through the fit key).
     features = {k: v for k, v in c["features"].items() if k not in ("batch_size", "generated")}
     keys["extract"] = short_hash([g.checksum, ctx.config.model.preset, c["data"], features, c["run"]["seed"],
                                   c["atlas"]["mask_layer"], c["report"]["thumb_size"], g.compute_identity()])

@@ -127,6 +127,43 @@ def as_stored(images: torch.Tensor) -> torch.Tensor:
     return quantise(images).float().div_(127.5).sub_(1)
 
 
+def reencode_labels(class_ids, vectors: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Labels a generated image is re-encoded with: the one-hot of the class it is shown as (as a real image gets
+    its class), its generation label vector where it has none (class id -1: uniform, zero)."""
+    ids = torch.as_tensor(np.asarray(class_ids, np.int64))
+    return torch.where((ids >= 0)[:, None], F.one_hot(ids.clamp(min=0), num_classes).float(), vectors.float())
+
+
+@torch.no_grad()
+def encode_as_stored(net, images: torch.Tensor, labels: torch.Tensor, layers: Sequence[str], capture_mode: str) -> dict:
+    """{layer: activation} of generated images fed back as real images are extracted: quantised to uint8 as
+    they are stored (`as_stored`), then G(80 x, 80, labels), stopping after the last captured layer. So
+    generated and real features are the same function of an image (`features.generated = "reencode"`)."""
+    sigma = torch.full((len(images),), SIGMA_MAX, device=images.device)
+    cap = ActivationCapture(net, list(layers), reduce=capture_mode, early_exit=True)
+    cap.run(SIGMA_MAX * as_stored(images), sigma, labels.to(images.device))
+    return cap.activations
+
+
+@torch.no_grad()
+def reencode_steps(net, images: torch.Tensor, labels: torch.Tensor, layers: Sequence[str], reducer,
+                   batch_size: int = 64) -> dict[str, np.ndarray]:
+    """`encode_as_stored` of every step's image: images (S, n, C, H, W) in [-1, 1] (`sample_paths`' or
+    `noised_real`'s), labels (n, K), the same for every step. Returns {layer: (S, n, D) float32}, reduced by
+    `reducer` (a `features.Reducer`)."""
+    device = next(net.parameters()).device
+    S, n = images.shape[:2]
+    flat, lab = images.reshape(S * n, *images.shape[2:]), labels.repeat(S, 1)
+    feats = {l: [] for l in layers}
+    for b in range(0, S * n, batch_size):
+        acts = encode_as_stored(net, flat[b:b + batch_size].to(device), lab[b:b + batch_size], layers,
+                                reducer.capture_mode(False))
+        for l in layers:
+            feats[l].append(reducer(l, acts[l]).float().cpu())
+    return {l: torch.cat(v).reshape(S, n, -1).numpy() if v else np.zeros((S, n, 0), np.float32)
+            for l, v in feats.items()}
+
+
 def thumbnails(x: torch.Tensor, size: int) -> torch.Tensor:
     """(n, 3, R, R) in [-1, 1] -> uint8 (n, T, T, 3), area-averaged down (never enlarged)."""
     if size < x.shape[-1]:

@@ -11,7 +11,7 @@ import pytest
 
 from dmd2report.config import load_config
 from dmd2report.context import Context
-from dmd2report.metrics import measure
+from dmd2report.metrics import fd_real_halves, measure
 from dmd2report.pipeline import run_stages
 from dmd2report.stages.measure import flatten_arrays, variant_classes
 
@@ -57,6 +57,9 @@ def test_chunked_measure_stage_equals_in_memory_measure(tmp_path):
         space = next(v for k, v in doc["feature_spaces"].items() if k.startswith(layer + ":"))
         expect = json.loads(json.dumps(scale_round(ref["variants"])))
         assert space["variants"] == expect, layer
+        # the FD reference scale: two halves of the real set, from the same reduced features
+        halves = fd_real_halves(emb.reduce(real.features(layer)), rc, config.run.seed)
+        assert space["reference"]["fd"] == json.loads(json.dumps(scale_round(halves))), layer
         if layer == m.layer:
             flat = flatten_arrays(ref["arrays"])
             assert set(flat) == set(arrays.files)

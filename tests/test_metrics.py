@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from dmd2report.metrics import frechet_distance, measure, write_metrics_json
+from dmd2report.metrics import fd_real_halves, frechet_distance, measure, real_halves, write_metrics_json
 
 PROV = {"model_checksum": "sha256:abc", "data": "toy", "config_hash": "h1"}
 
@@ -195,6 +195,27 @@ def test_frechet_matches_scipy_sqrtm():
     assert frechet_distance(x, y) == pytest.approx(ref, rel=1e-8)
 
 
+def test_fd_reference_is_the_fd_between_two_class_stratified_halves_of_the_real_set():
+    """The scale FD reads against: FD between two halves of the real set, exactly as `frechet_distance` of the
+    halves (streamed in chunks, no float64 copy), each class split evenly, the same split for the same seed."""
+    rng = np.random.default_rng(3)
+    classes = np.repeat(np.arange(5), [40, 41, 7, 30, 2])
+    x = (rng.normal(size=(len(classes), 6)) + classes[:, None]).astype(np.float32)
+    second = real_halves(len(x), classes, seed=7)
+    np.testing.assert_array_equal(second, real_halves(len(x), classes, seed=7))
+    assert not np.array_equal(second, real_halves(len(x), classes, seed=8))
+    for c, n in zip(*np.unique(classes, return_counts=True)):
+        assert second[classes == c].sum() == n // 2          # alternately: the first half gets the odd one
+    e = fd_real_halves(x, classes, seed=7)
+    assert e["value"] == pytest.approx(frechet_distance(x[~second], x[second]), rel=1e-9)
+    assert e["definition"] == "fd_real" and e["n_real"] == len(x) and e["n_halves"] == [61, 59]
+    from dmd2report.metrics import _moments_by_half
+    (a, b), _ = _moments_by_half(x, second, chunk_bytes=200)   # a few rows a chunk: the same moments
+    np.testing.assert_allclose(a[1], np.cov(x[~second].astype(np.float64), rowvar=False), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(b[0], x[second].astype(np.float64).mean(0), rtol=1e-12, atol=1e-12)
+    assert fd_real_halves(x[:3], None, seed=0)["value"] is None   # fewer than 2 rows a half
+
+
 def test_metrics_json_is_stable_and_complete(tmp_path, clustered):
     x, rc, y, cond = clustered
     res = measure(x, rc, {"class": (y, cond), "uniform": (y[::2], None)}, feature_space="midblock/pca32",
@@ -231,6 +252,9 @@ def test_one_declaration_names_every_metric_everywhere():
     assert {k: DEFINITIONS[k] for k in METRICS} == {k: m.definition for k, m in METRICS.items()}
     assert DEFINITIONS["precision_in_class"].startswith("precision with X = real samples of class c")
     assert DEFINITIONS["centroid_accuracy_real"] == METRICS["centroid_accuracy"].reference
+    assert DEFINITIONS["fd_real"] == METRICS["fd"].reference
+    colours = [m.colour for m in METRICS.values()]
+    assert len(set(colours)) == len(colours)   # one colour per metric, none shared
     assert LOWER_IS_BETTER == {"fd"} and DEFAULT_METRICS[:4] == ("precision", "recall", "density", "coverage")
     table = markdown()
     for key, m in METRICS.items():

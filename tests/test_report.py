@@ -197,3 +197,23 @@ def test_skipped_images_are_listed_on_the_overview_escaped_and_capped(data, tmp_
     # No section at all without skipped images.
     render_site(data, tmp_path / "none")
     assert "Skipped images" not in (tmp_path / "none" / "index.html").read_text()
+
+
+def test_coverage_global_has_a_column_where_it_differs(tmp_path):
+    """Where coverage by any sample differs from coverage in some class, it keeps its column, explained."""
+    import pandas as pd
+
+    from dmd2report.metric_defs import METRICS
+    from dmd2report.report.render import _class_metric_columns
+
+    pc = pd.DataFrame({"class_id": [0, 1], "n_real": [5, 5], "n_gen": [4, 4], "coverage": [0.5, 0.6],
+                       "coverage_global": [0.5, 0.8]})
+    assert _class_metric_columns(pc) == (["coverage", "coverage_global"], "")
+    cols, note = _class_metric_columns(pc.assign(coverage_global=[0.5004, 0.6]))   # equal as shown
+    assert cols == ["coverage"] and METRICS["coverage_global"].label in note
+
+
+def test_per_class_chart_title_says_which_classes_it_shows(tmp_path):
+    data = synthetic_report_data(300, 300, 40, seed=0, variants_per_class=1)
+    render_site(replace(data, max_class_pages=1), tmp_path / "site")
+    assert "The 30 classes with the lowest coverage, of 40" in (tmp_path / "site" / "metrics.html").read_text()

@@ -103,7 +103,7 @@ def traj_run(tmp_path_factory):
     config = load_config(None, {
         "run.workdir": str(tmp / "work"), "run.device": "cpu", "model.preset": "tiny", "data.source": "imagenet64-npz",
         "data.path": str(root), "data.max_samples": 0, "features.batch_size": 8, "features.chunk_size": 16,
-        "report.thumb_size": 8, "features.generated": "generation", "generate.samples": 20, "generate.variants": ["class"], "generate.variant_samples": 10,
+        "report.thumb_size": 8, "generate.samples": 20, "generate.variants": ["class"], "generate.variant_samples": 10,
         "embedding.pca_components": 8, "embedding.n_neighbors": 8, "metrics.bootstrap": 10,
         "trajectory.sigmas": [80.0, 10.0, 0.5], "trajectory.samples": 7, "trajectory.real_references": 9})
     ctx = Context.create(config)
@@ -123,8 +123,11 @@ def test_stage_stores_every_step(traj_run):
     assert meta["step"].tolist() == [0, 1, 2] * 7 and meta["path"].tolist() == list(np.repeat(np.arange(7), 3))
     assert meta["sigma"].tolist() == [80.0, 10.0, 0.5] * 7
     assert paths.features("midblock").shape[0] == 21 and paths.thumbnails().shape == (21, 8, 8, 3)
-    # With class conditioning a path's first step is the class-conditioned set's sample of the same seed.
+    # With class conditioning a path's first step is the class-conditioned set's sample of the same seed, and its
+    # features are made as that set's are (features.generated = "reencode", the default): the step's image fed
+    # back as real images are, so the steps' metrics compare images with images, as the set's do.
     gen = Store(traj_run.workdir.root / "stores" / "gen-class")
+    assert paths.manifest["generated_features"] == gen.manifest["generated_features"] == "reencode"
     np.testing.assert_array_equal(paths.features("midblock")[::3], gen.features("midblock")[:7])
     np.testing.assert_array_equal(paths.thumbnails()[::3], gen.thumbnails()[:7])
     # Real references: classes spread evenly, every sigma of the schedule.
@@ -134,6 +137,7 @@ def test_stage_stores_every_step(traj_run):
     assert len(pts) == 21 + 27 and np.isfinite(pts[["x", "y"]].to_numpy()).all()
     doc = json.loads((out / "metrics.json").read_text())
     assert [s["sigma"] for s in doc["steps"]] == [80.0, 10.0, 0.5]
+    assert doc["features"] == "reencode" and "fed back through the model" in doc["definitions"]["vs_real"]
     for s in doc["steps"]:
         assert 0 <= s["vs_real"]["coverage"] <= 1 and s["vs_real"]["n_generated"] == 7
         assert s["vs_noised_real"]["n_real"] == 9 and 0 <= s["vs_noised_real"]["precision"] <= 1

@@ -13,9 +13,10 @@ import pandas as pd
 from bokeh import events
 from bokeh.core.properties import value
 from bokeh.models import (BoxSelectTool, ColumnDataSource, CustomJS, FactorRange, LassoSelectTool, Legend,
-                          LegendItem, PanTool, ResetTool, WheelZoomTool)
+                          LegendItem, PanTool, Range1d, ResetTool, WheelZoomTool)
 from bokeh.plotting import figure
 
+from ..metric_defs import METRICS
 from . import palette
 from .data import ReportData
 from .view import Extent, SiteView, colours_of, density_rgba
@@ -417,43 +418,70 @@ def nn_histogram(data: ReportData, name: str = "nnhist"):
         h = np.histogram(arr, bins=edges)[0] / max(len(arr), 1)
         fig.quad(top=h, bottom=0, left=edges[:-1], right=edges[1:], fill_color=colour, fill_alpha=0.45,
                  line_color=colour, hatch_pattern=hatch, hatch_color=colour, hatch_alpha=0.5, legend_label=label)
-    fig.legend.click_policy = "hide"
-    fig.legend.background_fill_alpha = 0.0
-    fig.legend.border_line_alpha = 0.0
+    _legend_outside(fig, "right")
     fig.grid.grid_line_alpha = 0.25
     return fig
 
 
+def _legend_outside(fig, where: str, **style):
+    """Move the figure's legend (made by legend_label / legend_group) beside or below the plot, off the data."""
+    legend = fig.legend[0]
+    fig.center = [r for r in fig.center if r is not legend]
+    legend.update(click_policy="hide", background_fill_alpha=0.0, border_line_alpha=0.0, location="top_left", **style)
+    fig.add_layout(legend, where)
+
+
 def bar_chart(table: pd.DataFrame, label_col: str, metrics: list[str], name: str, title: str):
-    """Grouped bars: one group per row of `table`, one bar per metric (hatched differently)."""
-    factors = [(str(r), m) for r in table[label_col] for m in metrics]
-    values = [float(v) if pd.notna(v) else 0.0 for _, row in table.iterrows() for v in (row[m] for m in metrics)]
-    colours = [palette.PALETTE[i % len(palette.PALETTE)] for _ in range(len(table)) for i in range(len(metrics))]
-    src = ColumnDataSource({"x": factors, "top": values, "color": colours, "metric": [m for _, m in factors]})
-    fig = figure(name=name, x_range=FactorRange(*factors), height=320, sizing_mode="stretch_width",
-                 tools="pan,xwheel_zoom,reset", toolbar_location="right", title=title, y_range=(0, 1.05),
+    """Grouped bars: one group per row of `table` (named on the axis), one bar per metric in its own colour
+    (metric_defs.METRICS), named once by the legend beside the plot; the y axis reaches the largest value
+    (density may pass 1)."""
+    groups = [str(r) for r in table[label_col]]
+    fig = figure(name=name, x_range=FactorRange(*[(g, m) for g in groups for m in metrics]), height=320,
+                 sizing_mode="stretch_width", tools="pan,xwheel_zoom,reset", toolbar_location="right", title=title,
                  background_fill_color=None, border_fill_color=None, outline_line_color=None)
     fig.toolbar.logo = None
-    fig.vbar(x="x", top="top", width=0.85, source=src, fill_color="color", line_color=None, legend_group="metric")
-    fig.xaxis.major_label_orientation = 1.0
+    top = 1.0
+    for m in metrics:   # a renderer per metric: the legend lists them in this order
+        values = [float(v) if pd.notna(v) else 0.0 for v in table[m]]
+        top = max([top, *values])
+        spec = METRICS.get(m)
+        fig.vbar(x=[(g, m) for g in groups], top=values, width=0.85, line_color=None,
+                 fill_color=spec.colour if spec else palette.REAL_COLOUR, legend_label=spec.label if spec else m)
+    fig.y_range.start, fig.y_range.end = 0, top * 1.05
+    fig.xaxis.major_label_text_font_size = "0px"   # not the metric under every bar: the legend names them once
+    fig.xaxis.major_tick_line_color = None
+    fig.xaxis.group_label_orientation = 0.6 if len(groups) > 6 else "horizontal"
     fig.xgrid.grid_line_color = None
     fig.ygrid.grid_line_alpha = 0.25
-    fig.legend.orientation = "horizontal"
-    fig.legend.location = "top_right"
-    fig.legend.background_fill_alpha = 0.0
-    fig.legend.border_line_alpha = 0.0
+    _legend_outside(fig, "right")
     return fig
 
 
+def atlas_shape(grid: pd.DataFrame) -> tuple[int, int, float, float]:
+    """(columns, rows, cell width, cell height) of the atlas grid's lattice in map units (cells between its first
+    and last point included, stored or not)."""
+    xs, ys = np.unique(grid["x"].round(9)), np.unique(grid["y"].round(9))
+    step_x = float(np.min(np.diff(xs))) if len(xs) > 1 else 1.0
+    step_y = float(np.min(np.diff(ys))) if len(ys) > 1 else 1.0
+    cols = int(round((xs[-1] - xs[0]) / step_x)) + 1 if len(xs) else 1
+    rows = int(round((ys[-1] - ys[0]) / step_y)) + 1 if len(ys) else 1
+    return cols, rows, step_x, step_y
+
+
 def atlas_figure(view: SiteView, name: str = "atlas"):
-    """The grid generations laid out where they were inverse-projected from, over the drawn real points."""
+    """The grid generations laid out where they were inverse-projected from, over the drawn real points. The
+    plot spans the grid's cells exactly and fills its box, which the page gives the grid's shape (`atlas_shape`):
+    the mosaic fills the plane with square tiles (the map's two axes then have their own scales, as labelled)."""
     data = view.site
     grid = data.atlas.grid
-    fig = _figure(name, height=640, select=False, x_axis_label="map x", y_axis_label="map y", match_aspect=True)
+    cols, rows, step_x, step_y = atlas_shape(grid)
+    fig = _figure(name, select=False, x_axis_label="map x", y_axis_label="map y")
+    if len(grid):
+        x0, y0 = float(grid["x"].min()), float(grid["y"].min())
+        fig.x_range = Range1d(x0 - step_x / 2, x0 + (cols - 0.5) * step_x, bounds="auto")
+        fig.y_range = Range1d(y0 - step_y / 2, y0 + (rows - 0.5) * step_y, bounds="auto")
     _real_background(fig, name, data, _subsample(_drawn_real(view), 5000), selectable=False, alpha=0.12)
-    xs, ys = np.unique(grid["x"].round(9)), np.unique(grid["y"].round(9))
-    dw = float(np.min(np.diff(xs))) * 0.96 if len(xs) > 1 else 1.0
-    dh = float(np.min(np.diff(ys))) * 0.96 if len(ys) > 1 else 1.0
+    dw, dh = step_x * 0.96, step_y * 0.96
     imgs, x0, y0 = [], [], []
     for x, y, t in grid[["x", "y", "thumb"]].itertuples(index=False):
         if t < 0:
@@ -528,14 +556,14 @@ def step_metrics_figure(traj, name: str = "trajsteps"):
     fig.xaxis.major_label_overrides = {i: f"σ {v:g}" for i, v in enumerate(traj.sigmas)}
     fig.grid.grid_line_alpha = 0.25
     markers = {"precision": "circle", "recall": "square", "coverage": "triangle"}
-    for i, (metric, marker) in enumerate(markers.items()):
-        colour = palette.PALETTE[i]
+    for metric, marker in markers.items():
+        colour = METRICS[metric].colour
         for ref, dash in (("real", "solid"), ("noised real", "dashed")):
             part = m[m["reference"] == ref].sort_values("step")
             if not len(part):
                 continue
             src = ColumnDataSource({"x": part["step"].to_numpy(float), "y": part[metric].to_numpy(float)})
-            label = f"{metric} vs {ref}"
+            label = f"{METRICS[metric].label} against {ref}"
             fig.line("x", "y", source=src, line_color=colour, line_dash=dash, line_width=1.8, legend_label=label)
             fig.scatter("x", "y", source=src, marker=marker, size=7, fill_color=colour, line_color=colour,
                         legend_label=label)

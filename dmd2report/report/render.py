@@ -36,6 +36,7 @@ MAX_SKIPPED = 100                    # unreadable images listed on the overview 
 # The map's colour-by choices (config.MAP_COLOURS) in the words of its control.
 COLOUR_BY_WORDS = {"class": "class", "variant": "conditioning variant", "trust": "map trust",
                    "covered": "covered / not covered (real)", "distance": "distance to nearest real (generated)"}
+MAX_CLASS_BARS = 30                  # classes in the metrics page's per-class chart (those with the lowest coverage)
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +211,64 @@ def _class_colours(data: ReportData) -> dict[int, str]:
     return {**{c: col for c, col, _ in own}, **rest}
 
 
+def _metric_heads(keys) -> list[dict]:
+    """Each metric column's words and colour, from the one declaration (metric_defs.METRICS); a column the
+    declaration does not know (a user's own ReportData) keeps its key as its label."""
+    out = []
+    for k in keys:
+        m = METRICS.get(k)
+        out.append(dict(key=k, label=m.label if m else k, explanation=m.explanation if m else "",
+                        colour=m.colour if m else palette.REAL_COLOUR))
+    return out
+
+
+def _class_metric_columns(per_class: pd.DataFrame) -> tuple[list[str], str]:
+    """The per-class metric columns worth a column, and a note on one left out: coverage by any sample is
+    shown only where it differs from coverage in some class (as displayed, 3 decimals)."""
+    cols = [c for c in per_class.columns if c not in ("class_id", "n_real", "n_gen")]
+    if {"coverage", "coverage_global"} <= set(cols):
+        a, b = (per_class[c].to_numpy(np.float64).round(3) for c in ("coverage", "coverage_global"))
+        if np.array_equal(a, b, equal_nan=True):
+            cols.remove("coverage_global")
+            g, c = METRICS["coverage_global"], METRICS["coverage"]
+            return cols, (f"{g.label} (any generated sample, whatever its class, with the whole real set's radii) "
+                          f"equals {c.label.lower()} in every class here, so it has no column.")
+    return cols, ""
+
+
+def _fd_scale(m) -> dict | None:
+    """FD on the scale of the real set's own: the real set's two halves against each other, then each variant's
+    generated set against the real set, as bars of one length scale (widths in % of the longest)."""
+    fd = m.fd
+    if fd is None or fd.real_halves is None or not np.isfinite(fd.value):
+        return None
+    rows = [dict(label="real against real (two halves)", value=fd.real_halves, reference=True,
+                 counts=f"{fd.n_halves[0]:,} and {fd.n_halves[1]:,} real")]
+    pv = m.per_variant
+    if "fd" in pv.columns and len(pv):
+        rows += [dict(label=f"{r.variant} against real", value=float(r.fd), reference=False, counts=f"{int(r.n_gen):,} generated")
+                 for r in sorted(pv.itertuples(), key=lambda r: r.variant != "class") if pd.notna(r.fd)]
+    else:
+        rows.append(dict(label="generated against real", value=fd.value, reference=False, counts=f"{fd.n_gen:,} generated"))
+    top = max(r["value"] for r in rows) or 1.0
+    for r in rows:
+        r["width"] = round(100 * r["value"] / top, 1)
+        r["times"] = r["value"] / fd.real_halves if fd.real_halves > 0 and not r["reference"] else None
+    return dict(rows=rows, colour=METRICS["fd"].colour, reference=fd.real_halves,
+                times=fd.value / fd.real_halves if fd.real_halves > 0 else None)
+
+
+def _one_step_note(m) -> str:
+    """The class-conditioned one-step set's scores against the real set, for the few-step panel to be read by."""
+    o = m.overall.set_index("key")
+    keys = [k for k in ("precision", "recall", "coverage") if k in o.index and pd.notna(o.at[k, "value"])]
+    if not keys:
+        return ""
+    n = int(o.at[keys[0], "n_gen"])
+    return (f"For comparison, the one-step class-conditioned set ({n:,} samples) against the same real set: "
+            + ", ".join(f"{METRICS[k].label.lower()} {o.at[k, 'value']:.2f}" for k in keys) + ".")
+
+
 def _pages(view: SiteView, color_by: str, reuse_figures: bool = True) -> list[dict]:
     """Every page: name, file, title, nav section, template, template context, Bokeh models.
     Counts and tables come from the full data (`view.full`); rows and thumbnails from the site's
@@ -224,6 +283,9 @@ def _pages(view: SiteView, color_by: str, reuse_figures: bool = True) -> list[di
     variant_names = [v for v in dict.fromkeys(P["variant"]) if v != "real"]
     pages = []
     overall = m.overall.to_dict("records")
+    fd_scale = _fd_scale(m)
+    for r in overall:   # FD reads against the real set's own (its card and table row say so)
+        r["reference"] = (f"real against real: {fd_scale['reference']:.2f}" if r["key"] == "fd" and fd_scale else "")
     pages.append(dict(name="index", file="index.html", title="Overview", nav="index", template="index.html",
                       ctx=dict(cards=[r for r in overall if r.get("headline")],
                                variant_names=variant_names, n_classes=int(P["class_id"][P["class_id"] >= 0].nunique()),
@@ -240,7 +302,9 @@ def _pages(view: SiteView, color_by: str, reuse_figures: bool = True) -> list[di
         traj_ctx = dict(sigmas=traj.sigmas, n_paths=int(traj.steps["path"].nunique()), n_shown=int(shown["path"].nunique()),
                         per_class=_shown_per_class(traj.steps), has_classes=bool((traj.steps["class_id"] >= 0).any()),
                         n_refs=int(traj.real["ref"].nunique()) if len(traj.real) else 0, conditioning=traj.conditioning,
-                        note=traj.note, colours=list(zip(traj.sigmas, figures.step_colours(len(traj.sigmas)))),
+                        note=" ".join(t for t in (traj.note, _one_step_note(m)) if t),
+                        heads=_metric_heads(("precision", "recall", "coverage")),
+                        colours=list(zip(traj.sigmas, figures.step_colours(len(traj.sigmas)))),
                         metrics=traj.metrics.sort_values(["step", "reference"]).to_dict("records"))
     pages.append(dict(name="map", file="map.html", title="Map", nav="map", template="map.html",
                       ctx=dict(color_by=color_by, colour_choices=list(COLOUR_BY_WORDS.items()), n_drawn=view.n_drawn,
@@ -248,25 +312,32 @@ def _pages(view: SiteView, color_by: str, reuse_figures: bool = True) -> list[di
                                capped=view.capped, max_points=view.max_points,
                                class_options=[(c, names[c], synsets[c]) for c in sorted(names)], traj=traj_ctx),
                       models=map_models))
-    # Variants: the same seeds under each conditioning, for the chosen classes.
+    # Variants: the same seeds under each conditioning; the page opens on a few classes, its selector offers all.
     v = data.variants
-    var_classes, shown = variant_selection(v, chosen) if len(v) else ([], v)
+    var_classes, carried = variant_selection(v, chosen) if len(v) else ([], v)
+    shown = carried[carried["class_id"].isin(var_classes)] if len(carried) else carried
     var_tables = []
-    for c in var_classes:  # a few classes, a few seeds each
-        vc = shown[shown["class_id"] == c]
+    for c, vc in carried.groupby("class_id", sort=True) if len(carried) else ():  # a few seeds each
+        c = int(c)
         seeds = list(dict.fromkeys(vc["seed_index"]))
         cols = [x for x in dict.fromkeys(vc["variant"])]
         rows = []
         for s in seeds:
             cells = {r.variant: int(r.point) for r in vc[vc["seed_index"] == s].itertuples()}
             rows.append((int(s), [(cells.get(col), int(p["thumb"].iat[cells[col]]) if col in cells else -1) for col in cols]))
-        var_tables.append(dict(class_id=int(c), name=names.get(int(c), str(c)), variants=cols, rows=rows))
+        var_tables.append(dict(class_id=c, name=names.get(c, str(c)), variants=cols, rows=rows, open=c in var_classes))
+    n_var_seeds = full.variants.drop_duplicates(["class_id", "seed_index"]).groupby("class_id").size() \
+        if len(full.variants) else pd.Series(dtype=int)
+    for t in var_tables:
+        t["n_seeds"] = int(n_var_seeds.get(t["class_id"], 0))
     pages.append(dict(name="variants", file="variants.html", title="Variants", nav="variants", template="variants.html",
-                      ctx=dict(tables=var_tables, n_variant_rows=len(full.variants)),
+                      ctx=dict(tables=var_tables, n_variant_rows=len(full.variants),
+                               open_names=", ".join(f"{c} {names.get(c, c)}" for c in var_classes)),
                       models={"plot": figures.variants_figure(view, shown)} if len(shown) else {}))
     # Classes: an index, then one page per chosen class.
     per_class = m.per_class.set_index("class_id") if len(m.per_class) else pd.DataFrame()
-    class_metric_cols = [c for c in m.per_class.columns if c not in ("class_id", "n_real", "n_gen")]
+    class_metric_cols, class_note = _class_metric_columns(m.per_class)
+    class_heads = _metric_heads(class_metric_cols)
     counts_real = P[P["set"] == "real"]["class_id"].value_counts()
     # A class's generated samples are those conditioned on it; the other conditionings' samples carry
     # their seed's class id but are counted apart (n_other), as what shares the class's seeds.
@@ -278,7 +349,7 @@ def _pages(view: SiteView, color_by: str, reuse_figures: bool = True) -> list[di
                        metrics=[per_class.at[c, k] if c in per_class.index else None for k in class_metric_cols])
                   for c in present]
     pages.append(dict(name="classes", file="classes.html", title="Classes", nav="classes", template="classes.html",
-                      ctx=dict(rows=class_rows, metric_cols=class_metric_cols, n_pages=len(chosen)), models={}))
+                      ctx=dict(rows=class_rows, heads=class_heads, class_note=class_note, n_pages=len(chosen)), models={}))
     class_fig = figures.ClassFigure(view) if reuse_figures else view
 
     def _class_plot(fig, c, colour):  # the shared figure is serialised now, before the next class refills it
@@ -296,32 +367,44 @@ def _pages(view: SiteView, color_by: str, reuse_figures: bool = True) -> list[di
         row = next(r for r in class_rows if r["class_id"] == c)
         pages.append(dict(name=f"class-{c}", file=f"classes/class-{c}.html", title=f"Class {c}: {names.get(c, c)}",
                           nav="classes", template="class.html",
-                          ctx=dict(cls=row, metric_cols=class_metric_cols, real_thumbs=real_thumbs, gen_thumbs=gen_thumbs),
+                          ctx=dict(cls=row, heads=class_heads, class_note=class_note, real_thumbs=real_thumbs,
+                                   gen_thumbs=gen_thumbs),
                           **_class_plot(class_fig, c, colours.get(c, palette.PALETTE[0]))))
     # Metrics.
     mmodels = {"coverage": figures.coverage_figure(view), "nnhist": figures.nn_histogram(data)}
     var_metric_cols = [c for c in m.per_variant.columns if c not in ("variant", "n_gen")]
     bar_cols = [c for c in ("precision", "recall", "density", "coverage") if c in var_metric_cols] or var_metric_cols[:4]
     if len(m.per_variant) and bar_cols:
-        mmodels["variantbars"] = figures.bar_chart(m.per_variant, "variant", bar_cols, "variantbars", "per conditioning variant")
+        mmodels["variantbars"] = figures.bar_chart(m.per_variant, "variant", bar_cols, "variantbars",
+                                                   f"Each conditioning variant's generated set against the real set "
+                                                   f"({len(m.per_variant)} variants)")
     cbar_cols = [c for c in ("precision", "recall", "coverage") if c in class_metric_cols]
     if len(m.per_class) and cbar_cols:
-        worst = m.per_class.sort_values(cbar_cols[-1], na_position="last").head(30)
+        worst = m.per_class.sort_values(cbar_cols[-1], na_position="last").head(MAX_CLASS_BARS)
         worst = worst.assign(label=[f"{int(c)} {names.get(int(c), '')}"[:28] for c in worst["class_id"]])
-        mmodels["classbars"] = figures.bar_chart(worst, "label", cbar_cols, "classbars",
-                                                 f"per class: the {len(worst)} with the lowest {cbar_cols[-1]}")
+        lowest = METRICS[cbar_cols[-1]].label.lower()
+        title = (f"All {len(worst)} classes, lowest {lowest} first" if len(worst) == len(m.per_class) else
+                 f"The {len(worst)} classes with the lowest {lowest}, of {len(m.per_class):,}")
+        mmodels["classbars"] = figures.bar_chart(worst, "label", cbar_cols, "classbars", title)
+    trust = METRICS["trust"]
     pages.append(dict(name="metrics", file="metrics.html", title="Metrics", nav="metrics", template="metrics.html",
-                      ctx=dict(overall=overall, fd=m.fd, fd_label=METRICS["fd"].label, fd_explanation=METRICS["fd"].explanation, layer=m.layer,
-                               per_variant=m.per_variant.to_dict("records"),
-                               var_metric_cols=var_metric_cols, class_rows=class_rows, class_metric_cols=class_metric_cols),
+                      ctx=dict(overall=overall, fd=m.fd, fd_head=_metric_heads(["fd"])[0], fd_scale=fd_scale, layer=m.layer,
+                               per_variant=m.per_variant.to_dict("records"), var_heads=_metric_heads(var_metric_cols),
+                               class_rows=class_rows, class_heads=class_heads, class_note=class_note,
+                               trust=dict(label=trust.label, reading=trust.reading, shown=(m.overall["key"] == "trust").any())),
                       models=mmodels))
     if data.atlas is not None:
+        notes = list(dict.fromkeys(a.note for a in data.atlas.anchors if a.note))
+        shared = notes[0] if len(notes) == 1 and all(a.note for a in data.atlas.anchors) else ""  # said once, above
         anchors = [dict(anchor=a.anchor, anchor_thumb=int(p["thumb"].iat[a.anchor]), anchor_id=str(p["sample_id"].iat[a.anchor]),
                         anchor_class=int(p["class_id"].iat[a.anchor]),
                         neighbours=[(int(j), int(p["thumb"].iat[j])) for j in a.neighbours if 0 <= j < len(p)],
-                        thumb=a.thumb, conditioning=a.conditioning, note=a.note) for a in data.atlas.anchors]
+                        thumb=a.thumb, conditioning=a.conditioning, note="" if shared else a.note) for a in data.atlas.anchors]
+        n_nbrs = sorted({len(a["neighbours"]) for a in anchors})
         pages.append(dict(name="atlas", file="atlas.html", title="Atlas", nav="atlas", template="atlas.html",
-                          ctx=dict(atlas=data.atlas, anchors=anchors, names=names, n_grid=len(data.atlas.grid)),
+                          ctx=dict(atlas=data.atlas, anchors=anchors, names=names, n_grid=len(data.atlas.grid),
+                                   shared_note=shared, n_neighbours=n_nbrs[-1] if n_nbrs else 0,
+                                   shape=figures.atlas_shape(data.atlas.grid)[:2] if len(data.atlas.grid) else (1, 1)),
                           models={"plot": figures.atlas_figure(view)} if len(data.atlas.grid) else {}))
     return pages
 

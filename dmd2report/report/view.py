@@ -25,7 +25,8 @@ import pandas as pd
 from .data import Neighbours, Ragged, ReportData
 
 MAX_GRID = 60                        # thumbnails per grid on class pages
-VARIANT_CLASSES, VARIANT_SEEDS = 8, 6
+VARIANT_CLASSES, VARIANT_SEEDS = 8, 6  # the variants page opens on this many classes, with this many seeds each
+VARIANT_SEED_BUDGET = 2000           # seeds carried for the page's class selector, over all classes (at least one each)
 MAX_COVERED_BY = 12                  # covering generated samples listed (and carried) per drawn real point
 DENSITY_BINS = 256                   # density cells per side over the map's extent
 
@@ -116,14 +117,20 @@ def chosen_classes(data: ReportData) -> list[int]:
 
 
 def variant_selection(variants: pd.DataFrame, chosen: list[int]) -> tuple[list[int], pd.DataFrame]:
-    """The classes of the variants page and its rows (the first VARIANT_SEEDS seeds of each)."""
+    """The classes the variants page opens on (the first VARIANT_CLASSES chosen ones), and the rows it carries for
+    its class selector: every class with variant samples, VARIANT_SEEDS seeds each for the opening classes and,
+    while all classes' seeds fit in VARIANT_SEED_BUDGET, for every class; past it an equal share, at least one
+    (1,000 classes: two seeds each), so the page stays a bounded size at any class count."""
     v = variants
-    present = set(v["class_id"])
-    classes = [c for c in chosen if c in present][:VARIANT_CLASSES] or list(dict.fromkeys(v["class_id"]))[:VARIANT_CLASSES]
-    sub = v[v["class_id"].isin(classes)]
-    first = sub.drop_duplicates(["class_id", "seed_index"]).groupby("class_id").head(VARIANT_SEEDS)
-    keep = pd.MultiIndex.from_frame(sub[["class_id", "seed_index"]]).isin(pd.MultiIndex.from_frame(first[["class_id", "seed_index"]]))
-    return [int(c) for c in classes], sub[keep]
+    present = list(dict.fromkeys(v["class_id"]))
+    opening = [c for c in chosen if c in set(present)][:VARIANT_CLASSES] or present[:VARIANT_CLASSES]
+    per_class = max(1, min(VARIANT_SEEDS, VARIANT_SEED_BUDGET // max(len(present), 1)))
+    seeds = v.drop_duplicates(["class_id", "seed_index"])
+    rank = seeds.groupby("class_id").cumcount().to_numpy()
+    take = (rank < per_class) | (seeds["class_id"].isin(opening).to_numpy() & (rank < VARIANT_SEEDS))
+    keep = pd.MultiIndex.from_frame(v[["class_id", "seed_index"]]).isin(
+        pd.MultiIndex.from_frame(seeds[take][["class_id", "seed_index"]]))
+    return [int(c) for c in opening], v[keep]
 
 
 def class_grid_rows(points: pd.DataFrame, classes: list[int]) -> pd.DataFrame:

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..chunks import Progress, barrier, dist_rank_world, finish_store, gather, prefetch, to_device, versions
 from ..context import Context, compute_identity
@@ -36,7 +35,8 @@ from ..files import array_digest, bytes_digest
 from ..knn import as_device, knn
 from ..layers import ActivationCapture, resolve_layer
 from ..runtime import auto_batch_size, stage_samples
-from ..sampling import SIGMA_MAX, as_stored, condition_vectors, sample_noise, sample_plan, thumbnails
+from ..sampling import (SIGMA_MAX, condition_vectors, encode_as_stored, reencode_labels, sample_noise, sample_plan,
+                        thumbnails)
 from ..sources import source_class_index
 from ..store import BackgroundWriter, StoreWriter, load_pca, metadata_frame, sparse_labels
 from ..workdir import WorkDir
@@ -198,9 +198,7 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
             c = condition_vectors(variant, K, classes=ids if variant == "class" else None, count=len(ids))
         else:
             c = torch.from_numpy(np.ascontiguousarray(label_vectors[sl]))
-        # Labels of the re-encoding pass: one-hot of the shown class, the generation vector without one.
-        ids_t = torch.from_numpy(ids)
-        c_reencode = torch.where((ids_t >= 0)[:, None], F.one_hot(ids_t.clamp(min=0), K).float(), c) if reencode else None
+        c_reencode = reencode_labels(ids, c, K) if reencode else None
         idx, w = sparse_labels(c.numpy())
         meta = metadata_frame(np.arange(sl.start, sl.stop), ids, index, variant=variant,
                               source=[f"seed {config.run.seed} #{s}" for s in seed_indices[sl]], seed=config.run.seed,
@@ -238,16 +236,15 @@ def _generate_chunk(net, z, c, layers, reducer: Reducer, device, batch_size: int
         y = to_device(c[b:b + batch_size], device)
         sigma = torch.full((len(x),), SIGMA_MAX, device=device)
         if reencode_labels is not None:
-            # A second pass on the image as stored, stopping after the last captured layer
-            # exactly as real extraction does.
+            # A second pass on the image as stored, as real extraction does.
             images = net(SIGMA_MAX * x, sigma, y)
-            cap = ActivationCapture(net, layers, reduce=mode, early_exit=True)
-            cap.run(SIGMA_MAX * as_stored(images), sigma, to_device(reencode_labels[b:b + batch_size], device))
+            acts = encode_as_stored(net, images, to_device(reencode_labels[b:b + batch_size], device), layers, mode)
         else:
             cap = ActivationCapture(net, layers, reduce=mode)
             images = cap.run(SIGMA_MAX * x, sigma, y)
+            acts = cap.activations
         for l in layers:
-            feats[l].append(reducer(l, cap.activations[l]))
+            feats[l].append(reducer(l, acts[l]))
         thumbs.append(thumbnails(images, thumb_size))
         finite.append(torch.isfinite(images).flatten(1).all(1))
         bar.update(len(x))

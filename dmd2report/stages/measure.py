@@ -13,7 +13,7 @@ import pandas as pd
 from ..context import Context
 from ..errors import UserError
 from ..files import save_json, save_npz
-from ..metrics import NO_CLASS, measure, write_metrics_json
+from ..metrics import NO_CLASS, fd_real_halves, measure, write_metrics_json
 from ..workdir import generated_sets
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ def run(ctx: Context, overwrite: bool = False) -> None:
         r = measure(real_red, real_classes, generated, feature_space=space, k_pr=m.k_pr, k_dc=m.k_dc,
                     k_fidelity=m.k_fidelity, k_neighbours=m.k_neighbours, bootstrap=m.bootstrap, seed=cfg.run.seed,
                     arrays=layer == m.layer, device=ctx.generator.device())
+        r["reference"]["fd"] = fd_real_halves(real_red, real_classes, cfg.run.seed)   # the scale FD reads against
         if layer == m.layer:
             headline = (r["arrays"], {"feature_space": space, "layer": layer, "fit": wd.fit_id(fit_manifest)})
         results.append(r)

@@ -12,7 +12,7 @@ import pandas as pd
 from ..context import Context
 from ..errors import UserError
 from ..files import load_npz, load_parquet, read_json
-from ..metric_defs import METRICS
+from ..metric_defs import METRICS, STEP_REFERENCES
 from ..report.data import (OVERALL_COLUMNS, STEP_METRIC_COLUMNS, Atlas, AtlasAnchor, DataSource, FrechetDistance,
                            Metrics, ModelInfo, Neighbours, Ragged, ReportData, RunInfo, StackedThumbnails, Trajectories,
                            package_versions)
@@ -139,10 +139,11 @@ def assemble_report(ctx: Context) -> ReportData:
             if key in d["overall"]:
                 row[key] = _num(d["overall"][key].get("value"))
         per_variant.append(row)
-    fd_e = main["fd"]
+    fd_e, halves = main["fd"], space.get("reference", {}).get("fd") or {}
     fd = FrechetDistance(value=_num(fd_e["value"]), n_real=fd_e["n_real"], n_gen=fd_e["n_generated"],
                          layer=headline["layer"],
-                         note="few samples: biased upwards" if min(fd_e["n_real"], fd_e["n_generated"]) < 5000 else "")
+                         note="few samples: biased upwards" if min(fd_e["n_real"], fd_e["n_generated"]) < 5000 else "",
+                         real_halves=halves.get("value"), n_halves=tuple(halves.get("n_halves", (0, 0))))
     metrics = Metrics(overall=overall, per_class=pd.DataFrame(per_class), per_variant=pd.DataFrame(per_variant),
                       fd=fd, layer=headline["layer"])
 
@@ -235,8 +236,12 @@ def _load_trajectories(wd, thumbs: list[np.ndarray], t: int):
                 continue
             rows.append((st["step"], st["sigma"], ref, _num(e.get("precision")), _num(e.get("recall")),
                          _num(e.get("coverage")), int(e.get("n_real", 0)), int(e.get("n_generated", 0))))
-    note = (f"measured in {doc['feature_space']}; 'real' is the real set as extracted, 'noised real' the real "
-            f"references at the step's σ")
+    mode = doc.get("features", "generation")   # stages of older versions kept the generating pass's activations
+    n_paths = int(steps["path"].nunique())
+    note = (f"Against real: {STEP_REFERENCES['real'][mode]}. Against noised real: {STEP_REFERENCES['noised real'][mode]}. "
+            f"The first step (σ {float(doc['sigmas'][0]):g}) is the one-step sample itself. Precision is a share of the "
+            f"{n_paths} paths' samples and compares with a generated set's directly; recall and coverage grow with the "
+            f"number of samples, so compare them between steps. Measured in {doc['feature_space']}.")
     return Trajectories(sigmas=[float(v) for v in doc["sigmas"]],
                         steps=steps[["path", "step", "sigma", "class_id", "x", "y", "thumb", "shown", "source"]],
                         real=real[["ref", "step", "sigma", "class_id", "x", "y", "thumb", "source"]],

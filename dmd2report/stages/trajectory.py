@@ -1,13 +1,15 @@
 """The trajectory stage: where each step of a few-step DMD2 sample lies on the real map.
 
-Paths follow `sampling.sample_paths` (schedule `trajectory.sigmas`, default 80, 14, 1, 0.05). The chosen
-layers are captured during each step's call and reduced as the stores reduce them (`features.Reducer`);
-a step's point is what the generator sees at that step, as a generated set's point is what it sees
-at sigma = 80.
+Paths follow `sampling.sample_paths` (schedule `trajectory.sigmas`, default 80, 14, 1, 0.05). A step's
+features are made as the generated sets' are (`features.generated`): by default ("reencode") each step's
+output image D_s is quantised as stored and fed back as real images are (`sampling.reencode_steps`), so a
+step's point and metrics compare its image with the real images, like with like (the last step's metrics
+are those of a few-step generated set); with "generation" the layers are captured during the step's own
+call, what the generator sees at that step. Reduced as the stores reduce them (`features.Reducer`).
 
 Real references: real images x noised to each sigma (x + sigma eps, eps fixed per image) and passed
-through the model with their class, G(x + sigma eps, sigma, one_hot(label)): what the model sees of
-real data at each noise level (`sampling.noised_real`).
+through the model with their class, G(x + sigma eps, sigma, one_hot(label)) (`sampling.noised_real`);
+their features are made the same way as the steps' (the output image re-encoded, or the call's own).
 
 The stage writes, under `<workdir>/trajectory/`:
 
@@ -38,9 +40,11 @@ from ..errors import UserError
 from ..features import Reducer, feature_dims, parse_reduce
 from ..files import array_digest, bytes_digest, save_json, save_parquet
 from ..layers import resolve_layer
+from ..metric_defs import STEP_REFERENCES
 from ..metrics import measure
 from ..runtime import auto_batch_size
-from ..sampling import REAL_NOISE_OFFSET, condition_vectors, noised_real, sample_paths, sample_plan, thumbnails
+from ..sampling import (REAL_NOISE_OFFSET, condition_vectors, noised_real, reencode_labels, reencode_steps, sample_paths,
+                        sample_plan, thumbnails)
 from ..sources import open_source, source_class_index
 from ..store import Store, StoreWriter, load_pca, metadata_frame, sparse_labels
 
@@ -120,12 +124,13 @@ def run(ctx: Context, overwrite: bool = False) -> None:
     ts = min(cfg.report.thumb_size, net.img_resolution)
     per_chunk = max(1, f.chunk_size // S)
     common = {"model_checksum": checksum, "sigmas": sigmas, "seed": cfg.run.seed, "resolution": net.img_resolution,
-              "num_classes": K, "features": {"layers": layers, "reduce": f.reduce, "dtype": f.dtype, "pca": pca_digest},
+              "num_classes": K, "features": {"layers": layers, "reduce": f.reduce, "dtype": f.dtype, "pca": pca_digest,
+                                             "generated": f.generated},
               "thumb_size": cfg.report.thumb_size, "per_chunk": per_chunk, "compute": compute_identity(device, net.use_fp16)}
     info = {"model_checksum": checksum, "versions": versions(), "layers": layers, "feature_dims": dims,
             "reduction": f.reduce, "dtype": f.dtype, "sigmas": sigmas, "steps": S, "seed": cfg.run.seed,
             "num_classes": K, "resolution": net.img_resolution, "thumb_size": cfg.report.thumb_size,
-            "full_layer": None, "class_index": index.to_mapping()}
+            "full_layer": None, "class_index": index.to_mapping(), "generated_features": f.generated}
 
     # Paths.
     class_ids, seeds = sample_plan(real_classes, t.samples)
@@ -162,9 +167,14 @@ def run(ctx: Context, overwrite: bool = False) -> None:
                               seed_index=rep(idx), label_index=[a for a in li for _ in range(S)],
                               label_weight=[w for w in lw for _ in range(S)], extra=steps_extra(sl))
 
+    reencode = f.generated == "reencode"
+    batch = auto_batch_size(device, f.batch_size)
+
     def path_compute(sl):
-        images, feats = sample_paths(net, cfg.run.seed, seeds[sl], vectors[sl], sigmas, layers=layers,
-                                     reducer=reducer, batch_size=auto_batch_size(device, f.batch_size))
+        images, feats = sample_paths(net, cfg.run.seed, seeds[sl], vectors[sl], sigmas,
+                                     layers=() if reencode else layers, reducer=reducer, batch_size=batch)
+        if reencode:
+            feats = reencode_steps(net, images, reencode_labels(class_ids[sl], vectors[sl], K), layers, reducer, batch)
         return images, feats
 
     ctx.log.info("[trajectory] %d samples x %d steps (sigmas %s)", n, S, ", ".join(f"{s:g}" for s in sigmas))
@@ -203,8 +213,12 @@ def run(ctx: Context, overwrite: bool = False) -> None:
                               extra=steps_extra(sl) | {"real_row": rep(ref_rows[sl])})
 
     def ref_compute(sl):
-        return noised_real(net, ref_images[sl], real_classes[ref_rows[sl]], ref_ids[sl], cfg.run.seed, sigmas,
-                           layers=layers, reducer=reducer, batch_size=auto_batch_size(device, f.batch_size))
+        images, feats = noised_real(net, ref_images[sl], real_classes[ref_rows[sl]], ref_ids[sl], cfg.run.seed, sigmas,
+                                    layers=() if reencode else layers, reducer=reducer, batch_size=batch)
+        if reencode:
+            labels = F.one_hot(torch.as_tensor(real_classes[ref_rows[sl]]), K).float()
+            feats = reencode_steps(net, images, labels, layers, reducer, batch)
+        return images, feats
 
     ctx.log.info("[trajectory] %d real references x %d sigmas", len(ref_rows), S)
     _write_steps_store(out / "real", {"stage": "trajectory-real", **common, "real_store": real.manifest["config_hash"],
@@ -287,7 +301,7 @@ def measure_steps(real_red: np.ndarray, real_classes: np.ndarray, paths: tuple[n
         steps.append({"step": s, "sigma": float(sigma),
                       "vs_real": entry(vs_real if tag in kept else None, tag, len(real_red), len(g)),
                       "vs_noised_real": entry(noised, tag, len(r_s), len(g))})
-    return {"feature_space": feature_space, "sigmas": [float(s) for s in sigmas], "steps": steps,
-            "definitions": {"vs_real": "the step's samples against the real set as extracted (sigma 80 on the image)",
-                            "vs_noised_real": "the step's samples against real images noised to the step's sigma "
-                                              "and passed through the model with their class"}}
+    mode = config.features.generated
+    return {"feature_space": feature_space, "sigmas": [float(s) for s in sigmas], "steps": steps, "features": mode,
+            "definitions": {"vs_real": STEP_REFERENCES["real"][mode],
+                            "vs_noised_real": STEP_REFERENCES["noised real"][mode]}}

@@ -763,6 +763,16 @@
     });
   }
 
+  // ---- variants page: the class selector shows one class's seeds ("" = the classes the page opens on) ----
+  Site.showVariantClass = function (value) {
+    document.querySelectorAll("[data-variant-table]").forEach(t => {
+      t.hidden = value === "" ? !t.hasAttribute("data-open") : t.dataset.variantTable !== String(value);
+    });
+  };
+  document.addEventListener("change", e => {
+    if (e.target.matches && e.target.matches("[data-variant-class]")) Site.showVariantClass(e.target.value);
+  });
+
   // ---- start ----
   function whenFigures(cb) {
     const names = Array.from(document.querySelectorAll("[data-fig]")).map(e => e.dataset.fig)

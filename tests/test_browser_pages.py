@@ -1,0 +1,214 @@
+"""The reading pages in headless Chromium: metrics in plain words with one colour each, FD on the real set's own
+scale, the few-step panel's comparison, the atlas mosaic filling its plot, the variants page's class selector."""
+
+import dataclasses
+import re
+
+import numpy as np
+import pytest
+
+from dmd2report.metric_defs import METRICS
+from dmd2report.report.data import replace, synthetic_report_data
+from dmd2report.report.render import render_site
+from test_browser_report import ARTIFACTS, _open, browser  # noqa: F401  (browser: the shared Chromium fixture)
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """A synthetic report with the measure stage's per-class columns: coverage_global equal to coverage (so it
+    is left out), density, class fidelity and FD; few-step paths; every atlas anchor with the same note."""
+    data = synthetic_report_data(400, 200, 6, seed=5, trajectories=True)
+    pc = data.metrics.per_class
+    rng = np.random.default_rng(0)
+    pc = pc.assign(density=rng.uniform(0.5, 1.2, len(pc)), coverage_global=pc["coverage"],
+                   class_fidelity=rng.uniform(0.8, 1, len(pc)), fd=rng.uniform(1, 9, len(pc)))
+    pv = data.metrics.per_variant.assign(density=rng.uniform(0.5, 1.2, 4), fd=[data.metrics.fd.value, 7.0, 9.0, 3.0])
+    for a in data.atlas.anchors:
+        a.note = "mask = mean full activations of its neighbours"
+    data = replace(data, metrics=dataclasses.replace(data.metrics, per_class=pc, per_variant=pv))
+    root = tmp_path_factory.mktemp("pages") / "site"
+    render_site(data, root)
+    return root, data
+
+
+def _shot(page, name):
+    page.screenshot(path=str(ARTIFACTS / f"pages-{name}.png"), full_page=True)
+
+
+@pytest.mark.parametrize("page_file", ["metrics.html", "classes.html", "classes/class-1.html"])
+def test_every_metric_has_its_label_and_explanation(site, browser, page_file):  # noqa: F811
+    root, data = site
+    page, problems, _ = _open(browser, (root / page_file).as_uri())
+    heads = page.evaluate("""() => Array.from(document.querySelectorAll('[data-metric]'))
+        .filter(e => e.tagName !== 'TR').map(e => [e.dataset.metric, e.getAttribute('title'), e.textContent])""")
+    keys = [k for k, _, _ in heads]
+    assert {"precision", "recall", "density", "coverage", "class_fidelity", "fd"} <= set(keys)
+    for key, title, text in heads:
+        assert title == METRICS[key].explanation and METRICS[key].label in text
+    # No raw key is shown, and coverage by any sample (equal to coverage in every class here) has no column.
+    body = page.text_content("main")
+    assert not re.search(r"coverage_global|class_fidelity|\bfd\b", body)
+    assert "coverage_global" not in keys and "equals coverage in every class here" in body
+    # Each metric's one line is on the page (a glossary below a table, the card on a class page).
+    for key in set(keys):
+        assert METRICS[key].explanation in body
+    assert problems == []
+    _shot(page, page_file.replace("/", "_").removesuffix(".html"))
+    page.context.close()
+
+
+def _legend_colours(page, fig):
+    """{legend label: fill colour} of a figure's legend items, and whether the legend sits beside/below the plot."""
+    return page.evaluate("""name => {
+        const doc = Bokeh.documents.find(d => d.get_model_by_name(name)), f = doc.get_model_by_name(name);
+        const outside = [...f.right, ...f.below].find(m => m.items !== undefined);
+        const inside = f.center.some(m => m.items !== undefined);
+        const out = {};
+        for (const it of outside ? outside.items : []) {
+          const g = it.renderers[0].glyph, c = g.fill_color !== undefined ? g.fill_color : g.line_color;
+          out[it.label.value] = typeof c === 'string' ? c : (c.value || c);
+        }
+        return [out, Boolean(outside) && !inside];
+    }""", fig)
+
+
+def test_one_colour_per_metric_in_every_chart_and_legends_beside_them(site, browser):  # noqa: F811
+    root, data = site
+    colour = {m.label: m.colour for m in METRICS.values()}
+    seen = {}
+    for page_file, figs in (("metrics.html", ["variantbars", "classbars"]), ("map.html", ["trajsteps"])):
+        page, problems, _ = _open(browser, (root / page_file).as_uri())
+        for fig in figs:
+            legend, outside = _legend_colours(page, fig)
+            assert outside, f"{fig}: legend over the data"
+            for label, c in legend.items():
+                name = label.split(" against ")[0]
+                assert c == colour[name], (fig, label)
+                seen.setdefault(name, set()).add(c)
+        if page_file == "metrics.html":
+            # The per-class chart's title says what it shows: all 6 classes here, lowest coverage first.
+            assert page.evaluate("Bokeh.documents.map(d => d.get_model_by_name('classbars')).find(Boolean).title.text") \
+                == "All 6 classes, lowest coverage first"
+            swatches = page.evaluate("""() => Array.from(document.querySelectorAll('.glossary dt'))
+                .map(d => [d.innerText.trim(), getComputedStyle(d.querySelector('.metric-swatch')).backgroundColor])""")
+            for label, rgb in swatches:
+                hexc = colour[label].lstrip("#")
+                assert rgb == "rgb({}, {}, {})".format(*(int(hexc[i:i + 2], 16) for i in (0, 2, 4)))
+        assert problems == []
+        page.context.close()
+    assert {"Precision", "Recall", "Coverage"} <= set(seen) and all(len(v) == 1 for v in seen.values())
+
+
+def test_fd_reads_against_the_real_sets_own_scale(site, browser):  # noqa: F811
+    root, data = site
+    fd = data.metrics.fd
+    page, problems, _ = _open(browser, (root / "metrics.html").as_uri())
+    rows = page.evaluate("""() => Array.from(document.querySelectorAll('table.fd-scale tr')).map(r =>
+        [r.querySelector('th').innerText, Number(r.querySelector('td.num').innerText),
+         r.querySelector('.bar').getBoundingClientRect().width, r.classList.contains('reference')])""")
+    assert rows[0][0].startswith("real against real") and rows[0][3] and rows[0][1] == round(fd.real_halves, 2)
+    assert rows[1][0] == "class against real" and rows[1][1] == round(fd.value, 2)
+    longest = max(r[2] for r in rows)
+    top = max(r[1] for r in rows)
+    for _, value, width, _ in rows:      # bars on one scale: widths in proportion to the values
+        assert width == pytest.approx(longest * value / top, abs=2.5)
+    assert f"{fd.n_halves[0]:,} and {fd.n_halves[1]:,} real" in page.inner_text("table.fd-scale")
+    assert f"two halves): {fd.real_halves:.2f}" in page.inner_text('tr[data-metric="fd"]')
+    # Map trust, explained where the metrics are.
+    assert METRICS["trust"].reading in page.inner_text('[data-reading="trust"]')
+    _shot(page, "metrics-fd-scale")
+    page.context.close()
+    page, problems2, _ = _open(browser, (root / "index.html").as_uri())
+    assert page.inner_text('[data-reference="fd"]') == f"real against real: {fd.real_halves:.2f}"
+    assert problems == problems2 == []
+    page.context.close()
+
+
+def test_few_step_panel_says_what_it_compares(site, browser):  # noqa: F811
+    root, data = site
+    page, problems, _ = _open(browser, (root / "map.html").as_uri())
+    panel = page.locator('[data-traj-panel="map"]')
+    heads = panel.locator("table thead th").all_inner_texts()
+    assert heads[2:] == [METRICS[k].label for k in ("precision", "recall", "coverage")]
+    o = data.metrics.overall.set_index("key")
+    n = int(o.at["precision", "n_gen"])
+    assert (f"the one-step class-conditioned set ({n:,} samples) against the same real set: precision "
+            f"{o.at['precision', 'value']:.2f}, recall {o.at['recall', 'value']:.2f}") in panel.inner_text()
+    assert problems == []
+    page.locator('[data-traj-panel="map"]').screenshot(path=str(ARTIFACTS / "pages-few-step-panel.png"))
+    page.context.close()
+
+
+def test_atlas_mosaic_fills_its_plot_and_says_its_note_once(site, browser):  # noqa: F811
+    root, data = site
+    page, problems, _ = _open(browser, (root / "atlas.html").as_uri())
+    got = page.evaluate("""() => {
+        const doc = Bokeh.documents.find(d => d.get_model_by_name('atlas')), f = doc.get_model_by_name('atlas');
+        const r = f.renderers.find(r => r.glyph.image !== undefined), img = r.data_source.data;
+        const frame = Bokeh.index[f.id].frame.bbox, val = v => (v !== null && typeof v === 'object') ? v.value : v;
+        const xs = [...img.x], ys = [...img.y], dw = val(r.glyph.dw), dh = val(r.glyph.dh);
+        return {x: [Math.min(...xs), Math.max(...xs) + dw], y: [Math.min(...ys), Math.max(...ys) + dh],
+                xr: [f.x_range.start, f.x_range.end], yr: [f.y_range.start, f.y_range.end], dw, dh,
+                frame: [frame.width, frame.height]};
+    }""")
+    span = lambda a: a[1] - a[0]
+    # The tiles reach from one end of each axis to the other (96% of a cell each, the rest is the gaps).
+    assert span(got["x"]) / span(got["xr"]) > 0.95 and span(got["y"]) / span(got["yr"]) > 0.95
+    # ... and are about square on screen: the plot has the grid's shape.
+    tile_w = got["dw"] / span(got["xr"]) * got["frame"][0]
+    tile_h = got["dh"] / span(got["yr"]) * got["frame"][1]
+    assert tile_w / tile_h == pytest.approx(1, rel=0.2)
+    note = "mask = mean full activations of its neighbours"
+    assert page.locator(".anchor .note").count() == 0 and note in page.inner_text('[data-note="anchors"]')
+    assert page.inner_text("main").count(note) == 1
+    assert problems == []
+    _shot(page, "atlas")
+    page.context.close()
+
+
+def _visible_variant_tables(page):
+    return page.evaluate("""() => Array.from(document.querySelectorAll('[data-variant-table]'))
+        .filter(t => !t.hidden && t.offsetParent !== null).map(t => Number(t.dataset.variantTable))""")
+
+
+def test_variants_page_offers_every_class(site, browser):  # noqa: F811
+    root, data = site
+    page, problems, _ = _open(browser, (root / "variants.html").as_uri())
+    classes = sorted(data.variants["class_id"].unique().tolist())
+    options = page.eval_on_selector_all("[data-variant-class] option", "os => os.map(o => o.value)")
+    assert options == [""] + [str(c) for c in classes]
+    opening = _visible_variant_tables(page)
+    assert opening == classes[:len(opening)] and len(opening) >= 1
+    last = classes[-1]
+    page.select_option("[data-variant-class]", str(last))
+    assert _visible_variant_tables(page) == [last]
+    table = page.locator(f'[data-variant-table="{last}"]')
+    n_seeds = data.variants[data.variants["class_id"] == last]["seed_index"].nunique()
+    assert table.locator("tbody tr").count() == n_seeds
+    # Its thumbnails are drawn from the sprite sheets (loaded once the table shows).
+    assert page.evaluate(f"""() => Array.from(document.querySelectorAll('[data-variant-table="{last}"] .thumb'))
+        .every(t => getComputedStyle(t).backgroundImage.includes('thumbs-'))""")
+    _shot(page, "variants-selected")
+    page.select_option("[data-variant-class]", "")
+    assert _visible_variant_tables(page) == opening
+    assert problems == []
+    page.context.close()
+
+
+def test_variants_page_scales_to_a_thousand_classes(browser, tmp_path):  # noqa: F811
+    data = synthetic_report_data(2000, 500, 1000, seed=6, variants_per_class=3)
+    data = replace(data, max_class_pages=2)
+    render_site(data, tmp_path / "site")
+    html = (tmp_path / "site" / "variants.html").read_text()
+    assert len(html.encode()) < 3 * 2**20          # bounded: two seeds a class past the first few
+    page, problems, _ = _open(browser, (tmp_path / "site" / "variants.html").as_uri())
+    assert page.locator("[data-variant-class] option").count() == 1 + 1000
+    page.select_option("[data-variant-class]", "999")
+    assert _visible_variant_tables(page) == [999]
+    rows = page.locator('[data-variant-table="999"] tbody tr').count()
+    assert rows == 2 and "2 of this class's 3 seeds" in page.inner_text('[data-variant-table="999"]')
+    assert problems == []
+    _shot(page, "variants-1000-classes")
+    page.context.close()
