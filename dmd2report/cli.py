@@ -204,11 +204,12 @@ _stage_command("render", ("render",), "Re-render the site from stored results (n
 @click.argument("b", type=click.Path(path_type=Path))
 @click.option("--metric", "metrics", multiple=True, help="Metric to watch (repeatable; default: all headline metrics).")
 @click.option("--threshold", default=0.02, show_default=True, help="Largest allowed move in the bad direction.")
-def compare(a, b, metrics, threshold):
+@click.option("--generator", default=None, help="The generator compared, of a file holding several ([[generators]]).")
+def compare(a, b, metrics, threshold, generator):
     """What changed between two metrics.json files; exit 1 when a watched metric regressed."""
     from .compare import compare_metrics
 
-    lines, regressed = compare_metrics(a, b, list(metrics) or None, threshold)
+    lines, regressed = compare_metrics(a, b, list(metrics) or None, threshold, generator)
     for line in lines:
         click.echo(line)
     sys.exit(1 if regressed else 0)

@@ -1,5 +1,8 @@
 """Compare two metrics.json files (for CI snapshots): what changed, and whether a chosen metric regressed.
 
+A metrics.json of several generators (`[[generators]]`) holds one such document per generator: `--generator
+NAME` compares that one; two such files are compared generator by generator (paths prefixed `<generator>:`).
+
 Every value is addressed by a path `<feature space>/<variant>/overall/<metric>` or
 `<feature space>/<variant>/per_class/<class>/<metric>` (and `<feature space>/reference/<metric>`).
 A selector is either a bare metric name, which picks that metric in the `overall` scope of every
@@ -19,7 +22,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .metric_defs import METRICS
-from .metrics import SCHEMA
+from .metrics import SCHEMA, generator_documents
 
 LOWER_IS_BETTER = frozenset(k for k, m in METRICS.items() if not m.higher_is_better)
 # The overall entries of every variant: precision, recall, density, coverage, fd, class_fidelity, centroid_accuracy.
@@ -36,9 +39,33 @@ def read_metrics(path) -> dict:
         raise UserError(f"{path}: cannot read ({e.__class__.__name__}: {e})") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA or not isinstance(doc.get("feature_spaces"), dict):
+    generators = doc.get("generators") if isinstance(doc, dict) else None
+    ok = isinstance(doc, dict) and doc.get("schema") == SCHEMA and (
+        isinstance(doc.get("feature_spaces"), dict) if generators is None else
+        isinstance(generators, dict) and generators and
+        all(isinstance(g, dict) and isinstance(g.get("feature_spaces"), dict) for g in generators.values()))
+    if not ok:
         raise UserError(f"{path}: not a dmd2report metrics.json (expected schema {SCHEMA!r})")
     return doc
+
+
+def _documents(doc: dict, path, generator: str | None, other_is_comparison: bool) -> dict[str, dict]:
+    """{prefix: metrics document} compared from one file: a one-generator file whole (prefix ""); from a
+    comparison, the generator `generator` names, its only one, or (against another comparison) every one,
+    its paths prefixed `<generator>:`."""
+    docs = generator_documents(doc)
+    if "" in docs:
+        return docs
+    if generator is not None:
+        if generator not in docs:
+            raise UserError(f"{path}: --generator {generator}: no such generator (it holds {', '.join(docs)})")
+        return {"": docs[generator]}
+    if len(docs) == 1:
+        return {"": next(iter(docs.values()))}
+    if not other_is_comparison:
+        raise UserError(f"{path}: holds several generators ({', '.join(docs)}); pick the one to compare with "
+                        f"--generator NAME")
+    return {f"{name}:": d for name, d in docs.items()}
 
 
 def flatten(doc: dict) -> dict[str, tuple[str, str, dict]]:
@@ -71,25 +98,31 @@ def _fmt(v) -> str:
     return "null" if v is None else f"{v:.6g}"
 
 
-def compare_metrics(a_path, b_path, metrics: list[str] | None = None, threshold: float = 0.0):
+def compare_metrics(a_path, b_path, metrics: list[str] | None = None, threshold: float = 0.0,
+                    generator: str | None = None):
     """(report lines, regressed) for B against A. `metrics` are selectors (see the module docstring);
     None selects the overall entries of DEFAULT_METRICS. Values outside the selection are reported
-    when they changed but never count as regressions."""
+    when they changed but never count as regressions. Either file may hold several generators (a
+    comparison's metrics.json): `generator` picks one of each such file; two comparisons without it are
+    compared generator by generator, paths prefixed `<generator>:`."""
     if threshold < 0:
         raise UserError(f"--threshold {threshold}: must be >= 0")
-    a_doc, b_doc = read_metrics(a_path), read_metrics(b_path)
-    a, b = flatten(a_doc), flatten(b_doc)
+    a_raw, b_raw = read_metrics(a_path), read_metrics(b_path)
+    a_docs = _documents(a_raw, a_path, generator, "generators" in b_raw)
+    b_docs = _documents(b_raw, b_path, generator, "generators" in a_raw)
+    a = {prefix + p: e for prefix, d in a_docs.items() for p, e in flatten(d).items()}
+    b = {prefix + p: e for prefix, d in b_docs.items() for p, e in flatten(d).items()}
     selectors = list(metrics) if metrics else list(DEFAULT_METRICS)
     if metrics:
         for sel in selectors:
             if not any(_selected(p, *e[:2], [sel]) for p, e in (a | b).items()):
                 raise UserError(f"--metric {sel}: matches no value in {a_path} or {b_path}")
     lines, regressed = [], False
-    if a_doc.get("provenance") != b_doc.get("provenance"):
-        for key in sorted(set(a_doc.get("provenance") or {}) | set(b_doc.get("provenance") or {})):
-            va, vb = (a_doc.get("provenance") or {}).get(key), (b_doc.get("provenance") or {}).get(key)
-            if va != vb:
-                lines.append(f"  provenance {key}: {va} -> {vb}")
+    for prefix in sorted(a_docs.keys() | b_docs.keys()):
+        pa, pb = (a_docs.get(prefix) or {}).get("provenance") or {}, (b_docs.get(prefix) or {}).get("provenance") or {}
+        for key in sorted(set(pa) | set(pb)):
+            if pa.get(key) != pb.get(key):
+                lines.append(f"  provenance {prefix}{key}: {pa.get(key)} -> {pb.get(key)}")
     unselected_class_changes = 0
     for path in sorted(a.keys() | b.keys()):
         scope, metric, _ = a.get(path) or b.get(path)

@@ -147,6 +147,26 @@ class ModelConfig:
                            "eager fallback if compiling fails.", choices=("auto", "on", "off"), cli="--compile")
 
 
+def _model_key(name: str):
+    """A [[generators]] key declared as [model]'s key `name` is (its default, help and rules; no option)."""
+    f = next(f for f in dataclasses.fields(ModelConfig) if f.name == name)
+    return field(default=f.default, metadata={"setting": dataclasses.replace(f.metadata["setting"], cli=None)})
+
+
+GENERATOR_NAME = (r"[A-Za-z0-9_.-]+", "letters, digits, '_', '.' or '-'")
+
+
+@dataclass
+class GeneratorConfig:
+    """One generator of a comparison, a `[[generators]]` table (several make one report comparing them: the same
+    seeds, one reference encoder, one real map). Its network and weights are declared as [model]'s; model.precision
+    and model.compile apply to every generator."""
+
+    name: str = setting("", "The generator's name in the report (required, unique).", pattern=GENERATOR_NAME)
+    preset: str = _model_key("preset")
+    checkpoint: str = _model_key("checkpoint")
+
+
 @dataclass
 class DataConfig:
     """The real images. Read by extract (and render, which names the source)."""
@@ -180,6 +200,9 @@ class FeaturesConfig:
     chunk_size: int = setting(4096, "Samples per stored chunk (the unit of atomic writes and resume).", ge=1)
     generated: str = setting("reencode", "Features of generated images: reencode (the image fed back as real ones are) "
                              "or generation (the generating pass's own).", choices=("reencode", "generation"))
+    encoder: str = setting("", "With [[generators]]: the reference encoder, the generator whose network extracts the real "
+                           "images and re-encodes every generator's samples (one feature space, one real map); empty: "
+                           "the first generator.", pattern=(r"|[A-Za-z0-9_.-]+", "a generator's name"))
     full_per_class: int = setting(8, "Real samples per class whose full atlas.mask_layer activations are kept (masking).",
                                   ge=0)
     recon_per_class: int = setting(4, "Real samples per class whose reconstruction (model output) is kept.", ge=0)
@@ -304,9 +327,13 @@ class Config:
     atlas: AtlasConfig = field(default_factory=AtlasConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
+    generators: list[GeneratorConfig] = field(default_factory=list)   # [[generators]]; empty: the one [model] declares
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not d["generators"]:
+            del d["generators"]   # a one-generator config hashes as before [[generators]] existed
+        return d
 
     def section_hash(self, *sections: str) -> str:
         """Hash of the named sections (all when none): the cache key of the stages reading them."""
@@ -353,19 +380,42 @@ class Key:
 
 
 def sections() -> dict[str, type]:
-    """Section name -> its dataclass, in file order."""
-    return typing.get_type_hints(Config)
+    """Section name -> its dataclass, in file order ([[generators]], an array of tables, apart: `generator_keys`)."""
+    return {k: v for k, v in typing.get_type_hints(Config).items() if k != "generators"}
+
+
+def _keys_of(section: str, cls) -> dict[str, Key]:
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        out[f"{section}.{f.name}"] = Key(section, f.name, hints[f.name], default, f.metadata["setting"])
+    return out
 
 
 def keys() -> dict[str, Key]:
     """Every declared key, `section.name` -> Key, in file order."""
     out = {}
     for section, cls in sections().items():
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-            out[f"{section}.{f.name}"] = Key(section, f.name, hints[f.name], default, f.metadata["setting"])
+        out |= _keys_of(section, cls)
     return out
+
+
+def generator_keys() -> dict[str, Key]:
+    """The keys of a [[generators]] table, `generators.name` -> Key."""
+    return _keys_of("generators", GeneratorConfig)
+
+
+def generator_entries(c: Config) -> list[GeneratorConfig]:
+    """The generators of a run: the [[generators]] tables, or the one [model] declares (named "": the layout and
+    outputs of a one-generator run)."""
+    return c.generators or [GeneratorConfig(name="", preset=c.model.preset, checkpoint=c.model.checkpoint)]
+
+
+def reference_encoder(c: Config) -> GeneratorConfig:
+    """The generator whose network extracts the real images and re-encodes every generated one (features.encoder)."""
+    entries = generator_entries(c)
+    return next((g for g in entries if g.name == c.features.encoder), entries[0])
 
 
 def section_help(section: str) -> str:
@@ -467,6 +517,9 @@ def _apply(config: Config, data: dict, origin: str, origins: dict[str, str]) -> 
     declared = keys()
     names = sections()
     for section, values in data.items():
+        if section == "generators":
+            config.generators = _generators(values, origin, origins)
+            continue
         if section not in names:
             raise UserError(f"{origin}: unknown section [{section}]; valid: {', '.join(names)}")
         if not isinstance(values, dict):
@@ -483,6 +536,27 @@ def _apply(config: Config, data: dict, origin: str, origins: dict[str, str]) -> 
             origins[dotted] = origin
 
 
+def _generators(tables, origin: str, origins: dict[str, str]) -> list[GeneratorConfig]:
+    """The [[generators]] tables, each key checked against its declaration."""
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise UserError(f"{origin}: generators must be an array of tables, written [[generators]]")
+    declared = generator_keys()
+    out = []
+    for i, table in enumerate(tables, 1):
+        where = f"{origin}: [[generators]] #{i}"
+        entry = GeneratorConfig()
+        for name, value in table.items():
+            if f"generators.{name}" not in declared:
+                raise UserError(f"{where}: unknown key generators.{name}; valid keys: "
+                                f"{', '.join(k.name for k in declared.values())}")
+            setattr(entry, name, check_value(declared[f"generators.{name}"], value, where))
+        if "name" not in table:
+            raise UserError(f"{where}: generators.name: required; name each generator")
+        out.append(entry)
+    origins["generators"] = origin
+    return out
+
+
 def check_config(c: Config, origins: dict[str, str] | None = None) -> None:
     """Every value against its declaration, then the keys against each other (`BETWEEN_KEYS`); a
     UserError naming where the key was set: the file, "command line" or "defaults"."""
@@ -493,6 +567,9 @@ def check_config(c: Config, origins: dict[str, str] | None = None) -> None:
 
     for dotted, key in keys().items():
         check_value(key, getattr(getattr(c, key.section), key.name), where(dotted))
+    for i, g in enumerate(c.generators, 1):
+        for key in generator_keys().values():
+            check_value(key, getattr(g, key.name), f"{where('generators')}: [[generators]] #{i}")
     for check in BETWEEN_KEYS:
         check(c, where)
 
@@ -542,20 +619,53 @@ def _trajectory(c: Config, where) -> None:
 
 
 @_between_keys
+def _generators_between(c: Config, where) -> None:
+    """With `[[generators]]`: their names are unique; each names its own preset and checkpoint (`model.preset` and
+    `model.checkpoint` stay unset); `features.encoder` is empty or one of the names; several generators need
+    `features.generated = "reencode"` and `embedding.fit_on = "real"` (one feature space, one real map).
+    Without them, `features.encoder` is empty."""
+    names = [g.name for g in c.generators]
+    w = where("generators")
+    if not names:
+        if c.features.encoder:
+            raise UserError(f"{where('features.encoder')}: features.encoder: {c.features.encoder!r} names no generator; "
+                            f"list the generators as [[generators]] tables")
+        return
+    for i, n in enumerate(names):
+        if n in names[:i]:
+            raise UserError(f"{w}: generators.name: {n!r} is repeated; name each generator once")
+    for dotted in ("model.preset", "model.checkpoint"):
+        if where(dotted) != "defaults":
+            raise UserError(f"{where(dotted)}: {dotted}: set per generator with [[generators]]; "
+                            f"give it in each [[generators]] table instead")
+    if c.features.encoder and c.features.encoder not in names:
+        raise UserError(f"{where('features.encoder')}: features.encoder: {c.features.encoder!r} is not one of the "
+                        f"generators ({', '.join(names)})")
+    if len(names) > 1:
+        for dotted, value, want in (("features.generated", c.features.generated, "reencode"),
+                                    ("embedding.fit_on", c.embedding.fit_on, "real")):
+            if value != want:
+                raise UserError(f"{where(dotted)}: {dotted}: {value!r} with several generators; use {want!r}, "
+                                f"so that every generator is measured in one feature space against one real map")
+
+
+@_between_keys
 def _layers(c: Config, where) -> None:
-    """`features.layers`, `metrics.layer` and `atlas.mask_layer` are layers of `model.preset`'s network
-    (upstream names or aliases); no two of `features.layers` name the same block; `metrics.layer` is
+    """`features.layers`, `metrics.layer` and `atlas.mask_layer` are layers of the reference encoder's network
+    (`model.preset`, or the preset of the `[[generators]]` table `features.encoder` names; upstream names or
+    aliases); no two of `features.layers` name the same block; `metrics.layer` is
     one of `features.layers`, spelt the same."""
     from .layers import resolve_layer
 
-    net = _meta_net(c.model.preset)
+    preset = reference_encoder(c).preset
+    net = _meta_net(preset)
     layers = c.features.layers
 
     def resolve(name: str, dotted: str, w: str) -> str:
         try:
             return resolve_layer(net, name)
         except UserError as e:
-            raise UserError(f"{w}: {dotted} (preset {c.model.preset}): {e}") from None
+            raise UserError(f"{w}: {dotted} (preset {preset}): {e}") from None
 
     w = where("features.layers", "model.preset")
     upstream: dict[str, str] = {}
@@ -605,6 +715,18 @@ def check_schedule(sigmas: Sequence[float], key: str = "trajectory.sigmas", wher
 # ---------------------------------------------------------------------------------------------
 # Documents derived from the declarations.
 
+GENERATORS_EXAMPLE = """[[generators]]
+name = "step-190k"
+preset = "dmd2-imagenet64"
+checkpoint = "checkpoints/step_190000"
+
+[[generators]]
+name = "step-200k"
+preset = "dmd2-imagenet64"
+checkpoint = "checkpoints/step_200000"
+"""
+
+
 def example_toml() -> str:
     """A commented example config (what `dmd2report init` writes): every key at its default."""
     lines = ["# dmd2report configuration. Every key is optional; command-line options override it.",
@@ -618,7 +740,8 @@ def example_toml() -> str:
             note = s.help + (f" [{allowed}]" if allowed else "") + (f" (option {s.cli})" if s.cli else "")
             lines += [f"# {note}", f"{key.name} = {_toml_value(key.default)}"]
         lines.append("")
-    return "\n".join(lines)
+    lines += [f"# {' '.join(GeneratorConfig.__doc__.split())}"] + [f"# {line}".rstrip() for line in GENERATORS_EXAMPLE.splitlines()]
+    return "\n".join(lines) + "\n"
 
 
 def markdown() -> str:
@@ -641,6 +764,12 @@ def markdown() -> str:
                      key.allowed_text().replace("|", "\\|"), f"`{s.cli}`" if s.cli else "", s.help.replace("|", "\\|")]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
+    out += ["## [[generators]]", "", " ".join(GeneratorConfig.__doc__.split()), "",
+            "| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+    for key in generator_keys().values():
+        out.append(f"| `{key.name}` | {key.type_text()} | `{_toml_value(key.default)}` | "
+                   f"{key.allowed_text().replace('|', chr(92) + '|')} | {key.setting.help.replace('|', chr(92) + '|')} |")
+    out += ["", "```toml", GENERATORS_EXAMPLE.rstrip(), "```", ""]
     out += ["## Checks between keys", "", "After every value passes its own check above:", ""]
     out += [f"- {' '.join(check.__doc__.split())}" for check in BETWEEN_KEYS] + [""]
     moved = ", ".join(f"`{a}` is now `{b}`" for a, b in MOVED.items())

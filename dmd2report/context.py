@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .config import Config
+from .config import Config, GeneratorConfig, generator_entries, reference_encoder
 from .workdir import WorkDir
 
 log = logging.getLogger(__name__)
@@ -22,10 +22,13 @@ def compute_identity(device: torch.device, use_fp16: bool) -> dict:
 
 
 class Generator:
-    """The run's generator: its identity without loading it (for cache keys), and the network on first use."""
+    """One generator of the run: its identity without loading it (for cache keys), and the network on first use.
+    `entry`: its [[generators]] table (name, preset, checkpoint); default the reference encoder's."""
 
-    def __init__(self, config: Config, workdir: WorkDir, write_cache: bool = True):
+    def __init__(self, config: Config, workdir: WorkDir, write_cache: bool = True, entry: GeneratorConfig | None = None):
         self.config = config
+        self.entry = entry or reference_encoder(config)
+        self.name, self.preset = self.entry.name, self.entry.preset
         self.workdir = workdir
         self.write_cache = write_cache   # torchrun: rank 0 alone writes checksums.json
         self._net = None
@@ -36,7 +39,7 @@ class Generator:
         if self._identity is None:
             from .checkpoint import bundled_weights, resolve_checkpoint_file
 
-            m = self.config.model
+            m = self.entry
             path = resolve_checkpoint_file(m.checkpoint) if m.checkpoint else bundled_weights(m.preset)
             sha = (f"untrained-seed{self.config.run.seed}" if path is None
                    else self.workdir.checkpoint_sha256(path, write=self.write_cache))
@@ -58,7 +61,7 @@ class Generator:
         from .models.presets import preset_config
 
         precision = self.config.model.precision
-        fp16 = precision == "bfloat16" or (precision == "auto" and preset_config(self.config.model.preset)["use_fp16"])
+        fp16 = precision == "bfloat16" or (precision == "auto" and preset_config(self.preset)["use_fp16"])
         return compute_identity(self.device(), fp16)
 
     @property
@@ -68,7 +71,7 @@ class Generator:
             from .runtime import auto_batch_size, prepare
 
             device = self.device()
-            net, info = load_generator(self.config.model.preset, self.config.model.checkpoint or None, "cpu",
+            net, info = load_generator(self.preset, self.entry.checkpoint or None, "cpu",
                                        seed=self.config.run.seed)
             log.info("model: %s from %s on %s", info.preset, info.checkpoint or "random weights (UNTRAINED)", device)
             # Once a run, eagerly on the device before `prepare` compiles anything: a checkpoint whose
@@ -80,16 +83,29 @@ class Generator:
             self._net = net
         return self._net
 
+    def unload(self) -> None:
+        """Drop the network (a comparison holds one generator besides the reference encoder at a time)."""
+        self._net = None
+
 
 @dataclass
 class Context:
-    """One stage's view of a build. Stages read inputs and write outputs through `workdir` only."""
+    """One stage's view of a build. Stages read inputs and write outputs through `workdir` only.
+    `generator` is the reference encoder; `generators` every generator by name (the reference among them;
+    one generator named "" without [[generators]])."""
 
     config: Config
     workdir: WorkDir
     generator: Generator
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("dmd2report"))
     command: str = "dmd2report build"
+    generators: dict[str, Generator] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.generators:
+            self.generators = {g.name: (self.generator if g.name == self.generator.name
+                                        else Generator(self.config, self.workdir, self.generator.write_cache, g))
+                               for g in generator_entries(self.config)}
 
     @classmethod
     def create(cls, config: Config, command: str = "dmd2report build", write_cache: bool = True) -> Context:
@@ -98,4 +114,5 @@ class Context:
 
     def for_stage(self, module_name: str) -> Context:
         """The same context with the stage module's own logger."""
-        return Context(self.config, self.workdir, self.generator, logging.getLogger(module_name), self.command)
+        return Context(self.config, self.workdir, self.generator, logging.getLogger(module_name), self.command,
+                       self.generators)

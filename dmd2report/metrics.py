@@ -520,10 +520,24 @@ def metrics_document(results, provenance: Mapping) -> dict:
                    "definitions": {k: DEFINITIONS[k] for k in sorted(used)}, "feature_spaces": spaces})
 
 
-def write_metrics_json(path, results, provenance: Mapping) -> Path:
-    """Write metrics.json atomically: sorted keys, floats rounded to 6 significant digits, one value a line."""
+def comparison_document(documents: Mapping[str, dict], encoder: str) -> dict:
+    """metrics.json of several generators measured by one reference encoder: {"schema", "encoder",
+    "generators": {name: that generator's own metrics document (`metrics_document`)}}."""
+    return {"schema": SCHEMA, "encoder": encoder, "generators": dict(documents)}
+
+
+def generator_documents(doc: Mapping) -> dict[str, dict]:
+    """{generator name: its metrics document} of a metrics.json in either form: a comparison's generators,
+    or {"": doc} for a one-generator file."""
+    return dict(doc["generators"]) if "generators" in doc else {"": dict(doc)}
+
+
+def write_metrics_json(path, results, provenance: Mapping, document: Mapping | None = None) -> Path:
+    """Write metrics.json atomically (`document`, else the one of `results` and `provenance`): sorted keys,
+    floats rounded to 6 significant digits, one value a line."""
     path = Path(path)
-    text = json.dumps(metrics_document(results, provenance), sort_keys=True, indent=1, allow_nan=False) + "\n"
+    doc = metrics_document(results, provenance) if document is None else document
+    text = json.dumps(doc, sort_keys=True, indent=1, allow_nan=False) + "\n"
     save_text(path, text)
     return path
 

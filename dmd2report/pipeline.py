@@ -2,8 +2,8 @@
 
 Stages and what each one's cache key covers (keys chain, so a change reruns everything after it):
 
-  extract    real images -> features          model checksum, [data], [features], run.seed
-  generate   samples of every variant         extract key, [generate]
+  extract    real images -> features          model checksum, [data], [features], run.seed (the reference encoder's)
+  generate   samples of every variant         extract key, [generate], every [[generators]] table's checksum
   fit        reductions + 2-D map, trust      generate key, [embedding], metrics.layer
   measure    metrics.json, neighbour arrays   fit key, [metrics]
   atlas      generation from map points       fit key, [atlas]
@@ -61,10 +61,13 @@ def stage_keys(ctx: Context) -> dict[str, str]:
     keys = {}
     # batch_size changes no result; features.generated only what generate and trajectory store (the latter
     # follows it through the fit key).
-    features = {k: v for k, v in c["features"].items() if k not in ("batch_size", "generated")}
-    keys["extract"] = short_hash([g.checksum, ctx.config.model.preset, c["data"], features, c["run"]["seed"],
+    # features.encoder is the generator g is: its checksum and preset stand for it.
+    features = {k: v for k, v in c["features"].items() if k not in ("batch_size", "generated", "encoder")}
+    keys["extract"] = short_hash([g.checksum, g.preset, c["data"], features, c["run"]["seed"],
                                   c["atlas"]["mask_layer"], c["report"]["thumb_size"], g.compute_identity()])
-    keys["generate"] = short_hash([keys["extract"], c["generate"], c["features"]["generated"]])
+    # With [[generators]], every generator's name, preset and checksum (a one-generator run's key is as before).
+    compared = [[name, o.preset, o.checksum, o.compute_identity()] for name, o in ctx.generators.items() if name]
+    keys["generate"] = short_hash([keys["extract"], c["generate"], c["features"]["generated"]] + compared)
     keys["fit"] = short_hash([keys["generate"], c["embedding"], c["metrics"]["layer"]])
     keys["measure"] = short_hash([keys["fit"], c["metrics"]])
     keys["atlas"] = short_hash([keys["fit"], c["atlas"]])

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from .classes import DATASET_INDEX_NAME, ClassIndex, dataset_classes
+from .config import reference_encoder
 from .errors import UserError
 from .files import replacing, save_text, sha256_bytes
 
@@ -372,7 +373,7 @@ def open_source(config, resolution: int) -> RealSource:
 
 def model_class_index(config) -> ClassIndex:
     """The classes the configured model is conditioned on: the demo's for the demo preset, else ImageNet's."""
-    if config.model.preset == "demo":
+    if reference_encoder(config).preset == "demo":
         from .demo.dataset import demo_class_index
 
         return ClassIndex.from_mapping(demo_class_index(), "demo class index")

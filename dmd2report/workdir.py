@@ -3,7 +3,8 @@
     <workdir>/.lock                 held by the build that owns the directory (fcntl; released on exit)
     <workdir>/stages.json           the cache key each stage last finished with (pipeline.py)
     <workdir>/checksums.json        SHA-256 of checkpoints by (path, size, mtime): hashing 1 GB once
-    <workdir>/stores/<name>/        activation stores: real, gen-<variant> (store.py)
+    <workdir>/stores/<name>/        activation stores: real, gen-<variant> (store.py); with [[generators]],
+                                    generators/<generator>/gen-<variant> (real is the reference encoder's)
     <workdir>/fit/                  manifest.json, <layer>.joblib, points.parquet
     <workdir>/measure/              metrics.json, arrays.npz, headline.json
     <workdir>/atlas/                atlas.npz, atlas.json
@@ -40,9 +41,16 @@ except ImportError:  # pragma: no cover
     fcntl = None
 
 
-def generated_sets(config) -> list[tuple[str, str]]:
-    """(variant, store name) of every generated set of a run, the class-conditioned set first."""
-    return [("class", "gen-class")] + [(v, f"gen-{v}") for v in config.generate.variants if v != "class"]
+def generated_sets(config, generator: str = "") -> list[tuple[str, str]]:
+    """(variant, store name) of every generated set of one generator, the class-conditioned set first: `gen-<variant>`,
+    or `generators/<name>/gen-<variant>` for a [[generators]] table's."""
+    prefix = f"generators/{generator}/" if generator else ""
+    return [(v, f"{prefix}gen-{v}") for v in ["class"] + [v for v in config.generate.variants if v != "class"]]
+
+
+def set_label(generator: str, variant: str) -> str:
+    """A generated set's name in fit/ and measure/ results: its variant, `<generator>/<variant>` in a comparison."""
+    return f"{generator}/{variant}" if generator else variant
 
 
 class WorkDir:
@@ -248,7 +256,9 @@ class WorkDir:
 
     def metrics(self) -> dict:
         doc = files.read_json(self.measure / "metrics.json", "measure")
-        if not isinstance(doc, dict) or not isinstance(doc.get("feature_spaces"), dict):
+        docs = doc.get("generators", {"": doc}) if isinstance(doc, dict) else None
+        if not isinstance(docs, dict) or not docs or not all(
+                isinstance(d, dict) and isinstance(d.get("feature_spaces"), dict) for d in docs.values()):
             raise files.damaged(self.measure / "metrics.json", "measure", "no feature_spaces")
         return doc
 

@@ -223,6 +223,48 @@ class Trajectories:
                 raise ValueError(f"trajectories.{name}.thumb out of range of thumbnails")
 
 
+COMPARISON_COLUMNS = ["generator", "key", "label", "value", "ci_low", "ci_high", "delta", "separated"]
+CLASS_DELTA_COLUMNS = ["generator", "key", "class_id", "reference", "value", "delta"]
+SEED_COLUMNS = ["seed_index", "class_id", "generator", "point"]
+COVER_DIFF = ("neither", "A only", "B only", "both")   # points.cover_diff codes 0..3: bit 0 covered by A, bit 1 by B
+
+
+@dataclass
+class Comparison:
+    """Several generators measured by one reference encoder against one real map (a [[generators]] run).
+
+    generators: names, the reference encoder's first (the other pages show it); a, b: the pair of the
+        coverage-difference view (the reference and the next generator).
+    overall: COMPARISON_COLUMNS, per generator and overall metric of the class-conditioned set: value and
+        95% interval (NaN without), delta = value minus the reference's, separated = the two intervals do not
+        overlap (False for the reference and without intervals).
+    per_class: CLASS_DELTA_COLUMNS, per non-reference generator, per-class metric and class: the reference's
+        value, this one's and the delta, sorted by |delta|, largest first.
+    seeds: SEED_COLUMNS, the same seed's class-conditioned sample of every generator (point rows).
+    With a comparison, `ReportData.points` carries two more columns: `generator` (who made a generated
+    point, "" for real ones) and `cover_diff` (real points: COVER_DIFF code by the a and b class-conditioned
+    sets; -1 for generated points).
+    """
+    generators: list[str]
+    a: str
+    b: str
+    overall: pd.DataFrame
+    per_class: pd.DataFrame
+    seeds: pd.DataFrame
+    feature_space: str = ""
+
+    def validate(self, points: pd.DataFrame) -> None:
+        for name, table, cols in (("overall", self.overall, COMPARISON_COLUMNS),
+                                  ("per_class", self.per_class, CLASS_DELTA_COLUMNS), ("seeds", self.seeds, SEED_COLUMNS)):
+            missing = [c for c in cols if c not in table.columns]
+            if missing:
+                raise ValueError(f"comparison.{name}: missing columns {missing}")
+        if not {"generator", "cover_diff"} <= set(points.columns):
+            raise ValueError("points: a comparison needs the generator and cover_diff columns")
+        if len(self.seeds) and self.seeds["point"].max() >= len(points):
+            raise ValueError("comparison.seeds.point out of range")
+
+
 @dataclass
 class ReportData:
     """Everything the report site shows. Build with the pipeline or `synthetic_report_data`.
@@ -270,6 +312,7 @@ class ReportData:
     skipped: list[dict] = field(default_factory=list)
     cover_count: np.ndarray | None = None
     cover_radius: np.ndarray | None = None
+    comparison: Comparison | None = None   # several generators ([[generators]]): the comparison page and map views
 
     def __post_init__(self):
         if isinstance(self.covered_by, dict):
@@ -329,6 +372,8 @@ class ReportData:
                     raise ValueError(f"atlas anchor {a.anchor} out of range")
         if self.trajectories is not None:
             self.trajectories.validate(len(t))
+        if self.comparison is not None:
+            self.comparison.validate(p)
         for s in self.skipped:
             if not isinstance(s, dict) or not isinstance(s.get("source"), str):
                 raise ValueError(f"skipped: expected {{'source': str, 'error': str}} entries, got {s!r}")

@@ -25,6 +25,7 @@ import pandas as pd
 from .data import Neighbours, Ragged, ReportData
 
 MAX_GRID = 60                        # thumbnails per grid on class pages
+COMPARE_CLASSES, COMPARE_SEEDS = 8, 4   # the comparison page's same-seed grids: classes, seeds each
 VARIANT_CLASSES, VARIANT_SEEDS = 8, 6  # the variants page opens on this many classes, with this many seeds each
 VARIANT_SEED_BUDGET = 2000           # seeds carried for the page's class selector, over all classes (at least one each)
 MAX_COVERED_BY = 12                  # covering generated samples listed (and carried) per drawn real point
@@ -153,6 +154,8 @@ def site_view(data: ReportData, max_points: int) -> SiteView:
     page_rows = [drawn_rows, class_grid_rows(p, chosen).index.to_numpy(np.int64)]
     if len(data.variants):
         page_rows.append(variant_selection(data.variants, chosen)[1]["point"].to_numpy(np.int64))
+    if data.comparison is not None:
+        page_rows.append(data.comparison.seeds["point"].to_numpy(np.int64))
     if data.atlas is not None:
         page_rows += [np.array([a.anchor for a in data.atlas.anchors], np.int64),
                       np.array([j for a in data.atlas.anchors for j in a.neighbours if 0 <= j < n], np.int64)]
@@ -210,6 +213,10 @@ def site_view(data: ReportData, max_points: int) -> SiteView:
     variants = data.variants.assign(point=_map_rows(data.variants["point"].to_numpy(np.int64), local)) \
         if len(data.variants) else data.variants
     variants = variants[variants["point"] >= 0] if len(variants) else variants
+    comparison = data.comparison
+    if comparison is not None:
+        comparison = dataclasses.replace(comparison, seeds=comparison.seeds.assign(
+            point=_map_rows(comparison.seeds["point"].to_numpy(np.int64), local)).reset_index(drop=True))
     atlas = data.atlas
     if atlas is not None:
         atlas = dataclasses.replace(
@@ -224,7 +231,7 @@ def site_view(data: ReportData, max_points: int) -> SiteView:
     site = dataclasses.replace(data, points=pts, thumbnails=thumbs, neighbours=neighbours, covered_by=covered_by,
                                cover_count=c_cnt, cover_radius=radius,
                                variants=variants.reset_index(drop=True), atlas=atlas, trajectories=traj,
-                               chosen_classes=chosen)
+                               chosen_classes=chosen, comparison=comparison)
     return SiteView(full=data, site=site, rows=rows, local=local, drawn=drawn, nb_real_class=nb_class(ri),
                     nb_gen_class=nb_class(gi), covered_count=c_cnt, max_points=max_points)
 

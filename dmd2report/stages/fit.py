@@ -21,7 +21,7 @@ from ..embed import FAST_METRICS, fit_map, fit_reduction, save_embedding, trust_
 from ..errors import UserError
 from ..files import save_json, save_parquet
 from ..knn import knn
-from ..workdir import generated_sets
+from ..workdir import generated_sets, set_label
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +32,19 @@ def run(ctx: Context, overwrite: bool = False) -> None:
     real = wd.store("real", reader="fit")
     real_meta = real.metadata()
     real_classes = real_meta["class_id"].to_numpy()
-    gens = {v: wd.store(name, reader="fit") for v, name in generated_sets(cfg)}
+    # Every generated set of every generator, by its label (its variant; `<generator>/<variant>` in a comparison).
+    sets = {set_label(g, v): (g, v, name) for g in ctx.generators for v, name in generated_sets(cfg, g)}
+    gens = {label: wd.store(name, reader="fit") for label, (_, _, name) in sets.items()}
     gen_meta = {v: s.metadata() for v, s in gens.items()}
     headline = cfg.metrics.layer
     if headline not in real.layers:
         raise UserError(f"metrics.layer: {headline!r} is not among the extracted layers ({', '.join(real.layers)})")
     manifest = {"layers": {}, "headline": headline, "fit_on": e.fit_on,
-                "stores": {"real": real.manifest["config_hash"]} | {n: gens[v].manifest["config_hash"]
-                                                                    for v, n in generated_sets(cfg)}}
+                "stores": {"real": real.manifest["config_hash"]} | {name: gens[label].manifest["config_hash"]
+                                                                    for label, (_, _, name) in sets.items()}}
     # The fitted set, read chunk by chunk from the memory-mapped stores (never a whole layer in memory).
-    fit_sets = {"real": ["real"], "generated": ["class"], "both": ["real", "class"]}[e.fit_on]
+    own_class = set_label(ctx.generator.name, "class")   # with several generators, fit_on is real (config.py)
+    fit_sets = {"real": ["real"], "generated": [own_class], "both": ["real", own_class]}[e.fit_on]
     stores = {"real": real} | gens
     classes = {"real": real_classes} | {v: m["class_id"].to_numpy() for v, m in gen_meta.items()}
     fit_c = np.concatenate([classes[v] for v in fit_sets])
@@ -89,17 +92,21 @@ def run(ctx: Context, overwrite: bool = False) -> None:
                                   feature_neighbours=near["real"][1] if "real" in near else None)
         frames.append(_points_frame("real", "real", real_meta, real_2d, real_trust))
         summaries = {"real": trust_summary(real_trust)}
-        for variant in gens:
-            trust = trust_scores(reduced[variant], coords[variant], real_red, real_2d, k=k_trust, device=device,
-                                 feature_neighbours=near[variant][1] if variant in near else None)
-            frames.append(_points_frame("generated", variant, gen_meta[variant], coords[variant], trust))
-            summaries[variant] = trust_summary(trust)
+        for label, (generator, variant, _) in sets.items():
+            trust = trust_scores(reduced[label], coords[label], real_red, real_2d, k=k_trust, device=device,
+                                 feature_neighbours=near[label][1] if label in near else None)
+            frame = _points_frame("generated", variant, gen_meta[label], coords[label], trust)
+            frames.append(frame.assign(generator=generator) if generator else frame)
+            summaries[label] = trust_summary(trust)
         manifest["trust"] = summaries
     manifest["fit_id"] = wd.fit_id(manifest)
     with wd.replacing(wd.fit) as out:
         for layer, emb in fitted_files.items():
             manifest["layers"][layer]["sha256"] = save_embedding(emb, out / f"{layer}.joblib")
-        save_parquet(out / "points.parquet", pd.concat(frames, ignore_index=True))
+        points = pd.concat(frames, ignore_index=True)
+        if "generator" in points:   # a comparison: which generator made each point ("" for real ones)
+            points["generator"] = points["generator"].fillna("")
+        save_parquet(out / "points.parquet", points)
         # The SHA-256 of every fitted file: the only files `load_embedding` will ever unpickle. Written last.
         save_json(out / "manifest.json", manifest)
 

@@ -39,31 +39,41 @@ from ..sampling import (SIGMA_MAX, condition_vectors, encode_as_stored, reencode
                         thumbnails)
 from ..sources import source_class_index
 from ..store import BackgroundWriter, StoreWriter, load_pca, metadata_frame, sparse_labels
-from ..workdir import WorkDir
+from ..workdir import WorkDir, generated_sets
 
 log = logging.getLogger(__name__)
 
 
 def run(ctx: Context, overwrite: bool = False) -> None:
-    """The generate stage: the class-conditioned set, then the same first seeds under every other variant."""
+    """The generate stage: for each generator, the class-conditioned set, then the same first seeds under every
+    other variant. Every generator draws the same seeds; with [[generators]], the reference encoder re-encodes
+    every generator's images (one feature space)."""
     cfg, wd = ctx.config, ctx.workdir
     real = wd.store("real", reader="generate")
     real_classes = real.metadata()["class_id"].to_numpy()
     class_ids, seeds = sample_plan(real_classes, cfg.generate.samples)
-    net, checksum = ctx.generator.net, ctx.generator.checksum
-    generate_set(cfg, net, checksum, "class", class_ids, seeds, overwrite=overwrite)
     n_var = min(cfg.generate.variant_samples, len(seeds))
-    for variant in cfg.generate.variants:
-        if variant == "class":
-            continue  # the first n_var samples of the class set are the class variant
-        vectors = None
-        if variant == "blend":
-            layer = cfg.metrics.layer
-            vectors = blend_weights(lambda: real.iter_features(layer), real_classes,
-                                    wd.store("gen-class", reader="generate").features(layer)[:n_var],
-                                    cfg.generate.blend_neighbours, net.label_dim, device=next(net.parameters()).device)
-        generate_set(cfg, net, checksum, variant, class_ids[:n_var], seeds[:n_var], label_vectors=vectors,
-                     overwrite=overwrite)
+    encoder = ctx.generator
+    for name, g in ctx.generators.items():
+        stores = dict(generated_sets(cfg, name))
+        net, checksum = g.net, g.checksum
+        # A generator other than the reference is re-encoded by the reference encoder's network.
+        enc = None if g is encoder else (encoder.net, encoder.checksum)
+        generate_set(cfg, net, checksum, "class", class_ids, seeds, overwrite=overwrite, store=stores["class"],
+                     encoder=enc)
+        for variant in cfg.generate.variants:
+            if variant == "class":
+                continue  # the first n_var samples of the class set are the class variant
+            vectors = None
+            if variant == "blend":
+                layer = cfg.metrics.layer
+                vectors = blend_weights(lambda: real.iter_features(layer), real_classes,
+                                        wd.store(stores["class"], reader="generate").features(layer)[:n_var],
+                                        cfg.generate.blend_neighbours, net.label_dim, device=next(net.parameters()).device)
+            generate_set(cfg, net, checksum, variant, class_ids[:n_var], seeds[:n_var], label_vectors=vectors,
+                         overwrite=overwrite, store=stores[variant], encoder=enc)
+        if g is not encoder:
+            g.unload()
 
 
 def blend_weights(real_chunks, real_classes: np.ndarray, query_feats: np.ndarray, k: int, num_classes: int,
@@ -108,12 +118,15 @@ def _given_vectors(label_vectors, n: int, K: int, variant: str) -> np.ndarray:
 
 @torch.no_grad()
 def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed_indices, label_vectors=None, *,
-                 overwrite: bool = False, progress: bool = True) -> Path:
-    """Generate one variant's samples into `<workdir>/stores/gen-<variant>`; returns the store path.
+                 overwrite: bool = False, progress: bool = True, store: str | None = None,
+                 encoder: tuple | None = None) -> Path:
+    """Generate one variant's samples into `<workdir>/stores/<store>` (default `gen-<variant>`); returns the store path.
 
     `class_ids` (N,) is the class each sample is shown as (-1: none); `seed_indices` (N,) the noise
     indices (distinct); `label_vectors` (N, K) the conditioning, or None to derive it from the
-    variant (`class`: one-hot of class_ids, `uniform`, `zero`). Resumes an interrupted run.
+    variant (`class`: one-hot of class_ids, `uniform`, `zero`). `encoder`: (network, checksum) of another
+    network that re-encodes the images (the reference encoder of a comparison); default `net` itself.
+    Resumes an interrupted run.
     """
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", variant):
         raise UserError(f"variant name {variant!r}: use letters, digits, '_', '-' or '.'")
@@ -121,8 +134,13 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
     rank, world = dist_rank_world()
     f = config.features
     layers = list(f.layers)
+    encoder_net = net if encoder is None else encoder[0]
+    if encoder is not None and (encoder_net.img_resolution, encoder_net.label_dim) != (net.img_resolution, net.label_dim):
+        raise UserError(f"generate {store}: the generator makes {net.img_resolution}px images of {net.label_dim} classes, "
+                        f"the reference encoder (features.encoder) reads {encoder_net.img_resolution}px images of "
+                        f"{encoder_net.label_dim} classes; compare generators of one resolution and class set")
     for name in layers:
-        resolve_layer(net, name)
+        resolve_layer(encoder_net, name)
     mode, _ = parse_reduce(f.reduce)
     K = net.label_dim
 
@@ -166,9 +184,11 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
         "thumb_size": config.report.thumb_size, "compute": compute_identity(device, net.use_fp16),
         "generated_features": f.generated,
     }
-    path = WorkDir(config.run.workdir).store_path(f"gen-{variant}")
+    if encoder is not None:
+        key["encoder_checksum"] = encoder[1]
+    path = WorkDir(config.run.workdir).store_path(store or f"gen-{variant}")
     writer = StoreWriter(path, key, "generated")
-    dims = feature_dims(net, layers, f.reduce)
+    dims = feature_dims(encoder_net, layers, f.reduce)
     info = {"model_checksum": model_checksum, "versions": versions(), "layers": layers, "feature_dims": dims,
             "reduction": f.reduce, "dtype": f.dtype, "variant": variant, "seed": config.run.seed,
             "chunk_size": cs, "num_classes": K, "resolution": net.img_resolution,
@@ -215,7 +235,8 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
         with BackgroundWriter(writer) as bg:
             for i, (z, c, c_reencode, meta) in prefetch(load, todo):
                 feats, thumbs, finite = _generate_chunk(net, z, c, layers, reducer, device, auto_batch_size(device, f.batch_size),
-                                                        config.report.thumb_size, bar, reencode_labels=c_reencode)
+                                                        config.report.thumb_size, bar, reencode_labels=c_reencode,
+                                                        encoder=encoder_net)
                 bg.submit(i, {l: gather(v, (dims[l],), reducer.dtype) for l, v in feats.items()}, meta,
                           gather(thumbs, (min(config.report.thumb_size, net.img_resolution),) * 2 + (3,), torch.uint8),
                           first_row=i * cs, outputs_finite=gather(finite, (), torch.bool))
@@ -227,7 +248,7 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
 
 
 def _generate_chunk(net, z, c, layers, reducer: Reducer, device, batch_size: int, thumb_size: int, bar: Progress,
-                    reencode_labels: torch.Tensor | None = None):
+                    reencode_labels: torch.Tensor | None = None, encoder=None):
     feats: dict[str, list] = {l: [] for l in layers}
     thumbs, finite = [], []  # finite: per sample, whether the generated image is (checked by the store's writer)
     mode = reducer.capture_mode(False)
@@ -238,7 +259,8 @@ def _generate_chunk(net, z, c, layers, reducer: Reducer, device, batch_size: int
         if reencode_labels is not None:
             # A second pass on the image as stored, as real extraction does.
             images = net(SIGMA_MAX * x, sigma, y)
-            acts = encode_as_stored(net, images, to_device(reencode_labels[b:b + batch_size], device), layers, mode)
+            acts = encode_as_stored(encoder if encoder is not None else net, images,
+                                    to_device(reencode_labels[b:b + batch_size], device), layers, mode)
         else:
             cap = ActivationCapture(net, layers, reduce=mode)
             images = cap.run(SIGMA_MAX * x, sigma, y)

@@ -13,8 +13,8 @@ import pandas as pd
 from ..context import Context
 from ..errors import UserError
 from ..files import save_json, save_npz
-from ..metrics import NO_CLASS, fd_real_halves, measure, write_metrics_json
-from ..workdir import generated_sets
+from ..metrics import NO_CLASS, comparison_document, fd_real_halves, measure, metrics_document, write_metrics_json
+from ..workdir import generated_sets, set_label
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +32,16 @@ def run(ctx: Context, overwrite: bool = False) -> None:
     fit_manifest = wd.fit_manifest()  # first: a fit of other stores is refused before any work
     real = wd.store("real", reader="measure")
     real_classes = real.metadata()["class_id"].to_numpy()
-    gens = {v: wd.store(name, reader="measure") for v, name in generated_sets(cfg)}
+    # Every generator's sets in one measure call per layer: the real side (radii, neighbours, fd_real) is
+    # searched once and every set is scored against it (sets labelled `<generator>/<variant>` in a comparison).
+    sets = {set_label(g, v): (g, v, name) for g in ctx.generators for v, name in generated_sets(cfg, g)}
+    gens = {label: wd.store(name, reader="measure") for label, (_, _, name) in sets.items()}
     results, headline = [], None
     for layer in real.layers:
         emb = wd.fitted(layer)
         real_red = _reduced(emb, real, layer)
-        generated = {v: (_reduced(emb, s, layer), variant_classes(v, s.metadata())) for v, s in gens.items()}
+        generated = {label: (_reduced(emb, s, layer), variant_classes(sets[label][1], s.metadata()))
+                     for label, s in gens.items()}
         space = f"{layer}:{cfg.features.reduce}+standardise+pca{emb.n_components}"
         ctx.log.info("[measure] %s: %d real, %s", space, len(real_red),
                      ", ".join(f"{len(g[0])} {v}" for v, g in generated.items()))
@@ -49,18 +53,27 @@ def run(ctx: Context, overwrite: bool = False) -> None:
         if layer == m.layer:
             headline = (r["arrays"], {"feature_space": space, "layer": layer, "fit": wd.fit_id(fit_manifest)})
         results.append(r)
-    ident = ctx.generator.identity()
-    provenance = {"model_checksum": ident["sha256"], "model_preset": ident["preset"],
-                  "checkpoint": Path(ident["checkpoint"]).name if ident["checkpoint"] else "",
-                  "data": {"source": cfg.data.source, "path": cfg.data.path, "n_real": len(real_classes)},
-                  "config_hash": cfg.section_hash(), "headline_layer": m.layer,
-                  "fit": fit_manifest.get("trust", {})}
+    trust = fit_manifest.get("trust", {})
+    documents = {}
+    for name, g in ctx.generators.items():
+        ident = g.identity()
+        own = {label: v for label, (gen, v, _) in sets.items() if gen == name}   # this generator's sets: label -> variant
+        provenance = {"model_checksum": ident["sha256"], "model_preset": ident["preset"],
+                      "checkpoint": Path(ident["checkpoint"]).name if ident["checkpoint"] else "",
+                      "data": {"source": cfg.data.source, "path": cfg.data.path, "n_real": len(real_classes)},
+                      "config_hash": cfg.section_hash(), "headline_layer": m.layer,
+                      "fit": {("real" if k == "real" else own[k]): t for k, t in trust.items() if k == "real" or k in own}}
+        if name:
+            provenance |= {"generator": name, "encoder": ctx.generator.name}
+        documents[name] = metrics_document([r | {"variants": {v: r["variants"][label] for label, v in own.items()}}
+                                            for r in results], provenance)
     # measure/ is replaced whole: metrics.json, arrays.npz and headline.json always come from one run.
     with wd.replacing(wd.measure) as out:
         if headline is not None:
             save_npz(out / "arrays.npz", **flatten_arrays(headline[0]))
             save_json(out / "headline.json", headline[1])
-        write_metrics_json(out / "metrics.json", results, provenance)
+        document = documents[""] if "" in documents else comparison_document(documents, ctx.generator.name)
+        write_metrics_json(out / "metrics.json", None, None, document)
 
 
 def _reduced(emb, store, layer: str) -> np.ndarray:

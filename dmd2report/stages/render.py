@@ -13,12 +13,14 @@ from ..context import Context
 from ..errors import UserError
 from ..files import load_npz, load_parquet, read_json
 from ..metric_defs import METRICS, STEP_REFERENCES
-from ..report.data import (OVERALL_COLUMNS, STEP_METRIC_COLUMNS, Atlas, AtlasAnchor, DataSource, FrechetDistance,
+from ..report.data import (CLASS_DELTA_COLUMNS, COMPARISON_COLUMNS, OVERALL_COLUMNS, POINT_COLUMNS, Comparison, STEP_METRIC_COLUMNS, Atlas, AtlasAnchor, DataSource, FrechetDistance,
                            Metrics, ModelInfo, Neighbours, Ragged, ReportData, RunInfo, StackedThumbnails, Trajectories,
                            package_versions)
 from ..report.render import render_site
+from ..report.view import COMPARE_CLASSES, COMPARE_SEEDS
 from ..store import Store
-from ..workdir import generated_sets
+from ..metrics import generator_documents
+from ..workdir import generated_sets, set_label
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +49,28 @@ def assemble_report(ctx: Context) -> ReportData:
     """Build the `ReportData` of a finished run from its work directory."""
     cfg, wd = ctx.config, ctx.workdir
     points = wd.points()
-    doc = wd.metrics()
+    # With [[generators]] the pages show the reference encoder's generator; the comparison page shows them all.
+    ref = ctx.generator.name
     headline = wd.headline()
     arrays = wd.arrays()
     real = wd.store("real")
-    gens = {v: wd.store(name) for v, name in generated_sets(cfg)}
-    order = [("real", real)] + list(gens.items())
+    gens = {v: wd.store(name) for v, name in generated_sets(cfg, ref)}
+    # Every other generator's class-conditioned set joins the map as a layer of its own, `<name>: class`.
+    others = {f"{g}: class": wd.store(generated_sets(cfg, g)[0][1]) for g in ctx.generators if g != ref}
+    order = [("real", real)] + list(gens.items()) + list(others.items())
+    layers = dict(gens, **others)
+    documents = generator_documents(wd.metrics())
+    doc = documents[ref]
+    if others:
+        other_class = points["generator"].isin([g for g in ctx.generators if g != ref]) & (points["variant"] == "class")
+        points = points[points["generator"].isin(["", ref]) | other_class].copy()
+        points.loc[other_class, "variant"] = points.loc[other_class, "generator"] + ": class"
+        points.loc[points["set"] == "generated", "generator"] = points["generator"].where(points["generator"] != "", ref)
+    # Each shown set's per-point arrays under its name in the points (its variant, or `<name>: class`).
+    arrays = {k: v for k, v in arrays.items() if not k.startswith("variant.")} | {
+        f"variant.{name}.{k[len(prefix):]}": a for name, prefix in
+        [(v, f"variant.{set_label(ref, v)}.") for v in gens] + [(o, f"variant.{o[:-len(': class')]}/class.") for o in others]
+        for k, a in arrays.items() if k.startswith(prefix)}
 
     # Point rows: real first, then every generated set in order; thumbnails in the same order, kept
     # memory-mapped chunk by chunk (the site reads only the rows it shows).
@@ -91,8 +109,8 @@ def assemble_report(ctx: Context) -> ReportData:
     rr = np.arange(len(real))
     put(real_idx, real_dist, rr, arrays["real.nn_real_idx"], arrays["real.nn_real_dist"], 0)
     put(gen_idx, gen_dist, rr, arrays[cls_arr + "real_nn_gen_idx"], arrays[cls_arr + "real_nn_gen_dist"], offsets["class"])
-    for v in gens:
-        rows = offsets[v] + np.arange(len(gens[v]))
+    for v in layers:
+        rows = offsets[v] + np.arange(len(layers[v]))
         put(real_idx, real_dist, rows, arrays[f"variant.{v}.nn_real_idx"], arrays[f"variant.{v}.nn_real_dist"], 0)
         if f"variant.{v}.nn_gen_idx" in arrays:
             put(gen_idx, gen_dist, rows, arrays[f"variant.{v}.nn_gen_idx"], arrays[f"variant.{v}.nn_gen_dist"], offsets[v])
@@ -176,10 +194,21 @@ def assemble_report(ctx: Context) -> ReportData:
 
     trajectories = _load_trajectories(wd, thumbs, t) if cfg.trajectory.enabled else None
 
+    comparison = None
+    if others:
+        names = [ref] + [o[:-len(": class")] for o in others]
+        # Real points by which of the pair (the reference, the next generator) covers them: COVER_DIFF codes.
+        code = np.full(n, -1, np.int64)
+        code[:len(real)] = (arrays[cls_arr + "real_covered"].astype(bool).astype(np.int64)
+                            + 2 * arrays[f"variant.{names[1]}: class.real_covered"].astype(bool).astype(np.int64))
+        pts["cover_diff"] = code
+        class_meta = gens["class"].metadata()
+        comparison = _comparison(documents, names, headline["feature_space"], pts, offsets,
+                                 class_meta["class_id"].to_numpy(np.int64), class_meta["seed_index"].to_numpy(np.int64))
     ident = ctx.generator.identity()
     sources = [DataSource(f"real: {cfg.data.source}", cfg.data.path or "bundled demo data (generated on first use)",
                           len(real))]
-    sources += [DataSource(f"generated: {v}", f"seed {cfg.run.seed}", len(s)) for v, s in gens.items()]
+    sources += [DataSource(f"generated: {v}", f"seed {cfg.run.seed}", len(s)) for v, s in layers.items()]
     config = cfg.to_dict()
     data = ReportData(
         run=RunInfo(name=cfg.run.name, command=ctx.command,
@@ -189,15 +218,54 @@ def assemble_report(ctx: Context) -> ReportData:
                         checkpoint=Path(ident["checkpoint"]).name if ident["checkpoint"] else "random weights",
                         sha256="" if ident["untrained"] else ident["sha256"], untrained=ident["untrained"]),
         sources=sources, classes=_class_table(real),
-        points=pts[["set", "variant", "sample_id", "class_id", "x", "y", "trust", "covered", "source", "thumb"]],
+        points=pts[POINT_COLUMNS + (["generator", "cover_diff"] if others else [])],
         thumbnails=StackedThumbnails([a if a.dtype == np.uint8 else a.astype(np.uint8) for a in thumbs]),
         neighbours=Neighbours(real_idx, real_dist, gen_idx, gen_dist, layer=headline["layer"]),
         covered_by=covered_by, cover_count=cover_count, cover_radius=cover_radius, metrics=metrics,
         nn_real_real=arrays["real.nn_real_dist"][:, 0], nn_gen_real=arrays[cls_arr + "nn_real_dist"][:, 0],
         variants=variants_df, atlas=atlas, chosen_classes=[], max_class_pages=cfg.report.max_classes_pages,
-        trajectories=trajectories, skipped=list(real.manifest.get("skipped", [])))
+        trajectories=trajectories, skipped=list(real.manifest.get("skipped", [])),
+        comparison=comparison)
     data.validate()
     return data
+
+
+def _comparison(documents: dict, generators: list[str], space: str, pts: pd.DataFrame, offsets: dict,
+                class_rows: np.ndarray, seed_index: np.ndarray) -> Comparison:
+    """The comparison page's tables from each generator's metrics document (the headline feature space) and the
+    same-seed rows: `class_rows` the class ids of the class-conditioned sets' rows (shared: the same seeds)."""
+    ref = generators[0]
+    cls = {g: documents[g]["feature_spaces"][space]["variants"]["class"] for g in generators}
+    rows = []
+    for key, spec in METRICS.items():
+        if spec.scope != "overall" or key not in cls[ref]["overall"]:
+            continue
+        r = cls[ref]["overall"][key]
+        for g in generators:
+            e = cls[g]["overall"].get(key) or {}
+            v, lo, hi = _num(e.get("value")), _num(e.get("ci_low")), _num(e.get("ci_high"))
+            # intervals that do not overlap: this one wholly above or below the reference's
+            separated = g != ref and bool(lo > _num(r.get("ci_high")) or hi < _num(r.get("ci_low")))
+            rows.append((g, key, spec.label, v, lo, hi, v - _num(r.get("value")), separated))
+    overall = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
+    deltas = []
+    for g in generators[1:]:
+        for key in ("coverage", "class_fidelity", "precision", "recall"):
+            mine = {c: _num(m.get(key, {}).get("value")) for c, m in cls[g]["per_class"].items()}
+            theirs = {c: _num(m.get(key, {}).get("value")) for c, m in cls[ref]["per_class"].items()}
+            deltas += [(g, key, int(c), theirs.get(c, np.nan), v, v - theirs.get(c, np.nan)) for c, v in mine.items()]
+    per_class = pd.DataFrame(deltas, columns=CLASS_DELTA_COLUMNS)
+    per_class = per_class.iloc[np.argsort(-per_class["delta"].abs().fillna(-1).to_numpy(), kind="stable")]
+    # The same seeds under every generator: the first COMPARE_SEEDS rows of the first COMPARE_CLASSES classes.
+    picked = pd.DataFrame({"row": np.arange(len(class_rows)), "class_id": class_rows})
+    picked = picked[picked["class_id"].isin(np.unique(class_rows)[:COMPARE_CLASSES])].groupby("class_id").head(COMPARE_SEEDS)
+    labels = ["class"] + [f"{g}: class" for g in generators[1:]]
+    seeds = pd.DataFrame({"seed_index": np.tile(seed_index[picked["row"]], len(generators)),
+                          "class_id": np.tile(picked["class_id"].to_numpy(), len(generators)),
+                          "generator": np.repeat(generators, len(picked)),
+                          "point": np.concatenate([offsets[lab] + picked["row"].to_numpy() for lab in labels])})
+    return Comparison(generators=list(generators), a=ref, b=generators[1], overall=overall,
+                      per_class=per_class.reset_index(drop=True), seeds=seeds, feature_space=space)
 
 
 def _load_trajectories(wd, thumbs: list[np.ndarray], t: int):

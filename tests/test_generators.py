@@ -1,0 +1,169 @@
+"""Several generators in one report ([[generators]]): one reference encoder, shared seeds, one real map, metrics.json
+of every generator, `compare` of either form, and the config's one-line errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+from dmd2report.checkpoint import bundled_weights
+from dmd2report.cli import cli
+from dmd2report.compare import compare_metrics
+from dmd2report.config import load_config
+from dmd2report.errors import UserError
+
+TWO = """
+[run]
+name = "two generators"
+workdir = "{w}/work"
+site = "{w}/site"
+device = "cpu"
+[data]
+max_samples = 120
+[features]
+batch_size = 64
+full_per_class = 2
+recon_per_class = 1
+encoder = "base"
+[generate]
+samples = 48
+variants = ["class", "uniform"]
+variant_samples = 12
+[embedding]
+pca_components = 8
+n_neighbors = 8
+[metrics]
+bootstrap = 20
+[atlas]
+anchors_per_class = 1
+atlas_grid = 3
+[trajectory]
+samples = 6
+real_references = 6
+[[generators]]
+name = "base"
+preset = "demo"
+[[generators]]
+name = "perturbed"
+preset = "demo"
+checkpoint = "{w}/perturbed.safetensors"
+"""
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory):
+    """A two-generator build on the demo data: the bundled demo generator and a perturbed copy of it."""
+    w = tmp_path_factory.mktemp("two")
+    weights = load_file(bundled_weights("demo"))
+    g = torch.Generator().manual_seed(0)
+    save_file({k: v + 0.05 * v.std().nan_to_num() * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+               for k, v in weights.items()}, w / "perturbed.safetensors")
+    cfg = w / "report.toml"
+    cfg.write_text(TWO.format(w=w))
+    r = CliRunner().invoke(cli, ["build", "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    return w
+
+
+def test_every_generator_is_measured_in_the_reference_space(two):
+    work = two / "work"
+    for name in ("real", "generators/base/gen-class", "generators/perturbed/gen-class", "generators/perturbed/gen-uniform"):
+        assert json.loads((work / "stores" / name / "manifest.json").read_text())["status"] == "complete", name
+    assert not (work / "stores" / "gen-class").exists()
+    doc = json.loads((work / "measure" / "metrics.json").read_text())
+    assert doc["encoder"] == "base" and set(doc["generators"]) == {"base", "perturbed"}
+    base, pert = doc["generators"]["base"], doc["generators"]["perturbed"]
+    assert base["feature_spaces"].keys() == pert["feature_spaces"].keys()
+    assert pert["provenance"]["generator"] == "perturbed" and pert["provenance"]["encoder"] == "base"
+    assert base["provenance"]["model_checksum"] != pert["provenance"]["model_checksum"]
+    for space in base["feature_spaces"]:
+        # one real set, one reference: the real side is the same for both
+        assert base["feature_spaces"][space]["reference"] == pert["feature_spaces"][space]["reference"]
+        for d in (base, pert):
+            assert set(d["feature_spaces"][space]["variants"]) == {"class", "uniform"}
+            assert d["feature_spaces"][space]["variants"]["class"]["overall"]["precision"]["n_generated"] == 48
+        # a different generator scores differently in the same space
+        assert base["feature_spaces"][space]["variants"]["class"]["overall"] != \
+            pert["feature_spaces"][space]["variants"]["class"]["overall"]
+
+
+def test_seeds_are_shared_and_images_differ(two):
+    from dmd2report.store import Store
+
+    stores = {g: Store(two / "work" / "stores" / "generators" / g / "gen-class") for g in ("base", "perturbed")}
+    meta = {g: s.metadata() for g, s in stores.items()}
+    for col in ("seed_index", "class_id"):
+        assert (meta["base"][col].to_numpy() == meta["perturbed"][col].to_numpy()).all()
+    a, b = (np.asarray(stores[g].thumbnails(), np.int16) for g in ("base", "perturbed"))
+    # the same seed through a nearby generator: a similar image, not the same one
+    assert 0 < np.abs(a - b).mean() < np.abs(a - np.roll(b, 1, axis=0)).mean()
+
+
+def test_points_carry_the_generator(two):
+    import pandas as pd
+
+    points = pd.read_parquet(two / "work" / "fit" / "points.parquet")
+    counts = points.groupby(["generator", "variant"]).size().to_dict()
+    assert counts == {("", "real"): 120, ("base", "class"): 48, ("base", "uniform"): 12,
+                      ("perturbed", "class"): 48, ("perturbed", "uniform"): 12}
+
+
+def test_compare_reads_both_forms(two, tmp_path):
+    both = two / "work" / "measure" / "metrics.json"
+    doc = json.loads(both.read_text())
+    single = tmp_path / "single.json"
+    single.write_text(json.dumps(doc["generators"]["base"]))
+    # the old form against one generator of the new
+    lines, regressed = compare_metrics(single, both, ["precision"], 0.0, generator="base")
+    assert not regressed and lines[-1].startswith("no regression")
+    with pytest.raises(UserError, match="several generators .*--generator NAME"):
+        compare_metrics(single, both, ["precision"], 0.0)
+    with pytest.raises(UserError, match="no such generator"):
+        compare_metrics(single, both, ["precision"], 0.0, generator="other")
+    # two comparison files: generator by generator
+    worse = json.loads(both.read_text())
+    space = next(iter(worse["generators"]["perturbed"]["feature_spaces"]))
+    worse["generators"]["perturbed"]["feature_spaces"][space]["variants"]["class"]["overall"]["precision"]["value"] -= 0.5
+    (tmp_path / "worse.json").write_text(json.dumps(worse))
+    lines, regressed = compare_metrics(both, tmp_path / "worse.json", ["precision"], 0.02)
+    assert regressed and [ln for ln in lines if ln.startswith("REGRESSED")] == \
+        [f"REGRESSED perturbed:{space}/class/overall/precision: " + ln.split(": ", 1)[1]
+         for ln in lines if ln.startswith("REGRESSED")]
+    assert sum(ln.startswith("REGRESSED") for ln in lines) == 1
+    r = CliRunner().invoke(cli, ["compare", str(single), str(tmp_path / "worse.json"), "--generator", "perturbed",
+                                 "--metric", "precision"])
+    assert r.exit_code == 1 and "REGRESSED" in r.output
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[[generators]]\npreset = "demo"\n', r"\[\[generators\]\] #1: generators.name: required"),
+    ('[[generators]]\nname = "a"\n[[generators]]\nname = "a"\n', r"generators.name: 'a' is repeated"),
+    ('[[generators]]\nname = "a b"\n', r"\[\[generators\]\] #1: generators.name: 'a b' is not one of"),
+    ('[[generators]]\nname = "a"\nweights = "x"\n', r"unknown key generators.weights"),
+    ('[[generators]]\nname = "a"\npreset = "nope"\n', r"generators.preset: 'nope' is not one of"),
+    ('generators = 3\n', r"generators must be an array of tables"),
+    ('[features]\nencoder = "c"\n[[generators]]\nname = "a"\n', r"features.encoder: 'c' is not one of the generators \(a\)"),
+    ('[features]\nencoder = "c"\n', r"features.encoder: 'c' names no generator"),
+    ('[model]\ncheckpoint = "x.pth"\n[[generators]]\nname = "a"\n', r"model.checkpoint: set per generator"),
+    ('[embedding]\nfit_on = "both"\n[[generators]]\nname = "a"\n[[generators]]\nname = "b"\n',
+     r"embedding.fit_on: 'both' with several generators; use 'real'"),
+    ('[features]\ngenerated = "generation"\n[[generators]]\nname = "a"\n[[generators]]\nname = "b"\n',
+     r"features.generated: 'generation' with several generators"),
+])
+def test_generator_config_mistakes_are_one_line(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message) as e:
+        load_config(path)
+    assert "\n" not in str(e.value) and str(e.value).startswith(str(path))
+
+
+def test_one_generator_config_is_unchanged():
+    from dmd2report.config import Config, generator_entries
+
+    c = load_config()
+    assert "generators" not in c.to_dict() and c.section_hash() == Config().section_hash()
+    assert [(g.name, g.preset, g.checkpoint) for g in generator_entries(c)] == [("", "demo", "")]
