@@ -9,6 +9,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
+from conftest import ARTIFACTS
 from dmd2report.checkpoint import bundled_weights
 from dmd2report.cli import cli
 from dmd2report.compare import compare_metrics
@@ -167,3 +168,79 @@ def test_one_generator_config_is_unchanged():
     c = load_config()
     assert "generators" not in c.to_dict() and c.section_hash() == Config().section_hash()
     assert [(g.name, g.preset, g.checkpoint) for g in generator_entries(c)] == [("", "demo", "")]
+
+
+def test_comparison_page_in_the_browser(two, browser):
+    """The comparison page: every generator's metrics side by side with deltas against the reference (marked
+    where the intervals do not overlap), the coverage difference's counts, per-class deltas largest first, and
+    the same seeds' images of every generator."""
+    doc = json.loads((two / "work" / "measure" / "metrics.json").read_text())
+    space = json.loads((two / "work" / "measure" / "headline.json").read_text())["feature_space"]
+    base, pert = (doc["generators"][g]["feature_spaces"][space]["variants"]["class"] for g in ("base", "perturbed"))
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto((two / "site" / "compare.html").as_uri())
+    page.wait_for_selector("body[data-ready='1']", timeout=30000)
+    table = page.locator('[data-compare="overall"]')
+    assert table.locator("thead th[data-generator]").all_inner_texts() == ["base", "perturbed"]
+    for key in ("precision", "coverage", "fd"):
+        a, b = base["overall"][key], pert["overall"][key]
+        cell = table.locator(f'tr[data-metric="{key}"] td[data-generator="perturbed"]')
+        text = cell.inner_text()
+        assert f"{b['value']:.3f}" in text and f"{b['value'] - a['value']:+.3f}" in text
+        separated = b.get("ci_low") is not None and (b["ci_low"] > a["ci_high"] or b["ci_high"] < a["ci_low"])
+        assert (cell.get_attribute("data-separated") is not None) == separated, key
+    # coverage difference: the four kinds add up to the real set, and A only + both is the reference's coverage
+    counts = {r.get_attribute("data-cover").split(" ")[0]: int(r.locator("td").nth(1).inner_text().replace(",", ""))
+              for r in page.locator('[data-compare="coverage"] tbody tr').all()}
+    assert sum(counts.values()) == 120
+    assert (counts["A"] + counts["both"]) / 120 == pytest.approx(base["overall"]["coverage"]["value"], abs=1e-6)
+    assert (counts["B"] + counts["both"]) / 120 == pytest.approx(pert["overall"]["coverage"]["value"], abs=1e-6)
+    # per-class coverage deltas, largest first, each the difference of the two per-class values
+    rows = page.locator('[data-compare="classes"][data-metric="coverage"] tbody tr')
+    deltas = [abs(float(t)) for t in rows.locator("td:nth-child(4)").all_inner_texts()]
+    assert deltas and deltas == sorted(deltas, reverse=True)
+    c = rows.first.get_attribute("data-class")
+    want = pert["per_class"][c]["coverage"]["value"] - base["per_class"][c]["coverage"]["value"]
+    assert deltas[0] == pytest.approx(abs(want), abs=1e-3)
+    # same-seed grids: a column per generator, an image in every cell
+    grid = page.locator("[data-seed-table]").first
+    assert grid.locator("thead th").all_inner_texts()[1:] == ["base", "perturbed"]
+    assert grid.locator("tbody td .thumb.missing").count() == 0 and grid.locator("tbody td .thumb").count() >= 2
+    page.screenshot(path=str(ARTIFACTS / "compare-page.png"), full_page=True)
+    assert errors == []
+    page.close()
+
+
+def test_map_colours_by_generator_and_coverage_difference(two, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto((two / "site" / "map.html").as_uri() + "#colour=generator")
+    page.wait_for_selector("body[data-ready='1']", timeout=30000)
+    assert page.locator('[data-colour="map"]').input_value() == "generator"
+    key = page.locator('[data-key="map"]')
+    assert [t.split("\n")[-1] for t in key.locator("[data-generator]").all_inner_texts()] == \
+        ["base (60)", "perturbed (48)"]   # the reference's class and uniform sets, the other's class set
+    style = page.evaluate("DMD2_DATA.style.generators")
+    colours = {g: c for g, c, _ in style}
+    # every drawn generated point is filled with its generator's colour
+    fills = page.evaluate("""() => { const out = {}; const P = DMD2_DATA.points, G = DMD2_DATA.style.generators;
+        for (const m of Bokeh.documents[0].all_models) {
+          if (!m.data_source || !m.name || !m.name.startsWith("map:pt:gen:")) continue;
+          const d = m.data_source.data;
+          d.row.forEach((r, i) => { const g = G[P.generator[r]][0]; (out[g] = out[g] || new Set()).add(d.color[i]); });
+        }
+        return Object.fromEntries(Object.entries(out).map(([g, s]) => [g, Array.from(s)])); }""")
+    assert fills == {g: [colours[g]] for g in ("base", "perturbed")}
+    page.select_option('[data-colour="map"]', "coverdiff")
+    rows = key.locator("[data-cover-diff]")
+    assert rows.count() == 4
+    counts = page.evaluate("DMD2_DATA.style.coverDiff.map(r => r[2])")
+    codes = page.evaluate("DMD2_DATA.points.coverDiff.filter((c, i) => !DMD2_DATA.points.gen[i])")
+    assert sum(counts) == 120 and [codes.count(i) for i in range(4)] == counts   # uncapped: every real point carried
+    assert "#colour=coverdiff" in page.url
+    page.screenshot(path=str(ARTIFACTS / "compare-map-coverdiff.png"))
+    assert errors == []
+    page.close()

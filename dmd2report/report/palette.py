@@ -23,6 +23,8 @@ RING_COLOUR = "#1d2129"                          # the outline of the second ten
 REAL_COLOUR = "#8d939b"
 COVERED_COLOUR = "#2f7ed8"
 UNCOVERED_COLOUR = "#e07b39"
+# Real points by which of two generators covers them (data.COVER_DIFF order: neither, A only, B only, both).
+COVER_DIFF_COLOURS = ["#e07b39", "#2f7ed8", "#d45087", "#59a14f"]
 # Sequential ramp for map trust and distances, good (blue) to bad (red), all stops visible on both backgrounds.
 RAMP = ["#2b6cb0", "#3a9a9a", "#8fb339", "#e0a030", "#d1495b"]
 
@@ -64,6 +66,11 @@ def class_groups(counts: dict[int, int]) -> tuple[list[tuple[int, str, bool]], d
     n_own = len(ranked) if len(ranked) <= LEGEND_CLASSES + 1 else LEGEND_CLASSES
     own = sorted(ranked[:n_own])
     return [(c, *class_style(i)) for i, c in enumerate(own)], {c: hashed_colour(c) for c in ranked[n_own:]}
+
+
+def generator_colours(names: list[str]) -> dict[str, str]:
+    """One colour per compared generator, in their order (the reference's first)."""
+    return {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(names)}
 
 
 def variant_colours(variants: list[str]) -> dict[str, str]:

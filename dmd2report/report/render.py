@@ -26,7 +26,7 @@ from ..errors import UserError
 from ..metric_defs import METRICS
 from ..resources import static_file, templates_dir, user_template_dir, user_template_files
 from . import figures, palette, sprites
-from .data import ReportData
+from .data import COVER_DIFF, ReportData
 from .view import MAX_COVERED_BY, SiteView, class_grid_rows, site_view, variant_selection
 
 BOKEH_FILES = ["bokeh.min.js", "bokeh-gl.min.js"]
@@ -36,6 +36,9 @@ MAX_SKIPPED = 100                    # unreadable images listed on the overview 
 # The map's colour-by choices (config.MAP_COLOURS) in the words of its control.
 COLOUR_BY_WORDS = {"class": "class", "variant": "conditioning variant", "trust": "map trust",
                    "covered": "covered / not covered (real)", "distance": "distance to nearest real (generated)"}
+# The choices a comparison ([[generators]]) adds to the control.
+COMPARE_COLOUR_WORDS = {"generator": "generator", "coverdiff": "coverage difference (real)"}
+MAX_CLASS_DELTAS = 20               # rows of each per-class delta table on the comparison page
 MAX_CLASS_BARS = 30                  # classes in the metrics page's per-class chart (those with the lowest coverage)
 
 log = logging.getLogger(__name__)
@@ -90,7 +93,9 @@ def _site_data(view: SiteView, layout: sprites.SpriteLayout) -> dict:
             "covered": p["covered"].fillna(False).astype(bool).astype(int).tolist(),
             "trust": _finite(p["trust"], 3),
             "drawn": view.drawn.astype(int).tolist(),
-        },
+        } | ({"generator": p["generator"].map({g: i for i, g in enumerate(data.comparison.generators)}).fillna(-1)
+                           .astype(int).tolist(),
+              "coverDiff": p["cover_diff"].astype(int).tolist()} if data.comparison is not None else {}),
         "nb": {"k": int(nb.real_index.shape[1]), "layer": nb.layer,
                "ri": _ints(nb.real_index.ravel()), "rd": _finite(nb.real_dist.ravel(), 4), "rc": _ints(view.nb_real_class.ravel()),
                "gi": _ints(nb.gen_index.ravel()), "gd": _finite(nb.gen_dist.ravel(), 4), "gc": _ints(view.nb_gen_class.ravel())},
@@ -134,7 +139,17 @@ def _map_style(view: SiteView, variant_names: list[str]) -> dict:
         "uncovered": [palette.UNCOVERED_COLOUR, int((real & ~covered).sum())],
         "dist": [float(np.percentile(d, 5)), float(np.percentile(d, 95))] if len(d) else [0.0, 1.0],
         "trust": METRICS["trust"].explanation,
-    }
+    } | (_compare_style(full, real) if full.comparison is not None else {})
+
+
+def _compare_style(full: ReportData, real: np.ndarray) -> dict:
+    """The comparison's map colours: one per generator (with its full-N count), and the coverage difference's
+    four kinds (words, colour, full-N count of real points)."""
+    cmp, P = full.comparison, full.points
+    n_of = P["generator"].value_counts()
+    codes = np.bincount(P["cover_diff"].to_numpy(np.int64)[real], minlength=len(COVER_DIFF))
+    return {"generators": [[g, c, int(n_of.get(g, 0))] for g, c in palette.generator_colours(cmp.generators).items()],
+            "coverDiff": [[w, c, int(n)] for w, c, n in zip(_cover_diff_words(cmp), palette.COVER_DIFF_COLOURS, codes)]}
 
 
 def _trajectory_data(traj) -> dict | None:
@@ -307,7 +322,9 @@ def _pages(view: SiteView, color_by: str, reuse_figures: bool = True) -> list[di
                         colours=list(zip(traj.sigmas, figures.step_colours(len(traj.sigmas)))),
                         metrics=traj.metrics.sort_values(["step", "reference"]).to_dict("records"))
     pages.append(dict(name="map", file="map.html", title="Map", nav="map", template="map.html",
-                      ctx=dict(color_by=color_by, colour_choices=list(COLOUR_BY_WORDS.items()), n_drawn=view.n_drawn,
+                      ctx=dict(color_by=color_by, n_drawn=view.n_drawn,
+                               colour_choices=list(COLOUR_BY_WORDS.items()) + (list(COMPARE_COLOUR_WORDS.items())
+                                                                               if data.comparison is not None else []),
                                n_total=view.n_total, has_variants=len(variant_names) > 1,
                                capped=view.capped, max_points=view.max_points,
                                class_options=[(c, names[c], synsets[c]) for c in sorted(names)], traj=traj_ctx),
@@ -393,6 +410,9 @@ def _pages(view: SiteView, color_by: str, reuse_figures: bool = True) -> list[di
                                class_rows=class_rows, class_heads=class_heads, class_note=class_note,
                                trust=dict(label=trust.label, reading=trust.reading, shown=(m.overall["key"] == "trust").any())),
                       models=mmodels))
+    if data.comparison is not None:
+        pages.append(dict(name="compare", file="compare.html", title="Compare", nav="compare", template="compare.html",
+                          ctx=dict(cmp=_compare_context(view, names)), models={}))
     if data.atlas is not None:
         notes = list(dict.fromkeys(a.note for a in data.atlas.anchors if a.note))
         shared = notes[0] if len(notes) == 1 and all(a.note for a in data.atlas.anchors) else ""  # said once, above
@@ -409,9 +429,66 @@ def _pages(view: SiteView, color_by: str, reuse_figures: bool = True) -> list[di
     return pages
 
 
-def _nav(has_atlas: bool, extra: list[dict] = ()) -> list[tuple[str, str, str]]:
+def _delta(key: str, delta: float) -> tuple[str, str]:
+    """(text, direction) of a delta: `better` or `worse` by the metric's direction (metric_defs), "" when none."""
+    if not math.isfinite(delta):
+        return "–", ""
+    better = delta > 0 if METRICS[key].higher_is_better else delta < 0
+    return f"{delta:+.3f}", "" if delta == 0 else "better" if better else "worse"
+
+
+def _cover_diff_words(cmp) -> list[str]:
+    """COVER_DIFF in words, the pair named: neither, A only (name), B only (name), both."""
+    return [w + {1: f" ({cmp.a})", 2: f" ({cmp.b})"}.get(i, "") for i, w in enumerate(COVER_DIFF)]
+
+
+def _compare_context(view: SiteView, names: dict[int, str]) -> dict:
+    """The comparison page: metrics side by side, the coverage difference's counts, the largest per-class
+    changes and the same-seed grids (Comparison in data.py)."""
+    cmp, p, P = view.site.comparison, view.site.points, view.full.points
+    overall = []
+    for key, rows in cmp.overall.groupby("key", sort=False):
+        spec = METRICS[key]
+        cells = []
+        for r in rows.itertuples():
+            text, direction = _delta(key, r.delta)
+            cells.append(dict(generator=r.generator, value=r.value, ci_low=r.ci_low, ci_high=r.ci_high,
+                              ci=bool(np.isfinite(r.ci_low) and np.isfinite(r.ci_high)), separated=bool(r.separated),
+                              delta_text=text, direction=direction,
+                              words=f"{r.generator} minus {cmp.generators[0]} ({'higher' if spec.higher_is_better else 'lower'} is better)"))
+        overall.append(dict(key=key, label=spec.label, explanation=spec.explanation, colour=spec.colour, cells=cells))
+    real = P["set"].to_numpy() == "real"
+    codes = np.bincount(P["cover_diff"].to_numpy(np.int64)[real], minlength=len(COVER_DIFF))
+    words = _cover_diff_words(cmp)
+    coverage = [(w, c, int(n), n / max(1, real.sum())) for w, c, n in zip(words, palette.COVER_DIFF_COLOURS, codes)]
+    class_tables = []
+    for (g, key), rows in cmp.per_class.groupby(["generator", "key"], sort=False):
+        if key not in ("coverage", "class_fidelity"):
+            continue   # the page shows what gained or lost coverage or fidelity; metrics.json holds the rest
+        rows = rows[np.isfinite(rows["delta"].to_numpy(np.float64))].head(MAX_CLASS_DELTAS)
+        class_tables.append(dict(generator=g, key=key, label=METRICS[key].label, rows=[
+            dict(class_id=int(r.class_id), name=names.get(int(r.class_id), str(r.class_id)), reference=r.reference,
+                 value=r.value, **dict(zip(("delta_text", "direction"), _delta(key, r.delta)))) for r in rows.itertuples()]))
+    seed_tables = []
+    seeds = cmp.seeds[cmp.seeds["point"] >= 0]
+    for c, sc in seeds.groupby("class_id", sort=True):
+        rows = []
+        for seed, ss in sc.groupby("seed_index", sort=False):
+            at = dict(zip(ss["generator"], ss["point"].astype(int)))
+            rows.append((int(seed), [(g, at.get(g), int(p["thumb"].iat[at[g]]) if g in at else -1) for g in cmp.generators]))
+        seed_tables.append(dict(class_id=int(c), name=names.get(int(c), str(c)), rows=rows))
+    return dict(generators=cmp.generators, encoder=cmp.generators[0], space=cmp.feature_space, a=cmp.a, b=cmp.b,
+                k_dc=_k_dc(view.full), overall=overall, coverage=coverage, class_tables=class_tables,
+                max_rows=MAX_CLASS_DELTAS, seed_tables=seed_tables,
+                direction_note=" ".join(f"{METRICS[k].label}: {'higher' if METRICS[k].higher_is_better else 'lower'} is better."
+                                        for k in dict.fromkeys(cmp.overall["key"])))
+
+
+def _nav(has_atlas: bool, extra: list[dict] = (), has_comparison: bool = False) -> list[tuple[str, str, str]]:
     nav = [("index", "index.html", "Overview"), ("map", "map.html", "Map"), ("variants", "variants.html", "Variants"),
            ("classes", "classes.html", "Classes"), ("metrics", "metrics.html", "Metrics")]
+    if has_comparison:
+        nav.append(("compare", "compare.html", "Compare"))
     if has_atlas:
         nav.append(("atlas", "atlas.html", "Atlas"))
     return nav + [(p["nav"], p["file"], p["title"]) for p in extra]
@@ -508,7 +585,7 @@ def render_site(data: ReportData, site_dir, *, single_file: bool = False, single
     pages = _pages(view, color_by, reuse_figures=not single_file)
     extra = _extra_pages(user_dir, {p["name"] for p in pages})
     pages += extra
-    nav = _nav(data.atlas is not None, extra)
+    nav = _nav(data.atlas is not None, extra, data.comparison is not None)
     common = _common(data)
 
     # Temporary folders a killed render left beside the site (only ours, by name) go first.

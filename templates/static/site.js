@@ -133,6 +133,7 @@
     const add = (k, val) => { dl.appendChild(el("dt", "", k)); dl.appendChild(el("dd", "", val)); };
     add("id", P.id[row]);
     add("set", gen ? "generated · " + ((S.variants[v] && S.variants[v].words) || v) : "real");
+    if (gen && P.generator && P.generator[row] >= 0) add("generator", S.generators[P.generator[row]][0]);
     if (gen && S.variants[v]) add("label", S.variants[v].label);
     if (conditioned(row)) {
       add("class", className(P.cls[row]));
@@ -448,8 +449,11 @@
     if (!P.gen[row]) {
       if (mode === "trust" && P.trust[row] !== null) return [ramp(1 - P.trust[row])];
       if (mode === "covered") return [P.covered[row] ? S.covered[0] : S.uncovered[0]];
+      if (mode === "coverdiff" && P.coverDiff) return [S.coverDiff[P.coverDiff[row]][1]];
       return [S.real];
     }
+    if (mode === "generator" && P.generator) { const c = S.generators[P.generator[row]][1]; return [c, alphaGen, c, 0.5]; }
+    if (mode === "coverdiff") return [S.real, Math.min(alphaGen, 0.2), S.real, 0.5];
     if (mode === "class") {
       if (v !== "class" || P.cls[row] < 0) return [vc, 0, vc, 1.4];  // not asked for a class: hollow, variant colour
       const [c, ring] = classStyle(P.cls[row]);
@@ -472,7 +476,7 @@
       const src = r.data_source, rows = src.data.row;
       src.data = Object.assign({}, src.data, { color: Array.from(rows, j => pointStyle(mode, j)[0]) });
       r.glyph.fill_alpha = st.alpha.real;
-      r.glyph.size = mode === "trust" || mode === "covered" ? 6 : 4;  // larger where the real points carry the colour
+      r.glyph.size = mode === "trust" || mode === "covered" || mode === "coverdiff" ? 6 : 4;  // larger where the real points carry the colour
     }
     for (const r of f.gens) {
       const src = r.data_source, rows = src.data.row, n = rows.length;
@@ -557,6 +561,14 @@
       parts.push(keyRow([swatch(S.uncovered[0], "●"), "not covered (" + S.uncovered[1].toLocaleString("en") + " real)"], { covered: "0" }));
       parts.push(el("p", "muted small", "A real point is covered when a class-conditioned sample lies within its " + d.coveredBy.k +
         "-NN radius (coverage). Generated points faint."));
+    } else if (mode === "generator" && S.generators) {
+      S.generators.forEach(([g, c, n]) => parts.push(keyRow([swatch(c, "●"), g + " (" + n.toLocaleString("en") + ")"], { generator: g })));
+      parts.push(el("p", "muted small", "Generated samples by the generator that made them, every one re-encoded by the " +
+        "reference encoder (" + S.generators[0][0] + "); real points grey."));
+    } else if (mode === "coverdiff" && S.coverDiff) {
+      S.coverDiff.forEach(([w, c, n], i) => parts.push(keyRow([swatch(c, "●"), w + " (" + n.toLocaleString("en") + " real)"], { coverDiff: String(i) })));
+      parts.push(el("p", "muted small", "Real points by which class-conditioned set covers them: a sample within the point's " +
+        d.coveredBy.k + "-NN radius. Generated points faint."));
     } else if (mode === "distance") {
       parts.push(...gradient(S.dist[0].toFixed(2), S.dist[1].toFixed(2) + "+",
         "Distance from a generated sample to its nearest real sample in activation space (5th to 95th percentile of all). Real points grey."));
@@ -565,7 +577,8 @@
   }
   Site.setColour = function (name, mode) {
     const st = mapState(name), sel = document.querySelector('[data-colour="' + name + '"]');
-    if (!data().style || !(mode in { class: 1, variant: 1, trust: 1, covered: 1, distance: 1 })) return;
+    const compared = data().style && data().style.generators ? { generator: 1, coverdiff: 1 } : {};
+    if (!data().style || !(mode in Object.assign({ class: 1, variant: 1, trust: 1, covered: 1, distance: 1 }, compared))) return;
     st.colour = mode;
     if (sel) sel.value = mode;
     paint(name);
