@@ -621,7 +621,8 @@ def _trajectory(c: Config, where) -> None:
 @_between_keys
 def _generators_between(c: Config, where) -> None:
     """With `[[generators]]`: their names are unique; each names its own preset and checkpoint (`model.preset` and
-    `model.checkpoint` stay unset); `features.encoder` is empty or one of the names; several generators need
+    `model.checkpoint` stay unset); `features.encoder` is empty or one of the names; every generator's preset
+    makes images of the reference encoder's resolution and classes; several generators need
     `features.generated = "reencode"` and `embedding.fit_on = "real"` (one feature space, one real map).
     Without them, `features.encoder` is empty."""
     names = [g.name for g in c.generators]
@@ -641,6 +642,14 @@ def _generators_between(c: Config, where) -> None:
     if c.features.encoder and c.features.encoder not in names:
         raise UserError(f"{where('features.encoder')}: features.encoder: {c.features.encoder!r} is not one of the "
                         f"generators ({', '.join(names)})")
+    encoder = reference_encoder(c)
+    reads = (_meta_net(encoder.preset).img_resolution, _meta_net(encoder.preset).label_dim)
+    for g in c.generators:
+        makes = (_meta_net(g.preset).img_resolution, _meta_net(g.preset).label_dim)
+        if makes != reads:
+            raise UserError(f"{w}: generators.preset: {g.name!r} ({g.preset}) makes {makes[0]}px images of {makes[1]} "
+                            f"classes, the reference encoder {encoder.name!r} ({encoder.preset}) reads {reads[0]}px "
+                            f"images of {reads[1]} classes; compare generators of one resolution and class set")
     if len(names) > 1:
         for dotted, value, want in (("features.generated", c.features.generated, "reencode"),
                                     ("embedding.fit_on", c.embedding.fit_on, "real")):

@@ -532,13 +532,15 @@ def generator_documents(doc: Mapping) -> dict[str, dict]:
     return dict(doc["generators"]) if "generators" in doc else {"": dict(doc)}
 
 
-def write_metrics_json(path, results, provenance: Mapping, document: Mapping | None = None) -> Path:
-    """Write metrics.json atomically (`document`, else the one of `results` and `provenance`): sorted keys,
-    floats rounded to 6 significant digits, one value a line."""
+def write_metrics_json(path, results, provenance: Mapping) -> Path:
+    """Write the metrics.json of `results` and `provenance` atomically (`save_metrics_document`)."""
+    return save_metrics_document(path, metrics_document(results, provenance))
+
+
+def save_metrics_document(path, document: Mapping) -> Path:
+    """Write a metrics.json document atomically: sorted keys, floats rounded to 6 significant digits, one value a line."""
     path = Path(path)
-    doc = metrics_document(results, provenance) if document is None else document
-    text = json.dumps(doc, sort_keys=True, indent=1, allow_nan=False) + "\n"
-    save_text(path, text)
+    save_text(path, json.dumps(document, sort_keys=True, indent=1, allow_nan=False) + "\n")
     return path
 
 

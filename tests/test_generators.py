@@ -149,6 +149,8 @@ def test_compare_reads_both_forms(two, tmp_path):
     ('[features]\nencoder = "c"\n[[generators]]\nname = "a"\n', r"features.encoder: 'c' is not one of the generators \(a\)"),
     ('[features]\nencoder = "c"\n', r"features.encoder: 'c' names no generator"),
     ('[model]\ncheckpoint = "x.pth"\n[[generators]]\nname = "a"\n', r"model.checkpoint: set per generator"),
+    ('[[generators]]\nname = "a"\n[[generators]]\nname = "b"\npreset = "tiny"\n',
+     r"generators.preset: 'b' \(tiny\) makes 16px images of 10 classes, the reference encoder 'a' \(demo\) reads"),
     ('[embedding]\nfit_on = "both"\n[[generators]]\nname = "a"\n[[generators]]\nname = "b"\n',
      r"embedding.fit_on: 'both' with several generators; use 'real'"),
     ('[features]\ngenerated = "generation"\n[[generators]]\nname = "a"\n[[generators]]\nname = "b"\n',
@@ -209,6 +211,10 @@ def test_comparison_page_in_the_browser(two, browser):
     assert grid.locator("thead th").all_inner_texts()[1:] == ["base", "perturbed"]
     assert grid.locator("tbody td .thumb.missing").count() == 0 and grid.locator("tbody td .thumb").count() >= 2
     page.screenshot(path=str(ARTIFACTS / "compare-page.png"), full_page=True)
+    page.goto((two / "site" / "index.html").as_uri())
+    assert "compares 2 generators (base, perturbed)" in page.locator("[data-compared]").inner_text()
+    page.locator('[data-compared] a').click()
+    assert page.url.endswith("compare.html")
     assert errors == []
     page.close()
 

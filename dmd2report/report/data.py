@@ -229,6 +229,16 @@ SEED_COLUMNS = ["seed_index", "class_id", "generator", "point"]
 COVER_DIFF = ("neither", "A only", "B only", "both")   # points.cover_diff codes 0..3: bit 0 covered by A, bit 1 by B
 
 
+def compared_class_set(generator: str) -> str:
+    """The points' variant of another generator's class-conditioned set in a comparison (a layer of the map)."""
+    return f"{generator}: class"
+
+
+def is_class_set(variant: str) -> bool:
+    """Whether a points' variant is a class-conditioned set (the reference's `class`, or another generator's)."""
+    return variant == "class" or variant.endswith(": class")
+
+
 @dataclass
 class Comparison:
     """Several generators measured by one reference encoder against one real map (a [[generators]] run).

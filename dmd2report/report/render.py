@@ -26,7 +26,7 @@ from ..errors import UserError
 from ..metric_defs import METRICS
 from ..resources import static_file, templates_dir, user_template_dir, user_template_files
 from . import figures, palette, sprites
-from .data import COVER_DIFF, ReportData
+from .data import COVER_DIFF, ReportData, is_class_set
 from .view import MAX_COVERED_BY, SiteView, class_grid_rows, site_view, variant_selection
 
 BOKEH_FILES = ["bokeh.min.js", "bokeh-gl.min.js"]
@@ -132,7 +132,7 @@ def _map_style(view: SiteView, variant_names: list[str]) -> dict:
         "classes": {str(c): [col, ring] for c, col, ring in own}, "rest": {str(c): col for c, col in rest.items()},
         "variants": {v: {"colour": col, "marker": palette.VARIANT_SYMBOLS.get(palette.variant_marker(v, gen_names), "●"),
                          "words": palette.VARIANT_WORDS.get(v, (v, v))[0], "label": palette.VARIANT_WORDS.get(v, (v, v))[1],
-                         "n": int((P["variant"] == v).sum())}
+                         "n": int((P["variant"] == v).sum()), "classSet": is_class_set(v)}
                      for v, col in palette.variant_colours(gen_names).items()},
         "ramp": palette.RAMP, "real": palette.REAL_COLOUR, "ring": palette.RING_COLOUR,
         "covered": [palette.COVERED_COLOUR, int((real & covered).sum())],
@@ -303,6 +303,7 @@ def _pages(view: SiteView, color_by: str, reuse_figures: bool = True) -> list[di
         r["reference"] = (f"real against real: {fd_scale['reference']:.2f}" if r["key"] == "fd" and fd_scale else "")
     pages.append(dict(name="index", file="index.html", title="Overview", nav="index", template="index.html",
                       ctx=dict(cards=[r for r in overall if r.get("headline")],
+                               compared=data.comparison.generators if data.comparison is not None else [],
                                variant_names=variant_names, n_classes=int(P["class_id"][P["class_id"] >= 0].nunique()),
                                has_atlas=data.atlas is not None, config_json=json.dumps(data.run.config, indent=2, default=str),
                                skipped=[dict(source=str(s.get("source", "")), error=str(s.get("error", "")))
@@ -644,6 +645,7 @@ def _render_folder(env, view: SiteView, pages, nav, common, out: Path, png_fallb
         html = env.get_template(page["template"]).render(
             **common, **page["ctx"], page=page, nav=nav, root=root, single=False, fragment=False,
             link=lambda target, root=root: f"{root}{target}", map_link=lambda c, root=root: f"{root}map.html#class={int(c)}",
+            map_colour_link=lambda mode, root=root: f"{root}map.html#colour={mode}",
             bokeh_script=script, divs=divs,
             sprite_css=_sprite_css(layout.sheets, urls), thumb=_Thumbs(layout), thumb_px=THUMB_PX,
             inline_css="", inline_js="", inline_data="")
@@ -662,11 +664,15 @@ def _render_single(env, view: SiteView, pages, nav, common) -> str:
 
     def map_link(class_id):
         return f"#page=map&class={int(class_id)}"
+
+    def map_colour_link(mode):
+        return f"#page=map&colour={mode}"
     for page in pages:
         script, divs = page.get("embedded") or (components(page["models"]) if page["models"] else ("", {}))
         scripts.append(script)
         sections.append((page["name"], env.get_template(page["template"]).render(
             **common, **page["ctx"], page=page, nav=nav, root="", single=True, fragment=True, link=link, map_link=map_link,
+            map_colour_link=map_colour_link,
             bokeh_script="", divs=divs, sprite_css="", thumb=thumbs, thumb_px=THUMB_PX,
             inline_css="", inline_js="", inline_data="")))
     js_dir = Path(bokehjs_path()) / "js"

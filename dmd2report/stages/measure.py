@@ -13,7 +13,7 @@ import pandas as pd
 from ..context import Context
 from ..errors import UserError
 from ..files import save_json, save_npz
-from ..metrics import NO_CLASS, comparison_document, fd_real_halves, measure, metrics_document, write_metrics_json
+from ..metrics import NO_CLASS, comparison_document, fd_real_halves, measure, metrics_document, save_metrics_document
 from ..workdir import generated_sets, set_label
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def run(ctx: Context, overwrite: bool = False) -> None:
             save_npz(out / "arrays.npz", **flatten_arrays(headline[0]))
             save_json(out / "headline.json", headline[1])
         document = documents[""] if "" in documents else comparison_document(documents, ctx.generator.name)
-        write_metrics_json(out / "metrics.json", None, None, document)
+        save_metrics_document(out / "metrics.json", document)
 
 
 def _reduced(emb, store, layer: str) -> np.ndarray:

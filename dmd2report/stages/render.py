@@ -13,7 +13,8 @@ from ..context import Context
 from ..errors import UserError
 from ..files import load_npz, load_parquet, read_json
 from ..metric_defs import METRICS, STEP_REFERENCES
-from ..report.data import (CLASS_DELTA_COLUMNS, COMPARISON_COLUMNS, OVERALL_COLUMNS, POINT_COLUMNS, Comparison, STEP_METRIC_COLUMNS, Atlas, AtlasAnchor, DataSource, FrechetDistance,
+from ..report.data import (CLASS_DELTA_COLUMNS, COMPARISON_COLUMNS, OVERALL_COLUMNS, POINT_COLUMNS, Comparison,
+                           compared_class_set, STEP_METRIC_COLUMNS, Atlas, AtlasAnchor, DataSource, FrechetDistance,
                            Metrics, ModelInfo, Neighbours, Ragged, ReportData, RunInfo, StackedThumbnails, Trajectories,
                            package_versions)
 from ..report.render import render_site
@@ -56,7 +57,7 @@ def assemble_report(ctx: Context) -> ReportData:
     real = wd.store("real")
     gens = {v: wd.store(name) for v, name in generated_sets(cfg, ref)}
     # Every other generator's class-conditioned set joins the map as a layer of its own, `<name>: class`.
-    others = {f"{g}: class": wd.store(generated_sets(cfg, g)[0][1]) for g in ctx.generators if g != ref}
+    others = {compared_class_set(g): wd.store(generated_sets(cfg, g)[0][1]) for g in ctx.generators if g != ref}
     order = [("real", real)] + list(gens.items()) + list(others.items())
     layers = dict(gens, **others)
     documents = generator_documents(wd.metrics())
@@ -64,12 +65,13 @@ def assemble_report(ctx: Context) -> ReportData:
     if others:
         other_class = points["generator"].isin([g for g in ctx.generators if g != ref]) & (points["variant"] == "class")
         points = points[points["generator"].isin(["", ref]) | other_class].copy()
-        points.loc[other_class, "variant"] = points.loc[other_class, "generator"] + ": class"
+        points.loc[other_class, "variant"] = points.loc[other_class, "generator"].map(compared_class_set)
         points.loc[points["set"] == "generated", "generator"] = points["generator"].where(points["generator"] != "", ref)
     # Each shown set's per-point arrays under its name in the points (its variant, or `<name>: class`).
     arrays = {k: v for k, v in arrays.items() if not k.startswith("variant.")} | {
         f"variant.{name}.{k[len(prefix):]}": a for name, prefix in
-        [(v, f"variant.{set_label(ref, v)}.") for v in gens] + [(o, f"variant.{o[:-len(': class')]}/class.") for o in others]
+        [(v, f"variant.{set_label(ref, v)}.") for v in gens] +
+        [(compared_class_set(g), f"variant.{set_label(g, 'class')}.") for g in ctx.generators if g != ref]
         for k, a in arrays.items() if k.startswith(prefix)}
 
     # Point rows: real first, then every generated set in order; thumbnails in the same order, kept
@@ -196,11 +198,11 @@ def assemble_report(ctx: Context) -> ReportData:
 
     comparison = None
     if others:
-        names = [ref] + [o[:-len(": class")] for o in others]
+        names = [ref] + [g for g in ctx.generators if g != ref]
         # Real points by which of the pair (the reference, the next generator) covers them: COVER_DIFF codes.
         code = np.full(n, -1, np.int64)
         code[:len(real)] = (arrays[cls_arr + "real_covered"].astype(bool).astype(np.int64)
-                            + 2 * arrays[f"variant.{names[1]}: class.real_covered"].astype(bool).astype(np.int64))
+                            + 2 * arrays[f"variant.{compared_class_set(names[1])}.real_covered"].astype(bool).astype(np.int64))
         pts["cover_diff"] = code
         class_meta = gens["class"].metadata()
         comparison = _comparison(documents, names, headline["feature_space"], pts, offsets,
@@ -259,7 +261,7 @@ def _comparison(documents: dict, generators: list[str], space: str, pts: pd.Data
     # The same seeds under every generator: the first COMPARE_SEEDS rows of the first COMPARE_CLASSES classes.
     picked = pd.DataFrame({"row": np.arange(len(class_rows)), "class_id": class_rows})
     picked = picked[picked["class_id"].isin(np.unique(class_rows)[:COMPARE_CLASSES])].groupby("class_id").head(COMPARE_SEEDS)
-    labels = ["class"] + [f"{g}: class" for g in generators[1:]]
+    labels = ["class"] + [compared_class_set(g) for g in generators[1:]]
     seeds = pd.DataFrame({"seed_index": np.tile(seed_index[picked["row"]], len(generators)),
                           "class_id": np.tile(picked["class_id"].to_numpy(), len(generators)),
                           "generator": np.repeat(generators, len(picked)),

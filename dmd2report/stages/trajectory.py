@@ -47,6 +47,7 @@ from ..sampling import (REAL_NOISE_OFFSET, condition_vectors, noised_real, reenc
                         sample_plan, thumbnails)
 from ..sources import open_source, source_class_index
 from ..store import Store, StoreWriter, load_pca, metadata_frame, sparse_labels
+from ..workdir import generated_sets
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def run(ctx: Context, overwrite: bool = False) -> None:
         # A path's blend is the one the generate stage made for the same seed (its neighbours' classes).
         if "blend" not in cfg.generate.variants:
             raise UserError("trajectory.conditioning = 'blend' needs 'blend' in generate.variants")
-        blend = wd.store("gen-blend")
+        blend = wd.store(dict(generated_sets(cfg, ctx.generator.name))["blend"])   # the reference generator's
         if len(blend) < len(seeds):
             raise UserError(f"trajectory.samples ({len(seeds)}) exceeds the blend set's {len(blend)} samples "
                             f"(generate.variant_samples): a path's blend comes from that set")

@@ -126,7 +126,8 @@
   }
   function variantOf(row) { return data().variants[data().points.variant[row]]; }
   // A sample of another conditioning (uniform, zero, blend) carries its seed's class, not a class it was asked for.
-  function conditioned(row) { const P = data().points; return !P.gen[row] || variantOf(row) === "class"; }
+  function classSet(v) { const st = data().style, S = st && st.variants[v]; return !!(S && S.classSet); }  // class-conditioned, any generator
+  function conditioned(row) { const P = data().points; return !P.gen[row] || classSet(variantOf(row)); }
   function describe(row) {
     const P = data().points, gen = P.gen[row] === 1, v = variantOf(row), S = data().style;
     const dl = el("dl");
@@ -455,7 +456,7 @@
     if (mode === "generator" && P.generator) { const c = S.generators[P.generator[row]][1]; return [c, alphaGen, c, 0.5]; }
     if (mode === "coverdiff") return [S.real, Math.min(alphaGen, 0.2), S.real, 0.5];
     if (mode === "class") {
-      if (v !== "class" || P.cls[row] < 0) return [vc, 0, vc, 1.4];  // not asked for a class: hollow, variant colour
+      if (!classSet(v) || P.cls[row] < 0) return [vc, 0, vc, 1.4];  // not asked for a class: hollow, variant colour
       const [c, ring] = classStyle(P.cls[row]);
       return ring ? [c, alphaGen, dark() ? "#f0f0f0" : S.ring, 1.6] : [c, alphaGen, c, 0.5];
     }
@@ -536,8 +537,8 @@
       box.type = "checkbox"; box.checked = !st.off.has(i); box.dataset.variantLayer = i;
       box.setAttribute("aria-label", "show " + v);
       const label = el("label", "key-row");
-      label.append(box, swatch(mode === "variant" || (mode === "class" && v !== "class") ? vs.colour : S.real, vs.marker,
-                              mode === "class" && v !== "class"), document.createTextNode(vs.words + " (" + vs.n.toLocaleString("en") + ")"));
+      label.append(box, swatch(mode === "variant" || (mode === "class" && !classSet(v)) ? vs.colour : S.real, vs.marker,
+                              mode === "class" && !classSet(v)), document.createTextNode(vs.words + " (" + vs.n.toLocaleString("en") + ")"));
       label.dataset.variant = v;
       label.title = vs.label;
       parts.push(label);
