@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from conftest import ARTIFACTS
+from test_browser_report import _open
 from dmd2report.checkpoint import bundled_weights
 from dmd2report.cli import cli
 from dmd2report.compare import compare_metrics
@@ -179,11 +180,7 @@ def test_comparison_page_in_the_browser(two, browser):
     doc = json.loads((two / "work" / "measure" / "metrics.json").read_text())
     space = json.loads((two / "work" / "measure" / "headline.json").read_text())["feature_space"]
     base, pert = (doc["generators"][g]["feature_spaces"][space]["variants"]["class"] for g in ("base", "perturbed"))
-    page = browser.new_page(viewport={"width": 1300, "height": 900})
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto((two / "site" / "compare.html").as_uri())
-    page.wait_for_selector("body[data-ready='1']", timeout=30000)
+    page, problems, requests = _open(browser, (two / "site" / "compare.html").as_uri())
     table = page.locator('[data-compare="overall"]')
     assert table.locator("thead th[data-generator]").all_inner_texts() == ["base", "perturbed"]
     for key in ("precision", "coverage", "fd"):
@@ -215,16 +212,12 @@ def test_comparison_page_in_the_browser(two, browser):
     assert "compares 2 generators (base, perturbed)" in page.locator("[data-compared]").inner_text()
     page.locator('[data-compared] a').click()
     assert page.url.endswith("compare.html")
-    assert errors == []
+    assert problems == [] and all(r.startswith("file://") for r in requests)   # offline, no errors
     page.close()
 
 
 def test_map_colours_by_generator_and_coverage_difference(two, browser):
-    page = browser.new_page(viewport={"width": 1400, "height": 900})
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto((two / "site" / "map.html").as_uri() + "#colour=generator")
-    page.wait_for_selector("body[data-ready='1']", timeout=30000)
+    page, problems, requests = _open(browser, (two / "site" / "map.html").as_uri() + "#colour=generator")
     assert page.locator('[data-colour="map"]').input_value() == "generator"
     key = page.locator('[data-key="map"]')
     assert [t.split("\n")[-1] for t in key.locator("[data-generator]").all_inner_texts()] == \
@@ -248,5 +241,5 @@ def test_map_colours_by_generator_and_coverage_difference(two, browser):
     assert sum(counts) == 120 and [codes.count(i) for i in range(4)] == counts   # uncapped: every real point carried
     assert "#colour=coverdiff" in page.url
     page.screenshot(path=str(ARTIFACTS / "compare-map-coverdiff.png"))
-    assert errors == []
+    assert problems == [] and all(r.startswith("file://") for r in requests)   # offline, no errors
     page.close()
