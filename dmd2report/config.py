@@ -612,14 +612,14 @@ def _architecture(c: Config, where) -> None:
     except UserError as e:  # the checkpoint's: unreadable, or not a DhariwalUNet
         raise UserError(f'{w}: model.preset = "auto": {e}') from None
     res, levels = kwargs["img_resolution"], len(kwargs["channel_mult"])
-    w = where("model.config.img_resolution", "model.config.channel_mult", "model.preset")
+    w = where("model.config.img_resolution", "model.config.channel_mult", "model.config.attn_resolutions", "model.preset")
     if res % 2 ** (levels - 1):
         raise UserError(f"{w}: model.config: img_resolution {res} does not halve to a whole number at each of "
                         f"the {levels} levels of channel_mult {kwargs['channel_mult']}")
     resolutions = [res >> i for i in range(levels)]
     stray = [r for r in kwargs["attn_resolutions"] if r not in resolutions]
     if stray:
-        raise UserError(f"{where('model.config.attn_resolutions', 'model.preset')}: model.config.attn_resolutions: "
+        raise UserError(f"{w}: model.config.attn_resolutions: "
                         f"{stray[0]} is not the resolution of a level; the levels are {resolutions}")
 
 
