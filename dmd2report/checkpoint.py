@@ -229,10 +229,10 @@ def preset_architecture(preset: str) -> Architecture:
     return Architecture(preset_config(preset), preset, f"preset {preset!r}")
 
 
-def checkpoint_architecture(path: str | Path) -> tuple[dict, str | None]:
-    """(EDMPrecond keywords, the preset whose shapes they are or None) read off a checkpoint's shapes; a
-    UserError naming the file and the key or shape it could not read for anything but a DhariwalUNet."""
-    ckpt = read_shapes(path)
+def checkpoint_architecture(ckpt: Checkpoint) -> tuple[dict, str | None]:
+    """(EDMPrecond keywords, the preset whose shapes they are or None) read off a checkpoint's shapes
+    (`read_shapes` reads no more); a UserError naming the file and the key or shape it could not read
+    for anything but a DhariwalUNet."""
     try:
         return infer_architecture(shapes_of(ckpt.state_dict))
     except ArchitectureError as e:
@@ -245,7 +245,7 @@ def model_architecture(model) -> Architecture:
     if model.preset == "auto":
         if not model.checkpoint:
             raise UserError('model.preset = "auto" reads the architecture off model.checkpoint, which is not set')
-        kwargs, _ = checkpoint_architecture(model.checkpoint)
+        kwargs, _ = checkpoint_architecture(read_shapes(model.checkpoint))
         what = "the architecture read off its shapes"
     else:
         kwargs, what = preset_config(model.preset), f"preset {model.preset!r}"

@@ -79,17 +79,17 @@ def inspect(path):
     """Describe a checkpoint: format, counts, its architecture (read off the shapes), hookable layers, and the
     [model.config] table that loads it. Anything but a DhariwalUNet is a one-line error naming what could
     not be read."""
-    from .checkpoint import checkpoint_architecture, read_shapes
+    from .checkpoint import checkpoint_architecture, read_checkpoint
     from .config import model_config_toml
     from .models import build_network
     from .models.architecture import DEFAULTS
 
-    ckpt = read_shapes(path)
+    ckpt = read_checkpoint(path)  # every tensor: damaged weights are named here too
     click.echo(f"file:        {ckpt.path}")
     click.echo(f"format:      {ckpt.format}" + (f" (stripped prefix {ckpt.stripped_prefix!r})" if ckpt.stripped_prefix else ""))
     click.echo(f"tensors:     {ckpt.num_tensors:,}")
     click.echo(f"parameters:  {ckpt.num_parameters:,}")
-    kwargs, like = checkpoint_architecture(path)
+    kwargs, like = checkpoint_architecture(ckpt)
     if like:
         click.echo(f'preset:      {like} (its shapes: loads strictly with model.preset = "{like}" or "auto")')
     else:

@@ -12,10 +12,11 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from dmd2report.checkpoint import checkpoint_architecture, load_generator, load_into, read_checkpoint
+from dmd2report.checkpoint import checkpoint_architecture, load_generator, load_into, read_checkpoint, read_shapes
 from dmd2report.cli import cli
 from dmd2report.errors import UserError
 from dmd2report.models import build_preset
+from dmd2report.models.architecture import shapes_of
 
 FIX = Path(__file__).parent / "fixtures"
 WEIGHTS = FIX / "dhariwal_tiny.weights.safetensors"
@@ -39,6 +40,9 @@ def test_safetensors_and_torch_formats_load_strictly(tmp_path, state):
         net, info = load_generator("tiny", path)
         assert info.format == fmt and not info.untrained and len(info.sha256) == 64
         assert _same(net, state), path
+        shapes = read_shapes(path)  # what preset = "auto" reads: the same keys and shapes, no values
+        assert shapes.format == fmt and shapes_of(shapes.state_dict) == shapes_of(state)
+        assert {t.device.type for t in shapes.state_dict.values()} == {"meta"}
 
 
 def test_accelerate_folder(tmp_path, state):
@@ -64,7 +68,7 @@ def test_module_prefix_is_stripped(tmp_path, state):
     torch.save({"module." + k: v for k, v in state.items()}, tmp_path / "ddp.bin")
     ckpt = read_checkpoint(tmp_path / "ddp.bin")
     assert ckpt.stripped_prefix == "module." and set(ckpt.state_dict) == set(state)
-    assert checkpoint_architecture(tmp_path / "ddp.bin")[1] == "tiny"
+    assert checkpoint_architecture(ckpt)[1] == "tiny"
     net, _ = load_generator("tiny", tmp_path / "ddp.bin")
     assert _same(net, state)
 
