@@ -80,9 +80,7 @@ def inspect(path):
     [model.config] table that loads it. Anything but a DhariwalUNet is a one-line error naming what could
     not be read."""
     from .checkpoint import checkpoint_architecture, read_checkpoint
-    from .config import model_config_toml
     from .models import build_network
-    from .models.architecture import DEFAULTS
 
     ckpt = read_checkpoint(path)  # every tensor: damaged weights are named here too
     click.echo(f"file:        {ckpt.path}")
@@ -97,9 +95,17 @@ def inspect(path):
                    'or with any preset and the [model.config] table below)')
     click.echo("layers:")
     _echo_layers(build_network(kwargs, device="meta"), indent="  ")
-    source = f"preset {like}'s values, whose shapes these are" if like else "the defaults (EDM's, DMD2's)"
     click.echo(f"\n# The architecture read off {ckpt.path.name}; paste into your config.")
-    click.echo(model_config_toml(kwargs, list(DEFAULTS), source))
+    click.echo(inspect_table(kwargs, like))
+
+
+def inspect_table(kwargs: dict, like: str | None) -> str:
+    """The [model.config] table `inspect` prints for an architecture read off a checkpoint (README shows one)."""
+    from .config import model_config_toml
+    from .models.architecture import DEFAULTS
+
+    source = f"preset {like}'s values, whose shapes these are" if like else "the defaults (EDM's, DMD2's)"
+    return model_config_toml(kwargs, list(DEFAULTS), source)
 
 
 @cli.command()

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from dmd2report.checkpoint import (check_outputs, checkpoint_architecture, load_generator, model_architecture,
                                    read_shapes)
-from dmd2report.cli import cli
+from dmd2report.cli import cli, inspect_table
 from dmd2report.config import ArchitectureConfig, keys, load_config
 from dmd2report.context import Context
 from dmd2report.errors import UserError
@@ -35,7 +35,10 @@ def test_presets_are_read_off_their_shapes(name):
 
 def test_real_dmd2_checkpoint_layout_is_the_dmd2_preset():
     spec = json.loads((FIX / "dmd2_imagenet64.spec.json").read_text())
-    assert infer_architecture(spec["state_dict_shapes"]) == (preset_config("dmd2-imagenet64"), "dmd2-imagenet64")
+    kwargs, like = infer_architecture(spec["state_dict_shapes"])
+    assert (kwargs, like) == (preset_config("dmd2-imagenet64"), "dmd2-imagenet64")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert f"```toml\n{inspect_table(kwargs, like)}\n```" in readme, "README's [model.config] example is not inspect's"
     assert checkpoint_architecture(read_shapes(FIX / "dhariwal_tiny.weights.safetensors")) == (preset_config("tiny"), "tiny")
 
 

@@ -11,7 +11,8 @@ Read from the shapes (keys as EDMPrecond names them, `model.` first):
   has no attention heads whatever the configuration says, so such levels are never listed.
 
 The rest (`DEFAULTS`) changes no shape: it takes the values of the preset whose shapes these are,
-else `DEFAULTS`. The result is then built on the meta device and every key and shape compared with the
+else `DEFAULTS`. (The resampling filter is no constructor argument: it is a buffer of the state dict,
+whose values load with the weights.) The result is then built on the meta device and every key and shape compared with the
 state dict's, so an inferred architecture loads strictly; anything else is an ArchitectureError naming
 the key it could not read or the first key whose shape differs.
 """
