@@ -10,11 +10,11 @@ Read from the shapes (keys as EDMPrecond names them, `model.` first):
 - `attn_resolutions`: the levels whose blocks hold attention (`qkv`). A block of fewer than 64 channels
   has no attention heads whatever the configuration says, so such levels are never listed.
 
-The rest changes no shape: it takes the values of the preset whose shapes these are,
-else `DEFAULTS`. (The resampling filter is no constructor argument: it is a buffer of the state dict,
-whose values load with the weights.) The result is then built on the meta device and every key and shape compared with the
-state dict's, so an inferred architecture loads strictly; anything else is an ArchitectureError naming
-the key it could not read or the first key whose shape differs.
+The rest changes no shape: it takes the values of the preset whose shapes these are, else `DEFAULTS`.
+(The resampling filter is no constructor argument: it is a buffer of the state dict, whose values load
+with the weights.) The result is then built on the meta device and every key and shape compared with
+the state dict's, so an inferred architecture loads strictly; anything else is an ArchitectureError
+naming the key it could not read or the first key whose shape differs.
 """
 
 from __future__ import annotations
