@@ -104,7 +104,7 @@ def _num(v: float) -> str:
 def _preset_names() -> list[str]:
     from .models.presets import PRESETS  # imports torch: looked up only when a preset is checked
 
-    return sorted(PRESETS)
+    return ["auto", *sorted(PRESETS)]
 
 
 # The conditioning variants (sampling.MODES is this tuple).
@@ -134,17 +134,51 @@ class RunConfig:
 
 
 @dataclass
+class ArchitectureConfig:
+    """The generator's architecture set key by key: EDMPrecond's and DhariwalUNet's constructor arguments.
+    Each key set here replaces the value `model.preset` gives (with `preset = "auto"`: the value read off
+    the checkpoint); an unset key keeps that value. `dmd2report inspect CHECKPOINT` prints a checkpoint's
+    whole table: pasted, it loads that checkpoint whatever the preset. The last four change no tensor's
+    shape, so a checkpoint cannot tell them."""
+
+    img_resolution: int | None = setting(None, "Image side in pixels (the first level's resolution).", ge=1)
+    img_channels: int | None = setting(None, "Image channels.", ge=1)
+    label_dim: int | None = setting(None, "Classes the generator is conditioned on; 0: unconditional.", ge=0)
+    augment_dim: int | None = setting(None, "Augmentation labels of EDM's map_augment layer; 0: none (DMD2 "
+                                      "removes the layer).", ge=0)
+    model_channels: int | None = setting(None, "Channels of the first level.", ge=1)
+    channel_mult: list[int] | None = setting(None, "Channels of each level as a multiple of model_channels, one item "
+                                             "per level; the resolution halves from one level to the next.",
+                                             ge=1, nonempty=True)
+    channel_mult_emb: int | None = setting(None, "Embedding channels as a multiple of model_channels.", ge=1)
+    num_blocks: int | None = setting(None, "Residual blocks per level in the encoder (the decoder has one more).",
+                                     ge=0)
+    attn_resolutions: list[int] | None = setting(None, "Resolutions of the levels whose blocks hold self-attention "
+                                                 "(a block of fewer than 64 channels has no attention heads).",
+                                                 ge=1, unique=True)
+    use_fp16: bool | None = setting(None, "Reduced precision: with model.precision = \"auto\", the UNet runs in "
+                                    "bfloat16 on CUDA.")
+    sigma_data: float | None = setting(None, "EDM's preconditioning constant, the data's standard deviation (0.5 "
+                                       "in EDM and DMD2).", gt=0.0)
+    dropout: float | None = setting(None, "Dropout probability of the blocks (training only).", ge=0.0, lt=1.0)
+    label_dropout: float | None = setting(None, "Probability of dropping the class label (training only).",
+                                          ge=0.0, le=1.0)
+
+
+@dataclass
 class ModelConfig:
     """The generator. Read by the model stages: extract, generate, atlas, trajectory."""
 
-    preset: str = setting("demo", "Network architecture (`dmd2report layers --preset NAME` lists its layers).",
-                          choices=_preset_names, cli="--preset")
+    preset: str = setting("demo", "Network architecture: a preset (`dmd2report layers --preset NAME` lists its "
+                          "layers) or auto: read off model.checkpoint's shapes (`dmd2report inspect` shows what it "
+                          "reads); [model.config] sets keys over either.", choices=_preset_names, cli="--preset")
     checkpoint: str = setting("", ".pth/.bin/.safetensors file or an Accelerate folder; empty: the preset's bundled weights.",
                               cli="--checkpoint")
-    precision: str = setting("auto", "UNet precision; auto: bfloat16 on CUDA when the preset uses fp16, else float32.",
+    precision: str = setting("auto", "UNet precision; auto: bfloat16 on CUDA when the architecture's use_fp16 is true, else float32.",
                              choices=("auto", "float32", "bfloat16"), cli="--precision")
     compile: str = setting("auto", "torch.compile the whole network on CUDA (auto: for stages of 200,000+ samples); "
                            "eager fallback if compiling fails.", choices=("auto", "on", "off"), cli="--compile")
+    config: ArchitectureConfig = field(default_factory=ArchitectureConfig)
 
 
 @dataclass
@@ -335,8 +369,18 @@ class Key:
         return f"{self.section}.{self.name}"
 
     @property
+    def optional(self) -> bool:
+        """Unset (None) by default, as the keys of [model.config]: None says "from elsewhere"."""
+        return type(None) in typing.get_args(self.type)
+
+    @property
+    def value_type(self):
+        """The type of a set value: the annotation without its `| None`."""
+        return next(t for t in typing.get_args(self.type) if t is not type(None)) if self.optional else self.type
+
+    @property
     def item_type(self):
-        return typing.get_args(self.type)[0] if typing.get_origin(self.type) is list else None
+        return typing.get_args(self.value_type)[0] if typing.get_origin(self.value_type) is list else None
 
     def allowed_text(self) -> str:
         """The allowed values in words, a list's own rules after its items'."""
@@ -349,12 +393,17 @@ class Key:
     def type_text(self) -> str:
         item = self.item_type
         name = {str: "string", int: "integer", float: "number", bool: "boolean"}
-        return f"list of {name[item]}s" if item else name[self.type]
+        return f"list of {name[item]}s" if item else name[self.value_type]
 
 
 def sections() -> dict[str, type]:
-    """Section name -> its dataclass, in file order."""
-    return typing.get_type_hints(Config)
+    """Section name -> its dataclass, in file order; a table inside a section follows it as
+    `section.name` ([model.config])."""
+    out = {}
+    for section, cls in typing.get_type_hints(Config).items():
+        out[section] = cls
+        out |= {f"{section}.{name}": t for name, t in typing.get_type_hints(cls).items() if dataclasses.is_dataclass(t)}
+    return out
 
 
 def keys() -> dict[str, Key]:
@@ -363,9 +412,15 @@ def keys() -> dict[str, Key]:
     for section, cls in sections().items():
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-            out[f"{section}.{f.name}"] = Key(section, f.name, hints[f.name], default, f.metadata["setting"])
+            if "setting" in f.metadata:
+                default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+                out[f"{section}.{f.name}"] = Key(section, f.name, hints[f.name], default, f.metadata["setting"])
     return out
+
+
+def section_of(config: Config, section: str):
+    """The dataclass instance holding a section's values (`model.config`: config.model.config)."""
+    return functools.reduce(getattr, section.split("."), config)
 
 
 def section_help(section: str) -> str:
@@ -378,9 +433,11 @@ def section_help(section: str) -> str:
 def check_value(key: Key, value, where: str):
     """`value` as the key holds it (ints widen to floats), or a UserError `where: section.key: ...`."""
     w = f"{where}: {key.dotted}"
+    if value is None and key.optional:  # unset (only a default can be: TOML has no null)
+        return None
     item = key.item_type
     if item is None:
-        return _check_scalar(key, key.type, value, w)
+        return _check_scalar(key, key.value_type, value, w)
     if not isinstance(value, list):
         raise UserError(f"{w}: expected a list, got {value!r}")
     s = key.setting
@@ -464,23 +521,31 @@ def _read_toml(path: Path) -> dict:
 
 
 def _apply(config: Config, data: dict, origin: str, origins: dict[str, str]) -> None:
-    declared = keys()
-    names = sections()
+    names = [s for s in sections() if "." not in s]
     for section, values in data.items():
         if section not in names:
             raise UserError(f"{origin}: unknown section [{section}]; valid: {', '.join(names)}")
-        if not isinstance(values, dict):
-            raise UserError(f"{origin}: [{section}] must be a table")
-        target = getattr(config, section)
-        for name, value in values.items():
-            dotted = f"{section}.{name}"
-            if dotted in MOVED:
-                raise UserError(f"{origin}: {dotted} moved to {MOVED[dotted]}")
-            if dotted not in declared:
-                valid = ", ".join(k.name for k in declared.values() if k.section == section)
-                raise UserError(f"{origin}: unknown key {dotted}; valid keys of [{section}]: {valid}")
-            setattr(target, name, check_value(declared[dotted], value, origin))
-            origins[dotted] = origin
+        _apply_section(config, section, values, origin, origins)
+
+
+def _apply_section(config: Config, section: str, values, origin: str, origins: dict[str, str]) -> None:
+    if not isinstance(values, dict):
+        raise UserError(f"{origin}: [{section}] must be a table")
+    declared = keys()
+    tables = [s for s in sections() if s.startswith(section + ".")]
+    target = section_of(config, section)
+    for name, value in values.items():
+        dotted = f"{section}.{name}"
+        if dotted in tables:
+            _apply_section(config, dotted, value, origin, origins)
+            continue
+        if dotted in MOVED:
+            raise UserError(f"{origin}: {dotted} moved to {MOVED[dotted]}")
+        if dotted not in declared:
+            valid = ", ".join([k.name for k in declared.values() if k.section == section] + [f"[{t}]" for t in tables])
+            raise UserError(f"{origin}: unknown key {dotted}; valid keys of [{section}]: {valid}")
+        setattr(target, name, check_value(declared[dotted], value, origin))
+        origins[dotted] = origin
 
 
 def check_config(c: Config, origins: dict[str, str] | None = None) -> None:
@@ -492,7 +557,7 @@ def check_config(c: Config, origins: dict[str, str] | None = None) -> None:
         return next((origins[k] for k in dotted if k in origins), "defaults")
 
     for dotted, key in keys().items():
-        check_value(key, getattr(getattr(c, key.section), key.name), where(dotted))
+        check_value(key, getattr(section_of(c, key.section), key.name), where(dotted))
     for check in BETWEEN_KEYS:
         check(c, where)
 
@@ -542,20 +607,46 @@ def _trajectory(c: Config, where) -> None:
 
 
 @_between_keys
+def _architecture(c: Config, where) -> None:
+    """With `model.preset = "auto"`, `model.checkpoint` is set and is a DhariwalUNet whose shapes tell its
+    architecture. The architecture (with `[model.config]` over it) halves `img_resolution` to a whole
+    number at every level of `channel_mult`, and each of `attn_resolutions` is one of those levels'
+    resolutions."""
+    w = where("model.preset", "model.checkpoint")
+    if c.model.preset == "auto" and not c.model.checkpoint:
+        raise UserError(f'{w}: model.preset = "auto" reads the architecture off model.checkpoint, which is not set')
+    try:
+        kwargs = _architecture_of(c).kwargs
+    except UserError as e:  # the checkpoint's: unreadable, or not a DhariwalUNet
+        raise UserError(f'{w}: model.preset = "auto": {e}') from None
+    res, levels = kwargs["img_resolution"], len(kwargs["channel_mult"])
+    w = where("model.config.img_resolution", "model.config.channel_mult", "model.config.attn_resolutions", "model.preset")
+    if res % 2 ** (levels - 1):
+        raise UserError(f"{w}: model.config: img_resolution {res} does not halve to a whole number at each of "
+                        f"the {levels} levels of channel_mult {kwargs['channel_mult']}")
+    resolutions = [res >> i for i in range(levels)]
+    stray = [r for r in kwargs["attn_resolutions"] if r not in resolutions]
+    if stray:
+        raise UserError(f"{w}: model.config.attn_resolutions: "
+                        f"{stray[0]} is not the resolution of a level; the levels are {resolutions}")
+
+
+@_between_keys
 def _layers(c: Config, where) -> None:
-    """`features.layers`, `metrics.layer` and `atlas.mask_layer` are layers of `model.preset`'s network
+    """`features.layers`, `metrics.layer` and `atlas.mask_layer` are layers of the model's network
     (upstream names or aliases); no two of `features.layers` name the same block; `metrics.layer` is
     one of `features.layers`, spelt the same."""
     from .layers import resolve_layer
 
-    net = _meta_net(c.model.preset)
+    arch = _architecture_of(c)
+    net = _meta_net(json.dumps(arch.kwargs, sort_keys=True))
     layers = c.features.layers
 
     def resolve(name: str, dotted: str, w: str) -> str:
         try:
             return resolve_layer(net, name)
         except UserError as e:
-            raise UserError(f"{w}: {dotted} (preset {c.model.preset}): {e}") from None
+            raise UserError(f"{w}: {dotted} (preset {arch.name}): {e}") from None
 
     w = where("features.layers", "model.preset")
     upstream: dict[str, str] = {}
@@ -575,12 +666,18 @@ def _layers(c: Config, where) -> None:
     resolve(c.atlas.mask_layer, "atlas.mask_layer", where("atlas.mask_layer", "model.preset"))
 
 
-@functools.lru_cache(maxsize=None)
-def _meta_net(preset: str):
-    """The preset's network on the meta device (no memory, no weights): its layer names."""
-    from .models import build_preset
+def _architecture_of(c: Config):
+    from .checkpoint import model_architecture  # imports torch: only the checks between keys need it
 
-    return build_preset(preset, device="meta")
+    return model_architecture(c.model)
+
+
+@functools.lru_cache(maxsize=8)
+def _meta_net(kwargs_json: str):
+    """The network of these EDMPrecond keywords (JSON) on the meta device (no memory, no weights): its layer names."""
+    from .models import build_network
+
+    return build_network(json.loads(kwargs_json), device="meta")
 
 
 def check_schedule(sigmas: Sequence[float], key: str = "trajectory.sigmas", where: str = "") -> list[float]:
@@ -616,7 +713,8 @@ def example_toml() -> str:
             s = key.setting
             allowed = key.allowed_text()
             note = s.help + (f" [{allowed}]" if allowed else "") + (f" (option {s.cli})" if s.cli else "")
-            lines += [f"# {note}", f"{key.name} = {_toml_value(key.default)}"]
+            value = f"<{key.type_text()}>" if key.default is None else _toml_value(key.default)
+            lines += [f"# {note}", f"{'# ' if key.default is None else ''}{key.name} = {value}"]
         lines.append("")
     return "\n".join(lines)
 
@@ -637,7 +735,7 @@ def markdown() -> str:
                 "| key | type | default | allowed | option | meaning |", "|---|---|---|---|---|---|"]
         for key in (k for k in declared.values() if k.section == section):
             s = key.setting
-            cells = [f"`{key.name}`", key.type_text(), f"`{_toml_value(key.default)}`",
+            cells = [f"`{key.name}`", key.type_text(), "unset" if key.default is None else f"`{_toml_value(key.default)}`",
                      key.allowed_text().replace("|", "\\|"), f"`{s.cli}`" if s.cli else "", s.help.replace("|", "\\|")]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
@@ -646,6 +744,17 @@ def markdown() -> str:
     moved = ", ".join(f"`{a}` is now `{b}`" for a, b in MOVED.items())
     out += ["## Moved keys", "", f"A file using an old key name is refused with the new one: {moved}.", ""]
     return "\n".join(out)
+
+
+def model_config_toml(kwargs: dict, not_in_shapes: Sequence[str], their_source: str) -> str:
+    """The [model.config] table of an architecture (EDMPrecond's keywords), as `dmd2report inspect` prints it
+    for a user to paste: every key read off the shapes, then those in `not_in_shapes` after a comment
+    saying they come from `their_source`, each with its help."""
+    table = [k for k in keys().values() if k.section == "model.config"]
+    lines = ["[model.config]"] + [f"{k.name} = {_toml_value(kwargs[k.name])}" for k in table if k.name not in not_in_shapes]
+    lines += [f"# Not in the shapes (no tensor depends on them): {their_source}."]
+    lines += [f"{k.name} = {_toml_value(kwargs[k.name])}  # {k.setting.help}" for k in table if k.name in not_in_shapes]
+    return "\n".join(lines)
 
 
 def _toml_value(v) -> str:

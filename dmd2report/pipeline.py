@@ -62,7 +62,9 @@ def stage_keys(ctx: Context) -> dict[str, str]:
     # batch_size changes no result; features.generated only what generate and trajectory store (the latter
     # follows it through the fit key).
     features = {k: v for k, v in c["features"].items() if k not in ("batch_size", "generated")}
-    keys["extract"] = short_hash([g.checksum, ctx.config.model.preset, c["data"], features, c["run"]["seed"],
+    # A preset's architecture is its name (as before [model.config] existed: their stores stay valid).
+    architecture = g.identity().get("architecture", g.identity()["preset"])
+    keys["extract"] = short_hash([g.checksum, architecture, c["data"], features, c["run"]["seed"],
                                   c["atlas"]["mask_layer"], c["report"]["thumb_size"], g.compute_identity()])
     keys["generate"] = short_hash([keys["extract"], c["generate"], c["features"]["generated"]])
     keys["fit"] = short_hash([keys["generate"], c["embedding"], c["metrics"]["layer"]])
