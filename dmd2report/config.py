@@ -254,8 +254,8 @@ class EmbeddingConfig:
     projection_epochs: int = setting(100, "Layout epochs of the fast projection (as umap-learn's transform runs for "
                                      "batches up to 10,000 points; 30 measured 0.02-0.05 lower trust on the demo).",
                                      ge=0)
-    reproducible: bool = setting(False, "false: umap-learn fits the map on every core, unseeded: 2-3x faster at "
-                                 "50,000 points (benchmarks/README.md), but the map's layout differs from run to run. "
+    reproducible: bool = setting(False, "false: umap-learn fits the map on every core, unseeded: at 50,000 points "
+                                 "1.4x faster than true on 2 cores, 9x on 16 (benchmarks/README.md), but the map's layout differs from run to run. "
                                  "true: seeded with run.seed, on one thread: the same inputs give the same map (for "
                                  "byte-identical CI snapshots). Either way the reductions, the subsample, every metric "
                                  "and the projection of the other points onto a given map are deterministic.")
