@@ -146,10 +146,11 @@ def write_synthetic_work_dir(root, n_real: int, n_gen_class: int, n_variant: int
     so only fit and the stages after it run. `extra_config` is TOML appended to the file (sections other
     than those written), `metrics_config` lines added to its [metrics] section."""
     from dmd2report.classes import ClassIndex
-    from dmd2report.config import _meta_net, load_config
+    from dmd2report.config import load_config
     from dmd2report.context import Context
     from dmd2report.features import block_shapes
     from dmd2report.layers import resolve_layer
+    from dmd2report.models import build_preset
     from dmd2report.pipeline import stage_keys
     from dmd2report.sampling import condition_vectors, sample_plan
     from dmd2report.store import StoreWriter, metadata_frame, sparse_labels
@@ -159,7 +160,7 @@ def write_synthetic_work_dir(root, n_real: int, n_gen_class: int, n_variant: int
     root.mkdir(parents=True, exist_ok=True)
     dims = dict(dims or DEFAULT_DIMS)
     layers = list(dims)
-    net = _meta_net(preset)
+    net = build_preset(preset, device="meta")
     if classes > net.label_dim:
         raise ValueError(f"{classes} classes: preset {preset} takes {net.label_dim}")
     cfg_path = write_config(root / "config.toml", root, preset=preset, layers=layers, n_gen=n_gen_class,

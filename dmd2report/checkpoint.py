@@ -1,16 +1,18 @@
-"""Reading generator checkpoints safely and matching them to a preset.
+"""Reading generator checkpoints safely, and the architecture of a run: a preset or read off a checkpoint.
 
 Formats, told apart by the file's first bytes (not its name): safetensors (an 8-byte little-endian
 header length, then JSON), a PyTorch zip archive and a legacy PyTorch pickle, both read through
 `torch.load(weights_only=True)` (never a full unpickle); anything else is not a checkpoint. An
 Accelerate checkpoint folder as DMD2's training saves it is read too (`pytorch_model.bin` or
 `model.safetensors` is the generator, `pytorch_model_1.bin` the guidance networks). Loading is
-strict; a `module.` prefix (DDP) is stripped when the rest then matches. A tensor holding NaN or
-infinity is refused, and so is a network whose outputs are not finite (`check_outputs`).
+strict; a `module.` prefix (DDP) on every key is stripped. A tensor holding NaN or infinity is
+refused, and so is a network whose outputs are not finite (`check_outputs`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import pickle
 import zipfile
 from dataclasses import dataclass, field
@@ -20,7 +22,8 @@ import torch
 
 from .errors import UserError
 from .files import sha256_file
-from .models import PRESETS, build_preset
+from .models import ArchitectureError, build_network, infer_architecture, preset_config
+from .models.architecture import preset_with_config, shapes_of
 from .resources import bundled_file
 
 GENERATOR_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth")
@@ -45,12 +48,11 @@ class Checkpoint:
 
 
 @dataclass
-class PresetMatch:
-    preset: str
+class ShapeMatch:
     exact: bool
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
-    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # key, checkpoint shape, preset shape
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # key, checkpoint shape, network's shape
 
 
 def resolve_checkpoint_file(path: str | Path) -> Path:
@@ -75,22 +77,46 @@ def resolve_checkpoint_file(path: str | Path) -> Path:
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read a state dict without running any code from the file."""
+    ckpt = _read(path, shapes_only=False)
+    for k, t in ckpt.state_dict.items():
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+            raise UserError(f"{ckpt.path}: tensor {k!r} holds non-finite values (NaN or infinity); the checkpoint is damaged")
+    return ckpt
+
+
+def read_shapes(path: str | Path) -> Checkpoint:
+    """The checkpoint with its tensors on the meta device (shapes, no values), reading as little as its
+    format allows: a safetensors header, a PyTorch archive memory-mapped; a legacy PyTorch file is read
+    whole. Cached by file, size and modification time (the config checks and the stages ask again)."""
+    file = resolve_checkpoint_file(path)
+    stat = file.stat()
+    return _cached_shapes(file, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_shapes(file: Path, size: int, mtime_ns: int) -> Checkpoint:
+    ckpt = _read(file, shapes_only=True)
+    ckpt.state_dict = {k: torch.empty(t.shape, device="meta") for k, t in ckpt.state_dict.items()}
+    return ckpt
+
+
+def _read(path: str | Path, shapes_only: bool) -> Checkpoint:
     file = resolve_checkpoint_file(path)
     fmt = checkpoint_format(file)
     if fmt is None:
         raise UserError(f"{file}: not a checkpoint (neither safetensors nor a PyTorch file)")
     if fmt == "safetensors":
-        state = _read_safetensors(file)
+        state = _read_safetensors(file, shapes_only)
     else:
         state, fmt = _read_torch(file, fmt)
     state = _unwrap(state, file)
     if any(k.startswith(GUIDANCE_PREFIXES) for k in state):
         raise UserError(f"{file}: holds DMD2's guidance networks (real/fake score UNets), not the generator; "
                         f"point at pytorch_model.bin of the same checkpoint folder")
-    for k, t in state.items():
-        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
-            raise UserError(f"{file}: tensor {k!r} holds non-finite values (NaN or infinity); the checkpoint is damaged")
-    return Checkpoint(path=file, format=fmt, state_dict=state)
+    # DDP saves keys as `module.model....`; no key of EDMPrecond starts with `module.`.
+    prefix = "module." if all(k.startswith("module.") for k in state) else ""
+    return Checkpoint(path=file, format=fmt, state_dict={k[len(prefix):]: v for k, v in state.items()},
+                      stripped_prefix=prefix)
 
 
 SAFETENSORS_MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
@@ -115,11 +141,14 @@ def checkpoint_format(file: Path) -> str | None:
     return None
 
 
-def _read_safetensors(file: Path) -> dict:
-    from safetensors import SafetensorError
+def _read_safetensors(file: Path, shapes_only: bool) -> dict:
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     try:
+        if shapes_only:  # the header alone: tensors of the right shapes that hold nothing
+            with safe_open(str(file), "pt") as f:
+                return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
         return load_file(str(file))
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{file}: not a readable safetensors file ({_first_line(e)}); is it truncated?") from None
@@ -155,16 +184,9 @@ def _first_line(e: Exception) -> str:
     return text[0][:200] if text else type(e).__name__
 
 
-def preset_shapes(name: str) -> dict[str, tuple]:
-    net = build_preset(name, device="meta")
-    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
-
-
-def match_preset(state: dict[str, torch.Tensor], preset: str) -> PresetMatch:
-    want = preset_shapes(preset)
-    have = {k: tuple(v.shape) for k, v in state.items()}
-    return PresetMatch(
-        preset=preset,
+def match_shapes(state: dict[str, torch.Tensor], want: dict[str, tuple]) -> ShapeMatch:
+    have = shapes_of(state)
+    return ShapeMatch(
         exact=have == want,
         missing=[k for k in want if k not in have],
         unexpected=[k for k in have if k not in want],
@@ -172,27 +194,7 @@ def match_preset(state: dict[str, torch.Tensor], preset: str) -> PresetMatch:
     )
 
 
-def _strip_module_prefix(ckpt: Checkpoint, preset: str) -> None:
-    """DDP saves keys as `module.model....`: strip the prefix when that makes the keys match."""
-    keys = list(ckpt.state_dict)
-    if keys and all(k.startswith("module.") for k in keys):
-        stripped = {k[len("module."):]: v for k, v in ckpt.state_dict.items()}
-        if match_preset(stripped, preset).exact or not match_preset(ckpt.state_dict, preset).exact:
-            ckpt.state_dict, ckpt.stripped_prefix = stripped, "module."
-
-
-def identify(ckpt: Checkpoint) -> tuple[PresetMatch, list[PresetMatch]]:
-    """The exactly matching preset, else the nearest one (most keys in common); with every preset's match."""
-    matches = []
-    for name in PRESETS:
-        _strip_module_prefix(ckpt, name)
-        matches.append(match_preset(ckpt.state_dict, name))
-    exact = [m for m in matches if m.exact]
-    best = exact[0] if exact else min(matches, key=lambda m: len(m.missing) + len(m.unexpected) + len(m.mismatched))
-    return best, matches
-
-
-def describe_mismatch(m: PresetMatch, limit: int = 5) -> str:
+def describe_mismatch(m: ShapeMatch, limit: int = 5) -> str:
     parts = []
     if m.missing:
         parts.append(f"{len(m.missing)} missing (e.g. {', '.join(m.missing[:limit])})")
@@ -204,13 +206,54 @@ def describe_mismatch(m: PresetMatch, limit: int = 5) -> str:
     return "; ".join(parts)
 
 
-def load_into(net, ckpt: Checkpoint, preset: str) -> None:
-    """Strict load; a mismatch is a UserError that names the first differing keys."""
-    _strip_module_prefix(ckpt, preset)
-    m = match_preset(ckpt.state_dict, preset)
+def load_into(net, ckpt: Checkpoint, what: str) -> None:
+    """Strict load; a mismatch is a UserError that names `what` the network is and the first differing keys."""
+    m = match_shapes(ckpt.state_dict, shapes_of(net))
     if not m.exact:
-        raise UserError(f"{ckpt.path}: does not match preset {preset!r}: {describe_mismatch(m, 3)}")
+        raise UserError(f"{ckpt.path}: does not match {what}: {describe_mismatch(m, 3)}")
     net.load_state_dict(ckpt.state_dict, strict=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# The architecture of a run: a preset, or read off the checkpoint; [model.config] over either.
+
+
+@dataclass(frozen=True)
+class Architecture:
+    kwargs: dict      # EDMPrecond's keywords
+    name: str         # the preset these keywords are, else "custom"
+    what: str         # where they come from, in words ("preset 'tiny'", ...)
+
+
+def preset_architecture(preset: str) -> Architecture:
+    return Architecture(preset_config(preset), preset, f"preset {preset!r}")
+
+
+def checkpoint_architecture(ckpt: Checkpoint) -> tuple[dict, str | None]:
+    """(EDMPrecond keywords, the preset whose shapes they are or None) read off a checkpoint's shapes
+    (`read_shapes` reads no more); a UserError naming the file and the key or shape it could not read
+    for anything but a DhariwalUNet."""
+    try:
+        return infer_architecture(shapes_of(ckpt.state_dict))
+    except ArchitectureError as e:
+        raise UserError(f"{ckpt.path}: not a DhariwalUNet checkpoint: {e}") from None
+
+
+def model_architecture(model) -> Architecture:
+    """The network a `[model]` section (config.ModelConfig) or a `[[generators]]` table (config.GeneratorConfig)
+    describes: model.preset's keywords, or with
+    preset "auto" those read off model.checkpoint's shapes; then every key [model.config] sets."""
+    if model.preset == "auto":
+        if not model.checkpoint:
+            raise UserError('model.preset = "auto" reads the architecture off model.checkpoint, which is not set')
+        kwargs, _ = checkpoint_architecture(read_shapes(model.checkpoint))
+        what = "the architecture read off its shapes"
+    else:
+        kwargs, what = preset_config(model.preset), f"preset {model.preset!r}"
+    overrides = {k: v for k, v in dataclasses.asdict(model.config).items() if v is not None}
+    if overrides:
+        kwargs, what = kwargs | overrides, f"{what} with [model.config]"
+    return Architecture(kwargs, preset_with_config(kwargs) or "custom", what)
 
 
 @torch.no_grad()
@@ -249,20 +292,22 @@ def bundled_weights(preset: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def load_generator(preset: str, checkpoint: str | Path | None = None, device: str | torch.device = "cpu",
-                   seed: int = 0) -> tuple[torch.nn.Module, GeneratorInfo]:
-    """Build a preset and load its weights: the given checkpoint, else the bundled ones, else random.
+def load_generator(architecture: Architecture | str, checkpoint: str | Path | None = None,
+                   device: str | torch.device = "cpu", seed: int = 0) -> tuple[torch.nn.Module, GeneratorInfo]:
+    """Build an architecture (or a preset, by name) and load its weights: the given checkpoint, else the
+    bundled ones of the preset it is, else random.
 
     Random weights (seeded) are only used when neither exists, and are reported as untrained.
     """
+    arch = preset_architecture(architecture) if isinstance(architecture, str) else architecture
     torch.manual_seed(seed)  # only matters for random weights
-    net = build_preset(preset)
-    path = Path(checkpoint) if checkpoint else bundled_weights(preset)
+    net = build_network(arch.kwargs)
+    path = Path(checkpoint) if checkpoint else bundled_weights(arch.name)
     if path is None:
-        info = GeneratorInfo(preset=preset, checkpoint="", sha256="", format="", untrained=True)
+        info = GeneratorInfo(preset=arch.name, checkpoint="", sha256="", format="", untrained=True)
     else:
         ckpt = read_checkpoint(path)
-        load_into(net, ckpt, preset)
-        info = GeneratorInfo(preset=preset, checkpoint=str(path), sha256=sha256_file(ckpt.path),
+        load_into(net, ckpt, arch.what)
+        info = GeneratorInfo(preset=arch.name, checkpoint=str(path), sha256=sha256_file(ckpt.path),
                              format=ckpt.format, untrained=False)
     return net.eval().requires_grad_(False).to(device), info

@@ -76,24 +76,36 @@ def _echo_layers(net, indent: str) -> None:
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
 def inspect(path):
-    """Describe a checkpoint: format, counts, matching preset, hookable layers."""
-    from .checkpoint import describe_mismatch, identify, read_checkpoint
-    from .models import build_preset
+    """Describe a checkpoint: format, counts, its architecture (read off the shapes), hookable layers, and the
+    [model.config] table that loads it. Anything but a DhariwalUNet is a one-line error naming what could
+    not be read."""
+    from .checkpoint import checkpoint_architecture, read_checkpoint
+    from .models import build_network
 
-    ckpt = read_checkpoint(path)
-    best, _ = identify(ckpt)
+    ckpt = read_checkpoint(path)  # every tensor: damaged weights are named here too
     click.echo(f"file:        {ckpt.path}")
     click.echo(f"format:      {ckpt.format}" + (f" (stripped prefix {ckpt.stripped_prefix!r})" if ckpt.stripped_prefix else ""))
     click.echo(f"tensors:     {ckpt.num_tensors:,}")
     click.echo(f"parameters:  {ckpt.num_parameters:,}")
-    if best.exact:
-        click.echo(f"preset:      {best.preset} (exact match: loads strictly)")
+    kwargs, like = checkpoint_architecture(ckpt)
+    if like:
+        click.echo(f'preset:      {like} (its shapes: loads strictly with model.preset = "{like}" or "auto")')
     else:
-        click.echo(f"preset:      none matches; nearest is {best.preset}: {describe_mismatch(best)}")
-    click.echo(f"layers of {best.preset}:")
-    _echo_layers(build_preset(best.preset, device="meta"), indent="  ")
-    if not best.exact:
-        sys.exit(1)
+        click.echo('preset:      none (a DhariwalUNet of its own: loads strictly with model.preset = "auto", '
+                   'or with any preset and the [model.config] table below)')
+    click.echo("layers:")
+    _echo_layers(build_network(kwargs, device="meta"), indent="  ")
+    click.echo(f"\n# The architecture read off {ckpt.path.name}; paste into your config.")
+    click.echo(inspect_table(kwargs, like))
+
+
+def inspect_table(kwargs: dict, like: str | None) -> str:
+    """The [model.config] table `inspect` prints for an architecture read off a checkpoint (README shows one)."""
+    from .config import model_config_toml
+    from .models.architecture import DEFAULTS
+
+    source = f"preset {like}'s values, whose shapes these are" if like else "the defaults (EDM's, DMD2's)"
+    return model_config_toml(kwargs, list(DEFAULTS), source)
 
 
 @cli.command()

@@ -104,7 +104,7 @@ def _num(v: float) -> str:
 def _preset_names() -> list[str]:
     from .models.presets import PRESETS  # imports torch: looked up only when a preset is checked
 
-    return sorted(PRESETS)
+    return ["auto", *sorted(PRESETS)]
 
 
 # The conditioning variants (sampling.MODES is this tuple).
@@ -134,22 +134,58 @@ class RunConfig:
 
 
 @dataclass
+class ArchitectureConfig:
+    """The generator's architecture set key by key: EDMPrecond's and DhariwalUNet's constructor arguments.
+    Each key set here replaces the value `model.preset` gives (with `preset = "auto"`: the value read off
+    the checkpoint); an unset key keeps that value. `dmd2report inspect CHECKPOINT` prints a checkpoint's
+    whole table: pasted, it loads that checkpoint whatever the preset. The last four change no tensor's
+    shape, so a checkpoint cannot tell them."""
+
+    img_resolution: int | None = setting(None, "Image side in pixels (the first level's resolution).", ge=1)
+    img_channels: int | None = setting(None, "Image channels.", ge=1)
+    label_dim: int | None = setting(None, "Classes the generator is conditioned on; 0: unconditional.", ge=0)
+    augment_dim: int | None = setting(None, "Augmentation labels of EDM's map_augment layer; 0: none (DMD2 "
+                                      "removes the layer).", ge=0)
+    model_channels: int | None = setting(None, "Channels of the first level.", ge=1)
+    channel_mult: list[int] | None = setting(None, "Channels of each level as a multiple of model_channels, one item "
+                                             "per level; the resolution halves from one level to the next.",
+                                             ge=1, nonempty=True)
+    channel_mult_emb: int | None = setting(None, "Embedding channels as a multiple of model_channels.", ge=1)
+    num_blocks: int | None = setting(None, "Residual blocks per level in the encoder (the decoder has one more).",
+                                     ge=0)
+    attn_resolutions: list[int] | None = setting(None, "Resolutions of the levels whose blocks hold self-attention "
+                                                 "(a block of fewer than 64 channels has no attention heads).",
+                                                 ge=1, unique=True)
+    use_fp16: bool | None = setting(None, "Reduced precision: with model.precision = \"auto\", the UNet runs in "
+                                    "bfloat16 on CUDA.")
+    sigma_data: float | None = setting(None, "EDM's preconditioning constant, the data's standard deviation (0.5 "
+                                       "in EDM and DMD2).", gt=0.0)
+    dropout: float | None = setting(None, "Dropout probability of the blocks (training only).", ge=0.0, lt=1.0)
+    label_dropout: float | None = setting(None, "Probability of dropping the class label (training only).",
+                                          ge=0.0, le=1.0)
+
+
+@dataclass
 class ModelConfig:
     """The generator. Read by the model stages: extract, generate, atlas, trajectory."""
 
-    preset: str = setting("demo", "Network architecture (`dmd2report layers --preset NAME` lists its layers).",
-                          choices=_preset_names, cli="--preset")
+    preset: str = setting("demo", "Network architecture: a preset (`dmd2report layers --preset NAME` lists its "
+                          "layers) or auto: read off model.checkpoint's shapes (`dmd2report inspect` shows what it "
+                          "reads); [model.config] sets keys over either.", choices=_preset_names, cli="--preset")
     checkpoint: str = setting("", ".pth/.bin/.safetensors file or an Accelerate folder; empty: the preset's bundled weights.",
                               cli="--checkpoint")
-    precision: str = setting("auto", "UNet precision; auto: bfloat16 on CUDA when the preset uses fp16, else float32.",
+    precision: str = setting("auto", "UNet precision; auto: bfloat16 on CUDA when the architecture's use_fp16 is true, else float32.",
                              choices=("auto", "float32", "bfloat16"), cli="--precision")
     compile: str = setting("auto", "torch.compile the whole network on CUDA (auto: for stages of 200,000+ samples); "
                            "eager fallback if compiling fails.", choices=("auto", "on", "off"), cli="--compile")
+    config: ArchitectureConfig = field(default_factory=ArchitectureConfig)
 
 
 def _model_key(name: str):
     """A [[generators]] key declared as [model]'s key `name` is (its default, help and rules; no option)."""
     f = next(f for f in dataclasses.fields(ModelConfig) if f.name == name)
+    if "setting" not in f.metadata:   # a table ([model.config])
+        return field(default_factory=f.default_factory)
     return field(default=f.default, metadata={"setting": dataclasses.replace(f.metadata["setting"], cli=None)})
 
 
@@ -159,12 +195,13 @@ GENERATOR_NAME = (r"[A-Za-z0-9_.-]+", "letters, digits, '_', '.' or '-'")
 @dataclass
 class GeneratorConfig:
     """One generator of a comparison, a `[[generators]]` table (several make one report comparing them: the same
-    seeds, one reference encoder, one real map). Its network and weights are declared as [model]'s; model.precision
-    and model.compile apply to every generator."""
+    seeds, one reference encoder, one real map). Its network and weights are declared as [model]'s, its
+    `[generators.config]` table as [model.config]; model.precision and model.compile apply to every generator."""
 
     name: str = setting("", "The generator's name in the report (required, unique).", pattern=GENERATOR_NAME)
     preset: str = _model_key("preset")
     checkpoint: str = _model_key("checkpoint")
+    config: ArchitectureConfig = _model_key("config")
 
 
 @dataclass
@@ -243,8 +280,8 @@ class EmbeddingConfig:
     projection_epochs: int = setting(100, "Layout epochs of the fast projection (as umap-learn's transform runs for "
                                      "batches up to 10,000 points; 30 measured 0.02-0.05 lower trust on the demo).",
                                      ge=0)
-    reproducible: bool = setting(False, "false: umap-learn fits the map on every core, unseeded: 2-3x faster at "
-                                 "50,000 points (benchmarks/README.md), but the map's layout differs from run to run. "
+    reproducible: bool = setting(False, "false: umap-learn fits the map on every core, unseeded: at 50,000 points "
+                                 "1.4x faster than true on 2 cores, 9x on 16 (benchmarks/README.md), but the map's layout differs from run to run. "
                                  "true: seeded with run.seed, on one thread: the same inputs give the same map (for "
                                  "byte-identical CI snapshots). Either way the reductions, the subsample, every metric "
                                  "and the projection of the other points onto a given map are deterministic.")
@@ -362,8 +399,18 @@ class Key:
         return f"{self.section}.{self.name}"
 
     @property
+    def optional(self) -> bool:
+        """Unset (None) by default, as the keys of [model.config]: None says "from elsewhere"."""
+        return type(None) in typing.get_args(self.type)
+
+    @property
+    def value_type(self):
+        """The type of a set value: the annotation without its `| None`."""
+        return next(t for t in typing.get_args(self.type) if t is not type(None)) if self.optional else self.type
+
+    @property
     def item_type(self):
-        return typing.get_args(self.type)[0] if typing.get_origin(self.type) is list else None
+        return typing.get_args(self.value_type)[0] if typing.get_origin(self.value_type) is list else None
 
     def allowed_text(self) -> str:
         """The allowed values in words, a list's own rules after its items'."""
@@ -376,21 +423,22 @@ class Key:
     def type_text(self) -> str:
         item = self.item_type
         name = {str: "string", int: "integer", float: "number", bool: "boolean"}
-        return f"list of {name[item]}s" if item else name[self.type]
+        return f"list of {name[item]}s" if item else name[self.value_type]
 
 
 def sections() -> dict[str, type]:
-    """Section name -> its dataclass, in file order ([[generators]], an array of tables, apart: `generator_keys`)."""
-    return {k: v for k, v in typing.get_type_hints(Config).items() if k != "generators"}
-
-
-def _keys_of(section: str, cls) -> dict[str, Key]:
-    hints = typing.get_type_hints(cls)
+    """Section name -> its dataclass, in file order; a table inside a section follows it as
+    `section.name` ([model.config])."""
     out = {}
-    for f in dataclasses.fields(cls):
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        out[f"{section}.{f.name}"] = Key(section, f.name, hints[f.name], default, f.metadata["setting"])
+    for section, cls in typing.get_type_hints(Config).items():
+        if section != "generators":   # an array of tables: `generator_keys`
+            out[section] = cls
+            out |= _tables_of(section, cls)
     return out
+
+
+def _tables_of(section: str, cls) -> dict[str, type]:
+    return {f"{section}.{name}": t for name, t in typing.get_type_hints(cls).items() if dataclasses.is_dataclass(t)}
 
 
 def keys() -> dict[str, Key]:
@@ -401,21 +449,40 @@ def keys() -> dict[str, Key]:
     return out
 
 
+def _keys_of(section: str, cls) -> dict[str, Key]:
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        if "setting" in f.metadata:
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            out[f"{section}.{f.name}"] = Key(section, f.name, hints[f.name], default, f.metadata["setting"])
+    return out
+
+
 def generator_keys() -> dict[str, Key]:
-    """The keys of a [[generators]] table, `generators.name` -> Key."""
-    return _keys_of("generators", GeneratorConfig)
+    """The keys of a [[generators]] table and of its [generators.config], `generators.name` -> Key."""
+    out = _keys_of("generators", GeneratorConfig)
+    for table, cls in _tables_of("generators", GeneratorConfig).items():
+        out |= _keys_of(table, cls)
+    return out
 
 
 def generator_entries(c: Config) -> list[GeneratorConfig]:
     """The generators of a run: the [[generators]] tables, or the one [model] declares (named "": the layout and
     outputs of a one-generator run)."""
-    return c.generators or [GeneratorConfig(name="", preset=c.model.preset, checkpoint=c.model.checkpoint)]
+    return c.generators or [GeneratorConfig(name="", preset=c.model.preset, checkpoint=c.model.checkpoint,
+                                            config=c.model.config)]
 
 
 def reference_encoder(c: Config) -> GeneratorConfig:
     """The generator whose network extracts the real images and re-encodes every generated one (features.encoder)."""
     entries = generator_entries(c)
     return next((g for g in entries if g.name == c.features.encoder), entries[0])
+
+
+def section_of(config: Config, section: str):
+    """The dataclass instance holding a section's values (`model.config`: config.model.config)."""
+    return functools.reduce(getattr, section.split("."), config)
 
 
 def section_help(section: str) -> str:
@@ -428,9 +495,11 @@ def section_help(section: str) -> str:
 def check_value(key: Key, value, where: str):
     """`value` as the key holds it (ints widen to floats), or a UserError `where: section.key: ...`."""
     w = f"{where}: {key.dotted}"
+    if value is None and key.optional:  # unset (only a default can be: TOML has no null)
+        return None
     item = key.item_type
     if item is None:
-        return _check_scalar(key, key.type, value, w)
+        return _check_scalar(key, key.value_type, value, w)
     if not isinstance(value, list):
         raise UserError(f"{w}: expected a list, got {value!r}")
     s = key.setting
@@ -514,30 +583,38 @@ def _read_toml(path: Path) -> dict:
 
 
 def _apply(config: Config, data: dict, origin: str, origins: dict[str, str]) -> None:
-    declared = keys()
-    names = sections()
+    names = [s for s in sections() if "." not in s]
     for section, values in data.items():
         if section == "generators":
             config.generators = _generators(values, origin, origins)
             continue
         if section not in names:
             raise UserError(f"{origin}: unknown section [{section}]; valid: {', '.join(names)}")
-        if not isinstance(values, dict):
-            raise UserError(f"{origin}: [{section}] must be a table")
-        target = getattr(config, section)
-        for name, value in values.items():
-            dotted = f"{section}.{name}"
-            if dotted in MOVED:
-                raise UserError(f"{origin}: {dotted} moved to {MOVED[dotted]}")
-            if dotted not in declared:
-                valid = ", ".join(k.name for k in declared.values() if k.section == section)
-                raise UserError(f"{origin}: unknown key {dotted}; valid keys of [{section}]: {valid}")
-            setattr(target, name, check_value(declared[dotted], value, origin))
-            origins[dotted] = origin
+        _apply_section(config, section, values, origin, origins)
+
+
+def _apply_section(config: Config, section: str, values, origin: str, origins: dict[str, str]) -> None:
+    if not isinstance(values, dict):
+        raise UserError(f"{origin}: [{section}] must be a table")
+    declared = keys()
+    tables = [s for s in sections() if s.startswith(section + ".")]
+    target = section_of(config, section)
+    for name, value in values.items():
+        dotted = f"{section}.{name}"
+        if dotted in tables:
+            _apply_section(config, dotted, value, origin, origins)
+            continue
+        if dotted in MOVED:
+            raise UserError(f"{origin}: {dotted} moved to {MOVED[dotted]}")
+        if dotted not in declared:
+            valid = ", ".join([k.name for k in declared.values() if k.section == section] + [f"[{t}]" for t in tables])
+            raise UserError(f"{origin}: unknown key {dotted}; valid keys of [{section}]: {valid}")
+        setattr(target, name, check_value(declared[dotted], value, origin))
+        origins[dotted] = origin
 
 
 def _generators(tables, origin: str, origins: dict[str, str]) -> list[GeneratorConfig]:
-    """The [[generators]] tables, each key checked against its declaration."""
+    """The [[generators]] tables, each key (and each of its [generators.config]) checked against its declaration."""
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise UserError(f"{origin}: generators must be an array of tables, written [[generators]]")
     declared = generator_keys()
@@ -545,11 +622,17 @@ def _generators(tables, origin: str, origins: dict[str, str]) -> list[GeneratorC
     for i, table in enumerate(tables, 1):
         where = f"{origin}: [[generators]] #{i}"
         entry = GeneratorConfig()
-        for name, value in table.items():
-            if f"generators.{name}" not in declared:
-                raise UserError(f"{where}: unknown key generators.{name}; valid keys: "
-                                f"{', '.join(k.name for k in declared.values())}")
-            setattr(entry, name, check_value(declared[f"generators.{name}"], value, where))
+        items = [("generators", entry, k, v) for k, v in table.items() if k != "config"]
+        if "config" in table:
+            if not isinstance(table["config"], dict):
+                raise UserError(f"{where}: [generators.config] must be a table")
+            items += [("generators.config", entry.config, k, v) for k, v in table["config"].items()]
+        for section, target, name, value in items:
+            dotted = f"{section}.{name}"
+            if dotted not in declared:
+                raise UserError(f"{where}: unknown key {dotted}; valid keys of [{section}]: "
+                                f"{', '.join(k.name for k in declared.values() if k.section == section)}")
+            setattr(target, name, check_value(declared[dotted], value, where))
         if "name" not in table:
             raise UserError(f"{where}: generators.name: required; name each generator")
         out.append(entry)
@@ -566,10 +649,11 @@ def check_config(c: Config, origins: dict[str, str] | None = None) -> None:
         return next((origins[k] for k in dotted if k in origins), "defaults")
 
     for dotted, key in keys().items():
-        check_value(key, getattr(getattr(c, key.section), key.name), where(dotted))
+        check_value(key, getattr(section_of(c, key.section), key.name), where(dotted))
     for i, g in enumerate(c.generators, 1):
         for key in generator_keys().values():
-            check_value(key, getattr(g, key.name), f"{where('generators')}: [[generators]] #{i}")
+            target = g.config if key.section == "generators.config" else g
+            check_value(key, getattr(target, key.name), f"{where('generators')}: [[generators]] #{i}")
     for check in BETWEEN_KEYS:
         check(c, where)
 
@@ -619,10 +703,41 @@ def _trajectory(c: Config, where) -> None:
 
 
 @_between_keys
+def _architecture(c: Config, where) -> None:
+    """With `model.preset = "auto"`, `model.checkpoint` is set and is a DhariwalUNet whose shapes tell its
+    architecture. The architecture (with `[model.config]` over it) halves `img_resolution` to a whole
+    number at every level of `channel_mult`, and each of `attn_resolutions` is one of those levels'
+    resolutions. The same for each `[[generators]]` table (its preset, checkpoint and [generators.config])."""
+    for g in generator_entries(c):
+        # a [[generators]] table's keys are named as `generators.KEY` after its name; [model]'s as they are
+        section = "generators" if g.name else "model"
+        where_of = (lambda *k, g=g: f"{where('generators')}: [[generators]] {g.name!r}") if g.name else where
+        w = where_of("model.preset", "model.checkpoint")
+        if g.preset == "auto" and not g.checkpoint:
+            raise UserError(f'{w}: {section}.preset = "auto" reads the architecture off {section}.checkpoint, '
+                            f'which is not set')
+        try:
+            kwargs = _architecture_of(g).kwargs
+        except UserError as e:  # the checkpoint's: unreadable, or not a DhariwalUNet
+            raise UserError(f'{w}: {section}.preset = "auto": {e}') from None
+        res, levels = kwargs["img_resolution"], len(kwargs["channel_mult"])
+        w = where_of("model.config.img_resolution", "model.config.channel_mult", "model.config.attn_resolutions",
+                     "model.preset")
+        if res % 2 ** (levels - 1):
+            raise UserError(f"{w}: {section}.config: img_resolution {res} does not halve to a whole number at each "
+                            f"of the {levels} levels of channel_mult {kwargs['channel_mult']}")
+        resolutions = [res >> i for i in range(levels)]
+        stray = [r for r in kwargs["attn_resolutions"] if r not in resolutions]
+        if stray:
+            raise UserError(f"{w}: {section}.config.attn_resolutions: "
+                            f"{stray[0]} is not the resolution of a level; the levels are {resolutions}")
+
+
+@_between_keys
 def _generators_between(c: Config, where) -> None:
-    """With `[[generators]]`: their names are unique; each names its own preset and checkpoint (`model.preset` and
-    `model.checkpoint` stay unset); `features.encoder` is empty or one of the names; every generator's preset
-    makes images of the reference encoder's resolution and classes; several generators need
+    """With `[[generators]]`: their names are unique; each names its own preset, checkpoint and config (`model.preset`,
+    `model.checkpoint` and `[model.config]` stay unset); `features.encoder` is empty or one of the names; every
+    generator makes images of the reference encoder's resolution and classes; several generators need
     `features.generated = "reencode"` and `embedding.fit_on = "real"` (one feature space, one real map).
     Without them, `features.encoder` is empty."""
     names = [g.name for g in c.generators]
@@ -635,7 +750,8 @@ def _generators_between(c: Config, where) -> None:
     for i, n in enumerate(names):
         if n in names[:i]:
             raise UserError(f"{w}: generators.name: {n!r} is repeated; name each generator once")
-    for dotted in ("model.preset", "model.checkpoint"):
+    model_keys = ["model.preset", "model.checkpoint"] + [k for k in keys() if k.startswith("model.config.")]
+    for dotted in model_keys:
         if where(dotted) != "defaults":
             raise UserError(f"{where(dotted)}: {dotted}: set per generator with [[generators]]; "
                             f"give it in each [[generators]] table instead")
@@ -643,12 +759,14 @@ def _generators_between(c: Config, where) -> None:
         raise UserError(f"{where('features.encoder')}: features.encoder: {c.features.encoder!r} is not one of the "
                         f"generators ({', '.join(names)})")
     encoder = reference_encoder(c)
-    reads = (_meta_net(encoder.preset).img_resolution, _meta_net(encoder.preset).label_dim)
+    enc = _architecture_of(encoder)
+    reads = (enc.kwargs["img_resolution"], enc.kwargs["label_dim"])
     for g in c.generators:
-        makes = (_meta_net(g.preset).img_resolution, _meta_net(g.preset).label_dim)
+        arch = _architecture_of(g)
+        makes = (arch.kwargs["img_resolution"], arch.kwargs["label_dim"])
         if makes != reads:
-            raise UserError(f"{w}: generators.preset: {g.name!r} ({g.preset}) makes {makes[0]}px images of {makes[1]} "
-                            f"classes, the reference encoder {encoder.name!r} ({encoder.preset}) reads {reads[0]}px "
+            raise UserError(f"{w}: generators.preset: {g.name!r} ({arch.name}) makes {makes[0]}px images of {makes[1]} "
+                            f"classes, the reference encoder {encoder.name!r} ({enc.name}) reads {reads[0]}px "
                             f"images of {reads[1]} classes; compare generators of one resolution and class set")
     if len(names) > 1:
         for dotted, value, want in (("features.generated", c.features.generated, "reencode"),
@@ -661,20 +779,19 @@ def _generators_between(c: Config, where) -> None:
 @_between_keys
 def _layers(c: Config, where) -> None:
     """`features.layers`, `metrics.layer` and `atlas.mask_layer` are layers of the reference encoder's network
-    (`model.preset`, or the preset of the `[[generators]]` table `features.encoder` names; upstream names or
-    aliases); no two of `features.layers` name the same block; `metrics.layer` is
+    ([model]'s, or that of the `[[generators]]` table `features.encoder` names; upstream names or aliases); no two of `features.layers` name the same block; `metrics.layer` is
     one of `features.layers`, spelt the same."""
     from .layers import resolve_layer
 
-    preset = reference_encoder(c).preset
-    net = _meta_net(preset)
+    arch = _architecture_of(reference_encoder(c))
+    net = _meta_net(json.dumps(arch.kwargs, sort_keys=True))
     layers = c.features.layers
 
     def resolve(name: str, dotted: str, w: str) -> str:
         try:
             return resolve_layer(net, name)
         except UserError as e:
-            raise UserError(f"{w}: {dotted} (preset {preset}): {e}") from None
+            raise UserError(f"{w}: {dotted} (preset {arch.name}): {e}") from None
 
     w = where("features.layers", "model.preset")
     upstream: dict[str, str] = {}
@@ -694,12 +811,19 @@ def _layers(c: Config, where) -> None:
     resolve(c.atlas.mask_layer, "atlas.mask_layer", where("atlas.mask_layer", "model.preset"))
 
 
-@functools.lru_cache(maxsize=None)
-def _meta_net(preset: str):
-    """The preset's network on the meta device (no memory, no weights): its layer names."""
-    from .models import build_preset
+def _architecture_of(generator: GeneratorConfig):
+    """checkpoint.Architecture of a generator ([model]'s is `generator_entries(c)[0]` without [[generators]])."""
+    from .checkpoint import model_architecture  # imports torch: only the checks between keys need it
 
-    return build_preset(preset, device="meta")
+    return model_architecture(generator)
+
+
+@functools.lru_cache(maxsize=8)
+def _meta_net(kwargs_json: str):
+    """The network of these EDMPrecond keywords (JSON) on the meta device (no memory, no weights): its layer names."""
+    from .models import build_network
+
+    return build_network(json.loads(kwargs_json), device="meta")
 
 
 def check_schedule(sigmas: Sequence[float], key: str = "trajectory.sigmas", where: str = "") -> list[float]:
@@ -731,7 +855,7 @@ checkpoint = "checkpoints/step_190000"
 
 [[generators]]
 name = "step-200k"
-preset = "dmd2-imagenet64"
+preset = "auto"
 checkpoint = "checkpoints/step_200000"
 """
 
@@ -747,7 +871,8 @@ def example_toml() -> str:
             s = key.setting
             allowed = key.allowed_text()
             note = s.help + (f" [{allowed}]" if allowed else "") + (f" (option {s.cli})" if s.cli else "")
-            lines += [f"# {note}", f"{key.name} = {_toml_value(key.default)}"]
+            value = f"<{key.type_text()}>" if key.default is None else _toml_value(key.default)
+            lines += [f"# {note}", f"{'# ' if key.default is None else ''}{key.name} = {value}"]
         lines.append("")
     lines += [f"# {' '.join(GeneratorConfig.__doc__.split())}"] + [f"# {line}".rstrip() for line in GENERATORS_EXAMPLE.splitlines()]
     return "\n".join(lines) + "\n"
@@ -769,21 +894,33 @@ def markdown() -> str:
                 "| key | type | default | allowed | option | meaning |", "|---|---|---|---|---|---|"]
         for key in (k for k in declared.values() if k.section == section):
             s = key.setting
-            cells = [f"`{key.name}`", key.type_text(), f"`{_toml_value(key.default)}`",
+            cells = [f"`{key.name}`", key.type_text(), "unset" if key.default is None else f"`{_toml_value(key.default)}`",
                      key.allowed_text().replace("|", "\\|"), f"`{s.cli}`" if s.cli else "", s.help.replace("|", "\\|")]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     out += ["## [[generators]]", "", " ".join(GeneratorConfig.__doc__.split()), "",
             "| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
-    for key in generator_keys().values():
+    for key in (k for k in generator_keys().values() if k.section == "generators"):
         out.append(f"| `{key.name}` | {key.type_text()} | `{_toml_value(key.default)}` | "
                    f"{key.allowed_text().replace('|', chr(92) + '|')} | {key.setting.help.replace('|', chr(92) + '|')} |")
-    out += ["", "```toml", GENERATORS_EXAMPLE.rstrip(), "```", ""]
+    out += ["", "`[generators.config]` (after its `[[generators]]` table) takes the keys of `[model.config]`.", "",
+            "```toml", GENERATORS_EXAMPLE.rstrip(), "```", ""]
     out += ["## Checks between keys", "", "After every value passes its own check above:", ""]
     out += [f"- {' '.join(check.__doc__.split())}" for check in BETWEEN_KEYS] + [""]
     moved = ", ".join(f"`{a}` is now `{b}`" for a, b in MOVED.items())
     out += ["## Moved keys", "", f"A file using an old key name is refused with the new one: {moved}.", ""]
     return "\n".join(out)
+
+
+def model_config_toml(kwargs: dict, not_in_shapes: Sequence[str], their_source: str) -> str:
+    """The [model.config] table of an architecture (EDMPrecond's keywords), as `dmd2report inspect` prints it
+    for a user to paste: every key read off the shapes, then those in `not_in_shapes` after a comment
+    saying they come from `their_source`, each with its help."""
+    table = [k for k in keys().values() if k.section == "model.config"]
+    lines = ["[model.config]"] + [f"{k.name} = {_toml_value(kwargs[k.name])}" for k in table if k.name not in not_in_shapes]
+    lines += [f"# Not in the shapes (no tensor depends on them): {their_source}."]
+    lines += [f"{k.name} = {_toml_value(kwargs[k.name])}  # {k.setting.help}" for k in table if k.name in not_in_shapes]
+    return "\n".join(lines)
 
 
 def _toml_value(v) -> str:

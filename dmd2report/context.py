@@ -23,28 +23,41 @@ def compute_identity(device: torch.device, use_fp16: bool) -> dict:
 
 class Generator:
     """One generator of the run: its identity without loading it (for cache keys), and the network on first use.
-    `entry`: its [[generators]] table (name, preset, checkpoint); default the reference encoder's."""
+    `entry`: its [[generators]] table (name, preset, checkpoint, config); default the reference encoder's
+    ([model]'s without [[generators]])."""
 
     def __init__(self, config: Config, workdir: WorkDir, write_cache: bool = True, entry: GeneratorConfig | None = None):
         self.config = config
         self.entry = entry or reference_encoder(config)
-        self.name, self.preset = self.entry.name, self.entry.preset
+        self.name = self.entry.name
         self.workdir = workdir
         self.write_cache = write_cache   # torchrun: rank 0 alone writes checksums.json
         self._net = None
         self._identity = None
+        self._architecture = None
+
+    def architecture(self):
+        """checkpoint.Architecture of this generator (the preset, or read off the checkpoint; [model.config] over it)."""
+        if self._architecture is None:
+            from .checkpoint import model_architecture
+
+            self._architecture = model_architecture(self.entry)
+        return self._architecture
 
     def identity(self) -> dict:
-        """Preset and checkpoint checksum (cached by path, size and mtime in checksums.json)."""
+        """Architecture (a preset's name, else "custom" and its keywords) and checkpoint checksum (cached
+        by path, size and mtime in checksums.json)."""
         if self._identity is None:
             from .checkpoint import bundled_weights, resolve_checkpoint_file
 
-            m = self.entry
+            m, arch = self.entry, self.architecture()
             path = resolve_checkpoint_file(m.checkpoint) if m.checkpoint else bundled_weights(m.preset)
             sha = (f"untrained-seed{self.config.run.seed}" if path is None
                    else self.workdir.checkpoint_sha256(path, write=self.write_cache))
-            self._identity = {"preset": m.preset, "checkpoint": str(path or ""), "sha256": sha,
+            self._identity = {"preset": arch.name, "checkpoint": str(path or ""), "sha256": sha,
                               "untrained": path is None}
+            if arch.name == "custom":
+                self._identity["architecture"] = arch.kwargs
         return self._identity
 
     @property
@@ -58,10 +71,8 @@ class Generator:
 
     def compute_identity(self) -> dict:
         """`compute_identity` of the configured device and precision, without loading the network."""
-        from .models.presets import preset_config
-
         precision = self.config.model.precision
-        fp16 = precision == "bfloat16" or (precision == "auto" and preset_config(self.preset)["use_fp16"])
+        fp16 = precision == "bfloat16" or (precision == "auto" and self.architecture().kwargs["use_fp16"])
         return compute_identity(self.device(), fp16)
 
     @property
@@ -71,7 +82,7 @@ class Generator:
             from .runtime import auto_batch_size, prepare
 
             device = self.device()
-            net, info = load_generator(self.preset, self.entry.checkpoint or None, "cpu",
+            net, info = load_generator(self.architecture(), self.identity()["checkpoint"] or None, "cpu",
                                        seed=self.config.run.seed)
             log.info("model: %s from %s on %s", info.preset, info.checkpoint or "random weights (UNTRAINED)", device)
             # Once a run, eagerly on the device before `prepare` compiles anything: a checkpoint whose

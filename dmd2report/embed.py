@@ -14,11 +14,12 @@ epochs of umap-learn's own layout optimiser with the fitted map held fixed, one 
 time. `embedding.projection = "umap"` keeps umap-learn's `transform` (and its search index) instead.
 
 Reproducibility (`embedding.reproducible`): false (default) lets umap-learn use every core without a
-seed: 2-3x faster, but the map's layout differs from run to run (the reductions, the k-NN graph and the
-subsample stay exact and identical). true seeds the UMAP, which makes umap-learn single-threaded: the
-same features, settings and library versions give the same map, twice. The start is the first two
-principal components (`embedding.init = "pca"`), instant, where umap-learn's spectral start solves an
-eigenproblem of the graph (18 s of a 50,000-point fit on 2 cores). The projection is deterministic either way
+seed: faster (at 50,000 points 1.4x on 2 cores, 9x on 16), but the map's layout differs from run to run
+(the reductions, the k-NN graph and the subsample stay exact and identical). true seeds the UMAP, which
+makes umap-learn single-threaded: the same features, settings and library versions give the same map,
+twice. The start is the first two principal components (`embedding.init = "pca"`), instant, where
+umap-learn's spectral start solves an eigenproblem of the graph (about half of a seeded 50,000-point fit
+on 2 cores; benchmarks/umap_modes.py). The projection is deterministic either way
 and uses every core: with the map fixed, points are independent (`_layout_points`).
 
 A fitted map is a pickle (the UMAP model has no other serialisation). It is only ever
@@ -49,6 +50,10 @@ from .knn import knn
 
 log = logging.getLogger(__name__)
 
+# Below this many fitted points umap-learn's one-thread layout is faster than its parallel one (whose
+# per-epoch thread start costs more than the epoch: 2,400 demo points fit in 1.9 s on one thread, 6.2 s on
+# two; benchmarks/umap_modes.py), so a fit that need not be reproducible is seeded and one-threaded anyway.
+PARALLEL_MIN_POINTS = 10000
 PROJECT_CHUNK = 65536          # points per projection chunk: fixed, so a chunk's seeded layout does not depend on N
 
 
@@ -496,7 +501,8 @@ def fit_map(emb: Embedding, reduced: np.ndarray, classes: np.ndarray | None, *, 
     With "fast" and a Euclidean metric the UMAP gets the exact k-NN graph of the subsample from `knn.knn`
     on `device` as `precomputed_knn` (deterministic; no pynndescent index is built or saved). Other
     metrics, which `knn.knn` does not search, use umap-learn's own search and transform.
-    `reproducible`: seeded and single-threaded (the same map twice) or every core without a seed.
+    `reproducible`: seeded and single-threaded (the same map twice) or every core without a seed (from
+    PARALLEL_MIN_POINTS fitted points; below that one thread is faster, and then seeded anyway).
 
     The graph is each fitted row itself followed by its n_neighbors - 1 nearest other fitted rows
     (`knn.knn(..., exclude_self=True)`): `graph_knn` hands that search in when the caller has it (the fit
@@ -519,8 +525,9 @@ def fit_map(emb: Embedding, reduced: np.ndarray, classes: np.ndarray | None, *, 
     fit_red = np.ascontiguousarray(reduced[fit_index])
     if init not in ("pca", "spectral"):
         raise UserError(f"embedding.init must be pca or spectral, got {init!r}")
+    parallel = not reproducible and len(fit_index) >= PARALLEL_MIN_POINTS
     kw = dict(n_components=2, n_neighbors=neighbours, min_dist=min_dist, metric=metric, init=init,
-              random_state=seed if reproducible else None, n_jobs=1 if reproducible else -1)
+              random_state=None if parallel else seed, n_jobs=-1 if parallel else 1)
     if projection == "fast":
         if graph_knn is None:
             graph_knn = knn(fit_red, None, neighbours - 1, exclude_self=True, device=device)
@@ -539,7 +546,7 @@ def fit_map(emb: Embedding, reduced: np.ndarray, classes: np.ndarray | None, *, 
     emb.coords[fit_index] = emb.umap.embedding_
     emb.params.update(n_neighbors=neighbours, min_dist=min_dist, metric=metric, init=init, fit_subsample=fit_subsample,
                       n_umap_fit=len(fit_index), projection=projection, projection_epochs=projection_epochs,
-                      reproducible=reproducible)
+                      reproducible=reproducible, parallel=parallel)
     rest = np.setdiff1d(np.arange(n), fit_index, assume_unique=True)
     if len(rest):
         emb.coords[rest] = emb.transform_reduced(reduced[rest], progress=progress, device=device,

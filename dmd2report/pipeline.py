@@ -61,12 +61,15 @@ def stage_keys(ctx: Context) -> dict[str, str]:
     keys = {}
     # batch_size changes no result; features.generated only what generate and trajectory store (the latter
     # follows it through the fit key).
-    # features.encoder is the generator g is: its checksum and preset stand for it.
+    # features.encoder is the generator g is: its checksum and architecture stand for it.
     features = {k: v for k, v in c["features"].items() if k not in ("batch_size", "generated", "encoder")}
-    keys["extract"] = short_hash([g.checksum, g.preset, c["data"], features, c["run"]["seed"],
+    # A preset's architecture is its name (as before [model.config] existed: their stores stay valid).
+    architecture = g.identity().get("architecture", g.identity()["preset"])
+    keys["extract"] = short_hash([g.checksum, architecture, c["data"], features, c["run"]["seed"],
                                   c["atlas"]["mask_layer"], c["report"]["thumb_size"], g.compute_identity()])
-    # With [[generators]], every generator's name, preset and checksum (a one-generator run's key is as before).
-    compared = [[name, o.preset, o.checksum, o.compute_identity()] for name, o in ctx.generators.items() if name]
+    # With [[generators]], every generator's name, architecture and checksum (a one-generator run's key is as before).
+    compared = [[name, o.identity().get("architecture", o.identity()["preset"]), o.checksum, o.compute_identity()]
+                for name, o in ctx.generators.items() if name]
     keys["generate"] = short_hash([keys["extract"], c["generate"], c["features"]["generated"]] + compared)
     keys["fit"] = short_hash([keys["generate"], c["embedding"], c["metrics"]["layer"]])
     keys["measure"] = short_hash([keys["fit"], c["metrics"]])

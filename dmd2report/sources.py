@@ -372,8 +372,11 @@ def open_source(config, resolution: int) -> RealSource:
 
 
 def model_class_index(config) -> ClassIndex:
-    """The classes the configured model is conditioned on: the demo's for the demo preset, else ImageNet's."""
-    if reference_encoder(config).preset == "demo":
+    """The classes the configured model is conditioned on: the demo's for the demo preset's network (named
+    or read off a checkpoint), else ImageNet's."""
+    from .checkpoint import model_architecture
+
+    if model_architecture(reference_encoder(config)).name == "demo":
         from .demo.dataset import demo_class_index
 
         return ClassIndex.from_mapping(demo_class_index(), "demo class index")

@@ -56,7 +56,7 @@ CASES = {
     "bad reduce": ('[features]\nreduce = "pca:0"', "features.reduce: 'pca:0' is not one of full, mean, pca:K"),
     "bad device": ('[run]\ndevice = "gpu"', "run.device: 'gpu' is not one of auto, cpu, cuda, cuda:N, mps"),
     "bad fit_on": ('[embedding]\nfit_on = "all"', "embedding.fit_on: 'all' is not one of real, generated, both"),
-    "unknown preset": ('[model]\npreset = "big"', "model.preset: 'big' is not one of demo, dmd2-imagenet64, tiny"),
+    "unknown preset": ('[model]\npreset = "big"', "model.preset: 'big' is not one of auto, demo, dmd2-imagenet64, tiny"),
     "empty class": ('[data]\nclasses = ["goldfish", ""]', "data.classes: an item is empty; remove it"),
     "NaN sigma": ("[trajectory]\nsigmas = [80.0, nan]", "trajectory.sigmas: expected a finite number, got nan"),
     # Types.
@@ -207,7 +207,7 @@ def _cli(args):
                               "(see `dmd2report build --help`)"),
     (["--per-class", "many"], "error: Invalid value for '--per-class': 'many' is not a valid integer "
                               "(see `dmd2report build --help`)"),
-    (["--preset", "big"], "error: command line: model.preset: 'big' is not one of demo, dmd2-imagenet64, tiny"),
+    (["--preset", "big"], "error: command line: model.preset: 'big' is not one of auto, demo, dmd2-imagenet64, tiny"),
 ])
 def test_cli_mistake_is_one_line_before_any_stage(tmp_path, args, message):
     work = tmp_path / "work"

@@ -10,7 +10,7 @@ import pytest
 from dmd2report.metric_defs import METRICS
 from dmd2report.report.data import replace, synthetic_report_data
 from dmd2report.report.render import render_site
-from test_browser_report import ARTIFACTS, _open, browser  # noqa: F401  (browser: the shared Chromium fixture)
+from test_browser_report import ARTIFACTS, _open
 
 pytestmark = pytest.mark.browser
 
@@ -130,6 +130,7 @@ def test_few_step_panel_says_what_it_compares(site, browser):  # noqa: F811
     root, data = site
     page, problems, _ = _open(browser, (root / "map.html").as_uri())
     panel = page.locator('[data-traj-panel="map"]')
+    panel.locator("summary").click()          # the few-step panel is folded until asked for (paths off by default)
     heads = panel.locator("table thead th").all_inner_texts()
     assert heads[2:] == [METRICS[k].label for k in ("precision", "recall", "coverage")]
     o = data.metrics.overall.set_index("key")

@@ -12,10 +12,11 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from dmd2report.checkpoint import load_generator, read_checkpoint, identify, load_into
+from dmd2report.checkpoint import checkpoint_architecture, load_generator, load_into, read_checkpoint, read_shapes
 from dmd2report.cli import cli
 from dmd2report.errors import UserError
 from dmd2report.models import build_preset
+from dmd2report.models.architecture import shapes_of
 
 FIX = Path(__file__).parent / "fixtures"
 WEIGHTS = FIX / "dhariwal_tiny.weights.safetensors"
@@ -39,6 +40,9 @@ def test_safetensors_and_torch_formats_load_strictly(tmp_path, state):
         net, info = load_generator("tiny", path)
         assert info.format == fmt and not info.untrained and len(info.sha256) == 64
         assert _same(net, state), path
+        shapes = read_shapes(path)  # what preset = "auto" reads: the same keys and shapes, no values
+        assert shapes.format == fmt and shapes_of(shapes.state_dict) == shapes_of(state)
+        assert {t.device.type for t in shapes.state_dict.values()} == {"meta"}
 
 
 def test_accelerate_folder(tmp_path, state):
@@ -63,8 +67,8 @@ def test_accelerate_folder(tmp_path, state):
 def test_module_prefix_is_stripped(tmp_path, state):
     torch.save({"module." + k: v for k, v in state.items()}, tmp_path / "ddp.bin")
     ckpt = read_checkpoint(tmp_path / "ddp.bin")
-    best, _ = identify(ckpt)
-    assert best.exact and best.preset == "tiny" and ckpt.stripped_prefix == "module."
+    assert ckpt.stripped_prefix == "module." and set(ckpt.state_dict) == set(state)
+    assert checkpoint_architecture(ckpt)[1] == "tiny"
     net, _ = load_generator("tiny", tmp_path / "ddp.bin")
     assert _same(net, state)
 
@@ -114,10 +118,8 @@ def test_other_architecture_is_named_and_refused(tmp_path, state):
     other = torch.nn.Sequential(torch.nn.Linear(4, 4)).state_dict()
     torch.save(other, tmp_path / "other.bin")
     ckpt = read_checkpoint(tmp_path / "other.bin")
-    best, _ = identify(ckpt)
-    assert not best.exact
     with pytest.raises(UserError, match="does not match preset 'tiny'.*missing"):
-        load_into(build_preset("tiny"), ckpt, "tiny")
+        load_into(build_preset("tiny"), ckpt, "preset 'tiny'")
     # Same keys, one wrong shape: named.
     bad = dict(state)
     bad["model.out_conv.bias"] = torch.zeros(4)
@@ -130,12 +132,17 @@ def test_inspect_cli(tmp_path, state):
     r = CliRunner().invoke(cli, ["inspect", str(WEIGHTS)])
     assert r.exit_code == 0, r.output
     assert "format:      safetensors" in r.output and "tensors:     315" in r.output
-    assert "parameters:  2,007,907" in r.output and "tiny (exact match" in r.output
+    assert "parameters:  2,007,907" in r.output and 'preset:      tiny (its shapes: loads strictly' in r.output
     assert "dec.4x4_in0" in r.output and "midblock" in r.output and "64x4x4" in r.output
+    assert "\n[model.config]\nimg_resolution = 16\n" in r.output and "attn_resolutions = [8, 4]\n" in r.output
     dropped = ("model.out_conv.weight", "model.out_conv.bias")
     torch.save({k: v for k, v in state.items() if k not in dropped}, tmp_path / "partial.bin")
     r = CliRunner().invoke(cli, ["inspect", str(tmp_path / "partial.bin")])
-    assert r.exit_code == 1 and "nearest is tiny: 2 missing (e.g. model.out_conv.weight, model.out_conv.bias)" in r.output
+    assert r.exit_code == 2 and r.stderr.strip() == (f"error: {tmp_path / 'partial.bin'}: not a DhariwalUNet checkpoint: "
+                                                     "model.out_conv.weight is missing (inferred: img_resolution=16, "
+                                                     "img_channels=3, label_dim=10, augment_dim=0, model_channels=32, "
+                                                     "channel_mult=[1, 2, 2], channel_mult_emb=4, num_blocks=2, "
+                                                     "attn_resolutions=[8, 4])")
 
 
 @pytest.mark.parametrize("make", ["truncated", "evil", "nodir", "empty_dir"])

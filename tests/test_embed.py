@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dmd2report import embed
 from dmd2report.embed import (Embedding, balanced_subsample, even_grid, fit_embedding, fit_reduction, load_embedding,
                               nearest_stored, save_embedding, trust_scores, trust_summary)
 from dmd2report.errors import UserError
@@ -59,11 +60,18 @@ def test_same_seed_same_map(fitted):
     np.testing.assert_array_equal(again.fit_index, emb.fit_index)
 
 
-def test_unseeded_map_uses_every_core_and_stays_a_good_map(fitted):
+def test_unseeded_map_uses_every_core_and_stays_a_good_map(fitted, monkeypatch):
     features, classes, emb = fitted
-    # the default: every core, no seed (embedding.reproducible = false)
-    fast = fit_embedding(features, classes, **{k: v for k, v in FIT.items() if k != "reproducible"})
-    assert fast.umap.random_state is None and fast.umap.n_jobs == -1 and fast.params["reproducible"] is False
+    default = {k: v for k, v in FIT.items() if k != "reproducible"}   # embedding.reproducible = false
+    # a small fit runs on one thread, seeded all the same (faster than umap-learn's parallel layout there)
+    small = fit_embedding(features, classes, **default)
+    assert small.umap.n_jobs == 1 and small.params["parallel"] is False
+    np.testing.assert_array_equal(small.coords, fit_embedding(features, classes, **default).coords)
+    # from PARALLEL_MIN_POINTS fitted points: every core, no seed
+    monkeypatch.setattr(embed, "PARALLEL_MIN_POINTS", 300)
+    fast = fit_embedding(features, classes, **default)
+    assert fast.umap.random_state is None and fast.umap.n_jobs == -1 and fast.params["parallel"] is True
+    assert fast.params["reproducible"] is False
     # not reproducible, but the same subsample and reduction, and the clusters stay apart
     np.testing.assert_array_equal(fast.fit_index, emb.fit_index)
     np.testing.assert_array_equal(fast.reduce(features), emb.reduce(features))

@@ -150,6 +150,11 @@ def test_compare_reads_both_forms(two, tmp_path):
     ('[features]\nencoder = "c"\n[[generators]]\nname = "a"\n', r"features.encoder: 'c' is not one of the generators \(a\)"),
     ('[features]\nencoder = "c"\n', r"features.encoder: 'c' names no generator"),
     ('[model]\ncheckpoint = "x.pth"\n[[generators]]\nname = "a"\n', r"model.checkpoint: set per generator"),
+    ('[model.config]\nnum_blocks = 2\n[[generators]]\nname = "a"\n', r"model.config.num_blocks: set per generator"),
+    ('[[generators]]\nname = "a"\n[generators.config]\nblocks = 2\n', r"#1: unknown key generators.config.blocks"),
+    ('[[generators]]\nname = "a"\n[generators.config]\nnum_blocks = -1\n', r"#1: generators.config.num_blocks: must be >= 0"),
+    ('[[generators]]\nname = "a"\npreset = "auto"\n', r"\[\[generators\]\] 'a': generators.preset = \"auto\" reads the "
+     r"architecture off generators.checkpoint, which is not set"),
     ('[[generators]]\nname = "a"\n[[generators]]\nname = "b"\npreset = "tiny"\n',
      r"generators.preset: 'b' \(tiny\) makes 16px images of 10 classes, the reference encoder 'a' \(demo\) reads"),
     ('[embedding]\nfit_on = "both"\n[[generators]]\nname = "a"\n[[generators]]\nname = "b"\n',
@@ -163,6 +168,20 @@ def test_generator_config_mistakes_are_one_line(tmp_path, text, message):
     with pytest.raises(UserError, match=message) as e:
         load_config(path)
     assert "\n" not in str(e.value) and str(e.value).startswith(str(path))
+
+
+def test_a_generators_architecture_is_its_own(tmp_path):
+    """preset = "auto" reads a generator's architecture off its checkpoint; [generators.config] sets keys over it."""
+    from dmd2report.checkpoint import model_architecture
+    from dmd2report.config import generator_entries
+
+    path = tmp_path / "two.toml"
+    path.write_text(f'[[generators]]\nname = "a"\n[[generators]]\nname = "b"\npreset = "auto"\n'
+                    f'checkpoint = "{bundled_weights("demo")}"\n[generators.config]\ndropout = 0.25\n')
+    a, b = generator_entries(load_config(path))
+    assert b.config.dropout == 0.25 and a.config.dropout is None
+    arch_a, arch_b = model_architecture(a), model_architecture(b)
+    assert arch_b.kwargs == arch_a.kwargs | {"dropout": 0.25}
 
 
 def test_one_generator_config_is_unchanged():

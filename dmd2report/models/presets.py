@@ -41,6 +41,10 @@ def preset_config(name: str) -> dict:
 
 def build_preset(name: str, device: str | torch.device | None = None, **overrides) -> EDMPrecond:
     """Build a preset with fresh (random) weights; `device="meta"` builds it without memory."""
-    config = preset_config(name) | overrides
+    return build_network(preset_config(name) | overrides, device)
+
+
+def build_network(kwargs: dict, device: str | torch.device | None = None) -> EDMPrecond:
+    """EDMPrecond of these keywords with fresh (random) weights; `device="meta"` builds it without memory."""
     with torch.device(device or "cpu"):
-        return EDMPrecond(**config)
+        return EDMPrecond(**kwargs)
