@@ -225,6 +225,7 @@ class Trajectories:
 
 COMPARISON_COLUMNS = ["generator", "key", "label", "value", "ci_low", "ci_high", "delta", "separated"]
 CLASS_DELTA_COLUMNS = ["generator", "key", "class_id", "reference", "value", "delta"]
+CLASS_DELTA_METRICS = ("coverage", "class_fidelity")   # the per-class deltas compared: what gained or lost coverage or fidelity
 SEED_COLUMNS = ["seed_index", "class_id", "generator", "point"]
 COVER_DIFF = ("neither", "A only", "B only", "both")   # points.cover_diff codes 0..3: bit 0 covered by A, bit 1 by B
 

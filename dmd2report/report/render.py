@@ -139,17 +139,15 @@ def _map_style(view: SiteView, variant_names: list[str]) -> dict:
         "uncovered": [palette.UNCOVERED_COLOUR, int((real & ~covered).sum())],
         "dist": [float(np.percentile(d, 5)), float(np.percentile(d, 95))] if len(d) else [0.0, 1.0],
         "trust": METRICS["trust"].explanation,
-    } | (_compare_style(full, real) if full.comparison is not None else {})
+    } | (_compare_style(full) if full.comparison is not None else {})
 
 
-def _compare_style(full: ReportData, real: np.ndarray) -> dict:
+def _compare_style(full: ReportData) -> dict:
     """The comparison's map colours: one per generator (with its full-N count), and the coverage difference's
     four kinds (words, colour, full-N count of real points)."""
-    cmp, P = full.comparison, full.points
-    n_of = P["generator"].value_counts()
-    codes = np.bincount(P["cover_diff"].to_numpy(np.int64)[real], minlength=len(COVER_DIFF))
-    return {"generators": [[g, c, int(n_of.get(g, 0))] for g, c in palette.generator_colours(cmp.generators).items()],
-            "coverDiff": [[w, c, int(n)] for w, c, n in zip(_cover_diff_words(cmp), palette.COVER_DIFF_COLOURS, codes)]}
+    n_of = full.points["generator"].value_counts()
+    return {"generators": [[g, c, int(n_of.get(g, 0))] for g, c in palette.generator_colours(full.comparison.generators).items()],
+            "coverDiff": [list(r) for r in _cover_diff_kinds(full)]}
 
 
 def _trajectory_data(traj) -> dict | None:
@@ -438,9 +436,17 @@ def _delta(key: str, delta: float) -> tuple[str, str]:
     return f"{delta:+.3f}", "" if delta == 0 else "better" if better else "worse"
 
 
-def _cover_diff_words(cmp) -> list[str]:
-    """COVER_DIFF in words, the pair named: neither, A only (name), B only (name), both."""
-    return [w + {1: f" ({cmp.a})", 2: f" ({cmp.b})"}.get(i, "") for i, w in enumerate(COVER_DIFF)]
+def _cover_diff_kinds(full: ReportData) -> list[tuple[str, str, int]]:
+    """(words, colour, real points) of each COVER_DIFF kind, the pair named: neither, A only (name), B only (name),
+    both; counts over every real point."""
+    cmp, P = full.comparison, full.points
+    codes = np.bincount(P["cover_diff"].to_numpy(np.int64)[P["set"].to_numpy() == "real"], minlength=len(COVER_DIFF))
+    words = [w + {1: f" ({cmp.a})", 2: f" ({cmp.b})"}.get(i, "") for i, w in enumerate(COVER_DIFF)]
+    return [(w, c, int(n)) for w, c, n in zip(words, palette.COVER_DIFF_COLOURS, codes)]
+
+
+def _better(key: str) -> str:
+    return f"{'higher' if METRICS[key].higher_is_better else 'lower'} is better"
 
 
 def _compare_context(view: SiteView, names: dict[int, str]) -> dict:
@@ -456,16 +462,12 @@ def _compare_context(view: SiteView, names: dict[int, str]) -> dict:
             cells.append(dict(generator=r.generator, value=r.value, ci_low=r.ci_low, ci_high=r.ci_high,
                               ci=bool(np.isfinite(r.ci_low) and np.isfinite(r.ci_high)), separated=bool(r.separated),
                               delta_text=text, direction=direction,
-                              words=f"{r.generator} minus {cmp.generators[0]} ({'higher' if spec.higher_is_better else 'lower'} is better)"))
+                              words=f"{r.generator} minus {cmp.generators[0]} ({_better(key)})"))
         overall.append(dict(key=key, label=spec.label, explanation=spec.explanation, colour=spec.colour, cells=cells))
-    real = P["set"].to_numpy() == "real"
-    codes = np.bincount(P["cover_diff"].to_numpy(np.int64)[real], minlength=len(COVER_DIFF))
-    words = _cover_diff_words(cmp)
-    coverage = [(w, c, int(n), n / max(1, real.sum())) for w, c, n in zip(words, palette.COVER_DIFF_COLOURS, codes)]
+    n_real = max(1, int((P["set"] == "real").sum()))
+    coverage = [(w, c, n, n / n_real) for w, c, n in _cover_diff_kinds(view.full)]
     class_tables = []
     for (g, key), rows in cmp.per_class.groupby(["generator", "key"], sort=False):
-        if key not in ("coverage", "class_fidelity"):
-            continue   # the page shows what gained or lost coverage or fidelity; metrics.json holds the rest
         rows = rows[np.isfinite(rows["delta"].to_numpy(np.float64))].head(MAX_CLASS_DELTAS)
         class_tables.append(dict(generator=g, key=key, label=METRICS[key].label, rows=[
             dict(class_id=int(r.class_id), name=names.get(int(r.class_id), str(r.class_id)), reference=r.reference,
@@ -481,8 +483,7 @@ def _compare_context(view: SiteView, names: dict[int, str]) -> dict:
     return dict(generators=cmp.generators, encoder=cmp.generators[0], space=cmp.feature_space, a=cmp.a, b=cmp.b,
                 k_dc=_k_dc(view.full), overall=overall, coverage=coverage, class_tables=class_tables,
                 max_rows=MAX_CLASS_DELTAS, seed_tables=seed_tables,
-                direction_note=" ".join(f"{METRICS[k].label}: {'higher' if METRICS[k].higher_is_better else 'lower'} is better."
-                                        for k in dict.fromkeys(cmp.overall["key"])))
+                direction_note=" ".join(f"{METRICS[k].label}: {_better(k)}." for k in dict.fromkeys(cmp.overall["key"])))
 
 
 def _nav(has_atlas: bool, extra: list[dict] = (), has_comparison: bool = False) -> list[tuple[str, str, str]]:

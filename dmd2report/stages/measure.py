@@ -62,7 +62,7 @@ def run(ctx: Context, overwrite: bool = False) -> None:
                       "checkpoint": Path(ident["checkpoint"]).name if ident["checkpoint"] else "",
                       "data": {"source": cfg.data.source, "path": cfg.data.path, "n_real": len(real_classes)},
                       "config_hash": cfg.section_hash(), "headline_layer": m.layer,
-                      "fit": {("real" if k == "real" else own[k]): t for k, t in trust.items() if k == "real" or k in own}}
+                      "fit": {own.get(k, k): t for k, t in trust.items() if k == "real" or k in own}}   # by variant
         if name:
             provenance |= {"generator": name, "encoder": ctx.generator.name}
         documents[name] = metrics_document([r | {"variants": {v: r["variants"][label] for label, v in own.items()}}

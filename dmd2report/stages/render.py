@@ -13,14 +13,14 @@ from ..context import Context
 from ..errors import UserError
 from ..files import load_npz, load_parquet, read_json
 from ..metric_defs import METRICS, STEP_REFERENCES
-from ..report.data import (CLASS_DELTA_COLUMNS, COMPARISON_COLUMNS, OVERALL_COLUMNS, POINT_COLUMNS, Comparison,
-                           compared_class_set, STEP_METRIC_COLUMNS, Atlas, AtlasAnchor, DataSource, FrechetDistance,
+from ..metrics import generator_documents
+from ..report.data import (CLASS_DELTA_COLUMNS, CLASS_DELTA_METRICS, COMPARISON_COLUMNS, OVERALL_COLUMNS, POINT_COLUMNS,
+                           Comparison, compared_class_set, STEP_METRIC_COLUMNS, Atlas, AtlasAnchor, DataSource, FrechetDistance,
                            Metrics, ModelInfo, Neighbours, Ragged, ReportData, RunInfo, StackedThumbnails, Trajectories,
                            package_versions)
 from ..report.render import render_site
 from ..report.view import COMPARE_CLASSES, COMPARE_SEEDS
 from ..store import Store
-from ..metrics import generator_documents
 from ..workdir import generated_sets, set_label
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ def assemble_report(ctx: Context) -> ReportData:
                             + 2 * arrays[f"variant.{compared_class_set(names[1])}.real_covered"].astype(bool).astype(np.int64))
         pts["cover_diff"] = code
         class_meta = gens["class"].metadata()
-        comparison = _comparison(documents, names, headline["feature_space"], pts, offsets,
+        comparison = _comparison(documents, names, headline["feature_space"], offsets,
                                  class_meta["class_id"].to_numpy(np.int64), class_meta["seed_index"].to_numpy(np.int64))
     ident = ctx.generator.identity()
     sources = [DataSource(f"real: {cfg.data.source}", cfg.data.path or "bundled demo data (generated on first use)",
@@ -232,7 +232,7 @@ def assemble_report(ctx: Context) -> ReportData:
     return data
 
 
-def _comparison(documents: dict, generators: list[str], space: str, pts: pd.DataFrame, offsets: dict,
+def _comparison(documents: dict, generators: list[str], space: str, offsets: dict,
                 class_rows: np.ndarray, seed_index: np.ndarray) -> Comparison:
     """The comparison page's tables from each generator's metrics document (the headline feature space) and the
     same-seed rows: `class_rows` the class ids of the class-conditioned sets' rows (shared: the same seeds)."""
@@ -252,7 +252,7 @@ def _comparison(documents: dict, generators: list[str], space: str, pts: pd.Data
     overall = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
     deltas = []
     for g in generators[1:]:
-        for key in ("coverage", "class_fidelity", "precision", "recall"):
+        for key in CLASS_DELTA_METRICS:
             mine = {c: _num(m.get(key, {}).get("value")) for c, m in cls[g]["per_class"].items()}
             theirs = {c: _num(m.get(key, {}).get("value")) for c, m in cls[ref]["per_class"].items()}
             deltas += [(g, key, int(c), theirs.get(c, np.nan), v, v - theirs.get(c, np.nan)) for c, v in mine.items()]
