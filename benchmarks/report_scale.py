@@ -105,15 +105,19 @@ def make_data(n: int, seed: int = 0, n_classes: int = 100, k: int = 8, old_forma
     thumbs = MadeThumbs(n + len(base.thumbnails), 32, np.concatenate([cls, np.zeros(len(base.thumbnails), np.int64)]))
     atlas = dataclasses.replace(base.atlas, grid=base.atlas.grid.assign(thumb=n + np.arange(len(base.atlas.grid))),
                                 anchors=[dataclasses.replace(a, thumb=n + len(base.atlas.grid) + i) for i, a in enumerate(base.atlas.anchors)])
+    extra = {}
     if old_format:  # the code before: a dict of lists, thumbnails in memory (it has no Ragged)
         covered_by = {int(i): cb_val[cb_off[i]:cb_off[i + 1]].tolist() for i in np.flatnonzero(counts)}
         thumbs = np.asarray(thumbs)
     else:
         from dmd2report.report.data import Ragged
         covered_by = Ragged(cb_off, cb_val)
+        if hasattr(base, "cover_count"):   # true covering counts past the lists' cap, and the radii (issue 18)
+            extra = dict(cover_count=counts + np.where(counts == 5, rng.integers(0, 20, n), 0),
+                         cover_radius=np.where(var == "real", rng.uniform(1, 3, n), np.nan))
     return dataclasses.replace(base, points=pts, thumbnails=thumbs, neighbours=Neighbours(ri, d, gi, d, layer="midblock"),
                                covered_by=covered_by, nn_real_real=d[:n_real, -1], nn_gen_real=d[n_real:, -1],
-                               variants=vrows, atlas=atlas, classes=pd.DataFrame(
+                               variants=vrows, atlas=atlas, **extra, classes=pd.DataFrame(
                                    {"class_id": np.arange(n_classes), "synset": [f"n{c:08d}" for c in range(n_classes)],
                                     "name": [f"class {c}" for c in range(n_classes)]}))
 

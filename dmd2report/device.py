@@ -48,3 +48,12 @@ def resolve_device(spec: str = "auto") -> torch.device:
             raise UserError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
         return torch.device("cuda", index)
     raise UserError(f"--device {spec!r}: expected auto, cpu, cuda, cuda:N or mps")
+
+
+def one_blas_thread():
+    """A context in which BLAS/LAPACK (numpy's and torch's CPU kernels) run on one thread: after torch's
+    OpenMP pool has run, more threads contend with its spinning workers, and one small dense factorisation
+    (a 768 x 768 eigh: 0.35 s alone) takes 20-70x longer on a 2-core machine."""
+    from threadpoolctl import threadpool_limits   # a dependency of scikit-learn
+
+    return threadpool_limits(limits=1, user_api="blas")

@@ -44,6 +44,7 @@ from sklearn.decomposition import PCA
 from sklearn.preprocessing import StandardScaler
 
 from .console import progress as progress_bar
+from .device import one_blas_thread
 from .errors import UserError
 from .files import sha256_file
 from .knn import knn
@@ -438,7 +439,8 @@ def fit_reduction(features, pca_components: int = 50, *, seed: int = 0, device=N
     scale = var.sqrt()
     scale = torch.where(scale < 10 * torch.finfo(torch.float64).eps, torch.ones_like(scale), scale)
     cov_std = cov / torch.outer(scale, scale) * (n / (n - 1))  # sample covariance of the standardised rows
-    evals, evecs = torch.linalg.eigh(cov_std)
+    with one_blas_thread():   # on the CPU: LAPACK's threads would fight torch's (device.one_blas_thread)
+        evals, evecs = torch.linalg.eigh(cov_std)
     evals, evecs = evals.flip(0).clamp(min=0.0), evecs.flip(1)
     components = min(pca_components, d, n - 1)
     comps = evecs[:, :components].T

@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
-from threadpoolctl import threadpool_limits   # a dependency of scikit-learn
 
+from .device import one_blas_thread
 from .files import save_text
 from .knn import DEFAULT_BLOCK_BYTES, as_device, knn, knn_grouped, radius_counts, to_tensor
 from .metric_defs import METRICS, Metric, definitions, markdown  # noqa: F401  (the declaration, re-exported)
@@ -87,14 +87,8 @@ def frechet_from_stats(mu_x, cov_x, mu_y, cov_y, sqrt_cov_x=None) -> float:
 
 def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
     """Frechet distance between Gaussians fitted to two feature sets (each needs >= 2 rows)."""
-    with _one_blas_thread():
+    with one_blas_thread():
         return frechet_from_stats(*mean_and_cov(x), *mean_and_cov(y))
-
-
-def _one_blas_thread():
-    """numpy's BLAS with one thread: after torch's OpenMP pool has run, two BLAS threads contend with
-    its spinning workers and a 256 x 256 eigh takes ~50x longer on a 2-core machine."""
-    return threadpool_limits(limits=1, user_api="blas")
 
 
 def bootstrap_ci(values: np.ndarray, n_boot: int, level: float, rng: np.random.Generator):
@@ -203,7 +197,7 @@ def fd_real_halves(real: np.ndarray, real_classes, seed: int) -> dict:
     n_a = len(real) - n_b
     value = None
     if min(n_a, n_b) >= 2:
-        with _one_blas_thread():
+        with one_blas_thread():
             (mu_a, cov_a), (mu_b, cov_b) = _moments_by_half(real, second)[0]
             value = frechet_from_stats(mu_a, cov_a, mu_b, cov_b)
     return _entry(value, "fd_real", len(real), 0) | {"n_halves": [n_a, n_b]}
@@ -270,7 +264,7 @@ def measure(real: np.ndarray, real_classes, generated: Mapping[str, tuple], *, f
     nearest generated samples (arrays only); the per-class scopes for all classes at once in blocks of
     whole classes (`knn.knn_grouped`, `knn.radius_counts` with groups). Each step is logged at DEBUG level.
     """
-    with _one_blas_thread():
+    with one_blas_thread():
         return _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelity, k_neighbours,
                         bootstrap, ci_level, seed, cover_cap, per_class, per_class_fd, arrays, device,
                         max_block_bytes)
