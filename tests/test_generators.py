@@ -2,6 +2,7 @@
 of every generator, `compare` of either form, and the config's one-line errors."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -262,3 +263,10 @@ def test_map_colours_by_generator_and_coverage_difference(two, browser):
     page.screenshot(path=str(ARTIFACTS / "compare-map-coverdiff.png"))
     assert problems == [] and all(r.startswith("file://") for r in requests)   # offline, no errors
     page.close()
+
+
+def test_ci_example_config_compares_a_candidate_in_the_published_space():
+    # docs/ci-snapshots.md's example: both checkpoints in one report, measured in the published one's space
+    cfg = load_config(Path(__file__).resolve().parents[1] / "docs" / "ci-compare.toml")
+    assert [g.name for g in cfg.generators] == ["published", "candidate"] and cfg.features.encoder == "published"
+    assert "--generator candidate" in (Path(__file__).resolve().parents[1] / "docs" / "ci-snapshots.md").read_text()
