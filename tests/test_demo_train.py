@@ -38,6 +38,17 @@ def test_training_script_smoke_and_resume(tmp_path):
     x = net(80 * torch.randn(2, 3, 32, 32), 80.0, torch.eye(12)[:2])
     assert x.shape == (2, 3, 32, 32) and torch.isfinite(x).all()
 
+    # A snapshot step leaves the EMA of that step beside the final weights, float16, loadable strictly.
+    snap_out = tmp_path / "snap"
+    assert train.main(["--out", str(snap_out), "--device", "cpu", *TINY, "--set", "student.snapshot_steps=[1]"]) == 0
+    snap = load_file(str(snap_out / "generator-step1.safetensors"))
+    assert set(snap) == set(state) and {v.dtype for v in snap.values()} == {torch.float16}
+    assert json.loads((snap_out / "train_config.json").read_text())["run"]["snapshots"] == [
+        {"step": 1, "file": "generator-step1.safetensors"}]
+    early = train.load_weights(snap_out / "generator-step1.safetensors", record["model"])
+    final = train.load_weights(snap_out / "generator.safetensors", record["model"])
+    assert any(not torch.equal(a, b) for a, b in zip(early.state_dict().values(), final.state_dict().values()))
+
     # A second run in the same folder reuses the finished teacher instead of training it again.
     assert train.main(["--out", str(out), "--device", "cpu", *TINY]) == 0
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]

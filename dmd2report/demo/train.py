@@ -160,9 +160,12 @@ def _lr(base, step, warmup):
     return base * min(1.0, (step + 1) / max(warmup, 1))
 
 
-def _train_loop(net, cfg, device, phase: str, n_items: int, batch: int, gen_seed: int, loss_of, records, extra_record=None):
+def _train_loop(net, cfg, device, phase: str, n_items: int, batch: int, gen_seed: int, loss_of, records, extra_record=None,
+                on_snapshot=None):
     """Adam with warm-up and an EMA over `cfg["steps"]` steps of random batches of item indices, within
-    `cfg["max_seconds"]`, logging the mean loss every `log_every` steps (and `extra_record(ema_net)`)."""
+    `cfg["max_seconds"]`, logging the mean loss every `log_every` steps (and `extra_record(ema_net)`);
+    after each step listed in `cfg["snapshot_steps"]`, `on_snapshot(step, ema_net)`."""
+    snapshots = set(cfg.get("snapshot_steps", ()))
     ema = EMA(net, cfg["ema_halflife_images"], cfg["ema_rampup"])
     opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"], betas=(0.9, 0.999), eps=1e-8)
     gen = torch.Generator(device).manual_seed(gen_seed)
@@ -186,6 +189,8 @@ def _train_loop(net, cfg, device, phase: str, n_items: int, batch: int, gen_seed
             record = dict(phase=phase, step=step + 1, loss=float(acc) / n, images=seen, seconds=round(elapsed, 2))
             records(**record, **(extra_record(ema.net) if extra_record else {}))
             acc.zero_()
+        if on_snapshot and step + 1 in snapshots:
+            on_snapshot(step + 1, ema.net)
         if last:
             break
     return ema.net, step + 1
@@ -221,8 +226,9 @@ def make_pairs(teacher, count, num_classes, cfg, device, seed):
     return torch.cat(zs), torch.cat(cs), torch.cat(xs), time.perf_counter() - start
 
 
-def train_student(teacher, pairs, cfg, device, records, seed):
-    """One-step student G(80 z, 80, c) -> x0, initialised from the teacher; returns its EMA."""
+def train_student(teacher, pairs, cfg, device, records, seed, on_snapshot=None):
+    """One-step student G(80 z, 80, c) -> x0, initialised from the teacher; returns its EMA.
+    `on_snapshot(step, ema_net)` receives the EMA after each of `cfg["snapshot_steps"]`."""
     torch.manual_seed(seed + 2)
     z, c, x0 = pairs
     holdout = min(cfg["holdout"], len(z) // 4)
@@ -238,7 +244,7 @@ def train_student(teacher, pairs, cfg, device, records, seed):
         return {"holdout_mse": holdout_mse(ema_net, z[train_n:], c[train_n:], x0[train_n:], device)} if holdout else {}
 
     return _train_loop(net, cfg, device, "student", train_n, min(cfg["batch"], train_n), seed + 3, loss_of, records,
-                       holdout_record)
+                       holdout_record, on_snapshot)
 
 
 @torch.no_grad()
@@ -255,9 +261,10 @@ def holdout_mse(net, z, c, x0, device, batch=1024):
 # ---------------------------------------------------------------------------------------------
 # Files.
 
-def save_weights(net, path: Path, metadata: dict | None = None) -> None:
-    """safetensors with exactly EDMPrecond.state_dict()'s keys, float32, so it loads with strict=True."""
-    state = {k: v.detach().float().contiguous().cpu() for k, v in net.state_dict().items()}
+def save_weights(net, path: Path, metadata: dict | None = None, dtype: torch.dtype = torch.float32) -> None:
+    """safetensors with exactly EDMPrecond.state_dict()'s keys, so it loads with strict=True; float32,
+    or float16 for a snapshot that ships beside the final weights at half the size."""
+    state = {k: v.detach().to(dtype).contiguous().cpu() for k, v in net.state_dict().items()}
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
     save_bytes(path, save(state, metadata=meta))
 
@@ -357,7 +364,14 @@ def train(config: dict, out: Path, device: torch.device, seed: int, teacher_path
     run["pairs"] = {"count": len(z), "seconds": round(seconds, 1)}
     log.info("pairs: %d teacher ODE solutions in %.1fs", len(z), seconds)
 
-    student, steps = train_student(teacher, (z, c, x0), config["student"], device, records, seed)
+    def snapshot(step, ema_net):
+        # Earlier checkpoints of this same run (a second demo generator to compare against): float16.
+        path = out / f"generator-step{step}.safetensors"
+        save_weights(ema_net, path, {"model": model_cfg, "step": step}, dtype=torch.float16)
+        run.setdefault("snapshots", []).append({"step": step, "file": path.name})
+        log.info("student: snapshot of step %d in %s", step, path)
+
+    student, steps = train_student(teacher, (z, c, x0), config["student"], device, records, seed, snapshot)
     run["student"] = {"steps": steps, "images": steps * min(config["student"]["batch"], len(z))}
     save_weights(student, out / "generator.safetensors", {"model": model_cfg})
     run["seconds"] = round(time.perf_counter() - t0, 1)
