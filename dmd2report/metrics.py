@@ -241,7 +241,7 @@ def measure(real: np.ndarray, real_classes, generated: Mapping[str, tuple], *, f
             k_pr: int = 3, k_dc: int = 5, k_fidelity: int = 10, k_neighbours: int = 8, bootstrap: int = 200,
             ci_level: float = 0.95, seed: int = 0, cover_cap: int = 16, per_class: bool = True,
             per_class_fd: bool = True, arrays: bool = True, device=None,
-            max_block_bytes: int = DEFAULT_BLOCK_BYTES) -> dict:
+            max_block_bytes: int = DEFAULT_BLOCK_BYTES, real_neighbours: tuple | None = None) -> dict:
     """All metrics of one feature space: every variant overall and per class, plus per-point arrays.
 
     real: (N, D) features; real_classes: (N,) int class ids or None.
@@ -257,7 +257,10 @@ def measure(real: np.ndarray, real_classes, generated: Mapping[str, tuple], *, f
     gen_centroid_class; per real point real_covered, real_cover_count, real_covered_by (generated indices,
     nearest first, -1 padded, at most cover_cap), real_nn_gen_*. `arrays=False` (a layer whose per-point
     arrays are not kept) returns "arrays": None and skips the searches only they need (the neighbour
-    lists, the real -> generated search).
+    lists, the real -> generated search). `real_neighbours`: (distances, indices) of the exact k-NN of the real
+    rows among themselves (`knn(real, None, k, exclude_self=True)`) when the caller has that search already
+    (the fit stage's, on the same rows); used when it has enough columns, since a prefix of it is the search
+    this function would make.
 
     Work per variant: one pass over the (generated, real) pairs for the four k-NN metrics and the
     generated samples' nearest real points (`point_flags`), one over (real, generated) for the real points'
@@ -267,7 +270,7 @@ def measure(real: np.ndarray, real_classes, generated: Mapping[str, tuple], *, f
     with one_blas_thread():
         return _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelity, k_neighbours,
                         bootstrap, ci_level, seed, cover_cap, per_class, per_class_fd, arrays, device,
-                        max_block_bytes)
+                        max_block_bytes, real_neighbours)
 
 
 class _ClassIndex:
@@ -300,7 +303,8 @@ def _nan_where_inf(a: np.ndarray) -> np.ndarray:
 
 
 def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelity, k_neighbours, bootstrap,
-             ci_level, seed, cover_cap, per_class, per_class_fd, want_arrays, device, max_block_bytes) -> dict:
+             ci_level, seed, cover_cap, per_class, per_class_fd, want_arrays, device, max_block_bytes,
+             real_neighbours=None) -> dict:
     dev = as_device(device)
     kw = dict(device=dev, max_block_bytes=max_block_bytes)
     real_np = np.ascontiguousarray(real, dtype=np.float32)
@@ -317,7 +321,12 @@ def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelit
 
     log.debug("%s: radii of %d real samples", feature_space, n_real)
     k_rr = min(max(k_pr, k_dc, k_neighbours if want_arrays else 0), n_real - 1)
-    real_r, (rr_d, rr_i) = knn_radii(x, sorted({k_pr, k_dc, k_rr}), **kw)
+    if real_neighbours is not None and real_neighbours[1].shape == (n_real, real_neighbours[1].shape[1]) \
+            and real_neighbours[1].shape[1] >= k_rr:
+        rr_d, rr_i = (np.ascontiguousarray(a[:, :k_rr]) for a in real_neighbours)
+        real_r = {k: rr_d[:, k - 1].copy() for k in {k_pr, k_dc, k_rr}}
+    else:
+        real_r, (rr_d, rr_i) = knn_radii(x, sorted({k_pr, k_dc, k_rr}), **kw)
     stats_real = mean_and_cov(real_np)
     sqrt_real = sqrt_psd(stats_real[1])
     arrays = {"real": {"r_pr": real_r[k_pr], "r_dc": real_r[k_dc], "nn_real_dist": rr_d[:, :k_neighbours],

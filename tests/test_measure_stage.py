@@ -25,7 +25,7 @@ def test_flatten_arrays_stores_covering_lists_ragged_without_padding():
 
 
 @pytest.mark.slow
-def test_chunked_measure_stage_equals_in_memory_measure(tmp_path):
+def test_chunked_measure_stage_equals_in_memory_measure(tmp_path, caplog):
     cfg = _scale().write_synthetic_work_dir(
         tmp_path, n_real=300, n_gen_class=200, n_variant=50, classes=10,
         dims={"encoder_bottleneck": 48, "midblock": 48}, seed=2, preset="demo", chunk_size=64, device="cpu",
@@ -34,8 +34,13 @@ def test_chunked_measure_stage_equals_in_memory_measure(tmp_path):
     ctx = Context.create(config, command="test")
     wd = ctx.workdir
     assert wd.store("real").manifest["chunks"] == 5      # several memory-mapped chunks per store
-    run_stages(ctx, ("extract", "generate", "fit", "measure"))
+    with caplog.at_level("INFO"):
+        run_stages(ctx, ("extract", "generate", "fit", "measure"))
     m = config.metrics
+    # the headline layer's real radii and neighbour lists came from the fit stage's search of the same rows,
+    # and still equal the in-memory measure's own search below
+    assert json.loads((wd.fit / "manifest.json").read_text())["real_knn"]["layer"] == m.layer
+    assert any("from the fit stage's search" in r.getMessage() for r in caplog.records)
     real = wd.store("real")
     rc = real.metadata()["class_id"].to_numpy()
     doc = json.loads((wd.measure / "metrics.json").read_text())

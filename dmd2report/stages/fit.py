@@ -19,7 +19,7 @@ import pandas as pd
 from ..context import Context
 from ..embed import FAST_METRICS, fit_map, fit_reduction, save_embedding, trust_scores, trust_summary
 from ..errors import UserError
-from ..files import save_json, save_parquet
+from ..files import array_digest, save_json, save_npz, save_parquet
 from ..knn import knn
 from ..workdir import generated_sets, set_label
 
@@ -88,8 +88,15 @@ def run(ctx: Context, overwrite: bool = False) -> None:
                 near[v] = knn(reduced[v], reduced["real"], max(k_graph, k_trust), device=device)
             coords[v] = emb.transform_reduced(reduced[v], device=device, desc=f"project {v}", neighbours=near.get(v))
         real_red, real_2d = reduced["real"], coords["real"]
+        if "real" not in near:
+            near["real"] = knn(real_red, None, k_trust_self, exclude_self=True, device=device)
         real_trust = trust_scores(real_red, real_2d, real_red, real_2d, k=k_trust_self, exclude_self=True, device=device,
-                                  feature_neighbours=near["real"][1] if "real" in near else None)
+                                  feature_neighbours=near["real"][1])
+        # Measure's real radii and neighbour lists of this layer are a prefix of this exact search of the same
+        # reduced rows (one of its largest searches at ImageNet scale): kept, with the rows' digest, for reuse.
+        real_knn = {"dist": near["real"][0], "idx": near["real"][1]}
+        manifest["real_knn"] = {"file": "real_knn.npz", "layer": layer, "k": int(near["real"][1].shape[1]),
+                                "reduced_sha256": array_digest(real_red)}
         frames.append(_points_frame("real", "real", real_meta, real_2d, real_trust))
         summaries = {"real": trust_summary(real_trust)}
         for label, (generator, variant, _) in sets.items():
@@ -103,6 +110,7 @@ def run(ctx: Context, overwrite: bool = False) -> None:
     with wd.replacing(wd.fit) as out:
         for layer, emb in fitted_files.items():
             manifest["layers"][layer]["sha256"] = save_embedding(emb, out / f"{layer}.joblib")
+        save_npz(out / "real_knn.npz", **real_knn)
         points = pd.concat(frames, ignore_index=True)
         if "generator" in points:   # a comparison: which generator made each point ("" for real ones)
             points["generator"] = points["generator"].fillna("")
