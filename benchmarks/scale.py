@@ -40,6 +40,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -270,11 +271,24 @@ def write_synthetic_work_dir(root, n_real: int, n_gen_class: int, n_variant: int
 
 def run_stage(stage: str, config: Path, timeout: float, workdir: Path, code: Path = REPO) -> dict:
     """Run one stage of `config` with the package found under `code` (this checkout, or a baseline's)."""
-    cmd = [sys.executable, "-m", "dmd2report.cli", "-q", stage, "--config", str(config)]
+    # -v: the stage's step lines (no bars: its stderr is no terminal), each stamped here with the seconds
+    # since the process started, so a row says where a stage's time went without a profiler's overhead
+    cmd = [sys.executable, "-m", "dmd2report.cli", "-v", stage, "--config", str(config)]
     env = os.environ | {"PYTHONPATH": str(code) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     log = open(workdir.parent / f"{workdir.name}-{stage}.log", "w+", encoding="utf-8")
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, cwd=code, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    p = subprocess.Popen(cmd, cwd=code, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                         start_new_session=True, text=True, errors="replace")
+    timeline: list[tuple[float, str]] = []
+
+    def stamp():
+        for line in p.stdout:
+            t = round(time.perf_counter() - t0, 2)
+            timeline.append((t, line.rstrip()[:300]))
+            log.write(f"{t:9.2f} {line}")
+
+    reader = threading.Thread(target=stamp, daemon=True)
+    reader.start()
     status, rusage, finished = None, None, True
     while True:
         pid, status, rusage = os.wait4(p.pid, os.WNOHANG)
@@ -287,12 +301,15 @@ def run_stage(stage: str, config: Path, timeout: float, workdir: Path, code: Pat
             break
         time.sleep(0.05)
     wall = time.perf_counter() - t0
+    reader.join(timeout=10)
     p.returncode = os.waitstatus_to_exitcode(status)
+    log.flush()
     log.seek(0)
     out = log.read()
     log.close()
     row = {"stage": stage, "wall_s": round(wall, 2), "peak_rss_gib": round(rusage.ru_maxrss / 2**20, 3),
-           "status": "ok" if finished and p.returncode == 0 else ("did not finish" if not finished else "failed")}
+           "status": "ok" if finished and p.returncode == 0 else ("did not finish" if not finished else "failed"),
+           "timeline": [[t, line] for t, line in timeline][:400]}
     if row["status"] == "ok":
         rec = json.loads((workdir / "stages.json").read_text()).get(stage, {})
         row["stage_s"] = rec.get("seconds")

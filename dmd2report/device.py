@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import torch
@@ -50,10 +51,21 @@ def resolve_device(spec: str = "auto") -> torch.device:
     raise UserError(f"--device {spec!r}: expected auto, cpu, cuda, cuda:N or mps")
 
 
-def one_blas_thread():
+@contextlib.contextmanager
+def one_blas_thread(torch_cpu: bool = False):
     """A context in which BLAS/LAPACK (numpy's and torch's CPU kernels) run on one thread: after torch's
     OpenMP pool has run, more threads contend with its spinning workers, and one small dense factorisation
-    (a 768 x 768 eigh: 0.35 s alone) takes 20-70x longer on a 2-core machine."""
+    (a 768 x 768 eigh: 0.1 s alone) takes 20-100x longer on a 2-core machine. numpy's BLAS is limited through
+    threadpoolctl. torch's LAPACK is not visible to threadpoolctl and follows torch's own thread count:
+    `torch_cpu` limits that too (only around a factorisation: every torch CPU op in it runs on one thread)."""
     from threadpoolctl import threadpool_limits   # a dependency of scikit-learn
 
-    return threadpool_limits(limits=1, user_api="blas")
+    threads = torch.get_num_threads()
+    if torch_cpu:
+        torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        if torch_cpu:
+            torch.set_num_threads(threads)

@@ -386,7 +386,7 @@ def fit_reduction(features, pca_components: int = 50, *, seed: int = 0, device=N
     scale = var.sqrt()
     scale = torch.where(scale < 10 * torch.finfo(torch.float64).eps, torch.ones_like(scale), scale)
     cov_std = cov / torch.outer(scale, scale) * (n / (n - 1))  # sample covariance of the standardised rows
-    with one_blas_thread():   # on the CPU: LAPACK's threads would fight torch's (device.one_blas_thread)
+    with one_blas_thread(torch_cpu=True):   # on the CPU: LAPACK's threads would fight torch's (device.one_blas_thread)
         evals, evecs = torch.linalg.eigh(cov_std)
     evals, evecs = evals.flip(0).clamp(min=0.0), evecs.flip(1)
     components = min(pca_components, d, n - 1)
@@ -496,6 +496,7 @@ def fit_map(emb: Embedding, reduced: np.ndarray, classes: np.ndarray | None, *, 
     emb.params.update(n_neighbors=neighbours, min_dist=min_dist, metric=metric, init=init, fit_subsample=fit_subsample,
                       n_umap_fit=len(fit_index), projection=projection, projection_epochs=projection_epochs,
                       reproducible=reproducible, parallel=parallel)
+    log.debug("UMAP fitted on %d of %d points (%s)", len(fit_index), n, "every core" if parallel else "one thread, seeded")
     rest = np.setdiff1d(np.arange(n), fit_index, assume_unique=True)
     if len(rest):
         emb.coords[rest] = emb.transform_reduced(reduced[rest], progress=progress, device=device,

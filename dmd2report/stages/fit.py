@@ -60,6 +60,7 @@ def run(ctx: Context, overwrite: bool = False) -> None:
         # Every set reduced once (chunk by chunk): the UMAP's input, the projection's and the trust scores'.
         reduced = {v: emb.reduce_chunks(s.iter_features(layer), total=len(s), desc=f"reduce {v}")
                    for v, s in stores.items()}
+        log.debug("reduced every set: %d rows", sum(len(r) for r in reduced.values()))
         # When the UMAP is fitted on every real row (fit_on real, N <= fit_subsample), the fast path's
         # searches in PCA space coincide: the UMAP graph and the real trust score need each real row's
         # nearest other real rows, the projection and the trust of a generated set each of its rows'
@@ -87,6 +88,7 @@ def run(ctx: Context, overwrite: bool = False) -> None:
             if shared:
                 near[v] = knn(reduced[v], reduced["real"], max(k_graph, k_trust), device=device)
             coords[v] = emb.transform_reduced(reduced[v], device=device, desc=f"project {v}", neighbours=near.get(v))
+            log.debug("projected %s: %d points", v, len(coords[v]))
         real_red, real_2d = reduced["real"], coords["real"]
         if "real" not in near:
             near["real"] = knn(real_red, None, k_trust_self, exclude_self=True, device=device)
@@ -97,6 +99,7 @@ def run(ctx: Context, overwrite: bool = False) -> None:
         real_knn = {"dist": near["real"][0], "idx": near["real"][1]}
         manifest["real_knn"] = {"file": "real_knn.npz", "layer": layer, "k": int(near["real"][1].shape[1]),
                                 "reduced_sha256": array_digest(real_red)}
+        log.debug("trust of %d real points", len(real_trust))
         frames.append(_points_frame("real", "real", real_meta, real_2d, real_trust))
         summaries = {"real": trust_summary(real_trust)}
         for label, (generator, variant, _) in sets.items():
@@ -105,6 +108,7 @@ def run(ctx: Context, overwrite: bool = False) -> None:
             frame = _points_frame("generated", variant, gen_meta[label], coords[label], trust)
             frames.append(frame.assign(generator=generator) if generator else frame)
             summaries[label] = trust_summary(trust)
+            log.debug("trust of %s: %d points", label, len(trust))
         manifest["trust"] = summaries
     manifest["fit_id"] = wd.fit_id(manifest)
     with wd.replacing(wd.fit) as out:
@@ -115,6 +119,7 @@ def run(ctx: Context, overwrite: bool = False) -> None:
         if "generator" in points:   # a comparison: which generator made each point ("" for real ones)
             points["generator"] = points["generator"].fillna("")
         save_parquet(out / "points.parquet", points)
+        log.debug("saved %d map points", len(points))
         # The SHA-256 of every fitted file: the only files `load_embedding` will ever unpickle. Written last.
         save_json(out / "manifest.json", manifest)
 
