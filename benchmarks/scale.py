@@ -413,6 +413,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--root", type=Path, help="where the work directories go (default: a temporary folder)")
     ap.add_argument("--keep", action="store_true", help="keep the work directories")
+    ap.add_argument("--reuse", action="store_true", help="with --root: use the stores a --keep run left there "
+                    "(complete ones only) instead of writing them again")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "scale.json")
     ap.add_argument("--plot", type=Path, help="log-log PNG (default: --out with .png)")
     args = ap.parse_args(argv)
@@ -446,15 +448,21 @@ def main(argv=None) -> int:
         "trajectory.real_references = 0: the synthetic work directory has no real images to noise", "sizes": []}
     for nr, ng, nv in zip(n_real, n_gen, n_var):
         root = base / f"n{nr}-g{ng}-v{nv}"
-        shutil.rmtree(root, ignore_errors=True)
         t0 = time.perf_counter()
-        cfg = write_synthetic_work_dir(root, nr, ng, nv, classes=args.classes,
-                                       dims={"encoder_bottleneck": args.dim, "midblock": args.dim}, seed=args.seed,
-                                       preset=args.preset, device=args.device, checkpoint=args.checkpoint)
-        write_s = time.perf_counter() - t0
+        if args.reuse and stores_complete(root):
+            cfg, write_s = root / "config.toml", None
+            for stage in stages:   # the stages run again from the written stores
+                shutil.rmtree(root / "work" / stage, ignore_errors=True)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+            cfg = write_synthetic_work_dir(root, nr, ng, nv, classes=args.classes,
+                                           dims={"encoder_bottleneck": args.dim, "midblock": args.dim}, seed=args.seed,
+                                           preset=args.preset, device=args.device, checkpoint=args.checkpoint)
+            write_s = round(time.perf_counter() - t0, 1)
         size = {"n_real": nr, "n_gen_class": ng, "n_variant": nv, "n_generated": ng + 3 * nv,
-                "write_s": round(write_s, 1), "store_bytes": _bytes(root / "work" / "stores"), "stages": []}
-        print(f"N real {nr:,}, generated {ng:,} + 3 x {nv:,}: stores written in {write_s:.1f} s "
+                "write_s": write_s, "store_bytes": _bytes(root / "work" / "stores"), "stages": []}
+        print(f"N real {nr:,}, generated {ng:,} + 3 x {nv:,}: stores "
+              f"{'reused' if write_s is None else f'written in {write_s:.1f} s'} "
               f"({size['store_bytes'] / 2**30:.2f} GiB)", flush=True)
         doc["sizes"].append(size)
         paths = [("current", REPO, cfg, root / "work", args.timeout)]
@@ -485,6 +493,17 @@ def main(argv=None) -> int:
     if args.root is None and not args.keep:
         shutil.rmtree(base, ignore_errors=True)
     return 0
+
+
+def stores_complete(root: Path) -> bool:
+    """Whether `root` holds a written synthetic work directory: its config and five complete stores."""
+    stores = root / "work" / "stores"
+    try:
+        return (root / "config.toml").is_file() and all(
+            json.loads((stores / name / "manifest.json").read_text()).get("status") == "complete"
+            for name in ("real", *(f"gen-{v}" for v in ("class", *VARIANTS))))
+    except (OSError, ValueError):
+        return False
 
 
 def random_checkpoint(path: Path, preset: str, seed: int) -> Path:
