@@ -496,3 +496,17 @@ def test_the_pca_factorisation_runs_on_one_thread_and_restores_torch_threads():
     with one_blas_thread():
         seen.append(torch.get_num_threads())   # numpy's BLAS only: torch's kernels keep their threads
     assert seen == [1, before] and torch.get_num_threads() == before
+
+
+def test_umap_kernels_are_cached_on_disk():
+    # umap-learn compiles its numba functions in every process (8.5 s of a small fit on 2 cores) unless
+    # numba's disk cache is on for them: the fit and projection switch it on before using umap-learn
+    from numba.core.caching import NullCache
+
+    from dmd2report.embed import _umap
+
+    umap = _umap()
+    import umap.layouts
+
+    assert not isinstance(umap.layouts._nb_optimize_layout_euclidean_single_epoch_parallel._cache, NullCache)
+    assert not isinstance(umap.umap_.smooth_knn_dist._cache, NullCache)
