@@ -12,9 +12,9 @@ variation in a few directions plus isotropic noise), uint8 thumbnails of one col
 few full mask-layer activations per class. The config file it writes records extract and generate as
 done in `stages.json` (their keys from `pipeline.stage_keys`), so `dmd2report build` would start at fit.
 
-Each stage then runs in a fresh process, `python -m dmd2report.cli -q <stage> --config <file>`, as a
+Each stage then runs in a fresh process, `python -m dmd2report.cli -v <stage> --config <file>`, as a
 user runs it: wall time of that process (imports included), the stage's own time (stages.json), and
-its peak resident memory (`ru_maxrss` of that child alone, from `os.wait4`). A stage that does not
+its peak resident memory (VmHWM of that child, polled while it runs; see `run_stage`). A stage that does not
 finish within `--timeout` is killed and recorded as "did not finish"; the stages after it at that
 size are not run. atlas and trajectory need the model (generation by masking, few-step sampling) and
 are not timed here: the config sets `trajectory.enabled = false` and no atlas is made, so render runs
@@ -290,7 +290,12 @@ def run_stage(stage: str, config: Path, timeout: float, workdir: Path, code: Pat
     reader = threading.Thread(target=stamp, daemon=True)
     reader.start()
     status, rusage, finished = None, None, True
+    # Peak memory: the child's own high-water mark (VmHWM), read while it runs. Its ru_maxrss from wait4
+    # is no use: Linux carries the parent's peak into a child across fork + exec (exec_mmap keeps the old
+    # image's high-water mark), so every stage would show this process's size after writing the stores.
+    hwm_kib = 0
     while True:
+        hwm_kib = max(hwm_kib, _vm_hwm_kib(p.pid))
         pid, status, rusage = os.wait4(p.pid, os.WNOHANG)
         if pid:
             break
@@ -307,7 +312,7 @@ def run_stage(stage: str, config: Path, timeout: float, workdir: Path, code: Pat
     log.seek(0)
     out = log.read()
     log.close()
-    row = {"stage": stage, "wall_s": round(wall, 2), "peak_rss_gib": round(rusage.ru_maxrss / 2**20, 3),
+    row = {"stage": stage, "wall_s": round(wall, 2), "peak_rss_gib": round(hwm_kib / 2**20, 3),
            "status": "ok" if finished and p.returncode == 0 else ("did not finish" if not finished else "failed"),
            "timeline": [[t, line] for t, line in timeline][:400]}
     if row["status"] == "ok":
@@ -318,6 +323,18 @@ def run_stage(stage: str, config: Path, timeout: float, workdir: Path, code: Pat
     else:
         row["error"] = out[-2000:]
     return row
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    """The process's peak resident memory so far (VmHWM, KiB; 0 once it has exited)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------
