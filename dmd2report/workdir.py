@@ -250,6 +250,22 @@ class WorkDir:
                             f"rerun `dmd2report fit`")
         return load_embedding(self.fit / entry["file"], entry.get("sha256"))
 
+    def fit_real_neighbours(self, layer: str, real_reduced):
+        """The fit stage's exact k-NN of the real rows among themselves in `layer`'s reduced space
+        (fit/real_knn.npz: distances, indices), when it searched exactly these rows (the same digest: same
+        reduction, same arithmetic); else None, and the caller searches itself. A prefix of it is what
+        `knn(real_reduced, None, k, exclude_self=True)` returns for a smaller k."""
+        entry = self.fit_manifest().get("real_knn")
+        if not isinstance(entry, dict) or entry.get("layer") != layer \
+                or entry.get("reduced_sha256") != files.array_digest(real_reduced):
+            return None
+        found = files.load_npz(self.fit / str(entry.get("file")), "fit")
+        if set(found) != {"dist", "idx"} or found["idx"].shape != found["dist"].shape \
+                or found["idx"].ndim != 2 or len(found["idx"]) != len(real_reduced):
+            raise files.damaged(self.fit / str(entry.get("file")), "fit", "not the real set's neighbour table")
+        log.info("%s: real radii and neighbour lists from the fit stage's search (k = %d)", layer, found["idx"].shape[1])
+        return found["dist"], found["idx"]
+
     def points(self):
         self.fit_manifest()
         return files.load_parquet(self.fit / "points.parquet", "fit")

@@ -506,7 +506,5 @@ def test_umap_kernels_are_cached_on_disk():
     from dmd2report.embed import _umap
 
     umap = _umap()
-    import umap.layouts
-
     assert not isinstance(umap.layouts._nb_optimize_layout_euclidean_single_epoch_parallel._cache, NullCache)
     assert not isinstance(umap.umap_.smooth_knn_dist._cache, NullCache)

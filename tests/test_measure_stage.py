@@ -15,6 +15,10 @@ from dmd2report.pipeline import run_stages
 from dmd2report.stages.measure import flatten_arrays, variant_classes
 
 
+def real_classes_of(wd):
+    return wd.store("real").metadata()["class_id"].to_numpy()
+
+
 def test_flatten_arrays_stores_covering_lists_ragged_without_padding():
     cov = np.array([[4, 2, -1], [-1, -1, -1], [0, 1, 3]])
     flat = flatten_arrays({"real": {"r_pr": np.ones(3)}, "variants": {"class": {"real_covered_by": cov}}})
@@ -41,6 +45,8 @@ def test_chunked_measure_stage_equals_in_memory_measure(tmp_path, caplog):
     # and still equal the in-memory measure's own search below
     assert json.loads((wd.fit / "manifest.json").read_text())["real_knn"]["layer"] == m.layer
     assert any("from the fit stage's search" in r.getMessage() for r in caplog.records)
+    # another reduction of the real rows (not the bytes fit searched) is not given the fit's table
+    assert wd.fit_real_neighbours(m.layer, np.zeros((len(real_classes_of(wd)), 8), np.float32)) is None
     real = wd.store("real")
     rc = real.metadata()["class_id"].to_numpy()
     doc = json.loads((wd.measure / "metrics.json").read_text())

@@ -12,7 +12,7 @@ import pandas as pd
 
 from ..context import Context
 from ..errors import UserError
-from ..files import array_digest, load_npz, save_json, save_npz
+from ..files import save_json, save_npz
 from ..metrics import NO_CLASS, comparison_document, fd_real_halves, measure, metrics_document, save_metrics_document
 from ..workdir import generated_sets, set_label
 
@@ -49,7 +49,7 @@ def run(ctx: Context, overwrite: bool = False) -> None:
         r = measure(real_red, real_classes, generated, feature_space=space, k_pr=m.k_pr, k_dc=m.k_dc,
                     k_fidelity=m.k_fidelity, k_neighbours=m.k_neighbours, bootstrap=m.bootstrap, seed=cfg.run.seed,
                     arrays=layer == m.layer, device=ctx.generator.device(),
-                    real_neighbours=_fit_real_neighbours(ctx, fit_manifest, layer, real_red))
+                    real_neighbours=wd.fit_real_neighbours(layer, real_red))
         r["reference"]["fd"] = fd_real_halves(real_red, real_classes, cfg.run.seed)   # the scale FD reads against
         if layer == m.layer:
             headline = (r["arrays"], {"feature_space": space, "layer": layer, "fit": wd.fit_id(fit_manifest)})
@@ -75,21 +75,6 @@ def run(ctx: Context, overwrite: bool = False) -> None:
             save_json(out / "headline.json", headline[1])
         document = documents[""] if "" in documents else comparison_document(documents, ctx.generator.name)
         save_metrics_document(out / "metrics.json", document)
-
-
-def _fit_real_neighbours(ctx: Context, fit_manifest: dict, layer: str, real_red: np.ndarray):
-    """The fit stage's exact k-NN of the real rows among themselves in this layer's reduced space, when
-    it searched exactly these rows (same digest: same reduction, same device's arithmetic); else None and
-    measure searches itself. Its prefix is what measure's own search would return."""
-    entry = fit_manifest.get("real_knn")
-    if not isinstance(entry, dict) or entry.get("layer") != layer or entry.get("reduced_sha256") != array_digest(real_red):
-        return None
-    found = load_npz(ctx.workdir.fit / entry["file"], "fit")
-    if set(found) != {"dist", "idx"} or found["idx"].shape != found["dist"].shape or len(found["idx"]) != len(real_red):
-        return None
-    ctx.log.info("[measure] %s: real radii and neighbour lists from the fit stage's search (k = %d)",
-                 layer, found["idx"].shape[1])
-    return found["dist"], found["idx"]
 
 
 def _reduced(emb, store, layer: str) -> np.ndarray:

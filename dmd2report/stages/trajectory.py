@@ -244,7 +244,8 @@ def run(ctx: Context, overwrite: bool = False) -> None:
     points = pd.concat(frames, ignore_index=True)
     real_red = emb.reduce_chunks(real.iter_features(headline), total=len(real), progress=False)
     doc = measure_steps(real_red, real_classes, reduced["path"], reduced["real"], sigmas,
-                        cfg, feature_space=f"{headline}:{f.reduce}+standardise+pca{emb.n_components}")
+                        cfg, feature_space=f"{headline}:{f.reduce}+standardise+pca{emb.n_components}",
+                        real_neighbours=wd.fit_real_neighbours(headline, real_red))
     doc.update({"layer": headline, "conditioning": t.conditioning, "samples": n, "real_references": int(len(ref_rows)),
                 "paths_per_class": t.paths_per_class, "fit": fit_id})
     save_parquet(out / "points.parquet", points)
@@ -261,11 +262,13 @@ def _store_rows(store, layer: str) -> tuple[pd.DataFrame, np.ndarray]:
 
 
 def measure_steps(real_red: np.ndarray, real_classes: np.ndarray, paths: tuple[np.ndarray, pd.DataFrame],
-                  refs: tuple[np.ndarray, pd.DataFrame], sigmas: Sequence[float], config, feature_space: str) -> dict:
+                  refs: tuple[np.ndarray, pd.DataFrame], sigmas: Sequence[float], config, feature_space: str,
+                  real_neighbours: tuple | None = None) -> dict:
     """Per step: the step's samples against the real set, and against the real references at that sigma.
 
     paths/refs: (reduced features, store metadata with `step`). A comparison whose sets are too small
-    for the metrics' k is left out (value None)."""
+    for the metrics' k is left out (value None). `real_neighbours`: the real set's own k-NN when the fit
+    stage has it (`WorkDir.fit_real_neighbours`; at ImageNet scale the largest search here)."""
     m = config.metrics
     kw = dict(k_pr=m.k_pr, k_dc=m.k_dc, k_fidelity=m.k_fidelity, k_neighbours=1, bootstrap=m.bootstrap,
               seed=config.run.seed, per_class=False, per_class_fd=False)
@@ -292,7 +295,8 @@ def measure_steps(real_red: np.ndarray, real_classes: np.ndarray, paths: tuple[n
     # Against the real set: every step in one `measure` call, so the real set's radii are found once.
     per_step = {f"step{s}": g_feat[g_step == s] for s in range(len(sigmas))}
     kept = {tag: (g, None) for tag, g in per_step.items() if usable(real_red, g)}
-    vs_real = measure(real_red, real_classes, kept, feature_space=feature_space, arrays=False, **kw) if kept else None
+    vs_real = measure(real_red, real_classes, kept, feature_space=feature_space, arrays=False,
+                      real_neighbours=real_neighbours, **kw) if kept else None
     steps = []
     for s, sigma in enumerate(sigmas):
         tag, g = f"step{s}", per_step[f"step{s}"]
