@@ -434,7 +434,12 @@ def main(argv=None) -> int:
                     "(complete ones only) instead of writing them again")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "scale.json")
     ap.add_argument("--plot", type=Path, help="log-log PNG (default: --out with .png)")
+    ap.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                    help="no run: join the sizes of earlier --out files of one machine (e.g. one size per device "
+                         "call) into --out and its plot")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out, args.plot)
 
     n_real = _ints(args.n_real)
     n_gen, n_var = _ints(args.n_gen), _ints(args.n_variant)
@@ -589,6 +594,21 @@ def finish(doc: dict, stages: list[str], out: Path, plot: Path | None) -> None:
     loglog_png(plot or out.with_suffix(".png"), {k: v for k, v in series.items() if v or dnf.get(k)},
                f"dmd2report stage wall time against N real ({doc['machine']['cpus']} cores); hollow: did not finish",
                unfinished=dnf)
+
+
+def merge(paths: list[Path], out: Path, plot: Path | None) -> int:
+    """One document (and plot) from several runs' files: their sizes in order of N, each run's command
+    and code kept under "runs" (a size's rows say which run they come from)."""
+    docs = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+    merged = {k: v for k, v in docs[0].items() if k not in ("sizes", "command", "code")}
+    merged["runs"] = [{"file": p.name, "command": d["command"], "code": d["code"], "machine": d["machine"]}
+                      for p, d in zip(paths, docs)]
+    merged["sizes"] = sorted(({**z, "run": i} for i, d in enumerate(docs) for z in d["sizes"]), key=lambda z: z["n_real"])
+    stages = list(dict.fromkeys(r["stage"] for z in merged["sizes"] for r in z["stages"]))
+    finish(merged, stages, out, plot)
+    print_table(merged)
+    print(f"wrote {out} and {plot or out.with_suffix('.png')}")
+    return 0
 
 
 def print_table(doc: dict) -> None:
