@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from dmd2report import resources
+from dmd2report.config import tomllib   # tomli before Python 3.11
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,3 +38,11 @@ def test_installed_layout_falls_back_to_packages(monkeypatch, tmp_path):
     monkeypatch.setattr(resources, "_CHECKOUT", tmp_path)
     assert (resources.templates_dir() / "base.html").is_file()
     assert resources.bundled_file("demo/generator.safetensors").is_file()
+
+
+def test_the_wheel_carries_every_package():
+    """`pip install .` installs the packages pyproject.toml lists: every package of the source tree (stages/ was
+    once left out, and an installed `dmd2report build` could not find its stages)."""
+    setup = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    packages = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "dmd2report").rglob("__init__.py")}
+    assert packages <= set(setup["packages"])
