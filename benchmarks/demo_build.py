@@ -9,7 +9,8 @@ Runs, side by side in one command and in fresh directories:
 Prints each stage's time (from the workdir's stages.json), the sample counts, the site size, and the
 ratios cold/warm and cold/render against the 3-minute budget of the issue. With `--baseline REF` the
 same three builds run again with the package as of git REF (e.g. f2c731b), in the same command, and the
-cold builds' stage times are printed side by side.
+cold builds' stage times are printed side by side. With `--example NAME` the same three builds of a bundled
+example config (`dmd2report init --example NAME`, e.g. demo-compare) follow the demo's, in the same command.
 """
 
 from __future__ import annotations
@@ -46,8 +47,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1, help="cold builds to time (each in a fresh directory)")
     ap.add_argument("--keep", type=Path, help="keep the last run's directory here")
     ap.add_argument("--baseline", metavar="REF", help="also time the package as of git REF, side by side")
+    ap.add_argument("--example", metavar="NAME", help="also time a bundled example config (dmd2report init --example)")
     args = ap.parse_args()
-    exe = [sys.executable, "-m", "dmd2report.cli", "build"]
+    from dmd2report.config import load_config
+
+    cli = [sys.executable, "-m", "dmd2report.cli"]
     paths = [("current", None)]
     if args.baseline:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -55,24 +59,30 @@ def main() -> None:
 
         paths.append((f"baseline {args.baseline}",
                       checkout(args.baseline, Path(tempfile.mkdtemp(prefix="dmd2code-")) / args.baseline)))
+    builds = [("demo", [])] + ([(f"example {args.example}", ["--config", "example.toml"])] if args.example else [])
     colds, table = [], {}
-    for name, code in paths:
+    for (what, config), (version, code) in ((b, p) for b in builds for p in paths):
+        name = what if len(paths) == 1 else f"{what}, {version}"
         for i in range(args.runs):
             root = Path(tempfile.mkdtemp(prefix="dmd2demo-"))
+            if config:
+                timed(cli + ["init", "--example", args.example, "example.toml"], root, code)
+            run = load_config(root / "example.toml" if config else None).run
+            workdir, site = root / run.workdir, root / run.site
+            exe = cli + ["build"] + config
             cold = timed(exe, root, code)
-            stages = json.loads((root / "runs" / "demo" / "stages.json").read_text())
+            stages = json.loads((workdir / "stages.json").read_text())
             warm = timed(exe, root, code)
             render = timed(exe + ["--force", "render"], root, code)
             colds.append((name, cold))
             table[name] = {k: v["seconds"] for k, v in stages.items()} | {"cold build": cold}
-            counts = {p.name: json.loads((p / "manifest.json").read_text())["count"]
-                      for p in sorted((root / "runs" / "demo" / "stores").iterdir())}
+            counts = {str(p.parent.relative_to(workdir / "stores")): json.loads(p.read_text())["count"]
+                      for p in sorted((workdir / "stores").rglob("manifest.json"))}
             print(f"{name} run {i + 1}: cold {cold:.1f} s | warm (all cached) {warm:.1f} s | render only {render:.1f} s")
             print("  stages: " + ", ".join(f"{k} {v['seconds']:.1f} s" for k, v in
                                            sorted(stages.items(), key=lambda kv: kv[1]["finished"])))
             print(f"  samples: {counts}")
-            print(f"  site: {site_bytes(root / 'site') / 1e6:.1f} MB, pages: "
-                  f"{len(list((root / 'site').rglob('*.html')))}")
+            print(f"  site: {site_bytes(site) / 1e6:.1f} MB, pages: {len(list(site.rglob('*.html')))}")
             print(f"  ratios: cold/warm {cold / warm:.1f}x, cold/render {cold / render:.1f}x, cold/budget "
                   f"{cold / BUDGET_S:.2f} ({'within' if cold <= BUDGET_S else 'OVER'} the {BUDGET_S:.0f} s budget)")
             if args.keep and i == args.runs - 1 and code is None:

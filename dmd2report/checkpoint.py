@@ -24,7 +24,7 @@ from .errors import UserError
 from .files import sha256_file
 from .models import ArchitectureError, build_network, infer_architecture, preset_config
 from .models.architecture import preset_with_config, shapes_of
-from .resources import bundled_file
+from .resources import BUNDLED_CHECKPOINTS, BUNDLED_PREFIX, bundled_by_name, bundled_file
 
 GENERATOR_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth")
 GUIDANCE_FILES = ("pytorch_model_1.bin", "model_1.safetensors")
@@ -56,7 +56,10 @@ class ShapeMatch:
 
 
 def resolve_checkpoint_file(path: str | Path) -> Path:
-    """The generator file of a path: the file itself, or the generator inside an Accelerate folder."""
+    """The generator file of a path: the file itself, the generator inside an Accelerate folder, or the bundled
+    file a `bundled:NAME` names."""
+    if str(path).startswith(BUNDLED_PREFIX):
+        return bundled_by_name(BUNDLED_CHECKPOINTS, str(path)[len(BUNDLED_PREFIX):], "checkpoint", BUNDLED_PREFIX)
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file or directory")
@@ -284,11 +287,11 @@ class GeneratorInfo:
 
 
 def bundled_weights(preset: str) -> Path | None:
-    """Weights that ship with the package for a preset (the demo generator), if present."""
-    name = {"demo": "demo/generator.safetensors"}.get(preset)
-    if name is None:
+    """Weights that ship with the package for a preset (the bundled checkpoint of its name: the demo generator),
+    if present."""
+    if preset not in BUNDLED_CHECKPOINTS:
         return None
-    path = bundled_file(name)
+    path = bundled_file(BUNDLED_CHECKPOINTS[preset])
     return path if path.is_file() else None
 
 

@@ -16,6 +16,7 @@ import click
 
 from .console import setup_logging
 from .errors import UserError
+from .resources import EXAMPLE_CONFIGS, bundled_by_name
 
 
 class _Group(click.Group):
@@ -111,15 +112,19 @@ def inspect_table(kwargs: dict, like: str | None) -> str:
 @cli.command()
 @click.argument("path", default="report.toml", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
-def init(path, force):
+@click.option("--example", metavar="NAME", default=None,
+              help=f"Write a bundled example config instead, ready to build: {', '.join(EXAMPLE_CONFIGS)} (the demo "
+                   f"generator against an earlier checkpoint of its training, with a Compare page).")
+def init(path, force, example):
     """Write a commented example configuration (default report.toml)."""
     from .config import example_toml
-
-    if path.exists() and not force:
-        raise UserError(f"{path}: already exists (use --force to overwrite)")
     from .files import save_text
 
-    save_text(path, example_toml())
+    text = (bundled_by_name(EXAMPLE_CONFIGS, example, "example config").read_text(encoding="utf-8")
+            if example is not None else example_toml())
+    if path.exists() and not force:
+        raise UserError(f"{path}: already exists (use --force to overwrite)")
+    save_text(path, text)
     click.echo(f"wrote {path}")
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .files import short_hash
+from .resources import BUNDLED_CHECKPOINTS, BUNDLED_PREFIX
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -165,6 +166,11 @@ class ArchitectureConfig:
                                           ge=0.0, le=1.0)
 
 
+# model.checkpoint: any path, or the name of a bundled checkpoint (a `bundled:` value naming none is refused).
+CHECKPOINT_VALUES = (rf"(?s)(?!{BUNDLED_PREFIX}).*|{BUNDLED_PREFIX}(?:{'|'.join(map(re.escape, BUNDLED_CHECKPOINTS))})",
+                     " | ".join(["PATH", *(BUNDLED_PREFIX + n for n in BUNDLED_CHECKPOINTS)]))
+
+
 @dataclass
 class ModelConfig:
     """The generator. Read by the model stages: extract, generate, atlas, trajectory."""
@@ -172,8 +178,10 @@ class ModelConfig:
     preset: str = setting("demo", "Network architecture: a preset (`dmd2report layers --preset NAME` lists its "
                           "layers) or auto: read off model.checkpoint's shapes (`dmd2report inspect` shows what it "
                           "reads); [model.config] sets keys over either.", choices=_preset_names, cli="--preset")
-    checkpoint: str = setting("", ".pth/.bin/.safetensors file or an Accelerate folder; empty: the preset's bundled weights.",
-                              cli="--checkpoint")
+    checkpoint: str = setting("", ".pth/.bin/.safetensors file or an Accelerate folder, or bundled:NAME, a checkpoint "
+                              "that ships with dmd2report (bundled:demo: the demo generator; bundled:demo-step100: step "
+                              "100 of its 1,911 training steps); empty: the preset's bundled weights.",
+                              pattern=CHECKPOINT_VALUES, cli="--checkpoint")
     precision: str = setting("auto", "UNet precision; auto: bfloat16 on CUDA when the architecture's use_fp16 is true, else float32.",
                              choices=("auto", "float32", "bfloat16"), cli="--precision")
     compile: str = setting("auto", "torch.compile the whole network on CUDA (auto: for stages of 200,000+ samples); "

@@ -17,6 +17,14 @@ from .errors import UserError
 _PACKAGE = Path(__file__).resolve().parent
 _CHECKOUT = _PACKAGE.parent
 
+# Bundled files by name, their paths under data/. A checkpoint is named in a config as
+# `checkpoint = "bundled:NAME"`, and a preset's bundled weights are the checkpoint of the preset's name;
+# an example config is written by `dmd2report init --example NAME`.
+BUNDLED_PREFIX = "bundled:"
+BUNDLED_CHECKPOINTS = {"demo": "demo/generator.safetensors",
+                       "demo-step100": "demo/generator-step100.safetensors"}
+EXAMPLE_CONFIGS = {"demo-compare": "demo/compare.toml"}
+
 
 def _folder(checkout_name: str, package: str) -> Path:
     """The checkout's folder when this module runs from one (checked first: an editable install maps
@@ -43,6 +51,18 @@ def static_file(name: str) -> Path:
 def bundled_file(relative: str) -> Path:
     """A bundled file by its path under data/ (e.g. "demo/generator.safetensors"); it may not exist."""
     return _folder("data", "dmd2report.bundled") / relative
+
+
+def bundled_by_name(table: dict[str, str], name: str, what: str, prefix: str = "") -> Path:
+    """The bundled file `name` names in `table` (BUNDLED_CHECKPOINTS, EXAMPLE_CONFIGS); a one-line UserError
+    naming the value as given (`prefix` + name) when no `what` of that name ships, or when this install lacks it."""
+    if name not in table:
+        raise UserError(f"{prefix}{name}: no bundled {what} of that name "
+                        f"(bundled: {', '.join(prefix + n for n in table)})")
+    path = bundled_file(table[name])
+    if not path.is_file():
+        raise UserError(f"{prefix}{name}: the bundled file {path} is missing; reinstall dmd2report")
+    return path
 
 
 def package_json(name: str):

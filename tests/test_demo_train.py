@@ -92,3 +92,28 @@ def test_demo_preset_is_the_trained_config():
     # sigma_min/sigma_max are left to EDMPrecond's defaults in the JSON (JSON has no infinity).
     assert PRESETS["demo"] == {"sigma_min": 0, "sigma_max": float("inf")} | train.demo_model_config()
     build_preset("demo").load_state_dict(load_file(str(train.demo_file("generator.safetensors"))), strict=True)
+
+
+def test_shipped_snapshot_is_an_earlier_step_of_the_same_run():
+    """data/demo/generator-step100.safetensors, the second bundled generator: at most 5 MB, loads strictly into the
+    demo architecture (as `checkpoint = "bundled:demo-step100"`), its metadata names the model and a snapshot step the
+    shipped run recorded, and its weights are not the final ones (by far more than float16 rounding)."""
+    from safetensors import safe_open
+
+    from dmd2report.checkpoint import load_generator
+    from dmd2report.files import sha256_file
+
+    path = train.demo_file("generator-step100.safetensors")
+    assert path.stat().st_size <= 5 * 2**20
+    record = train.load_train_config()
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+    assert json.loads(metadata["model"]) == record["model"]
+    step = json.loads(metadata["step"])
+    assert {"step": step, "file": path.name} in record["run"]["snapshots"] and step < record["run"]["student"]["steps"]
+    early, info = load_generator("demo", "bundled:demo-step100")   # strict, through the report's loader
+    assert info.sha256 == sha256_file(path) and not info.untrained
+    final, _ = load_generator("demo")
+    squared = [((a - b) ** 2).sum() / (b ** 2).sum().clamp_min(1e-12)
+               for a, b in zip(early.state_dict().values(), final.state_dict().values())]
+    assert float(torch.stack(squared).mean().sqrt()) > 0.01   # float16 rounding alone: about 5e-4

@@ -6,9 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
-from safetensors.torch import load_file, save_file
 
 from conftest import ARTIFACTS
 from test_browser_report import _open
@@ -17,91 +15,62 @@ from dmd2report.cli import cli
 from dmd2report.compare import compare_metrics
 from dmd2report.config import load_config
 from dmd2report.errors import UserError
+from dmd2report.pipeline import build
+from dmd2report.resources import EXAMPLE_CONFIGS, bundled_file
 
-TWO = """
-[run]
-name = "two generators"
-workdir = "{w}/work"
-site = "{w}/site"
-device = "cpu"
-[data]
-max_samples = 120
-[features]
-batch_size = 64
-full_per_class = 2
-recon_per_class = 1
-encoder = "base"
-[generate]
-samples = 48
-variants = ["class", "uniform"]
-variant_samples = 12
-[embedding]
-pca_components = 8
-n_neighbors = 8
-[metrics]
-bootstrap = 20
-[atlas]
-anchors_per_class = 1
-atlas_grid = 3
-[trajectory]
-samples = 6
-real_references = 6
-[[generators]]
-name = "base"
-preset = "demo"
-[[generators]]
-name = "perturbed"
-preset = "demo"
-checkpoint = "{w}/perturbed.safetensors"
-"""
+# The shipped example (data/demo/compare.toml: the final demo generator against the EMA of its step 100), built at
+# test sizes through the config API: its [features] and [[generators]] are the file's own.
+SMALL = {"run.device": "cpu", "data.max_samples": 120, "features.batch_size": 64, "features.full_per_class": 2,
+         "features.recon_per_class": 1, "generate.samples": 48, "generate.variants": ["class", "uniform"],
+         "generate.variant_samples": 12, "embedding.pca_components": 8, "embedding.n_neighbors": 8,
+         "metrics.bootstrap": 20, "atlas.anchors_per_class": 1, "atlas.atlas_grid": 3, "trajectory.samples": 6,
+         "trajectory.real_references": 6}
+EXAMPLE = bundled_file(EXAMPLE_CONFIGS["demo-compare"])
 
 
 @pytest.fixture(scope="module")
 def two(tmp_path_factory):
-    """A two-generator build on the demo data: the bundled demo generator and a perturbed copy of it."""
+    """A two-generator build of the shipped example on the demo data: the bundled final demo generator ("final", the
+    reference encoder) and the bundled snapshot of its training's step 100 ("step-100")."""
     w = tmp_path_factory.mktemp("two")
-    weights = load_file(bundled_weights("demo"))
-    g = torch.Generator().manual_seed(0)
-    save_file({k: v + 0.05 * v.std().nan_to_num() * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
-               for k, v in weights.items()}, w / "perturbed.safetensors")
-    cfg = w / "report.toml"
-    cfg.write_text(TWO.format(w=w))
-    r = CliRunner().invoke(cli, ["build", "--config", str(cfg)])
-    assert r.exit_code == 0, r.output
+    config = load_config(EXAMPLE, SMALL | {"run.workdir": str(w / "work"), "run.site": str(w / "site")})
+    assert [(g.name, g.checkpoint) for g in config.generators] == [("final", "bundled:demo"),
+                                                                  ("step-100", "bundled:demo-step100")]
+    build(config)
     return w
 
 
 def test_every_generator_is_measured_in_the_reference_space(two):
     work = two / "work"
-    for name in ("real", "generators/base/gen-class", "generators/perturbed/gen-class", "generators/perturbed/gen-uniform"):
+    for name in ("real", "generators/final/gen-class", "generators/step-100/gen-class", "generators/step-100/gen-uniform"):
         assert json.loads((work / "stores" / name / "manifest.json").read_text())["status"] == "complete", name
     assert not (work / "stores" / "gen-class").exists()
     doc = json.loads((work / "measure" / "metrics.json").read_text())
-    assert doc["encoder"] == "base" and set(doc["generators"]) == {"base", "perturbed"}
-    base, pert = doc["generators"]["base"], doc["generators"]["perturbed"]
-    assert base["feature_spaces"].keys() == pert["feature_spaces"].keys()
-    assert pert["provenance"]["generator"] == "perturbed" and pert["provenance"]["encoder"] == "base"
-    assert base["provenance"]["model_checksum"] != pert["provenance"]["model_checksum"]
-    for space in base["feature_spaces"]:
+    assert doc["encoder"] == "final" and set(doc["generators"]) == {"final", "step-100"}
+    final, early = doc["generators"]["final"], doc["generators"]["step-100"]
+    assert final["feature_spaces"].keys() == early["feature_spaces"].keys()
+    assert early["provenance"]["generator"] == "step-100" and early["provenance"]["encoder"] == "final"
+    assert final["provenance"]["model_checksum"] != early["provenance"]["model_checksum"]
+    for space in final["feature_spaces"]:
         # one real set, one reference: the real side is the same for both
-        assert base["feature_spaces"][space]["reference"] == pert["feature_spaces"][space]["reference"]
-        for d in (base, pert):
+        assert final["feature_spaces"][space]["reference"] == early["feature_spaces"][space]["reference"]
+        for d in (final, early):
             assert set(d["feature_spaces"][space]["variants"]) == {"class", "uniform"}
             assert d["feature_spaces"][space]["variants"]["class"]["overall"]["precision"]["n_generated"] == 48
         # a different generator scores differently in the same space
-        assert base["feature_spaces"][space]["variants"]["class"]["overall"] != \
-            pert["feature_spaces"][space]["variants"]["class"]["overall"]
+        assert final["feature_spaces"][space]["variants"]["class"]["overall"] != \
+            early["feature_spaces"][space]["variants"]["class"]["overall"]
 
 
 def test_seeds_are_shared_and_images_differ(two):
     from dmd2report.store import Store
 
-    stores = {g: Store(two / "work" / "stores" / "generators" / g / "gen-class") for g in ("base", "perturbed")}
+    stores = {g: Store(two / "work" / "stores" / "generators" / g / "gen-class") for g in ("final", "step-100")}
     meta = {g: s.metadata() for g, s in stores.items()}
     for col in ("seed_index", "class_id"):
-        assert (meta["base"][col].to_numpy() == meta["perturbed"][col].to_numpy()).all()
-    a, b = (np.asarray(stores[g].thumbnails(), np.int16) for g in ("base", "perturbed"))
-    # the same seed through a nearby generator: a similar image, not the same one
+        assert (meta["final"][col].to_numpy() == meta["step-100"][col].to_numpy()).all()
+    a, b = (np.asarray(stores[g].thumbnails(), np.int16) for g in ("final", "step-100"))
+    # the same seed through an earlier checkpoint of the same training: a similar image, not the same one
     assert 0 < np.abs(a - b).mean() < np.abs(a - np.roll(b, 1, axis=0)).mean()
 
 
@@ -110,17 +79,17 @@ def test_points_carry_the_generator(two):
 
     points = pd.read_parquet(two / "work" / "fit" / "points.parquet")
     counts = points.groupby(["generator", "variant"]).size().to_dict()
-    assert counts == {("", "real"): 120, ("base", "class"): 48, ("base", "uniform"): 12,
-                      ("perturbed", "class"): 48, ("perturbed", "uniform"): 12}
+    assert counts == {("", "real"): 120, ("final", "class"): 48, ("final", "uniform"): 12,
+                      ("step-100", "class"): 48, ("step-100", "uniform"): 12}
 
 
 def test_compare_reads_both_forms(two, tmp_path):
     both = two / "work" / "measure" / "metrics.json"
     doc = json.loads(both.read_text())
     single = tmp_path / "single.json"
-    single.write_text(json.dumps(doc["generators"]["base"]))
+    single.write_text(json.dumps(doc["generators"]["final"]))
     # the old form against one generator of the new
-    lines, regressed = compare_metrics(single, both, ["precision"], 0.0, generator="base")
+    lines, regressed = compare_metrics(single, both, ["precision"], 0.0, generator="final")
     assert not regressed and lines[-1].startswith("no regression")
     with pytest.raises(UserError, match="several generators .*--generator NAME"):
         compare_metrics(single, both, ["precision"], 0.0)
@@ -128,15 +97,15 @@ def test_compare_reads_both_forms(two, tmp_path):
         compare_metrics(single, both, ["precision"], 0.0, generator="other")
     # two comparison files: generator by generator
     worse = json.loads(both.read_text())
-    space = next(iter(worse["generators"]["perturbed"]["feature_spaces"]))
-    worse["generators"]["perturbed"]["feature_spaces"][space]["variants"]["class"]["overall"]["precision"]["value"] -= 0.5
+    space = next(iter(worse["generators"]["step-100"]["feature_spaces"]))
+    worse["generators"]["step-100"]["feature_spaces"][space]["variants"]["class"]["overall"]["precision"]["value"] -= 0.5
     (tmp_path / "worse.json").write_text(json.dumps(worse))
     lines, regressed = compare_metrics(both, tmp_path / "worse.json", ["precision"], 0.02)
     assert regressed and [ln for ln in lines if ln.startswith("REGRESSED")] == \
-        [f"REGRESSED perturbed:{space}/class/overall/precision: " + ln.split(": ", 1)[1]
+        [f"REGRESSED step-100:{space}/class/overall/precision: " + ln.split(": ", 1)[1]
          for ln in lines if ln.startswith("REGRESSED")]
     assert sum(ln.startswith("REGRESSED") for ln in lines) == 1
-    r = CliRunner().invoke(cli, ["compare", str(single), str(tmp_path / "worse.json"), "--generator", "perturbed",
+    r = CliRunner().invoke(cli, ["compare", str(single), str(tmp_path / "worse.json"), "--generator", "step-100",
                                  "--metric", "precision"])
     assert r.exit_code == 1 and "REGRESSED" in r.output
 
@@ -147,6 +116,8 @@ def test_compare_reads_both_forms(two, tmp_path):
     ('[[generators]]\nname = "a b"\n', r"\[\[generators\]\] #1: generators.name: 'a b' is not one of"),
     ('[[generators]]\nname = "a"\nweights = "x"\n', r"unknown key generators.weights"),
     ('[[generators]]\nname = "a"\npreset = "nope"\n', r"generators.preset: 'nope' is not one of"),
+    ('[[generators]]\nname = "a"\ncheckpoint = "bundled:demo-step1"\n', r"#1: generators.checkpoint: "
+     r"'bundled:demo-step1' is not one of PATH, bundled:demo, bundled:demo-step100$"),
     ('generators = 3\n', r"generators must be an array of tables"),
     ('[features]\nencoder = "c"\n[[generators]]\nname = "a"\n', r"features.encoder: 'c' is not one of the generators \(a\)"),
     ('[features]\nencoder = "c"\n', r"features.encoder: 'c' names no generator"),
@@ -199,13 +170,13 @@ def test_comparison_page_in_the_browser(two, browser):
     the same seeds' images of every generator."""
     doc = json.loads((two / "work" / "measure" / "metrics.json").read_text())
     space = json.loads((two / "work" / "measure" / "headline.json").read_text())["feature_space"]
-    base, pert = (doc["generators"][g]["feature_spaces"][space]["variants"]["class"] for g in ("base", "perturbed"))
+    final, early = (doc["generators"][g]["feature_spaces"][space]["variants"]["class"] for g in ("final", "step-100"))
     page, problems, requests = _open(browser, (two / "site" / "compare.html").as_uri())
     table = page.locator('[data-compare="overall"]')
-    assert table.locator("thead th[data-generator]").all_inner_texts() == ["base", "perturbed"]
+    assert table.locator("thead th[data-generator]").all_inner_texts() == ["final", "step-100"]
     for key in ("precision", "coverage", "fd"):
-        a, b = base["overall"][key], pert["overall"][key]
-        cell = table.locator(f'tr[data-metric="{key}"] td[data-generator="perturbed"]')
+        a, b = final["overall"][key], early["overall"][key]
+        cell = table.locator(f'tr[data-metric="{key}"] td[data-generator="step-100"]')
         text = cell.inner_text()
         assert f"{b['value']:.3f}" in text and f"{b['value'] - a['value']:+.3f}" in text
         separated = b.get("ci_low") is not None and (b["ci_low"] > a["ci_high"] or b["ci_high"] < a["ci_low"])
@@ -214,22 +185,22 @@ def test_comparison_page_in_the_browser(two, browser):
     counts = {r.get_attribute("data-cover").split(" ")[0]: int(r.locator("td").nth(1).inner_text().replace(",", ""))
               for r in page.locator('[data-compare="coverage"] tbody tr').all()}
     assert sum(counts.values()) == 120
-    assert (counts["A"] + counts["both"]) / 120 == pytest.approx(base["overall"]["coverage"]["value"], abs=1e-6)
-    assert (counts["B"] + counts["both"]) / 120 == pytest.approx(pert["overall"]["coverage"]["value"], abs=1e-6)
+    assert (counts["A"] + counts["both"]) / 120 == pytest.approx(final["overall"]["coverage"]["value"], abs=1e-6)
+    assert (counts["B"] + counts["both"]) / 120 == pytest.approx(early["overall"]["coverage"]["value"], abs=1e-6)
     # per-class coverage deltas, largest first, each the difference of the two per-class values
     rows = page.locator('[data-compare="classes"][data-metric="coverage"] tbody tr')
     deltas = [abs(float(t)) for t in rows.locator("td:nth-child(4)").all_inner_texts()]
     assert deltas and deltas == sorted(deltas, reverse=True)
     c = rows.first.get_attribute("data-class")
-    want = pert["per_class"][c]["coverage"]["value"] - base["per_class"][c]["coverage"]["value"]
+    want = early["per_class"][c]["coverage"]["value"] - final["per_class"][c]["coverage"]["value"]
     assert deltas[0] == pytest.approx(abs(want), abs=1e-3)
     # same-seed grids: a column per generator, an image in every cell
     grid = page.locator("[data-seed-table]").first
-    assert grid.locator("thead th").all_inner_texts()[1:] == ["base", "perturbed"]
+    assert grid.locator("thead th").all_inner_texts()[1:] == ["final", "step-100"]
     assert grid.locator("tbody td .thumb.missing").count() == 0 and grid.locator("tbody td .thumb").count() >= 2
     page.screenshot(path=str(ARTIFACTS / "compare-page.png"), full_page=True)
     page.goto((two / "site" / "index.html").as_uri())
-    assert "compares 2 generators (base, perturbed)" in page.locator("[data-compared]").inner_text()
+    assert "compares 2 generators (final, step-100)" in page.locator("[data-compared]").inner_text()
     page.locator('[data-compared] a').click()
     assert page.url.endswith("compare.html")
     assert problems == [] and all(r.startswith("file://") for r in requests)   # offline, no errors
@@ -241,7 +212,7 @@ def test_map_colours_by_generator_and_coverage_difference(two, browser):
     assert page.locator('[data-colour="map"]').input_value() == "generator"
     key = page.locator('[data-key="map"]')
     assert [t.split("\n")[-1] for t in key.locator("[data-generator]").all_inner_texts()] == \
-        ["base (60)", "perturbed (48)"]   # the reference's class and uniform sets, the other's class set
+        ["final (60)", "step-100 (48)"]   # the reference's class and uniform sets, the other's class set
     style = page.evaluate("DMD2_DATA.style.generators")
     colours = {g: c for g, c, _ in style}
     # every drawn generated point is filled with its generator's colour
@@ -252,7 +223,7 @@ def test_map_colours_by_generator_and_coverage_difference(two, browser):
           d.row.forEach((r, i) => { const g = G[P.generator[r]][0]; (out[g] = out[g] || new Set()).add(d.color[i]); });
         }
         return Object.fromEntries(Object.entries(out).map(([g, s]) => [g, Array.from(s)])); }""")
-    assert fills == {g: [colours[g]] for g in ("base", "perturbed")}
+    assert fills == {g: [colours[g]] for g in ("final", "step-100")}
     page.select_option('[data-colour="map"]', "coverdiff")
     rows = key.locator("[data-cover-diff]")
     assert rows.count() == 4
@@ -270,3 +241,30 @@ def test_ci_example_config_compares_a_candidate_in_the_published_space():
     cfg = load_config(Path(__file__).resolve().parents[1] / "docs" / "ci-compare.toml")
     assert [g.name for g in cfg.generators] == ["published", "candidate"] and cfg.features.encoder == "published"
     assert "--generator candidate" in (Path(__file__).resolve().parents[1] / "docs" / "ci-snapshots.md").read_text()
+
+
+def test_init_writes_the_bundled_comparison_example(tmp_path):
+    """README's command: `dmd2report init --example demo-compare compare.toml` writes the shipped example (built at
+    test sizes by the `two` fixture), which builds apart from the one-generator demo; an unknown example name is one
+    line naming it."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert "dmd2report init --example demo-compare compare.toml && dmd2report build --config compare.toml" in readme
+    path = tmp_path / "compare.toml"
+    r = CliRunner().invoke(cli, ["init", "--example", "demo-compare", str(path)])
+    assert r.exit_code == 0 and path.read_bytes() == EXAMPLE.read_bytes()
+    c, demo = load_config(path), load_config()
+    assert c.features.encoder == "final" and [g.name for g in c.generators] == ["final", "step-100"]
+    assert c.run.workdir != demo.run.workdir and c.run.site != demo.run.site
+    r = CliRunner().invoke(cli, ["init", "--example", "demo-compared", str(tmp_path / "other.toml")])
+    assert r.exit_code == 2 and r.output == "error: demo-compared: no bundled example config of that name (bundled: demo-compare)\n"
+    assert not (tmp_path / "other.toml").exists()
+
+
+def test_bundled_checkpoints_by_name():
+    """`bundled:NAME` names a checkpoint that ships with dmd2report wherever a checkpoint path goes (here `inspect`);
+    a name that ships nothing is one line listing those that do."""
+    r = CliRunner().invoke(cli, ["inspect", "bundled:demo-step100"])
+    assert r.exit_code == 0 and "generator-step100.safetensors" in r.output and "preset:      demo " in r.output
+    r = CliRunner().invoke(cli, ["inspect", "bundled:demo-step1"])
+    assert r.exit_code == 2 and r.output == ("error: bundled:demo-step1: no bundled checkpoint of that name "
+                                             "(bundled: bundled:demo, bundled:demo-step100)\n")

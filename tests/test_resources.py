@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from fnmatch import fnmatch
 from pathlib import Path
 
 from dmd2report import resources
+from dmd2report.config import tomllib   # tomli before Python 3.11
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,3 +39,16 @@ def test_installed_layout_falls_back_to_packages(monkeypatch, tmp_path):
     monkeypatch.setattr(resources, "_CHECKOUT", tmp_path)
     assert (resources.templates_dir() / "base.html").is_file()
     assert resources.bundled_file("demo/generator.safetensors").is_file()
+
+
+def test_the_wheel_carries_every_package_and_bundled_file():
+    """`pip install .` installs what pyproject.toml lists: every package of the source tree (stages/ was once left
+    out) and, through the package data globs, every bundled file resources names (both demo generators, the
+    example comparison config, the training record)."""
+    setup = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    packages = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "dmd2report").rglob("__init__.py")}
+    assert packages <= set(setup["packages"])
+    bundled = [*resources.BUNDLED_CHECKPOINTS.values(), *resources.EXAMPLE_CONFIGS.values(), "demo/train_config.json"]
+    for relative in bundled:
+        assert (REPO / "data" / relative).is_file(), relative
+        assert any(fnmatch(relative, glob) for glob in setup["package-data"]["dmd2report.bundled"]), relative
