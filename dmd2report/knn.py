@@ -411,7 +411,7 @@ def knn_kdtree(queries, base=None, k: int = 1, *, exclude_self: bool = False,
         again = []
         for s in range(0, len(pending), step):
             rows = pending[s:s + step]
-            dist, idx = tree.query(q[rows], k=kk)
+            dist, idx = tree.query(q[rows], k=kk, workers=-1)   # queries split over every core: same answers
             dist, idx = dist.reshape(len(rows), kk), idx.reshape(len(rows), kk).astype(np.int64)
             key = np.square(q[rows][:, None, :] - b[idx]).sum(axis=2)
             if exclude_self:
