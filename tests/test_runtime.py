@@ -48,20 +48,25 @@ def test_compiled_network_reproduces_reference_vectors(box):
         cap = ActivationCapture(net, ["encoder_bottleneck", "midblock"])
         with torch.no_grad():
             out = cap.run(x, sigma, labels)
-        early = ActivationCapture(net, ["midblock"], early_exit=True)
-        with torch.no_grad():
-            stopped = early.run(x, sigma, labels)
-    assert not fwd.failed and len(fwd.graphs) == 2  # one graph per (capture, stop_after)
-    assert out.shape[0] == n and stopped is None
+        # The early exit stops at the midblock, before any up block: with the box filter it would compile the
+        # same graph again (about 40 s of Inductor on a cold 2-core machine), so only the plain network takes it.
+        if not box:
+            early = ActivationCapture(net, ["midblock"], early_exit=True)
+            with torch.no_grad():
+                stopped = early.run(x, sigma, labels)
+            assert stopped is None
+            torch.testing.assert_close(early.activations["midblock"], v["activation.dec.4x4_in0"], atol=1e-5, rtol=0)
+    graphs = 1 if box else 2
+    assert not fwd.failed and len(fwd.graphs) == graphs  # one graph per (capture, stop_after)
+    assert out.shape[0] == n
     torch.testing.assert_close(out, v["output.D_x"], atol=1e-5, rtol=0)
     torch.testing.assert_close(cap.activations["midblock"], v["activation.dec.4x4_in0"], atol=1e-5, rtol=0)
-    torch.testing.assert_close(early.activations["midblock"], v["activation.dec.4x4_in0"], atol=1e-5, rtol=0)
     # Masking hooks: the eager path runs (the compiled graph knows nothing of hooks), still exact.
     held = v["activation.dec.4x4_in0"][:1]  # sample 0's, broadcast
     with torch.no_grad(), mask_layers(net, {"midblock": held}):
         masked = net(x, sigma, labels)
     torch.testing.assert_close(masked, v["masked.dec_first_block_from_sample0.output.D_x"], atol=1e-5, rtol=0)
-    assert len(fwd.graphs) == 2
+    assert len(fwd.graphs) == graphs
 
 
 def test_auto_compiles_only_large_stages():
