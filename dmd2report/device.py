@@ -55,7 +55,7 @@ def resolve_device(spec: str = "auto") -> torch.device:
 def one_blas_thread(torch_cpu: bool = False):
     """A context in which BLAS/LAPACK (numpy's and torch's CPU kernels) run on one thread: after torch's
     OpenMP pool has run, more threads contend with its spinning workers, and one small dense factorisation
-    (a 768 x 768 eigh: 0.1 s alone) takes 20-100x longer on a 2-core machine. numpy's BLAS is limited through
+    (a 768 x 768 eigh) takes many times longer on a 2-core machine. numpy's BLAS is limited through
     threadpoolctl. torch's LAPACK is not visible to threadpoolctl and follows torch's own thread count:
     `torch_cpu` limits that too (only around a factorisation: every torch CPU op in it runs on one thread)."""
     from threadpoolctl import threadpool_limits   # a dependency of scikit-learn

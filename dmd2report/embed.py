@@ -30,6 +30,7 @@ elsewhere is never unpickled.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import mmap
 import os
@@ -59,30 +60,24 @@ PARALLEL_MIN_POINTS = 10000
 PROJECT_CHUNK = 65536          # points per projection chunk: fixed, so a chunk's seeded layout does not depend on N
 
 
+@functools.cache
 def _umap():
     """umap-learn, with numba's on-disk cache switched on for its compiled functions (numba's own
-    `Dispatcher.enable_caching`; umap-learn compiles them afresh in every process otherwise): compiling
-    them took 8.5 s of a 3,000-point fit on 2 cores and about 30 s of the fit stage on the H200 host,
-    against 1.5 s for the whole fit once cached. A function numba cannot cache here (no writable cache
-    directory) is compiled as before."""
+    `Dispatcher.enable_caching`; umap-learn compiles them afresh in every process otherwise; the fit's
+    UMAP step in `benchmarks/README.md`'s H200 sweep: 26.3 s in the first process, compiling, 5.1 s in
+    later ones). A function numba cannot cache here (no writable cache directory) is compiled as before."""
+    import sys
+
     import umap  # slow to import (numba); only the stages that fit or project need it
+    from numba.core.dispatcher import Dispatcher
 
-    if not _UMAP_CACHED:
-        import sys
-
-        from numba.core.dispatcher import Dispatcher
-
-        for name, module in list(sys.modules.items()):
-            if name == "umap" or name.startswith("umap."):
-                for fn in list(vars(module).values()):
-                    if isinstance(fn, Dispatcher):
-                        with contextlib.suppress(Exception):   # RuntimeError: no cache locator for its file
-                            fn.enable_caching()
-        _UMAP_CACHED.append(True)
+    for name, module in list(sys.modules.items()):
+        if name == "umap" or name.startswith("umap."):
+            for fn in list(vars(module).values()):
+                if isinstance(fn, Dispatcher):
+                    with contextlib.suppress(Exception):   # RuntimeError: no cache locator for its file
+                        fn.enable_caching()
     return umap
-
-
-_UMAP_CACHED: list = []
 
 
 def _layout_points():

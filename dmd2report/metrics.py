@@ -58,11 +58,16 @@ NO_CLASS = -1   # conditioning class of samples without one (uniform, zero condi
 # ----------------------------------------------------------------------------------------------
 # Building blocks.
 
-def knn_radii(feats, ks, *, device=None, max_block_bytes=DEFAULT_BLOCK_BYTES):
+def knn_radii(feats, ks, *, neighbours=None, device=None, max_block_bytes=DEFAULT_BLOCK_BYTES):
     """{k: r_k} for each k in ks from one exact search (k-th nearest other point of the same set),
-    plus the (distances, indices) of that search for reuse."""
+    plus the (distances, indices) of that search for reuse. `neighbours`: (distances, indices) of that
+    search made elsewhere on the same rows (max(ks) or more columns: its prefix is this search), used
+    instead of searching again."""
     kmax = max(ks)
-    d, i = knn(feats, None, kmax, exclude_self=True, device=device, max_block_bytes=max_block_bytes)
+    if neighbours is not None and len(neighbours[1]) == len(feats) and neighbours[1].shape[1] >= kmax:
+        d, i = (np.ascontiguousarray(a[:, :kmax]) for a in neighbours)
+    else:
+        d, i = knn(feats, None, kmax, exclude_self=True, device=device, max_block_bytes=max_block_bytes)
     return {k: d[:, k - 1].copy() for k in ks}, (d, i)
 
 
@@ -321,12 +326,7 @@ def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelit
 
     log.debug("%s: radii of %d real samples", feature_space, n_real)
     k_rr = min(max(k_pr, k_dc, k_neighbours if want_arrays else 0), n_real - 1)
-    if real_neighbours is not None and real_neighbours[1].shape == (n_real, real_neighbours[1].shape[1]) \
-            and real_neighbours[1].shape[1] >= k_rr:
-        rr_d, rr_i = (np.ascontiguousarray(a[:, :k_rr]) for a in real_neighbours)
-        real_r = {k: rr_d[:, k - 1].copy() for k in {k_pr, k_dc, k_rr}}
-    else:
-        real_r, (rr_d, rr_i) = knn_radii(x, sorted({k_pr, k_dc, k_rr}), **kw)
+    real_r, (rr_d, rr_i) = knn_radii(x, sorted({k_pr, k_dc, k_rr}), neighbours=real_neighbours, **kw)
     stats_real = mean_and_cov(real_np)
     sqrt_real = sqrt_psd(stats_real[1])
     arrays = {"real": {"r_pr": real_r[k_pr], "r_dc": real_r[k_dc], "nn_real_dist": rr_d[:, :k_neighbours],

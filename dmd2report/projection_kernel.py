@@ -8,7 +8,7 @@ an epoch, alpha decaying per epoch). umap-learn's parallel form races on a point
 in parallel).
 
 A module of its own so numba can cache the compiled kernel on disk (`cache=True` needs a module-level
-function): compiling it took about 5 s of every fit and project process.
+function): otherwise every fit and project process compiles it again.
 """
 
 import numba

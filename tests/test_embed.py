@@ -483,19 +483,24 @@ def test_projection_layout_is_umaps_loop_on_any_number_of_threads():
 
 
 def test_the_pca_factorisation_runs_on_one_thread_and_restores_torch_threads():
-    # torch's LAPACK follows torch's thread count, which threadpoolctl cannot see: on 2 busy cores a
-    # 768 x 768 eigh took 11.6 s on torch's threads and 0.11 s on one, so the context sets both
+    # torch's LAPACK follows torch's thread count, which threadpoolctl cannot see (on 2 busy cores a
+    # 768 x 768 eigh on torch's threads took about 100 times as long as on one), so the context sets both
     import torch
 
     from dmd2report.device import one_blas_thread
 
-    before = torch.get_num_threads()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)   # more than one, on any machine
     seen = []
-    with one_blas_thread(torch_cpu=True):
+    try:
+        with one_blas_thread(torch_cpu=True):
+            seen.append(torch.get_num_threads())
         seen.append(torch.get_num_threads())
-    with one_blas_thread():
-        seen.append(torch.get_num_threads())   # numpy's BLAS only: torch's kernels keep their threads
-    assert seen == [1, before] and torch.get_num_threads() == before
+        with one_blas_thread():
+            seen.append(torch.get_num_threads())   # numpy's BLAS only: torch's kernels keep their threads
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [1, 2, 2]
 
 
 def test_umap_kernels_are_cached_on_disk():
