@@ -4,6 +4,12 @@
     python benchmarks/knn.py --n 5000 --skip-baseline
     python benchmarks/knn.py --trust              # trust-score searches: old numpy all-pairs vs knn.py
 
+`--kernels REF` times the CPU searches of the measure stage, this code against the code at git commit REF
+(its `knn.py` loaded from `git show` into a package of its own), same data, same process, identical results
+checked: a set among itself (k = 14, each point excluded: the fit's graph, the metrics' radii) and one
+generated x real pass of the metrics (ball tests for precision, recall, density and coverage, the generated
+samples' 10 nearest real points, the real points' 16 nearest generated samples).
+
 `--trust` times the trust score's two searches (real x real, k = 10, each point excluded from its own
 list) at 50,000 x 50,000: in feature space (50 dims, chunked torch on the CPU) and on the 2-D map (cKDTree),
 against a copy of the float64 numpy all-pairs search the package used before (`embed._exact_knn`, kept here
@@ -104,6 +110,69 @@ def trust_searches(n: int, baseline_n: int, k: int, block: int) -> None:
     print(f"  trust_scores, {q:,} generated x {n - q:,} real (both searches): {t_new:.2f} s, mean {scores.mean():.4f}")
 
 
+def load_knn_at(ref: str):
+    """dmd2report's knn.py as it was at git commit `ref`, imported as a module of a throwaway package."""
+    import importlib
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    root = Path(tempfile.mkdtemp(prefix="knn-at-")) / "knn_at_ref"
+    root.mkdir()
+    (root / "__init__.py").write_text("")
+    for name in ("knn.py", "device.py", "errors.py"):
+        (root / name).write_text(subprocess.run(["git", "show", f"{ref}:dmd2report/{name}"], check=True,
+                                                capture_output=True, text=True).stdout)
+    sys.path.insert(0, str(root.parent))
+    return importlib.import_module("knn_at_ref.knn")
+
+
+def kernels_side_by_side(n: int, n_gen: int, dim: int, ref: str) -> None:
+    """This code's CPU search against the code at `ref`, at the measure stage's shapes (see the docstring)."""
+    from dmd2report import knn as new
+
+    old = load_knn_at(ref)
+    rng = np.random.default_rng(0)
+    # class-structured like the metrics' reduced spaces: 1,000 class means, decaying principal variances
+    means = rng.normal(size=(1000, dim)).astype(np.float32) * 2
+    scale = np.linspace(3, 0.3, dim).astype(np.float32)
+    real = rng.normal(size=(n, dim)).astype(np.float32) * scale + means[rng.integers(0, 1000, n)]
+    gen = rng.normal(size=(n_gen, dim)).astype(np.float32) * scale * 1.1 + means[rng.integers(0, 1000, n_gen)]
+    new.knn(real[:2000], None, 14, exclude_self=True, device="cpu")   # numba compiles (or loads its cache)
+    print(f"CPU searches, {n:,} real and {n_gen:,} generated x {dim} dims, {torch.get_num_threads()} torch threads; "
+          f"this code against {ref}")
+
+    def self_search(mod):
+        return mod.knn(real, None, 14, exclude_self=True, device="cpu")
+
+    rr = {}
+    for label, mod in (("this code", new), (ref, old)):
+        rr[label] = timed(lambda mod=mod: self_search(mod))
+    same = all(np.array_equal(a, b) for a, b in zip(rr["this code"][1], rr[ref][1]))
+    t_new, t_old = rr["this code"][0], rr[ref][0]
+    print(f"  real among itself, k = 14        this code {t_new:7.2f} s   {ref} {t_old:7.2f} s   "
+          f"{t_old / t_new:5.2f}x   identical {same}")
+    r = rr["this code"][1][0]
+    col_radii = np.stack([r[:, 2], r[:, 4]], axis=1)
+    row_radius = new.knn(gen, None, 3, exclude_self=True, device="cpu")[0][:, 2]
+
+    def pass_new():
+        out = new.radius_counts(gen, real, col_radii=col_radii, row_radius=row_radius, k=10, k_base=16, device="cpu")
+        return out["row_counts"], out["col_counts"], out["col_counts_row"], *out["knn"], *out["knn_base"]
+
+    def pass_old():
+        out = old.radius_counts(gen, real, col_radii=col_radii, row_radius=row_radius, k=10, device="cpu")
+        back = old.knn(real, gen, 16, device="cpu")   # the real points' nearest generated: a search of its own
+        return out["row_counts"], out["col_counts"], out["col_counts_row"], *out["knn"], *back
+
+    t_new, a = timed(pass_new)
+    t_old, b = timed(pass_old)
+    same = all(np.array_equal(x, y) for x, y in zip(a, b))
+    print(f"  generated x real metrics pass    this code {t_new:7.2f} s   {ref} {t_old:7.2f} s   "
+          f"{t_old / t_new:5.2f}x   identical {same}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=20_000, help="queries = base points")
@@ -111,11 +180,17 @@ def main():
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--block-mib", type=int, default=256, help="max_block_bytes of the chunked search, MiB")
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--kernels", metavar="REF", help="the measure stage's CPU searches against git commit REF")
+    ap.add_argument("--kernels-n", type=int, default=50_000, help="real points of --kernels (generated: the same)")
+    ap.add_argument("--kernels-dim", type=int, default=50, help="dimensions of --kernels (the reduced space)")
     ap.add_argument("--trust", action="store_true", help="the trust-score searches instead (see above)")
     ap.add_argument("--trust-n", type=int, default=50_000, help="points of the --trust searches")
     ap.add_argument("--trust-baseline-n", type=int, default=50_000,
                     help="points of the old numpy search in --trust (timed at this size, scaled to --trust-n)")
     args = ap.parse_args()
+    if args.kernels:
+        kernels_side_by_side(args.kernels_n, args.kernels_n, args.kernels_dim, args.kernels)
+        return
     if args.trust:
         trust_searches(args.trust_n, args.trust_baseline_n, args.k, args.block_mib * 2**20)
         return

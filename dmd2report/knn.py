@@ -19,6 +19,10 @@ Feature space (torch). Squared distances of a block of queries against a block o
 (distances are translation invariant; the shift keeps the norms, and so the cancellation error of the product
 form, small). Queries (and, for huge bases, the base) are cut into blocks so that one block's distance matrix
 and its temporaries stay under `max_block_bytes`: a 50k x 50k problem never holds a 50k x 50k matrix.
+On the CPU the blocks are read by the numba kernels of `knn_kernels` (running selections, radius candidates:
+one pass over a block each, where torch's top-k and comparisons took several), and a set searched among
+itself computes each pair once, over the upper triangle of square tiles (`_candidates`); on a GPU, torch's
+top-k per block. Both give the same candidates' guarantee, and so the same answers.
 The product form is only used to *select* and to *rule out*; it is off from the exact value by at most
 band = (4 D + 8) 2^-23 (||a||^2 + ||b||^2) (rounding of the shift, the norms, the dot product of D terms and
 the two additions; generous by 2x or more). Then:
@@ -46,6 +50,7 @@ TF32 matrix products are switched off for the duration of a call, whatever the g
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,7 +59,9 @@ import torch
 from .device import resolve_device
 
 DEFAULT_BLOCK_BYTES = 256 * 2**20
-GPU_BLOCK_BYTES = 4 * 2**30     # the default budget of a block on a CUDA device (see _block_shape)
+GPU_BLOCK_BYTES = 4 * 2**30     # the default budget of a block on a CUDA device (see _budget)
+CPU_BLOCK_BYTES = 64 * 2**20    # ... and on the CPU: 4M entries, 1,024 x 4,096 or 2,048 x 2,048 (see _search_shape)
+CPU_BLOCK_COLS = 4096
 _BYTES_PER_ENTRY = 16   # float32 distances + error band + a few boolean masks per block entry
 _EPS32 = float(np.finfo(np.float32).eps)
 KDTREE_MAX_DIM = 2      # up to this dimension `knn` uses the KD-tree (the 2-D map)
@@ -87,16 +94,21 @@ def _no_tf32():
 
 
 def _budget(max_block_bytes: int, device: torch.device) -> int:
-    """The block budget: on a CUDA device the default is `GPU_BLOCK_BYTES`, as there a block costs per call
-    (launches, a top-k per row) more than per entry, and 256 MiB would cut a 1.28M-point base into 64-row
-    blocks. A budget given explicitly is kept."""
-    return GPU_BLOCK_BYTES if device.type == "cuda" and max_block_bytes == DEFAULT_BLOCK_BYTES else max_block_bytes
+    """The block budget when the default is asked for: on a CUDA device `GPU_BLOCK_BYTES`, as there a block
+    costs per call (launches, a top-k per row) more than per entry, and 256 MiB would cut a 1.28M-point base
+    into 64-row blocks; on the CPU `CPU_BLOCK_BYTES`, blocks that stay nearer the caches for the one-pass
+    kernels (`benchmarks/knn.py`). A budget given explicitly is kept."""
+    if max_block_bytes != DEFAULT_BLOCK_BYTES:
+        return max_block_bytes
+    return {"cuda": GPU_BLOCK_BYTES, "cpu": CPU_BLOCK_BYTES}.get(device.type, max_block_bytes)
 
 
-def _block_shape(n_query: int, n_base: int, max_block_bytes: int) -> tuple[int, int]:
-    """(query rows, base columns) per block; whole base per block unless that leaves < 64 query rows."""
+def _block_shape(n_query: int, n_base: int, max_block_bytes: int, max_cols: int | None = None) -> tuple[int, int]:
+    """(query rows, base columns) per block; whole base per block (at most `max_cols`) unless that leaves
+    < 64 query rows."""
     entries = max(1, max_block_bytes // _BYTES_PER_ENTRY)
     cols = n_base if n_base * 64 <= entries else max(1, entries // 64)
+    cols = cols if max_cols is None else min(cols, max_cols)
     rows = max(1, min(n_query, entries // cols))
     return rows, cols
 
@@ -144,6 +156,15 @@ class _Prepared:
         if (self.qg is None) != (self.bg is None):
             raise ValueError("groups need to be given for both queries and base")
 
+    def swapped(self) -> "_Prepared":
+        """The same points with the roles of queries and base exchanged (sharing every tensor): the search
+        from the base side. The shift stays the base's mean; any common shift serves the product form."""
+        s = object.__new__(_Prepared)
+        s.__dict__.update(self.__dict__)
+        s.q, s.b, s.qc, s.bc, s.qn, s.bn = self.b, self.q, self.bc, self.qc, self.bn, self.qn
+        s.q_ex, s.b_ex, s.qg, s.bg = self.b_ex, self.q_ex, self.bg, self.qg
+        return s
+
     def invalid(self, qi: torch.Tensor, bi: torch.Tensor, exclude_self: bool) -> torch.Tensor | None:
         """Where candidate pairs (query rows qi, base rows bi, index tensors of one shape) are no
         neighbours: the point itself (`exclude_self`) or another group. None when all are valid."""
@@ -185,18 +206,29 @@ def _mask_self(d2: torch.Tensor, q0: int, b0: int) -> None:
         d2[r - q0, r - b0] = float("inf")
 
 
+def _rank_block(p: _Prepared, q0: int, q1: int, b0: int, b1: int, exclude_self: bool) -> torch.Tensor:
+    """Rank form ||b||^2 - 2 q.b of queries q0:q1 against base points b0:b1 (the product form less the
+    query's squared norm, unclamped: the same order within a row), each point itself (`exclude_self`) and
+    pairs of different groups at infinity."""
+    d2 = torch.addmm(p.bn[None, b0:b1], p.qc[q0:q1], p.bc[b0:b1].T, beta=1.0, alpha=-2.0)
+    if exclude_self:
+        _mask_self(d2, q0, b0)
+    if p.qg is not None:
+        d2.masked_fill_(p.qg[q0:q1, None] != p.bg[None, b0:b1], float("inf"))
+    return d2
+
+
 def _distance_blocks(p: _Prepared, q0: int, q1: int, cols: int, exclude_self: bool, rank_only: bool = False):
     """Yield (b0, b1, squared distances of queries q0:q1 to base points b0:b1), each point itself
-    (`exclude_self`) and pairs of different groups at infinity. `rank_only` leaves out the query's own
-    squared norm and the clamp (the same per row: the order within a row is unchanged), two passes fewer
-    over the block."""
+    (`exclude_self`) and pairs of different groups at infinity. `rank_only` yields the rank form
+    (`_rank_block`), two passes fewer over the block."""
     n_b = len(p.b)
     for b0 in range(0, n_b, cols):
         b1 = min(b0 + cols, n_b)
         if rank_only:
-            d2 = torch.addmm(p.bn[None, b0:b1], p.qc[q0:q1], p.bc[b0:b1].T, beta=1.0, alpha=-2.0)
-        else:
-            d2 = p.sq_block(q0, q1, b0, b1)
+            yield b0, b1, _rank_block(p, q0, q1, b0, b1, exclude_self)
+            continue
+        d2 = p.sq_block(q0, q1, b0, b1)
         if exclude_self:
             _mask_self(d2, q0, b0)
         if p.qg is not None:
@@ -259,6 +291,29 @@ def knn(queries, base=None, k: int = 1, *, exclude_self: bool = False, device=No
     return d.cpu().numpy(), i.cpu().numpy()
 
 
+def _kernels(device: torch.device):
+    """The numba selection kernels (`knn_kernels`) for a search on the CPU; None on other devices, where
+    torch's `topk` per block is the faster way (a GPU pays per call, not per entry)."""
+    if device.type != "cpu":
+        return None
+    from . import knn_kernels
+    return knn_kernels
+
+
+def _search_shape(p: _Prepared, max_block_bytes: int) -> tuple[int, int]:
+    """`_block_shape` of a search: on the CPU at most `CPU_BLOCK_COLS` columns, since the kernels read a
+    block by row and by column and a block about as wide as tall keeps both nearer the caches (measured with
+    `benchmarks/knn.py --kernels`: 1,024 x 4,096 blocks beat 64 x 32,768 ones and 256 x 8,192 ones)."""
+    cpu = p.device.type == "cpu"
+    return _block_shape(len(p.q), len(p.b), max_block_bytes, CPU_BLOCK_COLS if cpu else None)
+
+
+def _tile_side(n: int, max_block_bytes: int) -> int:
+    """Side of the square tiles of a search of a set among itself (`_candidates`): a tile's entries within
+    the block budget, at least 64."""
+    return max(64, min(n, math.isqrt(max(1, max_block_bytes // _BYTES_PER_ENTRY))))
+
+
 def knn_tensors(p: _Prepared, k: int, exclude_self: bool, max_block_bytes: int, on_block=None):
     """The chunked search on prepared tensors: (distances float32, indices int64) on `p.exact_device`.
 
@@ -272,55 +327,102 @@ def knn_tensors(p: _Prepared, k: int, exclude_self: bool, max_block_bytes: int, 
     if exclude_self and p.b is not p.q:
         raise ValueError("exclude_self needs base=None (the queries searched among themselves)")
     if k == 0:
-        rows, cols = _block_shape(n_q, n_b, max_block_bytes)
+        rows, cols = _search_shape(p, max_block_bytes)
         for q0 in range(0, n_q, rows):
             q1 = min(q0 + rows, n_q)
             for b0, b1, d2 in _distance_blocks(p, q0, q1, cols, exclude_self, rank_only=True):
                 on_block(q0, q1, b0, b1, d2)
         return None
     _check_k(k, n_b, exclude_self)
-    available = n_b - (1 if exclude_self else 0)
-    kk = min(k + _SLACK, available)              # candidates kept by the product form
-    rows, cols = _block_shape(n_q, n_b, max_block_bytes)
+    kk = min(k + _SLACK, n_b - (1 if exclude_self else 0))   # candidates kept by the product form
+    best_d, best_i = _candidates(p, kk, exclude_self, max_block_bytes, on_block)
+    return _finalize(p, best_d, best_i, k, exclude_self, max_block_bytes)
+
+
+def _candidates(p: _Prepared, kk: int, exclude_self: bool, max_block_bytes: int, on_block=None):
+    """The kk smallest product forms of each query over the base (float32 (n_q, kk), ascending) and their
+    base indices (int64, -1 where fewer than kk points are not at infinity), on `p.device`. Every base point
+    left out has a product form >= the last kept one of its row (the certificate of `_finalize`).
+
+    On the CPU the numba kernels merge each block into the running selections (`knn_kernels`), and a set
+    searched among itself (no `on_block`) runs over square tiles of the upper triangle only: a tile's
+    rows take their candidates from its columns and its columns from its rows, so each pair's distance is
+    computed once instead of twice. Elsewhere torch's `topk` per block of whole-base rows."""
+    n_q, n_b = len(p.q), len(p.b)
+    kern = _kernels(p.device)
+    if kern is None:
+        out_d = torch.empty((n_q, kk), device=p.device)
+        out_i = torch.empty((n_q, kk), dtype=torch.int64, device=p.device)
+        rows, cols = _search_shape(p, max_block_bytes)
+        for q0 in range(0, n_q, rows):
+            q1 = min(q0 + rows, n_q)
+            best_d = torch.empty((q1 - q0, 0), device=p.device)
+            best_i = torch.empty((q1 - q0, 0), dtype=torch.int64, device=p.device)
+            for b0, b1, d2 in _distance_blocks(p, q0, q1, cols, exclude_self, rank_only=True):
+                top_d, top_j = torch.topk(d2, min(kk, b1 - b0), dim=1, largest=False)
+                best_d, best_i = _keep_nearest(best_d, best_i, top_d, top_j + b0, kk)
+                if on_block is not None:
+                    on_block(q0, q1, b0, b1, d2)
+            # the product form, as `sq_block` rounds it (the rank form plus the row's norm in float32)
+            out_d[q0:q1] = best_d + p.qn[q0:q1, None]
+            out_i[q0:q1] = best_i
+        return out_d, out_i
+    dist = np.full((n_q, kk), np.inf, np.float32)
+    idx = np.full((n_q, kk), -1, np.int64)
+    qn = p.qn.numpy()
+    if p.b is p.q and on_block is None:
+        side = _tile_side(n_q, max_block_bytes)
+        for q0 in range(0, n_q, side):
+            q1 = min(q0 + side, n_q)
+            for b0 in range(q0, n_q, side):
+                b1 = min(b0 + side, n_q)
+                block = _rank_block(p, q0, q1, b0, b1, exclude_self).numpy()
+                kern.select_rows(block, qn[q0:q1], b0, dist, idx, q0)
+                if b0 != q0:
+                    kern.select_cols(block, qn[q0:q1], q0, dist, idx, b0)
+    else:
+        rows, cols = _search_shape(p, max_block_bytes)
+        for q0 in range(0, n_q, rows):
+            q1 = min(q0 + rows, n_q)
+            for b0, b1, d2 in _distance_blocks(p, q0, q1, cols, exclude_self, rank_only=True):
+                kern.select_rows(d2.numpy(), qn[q0:q1], b0, dist, idx, q0)
+                if on_block is not None:
+                    on_block(q0, q1, b0, b1, d2)
+    return torch.from_numpy(dist), torch.from_numpy(idx)
+
+
+def _finalize(p: _Prepared, best_d: torch.Tensor, best_i: torch.Tensor, k: int, exclude_self: bool,
+              max_block_bytes: int):
+    """The exact k nearest from each query's kk candidates (`_candidates`): their distances recomputed
+    exactly and sorted by (distance, index); a query whose answer the product form cannot certify goes to
+    the exact second pass. (distances float32, indices int64) on `p.exact_device`."""
+    n_q, kk = best_i.shape
+    available = len(p.b) - (1 if exclude_self else 0)
     # the exact recomputation gathers (rows, kk, D) float64 twice: slices of it stay under the block too
     ex_rows = max(1, max_block_bytes // (kk * p.dim * 8 * 3))
-    bn_max = p.bn.max().double()
     out_key = torch.empty(n_q, k, dtype=torch.float64, device=p.exact_device)
     out_i = torch.empty(n_q, k, dtype=torch.int64, device=p.exact_device)
-    unsure = []
-    for q0 in range(0, n_q, rows):
-        q1 = min(q0 + rows, n_q)
-        best_d = torch.empty((q1 - q0, 0), device=p.device)
-        best_i = torch.empty((q1 - q0, 0), dtype=torch.int64, device=p.device)
-        for b0, b1, d2 in _distance_blocks(p, q0, q1, cols, exclude_self, rank_only=True):
-            top_d, top_j = torch.topk(d2, min(kk, b1 - b0), dim=1, largest=False)
-            best_d, best_i = _keep_nearest(best_d, best_i, top_d, top_j + b0, kk)
-            if on_block is not None:
-                on_block(q0, q1, b0, b1, d2)
-        for s0 in range(q0, q1, ex_rows):
-            s1 = min(s0 + ex_rows, q1)
-            cand = best_i[s0 - q0:s1 - q0].to(p.exact_device)
-            key = exact_sq_dist(p.q_ex[s0:s1, None, :], p.b_ex[cand])
-            # a candidate at infinity (fewer valid points than kk in the query's group) is no neighbour
-            bad = p.invalid(torch.arange(s0, s1, device=p.exact_device)[:, None].expand_as(cand), cand, exclude_self)
-            if bad is not None:
-                key = key.masked_fill(bad.to(key.device), float("inf"))
-            key, idx = _sort_by_key_then_index(key, cand)
-            out_key[s0:s1], out_i[s0:s1] = key[:, :k], idx[:, :k]
-        if kk < available:
-            # Every base point left out has a product form >= the largest kept one (+ the row's squared
-            # norm, added here in float64 without rounding; no clamp, which only moves towards the exact
-            # value), so an exact distance >= that minus the band; certified when this exceeds the k-th
-            # exact distance, strictly. (A kept candidate at infinity: every valid point was kept.)
-            qn = p.qn[q0:q1].double()
-            lower = best_d.max(dim=1).values.double() + qn - (qn + bn_max) * p.band_coef
-            bad = ~(lower.to(p.exact_device) > out_key[q0:q1, k - 1])
-            if bad.any():
-                unsure.append(bad.nonzero()[:, 0] + q0)
-    if unsure:
-        rows_u = torch.cat(unsure)
-        key, idx = _threshold_pass(p, rows_u, out_key[rows_u, k - 1], k, exclude_self, max_block_bytes)
-        out_key[rows_u], out_i[rows_u] = key, idx
+    best_i = best_i.to(p.exact_device)
+    for s0 in range(0, n_q, ex_rows):
+        s1 = min(s0 + ex_rows, n_q)
+        cand = best_i[s0:s1]
+        real = cand.clamp(min=0)
+        key = exact_sq_dist(p.q_ex[s0:s1, None, :], p.b_ex[real])
+        # an empty slot or a candidate at infinity (fewer valid points than kk in the query's group) is no neighbour
+        bad = p.invalid(torch.arange(s0, s1, device=p.exact_device)[:, None].expand_as(cand), real, exclude_self)
+        bad = cand < 0 if bad is None else bad.to(cand.device) | (cand < 0)
+        key, idx = _sort_by_key_then_index(key.masked_fill(bad, float("inf")), cand)
+        out_key[s0:s1], out_i[s0:s1] = key[:, :k], idx[:, :k]
+    if kk < available and n_q:
+        # Every base point left out has a product form >= the largest kept one, so an exact squared
+        # distance >= that minus the band (module docstring); the answer is certified when this exceeds
+        # the k-th exact distance, strictly. (A slot at infinity: every valid point was kept.)
+        qn = p.qn.double()
+        lower = best_d.double().max(dim=1).values - (qn + p.bn.max().double()) * p.band_coef
+        unsure = (~(lower.to(p.exact_device) > out_key[:, k - 1])).nonzero()[:, 0]
+        if len(unsure):
+            key, idx = _threshold_pass(p, unsure, out_key[unsure, k - 1], k, exclude_self, max_block_bytes)
+            out_key[unsure], out_i[unsure] = key, idx
     return out_key.sqrt().float(), out_i
 
 
@@ -576,10 +678,10 @@ class RadiusPass:
         self.col_counts = torch.zeros(n_b, n_r, dtype=torch.int64, device=p.device)
         self.col_counts_row = torch.zeros(n_b, dtype=torch.int64, device=p.device)
         self.step = max(4096, max_block_bytes // (8 * 4 * max(p.dim, 1)))   # candidate pairs per exact slice
+        self._np = None   # numpy views of the thresholds for the CPU kernel
 
     def __call__(self, q0: int, q1: int, b0: int, b1: int, d2: torch.Tensor) -> None:
-        # two passes over the block (a subtraction in place, a comparison) and the candidates' positions
-        pairs = (d2.sub_(self.thr_c[None, b0:b1]) <= self.row_bound[q0:q1, None]).nonzero()
+        pairs = self._candidates(q0, q1, b0, b1, d2)
         for s in range(0, len(pairs), self.step):
             i, j = pairs[s:s + self.step, 0] + q0, pairs[s:s + self.step, 1] + b0
             d = self.p.exact(i, j).sqrt().float().to(self.p.device)   # the float32 distance `knn` returns
@@ -589,6 +691,43 @@ class RadiusPass:
                 self.col_counts.index_add_(0, j, inside)
             if self.row is not None:
                 self.col_counts_row.index_add_(0, j, (d <= self.row[i]).long())
+
+    _WIDTH = 32   # candidate columns a row holds in the CPU kernel's output; a row with more is asked again
+
+    def _candidates(self, q0: int, q1: int, b0: int, b1: int, d2: torch.Tensor) -> torch.Tensor:
+        """(pairs, 2) block positions (row, column) of the candidates, row-major: d2 - C <= the row's bound."""
+        kern = _kernels(self.p.device)
+        if kern is None:   # two passes over the block (a subtraction in place, a comparison) and `nonzero`
+            return (d2.sub_(self.thr_c[None, b0:b1]) <= self.row_bound[q0:q1, None]).nonzero()
+        if self._np is None:
+            self._np = (self.thr_c.numpy(), self.row_bound.contiguous().numpy())
+        thr_c, row_bound = self._np[0][b0:b1], self._np[1][q0:q1]
+        block = d2.numpy()
+        cols = np.empty((q1 - q0, self._WIDTH), np.int64)
+        counts = np.empty(q1 - q0, np.int64)
+        kern.radius_candidates(block, thr_c, row_bound, cols, counts)
+        held = np.arange(self._WIDTH)[None, :] < counts[:, None]
+        rows = [np.nonzero(held)[0]]
+        cols = [cols[held]]
+        for i in np.flatnonzero(counts > self._WIDTH):   # rare: a row inside more balls than the width
+            j = np.flatnonzero((block[i] - thr_c) <= row_bound[i])
+            rows.append(np.full(len(j) - self._WIDTH, i))
+            cols.append(j[self._WIDTH:])
+        return torch.from_numpy(np.stack([np.concatenate(rows), np.concatenate(cols)], axis=1))
+
+
+class _ColumnSelection:
+    """Running selections of the base points' nearest queries, fed by the blocks of a query -> base search
+    (`knn_tensors`' `on_block`, CPU): the search from the base side at the cost of reading each block once
+    more by column (`knn_kernels.select_cols`) instead of a second matrix product."""
+
+    def __init__(self, p: _Prepared, kk: int):
+        self.p, self.qn = p, p.qn.numpy()
+        self.dist = np.full((len(p.b), kk), np.inf, np.float32)
+        self.idx = np.full((len(p.b), kk), -1, np.int64)
+
+    def __call__(self, q0: int, q1: int, b0: int, b1: int, d2: torch.Tensor) -> None:
+        _kernels(self.p.device).select_cols(d2.numpy(), self.qn[q0:q1], q0, self.dist, self.idx, b0)
 
 
 def _group_blocks(q_sorted: np.ndarray, b_sorted: np.ndarray, rows: int):
@@ -611,12 +750,14 @@ def _as_numpy32(a) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def radius_counts(queries, base, *, col_radii=None, row_radius=None, k: int = 0, q_groups=None, b_groups=None,
-                  device=None, max_block_bytes: int = DEFAULT_BLOCK_BYTES) -> dict:
+def radius_counts(queries, base, *, col_radii=None, row_radius=None, k: int = 0, k_base: int = 0, q_groups=None,
+                  b_groups=None, device=None, max_block_bytes: int = DEFAULT_BLOCK_BYTES) -> dict:
     """One pass over the (query, base) pairs for the ball tests of `RadiusPass` and, with k > 0, the k
     nearest base points of each query (exactly as `knn`): the four k-NN metrics and the neighbours from one
-    matrix product per block. Returns numpy arrays {"row_counts" (n_q, R), "col_counts" (n_b, R),
-    "col_counts_row" (n_b,), "knn": (distances, indices) or None}.
+    matrix product per block. `k_base` > 0 (no groups) adds the k_base nearest queries of each base point,
+    `knn(base, queries, k_base)` exactly: on the CPU from the same blocks, read by column (`knn_kernels.
+    select_cols`), elsewhere by a search of its own. Returns numpy arrays {"row_counts" (n_q, R), "col_counts"
+    (n_b, R), "col_counts_row" (n_b,), "knn": (distances, indices) or None, "knn_base": the same or None}.
 
     With groups (an int per query and per base point: classes), only pairs of one group are tested and
     searched, as if each group were run on its own (the `*_in_class` scopes): the points are sorted by
@@ -628,19 +769,35 @@ def radius_counts(queries, base, *, col_radii=None, row_radius=None, k: int = 0,
     row = None if row_radius is None else np.asarray(row_radius, np.float32).reshape(n_q)
     n_r = 0 if col is None else col.shape[1]
     out = {"row_counts": np.zeros((n_q, n_r), np.int64), "col_counts": np.zeros((n_b, n_r), np.int64),
-           "col_counts_row": np.zeros(n_b, np.int64), "knn": None}
+           "col_counts_row": np.zeros(n_b, np.int64), "knn": None, "knn_base": None}
     if (q_groups is None) != (b_groups is None):
         raise ValueError("groups need to be given for both queries and base")
+    if k_base and q_groups is not None:
+        raise ValueError("k_base needs a search without groups")
     if q_groups is None:   # one block of everything: the inputs go to the device as they are
         with torch.no_grad(), _no_tf32():
             p = _Prepared(queries, base, dev)
             rp = RadiusPass(p, None if col is None else torch.from_numpy(col),
                             None if row is None else torch.from_numpy(row), max_block_bytes)
-            res = knn_tensors(p, k, False, max_block_bytes, on_block=rp)
+            on_block, by_column = rp, None
+            if k_base and _kernels(p.device) is not None:
+                _check_k(k_base, n_q, False)
+                by_column = _ColumnSelection(p, min(k_base + _SLACK, n_q))
+
+                def on_block(q0, q1, b0, b1, d2):
+                    by_column(q0, q1, b0, b1, d2)   # first: the radius pass may overwrite the block
+                    rp(q0, q1, b0, b1, d2)
+            res = knn_tensors(p, k, False, max_block_bytes, on_block=on_block)
+            if by_column is not None:
+                d, i = _finalize(p.swapped(), torch.from_numpy(by_column.dist), torch.from_numpy(by_column.idx),
+                                 k_base, False, _budget(max_block_bytes, p.device))
+                out["knn_base"] = (d.cpu().numpy(), i.cpu().numpy())
         out.update(row_counts=rp.row_counts.cpu().numpy(), col_counts=rp.col_counts.cpu().numpy(),
                    col_counts_row=rp.col_counts_row.cpu().numpy())
         if res is not None:
             out["knn"] = (res[0].cpu().numpy(), res[1].cpu().numpy())
+        if k_base and out["knn_base"] is None:
+            out["knn_base"] = knn(base, queries, k_base, device=dev, max_block_bytes=max_block_bytes)
         return out
     q_np, b_np = _as_numpy32(queries), _as_numpy32(base)
     if k:

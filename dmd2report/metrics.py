@@ -122,17 +122,18 @@ def bootstrap_ci(values: np.ndarray, n_boot: int, level: float, rng: np.random.G
     return float(lo), float(hi)
 
 
-def point_flags(real, gen, real_r_pr, real_r_dc, gen_r_pr, *, k_gen_real: int = 0, real_groups=None,
-                gen_groups=None, device=None, max_block_bytes=DEFAULT_BLOCK_BYTES) -> dict:
+def point_flags(real, gen, real_r_pr, real_r_dc, gen_r_pr, *, k_gen_real: int = 0, k_real_gen: int = 0,
+                real_groups=None, gen_groups=None, device=None, max_block_bytes=DEFAULT_BLOCK_BYTES) -> dict:
     """Per-point indicators behind precision, recall, density and coverage (their means are the metrics),
     from one pass over the (generated, real) pairs (`knn.radius_counts`): density (per generated sample) and
     coverage (per real point) count the same test d(y, x) <= r_dc(x), by row and by column; precision tests
     r_pr(x), recall r_pr(y) of the generated sample. gen_r_pr None (too few generated points for r_k)
     leaves recall out. `k_gen_real` > 0 adds the exact k nearest real points of each generated sample
-    ("nn_real": (distances, indices)) from the same matrix products. With groups (classes), each group on
-    its own (the in-class scopes; radii NaN where a group has none)."""
+    ("nn_real": (distances, indices)) from the same matrix products, `k_real_gen` > 0 the exact k nearest
+    generated samples of each real point ("nn_gen_of_real"; from the same blocks on the CPU). With groups
+    (classes), each group on its own (the in-class scopes; radii NaN where a group has none)."""
     out = radius_counts(gen, real, col_radii=np.stack([real_r_pr, real_r_dc], axis=1), row_radius=gen_r_pr,
-                        k=k_gen_real, q_groups=gen_groups, b_groups=real_groups, device=device,
+                        k=k_gen_real, k_base=k_real_gen, q_groups=gen_groups, b_groups=real_groups, device=device,
                         max_block_bytes=max_block_bytes)
     flags = {
         "gen_in_real_manifold": out["row_counts"][:, 0] > 0,
@@ -140,6 +141,7 @@ def point_flags(real, gen, real_r_pr, real_r_dc, gen_r_pr, *, k_gen_real: int = 
         "real_cover_count": out["col_counts"][:, 1],
         "real_covered": out["col_counts"][:, 1] > 0,
         "nn_real": out["knn"],
+        "nn_gen_of_real": out["knn_base"],
     }
     if gen_r_pr is not None:
         flags["real_in_gen_manifold"] = out["col_counts_row"] > 0
@@ -267,9 +269,9 @@ def measure(real: np.ndarray, real_classes, generated: Mapping[str, tuple], *, f
     (the fit stage's, on the same rows); used when it has enough columns, since a prefix of it is the search
     this function would make.
 
-    Work per variant: one pass over the (generated, real) pairs for the four k-NN metrics and the
-    generated samples' nearest real points (`point_flags`), one over (real, generated) for the real points'
-    nearest generated samples (arrays only); the per-class scopes for all classes at once in blocks of
+    Work per variant: one pass over the (generated, real) pairs for the four k-NN metrics, the generated
+    samples' nearest real points and (arrays only) the real points' nearest generated samples (`point_flags`;
+    on a GPU the last is a search of its own); the per-class scopes for all classes at once in blocks of
     whole classes (`knn.knn_grouped`, `knn.radius_counts` with groups). Each step is logged at DEBUG level.
     """
     with one_blas_thread():
@@ -383,8 +385,9 @@ def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelit
             gen_r_pr = gen_r.get(k_pr)
             arr["nn_gen_dist"], arr["nn_gen_idx"] = gg_d[:, :k_neighbours], gg_i[:, :k_neighbours]
         k_gr = min(max(k_fidelity if rc is not None else 0, k_neighbours if want_arrays else 0), n_real)
+        k_rg = min(max(k_neighbours, cover_cap), n_gen) if want_arrays else 0
         log.debug("%s/%s: generated x real pass", feature_space, name)
-        flags = point_flags(x, y, real_r[k_pr], real_r[k_dc], gen_r_pr, k_gen_real=k_gr, **kw)
+        flags = point_flags(x, y, real_r[k_pr], real_r[k_dc], gen_r_pr, k_gen_real=k_gr, k_real_gen=k_rg, **kw)
         arr.update(gen_in_real_manifold=flags["gen_in_real_manifold"],
                    gen_density=flags["gen_density_count"] / k_dc, real_covered=flags["real_covered"],
                    real_cover_count=flags["real_cover_count"])
@@ -393,8 +396,7 @@ def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelit
             gr_d, gr_i = flags["nn_real"]
             arr["nn_real_dist"], arr["nn_real_idx"] = gr_d[:, :k_neighbours], gr_i[:, :k_neighbours]
         if want_arrays:
-            log.debug("%s/%s: real x generated neighbours", feature_space, name)
-            rg_d, rg_i = knn(x, y, min(max(k_neighbours, cover_cap), n_gen), **kw)
+            rg_d, rg_i = flags["nn_gen_of_real"]
             arr["real_covered_by"] = covered_by(rg_d, rg_i, real_r[k_dc], cover_cap)
             arr["real_nn_gen_dist"], arr["real_nn_gen_idx"] = rg_d[:, :k_neighbours], rg_i[:, :k_neighbours]
             del rg_d, rg_i
@@ -447,7 +449,7 @@ def _class_scopes(variant, real_np, rcls, gen_np, cond, fid, centroid_class, rea
         f = point_flags(real_np, gen_np[yi], rin["r_pr"], rin["r_dc"], gen_r[yi], real_groups=rcls.labels,
                         gen_groups=yc, **kw)
         flags = {k: np.zeros(n_gen, v.dtype) if k.startswith("gen_") else v for k, v in f.items()
-                 if k != "nn_real"}
+                 if not k.startswith("nn_")}
         for k in ("gen_in_real_manifold", "gen_density_count"):
             flags[k][yi] = f[k]
     n_min = max(k_pr, k_dc)

@@ -246,7 +246,8 @@ def test_knn_grouped_equals_a_search_per_group(block):
 
 
 @pytest.mark.parametrize("block", [10**9, 3000])
-def test_radius_counts_equal_within_radius_and_knn(block):
+@pytest.mark.parametrize("scale", [1, 6])   # k-NN balls; balls so wide that rows pass the CPU kernel's width
+def test_radius_counts_equal_within_radius_and_knn(block, scale):
     from dmd2report.knn import radius_counts
 
     rng = np.random.default_rng(2)
@@ -254,9 +255,11 @@ def test_radius_counts_equal_within_radius_and_knn(block):
     y = np.round((x[rng.integers(0, 500, 400)] + rng.normal(size=(400, 5)) * 0.3) * 2) / 2
     y[:40] = x[100:140]    # generated copies of real points: distance 0, and radii met exactly
     y = y.astype(np.float32)
-    rx = knn(x, None, 5, exclude_self=True, device="cpu")[0][:, [2, 4]]
-    ry = knn(y, None, 3, exclude_self=True, device="cpu")[0][:, 2]
-    out = radius_counts(y, x, col_radii=rx, row_radius=ry, k=10, device="cpu", max_block_bytes=block)
+    rx = knn(x, None, 5, exclude_self=True, device="cpu")[0][:, [2, 4]] * scale
+    ry = knn(y, None, 3, exclude_self=True, device="cpu")[0][:, 2] * scale
+    out = radius_counts(y, x, col_radii=rx, row_radius=ry, k=10, k_base=16, device="cpu", max_block_bytes=block)
+    if scale > 1:
+        assert np.median(out["row_counts"][:, 0]) > 40
     np.testing.assert_array_equal(out["row_counts"], within_radius(y, x, rx, radius_of="base", device="cpu").counts)
     np.testing.assert_array_equal(out["col_counts"][:, 1],
                                   within_radius(x, y, rx[:, 1], radius_of="query", device="cpu").counts)
@@ -264,6 +267,10 @@ def test_radius_counts_equal_within_radius_and_knn(block):
     kd, ki = knn(y, x, 10, device="cpu")
     np.testing.assert_array_equal(out["knn"][0], kd)
     np.testing.assert_array_equal(out["knn"][1], ki)
+    # the base side's search from the same blocks, read by column: the reference's ties by lower index
+    ref_d, ref_i = _reference(x, y, 16)
+    np.testing.assert_array_equal(out["knn_base"][1], ref_i)
+    np.testing.assert_allclose(out["knn_base"][0], ref_d, rtol=1e-6, atol=0)
     # against the definition: float32 distances from float64 sums, `<=`
     dist = np.sqrt(((y[:, None, :].astype(np.float64) - x[None].astype(np.float64)) ** 2).sum(-1)).astype(np.float32)
     np.testing.assert_array_equal(out["row_counts"][:, 1], (dist <= rx[None, :, 1]).sum(1))
