@@ -4,7 +4,7 @@
     python benchmarks/knn.py --n 5000 --skip-baseline
     python benchmarks/knn.py --trust              # trust-score searches: old numpy all-pairs vs knn.py
 
-`--kernels REF` times the CPU searches of the measure stage, this code against the code at git commit REF
+`--kernels REF` times the searches of the measure stage (on the CPU; `--kernels-device cuda`), this code against the code at git commit REF
 (its `knn.py` loaded from `git show` into a package of its own), same data, same process, identical results
 checked: a set among itself (k = 14, each point excluded: the fit's graph, the metrics' radii) and one
 generated x real pass of the metrics (ball tests for precision, recall, density and coverage, the generated
@@ -128,8 +128,8 @@ def load_knn_at(ref: str):
     return importlib.import_module("knn_at_ref.knn")
 
 
-def kernels_side_by_side(n: int, n_gen: int, dim: int, ref: str) -> None:
-    """This code's CPU search against the code at `ref`, at the measure stage's shapes (see the docstring)."""
+def kernels_side_by_side(n: int, n_gen: int, dim: int, ref: str, device: str = "cpu") -> None:
+    """This code's search against the code at `ref` on `device`, at the measure stage's shapes (see the docstring)."""
     from dmd2report import knn as new
 
     old = load_knn_at(ref)
@@ -139,12 +139,15 @@ def kernels_side_by_side(n: int, n_gen: int, dim: int, ref: str) -> None:
     scale = np.linspace(3, 0.3, dim).astype(np.float32)
     real = rng.normal(size=(n, dim)).astype(np.float32) * scale + means[rng.integers(0, 1000, n)]
     gen = rng.normal(size=(n_gen, dim)).astype(np.float32) * scale * 1.1 + means[rng.integers(0, 1000, n_gen)]
-    new.knn(real[:2000], None, 14, exclude_self=True, device="cpu")   # numba compiles (or loads its cache)
-    print(f"CPU searches, {n:,} real and {n_gen:,} generated x {dim} dims, {torch.get_num_threads()} torch threads; "
+    new.knn(real[:2000], None, 14, exclude_self=True, device=device)   # numba compiles (or loads its cache)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    print(f"{device} searches, {n:,} real and {n_gen:,} generated x {dim} dims, {torch.get_num_threads()} torch threads; "
           f"this code against {ref}")
 
     def self_search(mod):
-        return mod.knn(real, None, 14, exclude_self=True, device="cpu")
+        out = mod.knn(real, None, 14, exclude_self=True, device=device)
+        sync()
+        return out
 
     rr = {}
     for label, mod in (("this code", new), (ref, old)):
@@ -155,15 +158,15 @@ def kernels_side_by_side(n: int, n_gen: int, dim: int, ref: str) -> None:
           f"{t_old / t_new:5.2f}x   identical {same}")
     r = rr["this code"][1][0]
     col_radii = np.stack([r[:, 2], r[:, 4]], axis=1)
-    row_radius = new.knn(gen, None, 3, exclude_self=True, device="cpu")[0][:, 2]
+    row_radius = new.knn(gen, None, 3, exclude_self=True, device=device)[0][:, 2]
 
     def pass_new():
-        out = new.radius_counts(gen, real, col_radii=col_radii, row_radius=row_radius, k=10, k_base=16, device="cpu")
+        out = new.radius_counts(gen, real, col_radii=col_radii, row_radius=row_radius, k=10, k_base=16, device=device)
         return out["row_counts"], out["col_counts"], out["col_counts_row"], *out["knn"], *out["knn_base"]
 
     def pass_old():
-        out = old.radius_counts(gen, real, col_radii=col_radii, row_radius=row_radius, k=10, device="cpu")
-        back = old.knn(real, gen, 16, device="cpu")   # the real points' nearest generated: a search of its own
+        out = old.radius_counts(gen, real, col_radii=col_radii, row_radius=row_radius, k=10, device=device)
+        back = old.knn(real, gen, 16, device=device)   # the real points' nearest generated: a search of its own
         return out["row_counts"], out["col_counts"], out["col_counts_row"], *out["knn"], *back
 
     t_new, a = timed(pass_new)
@@ -183,13 +186,14 @@ def main():
     ap.add_argument("--kernels", metavar="REF", help="the measure stage's CPU searches against git commit REF")
     ap.add_argument("--kernels-n", type=int, default=50_000, help="real points of --kernels (generated: the same)")
     ap.add_argument("--kernels-dim", type=int, default=50, help="dimensions of --kernels (the reduced space)")
+    ap.add_argument("--kernels-device", default="cpu", help="device of --kernels (cpu, cuda)")
     ap.add_argument("--trust", action="store_true", help="the trust-score searches instead (see above)")
     ap.add_argument("--trust-n", type=int, default=50_000, help="points of the --trust searches")
     ap.add_argument("--trust-baseline-n", type=int, default=50_000,
                     help="points of the old numpy search in --trust (timed at this size, scaled to --trust-n)")
     args = ap.parse_args()
     if args.kernels:
-        kernels_side_by_side(args.kernels_n, args.kernels_n, args.kernels_dim, args.kernels)
+        kernels_side_by_side(args.kernels_n, args.kernels_n, args.kernels_dim, args.kernels, args.kernels_device)
         return
     if args.trust:
         trust_searches(args.trust_n, args.trust_baseline_n, args.k, args.block_mib * 2**20)
