@@ -176,6 +176,26 @@ def kernels_side_by_side(n: int, n_gen: int, dim: int, ref: str, device: str = "
           f"{t_old / t_new:5.2f}x   identical {same}")
 
 
+def profile_self_search(n: int, dim: int, device: str) -> None:
+    """torch.profiler's table of this code's search of n points among themselves (k = 14) on `device`:
+    where a search's time goes (matrix products, top-k, masks, the exact re-checks), by kernel."""
+    from torch.profiler import ProfilerActivity, profile
+
+    rng = np.random.default_rng(0)
+    means = rng.normal(size=(1000, dim)).astype(np.float32) * 2
+    real = rng.normal(size=(n, dim)).astype(np.float32) * np.linspace(3, 0.3, dim).astype(np.float32) \
+        + means[rng.integers(0, 1000, n)]
+    knn(real[:5000], None, 14, exclude_self=True, device=device)   # warm-up (context, kernels)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    t = time.perf_counter()
+    with profile(activities=activities) as prof:
+        knn(real, None, 14, exclude_self=True, device=device)
+    print(f"{n:,} points among themselves, {dim} dims, k = 14, on {device}: {time.perf_counter() - t:.2f} s "
+          f"under the profiler")
+    key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=14, max_name_column_width=60))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=20_000, help="queries = base points")
@@ -187,11 +207,16 @@ def main():
     ap.add_argument("--kernels-n", type=int, default=50_000, help="real points of --kernels (generated: the same)")
     ap.add_argument("--kernels-dim", type=int, default=50, help="dimensions of --kernels (the reduced space)")
     ap.add_argument("--kernels-device", default="cpu", help="device of --kernels (cpu, cuda)")
+    ap.add_argument("--profile", action="store_true", help="with --kernels-device: profile this code's search of "
+                    "--kernels-n points among themselves instead (torch.profiler, by kernel)")
     ap.add_argument("--trust", action="store_true", help="the trust-score searches instead (see above)")
     ap.add_argument("--trust-n", type=int, default=50_000, help="points of the --trust searches")
     ap.add_argument("--trust-baseline-n", type=int, default=50_000,
                     help="points of the old numpy search in --trust (timed at this size, scaled to --trust-n)")
     args = ap.parse_args()
+    if args.profile:
+        profile_self_search(args.kernels_n, args.kernels_dim, args.kernels_device)
+        return
     if args.kernels:
         kernels_side_by_side(args.kernels_n, args.kernels_n, args.kernels_dim, args.kernels, args.kernels_device)
         return

@@ -62,7 +62,6 @@ DEFAULT_BLOCK_BYTES = 256 * 2**20
 GPU_BLOCK_BYTES = 4 * 2**30     # the default budget of a block on a CUDA device (see _budget)
 CPU_BLOCK_BYTES = 64 * 2**20    # ... and on the CPU: 4M entries, 1,024 x 4,096 or 2,048 x 2,048 (see _search_shape)
 CPU_BLOCK_COLS = 4096
-TOPK_CHUNK = 1 << 14            # columns per slice of the GPU path's first top-k (`_row_topk`)
 _BYTES_PER_ENTRY = 16   # float32 distances + error band + a few boolean masks per block entry
 _EPS32 = float(np.finfo(np.float32).eps)
 KDTREE_MAX_DIM = 2      # up to this dimension `knn` uses the KD-tree (the 2-D map)
@@ -360,7 +359,7 @@ def _candidates(p: _Prepared, kk: int, exclude_self: bool, max_block_bytes: int,
             best_d = torch.empty((q1 - q0, 0), device=p.device)
             best_i = torch.empty((q1 - q0, 0), dtype=torch.int64, device=p.device)
             for b0, b1, d2 in _distance_blocks(p, q0, q1, cols, exclude_self, rank_only=True):
-                top_d, top_j = _row_topk(d2, kk)
+                top_d, top_j = torch.topk(d2, min(kk, b1 - b0), dim=1, largest=False)
                 best_d, best_i = _keep_nearest(best_d, best_i, top_d, top_j + b0, kk)
                 if on_block is not None:
                     on_block(q0, q1, b0, b1, d2)
@@ -390,27 +389,6 @@ def _candidates(p: _Prepared, kk: int, exclude_self: bool, max_block_bytes: int,
                 if on_block is not None:
                     on_block(q0, q1, b0, b1, d2)
     return torch.from_numpy(dist), torch.from_numpy(idx)
-
-
-def _row_topk(d2: torch.Tensor, kk: int):
-    """torch.topk(d2, kk, dim=1, largest=False) as (values, columns), for the few long rows of a GPU block
-    (a 1.28M-point base gives ~200 rows of 1.28M): the top-k of each `TOPK_CHUNK` columns first, then of
-    those, so that the selection runs on many short slices at once instead of a few long ones. The same kk
-    smallest values of each row (ties may keep other columns, which the search's certificate allows)."""
-    rows, cols = d2.shape
-    kk = min(kk, cols)
-    if cols < 4 * TOPK_CHUNK or kk > TOPK_CHUNK:
-        return torch.topk(d2, kk, dim=1, largest=False)
-    m = cols - cols % TOPK_CHUNK
-    chunks = d2.as_strided((rows, m // TOPK_CHUNK, TOPK_CHUNK), (d2.stride(0), TOPK_CHUNK, 1))
-    v, j = torch.topk(chunks, kk, dim=2, largest=False)
-    j = j + torch.arange(0, m, TOPK_CHUNK, device=d2.device)[None, :, None]
-    v, j = v.reshape(rows, -1), j.reshape(rows, -1)
-    if m < cols:
-        tv, tj = torch.topk(d2[:, m:], min(kk, cols - m), dim=1, largest=False)
-        v, j = torch.cat([v, tv], dim=1), torch.cat([j, tj + m], dim=1)
-    v, s = torch.topk(v, kk, dim=1, largest=False)
-    return v, j.gather(1, s)
 
 
 def _finalize(p: _Prepared, best_d: torch.Tensor, best_i: torch.Tensor, k: int, exclude_self: bool,

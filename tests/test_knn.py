@@ -309,16 +309,14 @@ def test_radius_counts_with_groups_equal_one_search_per_group():
     assert (out["col_counts"][gx == 3] == 0).all()
 
 
-@pytest.mark.parametrize("chunk", [64, 1 << 20])   # the chunked top-k of long rows; one top-k per row
-def test_torch_block_path_equals_the_cpu_kernels(monkeypatch, chunk):
-    """The block search of a GPU (torch's top-k per block, long rows cut into chunks first) gives what the
-    CPU kernels give: run here on the CPU with the kernels switched off."""
+def test_torch_block_path_equals_the_cpu_kernels(monkeypatch):
+    """The block search of a GPU (torch's top-k per block) gives what the CPU kernels give: run here on the
+    CPU with the kernels switched off."""
     rng = np.random.default_rng(5)
     x = np.round(rng.normal(size=(1500, 6)) * 2).astype(np.float32)    # many exact ties
     q = np.round(rng.normal(size=(300, 6)) * 2).astype(np.float32)
     expect = knn(q, x, 7, device="cpu"), knn(x, None, 5, exclude_self=True, device="cpu")
     monkeypatch.setattr(knn_module, "_kernels", lambda device: None)
-    monkeypatch.setattr(knn_module, "TOPK_CHUNK", chunk)
     got = knn(q, x, 7, device="cpu"), knn(x, None, 5, exclude_self=True, device="cpu")
     for (d0, i0), (d1, i1) in zip(expect, got):
         np.testing.assert_array_equal(i0, i1)
