@@ -348,7 +348,7 @@ def _candidates(p: _Prepared, kk: int, exclude_self: bool, max_block_bytes: int,
     searched among itself (no `on_block`) runs over square tiles of the upper triangle only: a tile's
     rows take their candidates from its columns and its columns from its rows, so each pair's distance is
     computed once instead of twice. Elsewhere torch's `topk` per block of whole-base rows."""
-    n_q, n_b = len(p.q), len(p.b)
+    n_q = len(p.q)
     kern = _kernels(p.device)
     if kern is None:
         out_d = torch.empty((n_q, kk), device=p.device)
