@@ -1,7 +1,7 @@
 """CPU kernels of the exact search (`knn.py`): one pass over a distance block each, in place of torch's
 `topk` (a partial sort of every row) and of the radius test's subtraction, comparison and `nonzero` (three
 passes over the block, two temporaries). On a 2-core machine these took as long as the matrix product
-itself (`benchmarks/knn.py` measures the search both ways).
+itself (`benchmarks/knn.py --kernels REF` times the search against an earlier `knn.py`).
 
 A block is the rank form r[i, j] = ||b_j||^2 - 2 q_i.b_j (float32, +inf for excluded pairs) of query rows
 against base columns; adding the row's squared norm qn[i] gives the product form of `knn.py`'s docstring.
