@@ -62,6 +62,8 @@ DEFAULT_BLOCK_BYTES = 256 * 2**20
 GPU_BLOCK_BYTES = 4 * 2**30     # the default budget of a block on a CUDA device (see _budget)
 CPU_BLOCK_BYTES = 64 * 2**20    # ... and on the CPU: 4M entries, 1,024 x 4,096 or 2,048 x 2,048 (see _search_shape)
 CPU_BLOCK_COLS = 4096
+SEED_COLUMNS = 32768            # strided columns whose top-k gives a wide block's rows their thresholds (`_block_topk`)
+MAX_CANDIDATES = 8192           # entries below its threshold a row may have before a block takes torch's top-k
 _BYTES_PER_ENTRY = 16   # float32 distances + error band + a few boolean masks per block entry
 _EPS32 = float(np.finfo(np.float32).eps)
 KDTREE_MAX_DIM = 2      # up to this dimension `knn` uses the KD-tree (the 2-D map)
@@ -347,7 +349,7 @@ def _candidates(p: _Prepared, kk: int, exclude_self: bool, max_block_bytes: int,
     On the CPU the numba kernels merge each block into the running selections (`knn_kernels`), and a set
     searched among itself (no `on_block`) runs over square tiles of the upper triangle only: a tile's
     rows take their candidates from its columns and its columns from its rows, so each pair's distance is
-    computed once instead of twice. Elsewhere torch's `topk` per block of whole-base rows."""
+    computed once instead of twice. Elsewhere a top-k per block of whole-base rows (`_block_topk`)."""
     n_q = len(p.q)
     kern = _kernels(p.device)
     if kern is None:
@@ -359,8 +361,8 @@ def _candidates(p: _Prepared, kk: int, exclude_self: bool, max_block_bytes: int,
             best_d = torch.empty((q1 - q0, 0), device=p.device)
             best_i = torch.empty((q1 - q0, 0), dtype=torch.int64, device=p.device)
             for b0, b1, d2 in _distance_blocks(p, q0, q1, cols, exclude_self, rank_only=True):
-                top_d, top_j = torch.topk(d2, min(kk, b1 - b0), dim=1, largest=False)
-                best_d, best_i = _keep_nearest(best_d, best_i, top_d, top_j + b0, kk)
+                top_d, top_j = _block_topk(d2, kk)
+                best_d, best_i = _keep_nearest(best_d, best_i, top_d, torch.where(top_j >= 0, top_j + b0, -1), kk)
                 if on_block is not None:
                     on_block(q0, q1, b0, b1, d2)
             # the product form, as `sq_block` rounds it (the rank form plus the row's norm in float32)
@@ -389,6 +391,36 @@ def _candidates(p: _Prepared, kk: int, exclude_self: bool, max_block_bytes: int,
                 if on_block is not None:
                     on_block(q0, q1, b0, b1, d2)
     return torch.from_numpy(dist), torch.from_numpy(idx)
+
+
+def _block_topk(d2: torch.Tensor, kk: int):
+    """The kk smallest entries of each row of a block (values ascending, columns; -1 marks a padding slot, at
+    infinity), as `torch.topk(d2, kk, largest=False)` up to ties, without a top-k over every column of a wide
+    block (a GPU's blocks are whole-base rows: ~200 rows of 1.28M columns). A top-k over `SEED_COLUMNS` strided
+    columns gives each row a threshold t, its kk-th smallest there, so the row's kk smallest are all <= t; the
+    entries below t elsewhere are found by one comparison and `nonzero` (about kk x cols / SEED_COLUMNS a row),
+    and the kk smallest of those and the seed's are the answer. Every entry left out is >= t >= the largest kept
+    (what `_finalize` certifies with). A block whose rows have more than `MAX_CANDIDATES` below their
+    threshold (heavy ties, a row of infinities) takes torch's top-k instead."""
+    rows, cols = d2.shape
+    kk = min(kk, cols)
+    step = cols // SEED_COLUMNS
+    if step < 4 or rows == 0:
+        return torch.topk(d2, kk, dim=1, largest=False)
+    seed_d, seed_j = torch.topk(d2[:, ::step], kk, dim=1, largest=False)   # strided: whatever the base's order
+    below = d2 < seed_d[:, -1:]
+    below[:, ::step] = False                  # the seed's own columns are in seed_d already
+    r, c = below.nonzero(as_tuple=True)
+    counts = torch.bincount(r, minlength=rows)
+    width = int(counts.max()) if len(r) else 0
+    if width > MAX_CANDIDATES:
+        return torch.topk(d2, kk, dim=1, largest=False)
+    slot = torch.arange(len(r), device=d2.device) - (torch.cumsum(counts, 0) - counts)[r]   # place in its row
+    cand_d = torch.full((rows, width), float("inf"), device=d2.device)
+    cand_j = torch.full((rows, width), -1, dtype=torch.int64, device=d2.device)
+    cand_d[r, slot], cand_j[r, slot] = d2[r, c], c
+    top_d, s = torch.topk(torch.cat([seed_d, cand_d], dim=1), kk, dim=1, largest=False)
+    return top_d, torch.cat([seed_j * step, cand_j], dim=1).gather(1, s)
 
 
 def _finalize(p: _Prepared, best_d: torch.Tensor, best_i: torch.Tensor, k: int, exclude_self: bool,

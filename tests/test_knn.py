@@ -309,17 +309,49 @@ def test_radius_counts_with_groups_equal_one_search_per_group():
     assert (out["col_counts"][gx == 3] == 0).all()
 
 
-def test_torch_block_path_equals_the_cpu_kernels(monkeypatch):
-    """The block search of a GPU (torch's top-k per block) gives what the CPU kernels give: run here on the
-    CPU with the kernels switched off."""
+@pytest.mark.parametrize("seed_columns, max_candidates", [
+    (10**9, 8192),   # narrow blocks: torch's top-k over every column
+    (64, 8192),      # the seeded selection: thresholds from strided columns, the rest by comparison
+    (64, 3),         # rows with more candidates than allowed: back to torch's top-k
+])
+def test_torch_block_path_equals_the_cpu_kernels(monkeypatch, seed_columns, max_candidates):
+    """The block search of a GPU (torch on whole-base rows, `_block_topk`) gives what the CPU kernels give: run
+    here on the CPU with the kernels switched off. Points in random order, sorted by cluster (a strided seed
+    must not depend on the order), and on an integer grid (exact ties at every threshold)."""
     rng = np.random.default_rng(5)
-    x = np.round(rng.normal(size=(1500, 6)) * 2).astype(np.float32)    # many exact ties
+    centres = rng.normal(size=(12, 6)) * 8
+    lab = np.sort(rng.integers(0, 12, 1500))
+    sets = {
+        "random": np.round(rng.normal(size=(1500, 6)) * 2).astype(np.float32),
+        "sorted by cluster": (centres[lab] + rng.normal(size=(1500, 6))).astype(np.float32),
+    }
     q = np.round(rng.normal(size=(300, 6)) * 2).astype(np.float32)
-    expect = knn(q, x, 7, device="cpu"), knn(x, None, 5, exclude_self=True, device="cpu")
-    monkeypatch.setattr(knn_module, "_kernels", lambda device: None)
-    got = knn(q, x, 7, device="cpu"), knn(x, None, 5, exclude_self=True, device="cpu")
-    for (d0, i0), (d1, i1) in zip(expect, got):
-        np.testing.assert_array_equal(i0, i1)
-        np.testing.assert_array_equal(d0, d1)
-    ref_d, ref_i = _reference(q, x, 7)
-    np.testing.assert_array_equal(got[0][1], ref_i)
+    for name, x in sets.items():
+        expect = knn(q, x, 7, device="cpu"), knn(x, None, 5, exclude_self=True, device="cpu")
+        with monkeypatch.context() as m:
+            m.setattr(knn_module, "_kernels", lambda device: None)
+            m.setattr(knn_module, "SEED_COLUMNS", seed_columns)
+            m.setattr(knn_module, "MAX_CANDIDATES", max_candidates)
+            got = knn(q, x, 7, device="cpu"), knn(x, None, 5, exclude_self=True, device="cpu")
+        for (d0, i0), (d1, i1) in zip(expect, got):
+            np.testing.assert_array_equal(i0, i1, err_msg=name)
+            np.testing.assert_array_equal(d0, d1, err_msg=name)
+        ref_d, ref_i = _reference(q, x, 7)
+        np.testing.assert_array_equal(got[0][1], ref_i, err_msg=name)
+
+
+def test_block_topk_keeps_the_smallest_of_every_row(monkeypatch):
+    """`_block_topk` on a wide block: the same kk smallest values per row as torch's top-k, columns that hold
+    them, with rows of infinities and exact ties."""
+    monkeypatch.setattr(knn_module, "SEED_COLUMNS", 50)
+    rng = np.random.default_rng(6)
+    d2 = torch.from_numpy(np.round(rng.normal(size=(40, 1000)) * 3).astype(np.float32))
+    d2[3] = float("inf")
+    d2[5, 200:] = float("inf")
+    v, j = knn_module._block_topk(d2.clone(), 9)
+    ref_v, _ = torch.topk(d2, 9, dim=1, largest=False)
+    torch.testing.assert_close(v, ref_v, rtol=0, atol=0)
+    valid = j >= 0
+    assert torch.equal(d2.gather(1, j.clamp(min=0))[valid], v[valid])
+    assert torch.isinf(v[~valid]).all()
+    assert all(len(set(row[row >= 0].tolist())) == int((row >= 0).sum()) for row in j)   # no column twice
