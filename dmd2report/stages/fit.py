@@ -10,8 +10,10 @@ fit leaves the previous one as it was.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -20,7 +22,7 @@ from ..context import Context
 from ..embed import FAST_METRICS, fit_map, fit_reduction, save_embedding, trust_scores, trust_summary
 from ..errors import UserError
 from ..files import array_digest, save_json, save_npz, save_parquet
-from ..knn import knn
+from ..knn import as_device, knn
 from ..workdir import generated_sets, set_label
 
 log = logging.getLogger(__name__)
@@ -70,28 +72,38 @@ def run(ctx: Context, overwrite: bool = False) -> None:
                   and e.metric in FAST_METRICS)
         k_graph, k_trust_self, k_trust = min(e.n_neighbors, n_real - 1), min(e.trust_k, n_real - 1), min(e.trust_k, n_real)
         near = {}
-        if shared:
-            near["real"] = knn(reduced["real"], None, max(k_graph - 1, k_trust_self), exclude_self=True, device=device)
-        fit_map(emb, np.concatenate([reduced[v] for v in fit_sets]) if len(fit_sets) > 1 else reduced[fit_sets[0]],
-                fit_c, n_neighbors=e.n_neighbors, min_dist=e.min_dist, metric=e.metric, init=e.init, fit_subsample=e.fit_subsample,
-                projection=e.projection, projection_epochs=e.projection_epochs, reproducible=e.reproducible,
-                device=device, graph_knn=near.get("real"))
-        manifest["layers"][layer] = {"file": f"{layer}.joblib", "params": emb.params}
-        # Sets that were part of the fitted set already have coordinates; the others are projected.
-        coords, row = {}, 0
-        for v in fit_sets:
-            coords[v] = emb.coords[row:row + len(reduced[v])]
-            row += len(reduced[v])
-        for v in stores:
-            if v in coords:
-                continue
+        with _Searches(_ahead(device)) as searches:
+            # The searches in PCA space start here: on a GPU they run while the CPU fits and projects the map.
             if shared:
-                near[v] = knn(reduced[v], reduced["real"], max(k_graph, k_trust), device=device)
-            coords[v] = emb.transform_reduced(reduced[v], device=device, desc=f"project {v}", neighbours=near.get(v))
-            log.debug("projected %s: %d points", v, len(coords[v]))
+                near["real"] = knn(reduced["real"], None, max(k_graph - 1, k_trust_self), exclude_self=True,
+                                   device=device)   # the UMAP's graph: needed first
+                for v in stores:
+                    if v not in fit_sets:
+                        searches.start(v, reduced[v], reduced["real"], max(k_graph, k_trust), device=device)
+            else:
+                searches.start("real", reduced["real"], None, k_trust_self, exclude_self=True, device=device)
+                for label in sets:
+                    searches.start(label, reduced[label], reduced["real"], k_trust, device=device)
+            fit_map(emb, np.concatenate([reduced[v] for v in fit_sets]) if len(fit_sets) > 1 else reduced[fit_sets[0]],
+                    fit_c, n_neighbors=e.n_neighbors, min_dist=e.min_dist, metric=e.metric, init=e.init,
+                    fit_subsample=e.fit_subsample, projection=e.projection, projection_epochs=e.projection_epochs,
+                    reproducible=e.reproducible, device=device, graph_knn=near.get("real"))
+            manifest["layers"][layer] = {"file": f"{layer}.joblib", "params": emb.params}
+            # Sets that were part of the fitted set already have coordinates; the others are projected.
+            coords, row = {}, 0
+            for v in fit_sets:
+                coords[v] = emb.coords[row:row + len(reduced[v])]
+                row += len(reduced[v])
+            for v in stores:
+                if v in coords:
+                    continue
+                if shared:
+                    near[v] = searches.result(v)
+                coords[v] = emb.transform_reduced(reduced[v], device=device, desc=f"project {v}", neighbours=near.get(v))
+                log.debug("projected %s: %d points", v, len(coords[v]))
+            for name in searches.pending():
+                near[name] = searches.result(name)
         real_red, real_2d = reduced["real"], coords["real"]
-        if "real" not in near:
-            near["real"] = knn(real_red, None, k_trust_self, exclude_self=True, device=device)
         real_trust = trust_scores(real_red, real_2d, real_red, real_2d, k=k_trust_self, exclude_self=True, device=device,
                                   feature_neighbours=near["real"][1])
         # Measure's real radii and neighbour lists of this layer are a prefix of this exact search of the same
@@ -104,7 +116,7 @@ def run(ctx: Context, overwrite: bool = False) -> None:
         summaries = {"real": trust_summary(real_trust)}
         for label, (generator, variant, _) in sets.items():
             trust = trust_scores(reduced[label], coords[label], real_red, real_2d, k=k_trust, device=device,
-                                 feature_neighbours=near[label][1] if label in near else None)
+                                 feature_neighbours=near[label][1])
             frame = _points_frame("generated", variant, gen_meta[label], coords[label], trust)
             frames.append(frame.assign(generator=generator) if generator else frame)
             summaries[label] = trust_summary(trust)
@@ -122,6 +134,41 @@ def run(ctx: Context, overwrite: bool = False) -> None:
         log.debug("saved %d map points", len(points))
         # The SHA-256 of every fitted file: the only files `load_embedding` will ever unpickle. Written last.
         save_json(out / "manifest.json", manifest)
+
+
+def _ahead(device) -> bool:
+    """Whether the fit's searches start ahead of their use, in a thread of their own: on a GPU, where they run
+    while the CPU fits and projects the map (umap-learn's and the projection's numba layouts on the CPU cores,
+    the searches on the GPU); not on the CPU, whose cores the two would share."""
+    return as_device(device).type == "cuda"
+
+
+class _Searches:
+    """Exact searches (`knn.knn`) started before they are needed and collected when they are: with `ahead`
+    in one background thread (in the order started), else each run when collected. Either way the same
+    calls with the same arguments, so the same results; an error in a search is raised where it is collected."""
+
+    def __init__(self, ahead: bool):
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="fit-search") if ahead else None
+        self._jobs: dict = {}
+
+    def start(self, name: str, *args, **kwargs) -> None:
+        call = functools.partial(knn, *args, **kwargs)
+        self._jobs[name] = self._pool.submit(call) if self._pool else call
+
+    def pending(self) -> list[str]:
+        return list(self._jobs)
+
+    def result(self, name: str):
+        job = self._jobs.pop(name)
+        return job.result() if self._pool else job()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:   # on an error: searches not started yet are dropped, a running one ends
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _points_frame(set_name: str, variant: str, meta: pd.DataFrame, coords: np.ndarray, trust: np.ndarray) -> pd.DataFrame:
