@@ -176,6 +176,45 @@ def kernels_side_by_side(n: int, n_gen: int, dim: int, ref: str, device: str = "
           f"{t_old / t_new:5.2f}x   identical {same}")
 
 
+def block_shapes(n: int, dim: int, repeat: int = 3) -> None:
+    """The CPU block shapes side by side (best of `repeat`, interleaved): one generated x real metrics pass
+    (as in --kernels) per (rows, columns) block shape, and one search of the real set among itself per tile
+    side; what `knn.CPU_BLOCK_BYTES` and `CPU_BLOCK_COLS` were chosen from."""
+    from dmd2report import knn as mod
+
+    rng = np.random.default_rng(0)
+    means = rng.normal(size=(1000, dim)).astype(np.float32) * 2
+    scale = np.linspace(3, 0.3, dim).astype(np.float32)
+    real = rng.normal(size=(n, dim)).astype(np.float32) * scale + means[rng.integers(0, 1000, n)]
+    gen = rng.normal(size=(n, dim)).astype(np.float32) * scale * 1.1 + means[rng.integers(0, 1000, n)]
+    r = mod.knn(real, None, 5, exclude_self=True, device="cpu")[0]
+    radii, row_radius = np.stack([r[:, 2], r[:, 4]], axis=1), mod.knn(gen, None, 3, exclude_self=True, device="cpu")[0][:, 2]
+    shapes = [(64, 32768), (256, 8192), (512, 4096), (1024, 4096), (1024, 2048), (2048, 2048)]
+    sides = [1024, 2048, 3072, 4096]
+    best = {("pass", s): float("inf") for s in shapes} | {("self", s): float("inf") for s in sides}
+    block_shape, tile_side = mod._block_shape, mod._tile_side
+    try:
+        for _ in range(repeat):
+            for rows, cols in shapes:
+                mod._block_shape = lambda nq, nb, m, max_cols=None, rows=rows, cols=cols: (min(rows, nq), min(cols, nb))
+                t, _ = timed(lambda: mod.radius_counts(gen, real, col_radii=radii, row_radius=row_radius, k=10,
+                                                       k_base=16, device="cpu"))
+                best[("pass", (rows, cols))] = min(best[("pass", (rows, cols))], t)
+            mod._block_shape = block_shape
+            for side in sides:
+                mod._tile_side = lambda n_, m, side=side: min(side, n_)
+                t, _ = timed(lambda: mod.knn(real, None, 14, exclude_self=True, device="cpu"))
+                best[("self", side)] = min(best[("self", side)], t)
+            mod._tile_side = tile_side
+    finally:
+        mod._block_shape, mod._tile_side = block_shape, tile_side
+    print(f"CPU block shapes, {n:,} real and {n:,} generated x {dim} dims, {torch.get_num_threads()} torch threads, "
+          f"best of {repeat}")
+    for (what, shape), t in best.items():
+        label = f"{shape[0]:,} x {shape[1]:,} blocks" if what == "pass" else f"tiles of {shape:,} a side"
+        print(f"  {'generated x real pass' if what == 'pass' else 'real among itself':24s} {label:22s} {t:7.2f} s")
+
+
 def profile_self_search(n: int, dim: int, device: str) -> None:
     """torch.profiler's table of this code's search of n points among themselves (k = 14) on `device`:
     where a search's time goes (matrix products, top-k, masks, the exact re-checks), by kernel."""
@@ -207,6 +246,7 @@ def main():
     ap.add_argument("--kernels-n", type=int, default=50_000, help="real points of --kernels (generated: the same)")
     ap.add_argument("--kernels-dim", type=int, default=50, help="dimensions of --kernels (the reduced space)")
     ap.add_argument("--kernels-device", default="cpu", help="device of --kernels (cpu, cuda)")
+    ap.add_argument("--shapes", action="store_true", help="the CPU block shapes side by side (--kernels-n, --kernels-dim)")
     ap.add_argument("--profile", action="store_true", help="with --kernels-device: profile this code's search of "
                     "--kernels-n points among themselves instead (torch.profiler, by kernel)")
     ap.add_argument("--trust", action="store_true", help="the trust-score searches instead (see above)")
@@ -214,6 +254,9 @@ def main():
     ap.add_argument("--trust-baseline-n", type=int, default=50_000,
                     help="points of the old numpy search in --trust (timed at this size, scaled to --trust-n)")
     args = ap.parse_args()
+    if args.shapes:
+        block_shapes(args.kernels_n, args.kernels_dim)
+        return
     if args.profile:
         profile_self_search(args.kernels_n, args.kernels_dim, args.kernels_device)
         return

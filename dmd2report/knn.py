@@ -21,8 +21,9 @@ form, small). Queries (and, for huge bases, the base) are cut into blocks so tha
 and its temporaries stay under `max_block_bytes`: a 50k x 50k problem never holds a 50k x 50k matrix.
 On the CPU the blocks are read by the numba kernels of `knn_kernels` (running selections, radius candidates:
 one pass over a block each, where torch's top-k and comparisons took several), and a set searched among
-itself computes each pair once, over the upper triangle of square tiles (`_candidates`); on a GPU, torch's
-top-k per block. Both give the same candidates' guarantee, and so the same answers.
+itself computes each pair once, over the upper triangle of square tiles (`_candidates`); on a GPU, a
+torch selection per block of whole-base rows (`_block_topk`). Both give the same candidates' guarantee, and so
+the same answers.
 The product form is only used to *select* and to *rule out*; it is off from the exact value by at most
 band = (4 D + 8) 2^-23 (||a||^2 + ||b||^2) (rounding of the shift, the norms, the dot product of D terms and
 the two additions; generous by 2x or more). Then:
@@ -294,8 +295,8 @@ def knn(queries, base=None, k: int = 1, *, exclude_self: bool = False, device=No
 
 
 def _kernels(device: torch.device):
-    """The numba selection kernels (`knn_kernels`) for a search on the CPU; None on other devices, where
-    torch's `topk` per block is the faster way (a GPU pays per call, not per entry)."""
+    """The numba selection kernels (`knn_kernels`) for a search on the CPU; None on other devices, whose
+    blocks torch selects from (`_block_topk`: a GPU pays per call, not per entry)."""
     if device.type != "cpu":
         return None
     from . import knn_kernels
@@ -304,8 +305,8 @@ def _kernels(device: torch.device):
 
 def _search_shape(p: _Prepared, max_block_bytes: int) -> tuple[int, int]:
     """`_block_shape` of a search: on the CPU at most `CPU_BLOCK_COLS` columns, since the kernels read a
-    block by row and by column and a block about as wide as tall keeps both nearer the caches (measured with
-    `benchmarks/knn.py --kernels`: 1,024 x 4,096 blocks beat 64 x 32,768 ones and 256 x 8,192 ones)."""
+    block by row and by column and a block about as wide as tall keeps both nearer the caches (the shapes
+    side by side: `benchmarks/knn.py --shapes`)."""
     cpu = p.device.type == "cpu"
     return _block_shape(len(p.q), len(p.b), max_block_bytes, CPU_BLOCK_COLS if cpu else None)
 
