@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,14 +87,34 @@ def to_tensor(a, device: torch.device) -> torch.Tensor:
     return t.to(device=device, dtype=torch.float32).contiguous()
 
 
-@contextlib.contextmanager
-def _no_tf32():
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
+class _TF32Off:
+    """TF32 matrix products off while any search runs (their error band assumes float32 products). The setting is
+    one per process, not per thread, and the fit stage runs searches in two threads at once (`stages/fit.py`'s
+    background searches beside the projection's): the first search in saves the setting and switches TF32 off,
+    the last one out restores it, so no search ever runs with a setting another has restored."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._running = 0
+        self._saved = False
+
+    @contextlib.contextmanager
+    def __call__(self):
+        with self._lock:
+            if self._running == 0:
+                self._saved = torch.backends.cuda.matmul.allow_tf32
+                torch.backends.cuda.matmul.allow_tf32 = False
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running -= 1
+                if self._running == 0:
+                    torch.backends.cuda.matmul.allow_tf32 = self._saved
+
+
+_no_tf32 = _TF32Off()
 
 
 def _budget(max_block_bytes: int, device: torch.device) -> int:

@@ -355,3 +355,42 @@ def test_block_topk_keeps_the_smallest_of_every_row(monkeypatch):
     assert torch.equal(d2.gather(1, j.clamp(min=0))[valid], v[valid])
     assert torch.isinf(v[~valid]).all()
     assert all(len(set(row[row >= 0].tolist())) == int((row >= 0).sum()) for row in j)   # no column twice
+
+
+@pytest.fixture
+def tf32_on():
+    """TF32 switched on (as `runtime.prepare` does for the model) for the test, the setting restored after."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def test_tf32_stays_off_until_the_last_of_two_concurrent_searches_ends(tf32_on):
+    """TF32 is one setting per process: with searches in two threads (the fit stage's background searches beside
+    its projection), the first one to finish must not switch TF32 back on under the other."""
+    import threading
+
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def first():
+        with knn_module._no_tf32():
+            first_in.set()
+            second_in.wait(5)
+        first_out.set()
+
+    def second():
+        first_in.wait(5)
+        with knn_module._no_tf32():
+            second_in.set()
+            first_out.wait(5)
+            seen["while the second runs"] = torch.backends.cuda.matmul.allow_tf32
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(10)
+    assert seen == {"while the second runs": False}
+    assert torch.backends.cuda.matmul.allow_tf32 is True      # restored once both ended
