@@ -232,9 +232,13 @@ def _mask_self(d2: torch.Tensor, q0: int, b0: int) -> None:
 
 def _rank_block(p: _Prepared, q0: int, q1: int, b0: int, b1: int, exclude_self: bool) -> torch.Tensor:
     """Rank form ||b||^2 - 2 q.b of queries q0:q1 against base points b0:b1 (the product form less the
-    query's squared norm, unclamped: the same order within a row), each point itself (`exclude_self`) and
-    pairs of different groups at infinity."""
+    query's squared norm, unclamped: the same order within a row), excluded pairs at infinity (`_exclude`)."""
     d2 = torch.addmm(p.bn[None, b0:b1], p.qc[q0:q1], p.bc[b0:b1].T, beta=1.0, alpha=-2.0)
+    return _exclude(p, d2, q0, q1, b0, b1, exclude_self)
+
+
+def _exclude(p: _Prepared, d2: torch.Tensor, q0: int, q1: int, b0: int, b1: int, exclude_self: bool) -> torch.Tensor:
+    """d2 with each point itself (`exclude_self`) and pairs of different groups set to infinity, in place."""
     if exclude_self:
         _mask_self(d2, q0, b0)
     if p.qg is not None:
@@ -243,21 +247,15 @@ def _rank_block(p: _Prepared, q0: int, q1: int, b0: int, b1: int, exclude_self: 
 
 
 def _distance_blocks(p: _Prepared, q0: int, q1: int, cols: int, exclude_self: bool, rank_only: bool = False):
-    """Yield (b0, b1, squared distances of queries q0:q1 to base points b0:b1), each point itself
-    (`exclude_self`) and pairs of different groups at infinity. `rank_only` yields the rank form
-    (`_rank_block`), two passes fewer over the block."""
+    """Yield (b0, b1, squared distances of queries q0:q1 to base points b0:b1), excluded pairs at infinity.
+    `rank_only` yields the rank form (`_rank_block`), two passes fewer over the block."""
     n_b = len(p.b)
     for b0 in range(0, n_b, cols):
         b1 = min(b0 + cols, n_b)
         if rank_only:
             yield b0, b1, _rank_block(p, q0, q1, b0, b1, exclude_self)
-            continue
-        d2 = p.sq_block(q0, q1, b0, b1)
-        if exclude_self:
-            _mask_self(d2, q0, b0)
-        if p.qg is not None:
-            d2.masked_fill_(p.qg[q0:q1, None] != p.bg[None, b0:b1], float("inf"))
-        yield b0, b1, d2
+        else:
+            yield b0, b1, _exclude(p, p.sq_block(q0, q1, b0, b1), q0, q1, b0, b1, exclude_self)
 
 
 def _keep_nearest(best_d, best_i, top_d, top_i, k: int):
@@ -735,7 +733,7 @@ class RadiusPass:
         self._np = None   # numpy views of the thresholds for the CPU kernel
 
     def __call__(self, q0: int, q1: int, b0: int, b1: int, d2: torch.Tensor) -> None:
-        pairs = self._candidates(q0, q1, b0, b1, d2)
+        pairs = self._pairs(q0, q1, b0, b1, d2)
         for s in range(0, len(pairs), self.step):
             i, j = pairs[s:s + self.step, 0] + q0, pairs[s:s + self.step, 1] + b0
             d = self.p.exact(i, j).sqrt().float().to(self.p.device)   # the float32 distance `knn` returns
@@ -748,7 +746,7 @@ class RadiusPass:
 
     _WIDTH = 32   # candidate columns a row holds in the CPU kernel's output; a row with more is asked again
 
-    def _candidates(self, q0: int, q1: int, b0: int, b1: int, d2: torch.Tensor) -> torch.Tensor:
+    def _pairs(self, q0: int, q1: int, b0: int, b1: int, d2: torch.Tensor) -> torch.Tensor:
         """(pairs, 2) block positions (row, column) of the candidates, row-major: d2 - C <= the row's bound."""
         kern = _kernels(self.p.device)
         if kern is None:   # two passes over the block (a subtraction in place, a comparison) and `nonzero`
@@ -776,12 +774,12 @@ class _ColumnSelection:
     more by column (`knn_kernels.select_cols`) instead of a second matrix product."""
 
     def __init__(self, p: _Prepared, kk: int):
-        self.p, self.qn = p, p.qn.numpy()
+        self.kernels, self.qn = _kernels(p.device), p.qn.numpy()
         self.dist = np.full((len(p.b), kk), np.inf, np.float32)
         self.idx = np.full((len(p.b), kk), -1, np.int64)
 
     def __call__(self, q0: int, q1: int, b0: int, b1: int, d2: torch.Tensor) -> None:
-        _kernels(self.p.device).select_cols(d2.numpy(), self.qn[q0:q1], q0, self.dist, self.idx, b0)
+        self.kernels.select_cols(d2.numpy(), self.qn[q0:q1], q0, self.dist, self.idx, b0)
 
 
 def _group_blocks(q_sorted: np.ndarray, b_sorted: np.ndarray, rows: int):
