@@ -467,7 +467,7 @@ def fit_embedding(features, classes: np.ndarray | None, *, pca_components: int =
 def fit_map(emb: Embedding, reduced: np.ndarray, classes: np.ndarray | None, *, n_neighbors: int = 15,
             min_dist: float = 0.1, metric: str = "euclidean", init: str = "pca", fit_subsample: int = 50000, projection: str = "fast",
             projection_epochs: int = 100, reproducible: bool = False, device=None, progress: bool = True,
-            graph_knn: tuple[np.ndarray, np.ndarray] | None = None) -> Embedding:
+            graph_knn: tuple[np.ndarray, np.ndarray] | None = None, on_fitted=None) -> Embedding:
     """Fit the UMAP of `emb` on its reduced rows (N, n_components): on a class-balanced seeded subsample
     of `fit_subsample` rows when N is larger, every other row placed by the projection (`project` for
     "fast", umap-learn's transform for "umap"), which later projections of the map use too.
@@ -481,7 +481,8 @@ def fit_map(emb: Embedding, reduced: np.ndarray, classes: np.ndarray | None, *, 
     The graph is each fitted row itself followed by its n_neighbors - 1 nearest other fitted rows
     (`knn.knn(..., exclude_self=True)`): `graph_knn` hands that search in when the caller has it (the fit
     stage shares it with the real set's trust scores when every real row is fitted); its first columns
-    are used."""
+    are used. `on_fitted()`, when given, is called once the UMAP is fitted, before the other rows are
+    projected (the fit stage starts its background searches there)."""
     umap = _umap()
 
     n = len(reduced)
@@ -522,6 +523,8 @@ def fit_map(emb: Embedding, reduced: np.ndarray, classes: np.ndarray | None, *, 
                       n_umap_fit=len(fit_index), projection=projection, projection_epochs=projection_epochs,
                       reproducible=reproducible, parallel=parallel)
     log.debug("UMAP fitted on %d of %d points (%s)", len(fit_index), n, "every core" if parallel else "one thread, seeded")
+    if on_fitted is not None:
+        on_fitted()
     rest = np.setdiff1d(np.arange(n), fit_index, assume_unique=True)
     if len(rest):
         emb.coords[rest] = emb.transform_reduced(reduced[rest], progress=progress, device=device,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -73,21 +73,23 @@ def run(ctx: Context, overwrite: bool = False) -> None:
         k_graph, k_trust_self, k_trust = min(e.n_neighbors, n_real - 1), min(e.trust_k, n_real - 1), min(e.trust_k, n_real)
         near = {}
         with _Searches(_ahead(device)) as searches:
-            # The searches in PCA space start here: on a GPU they run while the CPU fits and projects the map.
+            # The searches in PCA space, queued here, start once the UMAP is fitted (`on_fitted`): on a GPU they
+            # run while the CPU projects the map. Not before: beside the UMAP's fit they made that step several
+            # times slower on the H200 (`benchmarks/README.md`, "The fit's searches beside its map").
             if shared:
                 near["real"] = knn(reduced["real"], None, max(k_graph - 1, k_trust_self), exclude_self=True,
                                    device=device)   # the UMAP's graph: needed first
                 for v in stores:
                     if v not in fit_sets:
-                        searches.start(v, reduced[v], reduced["real"], max(k_graph, k_trust), device=device)
+                        searches.add(v, reduced[v], reduced["real"], max(k_graph, k_trust), device=device)
             else:
-                searches.start("real", reduced["real"], None, k_trust_self, exclude_self=True, device=device)
+                searches.add("real", reduced["real"], None, k_trust_self, exclude_self=True, device=device)
                 for label in sets:
-                    searches.start(label, reduced[label], reduced["real"], k_trust, device=device)
+                    searches.add(label, reduced[label], reduced["real"], k_trust, device=device)
             fit_map(emb, np.concatenate([reduced[v] for v in fit_sets]) if len(fit_sets) > 1 else reduced[fit_sets[0]],
                     fit_c, n_neighbors=e.n_neighbors, min_dist=e.min_dist, metric=e.metric, init=e.init,
                     fit_subsample=e.fit_subsample, projection=e.projection, projection_epochs=e.projection_epochs,
-                    reproducible=e.reproducible, device=device, graph_knn=near.get("real"))
+                    reproducible=e.reproducible, device=device, graph_knn=near.get("real"), on_fitted=searches.launch)
             manifest["layers"][layer] = {"file": f"{layer}.joblib", "params": emb.params}
             # Sets that were part of the fitted set already have coordinates; the others are projected.
             coords, row = {}, 0
@@ -144,24 +146,30 @@ def _ahead(device) -> bool:
 
 
 class _Searches:
-    """Exact searches (`knn.knn`) started before they are needed and collected when they are: with `ahead`
-    in one background thread (in the order started), else each run when collected. Either way the same
-    calls with the same arguments, so the same results; an error in a search is raised where it is collected."""
+    """Exact searches (`knn.knn`) queued before they are needed and collected when they are: with `ahead`,
+    `launch` starts them in one background thread (in the order queued); else (or not launched) each runs when
+    collected. Either way the same calls with the same arguments, so the same results; an error in a search is
+    raised where it is collected."""
 
     def __init__(self, ahead: bool):
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="fit-search") if ahead else None
         self._jobs: dict = {}
 
-    def start(self, name: str, *args, **kwargs) -> None:
-        call = functools.partial(knn, *args, **kwargs)
-        self._jobs[name] = self._pool.submit(call) if self._pool else call
+    def add(self, name: str, *args, **kwargs) -> None:
+        self._jobs[name] = functools.partial(knn, *args, **kwargs)
+
+    def launch(self) -> None:
+        if self._pool is not None:
+            for name, job in self._jobs.items():
+                if not isinstance(job, Future):
+                    self._jobs[name] = self._pool.submit(job)
 
     def pending(self) -> list[str]:
         return list(self._jobs)
 
     def result(self, name: str):
         job = self._jobs.pop(name)
-        return job.result() if self._pool else job()
+        return job.result() if isinstance(job, Future) else job()
 
     def __enter__(self):
         return self
