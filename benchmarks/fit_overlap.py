@@ -24,6 +24,7 @@ Needs CUDA (on the CPU the fit runs its searches in line: `_ahead`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import threading
 import time
@@ -55,7 +56,7 @@ class Searches:
 
     def _run(self):
         t = time.perf_counter()
-        ctx = torch.cuda.stream(torch.cuda.Stream()) if self.stream and DEVICE == "cuda" else _null()
+        ctx = torch.cuda.stream(torch.cuda.Stream()) if self.stream and DEVICE == "cuda" else contextlib.nullcontext()
         with ctx:
             knn(self.real, None, 10, exclude_self=True, device=DEVICE)
             for g in self.gens:
@@ -70,14 +71,6 @@ class Searches:
     def join(self):
         self.thread.join()
         return self.seconds
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 _graph_search = []   # seconds of fit_map's own graph search (the main thread's knn calls)
