@@ -9,7 +9,7 @@
 # Run back to back on a warm machine, later parts reuse the compiled kernels (Inductor's cache in /tmp).
 # Results go to $OUT (the device tool brings that folder back).
 set -u -o pipefail
-export PYTHONPATH=. PYTHONUNBUFFERED=1
+export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1   # a caller's path (e.g. wheels unpacked elsewhere) stays
 OUT=${OUT:-/tmp/device-suite}
 mkdir -p "$OUT"
 quiet() { grep -v -i "warn\|softmax\|use case\|^$"; }
