@@ -140,8 +140,8 @@ def run(ctx: Context, overwrite: bool = False) -> None:
 
 def _ahead(device) -> bool:
     """Whether the fit's searches start ahead of their use, in a thread of their own: on a GPU, where they run
-    while the CPU fits and projects the map (umap-learn's and the projection's numba layouts on the CPU cores,
-    the searches on the GPU); not on the CPU, whose cores the two would share."""
+    while the CPU projects the map (the projection's numba layout on the CPU cores, without the GIL; the searches
+    on the GPU); not on the CPU, whose cores the two would share."""
     return as_device(device).type == "cuda"
 
 
