@@ -6,6 +6,7 @@
 #   SCALING=1,2,4 bash benchmarks/device_suite.sh scaling   # on a several-GPU machine: torchrun scaling
 #   bash benchmarks/device_suite.sh kernels      # model-only rates and slowest kernels of the compiled network (KERNELS_ARGS: other variants), Inductor's generated code
 #   N_REAL=256000 bash benchmarks/device_suite.sh scale   # issue 20 item 7: the five stages after fit at N_REAL real + 250,000 generated
+#   ONE_PROCESS=1 N_REAL=256000 bash benchmarks/device_suite.sh scale   # the same five in one `dmd2report build` process
 # Run back to back on a warm machine, later parts reuse the compiled kernels (Inductor's cache in /tmp).
 # Results go to $OUT (the device tool brings that folder back).
 set -u -o pipefail
@@ -33,11 +34,12 @@ case "${1:-tests}" in
     # A warm-up fit first compiles and caches numba's kernels (umap-learn's, the projection's), as a user's first
     # fit does; the timed run then loads them, as every later fit does. Stores of 1.28M take ~31 s to write.
     N_REAL=${N_REAL:-256000}
+    if [ -n "${ONE_PROCESS:-}" ]; then MODE="--one-process --timeout 400"; NAME=$N_REAL-build; else MODE="--timeout 250"; NAME=$N_REAL; fi
     timeout 90 python benchmarks/scale.py --n-real 60000 --n-gen 5000 --n-variant 2000 --stages fit \
       --random-checkpoint /tmp/rand.safetensors --root /tmp/warm --out /tmp/warm.json 2>&1 | tail -1
     timeout 480 python benchmarks/scale.py --n-real "$N_REAL" --n-gen 100000 --n-variant 50000 \
-      --stages fit,measure,atlas,trajectory,render --random-checkpoint /tmp/rand.safetensors --timeout 250 \
-      --root /tmp/sc --keep --out "$OUT/scale-h200-$N_REAL.json" 2>&1 | tail -9 | tee "$OUT/scale.log" ;;
+      --stages fit,measure,atlas,trajectory,render --random-checkpoint /tmp/rand.safetensors $MODE \
+      --root /tmp/sc --keep --out "$OUT/scale-h200-$NAME.json" 2>&1 | tail -9 | tee "$OUT/scale.log" ;;
   scaling)
     timeout 570 python benchmarks/scaling.py --gpus "${SCALING:-1,2}" --out "$OUT" 2>&1 | tee "$OUT/scaling.log" ;;
 esac

@@ -63,3 +63,22 @@ def test_stage_over_its_time_limit_is_not_finished(tmp_path):
     row = scale.run_stage("fit", cfg, timeout=0.3, workdir=tmp_path / "work")
     assert row["status"] == "did not finish" and row["timeout_s"] == 0.3
     assert scale.slope([(10, 1.0), (100, 10.0)]) == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_one_process_build_row_sums_the_stages_it_ran(tmp_path):
+    # --one-process: the row a user's `dmd2report build` gives (one process); its stage time is the sum over
+    # the stages that process ran, the forced ones and any not done yet (atlas, trajectory), none from before.
+    scale = _scale()
+    cfg = scale.write_synthetic_work_dir(
+        tmp_path, n_real=300, n_gen_class=200, n_variant=50, classes=10,
+        dims={"encoder_bottleneck": 64, "midblock": 64}, seed=3, preset="demo", chunk_size=128, device="cpu",
+        extra_config="[embedding]\npca_components = 8\nn_neighbors = 10\n", metrics_config="bootstrap = 10")
+    work = tmp_path / "work"
+    row = scale.run_stage("build", cfg, timeout=300, workdir=work, build=("fit", "measure", "render"))
+    assert row["status"] == "ok", row.get("error")
+    assert set(row["stages_s"]) == {"fit", "measure", "atlas", "trajectory", "render"}
+    assert row["stage_s"] == pytest.approx(sum(row["stages_s"].values()), abs=0.01)
+    assert row["stage_s"] < row["wall_s"]
+    again = scale.run_stage("build", cfg, timeout=300, workdir=work, build=("render",))
+    assert again["status"] == "ok" and set(again["stages_s"]) == {"render"}
