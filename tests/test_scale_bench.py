@@ -24,13 +24,18 @@ def _scale():
     return mod
 
 
+def _tiny_work_dir(scale, root: Path) -> Path:
+    """300 real, 200 + 3 x 50 generated, 10 classes, 64 dims: the benchmark's writer at test size."""
+    return scale.write_synthetic_work_dir(
+        root, n_real=300, n_gen_class=200, n_variant=50, classes=10,
+        dims={"encoder_bottleneck": 64, "midblock": 64}, seed=3, preset="demo", chunk_size=128, device="cpu",
+        extra_config="[embedding]\npca_components = 8\nn_neighbors = 10\n", metrics_config="bootstrap = 10")
+
+
 @pytest.mark.slow
 def test_synthetic_work_dir_runs_fit_measure_render(tmp_path):
     scale = _scale()
-    cfg = scale.write_synthetic_work_dir(
-        tmp_path, n_real=300, n_gen_class=200, n_variant=50, classes=10,
-        dims={"encoder_bottleneck": 64, "midblock": 64}, seed=3, preset="demo", chunk_size=128, device="cpu",
-        extra_config="[embedding]\npca_components = 8\nn_neighbors = 10\n", metrics_config="bootstrap = 10")
+    cfg = _tiny_work_dir(scale, tmp_path)
     config = load_config(cfg)
     ctx = Context.create(config, command="test")
     wd = ctx.workdir
@@ -70,10 +75,7 @@ def test_one_process_build_row_sums_the_stages_it_ran(tmp_path):
     # --one-process: the row a user's `dmd2report build` gives (one process); its stage time is the sum over
     # the stages that process ran, the forced ones and any not done yet (atlas, trajectory), none from before.
     scale = _scale()
-    cfg = scale.write_synthetic_work_dir(
-        tmp_path, n_real=300, n_gen_class=200, n_variant=50, classes=10,
-        dims={"encoder_bottleneck": 64, "midblock": 64}, seed=3, preset="demo", chunk_size=128, device="cpu",
-        extra_config="[embedding]\npca_components = 8\nn_neighbors = 10\n", metrics_config="bootstrap = 10")
+    cfg = _tiny_work_dir(scale, tmp_path)
     work = tmp_path / "work"
     row = scale.run_stage("build", cfg, timeout=300, workdir=work, build=("fit", "measure", "render"))
     assert row["status"] == "ok", row.get("error")
