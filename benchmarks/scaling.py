@@ -31,12 +31,14 @@ def worker(args) -> None:
     import torch
     import torch.distributed as dist
 
+    from dmd2report.classes import ClassIndex
     from dmd2report.config import Config
     from dmd2report.device import resolve_device
     from dmd2report.stages.extract import extract_real
     from dmd2report.stages.generate import generate_set
     from dmd2report.models import build_preset
     from dmd2report.runtime import auto_batch_size, prepare
+    from dmd2report.workdir import WorkDir
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from throughput import random_weights
@@ -60,13 +62,21 @@ def worker(args) -> None:
 
     c = config(args.workdir, args.n_extract)
     n, K = args.n_generate, net.label_dim
+    classes = ClassIndex.demo() if args.preset == "demo" else ClassIndex.imagenet()
+
+    def extract(cfg):
+        extract_real(cfg, WorkDir(cfg.run.workdir), net, "scaling", classes, overwrite=True, progress=False)
+
+    def generate(cfg, count):
+        generate_set(cfg, WorkDir(cfg.run.workdir), net, "scaling", "class", np.arange(count) % K, np.arange(count),
+                     classes=classes, overwrite=True, progress=False)
+
     # Untimed warm-up, the same collective stages on a small set with one batch per chunk, so that
     # every rank compiles its graphs (when compiled) and autotunes cuDNN before the timed part.
     warm = config(Path(args.workdir) / "warm", 2 * args.batch * world)
     warm.features.chunk_size = args.batch
-    extract_real(warm, net, "scaling", overwrite=True, progress=False)
-    generate_set(warm, net, "scaling", "class", np.arange(args.batch * world) % K, np.arange(args.batch * world),
-                 overwrite=True, progress=False)
+    extract(warm)
+    generate(warm, args.batch * world)
     timings = {}
 
     def timed(name, fn):
@@ -80,9 +90,8 @@ def worker(args) -> None:
         dist.barrier()
         timings[name] = time.perf_counter() - t0
 
-    timed("extract", lambda: extract_real(c, net, "scaling", overwrite=True, progress=False))
-    timed("generate", lambda: generate_set(c, net, "scaling", "class", np.arange(n) % K, np.arange(n),
-                                           overwrite=True, progress=False))
+    timed("extract", lambda: extract(c))
+    timed("generate", lambda: generate(c, n))
     if rank == 0:
         (Path(args.workdir) / "timings.json").write_text(json.dumps({"world": world, **timings}))
     dist.destroy_process_group()

@@ -31,7 +31,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dmd2report.stages.generate as generate_stage  # noqa: E402
+from dmd2report.classes import ClassIndex  # noqa: E402
 from dmd2report.config import Config  # noqa: E402
+from dmd2report.workdir import WorkDir  # noqa: E402
 from dmd2report.features import feature_dims  # noqa: E402
 from dmd2report.models import build_preset  # noqa: E402
 
@@ -73,7 +75,8 @@ def main():
                 vectors[np.arange(n), rng.integers(0, 1000, n)] += 0.2
         marks.clear()
         t0 = time.perf_counter()
-        generate_stage.generate_set(config, net, "overhead", variant, classes, np.arange(n), label_vectors=vectors,
+        generate_stage.generate_set(config, WorkDir(config.run.workdir), net, "overhead", variant, classes,
+                                    np.arange(n), label_vectors=vectors, classes=ClassIndex.imagenet(),
                                     overwrite=True, progress=False)
         t1 = time.perf_counter()
         starts = [t for k, t in marks if k == "start"]

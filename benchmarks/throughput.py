@@ -205,12 +205,15 @@ def bench_config(work: Path, npz: Path, n: int, batch: int) -> Config:
 
 
 def optimised_extract(net, cfg: Config) -> dict:
+    from dmd2report.classes import ClassIndex
     from dmd2report.stages.extract import extract_real
+    from dmd2report.workdir import WorkDir
 
     sync()
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    path = extract_real(cfg, net, "bench", overwrite=True, progress=False)
+    path = extract_real(cfg, WorkDir(cfg.run.workdir), net, "bench", ClassIndex.imagenet(), overwrite=True,
+                        progress=False)
     sync()
     dt = time.perf_counter() - t0
     n = cfg.data.max_samples
@@ -219,7 +222,9 @@ def optimised_extract(net, cfg: Config) -> dict:
 
 
 def optimised_generate(net, cfg: Config, variant: str, n: int) -> dict:
+    from dmd2report.classes import ClassIndex
     from dmd2report.stages.generate import generate_set
+    from dmd2report.workdir import WorkDir
 
     classes = np.arange(n) % 1000
     vectors = None
@@ -231,8 +236,8 @@ def optimised_generate(net, cfg: Config, variant: str, n: int) -> dict:
     sync()
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    path = generate_set(cfg, net, "bench", variant, classes, np.arange(n), label_vectors=vectors, overwrite=True,
-                        progress=False)
+    path = generate_set(cfg, WorkDir(cfg.run.workdir), net, "bench", variant, classes, np.arange(n),
+                        label_vectors=vectors, classes=ClassIndex.imagenet(), overwrite=True, progress=False)
     sync()
     dt = time.perf_counter() - t0
     return {"img_s": n / dt, "bytes_per_sample": store_bytes(path) / n, "n": n,

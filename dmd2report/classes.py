@@ -75,6 +75,11 @@ class ClassIndex:
         """The standard ImageNet-1k order (what the DMD2 ImageNet-64 model's labels mean)."""
         return cls.from_mapping(package_json("imagenet_class_index.json"), "imagenet_class_index.json")
 
+    @classmethod
+    def demo(cls) -> ClassIndex:
+        """The demo dataset's 12 classes (what the demo generator's labels mean)."""
+        return cls.from_mapping(package_json("demo_class_index.json"), "demo class index")
+
     def __len__(self) -> int:
         return len(self.synsets)
 

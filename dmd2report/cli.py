@@ -1,7 +1,9 @@
-"""The command line: a thin Click layer over the stage functions.
+"""The command line: a thin Click layer over the pipeline and the libraries.
 
-Every user mistake surfaces as a UserError and is printed as one line with exit code 2;
-a traceback means a bug in dmd2report.
+`build` and one command per stage derive from the stages' declarations (`dmd2report.stages`), which are
+imported only when one of those commands, or the list of commands, is asked for: `init`, `inspect`, `layers`
+and `compare` start without them. Every user mistake surfaces as a UserError and is printed as one line with
+exit code 2; a traceback means a bug in dmd2report.
 """
 
 from __future__ import annotations
@@ -20,6 +22,15 @@ from .resources import EXAMPLE_CONFIGS, bundled_by_name
 
 
 class _Group(click.Group):
+    def list_commands(self, ctx):
+        _add_stage_commands(self)
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx, name):
+        if name not in self.commands:
+            _add_stage_commands(self)
+        return super().get_command(ctx, name)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -119,9 +130,10 @@ def init(path, force, example):
     """Write a commented example configuration (default report.toml)."""
     from .config import example_toml
     from .files import save_text
+    from .pipeline import read_by
 
     text = (bundled_by_name(EXAMPLE_CONFIGS, example, "example config").read_text(encoding="utf-8")
-            if example is not None else example_toml())
+            if example is not None else example_toml(read_by()))
     if path.exists() and not force:
         raise UserError(f"{path}: already exists (use --force to overwrite)")
     save_text(path, text)
@@ -173,47 +185,39 @@ def _load(kwargs):
     return load_config(path, overrides)
 
 
-def _run(config, stages, force=(), overwrite=None):
-    from .pipeline import build
-
-    return build(config, stages, force=force, overwrite=overwrite, command=command_line())
-
-
 def command_line() -> str:
     """The command as typed, for the index page ("how it was built") and the work directory's lock."""
     return " ".join(shlex.quote(a) for a in ["dmd2report", *sys.argv[1:]])
 
 
-@cli.command(context_settings={"ignore_unknown_options": False})
-@_config_options
-@click.option("--force", "force", multiple=True, help="Rerun a stage even if its inputs are unchanged (repeatable).")
-def build(force, **kwargs):
-    """Run every stage (extract, generate, fit, measure, atlas, trajectory, render), skipping unchanged ones."""
-    from .pipeline import STAGES
+def _add_stage_commands(group: click.Group) -> None:
+    """`build` and one command per stage, from the stages' declarations (once)."""
+    if "build" in group.commands:
+        return
+    from .pipeline import STAGE_NAMES, STAGES, build as run_build
 
-    config = _load(kwargs)
-    _run(config, STAGES, force=force)
-    click.echo(f"report: {Path(config.run.site) / 'index.html'}")
+    @click.option("--force", "force", multiple=True, metavar="STAGE",
+                  help=f"Rerun a stage ({', '.join(STAGE_NAMES)}) even if its inputs are unchanged (repeatable).")
+    @_config_options
+    def build(force, **kwargs):
+        config = _load(kwargs)
+        run_build(config, STAGE_NAMES, force=force, command=command_line())
+        click.echo(f"report: {Path(config.run.site) / 'index.html'}")
+
+    build.__doc__ = f"Run every stage ({', '.join(STAGE_NAMES)}), skipping unchanged ones."
+    group.command("build")(build)
+    for stage in STAGES:
+        group.command(stage.name, help=stage.help)(_stage_command(stage.name, run_build))
 
 
-def _stage_command(name, stages, doc):
+def _stage_command(name: str, run_build):
     @_config_options
     @click.option("--overwrite", is_flag=True, help="Replace results made with another configuration.")
     def command(overwrite, **kwargs):
         # Explicit: the stage runs even if recorded as done. Its store resumes an interrupted run of
         # the same configuration and refuses another one unless --overwrite.
-        _run(_load(kwargs), stages, force=stages, overwrite=overwrite)
-    command.__doc__ = doc
-    cli.command(name)(command)
-
-
-_stage_command("extract", ("extract",), "Extract real-image activations into the store.")
-_stage_command("generate", ("generate",), "Generate samples of every conditioning variant, with activations.")
-_stage_command("fit", ("fit",), "Fit the reductions and the 2-D map; project every set; trust scores.")
-_stage_command("measure", ("measure",), "Compute metrics.json and the report's neighbour arrays.")
-_stage_command("atlas", ("atlas",), "Generate from anchors and an even grid over the map by masking.")
-_stage_command("trajectory", ("trajectory",), "Few-step sampling paths and noised-real references, projected and measured per step.")
-_stage_command("render", ("render",), "Re-render the site from stored results (no model needed).")
+        run_build(_load(kwargs), (name,), force=(name,), overwrite=overwrite, command=command_line())
+    return command
 
 
 @cli.command()

@@ -10,7 +10,7 @@ flag. From those declarations come:
   preset's network, the headline layer among the extracted ones, ...);
 - the options of `dmd2report build` and the stage commands (`cli.py`);
 - the commented example `dmd2report init` writes (`example_toml`);
-- the reference `docs/configuration.md` (`python -m dmd2report.config --markdown`).
+- the reference `docs/configuration.md` (`python -m dmd2report.pipeline --markdown`, with the stage table and each section's readers).
 
 Every mistake is a UserError of one line naming the file (or "command line") and the key.
 This module imports neither torch nor a stage module; only the checks between keys build the
@@ -26,7 +26,7 @@ import math
 import re
 import sys
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,7 +124,7 @@ UMAP_METRICS = ("euclidean", "l2", "manhattan", "taxicab", "l1", "chebyshev", "l
 
 @dataclass
 class RunConfig:
-    """Names and places of the run. Read by every stage."""
+    """Names and places of the run."""
 
     name: str = setting("dmd2report demo", "Run name shown on every page of the report.", cli="--name")
     workdir: str = setting("runs/demo", "Stores, fitted maps and metrics: the cache between stages.", cli="--workdir")
@@ -173,7 +173,7 @@ CHECKPOINT_VALUES = (rf"(?s)(?!{BUNDLED_PREFIX}).*|{BUNDLED_PREFIX}(?:{'|'.join(
 
 @dataclass
 class ModelConfig:
-    """The generator. Read by the model stages: extract, generate, atlas, trajectory."""
+    """The generator."""
 
     preset: str = setting("demo", "Network architecture: a preset (`dmd2report layers --preset NAME` lists its "
                           "layers) or auto: read off model.checkpoint's shapes (`dmd2report inspect` shows what it "
@@ -214,7 +214,7 @@ class GeneratorConfig:
 
 @dataclass
 class DataConfig:
-    """The real images. Read by extract (and render, which names the source)."""
+    """The real images (render names their source)."""
 
     source: str = setting("demo", "Where the real images come from: the bundled demo data, ImageNet64 NPZ batches "
                           "or a tree of class folders.", choices=("demo", "imagenet64-npz", "folder"), cli="--source")
@@ -229,8 +229,8 @@ class DataConfig:
 
 @dataclass
 class FeaturesConfig:
-    """The activations captured and how they are stored. Read by extract and generate (atlas and
-    trajectory capture the same layers the same way)."""
+    """The activations captured and how they are stored (atlas and trajectory capture the same layers the same
+    way)."""
 
     layers: list[str] = setting(["encoder_bottleneck", "midblock"], "Layers captured, upstream names or aliases "
                                 "(`dmd2report layers` lists them); each block once.", nonempty=True, unique=True,
@@ -255,7 +255,7 @@ class FeaturesConfig:
 
 @dataclass
 class GenerateConfig:
-    """The generated sets. Read by generate (fit, measure and render read its sets)."""
+    """The generated sets (fit, measure and render read them)."""
 
     samples: int = setting(1200, "Class-conditioned samples, spread evenly over the classes.", ge=1, cli="--samples")
     variants: list[str] = setting(list(VARIANTS), "Conditioning variants generated from the shared seeds "
@@ -267,7 +267,7 @@ class GenerateConfig:
 
 @dataclass
 class EmbeddingConfig:
-    """The reductions and the 2-D map. Read by fit."""
+    """The reductions and the 2-D map."""
 
     pca_components: int = setting(50, "PCA components after standardisation: the space the metrics use.", ge=1)
     n_neighbors: int = setting(15, "UMAP n_neighbors.", ge=2)
@@ -297,8 +297,7 @@ class EmbeddingConfig:
 
 @dataclass
 class MetricsConfig:
-    """Precision, recall, density, coverage, FD and neighbours. Read by measure and trajectory
-    (and fit: metrics.layer is the layer drawn on the map)."""
+    """Precision, recall, density, coverage, FD and neighbours (metrics.layer is also the layer drawn on the map)."""
 
     layer: str = setting("midblock", "The headline layer, drawn on the map: one of features.layers (every layer is "
                          "measured).")
@@ -311,8 +310,7 @@ class MetricsConfig:
 
 @dataclass
 class AtlasConfig:
-    """Generation from points of the map by masking a layer. Read by atlas (and extract, which keeps
-    the mask layer's full activations)."""
+    """Generation from points of the map by masking a layer (extract keeps the mask layer's full activations)."""
 
     mask_layer: str = setting("midblock", "Layer whose output is replaced to generate from a map point.")
     anchors_per_class: int = setting(3, "Generations from real anchors per class (the class medoid first).", ge=1)
@@ -321,7 +319,7 @@ class AtlasConfig:
 
 @dataclass
 class ReportConfig:
-    """The site. Read by render (and extract, generate, trajectory: the thumbnails)."""
+    """The site (the stores' thumbnails are report.thumb_size)."""
 
     single_file: bool = setting(False, "One self-contained HTML file (for mail).", cli="--single-file")
     single_file_limit_mb: float = setting(25.0, "Largest single-file report, in MB.", gt=0.0)
@@ -347,7 +345,7 @@ class ReportConfig:
 
 @dataclass
 class TrajectoryConfig:
-    """Few-step sampling paths on the map. Read by trajectory."""
+    """Few-step sampling paths on the map."""
 
     enabled: bool = setting(True, "Run the trajectory stage.")
     sigmas: list[float] = setting([80.0, 14.0, 1.0, 0.05], "Noise level of each step, positive and strictly "
@@ -493,8 +491,11 @@ def section_of(config: Config, section: str):
     return functools.reduce(getattr, section.split("."), config)
 
 
-def section_help(section: str) -> str:
-    return " ".join((sections()[section].__doc__ or "").split())
+def section_help(section: str, read_by: Mapping[str, str] | None = None) -> str:
+    """A section's docstring in one line, then the sentence `read_by` gives it (which stages read it: the pipeline
+    derives these from the stages' declarations)."""
+    text = " ".join((sections()[section].__doc__ or "").split())
+    return f"{text} {read_by[section]}" if read_by and section in read_by else text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -868,13 +869,14 @@ checkpoint = "checkpoints/step_200000"
 """
 
 
-def example_toml() -> str:
-    """A commented example config (what `dmd2report init` writes): every key at its default."""
+def example_toml(read_by: Mapping[str, str] | None = None) -> str:
+    """A commented example config (what `dmd2report init` writes): every key at its default; `read_by`: each
+    section's "Read by" sentence (pipeline.read_by)."""
     lines = ["# dmd2report configuration. Every key is optional; command-line options override it.",
-             "# Reference: docs/configuration.md (python -m dmd2report.config --markdown).", ""]
+             "# Reference: docs/configuration.md (python -m dmd2report.pipeline --markdown).", ""]
     declared = keys()
     for section in sections():
-        lines += [f"# {section_help(section)}", f"[{section}]"]
+        lines += [f"# {section_help(section, read_by)}", f"[{section}]"]
         for key in (k for k in declared.values() if k.section == section):
             s = key.setting
             allowed = key.allowed_text()
@@ -886,11 +888,13 @@ def example_toml() -> str:
     return "\n".join(lines) + "\n"
 
 
-def markdown() -> str:
-    """The configuration reference (docs/configuration.md) from the declarations."""
+def markdown(read_by: Mapping[str, str] | None = None, preface: Sequence[str] = ()) -> str:
+    """The configuration reference (docs/configuration.md) from the declarations; `read_by` as in `example_toml`,
+    `preface`: lines before the sections (the pipeline's stage table)."""
     out = ["# Configuration", "",
-           "<!-- Generated by `python -m dmd2report.config --markdown > docs/configuration.md`; "
-           "edit the declarations in dmd2report/config.py, not this file. -->", "",
+           "<!-- Generated by `python -m dmd2report.pipeline --markdown > docs/configuration.md`; "
+           "edit the declarations in dmd2report/config.py and the stages' in dmd2report/stages/, not this file. -->",
+           "", *preface,
            "`dmd2report build --config report.toml` reads a TOML file of the sections below; every key is "
            "optional, and the command-line options listed override the file. `dmd2report init` writes "
            "every key at its default. Every value is checked when the configuration loads, before any "
@@ -898,7 +902,7 @@ def markdown() -> str:
            "naming the file (or `command line`) and the key. Each section says which stages read it.", ""]
     declared = keys()
     for section in sections():
-        out += [f"## [{section}]", "", section_help(section), "",
+        out += [f"## [{section}]", "", section_help(section, read_by), "",
                 "| key | type | default | allowed | option | meaning |", "|---|---|---|---|---|---|"]
         for key in (k for k in declared.values() if k.section == section):
             s = key.setting
@@ -939,19 +943,3 @@ def _toml_value(v) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     return json.dumps(v)
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m dmd2report.config", description=__doc__.splitlines()[0])
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--markdown", action="store_true", help="print the reference (docs/configuration.md)")
-    g.add_argument("--toml", action="store_true", help="print the commented example (what `dmd2report init` writes)")
-    args = p.parse_args(argv)
-    sys.stdout.write(markdown() if args.markdown else example_toml())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

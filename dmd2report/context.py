@@ -1,13 +1,18 @@
-"""What every stage is handed: the config, the work directory, the generator (loaded on first use), a log."""
+"""What a stage is and what it is handed: `Stage`, the one declaration of a stage (beside its `run`, in its module
+under `stages/`), and `Context`: the config, the work directory, the generators (loaded on first use), the class
+index, a log."""
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from .classes import ClassIndex
 from .config import Config, GeneratorConfig, generator_entries, reference_encoder
 from .workdir import WorkDir
 
@@ -94,6 +99,16 @@ class Generator:
             self._net = net
         return self._net
 
+    def key_identity(self) -> list:
+        """What a stage's results depend on of this generator, for cache keys: its checksum, its architecture (a
+        preset's name, else its keywords) and `compute_identity` (nothing is loaded)."""
+        return [self.checksum, self.identity().get("architecture", self.identity()["preset"]), self.compute_identity()]
+
+    def class_index(self) -> ClassIndex:
+        """The classes this generator is conditioned on: the demo's for the demo architecture (named as a preset or
+        read off a checkpoint), else ImageNet's. The one place a model's class index is chosen."""
+        return ClassIndex.demo() if self.architecture().name == "demo" else ClassIndex.imagenet()
+
     def unload(self) -> None:
         """Drop the network (a comparison holds one generator besides the reference encoder at a time)."""
         self._net = None
@@ -127,3 +142,36 @@ class Context:
         """The same context with the stage module's own logger."""
         return Context(self.config, self.workdir, self.generator, logging.getLogger(module_name), self.command,
                        self.generators)
+
+    @functools.cached_property
+    def classes(self) -> ClassIndex:
+        """The class index of the real data (names of every set), from the data and the reference encoder's classes."""
+        from .sources import source_class_index
+
+        return source_class_index(self.config.data, self.generator.class_index())
+
+
+# ---------------------------------------------------------------------------------------------
+# A stage, declared once beside its `run`: the pipeline's order, cache keys, dispatch, the CLI's commands and
+# `build --help`, and the docs' stage table and config "Read by" lines all derive from these declarations.
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of `dmd2report build`: what it is called, what it reads and writes, how it runs.
+
+    Its cache key (pipeline.stage_keys) hashes the keys of the stages `after` it, the config keys it `reads` (whole
+    sections, or `section.key`) less those it `ignores`, and whatever `inputs(ctx)` returns (identities read without
+    running anything: a checkpoint's checksum, the templates' files), so a stage reruns exactly when one of them changed.
+    """
+
+    name: str
+    run: Callable[..., None]          # run(ctx: Context, overwrite: bool): inputs from the work directory, outputs to it
+    help: str                         # one line: the stage command's help, `build --help`, the docs' stage table
+    writes: str                       # where its results go (the docs' stage table), under the work directory
+    after: tuple[str, ...] = ()       # the stages whose results it reads: their keys chain into its key
+    reads: tuple[str, ...] = ()       # the config sections and keys its results depend on
+    ignores: tuple[str, ...] = ()     # keys of the sections it reads that change no result (batch sizes)
+    inputs: Callable[[Context], list] | None = None   # what else its results depend on (identities, not config)
+    uses_model: bool = False          # loads a generator (its command takes [model] and [[generators]])
+    sharded: bool = False             # splits its work across torchrun processes (the other ranks join it)
+    config_options: tuple[str, ...] = ()   # sections whose options its command takes besides those it reads

@@ -30,12 +30,10 @@ import numpy as np
 import pandas as pd
 
 from .classes import DATASET_INDEX_NAME, ClassIndex, dataset_classes
-from .config import reference_encoder
 from .errors import UserError
 from .files import replacing, save_text, sha256_bytes
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
-DEMO_DIR = "demo_data"
 _DEMO_MARKER = "demo_data.json"  # how the demo data in <workdir>/demo_data was written
 
 
@@ -329,18 +327,20 @@ class FolderSource(RealSource):
 # ---------------------------------------------------------------------------------------------
 # The demo data and the dispatcher.
 
-def demo_per_class(config) -> int:
+def demo_per_class(data) -> int:
+    """Images per class of the demo data that `data` (the [data] section) selects."""
     from .demo.dataset import NUM_CLASSES
 
-    d = config.data
-    return d.per_class if d.per_class > 0 else (math.ceil(d.max_samples / NUM_CLASSES) if d.max_samples > 0 else 200)
+    return data.per_class if data.per_class > 0 else (math.ceil(data.max_samples / NUM_CLASSES)
+                                                      if data.max_samples > 0 else 200)
 
 
-def ensure_demo_data(workdir: str | Path, n_per_class: int, seed: int = 0) -> Path:
-    """Write the demo NPZ batches into `<workdir>/demo_data/` unless that exact set is already there."""
+def ensure_demo_data(folder: str | Path, n_per_class: int, seed: int = 0) -> Path:
+    """Write the demo NPZ batches into `folder` (the work directory's demo data, WorkDir.demo_data) unless that
+    exact set is already there."""
     from .demo.dataset import write_demo_npz
 
-    out = Path(workdir) / DEMO_DIR
+    out = Path(folder)
     want = {"n_per_class": int(n_per_class), "seed": int(seed)}
     marker = out / _DEMO_MARKER
     try:
@@ -355,42 +355,28 @@ def ensure_demo_data(workdir: str | Path, n_per_class: int, seed: int = 0) -> Pa
     return out
 
 
-def open_source(config, resolution: int) -> RealSource:
-    """The real-image source `config.data` describes, at the model's resolution."""
+def open_source(config, resolution: int, model_classes: ClassIndex, demo_data: Path) -> RealSource:
+    """The real-image source `config.data` describes, at the model's resolution. `model_classes`: the classes the
+    model is conditioned on (a class folder tree without its own index names them); `demo_data`: where the demo
+    data is written (WorkDir.demo_data)."""
     d = config.data
     common = dict(classes=d.classes or None, per_class=d.per_class, max_samples=d.max_samples,
                   seed=config.run.seed, workers=d.workers)
     if d.source == "imagenet64-npz":
         return NpzSource(d.path, resolution, **common)
     if d.source == "folder":
-        return FolderSource(d.path, resolution, on_bad_image=d.on_bad_image, default_index=model_class_index(config),
-                            **common)
+        return FolderSource(d.path, resolution, on_bad_image=d.on_bad_image, default_index=model_classes, **common)
     if d.source == "demo":
-        root = ensure_demo_data(config.run.workdir, demo_per_class(config))
-        return NpzSource(root, resolution, **common)
+        return NpzSource(ensure_demo_data(demo_data, demo_per_class(d)), resolution, **common)
     raise UserError(f"data.source: {d.source!r} is not one of demo, imagenet64-npz, folder")
 
 
-def model_class_index(config) -> ClassIndex:
-    """The classes the configured model is conditioned on: the demo's for the demo preset's network (named
-    or read off a checkpoint), else ImageNet's."""
-    from .checkpoint import model_architecture
-
-    if model_architecture(reference_encoder(config)).name == "demo":
-        from .demo.dataset import demo_class_index
-
-        return ClassIndex.from_mapping(demo_class_index(), "demo class index")
-    return ClassIndex.imagenet()
-
-
-def source_class_index(config) -> ClassIndex:
-    """The class index of the configured real data, without scanning it (names for generated sets)."""
-    d = config.data
-    if d.source == "demo":
-        from .demo.dataset import demo_class_index
-
-        return ClassIndex.from_mapping(demo_class_index(), "demo class index")
-    own = Path(d.path) / DATASET_INDEX_NAME
+def source_class_index(data, model_classes: ClassIndex) -> ClassIndex:
+    """The class index of the real data `data` (the [data] section) describes, without scanning it: the demo's,
+    the dataset's own `class_index.json`, else the model's for a folder tree and ImageNet's for NPZ batches."""
+    if data.source == "demo":
+        return ClassIndex.demo()
+    own = Path(data.path) / DATASET_INDEX_NAME
     if own.is_file():
         return ClassIndex.from_json(own)
-    return model_class_index(config) if d.source == "folder" else ClassIndex.imagenet()
+    return model_classes if data.source == "folder" else ClassIndex.imagenet()

@@ -1,8 +1,10 @@
 """The work directory: where every artifact of a run lives, who may write it, and how it is read back.
+WorkDir is the only owner of paths under it: stages are handed one and ask it for every path.
 
     <workdir>/.lock                 held by the build that owns the directory (fcntl; released on exit)
     <workdir>/stages.json           the cache key each stage last finished with (pipeline.py)
     <workdir>/checksums.json        SHA-256 of checkpoints by (path, size, mtime): hashing 1 GB once
+    <workdir>/demo_data/            the demo data's NPZ batches, written on first use (data.source = "demo")
     <workdir>/stores/<name>/        activation stores: real, gen-<variant> (store.py); with [[generators]],
                                     generators/<generator>/gen-<variant> (real is the reference encoder's)
     <workdir>/fit/                  manifest.json, <layer>.joblib, points.parquet
@@ -83,6 +85,10 @@ class WorkDir:
     @property
     def trajectory(self) -> Path:
         return self.root / "trajectory"
+
+    @property
+    def demo_data(self) -> Path:
+        return self.root / "demo_data"
 
     @property
     def stages_file(self) -> Path:

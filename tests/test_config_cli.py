@@ -115,11 +115,11 @@ def test_automatic_batch_follows_gpu_memory(monkeypatch, gib, expected):
 def test_configuration_doc_is_generated_from_the_declarations():
     from pathlib import Path
 
-    from dmd2report.config import markdown
+    from dmd2report.pipeline import reference_markdown
 
     committed = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
-    assert committed.read_text(encoding="utf-8") == markdown(), \
-        "docs/configuration.md is stale: python -m dmd2report.config --markdown > docs/configuration.md"
+    assert committed.read_text(encoding="utf-8") == reference_markdown(), \
+        "docs/configuration.md is stale: python -m dmd2report.pipeline --markdown > docs/configuration.md"
 
 
 def test_command_options_come_from_the_declarations():
@@ -131,7 +131,7 @@ def test_command_options_come_from_the_declarations():
                               "--max-samples", "--on-bad-image", "--layers", "--reduce", "--batch-size", "--samples",
                               "--fit-on", "--single-file", "--template-dir"]
     for command in ("build", "extract", "generate", "fit", "measure", "atlas", "trajectory", "render"):
-        options = {p.opts[0]: p for p in cli.commands[command].params}
+        options = {p.opts[0]: p for p in cli.get_command(None, command).params}
         assert "--config" in options
         for flag, key in declared.items():
             assert key.setting.help in options[flag].help and f"[{key.dotted}" in options[flag].help
@@ -147,20 +147,26 @@ def test_command_options_come_from_the_declarations():
 
 
 def test_example_and_module_entry_point_agree(capsys):
-    from dmd2report.config import example_toml, main
+    from dmd2report.config import example_toml
+    from dmd2report.pipeline import main, read_by
 
-    assert main(["--toml"]) == 0 and capsys.readouterr().out == example_toml()
-    text = example_toml()
+    assert main(["--toml"]) == 0 and capsys.readouterr().out == example_toml(read_by())
+    text = example_toml(read_by())
     assert "[atlas]\n" in text and "mask_layer" not in text.split("[metrics]")[1].split("[atlas]")[0]
     assert "# The generator. Read by the model stages: extract, generate, atlas, trajectory.\n[model]\n" in text
 
 
 def test_loading_a_config_needs_no_torch_until_the_layers_are_checked():
+    """Loading and checking a config, and the commands that run no stage (init, inspect, layers, compare), start
+    without torch; `build` and the stage commands derive from the stages' declarations, whose modules import it."""
     import subprocess
     import sys
 
-    code = ("import sys; from dmd2report.cli import cli; from dmd2report.config import Config, example_toml, keys; "
-            "Config(); keys(); cli.commands['build'].params; assert 'torch' not in sys.modules, 'torch imported'")
+    code = ("import sys; from dmd2report.cli import _config_options, cli; "
+            "from dmd2report.config import Config, example_toml, keys; Config(); keys(); "
+            "_config_options(lambda **kw: None).__click_params__; "
+            "[cli.get_command(None, name).params for name in ('init', 'inspect', 'layers', 'compare')]; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
     from pathlib import Path
 
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

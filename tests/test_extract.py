@@ -12,15 +12,27 @@ from dmd2report import files as files_mod
 from dmd2report import store as store_mod
 from dmd2report.errors import UserError
 from dmd2report.features import randomized_pca
-from dmd2report.stages.extract import extract_real
-from dmd2report.stages.generate import generate_set
+from dmd2report.classes import ClassIndex
 from dmd2report.layers import ActivationCapture
 from dmd2report.sampling import condition_vectors, generate, sample_noise, to_uint8
-from dmd2report.sources import NpzSource
+from dmd2report.sources import NpzSource, source_class_index
+from dmd2report.stages import extract, generate as generate_stage
 from dmd2report.store import Store
+from dmd2report.workdir import WorkDir
 
 # Two cores shared with other jobs: one intra-op thread is several times faster than two contending ones.
 torch.set_num_threads(1)
+
+
+def extract_real(config, net, checksum, **kw):
+    """The extract stage's function on `config`'s work directory, for the tiny network (ImageNet's classes)."""
+    return extract.extract_real(config, WorkDir(config.run.workdir), net, checksum, ClassIndex.imagenet(), **kw)
+
+
+def generate_set(config, net, checksum, *args, **kw):
+    """The generate stage's function on `config`'s work directory, classes named as the stage names them."""
+    return generate_stage.generate_set(config, WorkDir(config.run.workdir), net, checksum, *args,
+                                       classes=source_class_index(config.data, ClassIndex.imagenet()), **kw)
 
 
 def _files(root):
@@ -59,9 +71,11 @@ import os, signal, sys
 import numpy as np
 from safetensors.torch import load_file
 from dmd2report import files, store
+from dmd2report.classes import ClassIndex
 from dmd2report.config import load_config
 from dmd2report.stages.extract import extract_real
 from dmd2report.models import build_preset
+from dmd2report.workdir import WorkDir
 
 weights, workdir, data = sys.argv[1:]
 net = build_preset("tiny").eval().requires_grad_(False)
@@ -79,7 +93,7 @@ def killed_mid_chunk_2(path, array):
 store.save_npy = killed_mid_chunk_2
 config = load_config(None, {"run.workdir": workdir, "data.source": "imagenet64-npz", "data.path": data,
     "data.max_samples": 0, "features.batch_size": 8, "features.chunk_size": 16, "report.thumb_size": 8})
-extract_real(config, net, "sum0", progress=False)
+extract_real(config, WorkDir(workdir), net, "sum0", ClassIndex.imagenet(), progress=False)
 """
 
 

@@ -102,10 +102,12 @@ def test_store_stages_on_cuda_match_float32(nets, tmp_path):
     subsets within the tolerances, metadata and input thumbnails exactly."""
     import numpy as np
 
+    from dmd2report.classes import ClassIndex
     from dmd2report.config import load_config
     from dmd2report.stages.extract import extract_real
     from dmd2report.stages.generate import generate_set
     from dmd2report.store import Store
+    from dmd2report.workdir import WorkDir
 
     ref_net, fast = nets
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -122,8 +124,10 @@ def test_store_stages_on_cuda_match_float32(nets, tmp_path):
             "data.source": "imagenet64-npz", "data.path": str(tmp_path / "npz"), "data.max_samples": 0,
             "features.batch_size": 1024, "features.chunk_size": 32, "features.generated": "generation",
             "report.thumb_size": 16})
-        real = Store(extract_real(config, net, "m", progress=False))
-        gen = Store(generate_set(config, net, "m", "class", np.arange(40) * 7, np.arange(40), progress=False))
+        wd, classes = WorkDir(config.run.workdir), ClassIndex.imagenet()
+        real = Store(extract_real(config, wd, net, "m", classes, progress=False))
+        gen = Store(generate_set(config, wd, net, "m", "class", np.arange(40) * 7, np.arange(40), classes=classes,
+                                 progress=False))
         return real, gen
 
     ref_real, ref_gen = stores(ref_net, "float32")

@@ -151,10 +151,10 @@ def test_plot_option_rerenders_only(built):
 
 
 def test_new_templates_rerender(built, monkeypatch):
-    import dmd2report.pipeline as pipeline
+    import dmd2report.stages.render as render_stage
 
     w, cfg, _ = built
-    monkeypatch.setattr(pipeline, "renderer_fingerprint", lambda *a: "another dmd2report version")
+    monkeypatch.setattr(render_stage, "renderer_fingerprint", lambda *a: "another dmd2report version")
     r = CliRunner().invoke(cli, ["build", "--config", str(cfg)])
     assert _ran(r.output) == ["render"], r.output
     monkeypatch.undo()

@@ -5,6 +5,8 @@ import pytest
 from PIL import Image
 
 from conftest import TINY_RES, npz_labels_for_standard_ids
+from dmd2report.classes import ClassIndex
+from dmd2report.context import Context
 from dmd2report.errors import UserError
 from dmd2report.sources import FolderSource, NpzSource, ensure_demo_data, open_source, select_samples
 
@@ -156,11 +158,11 @@ def test_folder_bad_input(image_tree, tmp_path):
 
 def test_demo_data_written_once_and_read_as_npz(tmp_path, make_config):
     config = make_config("demo", data__per_class=2)
-    src = open_source(config, TINY_RES)
+    src = open_source(config, TINY_RES, ClassIndex.imagenet(), tmp_path / "work" / "demo_data")
     assert len(src) == 24 and len(src.class_index) == 12 and src.class_index.name(0) == "red disc"
     marker = tmp_path / "work" / "demo_data" / "demo_data.json"
     stamp = marker.stat().st_mtime_ns
-    assert ensure_demo_data(tmp_path / "work", 2) == marker.parent and marker.stat().st_mtime_ns == stamp
+    assert ensure_demo_data(tmp_path / "work" / "demo_data", 2) == marker.parent and marker.stat().st_mtime_ns == stamp
     assert src.load(0, 24).images.shape == (24, 3, TINY_RES, TINY_RES)  # 32x32 demo images resized
 
 
@@ -178,8 +180,8 @@ def test_folder_tree_without_index_takes_the_models_classes(tmp_path):
             Image.new("RGB", (40, 48), (40 * c, 90, 20 * i)).save(root / DEMO_CLASSES[c][0] / f"{i}.png")
     cfg = load_config(None, {"data.source": "folder", "data.path": str(root), "model.preset": "demo",
                              "run.workdir": str(tmp_path / "w")})
-    with open_source(cfg, 32) as src:
+    with open_source(cfg, 32, Context.create(cfg).generator.class_index(), tmp_path / "w" / "demo_data") as src:
         assert sorted(src.samples["class_id"].unique().tolist()) == [0, 5]
     cfg.model.preset = "dmd2-imagenet64"  # ImageNet's classes: a demo synset is no class there
     with pytest.raises(UserError, match="d00_red_disc: folder name is not a class"):
-        open_source(cfg, 64)
+        open_source(cfg, 64, Context.create(cfg).generator.class_index(), tmp_path / "w" / "demo_data")

@@ -22,7 +22,7 @@ import logging
 import numpy as np
 import torch
 
-from ..context import Context
+from ..context import Context, Stage
 from ..embed import even_grid, nearest_stored, release
 from ..errors import UserError
 from ..files import save_json, save_npz
@@ -158,3 +158,8 @@ def _add_rows(sums: np.ndarray, groups: np.ndarray, x: np.ndarray) -> None:
     g = groups[order]
     starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
     sums[g[starts]] += np.add.reduceat(x[order].astype(np.float64), starts, axis=0)
+
+
+STAGE = Stage(
+    "atlas", run, "Generate from anchors and an even grid over the map by masking.", writes="atlas/",
+    after=("fit",), reads=("atlas",), uses_model=True)

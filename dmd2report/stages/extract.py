@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from ..chunks import Progress, barrier, dist_rank_world, finish_store, gather, prefetch, to_device, versions
-from ..context import Context, compute_identity
+from ..classes import ClassIndex
+from ..context import Context, Stage, compute_identity
 from ..errors import UserError
 from ..features import Reducer, block_shapes, feature_dims, parse_reduce, randomized_pca
 from ..layers import ActivationCapture, resolve_layer
@@ -39,10 +40,11 @@ from ..workdir import WorkDir
 
 log = logging.getLogger(__name__)
 
+
 def run(ctx: Context, overwrite: bool = False) -> None:
     """The extract stage: the configured real images into `stores/real`."""
     g = ctx.generator
-    extract_real(ctx.config, g.net, g.checksum, overwrite=overwrite)
+    extract_real(ctx.config, ctx.workdir, g.net, g.checksum, g.class_index(), overwrite=overwrite)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,8 +84,10 @@ def _fit_pca(net, source, plan, config, device, k: int) -> dict:
 
 
 @torch.no_grad()
-def extract_real(config, net, model_checksum: str, *, overwrite: bool = False, progress: bool = True) -> Path:
-    """Extract the real set into `<workdir>/stores/real`; returns the store path. Resumes an interrupted run."""
+def extract_real(config, workdir: WorkDir, net, model_checksum: str, model_classes: ClassIndex, *,
+                 overwrite: bool = False, progress: bool = True) -> Path:
+    """Extract the real set into `workdir`'s real store; returns the store path. Resumes an interrupted run.
+    `model_classes`: the classes `net` is conditioned on (Generator.class_index)."""
     device = next(net.parameters()).device
     rank, world = dist_rank_world()
     show = progress
@@ -97,7 +101,7 @@ def extract_real(config, net, model_checksum: str, *, overwrite: bool = False, p
     # Rank 0 first: the demo data may have to be written.
     if rank != 0:
         barrier(world)
-    source = open_source(config, net.img_resolution)
+    source = open_source(config, net.img_resolution, model_classes, workdir.demo_data)
     if rank == 0:
         barrier(world)
     with source:
@@ -125,7 +129,7 @@ def extract_real(config, net, model_checksum: str, *, overwrite: bool = False, p
             "full_per_class": f.full_per_class, "recon_per_class": f.recon_per_class,
             "compute": compute_identity(device, net.use_fp16),
         }
-        path = WorkDir(config.run.workdir).store_path("real")
+        path = workdir.store_path("real")
         writer = StoreWriter(path, key, "real")
         dims = feature_dims(net, layers, f.reduce)
         info = {"model_checksum": model_checksum, "versions": versions(), "layers": layers, "feature_dims": dims,
@@ -231,3 +235,17 @@ def _extract_chunk(net, images, rows: pd.DataFrame, layers, full_layer, full_sha
             "thumbs": gather(thumbs, (min(thumb_size, net.img_resolution),) * 2 + (3,), torch.uint8),
             "recon": gather(recon, (net.img_resolution, net.img_resolution, 3), torch.uint8),
             "full": gather(full, tuple(full_shape), torch.float32)}
+
+
+def _reference_encoder(ctx: Context) -> list:
+    """The network that extracts: the reference encoder's checksum, architecture and compute identity."""
+    return ctx.generator.key_identity()
+
+
+STAGE = Stage(
+    "extract", run, "Extract real-image activations into the store.", writes="stores/real/",
+    reads=("data", "features", "run.seed", "atlas.mask_layer", "report.thumb_size"),
+    # Batch size and loader threads change no result; features.generated is the generated sets' (generate reads
+    # it); features.encoder is the network `_reference_encoder` identifies.
+    ignores=("data.workers", "features.batch_size", "features.generated", "features.encoder"),
+    inputs=_reference_encoder, uses_model=True, sharded=True)

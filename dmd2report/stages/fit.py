@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 
-from ..context import Context
+from ..context import Context, Stage
 from ..embed import FAST_METRICS, fit_map, fit_reduction, save_embedding, trust_scores, trust_summary
 from ..errors import UserError
 from ..files import array_digest, save_json, save_npz, save_parquet
@@ -186,3 +186,8 @@ def _points_frame(set_name: str, variant: str, meta: pd.DataFrame, coords: np.nd
                          "source": meta["source"].astype(str).to_numpy() if "source" in meta else "",
                          "x": coords[:, 0].astype(np.float32), "y": coords[:, 1].astype(np.float32),
                          "trust": trust.astype(np.float32)})
+
+
+STAGE = Stage(
+    "fit", run, "Fit the reductions and the 2-D map; project every set; trust scores.", writes="fit/",
+    after=("generate",), reads=("embedding", "metrics.layer"))

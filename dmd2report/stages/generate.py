@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from ..chunks import Progress, barrier, dist_rank_world, finish_store, gather, prefetch, to_device, versions
-from ..context import Context, compute_identity
+from ..classes import ClassIndex
+from ..context import Context, Stage, compute_identity
 from ..errors import UserError
 from ..features import Reducer, feature_dims, parse_reduce
 from ..files import array_digest, bytes_digest
@@ -37,7 +38,6 @@ from ..layers import ActivationCapture, resolve_layer
 from ..runtime import auto_batch_size, stage_samples
 from ..sampling import (SIGMA_MAX, condition_vectors, encode_as_stored, reencode_labels, sample_noise, sample_plan,
                         thumbnails)
-from ..sources import source_class_index
 from ..store import BackgroundWriter, StoreWriter, load_pca, metadata_frame, sparse_labels
 from ..workdir import WorkDir, generated_sets
 
@@ -59,8 +59,8 @@ def run(ctx: Context, overwrite: bool = False) -> None:
         net, checksum = g.net, g.checksum
         # A generator other than the reference is re-encoded by the reference encoder's network.
         enc = None if g is encoder else (encoder.net, encoder.checksum)
-        generate_set(cfg, net, checksum, "class", class_ids, seeds, overwrite=overwrite, store=stores["class"],
-                     encoder=enc)
+        generate_set(cfg, wd, net, checksum, "class", class_ids, seeds, classes=ctx.classes, overwrite=overwrite,
+                     store=stores["class"], encoder=enc)
         for variant in cfg.generate.variants:
             if variant == "class":
                 continue  # the first n_var samples of the class set are the class variant
@@ -70,8 +70,8 @@ def run(ctx: Context, overwrite: bool = False) -> None:
                 vectors = blend_weights(lambda: real.iter_features(layer), real_classes,
                                         wd.store(stores["class"], reader="generate").features(layer)[:n_var],
                                         cfg.generate.blend_neighbours, net.label_dim, device=next(net.parameters()).device)
-            generate_set(cfg, net, checksum, variant, class_ids[:n_var], seeds[:n_var], label_vectors=vectors,
-                         overwrite=overwrite, store=stores[variant], encoder=enc)
+            generate_set(cfg, wd, net, checksum, variant, class_ids[:n_var], seeds[:n_var], label_vectors=vectors,
+                         classes=ctx.classes, overwrite=overwrite, store=stores[variant], encoder=enc)
         if g is not encoder:
             g.unload()
 
@@ -117,15 +117,16 @@ def _given_vectors(label_vectors, n: int, K: int, variant: str) -> np.ndarray:
 
 
 @torch.no_grad()
-def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed_indices, label_vectors=None, *,
-                 overwrite: bool = False, progress: bool = True, store: str | None = None,
-                 encoder: tuple | None = None) -> Path:
-    """Generate one variant's samples into `<workdir>/stores/<store>` (default `gen-<variant>`); returns the store path.
+def generate_set(config, workdir: WorkDir, net, model_checksum: str, variant: str, class_ids, seed_indices,
+                 label_vectors=None, *, classes: ClassIndex, overwrite: bool = False, progress: bool = True,
+                 store: str | None = None, encoder: tuple | None = None) -> Path:
+    """Generate one variant's samples into `workdir`'s store `store` (default `gen-<variant>`); returns the store path.
 
     `class_ids` (N,) is the class each sample is shown as (-1: none); `seed_indices` (N,) the noise
     indices (distinct); `label_vectors` (N, K) the conditioning, or None to derive it from the
     variant (`class`: one-hot of class_ids, `uniform`, `zero`). `encoder`: (network, checksum) of another
-    network that re-encodes the images (the reference encoder of a comparison); default `net` itself.
+    network that re-encodes the images (the reference encoder of a comparison); default `net` itself. `classes`: the
+    class index naming class ids (Context.classes).
     Resumes an interrupted run.
     """
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", variant):
@@ -167,12 +168,11 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
 
     pca = None
     if mode == "pca":
-        pca_path = WorkDir(config.run.workdir).store_path("real") / "pca.safetensors"
+        pca_path = workdir.store_path("real") / "pca.safetensors"
         if not pca_path.exists():
             raise UserError(f"{pca_path}: no PCA to reduce generated features with; run the extract stage first")
         pca_digest = bytes_digest(pca_path.read_bytes())
         pca = load_pca(pca_path)
-    index = source_class_index(config)
     cs = f.chunk_size
     n_chunks = -(-n // cs)
     key = {
@@ -186,7 +186,7 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
     }
     if encoder is not None:
         key["encoder_checksum"] = encoder[1]
-    path = WorkDir(config.run.workdir).store_path(store or f"gen-{variant}")
+    path = workdir.store_path(store or f"gen-{variant}")
     writer = StoreWriter(path, key, "generated")
     dims = feature_dims(encoder_net, layers, f.reduce)
     info = {"model_checksum": model_checksum, "versions": versions(), "layers": layers, "feature_dims": dims,
@@ -220,7 +220,7 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
             c = torch.from_numpy(np.ascontiguousarray(label_vectors[sl]))
         c_reencode = reencode_labels(ids, c, K) if reencode else None
         idx, w = sparse_labels(c.numpy())
-        meta = metadata_frame(np.arange(sl.start, sl.stop), ids, index, variant=variant,
+        meta = metadata_frame(np.arange(sl.start, sl.stop), ids, classes, variant=variant,
                               source=[f"seed {config.run.seed} #{s}" for s in seed_indices[sl]], seed=config.run.seed,
                               seed_index=seed_indices[sl], label_index=idx, label_weight=w)
         if cuda:
@@ -243,7 +243,7 @@ def generate_set(config, net, model_checksum: str, variant: str, class_ids, seed
     finally:
         bar.close()
         stage_samples(net, 0)
-    finish_store(writer, index, n_chunks, info, rank, world)
+    finish_store(writer, classes, n_chunks, info, rank, world)
     return path
 
 
@@ -271,3 +271,15 @@ def _generate_chunk(net, z, c, layers, reducer: Reducer, device, batch_size: int
         finite.append(torch.isfinite(images).flatten(1).all(1))
         bar.update(len(x))
     return feats, thumbs, finite
+
+
+def _compared_generators(ctx: Context) -> list:
+    """With [[generators]], every generator's name and identity (a one-generator run's is the reference encoder,
+    in the extract key already)."""
+    return [[name, g.key_identity()] for name, g in ctx.generators.items() if name]
+
+
+STAGE = Stage(
+    "generate", run, "Generate samples of every conditioning variant, with activations.",
+    writes="stores/gen-<variant>/, stores/generators/<name>/gen-<variant>/", after=("extract",),
+    reads=("generate", "features.generated"), inputs=_compared_generators, uses_model=True, sharded=True)

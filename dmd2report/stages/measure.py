@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..context import Context
+from ..context import Context, Stage
 from ..errors import UserError
 from ..files import save_json, save_npz
 from ..metrics import NO_CLASS, comparison_document, fd_real_halves, measure, metrics_document, save_metrics_document
@@ -108,3 +108,8 @@ def flatten_arrays(arrays: dict) -> dict[str, np.ndarray]:
             else:
                 flat[f"variant.{variant}.{k}"] = np.asarray(v)
     return flat
+
+
+STAGE = Stage(
+    "measure", run, "Compute metrics.json and the report's neighbour arrays.", writes="measure/",
+    after=("fit",), reads=("metrics",))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from datetime import datetime, timezone
 from pathlib import Path
@@ -9,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..context import Context
+from ..context import Context, Stage
 from ..errors import UserError
-from ..files import load_npz, load_parquet, read_json
+from ..files import bytes_digest, load_npz, load_parquet, read_json
 from ..metric_defs import METRICS, STEP_REFERENCES
 from ..metrics import generator_documents
 from ..report.data import (CLASS_DELTA_COLUMNS, CLASS_DELTA_METRICS, COMPARISON_COLUMNS, OVERALL_COLUMNS, POINT_COLUMNS,
@@ -20,6 +21,7 @@ from ..report.data import (CLASS_DELTA_COLUMNS, CLASS_DELTA_METRICS, COMPARISON_
                            package_versions)
 from ..report.render import render_site
 from ..report.view import COMPARE_CLASSES, COMPARE_SEEDS
+from ..resources import report_code_paths, user_template_dir, user_template_files
 from ..store import Store
 from ..workdir import generated_sets, set_label
 
@@ -328,3 +330,24 @@ def _class_table(real) -> pd.DataFrame:
     cols = [c for c in ("class_id", "synset", "name") if c in meta]
     table = meta[cols].drop_duplicates("class_id").sort_values("class_id").reset_index(drop=True)
     return table
+
+
+def renderer_fingerprint(template_dir: str = "") -> str:
+    """Hash of the templates and the report code: a new dmd2report version re-renders old results.
+    With `report.template_dir`, every file of that folder too (path and contents): editing a user
+    template or its static files re-renders (the folder's path alone is in the config the stage reads)."""
+    code = ((root, f) for root in report_code_paths()
+            for f in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".html", ".js", ".css", ".py")))
+    user = user_template_dir(template_dir)
+    own = ((user, f) for f in user_template_files(user))
+    return bytes_digest(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes()
+                        for root, f in itertools.chain(code, own))
+
+
+def _renderer(ctx: Context) -> list:
+    return [renderer_fingerprint(ctx.config.report.template_dir)]
+
+
+STAGE = Stage(
+    "render", run, "Re-render the site from stored results (no model needed).", writes="<run.site>/",
+    after=("measure", "atlas", "trajectory"), reads=("report", "run.name", "run.site"), inputs=_renderer)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from ..chunks import Progress, versions
 from ..config import check_schedule
-from ..context import Context, compute_identity
+from ..context import Context, Stage, compute_identity
 from ..errors import UserError
 from ..features import Reducer, feature_dims, parse_reduce
 from ..files import array_digest, bytes_digest, save_json, save_parquet
@@ -45,7 +45,7 @@ from ..metrics import measure
 from ..runtime import auto_batch_size
 from ..sampling import (REAL_NOISE_OFFSET, condition_vectors, noised_real, reencode_labels, reencode_steps, sample_paths,
                         sample_plan, thumbnails)
-from ..sources import open_source, source_class_index
+from ..sources import open_source
 from ..store import Store, StoreWriter, load_pca, metadata_frame, sparse_labels
 from ..workdir import generated_sets
 
@@ -121,7 +121,7 @@ def run(ctx: Context, overwrite: bool = False) -> None:
     reducer = Reducer(f.reduce, f.dtype, pca, device)
     dims = feature_dims(net, layers, f.reduce)
     K = net.label_dim
-    index = source_class_index(cfg)
+    index = ctx.classes
     ts = min(cfg.report.thumb_size, net.img_resolution)
     per_chunk = max(1, f.chunk_size // S)
     common = {"model_checksum": checksum, "sigmas": sigmas, "seed": cfg.run.seed, "resolution": net.img_resolution,
@@ -189,7 +189,7 @@ def run(ctx: Context, overwrite: bool = False) -> None:
     ref_ids = real_meta["sample_id"].to_numpy().astype(np.int64)[ref_rows]
     ref_images = np.zeros((0, 3, net.img_resolution, net.img_resolution), np.uint8)
     if len(ref_rows):
-        with open_source(cfg, net.img_resolution) as source:
+        with open_source(cfg, net.img_resolution, ctx.generator.class_index(), wd.demo_data) as source:
             positions = pd.Index(source.samples["sample_id"].to_numpy().astype(np.int64)).get_indexer(ref_ids)
             if (positions < 0).any():
                 raise UserError(f"data: real sample {ref_ids[positions < 0][0]} is no longer in {cfg.data.path or 'the data'}; "
@@ -310,3 +310,11 @@ def measure_steps(real_red: np.ndarray, real_classes: np.ndarray, paths: tuple[n
     return {"feature_space": feature_space, "sigmas": [float(s) for s in sigmas], "steps": steps, "features": mode,
             "definitions": {"vs_real": STEP_REFERENCES["real"][mode],
                             "vs_noised_real": STEP_REFERENCES["noised real"][mode]}}
+
+
+STAGE = Stage(
+    "trajectory", run, "Few-step sampling paths and noised-real references, projected and measured per step.",
+    writes="trajectory/", after=("fit",),
+    reads=("trajectory", "report.thumb_size", "metrics.layer", "metrics.k_pr", "metrics.k_dc", "metrics.k_fidelity",
+           "metrics.bootstrap"),
+    uses_model=True)
