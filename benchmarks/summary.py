@@ -1,11 +1,11 @@
 """The table of current figures at the top of benchmarks/README.md, written from the files in benchmarks/results/.
 
-Each kept result is declared once in RESULTS: its benchmark (the README section that says what it measures), the
-device it ran on, the command that writes it, its files (the first is read, the others are its log or plot), and
-how its headline figures are read from that file. `python benchmarks/summary.py` rewrites the table between the
-README's markers; `--check` exits 1 when the README's table is not what it would write. tests/test_benchmark_summary.py
-runs the same comparison and fails on a file in results/ that no row names (only the latest result per benchmark and
-device is kept; git history holds the earlier ones, benchmarks/HISTORY.md their figures).
+Each kept result is declared once in RESULTS_TABLE: its benchmark (the README section that says what it
+measures), the device it ran on, the command that writes it, its files (the first is read, the others are its log
+or plot), and how its headline figures are read from that file. `python benchmarks/summary.py` rewrites the table
+between the README's markers; `--check` exits 1 when the README's table is not what it would write.
+tests/test_benchmark_summary.py runs the same comparison and fails on a file in results/ that no row names: only
+the latest result per benchmark and device is kept (git history holds the earlier ones, HISTORY.md their figures).
 
     python benchmarks/summary.py            # rewrite the table in benchmarks/README.md
     python benchmarks/summary.py --check    # exit 1 if it is stale
@@ -16,9 +16,9 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -27,8 +27,8 @@ BEGIN = "<!-- current figures: written by `python benchmarks/summary.py` from re
 END = "<!-- end of current figures -->"
 
 
-def _n(x: float, digits: int = 0) -> str:
-    return f"{x:,.{digits}f}"
+def _n(x: float) -> str:
+    return f"{x:,.0f}"
 
 
 def _s(x: float) -> str:
@@ -49,8 +49,9 @@ def throughput(path: Path) -> str:
     return (f"extraction {_n(ext['img_s'])} img/s ({ext['vs_fp32']:.1f}x float32 eager); generation "
             f"{_n(min(r['img_s'] for r in gen))}-{_n(max(r['img_s'] for r in gen))} img/s in 4 conditioning modes "
             f"({min(r['vs_seed'] for r in gen):.0f}-{max(r['vs_seed'] for r in gen):.0f}x seed-style); model only "
-            f"{_n(model['extract: bf16 compiled'])} / {_n(model['generate: bf16 compiled'])} img/s; "
-            f"image error {100 * d['rel_err_image']:.2f}% of float32; peak GPU memory "
+            f"(compiled) {_n(model['extract: bf16 compiled'])} img/s extraction, "
+            f"{_n(model['generate: bf16 compiled'])} generation; image error {100 * d['rel_err_image']:.2f}% of "
+            f"float32; peak GPU memory "
             f"{max(r['peak_gib'] for r in rows.values()):.1f} GiB")
 
 
@@ -72,7 +73,8 @@ def knn_log(path: Path) -> str:
     text = path.read_text(encoding="utf-8")
     head = re.match(r"exact k-NN, (\d+) queries x (\d+) base x (\d+) dims, k=(\d+)", text)
     times = {}
-    for name, dev, t in re.findall(r"^(torch chunked|sklearn brute|numpy full)\s+(cpu|cuda)\s+([\d.]+) s", text, re.M):
+    rows = re.findall(r"^(torch chunked|sklearn brute|numpy full)\s+(cpu|cuda)\s+([\d.]+) s", text, re.MULTILINE)
+    for name, dev, t in rows:
         times.setdefault(f"{name} {dev}", t)   # the first torch cpu line is `knn`; the second `within_radius`
     return (f"{_n(int(head[1]))} x {_n(int(head[2]))} x {head[3]} dims, k = {head[4]}: "
             + ", ".join(f"{k} {t} s" for k, t in times.items()))
@@ -82,21 +84,20 @@ def knn_pairs(path: Path) -> str:
     text = path.read_text(encoding="utf-8")
     head = text.splitlines()[0].split(";")[0]
     rows = re.findall(r"^\s+(.+?)\s{2,}this code\s+([\d.]+) s\s+(\S+)\s+[\d.]+ s\s+([\d.]+)x\s+identical (\w+)",
-                      text, re.M)
+                      text, re.MULTILINE)
     same = all(r[4] == "True" for r in rows)
     return (f"{head}: " + ", ".join(f"{label.split(',')[0]} {t} s ({ratio}x {ref})" for label, t, ref, ratio, _ in rows)
-            + ("; identical results" if same else "; RESULTS DIFFER"))
+            + ("; identical results" if same else "; results differ"))
 
 
 def knn_shapes(path: Path) -> str:
     rows = re.findall(r"^\s+(generated x real pass|real among itself)\s{2,}(.+?)\s{2,}([\d.]+) s$",
-                      path.read_text(encoding="utf-8"), re.M)
-    best = {}
-    for what, shape, t in rows:
-        if what not in best or float(t) < float(best[what][1]):
-            best[what] = (shape, t)
-    return "; ".join(f"{what}: fastest {shape} ({t} s of {min(float(r[2]) for r in rows if r[0] == what):.2f}-"
-                     f"{max(float(r[2]) for r in rows if r[0] == what):.2f} s)" for what, (shape, t) in best.items())
+                      path.read_text(encoding="utf-8"), re.MULTILINE)
+    parts = []
+    for what in dict.fromkeys(r[0] for r in rows):
+        times = sorted((float(t), shape) for w, shape, t in rows if w == what)
+        parts.append(f"{what}: fastest {times[0][1]} ({times[0][0]:.2f} s; slowest {times[-1][0]:.2f} s)")
+    return "; ".join(parts)
 
 
 def profile_log(path: Path) -> str:
@@ -131,7 +132,6 @@ def scale(path: Path) -> str:
     return "<br>".join(lines)
 
 
-
 def e2e(path: Path) -> str:
     last = _json(path)[-1]   # one record per device call; the last has every stage
     st = {k: v["seconds"] for k, v in last["stages"].items()}
@@ -142,16 +142,17 @@ def e2e(path: Path) -> str:
 
 
 def scaling(path: Path) -> str:
-    return "; ".join(f"{n} GPU: extraction {_n(r['extract_img_s'])} img/s, generation {_n(r['generate_img_s'])} img/s, "
-                     f"stores equal: {all(all(v for k, v in s.items() if not k.startswith('max_')) for s in r['stores'].values())}"
-                     for n, r in _json(path).items())
+    def equal(stores: dict) -> bool:   # every store's metadata, thumbnails and features as the 1-process ones
+        return all(v for checks in stores.values() for k, v in checks.items() if not k.startswith("max_"))
+    return "; ".join(f"{n} GPU: extraction {_n(r['extract_img_s'])} img/s, generation {_n(r['generate_img_s'])} "
+                     f"img/s, stores equal: {equal(r['stores'])}" for n, r in _json(path).items())
 
 
 def measure(path: Path) -> str:
     d = _json(path)
     return (f"{_n(d['n_real'])} real + {_n(d['n_gen_class'])} + 3 x {_n(d['n_variant'])}: {_s(d['new_s'])} against "
-            f"{_s(d['old_s'])} before (f2c731b), {d['ratio_old_over_new']:.1f}x; peak RSS {d['new_peak_rss_gib']:.2f} GiB; "
-            f"same metrics: {d['same_metrics']}")
+            f"{_s(d['old_s'])} before (f2c731b), {d['ratio_old_over_new']:.1f}x; peak RSS "
+            f"{d['new_peak_rss_gib']:.2f} GiB; same metrics: {d['same_metrics']}")
 
 
 def fit_overlap(path: Path) -> str:
@@ -187,12 +188,11 @@ class Result:
 H200, HOST, CPU2 = "1 H200 (16 CPU cores)", "the H200 machine's 16 CPU cores", "2 CPU cores"
 SUITE = "bash benchmarks/device_suite.sh"
 KNN_KERNELS = "python benchmarks/knn.py --kernels c83c66e"
-SCALE_H200 = "--n-gen 100000 --n-variant 50000"
 
 RESULTS_TABLE = (
     Result("GPU throughput", H200, f"{SUITE} throughput", ("throughput-h200.json", "throughput-h200.log"), throughput),
-    Result("Where a compiled batch spends its time", H200, f"{SUITE} kernels", ("kernels-h200.json", "kernels-h200.log"),
-           kernels),
+    Result("Where a compiled batch spends its time", H200, f"{SUITE} kernels",
+           ("kernels-h200.json", "kernels-h200.log"), kernels),
     Result("GPU tests", H200, f"{SUITE} tests", ("gpu-tests-h200.log",), pytest_log),
     Result("k-NN", H200, "python benchmarks/knn.py", ("knn-h200.log",), knn_log),
     Result("CPU kernels and block shapes", CPU2, KNN_KERNELS, ("knn-kernels-cpu2.log",), knn_pairs),
@@ -205,7 +205,8 @@ RESULTS_TABLE = (
            ("knn-profile-cuda-h200.log",), profile_log),
     Result("Scale", CPU2, "python benchmarks/scale.py --n-real 50000 --n-gen 50000 --n-variant 10000",
            ("scale-cpu2-50k.json", "scale-cpu2-50k.png"), scale),
-    Result("Scale", CPU2, f"python benchmarks/scale.py --n-real 50000,256000 {SCALE_H200} --timeout 1500",
+    Result("Scale", CPU2, "python benchmarks/scale.py --n-real 50000,256000 --n-gen 100000 --n-variant 50000 "
+                          "--timeout 1500",
            ("scale-cpu2-sweep.json", "scale-cpu2-sweep.png"), scale),
     Result("Scale", H200, f"N_REAL=256000 {SUITE} scale", ("scale-h200-256k.json", "scale-h200-256k.png"), scale),
     Result("Scale", H200, f"N_REAL=1280000 {SUITE} scale", ("scale-h200-1280k.json", "scale-h200-1280k.png"), scale),
@@ -220,9 +221,11 @@ RESULTS_TABLE = (
            ("measure-cpu2-10k.json",), measure),
     Result("UMAP modes", CPU2, "python benchmarks/umap_modes.py --n 50000", ("umap-modes-cpu2.json",), umap_modes),
     Result("UMAP modes", HOST, "python benchmarks/umap_modes.py --n 50000", ("umap-modes-h200.json",), umap_modes),
-    Result("UMAP modes", f"{CPU2}, the demo's real set", "python benchmarks/umap_modes.py --store WORK/stores/real --seeds 2",
+    Result("UMAP modes", f"{CPU2}, the demo's real set",
+           "python benchmarks/umap_modes.py --store WORK/stores/real --seeds 2",
            ("umap-modes-demo.json",), umap_modes),
-    Result("Fast projection", CPU2, "python benchmarks/fit_projection.py --demo WORK --synthetic SCALE_WORK --n-new 10000",
+    Result("Fast projection", CPU2,
+           "python benchmarks/fit_projection.py --demo WORK --synthetic SCALE_WORK --n-new 10000",
            ("fit-projection-cpu2.json",), fit_projection),
     Result("Fit overlap", H200, "python benchmarks/fit_overlap.py --n 640000",
            ("fit-overlap-h200.json", "fit-overlap-h200.log"), fit_overlap),

@@ -33,7 +33,7 @@ def test_every_result_file_is_one_row_and_every_row_has_its_section():
     assert len(named) == len(set(named)), "a result file is named by two rows"
     kept = sorted(p.name for p in (BENCHMARKS / "results").iterdir())
     assert kept == sorted(named), "results/ keeps the latest result per benchmark and device, each a row of summary.py"
-    headings = re.findall(r"^#{2,3} (.+)$", (BENCHMARKS / "README.md").read_text(encoding="utf-8"), re.M)
+    headings = re.findall(r"^#{2,3} (.+)$", (BENCHMARKS / "README.md").read_text(encoding="utf-8"), re.MULTILINE)
     assert len(headings) == len(set(headings))   # one anchor per section
     for r in summary.RESULTS_TABLE:
         assert r.benchmark in headings, f"benchmarks/README.md has no section {r.benchmark!r}"
@@ -57,5 +57,5 @@ def test_no_session_numbers():
     paths = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), *(ROOT / "dmd2report").rglob("*.py"),
              *(p for p in BENCHMARKS.rglob("*") if p.is_file() and p.suffix != ".png")]
     cited = [f"{p.relative_to(ROOT)}: {m}" for p in paths
-             for m in re.findall(r".{0,40}session ?\d+", p.read_text(encoding="utf-8"), re.I)]
+             for m in re.findall(r".{0,40}session ?\d+", p.read_text(encoding="utf-8"), re.IGNORECASE)]
     assert not cited, cited
