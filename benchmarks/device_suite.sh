@@ -5,10 +5,10 @@
 #   bash benchmarks/device_suite.sh throughput   # end to end, with the GPU's busy fraction in a stage
 #   SCALING=1,2,4 bash benchmarks/device_suite.sh scaling   # on a several-GPU machine: torchrun scaling
 #   bash benchmarks/device_suite.sh kernels      # model-only rates and slowest kernels of the compiled network (KERNELS_ARGS: other variants), Inductor's generated code
-#   N_REAL=256000 bash benchmarks/device_suite.sh scale   # issue 20 item 7: the five stages after fit at N_REAL real + 250,000 generated
+#   N_REAL=256000 bash benchmarks/device_suite.sh scale   # scale: the five stages after generation at N_REAL real + 250,000 generated
 #   ONE_PROCESS=1 N_REAL=256000 bash benchmarks/device_suite.sh scale   # the same five in one `dmd2report build` process
 # Run back to back on a warm machine, later parts reuse the compiled kernels (Inductor's cache in /tmp).
-# Results go to $OUT (the device tool brings that folder back).
+# Results go to $OUT (the device tool brings that folder back); benchmarks/README.md says how they enter results/.
 set -u -o pipefail
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1   # a caller's path (e.g. wheels unpacked elsewhere) stays
 OUT=${OUT:-/tmp/device-suite}
@@ -34,7 +34,8 @@ case "${1:-tests}" in
     # A warm-up fit first compiles and caches numba's kernels (umap-learn's, the projection's), as a user's first
     # fit does; the timed run then loads them, as every later fit does. Stores of 1.28M take ~31 s to write.
     N_REAL=${N_REAL:-256000}
-    if [ -n "${ONE_PROCESS:-}" ]; then MODE="--one-process --timeout 400"; NAME=$N_REAL-build; else MODE="--timeout 250"; NAME=$N_REAL; fi
+    NAME=$((N_REAL / 1000))k   # results/scale-h200-256k.json, -256k-build.json: the names results/ keeps
+    if [ -n "${ONE_PROCESS:-}" ]; then MODE="--one-process --timeout 400"; NAME=$NAME-build; else MODE="--timeout 250"; fi
     timeout 90 python benchmarks/scale.py --n-real 60000 --n-gen 5000 --n-variant 2000 --stages fit \
       --random-checkpoint /tmp/rand.safetensors --root /tmp/warm --out /tmp/warm.json 2>&1 | tail -1
     timeout 480 python benchmarks/scale.py --n-real "$N_REAL" --n-gen 100000 --n-variant 50000 \

@@ -1,7 +1,7 @@
 """Scale benchmark (issue 20 item 6): time and peak host memory of fit, measure and render against N.
 
     PYTHONPATH=. nice -n 10 python benchmarks/scale.py --n-real 10000,50000 --n-gen 10000,50000 \
-        --n-variant 2000,10000 --timeout 1800 --out benchmarks/results/scale-cpu2.json
+        --n-variant 2000,10000 --timeout 1800 --out /tmp/scale-cpu2.json
 
 For each size, `write_synthetic_work_dir` writes a work directory without the model: a real store and
 the gen-class / gen-uniform / gen-zero / gen-blend stores, written with `store.StoreWriter` as the

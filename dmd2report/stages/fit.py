@@ -75,7 +75,7 @@ def run(ctx: Context, overwrite: bool = False) -> None:
         with _Searches(_ahead(device)) as searches:
             # The searches in PCA space, queued here, start once the UMAP is fitted (`on_fitted`): on a GPU they
             # run while the CPU projects the map. Not before: beside the UMAP's fit they made that step several
-            # times slower on the H200 (`benchmarks/README.md`, "Session 12 on the H200").
+            # times slower on the H200 (`benchmarks/HISTORY.md`, "The fit's searches start once the UMAP is fitted").
             if shared:
                 near["real"] = knn(reduced["real"], None, max(k_graph - 1, k_trust_self), exclude_self=True,
                                    device=device)   # the UMAP's graph: needed first
