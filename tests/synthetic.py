@@ -4,8 +4,9 @@
 space, with k-NN, coverage and the headline metrics computed from those features, so the report can be
 rendered and checked without a model. `write_synthetic_work_dir` writes, without the model, the stores the
 extract and generate stages write (class-structured features at a preset's layer widths) and records those
-stages as done, so fit, measure and render run on it as on a real run at any size. The package imports
-nothing from here: it lives outside `dmd2report/` and the wheel.
+stages as done, so fit, measure and render run on it as on a real run at any size. `replace` copies a
+`ReportData` with fields changed, re-validated. The package imports nothing from here: it lives outside
+`dmd2report/` and the wheel.
 """
 
 from __future__ import annotations
