@@ -20,13 +20,16 @@ import argparse
 import re
 import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from dmd2report.report.data import synthetic_report_data
 from dmd2report.report.render import render_site
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from synthetic import synthetic_report_data  # noqa: E402  (tests/synthetic.py)
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
 

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))   # tests/synthetic.py
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
 
 
@@ -73,8 +74,13 @@ class MadeThumbs:
 
 
 def make_data(n: int, seed: int = 0, n_classes: int = 100, k: int = 8, old_format: bool = False):
-    from dmd2report.report.data import Neighbours, synthetic_report_data
     import dataclasses
+
+    from dmd2report.report.data import Neighbours
+    if old_format:   # the baseline tree's package (the code before) still carries the synthetic data
+        from dmd2report.report.data import synthetic_report_data
+    else:
+        from synthetic import synthetic_report_data
     base = synthetic_report_data(600, 300, n_classes, seed=seed, thumb_size=32, variants_per_class=1)
     rng = np.random.default_rng(seed)
     n_real = int(n * 0.8)

@@ -1,6 +1,6 @@
 """The UMAP fit's settings side by side, on the same data in one process (issue 20 item 2).
 
-Class-structured synthetic features at the dmd2-imagenet64 layer width (`scale._Structure`, 1,000 classes),
+Class-structured synthetic features at the dmd2-imagenet64 layer width (`ClassStructuredFeatures`, 1,000 classes),
 reduced as the fit stage does (`embed.fit_reduction`, 50 components), the exact 15-NN graph (`knn.knn`), then
 umap-learn's fit on that graph under each setting of `embedding.init` x `embedding.reproducible`, each timed
 after numba has compiled (a 300-point fit of the same mode first). Map quality of each: trustworthiness
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scale import _Structure  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from synthetic import ClassStructuredFeatures  # noqa: E402  (tests/synthetic.py)
 
 MODES = [("spectral", True), ("pca", True), ("spectral", False), ("pca", False)]
 
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
         reduced = emb.reduce_chunks(store.iter_features(args.layer), progress=False)
         args.n, args.classes = len(reduced), len(np.unique(classes))
     else:
-        st = _Structure(768, args.classes, 0)
+        st = ClassStructuredFeatures(768, args.classes, 0)
         rng = np.random.default_rng(0)
         classes = rng.integers(0, args.classes, args.n)
         x = st.sample(rng, st.means[classes], 1.0, 0.3).astype(np.float32)

@@ -105,6 +105,18 @@ def test_libraries_import_no_stage():
     assert bad == set()
 
 
+def test_report_imports_no_search_or_metric_computation():
+    """The report shows what the stages computed: no module under report/ imports the k-NN search (knn,
+    knn_kernels) or the metrics' computation (metrics and any module under it); the metrics' declarations
+    (metric_defs) it may. Synthetic report data, which does compute them, lives in tests/synthetic.py."""
+    graph = import_graph()
+    report = {m for m in graph if m == "dmd2report.report" or m.startswith("dmd2report.report.")}
+    assert "dmd2report.report.data" in report and "dmd2report.report.render" in report   # not blind to report/
+    computation = ("dmd2report.knn", "dmd2report.metrics")   # prefixes: knn_kernels too; metric_defs does not match
+    bad = {(m, t) for m in report for t in graph[m] if t.startswith(computation)}
+    assert bad == set()
+
+
 def test_graph_sees_function_local_imports():
     """The check is not blind: imports inside functions are edges (WorkDir.store imports store.py inside
     the method), and a circle through one is found."""

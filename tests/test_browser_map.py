@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from dmd2report.report import palette
-from dmd2report.report.data import synthetic_report_data
 from dmd2report.report.figures import step_colours
 from dmd2report.report.render import render_site
 from conftest import ARTIFACTS
+from synthetic import synthetic_report_data
 from test_browser_report import _client_point, _open
 
 pytestmark = pytest.mark.browser

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from dmd2report.metric_defs import METRICS
-from dmd2report.report.data import replace, synthetic_report_data
 from dmd2report.report.render import render_site
+from synthetic import replace, synthetic_report_data
 from test_browser_report import ARTIFACTS, _open
 
 pytestmark = pytest.mark.browser

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ARTIFACTS, CHROMIUM   # and the `browser` fixture
-from dmd2report.report.data import synthetic_report_data
 from dmd2report.report.render import render_site
+from synthetic import synthetic_report_data
 
 pytestmark = pytest.mark.browser
 

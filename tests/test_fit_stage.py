@@ -6,19 +6,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from test_scale_bench import _scale   # benchmarks/scale.py, loaded once for the tests
-
 from dmd2report.config import load_config
 from dmd2report.context import Context
 from dmd2report.embed import Embedding
 from dmd2report.pipeline import run_stages
 from dmd2report.stages import fit as fit_stage
+from synthetic import write_synthetic_work_dir
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fit_subsample", [200, 1000])   # the rest of the real set projected; every real row fitted
 def test_searches_ahead_give_the_same_fit(tmp_path, monkeypatch, fit_subsample):
-    cfg = _scale().write_synthetic_work_dir(
+    cfg = write_synthetic_work_dir(
         tmp_path, n_real=300, n_gen_class=120, n_variant=40, classes=10,
         dims={"encoder_bottleneck": 24, "midblock": 24}, seed=4, preset="demo", chunk_size=64, device="cpu",
         extra_config=f"[embedding]\npca_components = 6\nn_neighbors = 8\nfit_subsample = {fit_subsample}\n")

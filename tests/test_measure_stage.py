@@ -6,13 +6,12 @@ import json
 import numpy as np
 import pytest
 
-from test_scale_bench import _scale   # benchmarks/scale.py, loaded once for the tests
-
 from dmd2report.config import load_config
 from dmd2report.context import Context
 from dmd2report.metrics import fd_real_halves, measure
 from dmd2report.pipeline import run_stages
 from dmd2report.stages.measure import flatten_arrays, variant_classes
+from synthetic import write_synthetic_work_dir
 
 
 def real_classes_of(wd):
@@ -30,7 +29,7 @@ def test_flatten_arrays_stores_covering_lists_ragged_without_padding():
 
 @pytest.mark.slow
 def test_chunked_measure_stage_equals_in_memory_measure(tmp_path, caplog):
-    cfg = _scale().write_synthetic_work_dir(
+    cfg = write_synthetic_work_dir(
         tmp_path, n_real=300, n_gen_class=200, n_variant=50, classes=10,
         dims={"encoder_bottleneck": 48, "midblock": 48}, seed=2, preset="demo", chunk_size=64, device="cpu",
         extra_config="[embedding]\npca_components = 8\nn_neighbors = 10\n", metrics_config="bootstrap = 10")

@@ -9,8 +9,8 @@ from PIL import Image
 
 from dmd2report.errors import UserError
 from dmd2report.report import sprites
-from dmd2report.report.data import replace, synthetic_report_data
 from dmd2report.report.render import SITE_MARKER, json_for_script, render_site
+from synthetic import replace, synthetic_report_data
 
 HOSTILE = "<script>alert(1)</script>"
 QUOTED_PATH = 'data/"quoted" it\'s </script><!--.JPEG'

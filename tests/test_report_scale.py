@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dmd2report.report.data import Ragged, StackedThumbnails, synthetic_report_data
+from dmd2report.report.data import Ragged, StackedThumbnails
 from dmd2report.report.render import render_site
 from dmd2report.report.view import _water_fill, balanced_sample, site_view
+from synthetic import synthetic_report_data
 
 
 def _payload(root):

@@ -1,7 +1,6 @@
 """benchmarks/scale.py cannot rot: its synthetic work directory runs fit, measure and render without a model,
 and a stage over its time limit is recorded as not finished."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -12,21 +11,15 @@ import pytest
 from dmd2report.config import load_config
 from dmd2report.context import Context
 from dmd2report.pipeline import run_stages, stage_keys
+from synthetic import write_config, write_synthetic_work_dir
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _scale():
-    spec = importlib.util.spec_from_file_location("scale_bench", ROOT / "benchmarks" / "scale.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["scale_bench"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import scale  # noqa: E402  (benchmarks/scale.py, the benchmark under test)
 
 
-def _tiny_work_dir(scale, root: Path) -> Path:
+def _tiny_work_dir(root: Path) -> Path:
     """300 real, 200 + 3 x 50 generated, 10 classes, 64 dims: the benchmark's writer at test size."""
-    return scale.write_synthetic_work_dir(
+    return write_synthetic_work_dir(
         root, n_real=300, n_gen_class=200, n_variant=50, classes=10,
         dims={"encoder_bottleneck": 64, "midblock": 64}, seed=3, preset="demo", chunk_size=128, device="cpu",
         extra_config="[embedding]\npca_components = 8\nn_neighbors = 10\n", metrics_config="bootstrap = 10")
@@ -34,8 +27,7 @@ def _tiny_work_dir(scale, root: Path) -> Path:
 
 @pytest.mark.slow
 def test_synthetic_work_dir_runs_fit_measure_render(tmp_path):
-    scale = _scale()
-    cfg = _tiny_work_dir(scale, tmp_path)
+    cfg = _tiny_work_dir(tmp_path)
     config = load_config(cfg)
     ctx = Context.create(config, command="test")
     wd = ctx.workdir
@@ -62,9 +54,8 @@ def test_synthetic_work_dir_runs_fit_measure_render(tmp_path):
 
 
 def test_stage_over_its_time_limit_is_not_finished(tmp_path):
-    scale = _scale()
-    cfg = scale.write_config(tmp_path / "config.toml", tmp_path, preset="demo", layers=["encoder_bottleneck", "midblock"],
-                             n_gen=10, n_variant=5, seed=0, chunk_size=16, full_per_class=1, device="cpu")
+    cfg = write_config(tmp_path / "config.toml", tmp_path, preset="demo", layers=["encoder_bottleneck", "midblock"],
+                       n_gen=10, n_variant=5, seed=0, chunk_size=16, full_per_class=1, device="cpu")
     row = scale.run_stage("fit", cfg, timeout=0.3, workdir=tmp_path / "work")
     assert row["status"] == "did not finish" and row["timeout_s"] == 0.3
     assert scale.slope([(10, 1.0), (100, 10.0)]) == pytest.approx(1.0)
@@ -74,8 +65,7 @@ def test_stage_over_its_time_limit_is_not_finished(tmp_path):
 def test_one_process_build_row_sums_the_stages_it_ran(tmp_path):
     # --one-process: the row a user's `dmd2report build` gives (one process); its stage time is the sum over
     # the stages that process ran, the forced ones and any not done yet (atlas, trajectory), none from before.
-    scale = _scale()
-    cfg = _tiny_work_dir(scale, tmp_path)
+    cfg = _tiny_work_dir(tmp_path)
     work = tmp_path / "work"
     row = scale.run_stage("build", cfg, timeout=300, workdir=work, build=("fit", "measure", "render"))
     assert row["status"] == "ok", row.get("error")

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from dmd2report.cli import cli
 from dmd2report.config import load_config
 from dmd2report.errors import UserError
-from dmd2report.report.data import synthetic_report_data
 from dmd2report.report.render import render_site
+from synthetic import synthetic_report_data
 
 HOSTILE = "<script>alert(1)</script>"
 LOGO = '<img class="lab-logo" src="{{ root }}static/logo.svg" alt="Lab logo">'

@@ -1,8 +1,8 @@
 """The report's input contract: everything the pages show, in one typed object.
 
 The site renderer reads only a `ReportData`; it never touches the model, the feature stores or
-the embedding. The pipeline builds one from its stored results, `synthetic_report_data` builds
-a plausible one from random clusters (tests, benchmarks, and a living example of the contract).
+the embedding. The pipeline builds one from its stored results; tests/synthetic.py (outside the
+package) builds a plausible one from random clusters for the tests and benchmarks.
 
 Conventions shared by every table:
 - a *point row* is a row position (0..n-1) in `ReportData.points`; neighbour lists, covered-by
@@ -13,15 +13,12 @@ Conventions shared by every table:
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
 
-from ..files import sha256_bytes, short_hash
-from ..metric_defs import METRICS
+from ..files import short_hash
 
 POINT_COLUMNS = ["set", "variant", "sample_id", "class_id", "x", "y", "trust", "covered", "source", "thumb"]
 CLASS_COLUMNS = ["class_id", "synset", "name"]
@@ -278,7 +275,7 @@ class Comparison:
 
 @dataclass
 class ReportData:
-    """Everything the report site shows. Build with the pipeline or `synthetic_report_data`.
+    """Everything the report site shows, as the pipeline builds it (tests: tests/synthetic.py).
 
     points: one row per real or generated sample, columns POINT_COLUMNS:
         set 'real'|'generated'; variant 'real' for real points, else the conditioning
@@ -403,225 +400,4 @@ def package_versions() -> dict[str, str]:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
-    return out
-
-
-def _nearest(queries: np.ndarray, pool: np.ndarray, k: int, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """`knn.knn` on the CPU as (indices, distances), padded with -1/NaN to k columns when the pool is small.
-    exclude_self: queries are `pool` itself, and a row is not its own neighbour."""
-    from ..knn import knn
-    idx = np.full((len(queries), k), -1, np.int64)
-    dist = np.full((len(queries), k), np.nan, np.float32)
-    kk = min(k, len(pool) - int(exclude_self))
-    if kk <= 0 or len(queries) == 0:
-        return idx, dist
-    d, i = knn(queries, None if exclude_self else pool, kk, exclude_self=exclude_self, device="cpu")
-    idx[:, :kk], dist[:, :kk] = i, d
-    return idx, dist
-
-
-def synthetic_report_data(n_real: int = 600, n_gen: int = 300, n_classes: int = 6, seed: int = 0, *,
-                          thumb_size: int = 16, k: int = 5, variants_per_class: int = 4,
-                          class_names: dict[int, str] | None = None, untrained: bool = False,
-                          trajectories: bool = False) -> ReportData:
-    """A plausible ReportData from Gaussian clusters in a small 'activation' space.
-
-    Real points: one cluster per class. Generated: class-conditioned samples near their class
-    (slightly shrunk, so coverage is imperfect), plus `variants_per_class` seeds per class drawn
-    under class, uniform, zero and blend conditioning. Thumbnails are noisy colour patches tinted
-    by class. `class_names` overrides names (tests use it to inject hostile strings).
-    `trajectories=True` adds few-step paths (4 steps, 2 per class drawn) from the mean towards each
-    class centre, and noised-real references, with thumbnails appended.
-    """
-    rng = np.random.default_rng(seed)
-    dim = 8
-    centres = rng.normal(0, 4, (n_classes, dim))
-    plane = rng.normal(0, 1, (dim, 2))
-    synsets = [f"n{1440764 + 9973 * c:08d}" for c in range(n_classes)]
-    names = [f"class {c}" for c in range(n_classes)]
-    for c, nm in (class_names or {}).items():
-        names[c] = nm
-    classes = pd.DataFrame({"class_id": np.arange(n_classes), "synset": synsets, "name": names})
-
-    real_cls = rng.integers(0, n_classes, n_real)
-    real_f = centres[real_cls] + rng.normal(0, 1, (n_real, dim))
-    gen_cls = rng.integers(0, n_classes, n_gen)
-    gen_f = centres[gen_cls] + rng.normal(0, 0.7, (n_gen, dim)) + 0.5
-    variant_names = ["class", "uniform", "zero", "blend"]
-    var_f, var_cls, var_variant, var_seed = [], [], [], []
-    for c in range(n_classes):
-        for s in range(variants_per_class):
-            z = rng.normal(0, 0.7, dim)
-            mean_centre = centres.mean(0)
-            for v, where in zip(variant_names, (centres[c], mean_centre, mean_centre * 0.2, 0.5 * (centres[c] + mean_centre))):
-                var_f.append(where + z)
-                var_cls.append(c if v != "zero" else -1)
-                var_variant.append(v)
-                var_seed.append(c * variants_per_class + s)
-    var_f = np.array(var_f).reshape(-1, dim)
-    feats = np.concatenate([real_f, gen_f, var_f])
-    xy = feats @ plane
-    n_var = len(var_f)
-    n = n_real + n_gen + n_var
-    sets = ["real"] * n_real + ["generated"] * (n_gen + n_var)
-    variants = ["real"] * n_real + ["class"] * n_gen + var_variant
-    cls = np.concatenate([real_cls, gen_cls, np.array(var_cls, int)]).astype(int)
-    sample_ids = [f"real-{i:06d}" for i in range(n_real)] + [f"gen-{i:06d}" for i in range(n_gen)] + \
-                 [f"var-{v}-{s:04d}" for v, s in zip(var_variant, var_seed)]
-    sources = [f"data/train/{synsets[c]}/{synsets[c]}_{i}.JPEG" for i, c in enumerate(real_cls)] + \
-              [f"seed {seed} index {i}" for i in range(n_gen)] + [f"seed {seed} index {s} ({v})" for v, s in zip(var_variant, var_seed)]
-    real_rows = np.arange(n_real)
-    gen_rows = np.arange(n_real, n)
-
-    # Neighbours in feature space; rows of the pools map back to point rows. The real pool
-    # includes the query's own row for real points, so ask for one more and drop self matches.
-    def neighbours(pool_rows):
-        idx, dist = _nearest(feats, feats[pool_rows], k + 1)
-        idx = np.where(idx >= 0, pool_rows[np.clip(idx, 0, None)], -1)
-        own = idx == np.arange(n)[:, None]
-        keep = np.argsort(own, axis=1, kind="stable")[:, :k]  # self matches sort last
-        return np.take_along_axis(idx, keep, 1), np.take_along_axis(dist, keep, 1)
-    ri, rd = neighbours(real_rows)
-    gi, gd = neighbours(gen_rows)
-    # Coverage (Naeem et al. 2020): a real point is covered when a generated sample lies within its k-NN radius.
-    from ..knn import within_radius
-    radius = _nearest(real_f, real_f, k, exclude_self=True)[1][:, -1]
-    cover = within_radius(real_f, feats[gen_rows], radius, radius_of="query", cap=20, device="cpu")
-    covered_by: dict[int, list[int]] = {int(r): gen_rows[cover.nearest[r][cover.nearest[r] >= 0]].tolist()
-                                        for r in np.flatnonzero(cover.counts)}
-    covered = np.zeros(n, bool)
-    covered[list(covered_by)] = True
-    cover_count = np.zeros(n, np.int64)
-    cover_count[:n_real] = cover.counts
-    cover_radius = np.full(n, np.nan)
-    cover_radius[:n_real] = radius
-    trust = np.clip(rng.normal(0.85, 0.08, n), 0, 1)
-
-    # Thumbnails: class-tinted noise with a bright square, so grids look like distinct images.
-    t = thumb_size
-    hue = rng.uniform(40, 215, (n_classes + 1, 3))
-    base = hue[np.where(cls >= 0, cls, n_classes)]
-    thumbs = np.clip(base[:, None, None, :] + rng.normal(0, 25, (n, t, t, 3)), 0, 255)
-    for i in range(n):
-        a, b = rng.integers(0, t // 2, 2)
-        thumbs[i, a:a + t // 3, b:b + t // 3] = 255 - base[i]
-    grid_n = 8
-    gx, gy = np.meshgrid(np.linspace(xy[:n_real, 0].min(), xy[:n_real, 0].max(), grid_n),
-                         np.linspace(xy[:n_real, 1].min(), xy[:n_real, 1].max(), grid_n))
-    grid_thumbs = np.clip(rng.uniform(40, 215, (grid_n * grid_n, 1, 1, 3)) + rng.normal(0, 20, (grid_n * grid_n, t, t, 3)), 0, 255)
-    n_anchor = min(n_classes * 2, n_real)
-    anchor_rows = rng.choice(n_real, n_anchor, replace=False)
-    anchor_thumbs = thumbs[anchor_rows] * 0.7 + 40
-    all_thumbs = np.concatenate([thumbs, grid_thumbs, anchor_thumbs]).astype(np.uint8)
-    grid = pd.DataFrame({"x": gx.ravel(), "y": gy.ravel(), "thumb": n + np.arange(grid_n * grid_n)})
-    cname = dict(zip(classes["class_id"], classes["name"]))
-    anchors = [AtlasAnchor(anchor=int(r), neighbours=[int(j) for j in ri[r] if j >= 0],
-                           thumb=n + grid_n * grid_n + i, conditioning=f"class {real_cls[r]} ({cname[real_cls[r]]})",
-                           note="full activations of the nearest stored samples were recomputed" if i % 2 else "")
-               for i, r in enumerate(anchor_rows)]
-    atlas = Atlas(grid=grid, anchors=anchors, mask_layer="midblock", note="synthetic")
-
-    points = pd.DataFrame({"set": sets, "variant": variants, "sample_id": sample_ids, "class_id": cls,
-                           "x": xy[:, 0], "y": xy[:, 1], "trust": trust, "covered": covered,
-                           "source": sources, "thumb": np.arange(n)})
-    var_df = pd.DataFrame({"seed_index": var_seed, "class_id": np.repeat(np.arange(n_classes), variants_per_class * 4),
-                           "variant": var_variant, "point": n_real + n_gen + np.arange(n_var)})
-
-    # Metrics computed from the synthetic features (Kynkaanniemi et al. 2019; Naeem et al. 2020).
-    gen_to_real, gen_to_real_d = _nearest(feats[gen_rows], real_f, k)
-    precision = float((gen_to_real_d <= radius[gen_to_real]).any(1).mean())
-    density = float((gen_to_real_d <= radius[gen_to_real]).sum(1).mean() / k)
-    gen_radius = _nearest(feats[gen_rows], feats[gen_rows], k, exclude_self=True)[1][:, -1]
-    real_to_gen, real_to_gen_d = _nearest(real_f, feats[gen_rows], k)
-    recall = float((real_to_gen_d <= gen_radius[real_to_gen]).any(1).mean())
-    coverage = float(covered[:n_real].mean())
-    gen_r = gen_to_real_d
-
-    def boot(v):  # a plausible interval shape; the real pipeline bootstraps
-        return max(v - 0.03, 0.0), min(v + 0.03, 1.0)
-    rows = []
-    for key, v in (("precision", precision), ("recall", recall), ("density", density), ("coverage", coverage)):
-        lo, hi = boot(v)
-        rows.append((key, METRICS[key].label, v, lo, hi, METRICS[key].explanation, n_real, n_gen + n_var, True))
-    rows.append(("trust", METRICS["trust"].label, float(trust.mean()), np.nan, np.nan, METRICS["trust"].explanation,
-                 n_real, n_gen + n_var, False))
-    from ..metrics import fd_real_halves, frechet_distance
-    halves = fd_real_halves(real_f, real_cls, seed)
-    fd = FrechetDistance(value=frechet_distance(real_f, feats[gen_rows]), n_real=n_real, n_gen=n_gen + n_var,
-                         layer="midblock", note="synthetic features", real_halves=halves["value"],
-                         n_halves=tuple(halves["n_halves"]))
-    rows.append(("fd", METRICS["fd"].label, fd.value, np.nan, np.nan, METRICS["fd"].explanation, n_real, n_gen + n_var,
-                 METRICS["fd"].headline))
-    overall = pd.DataFrame(rows, columns=OVERALL_COLUMNS)
-    per_class = []
-    for c in range(n_classes):
-        rr, gg = real_cls == c, cls[gen_rows] == c
-        per_class.append({"class_id": c, "n_real": int(rr.sum()), "n_gen": int(gg.sum()),
-                          "precision": float(rng.uniform(0.4, 1.0)) if gg.any() else np.nan,
-                          "recall": float(rng.uniform(0.2, 0.9)) if gg.any() else np.nan,
-                          "coverage": float(covered[:n_real][rr].mean()) if rr.any() else np.nan})
-    per_variant = pd.DataFrame([{"variant": v, "n_gen": int((np.array(variants) == v).sum()),
-                                 "precision": float(rng.uniform(0.3, 1.0)), "recall": float(rng.uniform(0.1, 0.8)),
-                                 "coverage": float(rng.uniform(0.1, 0.8))} for v in variant_names])
-    metrics = Metrics(overall=overall, per_class=pd.DataFrame(per_class), per_variant=per_variant, fd=fd, layer="midblock")
-
-    config = {"run": {"name": "synthetic", "seed": seed}, "model": {"preset": "tiny"}, "report": {"thumb_size": t}}
-    run = RunInfo(name="synthetic report", command=f"synthetic_report_data({n_real}, {n_gen}, {n_classes}, {seed})",
-                  built_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), versions=package_versions(),
-                  config_hash=config_hash(config), config=config)
-    data = ReportData(
-        run=run, model=ModelInfo(preset="tiny", checkpoint="synthetic.safetensors", sha256=sha256_bytes(b"synthetic"), untrained=untrained),
-        sources=[DataSource("real: synthetic clusters", "data/train", n_real),
-                 DataSource("generated: class-conditioned", f"seed {seed}", n_gen),
-                 DataSource("generated: variants (class, uniform, zero, blend)", f"seed {seed}", n_var)],
-        classes=classes, points=points, thumbnails=all_thumbs,
-        neighbours=Neighbours(ri, rd.astype(np.float32), gi, gd.astype(np.float32), layer="midblock"),
-        covered_by=covered_by, cover_count=cover_count, cover_radius=cover_radius, metrics=metrics,
-        nn_real_real=radius,
-        nn_gen_real=gen_r[:, -1], variants=var_df, atlas=atlas)
-    if trajectories:
-        data = _synthetic_trajectories(data, centres, plane, rng)
-    data.validate()
-    return data
-
-
-def _synthetic_trajectories(data: ReportData, centres: np.ndarray, plane: np.ndarray, rng,
-                            per_class: int = 3, shown: int = 2) -> ReportData:
-    """Paths from the clusters' mean (pure noise) towards their class centre, one point per sigma."""
-    sigmas = [80.0, 14.0, 1.0, 0.05]
-    S, t = len(sigmas), data.thumbnails.shape[1]
-    mean = centres.mean(0)
-    frac = np.array([0.0, 0.55, 0.9, 1.0])          # how far each step has moved towards the class
-    rows, refs, thumbs = [], [], []
-    base = len(data.thumbnails)
-    for c in range(len(centres)):
-        for j in range(per_class):
-            z = rng.normal(0, 1.5, centres.shape[1])
-            end = centres[c] + rng.normal(0, 0.6, centres.shape[1])
-            for s, sigma in enumerate(sigmas):
-                xy = (mean + z * (1 - frac[s]) + (end - mean) * frac[s]) @ plane
-                rows.append((len(rows) // S, s, sigma, c, xy[0], xy[1], base + len(thumbs), j < shown,
-                             f"seed 0 #{c * per_class + j}"))
-                thumbs.append(np.full((t, t, 3), 40 + 50 * s, np.float64) + rng.normal(0, 20, (t, t, 3)))
-        for s, sigma in enumerate(sigmas):
-            xy = (centres[c] + rng.normal(0, 1.0 + 2.0 * (S - 1 - s) / S, centres.shape[1])) @ plane
-            refs.append((c, s, sigma, c, xy[0], xy[1], base + len(thumbs), f"data/train/{c}.JPEG"))
-            thumbs.append(np.full((t, t, 3), 200 - 40 * s, np.float64) + rng.normal(0, 20, (t, t, 3)))
-    steps = pd.DataFrame(rows, columns=TRAJECTORY_COLUMNS)
-    real = pd.DataFrame(refs, columns=REFERENCE_COLUMNS)
-    metrics = pd.DataFrame([(s, sigma, ref, *(np.clip(frac[s] * q + rng.normal(0, 0.03, 3), 0, 1)),
-                             int((data.points["set"] == "real").sum()), len(steps) // S)
-                            for s, sigma in enumerate(sigmas) for ref, q in (("real", np.array([0.8, 0.5, 0.6])),
-                                                                             ("noised real", np.array([0.9, 0.7, 0.7])))],
-                           columns=STEP_METRIC_COLUMNS)
-    traj = Trajectories(sigmas=sigmas, steps=steps, real=real, metrics=metrics, conditioning="class",
-                        note="synthetic paths")
-    return dataclasses.replace(data, thumbnails=np.concatenate([data.thumbnails, np.clip(thumbs, 0, 255).astype(np.uint8)]),
-                               trajectories=traj)
-
-
-def replace(data: ReportData, **changes) -> ReportData:
-    """A copy of `data` with fields replaced (dataclasses.replace, re-validated)."""
-    out = dataclasses.replace(data, **changes)
-    out.validate()
     return out
