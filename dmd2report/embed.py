@@ -64,8 +64,8 @@ PROJECT_CHUNK = 65536          # points per projection chunk: fixed, so a chunk'
 def _umap():
     """umap-learn, with numba's on-disk cache switched on for its compiled functions (numba's own
     `Dispatcher.enable_caching`; umap-learn compiles them afresh in every process otherwise; the fit's
-    UMAP step in `benchmarks/README.md`'s H200 sweep: 26.3 s in the first process, compiling, 5.1 s in
-    later ones). A function numba cannot cache here (no writable cache directory) is compiled as before."""
+    UMAP step on the H200: 26.3 s in the first process, compiling, 5.1 s in later ones; `benchmarks/HISTORY.md`,
+    "numba's disk cache and the shared real k-NN"). A function numba cannot cache here (no writable cache directory) is compiled as before."""
     import sys
 
     import umap  # slow to import (numba); only the stages that fit or project need it
