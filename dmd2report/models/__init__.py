@@ -1,3 +1,5 @@
+"""EDMPrecond + DhariwalUNet as upstream defines them, with the presets and the architecture read off a checkpoint."""
+
 from .architecture import ArchitectureError, infer_architecture
 from .precond import EDMPrecond
 from .presets import PRESETS, build_network, build_preset, preset_config

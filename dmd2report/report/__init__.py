@@ -1,0 +1,1 @@
+"""The static site: ReportData -> Bokeh figures, sprite sheets and Jinja pages."""
