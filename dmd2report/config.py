@@ -212,6 +212,34 @@ class GeneratorConfig:
     config: ArchitectureConfig = _model_key("config")
 
 
+# The pretrained encoders of the standard feature spaces (dmd2report/encoders/).
+ENCODER_KINDS = ("inception", "dinov2-vits14", "dinov2-vitb14", "dinov2-vitl14", "dinov2-vitg14", "demo-classifier")
+WEIGHTS_VALUES = (rf"(?s)(?!{BUNDLED_PREFIX}).*|{BUNDLED_PREFIX}(?:{'|'.join(map(re.escape, BUNDLED_CHECKPOINTS))})",
+                  "PATH | " + " | ".join(BUNDLED_PREFIX + name for name in BUNDLED_CHECKPOINTS))
+
+
+@dataclass
+class EncoderConfig:
+    """A pretrained encoder, an `[[encoders]]` table: a standard feature space (FID's Inception-v3, DINOv2, the demo
+    classifier). The real images and every generated image are encoded by it too, and every metric is computed in its
+    features beside the generator's layers. Its weights come from a file you give, never from a download. Without
+    `[[encoders]]`, a report on the demo data (`data.source = "demo"`) uses the bundled demo classifier."""
+
+    name: str = setting("", "The feature space's name in the report and metrics.json (required, unique, no layer's "
+                            "name).", pattern=GENERATOR_NAME)
+    kind: str = setting("inception", "The network: inception (FID's Inception-v3: 2048-D pool features, and its logits "
+                                     "for the Inception Score), dinov2-vit{s,b,l,g}14 (DINOv2's CLS embedding: "
+                                     "FD_DINOv2), demo-classifier (the demo's).", choices=ENCODER_KINDS)
+    weights: str = setting("", "Its weights (required): pytorch-fid's pt_inception-2015-12-05-6726825d.pth, the "
+                               "official dinov2_vit*14_pretrain.pth, a .safetensors of either, or "
+                               "bundled:demo-classifier.", pattern=WEIGHTS_VALUES)
+    head: str = setting("", "dinov2 only: the official linear classification head (dinov2_vit*14_linear_head.pth), "
+                            "for the classification accuracy of generated samples; empty: none.")
+    reference_stats: str = setting("", "An .npz of `mu` and `sigma` of a reference set in this space (as the "
+                                       "community's ImageNet reference batches ship): the Frechet distance against "
+                                       "it is reported beside the real set's; empty: none.")
+
+
 @dataclass
 class DataConfig:
     """The real images (render names their source)."""
@@ -371,11 +399,13 @@ class Config:
     report: ReportConfig = field(default_factory=ReportConfig)
     trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
     generators: list[GeneratorConfig] = field(default_factory=list)   # [[generators]]; empty: the one [model] declares
+    encoders: list[EncoderConfig] = field(default_factory=list)       # [[encoders]]; empty: see encoder_entries
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        if not d["generators"]:
-            del d["generators"]   # a one-generator config hashes as before [[generators]] existed
+        for name in ARRAYS:
+            if not d[name]:
+                del d[name]   # a config without the array hashes as before the array existed
         return d
 
     def section_hash(self, *sections: str) -> str:
@@ -383,6 +413,38 @@ class Config:
         d = self.to_dict()
         chosen = {s: d[s] for s in (sections or d)}
         return short_hash(chosen)
+
+
+# The arrays of tables: name -> (the dataclass of one table, what its own tables take, an example for the docs).
+GENERATORS_EXAMPLE = """[[generators]]
+name = "step-190k"
+preset = "dmd2-imagenet64"
+checkpoint = "checkpoints/step_190000"
+
+[[generators]]
+name = "step-200k"
+preset = "auto"
+checkpoint = "checkpoints/step_200000"
+"""
+
+ENCODERS_EXAMPLE = """[[encoders]]
+name = "inception"
+kind = "inception"
+weights = "weights/pt_inception-2015-12-05-6726825d.pth"
+reference_stats = "weights/VIRTUAL_imagenet64_labeled.npz"
+
+[[encoders]]
+name = "dinov2"
+kind = "dinov2-vitl14"
+weights = "weights/dinov2_vitl14_pretrain.pth"
+head = "weights/dinov2_vitl14_linear_head.pth"
+"""
+
+ARRAYS = {
+    "generators": (GeneratorConfig, "`[generators.config]` (after its `[[generators]]` table) takes the keys of "
+                                    "`[model.config]`.", GENERATORS_EXAMPLE),
+    "encoders": (EncoderConfig, "", ENCODERS_EXAMPLE),
+}
 
 
 # Keys that moved to another section: a file using the old name gets an error naming the new one.
@@ -434,10 +496,10 @@ class Key:
 
 def sections() -> dict[str, type]:
     """Section name -> its dataclass, in file order; a table inside a section follows it as
-    `section.name` ([model.config])."""
+    `section.name` ([model.config]). Arrays of tables are apart (`ARRAYS`, `array_keys`)."""
     out = {}
     for section, cls in typing.get_type_hints(Config).items():
-        if section != "generators":   # an array of tables: `generator_keys`
+        if section not in ARRAYS:
             out[section] = cls
             out |= _tables_of(section, cls)
     return out
@@ -465,11 +527,13 @@ def _keys_of(section: str, cls) -> dict[str, Key]:
     return out
 
 
-def generator_keys() -> dict[str, Key]:
-    """The keys of a [[generators]] table and of its [generators.config], `generators.name` -> Key."""
-    out = _keys_of("generators", GeneratorConfig)
-    for table, cls in _tables_of("generators", GeneratorConfig).items():
-        out |= _keys_of(table, cls)
+def array_keys(array: str) -> dict[str, Key]:
+    """The keys of one table of an array of tables and of its own tables ([generators.config]), `generators.name` ->
+    Key."""
+    cls = ARRAYS[array][0]
+    out = _keys_of(array, cls)
+    for table, table_cls in _tables_of(array, cls).items():
+        out |= _keys_of(table, table_cls)
     return out
 
 
@@ -478,6 +542,13 @@ def generator_entries(c: Config) -> list[GeneratorConfig]:
     outputs of a one-generator run)."""
     return c.generators or [GeneratorConfig(name="", preset=c.model.preset, checkpoint=c.model.checkpoint,
                                             config=c.model.config)]
+
+
+def encoder_entries(c: Config) -> list[EncoderConfig]:
+    """The pretrained encoders of a run: the [[encoders]] tables, else the bundled demo classifier for the demo data."""
+    if c.encoders or c.data.source != "demo":
+        return c.encoders
+    return [EncoderConfig(name="classifier", kind="demo-classifier", weights=f"{BUNDLED_PREFIX}demo-classifier")]
 
 
 def reference_encoder(c: Config) -> GeneratorConfig:
@@ -594,8 +665,8 @@ def _read_toml(path: Path) -> dict:
 def _apply(config: Config, data: dict, origin: str, origins: dict[str, str]) -> None:
     names = [s for s in sections() if "." not in s]
     for section, values in data.items():
-        if section == "generators":
-            config.generators = _generators(values, origin, origins)
+        if section in ARRAYS:
+            setattr(config, section, _tables(section, values, origin, origins))
             continue
         if section not in names:
             raise UserError(f"{origin}: unknown section [{section}]; valid: {', '.join(names)}")
@@ -622,20 +693,22 @@ def _apply_section(config: Config, section: str, values, origin: str, origins: d
         origins[dotted] = origin
 
 
-def _generators(tables, origin: str, origins: dict[str, str]) -> list[GeneratorConfig]:
-    """The [[generators]] tables, each key (and each of its [generators.config]) checked against its declaration."""
+def _tables(array: str, tables, origin: str, origins: dict[str, str]) -> list:
+    """The tables of an array (`[[generators]]`, `[[encoders]]`), each key (and each of its own tables, such as
+    [generators.config]) checked against its declaration."""
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
-        raise UserError(f"{origin}: generators must be an array of tables, written [[generators]]")
-    declared = generator_keys()
+        raise UserError(f"{origin}: {array} must be an array of tables, written [[{array}]]")
+    cls, declared = ARRAYS[array][0], array_keys(array)
+    subtables = {dotted.split(".", 1)[1] for dotted in _tables_of(array, cls)}
     out = []
     for i, table in enumerate(tables, 1):
-        where = f"{origin}: [[generators]] #{i}"
-        entry = GeneratorConfig()
-        items = [("generators", entry, k, v) for k, v in table.items() if k != "config"]
-        if "config" in table:
-            if not isinstance(table["config"], dict):
-                raise UserError(f"{where}: [generators.config] must be a table")
-            items += [("generators.config", entry.config, k, v) for k, v in table["config"].items()]
+        where = f"{origin}: [[{array}]] #{i}"
+        entry = cls()
+        items = [(array, entry, k, v) for k, v in table.items() if k not in subtables]
+        for sub in subtables & set(table):
+            if not isinstance(table[sub], dict):
+                raise UserError(f"{where}: [{array}.{sub}] must be a table")
+            items += [(f"{array}.{sub}", getattr(entry, sub), k, v) for k, v in table[sub].items()]
         for section, target, name, value in items:
             dotted = f"{section}.{name}"
             if dotted not in declared:
@@ -643,9 +716,9 @@ def _generators(tables, origin: str, origins: dict[str, str]) -> list[GeneratorC
                                 f"{', '.join(k.name for k in declared.values() if k.section == section)}")
             setattr(target, name, check_value(declared[dotted], value, where))
         if "name" not in table:
-            raise UserError(f"{where}: generators.name: required; name each generator")
+            raise UserError(f"{where}: {array}.name: required; name each of the {array}")
         out.append(entry)
-    origins["generators"] = origin
+    origins[array] = origin
     return out
 
 
@@ -659,10 +732,11 @@ def check_config(c: Config, origins: dict[str, str] | None = None) -> None:
 
     for dotted, key in keys().items():
         check_value(key, getattr(section_of(c, key.section), key.name), where(dotted))
-    for i, g in enumerate(c.generators, 1):
-        for key in generator_keys().values():
-            target = g.config if key.section == "generators.config" else g
-            check_value(key, getattr(target, key.name), f"{where('generators')}: [[generators]] #{i}")
+    for array in ARRAYS:
+        for i, entry in enumerate(getattr(c, array), 1):
+            for key in array_keys(array).values():
+                target = section_of(entry, key.section.partition(".")[2]) if "." in key.section else entry
+                check_value(key, getattr(target, key.name), f"{where(array)}: [[{array}]] #{i}")
     for check in BETWEEN_KEYS:
         check(c, where)
 
@@ -681,6 +755,29 @@ def _data_path(c: Config, where) -> None:
     """`data.path` is required unless `data.source` is `demo`."""
     if c.data.source != "demo" and not c.data.path:
         raise UserError(f"{where('data.source', 'data.path')}: data.path: required for data.source = {c.data.source!r}")
+
+
+@_between_keys
+def _encoders(c: Config, where) -> None:
+    """With `[[encoders]]`: their names are unique and none is one of `features.layers`; each gives its `weights`; a
+    `head` only with a dinov2 kind; the files named exist."""
+    w = where("encoders")
+    names = [e.name for e in c.encoders]
+    for i, e in enumerate(c.encoders):
+        at = f"{w}: [[encoders]] {e.name!r}"
+        if e.name in names[:i]:
+            raise UserError(f"{w}: encoders.name: {e.name!r} is repeated; name each encoder once")
+        if e.name in c.features.layers:
+            raise UserError(f"{at}: encoders.name: {e.name!r} is also a layer of features.layers; name it otherwise")
+        if not e.weights:
+            raise UserError(f"{at}: encoders.weights: required; give the {e.kind} weights file")
+        if e.head and not e.kind.startswith("dinov2-"):
+            raise UserError(f"{at}: encoders.head: a classification head is read for dinov2 kinds only, not {e.kind}")
+        for key in ("weights", "head", "reference_stats"):
+            value = getattr(e, key)
+            if value and not value.startswith(BUNDLED_PREFIX) and not Path(value).is_file():
+                raise UserError(f"{at}: encoders.{key}: {value}: " + ("not a file" if Path(value).exists()
+                                                                      else "no such file"))
 
 
 @_between_keys
@@ -857,16 +954,6 @@ def check_schedule(sigmas: Sequence[float], key: str = "trajectory.sigmas", wher
 # ---------------------------------------------------------------------------------------------
 # Documents derived from the declarations.
 
-GENERATORS_EXAMPLE = """[[generators]]
-name = "step-190k"
-preset = "dmd2-imagenet64"
-checkpoint = "checkpoints/step_190000"
-
-[[generators]]
-name = "step-200k"
-preset = "auto"
-checkpoint = "checkpoints/step_200000"
-"""
 
 
 def example_toml(read_by: Mapping[str, str] | None = None) -> str:
@@ -884,8 +971,10 @@ def example_toml(read_by: Mapping[str, str] | None = None) -> str:
             value = f"<{key.type_text()}>" if key.default is None else _toml_value(key.default)
             lines += [f"# {note}", f"{'# ' if key.default is None else ''}{key.name} = {value}"]
         lines.append("")
-    lines += [f"# {' '.join(GeneratorConfig.__doc__.split())}"] + [f"# {line}".rstrip() for line in GENERATORS_EXAMPLE.splitlines()]
-    return "\n".join(lines) + "\n"
+    for cls, _, example in ARRAYS.values():
+        lines += [f"# {' '.join(cls.__doc__.split())}"] + [f"# {line}".rstrip() for line in example.splitlines()]
+        lines.append("")
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def markdown(read_by: Mapping[str, str] | None = None, preface: Sequence[str] = ()) -> str:
@@ -910,13 +999,13 @@ def markdown(read_by: Mapping[str, str] | None = None, preface: Sequence[str] = 
                      key.allowed_text().replace("|", "\\|"), f"`{s.cli}`" if s.cli else "", s.help.replace("|", "\\|")]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
-    out += ["## [[generators]]", "", " ".join(GeneratorConfig.__doc__.split()), "",
-            "| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
-    for key in (k for k in generator_keys().values() if k.section == "generators"):
-        out.append(f"| `{key.name}` | {key.type_text()} | `{_toml_value(key.default)}` | "
-                   f"{key.allowed_text().replace('|', chr(92) + '|')} | {key.setting.help.replace('|', chr(92) + '|')} |")
-    out += ["", "`[generators.config]` (after its `[[generators]]` table) takes the keys of `[model.config]`.", "",
-            "```toml", GENERATORS_EXAMPLE.rstrip(), "```", ""]
+    for array, (cls, subtables, example) in ARRAYS.items():
+        out += [f"## [[{array}]]", "", " ".join(cls.__doc__.split()), "",
+                "| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+        for key in (k for k in array_keys(array).values() if k.section == array):
+            out.append(f"| `{key.name}` | {key.type_text()} | `{_toml_value(key.default)}` | "
+                       f"{key.allowed_text().replace('|', chr(92) + '|')} | {key.setting.help.replace('|', chr(92) + '|')} |")
+        out += [""] + ([subtables, ""] if subtables else []) + ["```toml", example.rstrip(), "```", ""]
     out += ["## Checks between keys", "", "After every value passes its own check above:", ""]
     out += [f"- {' '.join(check.__doc__.split())}" for check in BETWEEN_KEYS] + [""]
     moved = ", ".join(f"`{a}` is now `{b}`" for a, b in MOVED.items())
