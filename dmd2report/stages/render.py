@@ -38,11 +38,7 @@ def _fit_thumb(images: np.ndarray, size: int) -> np.ndarray:
 
 def run(ctx: Context, overwrite: bool = False) -> None:
     """The render stage: the site at `run.site`, replaced whole."""
-    r = ctx.config.report
-    pages = render_site(assemble_report(ctx), ctx.config.run.site, single_file=r.single_file,
-                        single_file_limit_mb=r.single_file_limit_mb, color_by=r.color_by,
-                        png_fallback=r.png_fallback, max_points=r.max_points,
-                        template_dir=r.template_dir)
+    pages = render_site(assemble_report(ctx), ctx.config.run.site, ctx.config.report)
     ctx.log.info("[render] wrote %d page(s) to %s", len(pages), ctx.config.run.site)
 
 
