@@ -288,6 +288,12 @@ def _build_page(env: jinja2.Environment, page: Page, site: Site, context: dict) 
     return html, script
 
 
+def _page_thumbs(layout: sprites.SpriteLayout) -> dict:
+    """What every page's template gets to show thumbnails; the page itself inlines nothing (the single file
+    inlines CSS, scripts and data once, around the pages)."""
+    return dict(thumb=_Thumbs(layout), thumb_px=THUMB_PX, inline_css="", inline_js="", inline_data="")
+
+
 def _sprite_css(n_sheets: int, urls: list[list[str]]) -> str:
     rules = []
     for s in range(n_sheets):
@@ -319,8 +325,7 @@ def _render_folder(env, site: Site, pages: list[Page], common: dict, out: Path, 
             root=root, single=False, fragment=False, link=lambda target, root=root: f"{root}{target}",
             map_link=lambda c, root=root: f"{root}map.html#class={int(c)}",
             map_colour_link=lambda mode, root=root: f"{root}map.html#colour={mode}",
-            sprite_css=_sprite_css(layout.sheets, urls), thumb=_Thumbs(layout), thumb_px=THUMB_PX,
-            inline_css="", inline_js="", inline_data=""))
+            sprite_css=_sprite_css(layout.sheets, urls), **_page_thumbs(layout)))
         files.save_text(out / page.file, html)
 
 
@@ -339,7 +344,7 @@ def _render_single(env, site: Site, pages: list[Page], common: dict) -> str:
         return f"#page=map&colour={mode}"
     built = [_build_page(env, page, site, common | dict(
         root="", single=True, fragment=True, link=link, map_link=map_link, map_colour_link=map_colour_link,
-        sprite_css="", thumb=_Thumbs(layout), thumb_px=THUMB_PX, inline_css="", inline_js="", inline_data=""))
+        sprite_css="", **_page_thumbs(layout)))
         for page in pages]
     js_dir = Path(bokehjs_path()) / "js"
     bokehjs = "\n".join((js_dir / f).read_text(encoding="utf-8") for f in BOKEH_FILES)
