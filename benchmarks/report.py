@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dmd2report.config import ReportConfig
 from dmd2report.report.render import render_site
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -108,7 +109,7 @@ def main():
     n_gen = args.generated - n_classes * per_class * 4
     big = synthetic_report_data(args.real, n_gen, n_classes, seed=1, thumb_size=16, variants_per_class=per_class)
     t = time.time()
-    render_site(big, out / "big", max_points=len(big.points))   # every point drawn: the 60,000-point budget
+    render_site(big, out / "big", ReportConfig(max_points=len(big.points)))   # every point drawn: the 60,000-point budget
     t_big = time.time() - t
     print(f"large site: {len(big.points):,} points ({args.real:,} real), {site_size(out / 'big') / 2**20:.1f} MB, rendered in {t_big:.1f} s")
 

@@ -130,6 +130,7 @@ def make_data(n: int, seed: int = 0, n_classes: int = 100, k: int = 8, old_forma
 
 def one(n: int, out: str, max_points: int, old: bool) -> dict:
     """Render in this process; print a JSON line with times, size and peak RSS."""
+    from dmd2report.config import ReportConfig
     from dmd2report.report.render import render_site
     t0 = time.time()
     data = make_data(n, old_format=old)
@@ -138,7 +139,7 @@ def one(n: int, out: str, max_points: int, old: bool) -> dict:
     if old:
         render_site(data, out)
     else:
-        render_site(data, out, max_points=max_points)
+        render_site(data, out, ReportConfig(max_points=max_points))
     t_render = time.time() - t0
     size = sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file())
     return {"n": n, "max_points": None if old else max_points, "old": old, "data_s": round(t_data, 2),

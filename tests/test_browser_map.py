@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 
+from dmd2report.config import ReportConfig
 from dmd2report.report import palette
 from dmd2report.report.figures import step_colours
 from dmd2report.report.render import render_site
@@ -218,7 +219,7 @@ def test_toolbars_are_complete_on_every_page_and_path(site, browser, tmp_path):
         page, problems, _ = _open(browser, (root / f).as_uri())
         assert page.evaluate(FOLDED_TOOLBARS) == [] and problems == [], f
         page.context.close()
-    render_site(data, tmp_path / "one", single_file=True)
+    render_site(data, tmp_path / "one", ReportConfig(single_file=True))
     page, problems, _ = _open(browser, (tmp_path / "one" / "report.html").as_uri())
     for nav in ["map", "metrics", "classes", "map"]:   # Overview first, then Map: the path that folded the map's tools
         page.click(f'a[data-nav="{nav}"]')

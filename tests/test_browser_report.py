@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ARTIFACTS, CHROMIUM   # and the `browser` fixture
+from dmd2report.config import ReportConfig
 from dmd2report.report.render import render_site
 from synthetic import synthetic_report_data
 
@@ -146,7 +147,7 @@ def test_class_hash_opens_map_on_class(site, browser):
 
 def test_single_file_works_offline(site, browser, tmp_path):
     _, data = site
-    render_site(data, tmp_path / "one", single_file=True)
+    render_site(data, tmp_path / "one", ReportConfig(single_file=True))
     page, problems, requests = _open(browser, (tmp_path / "one" / "report.html").as_uri() + "#class=2")
     assert page.is_visible('[data-page-section="map"]') and not page.is_visible('[data-page-section="index"]')
     assert page.evaluate("DMD2Site.pointCount('map')") == len(data.points)
@@ -275,7 +276,7 @@ def test_capped_map_selection_csv_says_it_covers_the_drawn_points(browser, tmp_p
     """Past report.max_points the map draws a sample over density images; selection and its CSV cover
     the drawn points and the CSV's first line says so; neighbours outside the site keep their distance."""
     data = synthetic_report_data(700, 300, 5, seed=3)
-    render_site(data, tmp_path / "site", max_points=250)
+    render_site(data, tmp_path / "site", ReportConfig(max_points=250))
     page, problems, _ = _open(browser, (tmp_path / "site" / "map.html").as_uri())
     assert page.evaluate("DMD2Site.pointCount('map')") == 250
     assert page.evaluate("Bokeh.documents[0].get_model_by_name('map:density:0') !== null")

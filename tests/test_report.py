@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from dmd2report.errors import UserError
+from dmd2report.config import ReportConfig, load_config
 from dmd2report.report import sprites
 from dmd2report.report.render import SITE_MARKER, json_for_script, render_site
 from synthetic import replace, synthetic_report_data
@@ -100,7 +101,7 @@ def test_sprite_sheets_hold_each_thumbnail_where_layout_says(tmp_path):
 def test_png_fallback_is_an_option(data, tmp_path):
     """report.png_fallback adds PNG sheets and the CSS that falls back to them; without it no page names a PNG."""
     plain = render_site(data, tmp_path / "plain")
-    with_png = render_site(data, tmp_path / "png", png_fallback=True)
+    with_png = render_site(data, tmp_path / "png", ReportConfig(png_fallback=True))
     assert not [p for p in plain if p.suffix == ".png"] and "thumbs-000.png" in {p.name for p in with_png}
     index_plain = (tmp_path / "plain" / "index.html").read_text()
     index_png = (tmp_path / "png" / "index.html").read_text()
@@ -139,20 +140,23 @@ def test_refuses_to_replace_a_folder_that_is_not_a_site(data, tmp_path):
 
 def test_single_file_inlines_everything_and_respects_limit(data, tmp_path, caplog):
     with caplog.at_level("INFO", logger="dmd2report"):
-        files = render_site(data, tmp_path / "one", single_file=True)
+        files = render_site(data, tmp_path / "one", ReportConfig(single_file=True))
     assert [f.name for f in files] == ["report.html"]
     html = files[0].read_text()
     assert not re.search(r'<(script|img|link)\b[^>]*\b(src|href)="(?!data:)', html)   # nothing loaded from elsewhere
     assert "data:image/webp;base64," in html and HOSTILE not in html
     assert re.search(r"single-file report: [\d.]+ MB", caplog.text)
     with pytest.raises(UserError, match="folder form"):
-        render_site(data, tmp_path / "two", single_file=True, single_file_limit_mb=0.1)
+        render_site(data, tmp_path / "two", ReportConfig(single_file=True, single_file_limit_mb=0.1))
     assert not (tmp_path / "two").exists()
 
 
 def test_bad_inputs_are_user_errors(data, tmp_path):
-    with pytest.raises(UserError, match="color_by"):
-        render_site(data, tmp_path / "s", color_by="rainbow")
+    # The render settings are checked once, where the config loads (before any stage runs).
+    with pytest.raises(UserError, match="report.color_by"):
+        load_config(overrides={"report.color_by": "rainbow"})
+    with pytest.raises(UserError, match="report.max_points"):
+        load_config(overrides={"report.max_points": 0})
     import dataclasses
     bad = dataclasses.replace(data, thumbnails=data.thumbnails[:5])
     with pytest.raises(UserError, match="thumb"):
@@ -170,17 +174,17 @@ def test_many_classes_group_the_key(tmp_path):
     own, rest = palette.class_groups(counts)
     assert len(own) == palette.LEGEND_CLASSES and len(rest) == len(counts) - len(own)
     assert [ring for _, _, ring in own] == [False] * 10 + [True] * 9 and len({(c, r) for _, c, r in own}) == 19
-    files = render_site(d, tmp_path / "s", color_by="class")
+    files = render_site(d, tmp_path / "s", ReportConfig(color_by="class"))
     text = (tmp_path / "s" / "assets" / "data.js").read_text()
     style = json.loads(text[text.index("=") + 1:text.rindex(";")])["style"]
     assert style["classes"] == {str(c): [col, ring] for c, col, ring in own} and len(style["rest"]) == len(rest)
     assert len([f for f in files if f.parent.name == "classes"]) == 40
-    render_site(d, tmp_path / "v", color_by="variant")
+    render_site(d, tmp_path / "v", ReportConfig(color_by="variant"))
     assert 'data-color-by="variant"' in (tmp_path / "v" / "map.html").read_text()
 
 
 def test_skipped_images_are_listed_on_the_overview_escaped_and_capped(data, tmp_path):
-    from dmd2report.report.render import MAX_SKIPPED
+    from dmd2report.report.pages import MAX_SKIPPED
 
     hostile = {"source": 'n01443537/<img src=x onerror=alert(1)>.jpg', "error": "OSError: cannot identify <b>image</b>"}
     many = [hostile] + [{"source": f"n01443537/bad_{i}.jpg", "error": "OSError: truncated"} for i in range(MAX_SKIPPED + 4)]
@@ -204,12 +208,12 @@ def test_coverage_global_has_a_column_where_it_differs(tmp_path):
     import pandas as pd
 
     from dmd2report.metric_defs import METRICS
-    from dmd2report.report.render import _class_metric_columns
+    from dmd2report.report.pages import class_metric_columns
 
     pc = pd.DataFrame({"class_id": [0, 1], "n_real": [5, 5], "n_gen": [4, 4], "coverage": [0.5, 0.6],
                        "coverage_global": [0.5, 0.8]})
-    assert _class_metric_columns(pc) == (["coverage", "coverage_global"], "")
-    cols, note = _class_metric_columns(pc.assign(coverage_global=[0.5004, 0.6]))   # equal as shown
+    assert class_metric_columns(pc) == (["coverage", "coverage_global"], "")
+    cols, note = class_metric_columns(pc.assign(coverage_global=[0.5004, 0.6]))   # equal as shown
     assert cols == ["coverage"] and METRICS["coverage_global"].label in note
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dmd2report.config import ReportConfig
 from dmd2report.report.data import Ragged, StackedThumbnails
 from dmd2report.report.render import render_site
 from dmd2report.report.view import _water_fill, balanced_sample, site_view
@@ -58,7 +59,7 @@ def data():
 @pytest.fixture(scope="module")
 def capped(data, tmp_path_factory):
     root = tmp_path_factory.mktemp("cap") / "site"
-    render_site(data, root, max_points=300)
+    render_site(data, root, ReportConfig(max_points=300))
     return root
 
 
@@ -114,7 +115,7 @@ def test_site_size_stops_growing_past_the_cap(tmp_path):
     sizes = {}
     for n_real in (1500, 6000):
         d = synthetic_report_data(n_real, n_real // 2, 6, seed=4, variants_per_class=3)
-        render_site(d, tmp_path / str(n_real), max_points=400)
+        render_site(d, tmp_path / str(n_real), ReportConfig(max_points=400))
         sizes[n_real] = _site_bytes(tmp_path / str(n_real))
     # 4x the points; the site grows only by the density images' detail (well under 15%).
     assert sizes[6000] < 1.15 * sizes[1500], sizes

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from dmd2report.cli import cli
-from dmd2report.config import load_config
+from dmd2report.config import ReportConfig, load_config
 from dmd2report.errors import UserError
 from dmd2report.report.render import render_site
 from synthetic import synthetic_report_data
@@ -42,7 +42,7 @@ def site(tmp_path_factory):
     data.run.name = 'run "<b>bold</b>"'
     user = _user_folder(tmp / "mine")
     root = tmp / "site"
-    return root, render_site(data, root, template_dir=str(user)), data
+    return root, render_site(data, root, ReportConfig(template_dir=str(user))), data
 
 
 def test_base_override_shows_the_logo_on_every_page(site):
@@ -89,7 +89,7 @@ def test_single_file_uses_user_pages_and_overrides(tmp_path):
     user = _user_folder(tmp_path / "mine")
     (user / "single.html").write_text('{% extends "default:single.html" %}\n{% block header %}<b id=brand>Lab</b>'
                                       '{{ super() }}{% endblock %}\n')
-    html = render_site(data, tmp_path / "one", single_file=True, template_dir=str(user))[0].read_text()
+    html = render_site(data, tmp_path / "one", ReportConfig(single_file=True, template_dir=str(user)))[0].read_text()
     assert '<b id=brand>Lab</b>' in html
     assert 'data-page-section="about"' in html and 'href="#page=about"' in html
 
@@ -97,23 +97,23 @@ def test_single_file_uses_user_pages_and_overrides(tmp_path):
 def test_bad_folders_and_page_names_are_one_line_errors(tmp_path):
     data = synthetic_report_data(40, 20, 2, seed=2)
     with pytest.raises(UserError, match=r"^.*nope: report.template_dir: folder not found$"):
-        render_site(data, tmp_path / "s", template_dir=str(tmp_path / "nope"))
+        render_site(data, tmp_path / "s", ReportConfig(template_dir=str(tmp_path / "nope")))
     (tmp_path / "file.html").write_text("x")
     with pytest.raises(UserError, match="file.html: report.template_dir: not a folder"):
-        render_site(data, tmp_path / "s", template_dir=str(tmp_path / "file.html"))
+        render_site(data, tmp_path / "s", ReportConfig(template_dir=str(tmp_path / "file.html")))
     user = tmp_path / "u"
     (user / "static").mkdir(parents=True)
     (user / "static" / "site.js").write_text("// mine")
     with pytest.raises(UserError, match=r"site.js: report.template_dir: static/site.js would replace"):
-        render_site(data, tmp_path / "s", template_dir=str(user))
+        render_site(data, tmp_path / "s", ReportConfig(template_dir=str(user)))
     (user / "static" / "site.js").unlink()
     (user / "class-1.html").write_text("x")  # the name of a class page
     with pytest.raises(UserError, match=r"class-1.html: report.template_dir: 'class-1' is already a page"):
-        render_site(data, tmp_path / "s", template_dir=str(user))
+        render_site(data, tmp_path / "s", ReportConfig(template_dir=str(user)))
     (user / "class-1.html").unlink()
     (user / "my page.html").write_text("x")
     with pytest.raises(UserError, match=r"my page.html: report.template_dir: page names may hold"):
-        render_site(data, tmp_path / "s", template_dir=str(user))
+        render_site(data, tmp_path / "s", ReportConfig(template_dir=str(user)))
 
 
 def test_missing_folder_through_the_cli(tmp_path):

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .data import Neighbours, Ragged, ReportData
+from . import palette
+from .data import COVER_DIFF, Neighbours, Ragged, ReportData
 
 MAX_GRID = 60                        # thumbnails per grid on class pages
 COMPARE_CLASSES, COMPARE_SEEDS = 8, 4   # the comparison page's same-seed grids: classes, seeds each
@@ -139,6 +140,28 @@ def class_grid_rows(points: pd.DataFrame, classes: list[int]) -> pd.DataFrame:
     index). Samples of the other conditionings carry their seed's class but were not asked for it."""
     sub = points[points["class_id"].isin(classes) & points["variant"].isin(["real", "class"])]
     return sub.groupby(["class_id", "set"], sort=False).head(MAX_GRID)
+
+
+def coverage_k(data: ReportData) -> int:
+    """The k of coverage's k-NN balls: the run's metrics.k_dc (the configured default when data has no config)."""
+    from ..config import MetricsConfig
+    k = (data.run.config.get("metrics") or {}).get("k_dc")
+    return int(k if k is not None else MetricsConfig().k_dc)
+
+
+def cover_diff_kinds(full: ReportData) -> list[tuple[str, str, int]]:
+    """(words, colour, real points) of each COVER_DIFF kind, the pair named: neither, A only (name), B only (name),
+    both; counts over every real point."""
+    cmp, P = full.comparison, full.points
+    codes = np.bincount(P["cover_diff"].to_numpy(np.int64)[P["set"].to_numpy() == "real"], minlength=len(COVER_DIFF))
+    words = [w + {1: f" ({cmp.a})", 2: f" ({cmp.b})"}.get(i, "") for i, w in enumerate(COVER_DIFF)]
+    return [(w, c, int(n)) for w, c, n in zip(words, palette.COVER_DIFF_COLOURS, codes)]
+
+
+def shown_per_class(steps: pd.DataFrame) -> int:
+    """Trajectory paths drawn by default for each class (the most any class has: classes with fewer stored show all)."""
+    shown = steps[steps["shown"].astype(bool)]
+    return int(shown.groupby("class_id")["path"].nunique().max()) if len(shown) else 0
 
 
 def _map_rows(idx: np.ndarray, local: np.ndarray) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,32 +41,91 @@ def _fit_thumb(images: np.ndarray, size: int) -> np.ndarray:
 
 def run(ctx: Context, overwrite: bool = False) -> None:
     """The render stage: the site at `run.site`, replaced whole."""
-    r = ctx.config.report
-    pages = render_site(assemble_report(ctx), ctx.config.run.site, single_file=r.single_file,
-                        single_file_limit_mb=r.single_file_limit_mb, color_by=r.color_by,
-                        png_fallback=r.png_fallback, max_points=r.max_points,
-                        template_dir=r.template_dir)
+    pages = render_site(assemble_report(ctx), ctx.config.run.site, ctx.config.report)
     ctx.log.info("[render] wrote %d page(s) to %s", len(pages), ctx.config.run.site)
 
 
 def assemble_report(ctx: Context) -> ReportData:
-    """Build the `ReportData` of a finished run from its work directory."""
+    """Build the `ReportData` of a finished run from its work directory: one reader per part."""
+    cfg, wd = ctx.config, ctx.workdir
+    shown = _shown_sets(ctx)
+    points, thumbs = _read_points(shown, wd.fit / "points.parquet")
+    t = thumbs[0].shape[1]
+    # The atlas's and the trajectories' thumbnails follow the points'.
+    atlas = None
+    if (wd.atlas / "atlas.npz").exists():
+        atlas, more = _read_atlas(wd, shown.real, len(points), t)
+        thumbs += more
+    trajectories = None
+    if cfg.trajectory.enabled:
+        trajectories, more = _read_trajectories(wd, sum(len(a) for a in thumbs), t)
+        thumbs += more
+    covered_by, cover_count, cover_radius = _read_coverage(shown)
+    data = ReportData(
+        run=_read_run(ctx), model=_read_model(ctx), sources=_read_sources(cfg, shown), classes=_class_table(shown.real),
+        points=points, thumbnails=StackedThumbnails([a if a.dtype == np.uint8 else a.astype(np.uint8) for a in thumbs]),
+        neighbours=_read_neighbours(shown, cfg.metrics.k_neighbours),
+        covered_by=covered_by, cover_count=cover_count, cover_radius=cover_radius, metrics=_read_metrics(shown),
+        nn_real_real=shown.arrays["real.nn_real_dist"][:, 0], nn_gen_real=shown.arrays[CLASS_ARRAYS + "nn_real_dist"][:, 0],
+        variants=_read_variants(shown, cfg.generate.variant_samples), atlas=atlas, chosen_classes=[],
+        max_class_pages=cfg.report.max_classes_pages, trajectories=trajectories,
+        skipped=list(shown.real.manifest.get("skipped", [])),
+        comparison=_read_comparison(shown) if shown.compared else None)
+    data.validate()
+    return data
+
+
+CLASS_ARRAYS = "variant.class."   # measure's arrays of the class-conditioned set (coverage, the real points' lists)
+
+
+@dataclass
+class ShownSets:
+    """The sets the report shows, in point order: the real set, the reference encoder's generated sets (`generated`,
+    by variant) and, in a comparison, every other generator's class-conditioned set (`compared`, by its points'
+    variant `<name>: class`); with fit's points and measure's arrays of those sets under the same names."""
+
+    ref: str                     # the reference encoder's generator: the one every page but the comparison shows
+    generators: list[str]        # the reference first, then the compared ones
+    real: Store
+    generated: dict[str, Store]
+    compared: dict[str, Store]
+    points: pd.DataFrame
+    arrays: dict
+    documents: dict              # each generator's metrics document
+    headline: dict
+
+    @property
+    def layers(self) -> dict[str, Store]:
+        """Every generated set shown, in point order."""
+        return self.generated | self.compared
+
+    @property
+    def offsets(self) -> dict[str, int]:
+        """The first point row of each set."""
+        sizes = [("real", len(self.real))] + [(name, len(store)) for name, store in self.layers.items()]
+        return dict(zip([name for name, _ in sizes], np.cumsum([0] + [n for _, n in sizes[:-1]]).tolist()))
+
+    @property
+    def n(self) -> int:
+        return len(self.real) + sum(len(s) for s in self.layers.values())
+
+
+def _shown_sets(ctx: Context) -> ShownSets:
+    """The stores shown, fit's points and measure's arrays, relabelled for a comparison."""
     cfg, wd = ctx.config, ctx.workdir
     points = wd.points()
     # With [[generators]] the pages show the reference encoder's generator; the comparison page shows them all.
     ref = ctx.generator.name
+    compared = [g for g in ctx.generators if g != ref]
     headline = wd.headline()
     arrays = wd.arrays()
     real = wd.store("real")
     gens = {v: wd.store(name) for v, name in generated_sets(cfg, ref)}
     # Every other generator's class-conditioned set joins the map as a layer of its own, `<name>: class`.
-    others = {compared_class_set(g): wd.store(generated_sets(cfg, g)[0][1]) for g in ctx.generators if g != ref}
-    order = [("real", real)] + list(gens.items()) + list(others.items())
-    layers = dict(gens, **others)
+    others = {compared_class_set(g): wd.store(generated_sets(cfg, g)[0][1]) for g in compared}
     documents = generator_documents(wd.metrics())
-    doc = documents[ref]
     if others:
-        other_class = points["generator"].isin([g for g in ctx.generators if g != ref]) & (points["variant"] == "class")
+        other_class = points["generator"].isin(compared) & (points["variant"] == "class")
         points = points[points["generator"].isin(["", ref]) | other_class].copy()
         points.loc[other_class, "variant"] = points.loc[other_class, "generator"].map(compared_class_set)
         points.loc[points["set"] == "generated", "generator"] = points["generator"].where(points["generator"] != "", ref)
@@ -73,33 +133,43 @@ def assemble_report(ctx: Context) -> ReportData:
     arrays = {k: v for k, v in arrays.items() if not k.startswith("variant.")} | {
         f"variant.{name}.{k[len(prefix):]}": a for name, prefix in
         [(v, f"variant.{set_label(ref, v)}.") for v in gens] +
-        [(compared_class_set(g), f"variant.{set_label(g, 'class')}.") for g in ctx.generators if g != ref]
+        [(compared_class_set(g), f"variant.{set_label(g, 'class')}.") for g in compared]
         for k, a in arrays.items() if k.startswith(prefix)}
+    return ShownSets(ref=ref, generators=[ref] + compared, real=real, generated=gens, compared=others, points=points,
+                     arrays=arrays, documents=documents, headline=headline)
 
-    # Point rows: real first, then every generated set in order; thumbnails in the same order, kept
-    # memory-mapped chunk by chunk (the site reads only the rows it shows).
-    offsets, thumbs, frames, start = {}, [], [], 0
-    for name, store in order:
-        part = points[(points["variant"] == name)].sort_values("row")
+
+def _read_points(shown: ShownSets, points_file: Path) -> tuple[pd.DataFrame, list[np.ndarray]]:
+    """Point rows: real first, then every generated set in order; their thumbnails in the same order, kept
+    memory-mapped chunk by chunk (the site reads only the rows it shows). `points_file`: where fit's points are."""
+    thumbs, frames = [], []
+    for name, store in [("real", shown.real), *shown.layers.items()]:
+        part = shown.points[(shown.points["variant"] == name)].sort_values("row")
         if len(part) != len(store):
-            raise UserError(f"{wd.fit / 'points.parquet'}: {len(part)} points of {name!r}, store has {len(store)}; "
+            raise UserError(f"{points_file}: {len(part)} points of {name!r}, store has {len(store)}; "
                             f"rerun `dmd2report fit`")
-        offsets[name] = start
         if name != "real":  # stores number their samples from 0: make ids unique across sets
             part = part.assign(sample_id=f"{name}:" + part["sample_id"].astype(str))
         frames.append(part)
         thumbs += [c for c in store.thumbnail_chunks() if len(c)]
-        start += len(part)
     pts = pd.concat(frames, ignore_index=True)
-    n = len(pts)
-    t = thumbs[0].shape[1]
-    pts["thumb"] = np.arange(n)
+    pts["thumb"] = np.arange(len(pts))
     pts["covered"] = False
-    cls_arr = "variant.class."
-    pts.loc[: len(real) - 1, "covered"] = arrays[cls_arr + "real_covered"].astype(bool)
+    n_real, covered = len(shown.real), shown.arrays[CLASS_ARRAYS + "real_covered"].astype(bool)
+    pts.loc[: n_real - 1, "covered"] = covered
+    if not shown.compared:
+        return pts[POINT_COLUMNS], thumbs
+    # Real points by which of the pair (the reference, the next generator) covers them: COVER_DIFF codes.
+    code = np.full(len(pts), -1, np.int64)
+    code[:n_real] = (covered.astype(np.int64) + 2 * shown.arrays[
+        f"variant.{compared_class_set(shown.generators[1])}.real_covered"].astype(bool).astype(np.int64))
+    pts["cover_diff"] = code
+    return pts[POINT_COLUMNS + ["generator", "cover_diff"]], thumbs
 
-    # Neighbours in activation space (headline layer), as point rows.
-    k = cfg.metrics.k_neighbours
+
+def _read_neighbours(shown: ShownSets, k: int) -> Neighbours:
+    """Each point's k nearest real and generated points in activation space (headline layer), as point rows."""
+    n, arrays, offsets = shown.n, shown.arrays, shown.offsets
     real_idx = np.full((n, k), -1, np.int64)
     real_dist = np.full((n, k), np.nan, np.float32)
     gen_idx = np.full((n, k), -1, np.int64)
@@ -110,25 +180,35 @@ def assemble_report(ctx: Context) -> ReportData:
         target_i[rows, :kk] = np.where(idx[:, :kk] >= 0, idx[:, :kk] + offset, -1)
         target_d[rows, :kk] = dist[:, :kk]
 
-    rr = np.arange(len(real))
+    rr = np.arange(len(shown.real))
     put(real_idx, real_dist, rr, arrays["real.nn_real_idx"], arrays["real.nn_real_dist"], 0)
-    put(gen_idx, gen_dist, rr, arrays[cls_arr + "real_nn_gen_idx"], arrays[cls_arr + "real_nn_gen_dist"], offsets["class"])
-    for v in layers:
-        rows = offsets[v] + np.arange(len(layers[v]))
+    put(gen_idx, gen_dist, rr, arrays[CLASS_ARRAYS + "real_nn_gen_idx"], arrays[CLASS_ARRAYS + "real_nn_gen_dist"],
+        offsets["class"])
+    for v, store in shown.layers.items():
+        rows = offsets[v] + np.arange(len(store))
         put(real_idx, real_dist, rows, arrays[f"variant.{v}.nn_real_idx"], arrays[f"variant.{v}.nn_real_dist"], 0)
         if f"variant.{v}.nn_gen_idx" in arrays:
             put(gen_idx, gen_dist, rows, arrays[f"variant.{v}.nn_gen_idx"], arrays[f"variant.{v}.nn_gen_dist"], offsets[v])
-    # Covered-by lists of the real points (CSR, as measure stores them), as point rows; generated rows have none.
-    offs = np.asarray(arrays[cls_arr + "real_covered_by.offsets"], np.int64)
-    vals = np.asarray(arrays[cls_arr + "real_covered_by.values"], np.int64)
-    covered_by = Ragged(np.concatenate([offs, np.full(n - len(real), offs[-1], np.int64)]), vals + offsets["class"])
-    # The lists stop at measure's cover_cap; the true counts and the radius each real point is tested with:
-    cover_count = np.zeros(n, np.int64)
-    cover_count[:len(real)] = arrays[cls_arr + "real_cover_count"]
-    cover_radius = np.full(n, np.nan)
-    cover_radius[:len(real)] = arrays["real.r_dc"]
+    return Neighbours(real_idx, real_dist, gen_idx, gen_dist, layer=shown.headline["layer"])
 
-    # Metrics tables from metrics.json (the headline feature space).
+
+def _read_coverage(shown: ShownSets) -> tuple[Ragged, np.ndarray, np.ndarray]:
+    """The real points' covered-by lists (CSR, as measure stores them) as point rows, generated rows having none;
+    the lists stop at measure's cover_cap, so also the true counts and the radius each real point is tested with."""
+    n, n_real, arrays = shown.n, len(shown.real), shown.arrays
+    offs = np.asarray(arrays[CLASS_ARRAYS + "real_covered_by.offsets"], np.int64)
+    vals = np.asarray(arrays[CLASS_ARRAYS + "real_covered_by.values"], np.int64)
+    covered_by = Ragged(np.concatenate([offs, np.full(n - n_real, offs[-1], np.int64)]), vals + shown.offsets["class"])
+    cover_count = np.zeros(n, np.int64)
+    cover_count[:n_real] = arrays[CLASS_ARRAYS + "real_cover_count"]
+    cover_radius = np.full(n, np.nan)
+    cover_radius[:n_real] = arrays["real.r_dc"]
+    return covered_by, cover_count, cover_radius
+
+
+def _read_metrics(shown: ShownSets) -> Metrics:
+    """The metrics tables from the reference generator's metrics.json (the headline feature space)."""
+    doc, headline = shown.documents[shown.ref], shown.headline
     space = doc["feature_spaces"][headline["feature_space"]]
     variants = space["variants"]
     main = variants["class"]["overall"]
@@ -141,11 +221,11 @@ def assemble_report(ctx: Context) -> ReportData:
                      spec.explanation, e.get("n_real", 0), e.get("n_generated", 0), spec.headline))
     trust, spec = doc["provenance"].get("fit", {}).get("class", {}), METRICS["trust"]
     if trust.get("n"):
-        rows.append(("trust", spec.label, trust["mean"], np.nan, np.nan, spec.explanation, len(real),
+        rows.append(("trust", spec.label, trust["mean"], np.nan, np.nan, spec.explanation, len(shown.real),
                      trust["n"], spec.headline))
     overall = pd.DataFrame(rows, columns=OVERALL_COLUMNS)
     per_class = []
-    real_classes = real.metadata()["class_id"].to_numpy(np.int64)
+    real_classes = shown.real.metadata()["class_id"].to_numpy(np.int64)
     real_count = pd.Series(real_classes).value_counts()  # one pass, not one comparison per class
     for c, scope in sorted(variants["class"]["per_class"].items(), key=lambda kv: int(kv[0])):
         row = {"class_id": int(c), "n_real": int(real_count.get(int(c), 0)),
@@ -166,78 +246,65 @@ def assemble_report(ctx: Context) -> ReportData:
                          layer=headline["layer"],
                          note="few samples: biased upwards" if min(fd_e["n_real"], fd_e["n_generated"]) < 5000 else "",
                          real_halves=halves.get("value"), n_halves=tuple(halves.get("n_halves", (0, 0))))
-    metrics = Metrics(overall=overall, per_class=pd.DataFrame(per_class), per_variant=pd.DataFrame(per_variant),
-                      fd=fd, layer=headline["layer"])
+    return Metrics(overall=overall, per_class=pd.DataFrame(per_class), per_variant=pd.DataFrame(per_variant),
+                   fd=fd, layer=headline["layer"])
 
-    # The variants page: the same seed under each conditioning.
-    n_var = min(cfg.generate.variant_samples, len(gens["class"]))
+
+def _read_variants(shown: ShownSets, variant_samples: int) -> pd.DataFrame:
+    """The variants page's rows: the same seed under each conditioning (the class set's first `variant_samples`
+    samples share the variants' seeds)."""
+    gens, offsets = shown.generated, shown.offsets
+    n_var = min(variant_samples, len(gens["class"]))
     class_ids = gens["class"].metadata()["class_id"].to_numpy(np.int64)[:n_var]
-    # the class set's first n_var samples share the variants' seeds
-    variants_df = pd.DataFrame({"seed_index": np.tile(np.arange(n_var), len(gens)), "class_id": np.tile(class_ids, len(gens)),
-                                "variant": np.repeat(list(gens), n_var),
-                                "point": np.concatenate([offsets[v] + np.arange(n_var) for v in gens])})
+    return pd.DataFrame({"seed_index": np.tile(np.arange(n_var), len(gens)), "class_id": np.tile(class_ids, len(gens)),
+                         "variant": np.repeat(list(gens), n_var),
+                         "point": np.concatenate([offsets[v] + np.arange(n_var) for v in gens])})
 
-    # Atlas: generated by masking, thumbnails appended after the points'.
-    atlas = None
-    if (wd.atlas / "atlas.npz").exists():
-        z = load_npz(wd.atlas / "atlas.npz", "atlas")
-        anchor_images, grid_images, grid = z["anchor_images"], z["grid_images"], z["grid"]
-        info = read_json(wd.atlas / "atlas.json", "atlas")
-        wd.check_made_on_fit(info.get("fit") if isinstance(info, dict) else None, wd.atlas, "atlas")
-        base = n
-        thumbs += [_fit_thumb(grid_images, t), _fit_thumb(anchor_images, t)]
-        names = _class_table(real)
-        name_of = dict(zip(names["class_id"], names["name"]))
-        grid_df = pd.DataFrame({"x": grid[:, 0], "y": grid[:, 1], "thumb": base + np.arange(len(grid))})
-        anchors = [AtlasAnchor(anchor=a["anchor_row"], neighbours=a["neighbour_rows"],
-                               thumb=base + len(grid) + i,
-                               conditioning=f"class {a['class_id']} ({name_of.get(a['class_id'], '?')}), {a['kind']}",
-                               note="" if info["invertible"] else "mask = mean full activations of its neighbours")
-                   for i, a in enumerate(info["anchors"])]
-        atlas = Atlas(grid=grid_df, anchors=anchors, mask_layer=info["mask_layer"], note=info["note"])
 
-    trajectories = _load_trajectories(wd, thumbs, t) if cfg.trajectory.enabled else None
+def _read_atlas(wd, real: Store, first_thumb: int, t: int) -> tuple[Atlas, list[np.ndarray]]:
+    """The atlas (generated by masking) and its thumbnails (grid, then anchors), numbered from `first_thumb`."""
+    z = load_npz(wd.atlas / "atlas.npz", "atlas")
+    anchor_images, grid_images, grid = z["anchor_images"], z["grid_images"], z["grid"]
+    info = read_json(wd.atlas / "atlas.json", "atlas")
+    wd.check_made_on_fit(info.get("fit") if isinstance(info, dict) else None, wd.atlas, "atlas")
+    names = _class_table(real)
+    name_of = dict(zip(names["class_id"], names["name"]))
+    grid_df = pd.DataFrame({"x": grid[:, 0], "y": grid[:, 1], "thumb": first_thumb + np.arange(len(grid))})
+    anchors = [AtlasAnchor(anchor=a["anchor_row"], neighbours=a["neighbour_rows"],
+                           thumb=first_thumb + len(grid) + i,
+                           conditioning=f"class {a['class_id']} ({name_of.get(a['class_id'], '?')}), {a['kind']}",
+                           note="" if info["invertible"] else "mask = mean full activations of its neighbours")
+               for i, a in enumerate(info["anchors"])]
+    atlas = Atlas(grid=grid_df, anchors=anchors, mask_layer=info["mask_layer"], note=info["note"])
+    return atlas, [_fit_thumb(grid_images, t), _fit_thumb(anchor_images, t)]
 
-    comparison = None
-    if others:
-        names = [ref] + [g for g in ctx.generators if g != ref]
-        # Real points by which of the pair (the reference, the next generator) covers them: COVER_DIFF codes.
-        code = np.full(n, -1, np.int64)
-        code[:len(real)] = (arrays[cls_arr + "real_covered"].astype(bool).astype(np.int64)
-                            + 2 * arrays[f"variant.{compared_class_set(names[1])}.real_covered"].astype(bool).astype(np.int64))
-        pts["cover_diff"] = code
-        class_meta = gens["class"].metadata()
-        comparison = _comparison(documents, names, headline["feature_space"], offsets,
-                                 class_meta["class_id"].to_numpy(np.int64), class_meta["seed_index"].to_numpy(np.int64))
+
+def _read_run(ctx: Context) -> RunInfo:
+    cfg = ctx.config
+    return RunInfo(name=cfg.run.name, command=ctx.command,
+                   built_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), versions=package_versions(),
+                   config_hash=cfg.section_hash(), config=cfg.to_dict())
+
+
+def _read_model(ctx: Context) -> ModelInfo:
     ident = ctx.generator.identity()
-    sources = [DataSource(f"real: {cfg.data.source}", cfg.data.path or "bundled demo data (generated on first use)",
-                          len(real))]
-    sources += [DataSource(f"generated: {v}", f"seed {cfg.run.seed}", len(s)) for v, s in layers.items()]
-    config = cfg.to_dict()
-    data = ReportData(
-        run=RunInfo(name=cfg.run.name, command=ctx.command,
-                    built_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), versions=package_versions(),
-                    config_hash=cfg.section_hash(), config=config),
-        model=ModelInfo(preset=ident["preset"],
-                        checkpoint=Path(ident["checkpoint"]).name if ident["checkpoint"] else "random weights",
-                        sha256="" if ident["untrained"] else ident["sha256"], untrained=ident["untrained"]),
-        sources=sources, classes=_class_table(real),
-        points=pts[POINT_COLUMNS + (["generator", "cover_diff"] if others else [])],
-        thumbnails=StackedThumbnails([a if a.dtype == np.uint8 else a.astype(np.uint8) for a in thumbs]),
-        neighbours=Neighbours(real_idx, real_dist, gen_idx, gen_dist, layer=headline["layer"]),
-        covered_by=covered_by, cover_count=cover_count, cover_radius=cover_radius, metrics=metrics,
-        nn_real_real=arrays["real.nn_real_dist"][:, 0], nn_gen_real=arrays[cls_arr + "nn_real_dist"][:, 0],
-        variants=variants_df, atlas=atlas, chosen_classes=[], max_class_pages=cfg.report.max_classes_pages,
-        trajectories=trajectories, skipped=list(real.manifest.get("skipped", [])),
-        comparison=comparison)
-    data.validate()
-    return data
+    return ModelInfo(preset=ident["preset"],
+                     checkpoint=Path(ident["checkpoint"]).name if ident["checkpoint"] else "random weights",
+                     sha256="" if ident["untrained"] else ident["sha256"], untrained=ident["untrained"])
 
 
-def _comparison(documents: dict, generators: list[str], space: str, offsets: dict,
-                class_rows: np.ndarray, seed_index: np.ndarray) -> Comparison:
+def _read_sources(cfg, shown: ShownSets) -> list[DataSource]:
+    return [DataSource(f"real: {cfg.data.source}", cfg.data.path or "bundled demo data (generated on first use)",
+                       len(shown.real))] + [DataSource(f"generated: {v}", f"seed {cfg.run.seed}", len(s))
+                                            for v, s in shown.layers.items()]
+
+
+def _read_comparison(shown: ShownSets) -> Comparison:
     """The comparison page's tables from each generator's metrics document (the headline feature space) and the
-    same-seed rows: `class_rows` the class ids of the class-conditioned sets' rows (shared: the same seeds)."""
+    same-seed rows of the class-conditioned sets (their rows share the same seeds)."""
+    generators, documents, space, offsets = shown.generators, shown.documents, shown.headline["feature_space"], shown.offsets
+    class_meta = shown.generated["class"].metadata()
+    class_rows, seed_index = class_meta["class_id"].to_numpy(np.int64), class_meta["seed_index"].to_numpy(np.int64)
     ref = generators[0]
     cls = {g: documents[g]["feature_spaces"][space]["variants"]["class"] for g in generators}
     rows = []
@@ -272,9 +339,9 @@ def _comparison(documents: dict, generators: list[str], space: str, offsets: dic
                       per_class=per_class.reset_index(drop=True), seeds=seeds, feature_space=space)
 
 
-def _load_trajectories(wd, thumbs: list[np.ndarray], t: int):
-    """The trajectory stage's paths, references and per-step metrics; their thumbnails are appended
-    to `thumbs` (after everything before them)."""
+def _read_trajectories(wd, first_thumb: int, t: int) -> tuple[Trajectories, list[np.ndarray]]:
+    """The trajectory stage's paths, references and per-step metrics, and their thumbnails (paths, then
+    references), numbered from `first_thumb`."""
     out = wd.trajectory
     hint = "run `dmd2report trajectory` (or `dmd2report build`), or set trajectory.enabled = false"
     doc = read_json(out / "metrics.json", "trajectory", missing=hint)
@@ -282,7 +349,7 @@ def _load_trajectories(wd, thumbs: list[np.ndarray], t: int):
     if not (out / "points.parquet").exists():
         raise UserError(f"{out / 'points.parquet'}: missing; {hint}")
     points = load_parquet(out / "points.parquet", "trajectory")
-    base = sum(len(a) for a in thumbs)
+    base, thumbs = first_thumb, []
     frames = {}
     for kind, sub in (("path", "paths"), ("real", "real")):
         part = points[points["kind"] == kind].sort_values("row").reset_index(drop=True)
@@ -318,7 +385,7 @@ def _load_trajectories(wd, thumbs: list[np.ndarray], t: int):
                         steps=steps[["path", "step", "sigma", "class_id", "x", "y", "thumb", "shown", "source"]],
                         real=real[["ref", "step", "sigma", "class_id", "x", "y", "thumb", "source"]],
                         metrics=pd.DataFrame(rows, columns=STEP_METRIC_COLUMNS), conditioning=doc.get("conditioning", "class"),
-                        note=note)
+                        note=note), thumbs
 
 
 def _num(v) -> float:
