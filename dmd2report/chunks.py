@@ -123,6 +123,16 @@ def gather(parts: list[torch.Tensor], row_shape: tuple, dtype: torch.dtype) -> n
     return HostCopy(t) if t.is_cuda else t.cpu().numpy()
 
 
+def encode(encoders, images: torch.Tensor, feats: dict[str, list], logits: dict[str, list]) -> None:
+    """Feed uint8 images (n, 3, R, R) on the device to every standard-space encoder (encoders.load_encoder): each
+    one's features into feats[name], its logits (when it has a classifier) into logits[name]."""
+    for name, encoder in encoders.items():
+        f, z = encoder(images)
+        feats[name].append(f)
+        if name in logits:
+            logits[name].append(z)
+
+
 def versions() -> dict:
     """Package versions recorded in every store's manifest."""
     import importlib.metadata as md

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .classes import ClassIndex
-from .config import Config, GeneratorConfig, generator_entries, reference_encoder
+from .config import Config, GeneratorConfig, encoder_entries, generator_entries, reference_encoder
 from .workdir import WorkDir
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,23 @@ class Context:
         """The same context with the stage module's own logger."""
         return Context(self.config, self.workdir, self.generator, logging.getLogger(module_name), self.command,
                        self.generators)
+
+    @functools.cached_property
+    def encoders(self) -> dict[str, torch.nn.Module]:
+        """The standard feature spaces' encoders (encoder_entries: [[encoders]], or the demo's), by name, loaded on
+        first use on the run's device; a bad weights file is refused in one line before any image is encoded."""
+        from .encoders import load_encoder
+
+        return {e.name: load_encoder(e, self.generator.device(), self.workdir, self.generator.write_cache)
+                for e in encoder_entries(self.config)}
+
+    def encoder_identities(self) -> list:
+        """What the standard feature spaces are, for cache keys, without loading them: each encoder's name, kind and
+        weight files' checksums."""
+        from .encoders import encoder_identity
+
+        return [[e.name, encoder_identity(e, self.workdir, self.generator.write_cache)]
+                for e in encoder_entries(self.config)]
 
     @functools.cached_property
     def classes(self) -> ClassIndex:

@@ -1,7 +1,9 @@
 """The activation store: one directory per set of samples (real, or generated per variant).
 
     <store>/manifest.json                 config hash and key, model checksum, versions, counts (written last)
-    <store>/features/<layer>/chunk_NNNNNN.npy   reduced features (n, D), float16 by default
+    <store>/features/<layer>/chunk_NNNNNN.npy   reduced features (n, D), float16 by default; an encoder's
+                                          (a standard feature space, named as its [[encoders]] table) float32
+    <store>/logits/<encoder>/chunk_NNNNNN.npy   float32 (n, C): an encoder's logits, when it has a classifier
     <store>/meta/chunk_NNNNNN.parquet     sample_id, source, seed, class_id, synset, name, variant,
                                           label_index/label_weight (the label vector's non-zeros),
                                           has_recon, has_full
@@ -152,7 +154,7 @@ class StoreWriter:
     def write_chunk(self, i: int, features: dict[str, np.ndarray], meta: pd.DataFrame, thumbs: np.ndarray,
                     recon: np.ndarray | None = None, full: dict[str, np.ndarray] | None = None,
                     skipped: list[dict] | None = None, first_row: int | None = None,
-                    outputs_finite: np.ndarray | None = None) -> None:
+                    outputs_finite: np.ndarray | None = None, logits: dict[str, np.ndarray] | None = None) -> None:
         """Write chunk i's files, then its marker. On failure none of the chunk's files remain.
 
         Arrays may be host copies still under way (extract.HostCopy); they are waited for here, on the
@@ -163,7 +165,7 @@ class StoreWriter:
         name = chunk_name(i)
         row0 = i * len(meta) if first_row is None else first_row
         set_name = store_set_name(self.path, self.kind)
-        for layer, a in features.items():
+        for layer, a in (features | {f"{name} (logits)": a for name, a in (logits or {}).items()}).items():
             bad = first_non_finite(a)
             if bad is not None:
                 raise non_finite_error(self.stage, set_name, layer, row0 + bad)
@@ -180,9 +182,12 @@ class StoreWriter:
         features = {layer: host_array(a) for layer, a in features.items()}
         thumbs, recon = host_array(thumbs), host_array(recon)
         full = {layer: host_array(a) for layer, a in (full or {}).items()}
+        logits = {encoder: host_array(a) for encoder, a in (logits or {}).items()}
         files: list[tuple[Path, Callable]] = []
         for layer, a in features.items():
             files.append((self.path / "features" / layer / f"{name}.npy", lambda p, a=a: save_npy(p, a)))
+        for encoder, a in logits.items():
+            files.append((self.path / "logits" / encoder / f"{name}.npy", lambda p, a=a: save_npy(p, a)))
         files.append((self.path / "meta" / f"{name}.parquet", lambda p: save_parquet(p, meta)))
         files.append((self.path / "thumbs" / f"{name}.npy", lambda p: save_npy(p, thumbs)))
         if recon is not None:
@@ -394,6 +399,25 @@ class Store:
                 raise UserError(f"{e} ({self.path}); remove that store and rerun `dmd2report {self.stage}`")
             row += len(a)
             yield a
+
+    @property
+    def encoders(self) -> dict[str, dict]:
+        """The standard feature spaces among the layers: {name: what the encoder is (kind, feature_dim, num_classes,
+        class_order, protocol)}."""
+        return dict(self.manifest.get("encoders", {}))
+
+    def logits(self, encoder: str) -> np.ndarray:
+        """(N, C) float32 logits of an encoder with a classifier, checked finite."""
+        if not self.encoders.get(encoder, {}).get("num_classes"):
+            raise UserError(f"{self.path}: no logits of {encoder!r} stored")
+        parts = self._arrays(f"logits/{encoder}")
+        for row, a in zip(np.cumsum([0] + [len(a) for a in parts]), parts):
+            bad = first_non_finite(a)
+            if bad is not None:
+                e = non_finite_error(self.reader, store_set_name(self.path, self.manifest.get("kind")),
+                                     f"{encoder} (logits)", int(row) + bad)
+                raise UserError(f"{e} ({self.path}); remove that store and rerun `dmd2report {self.stage}`")
+        return self._concat(parts)
 
     def metadata(self) -> pd.DataFrame:
         frames = [load_parquet(self.path / "meta" / f"{c}.parquet", self.stage) for c in self.chunks]

@@ -19,6 +19,7 @@ barrier, and writes the manifest after another.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +27,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from ..chunks import Progress, barrier, dist_rank_world, finish_store, gather, prefetch, to_device, versions
+from ..chunks import Progress, barrier, dist_rank_world, encode, finish_store, gather, prefetch, to_device, versions
 from ..classes import ClassIndex
 from ..context import Context, Stage, compute_identity
+from ..encoders import describe
 from ..errors import UserError
 from ..features import Reducer, block_shapes, feature_dims, parse_reduce, randomized_pca
 from ..layers import ActivationCapture, resolve_layer
@@ -44,7 +46,8 @@ log = logging.getLogger(__name__)
 def run(ctx: Context, overwrite: bool = False) -> None:
     """The extract stage: the configured real images into `stores/real`."""
     g = ctx.generator
-    extract_real(ctx.config, ctx.workdir, g.net, g.checksum, g.class_index(), overwrite=overwrite)
+    extract_real(ctx.config, ctx.workdir, g.net, g.checksum, g.class_index(), encoders=ctx.encoders,
+                 overwrite=overwrite)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,9 +88,12 @@ def _fit_pca(net, source, plan, config, device, k: int) -> dict:
 
 @torch.no_grad()
 def extract_real(config, workdir: WorkDir, net, model_checksum: str, model_classes: ClassIndex, *,
-                 overwrite: bool = False, progress: bool = True) -> Path:
+                 encoders: Mapping[str, torch.nn.Module] | None = None, overwrite: bool = False,
+                 progress: bool = True) -> Path:
     """Extract the real set into `workdir`'s real store; returns the store path. Resumes an interrupted run.
-    `model_classes`: the classes `net` is conditioned on (Generator.class_index)."""
+    `model_classes`: the classes `net` is conditioned on (Generator.class_index); `encoders`: the standard feature
+    spaces by name (encoders.load_encoder), fed the same uint8 images as `net`."""
+    encoders = dict(encoders or {})
     device = next(net.parameters()).device
     rank, world = dist_rank_world()
     show = progress
@@ -129,10 +135,13 @@ def extract_real(config, workdir: WorkDir, net, model_checksum: str, model_class
             "full_per_class": f.full_per_class, "recon_per_class": f.recon_per_class,
             "compute": compute_identity(device, net.use_fp16),
         }
+        if encoders:   # a store without encoders keeps the key it had before they existed
+            key["encoders"] = {name: e.identity for name, e in encoders.items()}
         path = workdir.store_path("real")
         writer = StoreWriter(path, key, "real")
-        dims = feature_dims(net, layers, f.reduce)
-        info = {"model_checksum": model_checksum, "versions": versions(), "layers": layers, "feature_dims": dims,
+        dims = feature_dims(net, layers, f.reduce) | {name: e.feature_dim for name, e in encoders.items()}
+        info = {"model_checksum": model_checksum, "versions": versions(), "layers": layers + list(encoders),
+                "feature_dims": dims, "encoders": {name: describe(e) for name, e in encoders.items()},
                 "reduction": f.reduce, "dtype": f.dtype, "full_layer": full_layer, "chunk_size": cs,
                 "num_classes": net.label_dim, "resolution": net.img_resolution, "thumb_size": config.report.thumb_size,
                 "planned": len(plan)}
@@ -171,7 +180,8 @@ def extract_real(config, workdir: WorkDir, net, model_checksum: str, model_class
                 for i, loaded in prefetch(load, todo):
                     rows = plan.iloc[loaded.start:loaded.stop][loaded.kept].reset_index(drop=True)
                     out = _extract_chunk(net, loaded.images, rows, layers, full_layer, full_shape, dims, reducer,
-                                         device, auto_batch_size(device, config.features.batch_size), config.report.thumb_size, bar)
+                                         device, auto_batch_size(device, config.features.batch_size),
+                                         config.report.thumb_size, bar, encoders)
                     # A real sample's label vector is the one-hot of its class: one non-zero.
                     meta = metadata_frame(
                         rows["sample_id"], rows["class_id"], index, variant="real", source=rows["source"], seed=-1,
@@ -179,7 +189,8 @@ def extract_real(config, workdir: WorkDir, net, model_checksum: str, model_class
                         label_weight=[np.ones(1, np.float32)] * len(rows), has_recon=rows["has_recon"],
                         has_full=rows["has_full"])
                     bg.submit(i, out["features"], meta, out["thumbs"], recon=out["recon"],
-                              full={full_layer: out["full"]}, skipped=loaded.skipped, first_row=loaded.start)
+                              full={full_layer: out["full"]}, skipped=loaded.skipped, first_row=loaded.start,
+                              logits=out["logits"])
         finally:
             bar.close()
             stage_samples(net, 0)
@@ -200,14 +211,15 @@ def warn_skipped(skipped: list[dict]) -> None:
 
 
 def _extract_chunk(net, images, rows: pd.DataFrame, layers, full_layer, full_shape, dims, reducer: Reducer, device,
-                   batch_size: int, thumb_size: int, bar: Progress) -> dict:
+                   batch_size: int, thumb_size: int, bar: Progress, encoders: Mapping[str, torch.nn.Module]) -> dict:
     """One chunk on the device: features, thumbnails, and the subsets' full activations and reconstructions.
 
     Every batch captures the same blocks (the feature layers and the masking layer, unreduced) so
     that a compiled network runs one graph; the subsets are picked on the device by index (no
     host sync), and the reconstructions, the model's full output, run once per chunk on the
     subset's images in full batches. Results stay on the device until the chunk is gathered."""
-    feats: dict[str, list] = {l: [] for l in layers}
+    feats: dict[str, list] = {l: [] for l in [*layers, *encoders]}
+    logits: dict[str, list] = {name: [] for name, e in encoders.items() if e.num_classes}
     thumbs, full = [], []
     ids = to_device(torch.from_numpy(rows["class_id"].to_numpy(np.int64, copy=True)), device)
     full_rows = np.flatnonzero(rows["has_full"].to_numpy())
@@ -215,7 +227,9 @@ def _extract_chunk(net, images, rows: pd.DataFrame, layers, full_layer, full_sha
     need = list(dict.fromkeys(layers + [full_layer]))
     cap = ActivationCapture(net, need, reduce=None, early_exit=True, float32=False)
     for b in range(0, len(rows), batch_size):
-        x = to_device(images[b:b + batch_size], device).float() / 127.5 - 1
+        u = to_device(images[b:b + batch_size], device)
+        encode(encoders, u, feats, logits)
+        x = u.float() / 127.5 - 1
         y = F.one_hot(ids[b:b + batch_size], net.label_dim).float()
         cap.run(SIGMA_MAX * x, torch.full((len(x),), SIGMA_MAX, device=device), y)
         for l in layers:
@@ -231,21 +245,24 @@ def _extract_chunk(net, images, rows: pd.DataFrame, layers, full_layer, full_sha
         x = to_device(images[torch.from_numpy(sel)] if torch.is_tensor(images) else images[sel], device).float() / 127.5 - 1
         y = F.one_hot(ids.index_select(0, to_device(torch.from_numpy(sel), device)), net.label_dim).float()
         recon.append(thumbnails(net(SIGMA_MAX * x, torch.full((len(x),), SIGMA_MAX, device=device), y), x.shape[-1]))
-    return {"features": {l: gather(v, (dims[l],), reducer.dtype) for l, v in feats.items()},
+    return {"features": {l: gather(v, (dims[l],), torch.float32 if l in encoders else reducer.dtype)
+                         for l, v in feats.items()},
+            "logits": {name: gather(v, (encoders[name].num_classes,), torch.float32) for name, v in logits.items()},
             "thumbs": gather(thumbs, (min(thumb_size, net.img_resolution),) * 2 + (3,), torch.uint8),
             "recon": gather(recon, (net.img_resolution, net.img_resolution, 3), torch.uint8),
             "full": gather(full, tuple(full_shape), torch.float32)}
 
 
-def _reference_encoder(ctx: Context) -> list:
-    """The network that extracts: the reference encoder's checksum, architecture and compute identity."""
-    return ctx.generator.key_identity()
+def _networks(ctx: Context) -> list:
+    """The networks that extract: the reference encoder's checksum, architecture and compute identity, and the
+    standard feature spaces' encoders."""
+    return [ctx.generator.key_identity(), ctx.encoder_identities()]
 
 
 STAGE = Stage(
     "extract", run, "Extract real-image activations into the store.", writes="stores/real/",
     reads=("data", "features", "run.seed", "atlas.mask_layer", "report.thumb_size"),
     # Batch size and loader threads change no result; features.generated is the generated sets' (generate reads
-    # it); features.encoder is the network `_reference_encoder` identifies.
+    # it); features.encoder is the network `_networks` identifies.
     ignores=("data.workers", "features.batch_size", "features.generated", "features.encoder"),
-    inputs=_reference_encoder, uses_model=True, sharded=True)
+    inputs=_networks, uses_model=True, sharded=True)

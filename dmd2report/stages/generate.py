@@ -22,22 +22,24 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..chunks import Progress, barrier, dist_rank_world, finish_store, gather, prefetch, to_device, versions
+from ..chunks import Progress, barrier, dist_rank_world, encode, finish_store, gather, prefetch, to_device, versions
 from ..classes import ClassIndex
 from ..context import Context, Stage, compute_identity
+from ..encoders import describe
 from ..errors import UserError
 from ..features import Reducer, feature_dims, parse_reduce
 from ..files import array_digest, bytes_digest
 from ..knn import as_device, knn
 from ..layers import ActivationCapture, resolve_layer
 from ..runtime import auto_batch_size, stage_samples
-from ..sampling import (SIGMA_MAX, condition_vectors, encode_as_stored, reencode_labels, sample_noise, sample_plan,
-                        thumbnails)
+from ..sampling import (SIGMA_MAX, condition_vectors, encode_as_stored, quantise, reencode_labels, sample_noise,
+                        sample_plan, thumbnails)
 from ..store import BackgroundWriter, StoreWriter, load_pca, metadata_frame, sparse_labels
 from ..workdir import WorkDir, generated_sets
 
@@ -60,7 +62,7 @@ def run(ctx: Context, overwrite: bool = False) -> None:
         # A generator other than the reference is re-encoded by the reference encoder's network.
         enc = None if g is encoder else (encoder.net, encoder.checksum)
         generate_set(cfg, wd, net, checksum, "class", class_ids, seeds, classes=ctx.classes, overwrite=overwrite,
-                     store=stores["class"], encoder=enc)
+                     store=stores["class"], encoder=enc, encoders=ctx.encoders)
         for variant in cfg.generate.variants:
             if variant == "class":
                 continue  # the first n_var samples of the class set are the class variant
@@ -71,7 +73,8 @@ def run(ctx: Context, overwrite: bool = False) -> None:
                                         wd.store(stores["class"], reader="generate").features(layer)[:n_var],
                                         cfg.generate.blend_neighbours, net.label_dim, device=next(net.parameters()).device)
             generate_set(cfg, wd, net, checksum, variant, class_ids[:n_var], seeds[:n_var], label_vectors=vectors,
-                         classes=ctx.classes, overwrite=overwrite, store=stores[variant], encoder=enc)
+                         classes=ctx.classes, overwrite=overwrite, store=stores[variant], encoder=enc,
+                         encoders=ctx.encoders)
         if g is not encoder:
             g.unload()
 
@@ -119,14 +122,16 @@ def _given_vectors(label_vectors, n: int, K: int, variant: str) -> np.ndarray:
 @torch.no_grad()
 def generate_set(config, workdir: WorkDir, net, model_checksum: str, variant: str, class_ids, seed_indices,
                  label_vectors=None, *, classes: ClassIndex, overwrite: bool = False, progress: bool = True,
-                 store: str | None = None, encoder: tuple | None = None) -> Path:
+                 store: str | None = None, encoder: tuple | None = None,
+                 encoders: Mapping[str, torch.nn.Module] | None = None) -> Path:
     """Generate one variant's samples into `workdir`'s store `store` (default `gen-<variant>`); returns the store path.
 
     `class_ids` (N,) is the class each sample is shown as (-1: none); `seed_indices` (N,) the noise
     indices (distinct); `label_vectors` (N, K) the conditioning, or None to derive it from the
     variant (`class`: one-hot of class_ids, `uniform`, `zero`). `encoder`: (network, checksum) of another
     network that re-encodes the images (the reference encoder of a comparison); default `net` itself. `classes`: the
-    class index naming class ids (Context.classes).
+    class index naming class ids (Context.classes). `encoders`: the standard feature spaces by name
+    (encoders.load_encoder), fed each generated image as stored (uint8).
     Resumes an interrupted run.
     """
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", variant):
@@ -186,10 +191,14 @@ def generate_set(config, workdir: WorkDir, net, model_checksum: str, variant: st
     }
     if encoder is not None:
         key["encoder_checksum"] = encoder[1]
+    encoders = dict(encoders or {})
+    if encoders:   # a store without encoders keeps the key it had before they existed
+        key["encoders"] = {name: e.identity for name, e in encoders.items()}
     path = workdir.store_path(store or f"gen-{variant}")
     writer = StoreWriter(path, key, "generated")
-    dims = feature_dims(encoder_net, layers, f.reduce)
-    info = {"model_checksum": model_checksum, "versions": versions(), "layers": layers, "feature_dims": dims,
+    dims = feature_dims(encoder_net, layers, f.reduce) | {name: e.feature_dim for name, e in encoders.items()}
+    info = {"model_checksum": model_checksum, "versions": versions(), "layers": layers + list(encoders),
+            "feature_dims": dims, "encoders": {name: describe(e) for name, e in encoders.items()},
             "reduction": f.reduce, "dtype": f.dtype, "variant": variant, "seed": config.run.seed,
             "chunk_size": cs, "num_classes": K, "resolution": net.img_resolution,
             "thumb_size": config.report.thumb_size, "planned": n, "full_layer": None,
@@ -234,12 +243,15 @@ def generate_set(config, workdir: WorkDir, net, model_checksum: str, variant: st
     try:
         with BackgroundWriter(writer) as bg:
             for i, (z, c, c_reencode, meta) in prefetch(load, todo):
-                feats, thumbs, finite = _generate_chunk(net, z, c, layers, reducer, device, auto_batch_size(device, f.batch_size),
-                                                        config.report.thumb_size, bar, reencode_labels=c_reencode,
-                                                        encoder=encoder_net)
-                bg.submit(i, {l: gather(v, (dims[l],), reducer.dtype) for l, v in feats.items()}, meta,
+                feats, logits, thumbs, finite = _generate_chunk(
+                    net, z, c, layers, reducer, device, auto_batch_size(device, f.batch_size), config.report.thumb_size,
+                    bar, reencode_labels=c_reencode, encoder=encoder_net, encoders=encoders)
+                bg.submit(i, {l: gather(v, (dims[l],), torch.float32 if l in encoders else reducer.dtype)
+                              for l, v in feats.items()}, meta,
                           gather(thumbs, (min(config.report.thumb_size, net.img_resolution),) * 2 + (3,), torch.uint8),
-                          first_row=i * cs, outputs_finite=gather(finite, (), torch.bool))
+                          first_row=i * cs, outputs_finite=gather(finite, (), torch.bool),
+                          logits={name: gather(v, (encoders[name].num_classes,), torch.float32)
+                                  for name, v in logits.items()})
     finally:
         bar.close()
         stage_samples(net, 0)
@@ -248,8 +260,10 @@ def generate_set(config, workdir: WorkDir, net, model_checksum: str, variant: st
 
 
 def _generate_chunk(net, z, c, layers, reducer: Reducer, device, batch_size: int, thumb_size: int, bar: Progress,
-                    reencode_labels: torch.Tensor | None = None, encoder=None):
-    feats: dict[str, list] = {l: [] for l in layers}
+                    reencode_labels: torch.Tensor | None = None, encoder=None, encoders=None):
+    encoders = encoders or {}
+    feats: dict[str, list] = {l: [] for l in [*layers, *encoders]}
+    logits: dict[str, list] = {name: [] for name, e in encoders.items() if e.num_classes}
     thumbs, finite = [], []  # finite: per sample, whether the generated image is (checked by the store's writer)
     mode = reducer.capture_mode(False)
     for b in range(0, len(z), batch_size):
@@ -267,10 +281,12 @@ def _generate_chunk(net, z, c, layers, reducer: Reducer, device, batch_size: int
             acts = cap.activations
         for l in layers:
             feats[l].append(reducer(l, acts[l]))
+        if encoders:
+            encode(encoders, quantise(images), feats, logits)   # the image as stored, as real images are read
         thumbs.append(thumbnails(images, thumb_size))
         finite.append(torch.isfinite(images).flatten(1).all(1))
         bar.update(len(x))
-    return feats, thumbs, finite
+    return feats, logits, thumbs, finite
 
 
 def _compared_generators(ctx: Context) -> list:
