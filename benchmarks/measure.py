@@ -8,15 +8,16 @@ class means plus isotropic noise; generated sets of the four variants: class, bl
 uniform, zero (without)), two layers like `dmd2-imagenet64`'s two, the second the headline (per-point
 arrays). Each code path runs in its own process (`python benchmarks/measure.py --child ...`), one after
 the other, timed around the two `measure` calls (imports and data excluded) with the child's peak RSS.
-The old path is the package of the given commit (`git archive`); it keeps arrays for both layers as it
-always did, the new one for the headline layer only, as the stage now asks. On a shared machine compare
-the ratio, not the seconds. The new result's scalars are checked equal to the old one's (metrics.json
+The old path is the package of the given commit (`git archive`); both keep per-point arrays for the headline
+layer only, as the stage asks, unless the old `measure` predates `arrays=` (it then keeps them for both layers,
+as it always did). On a shared machine compare the ratio, not the seconds. The new result's scalars are checked equal to the old one's (metrics.json
 rounding), so the ratio compares the same answer.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import resource
@@ -52,12 +53,14 @@ def child(args) -> None:
     sys.path.insert(0, args.code)
     from dmd2report.metrics import _round, measure
 
+    lean = "arrays" in inspect.signature(measure).parameters   # the code can skip a layer's per-point arrays
+
     rc, layers = data(args.n_real, args.n_gen, args.n_variant)
     t0 = time.perf_counter()
     out = []
     for i, (x, gen) in enumerate(layers):
         headline = i == len(layers) - 1
-        kw = {} if args.legacy or headline else {"arrays": False}
+        kw = {"arrays": False} if lean and not headline else {}
         r = measure(x, rc, gen, feature_space=f"layer{i}", device="cpu", **kw)
         out.append(_round(r["variants"]))
     seconds = time.perf_counter() - t0
@@ -75,7 +78,6 @@ def main(argv=None) -> int:
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--code", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
-    ap.add_argument("--legacy", action="store_true", help=argparse.SUPPRESS)   # the old path: no arrays=
     args = ap.parse_args(argv)
     if args.child:
         child(args)
@@ -96,8 +98,6 @@ def main(argv=None) -> int:
             res = Path(tmp) / f"{tag}.json"
             cmd = [sys.executable, __file__, "--child", "--code", paths[tag], "--result", str(res),
                    "--n-real", str(args.n_real), "--n-gen", str(args.n_gen), "--n-variant", str(args.n_variant)]
-            if tag == "old":
-                cmd.append("--legacy")
             env = os.environ | {"PYTHONPATH": paths[tag]}
             subprocess.run(cmd, check=True, env=env)
             rows[tag] = json.loads(res.read_text())

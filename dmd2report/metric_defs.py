@@ -27,19 +27,22 @@ class Evidence:
     evidence, and a metric that `needs` it then has no entry there."""
 
     settings: Mapping[str, int | float]   # the measure's settings (k_pr, k_dc, k_fidelity, ...): each metric's k
-    n_real: int                           # real points in the scope
-    n_generated: int                      # generated samples in the scope
-    n_set: int                            # samples of the whole generated set, whatever their class
-    gen: np.ndarray                       # (M, D) the scope's generated features
-    gen_in_real_manifold: np.ndarray | None = None  # (M,) inside some real point's r_k_pr ball; None: too few real points
-    gen_density_count: np.ndarray | None = None     # (M,) real r_k_dc balls holding the sample
-    real_covered: np.ndarray | None = None          # (N,) some generated sample inside its r_k_dc ball
-    real_in_gen_manifold: np.ndarray | None = None  # (N,) inside some generated sample's r_k_pr ball; None: too few samples
-    real_moments: tuple | None = None     # (mean, covariance, its square root) of the real rows, float64; None: no FD here
-    cond: np.ndarray | None = None        # (C,) conditioning class of the samples that have one; None: real set without classes
-    nn_real_class: np.ndarray | None = None   # (C, k_fidelity) classes of their nearest real samples
-    centroid_class: np.ndarray | None = None  # (C,) class of their nearest real class centroid
-    real_covered_global: np.ndarray | None = None  # (N,) covered by any sample of the set, whole-set radii (class scopes)
+    n_real: int                 # real points in the scope
+    n_generated: int            # generated samples in the scope
+    n_set: int                  # samples of the whole generated set, whatever their class
+    gen: np.ndarray             # (M, D) the scope's generated features
+    # per point: inside some real point's r_k_pr ball (None: too few real points for the radii); the real r_k_dc
+    # balls holding it; per real point: some generated sample in its r_k_dc ball; inside some generated sample's
+    # r_k_pr ball (None: too few generated samples)
+    gen_in_real_manifold: np.ndarray | None = None    # (M,) bool
+    gen_density_count: np.ndarray | None = None       # (M,) int
+    real_covered: np.ndarray | None = None            # (N,) bool
+    real_in_gen_manifold: np.ndarray | None = None    # (N,) bool
+    real_moments: tuple | None = None           # (mean, covariance, its square root) of the real rows, float64
+    cond: np.ndarray | None = None              # (C,) class of the samples conditioned on one; None: no real classes
+    nn_real_class: np.ndarray | None = None     # (C, k_fidelity) classes of their nearest real samples
+    centroid_class: np.ndarray | None = None    # (C,) class of their nearest real class centroid
+    real_covered_global: np.ndarray | None = None   # (N,) covered by any sample of the set, whole-set radii
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Distribution metrics of generated features against real features, exact and in bounded memory.
+"""The measure engine: every declared metric of generated features against real features, exact and in bounded memory.
 
 Notation: X the N real features, Y the M generated features of one conditioning variant (float32,
 (N, D) and (M, D)), d the Euclidean distance, r_k(x) the distance from x to its k-th nearest OTHER
@@ -8,17 +8,10 @@ Tie convention: a point lies inside a ball when its distance is `<=` the radius;
 r_k(x) from x is inside. Distances near a radius are recomputed directly (see `knn.within_radius`),
 so the decision is the one of the float32 direct distance.
 
-  precision  = (1/M) #{y : exists x, d(y,x) <= r_k(x)}                    k = 3  (Kynkaanniemi et al. 2019)
-  recall     = (1/N) #{x : exists y, d(x,y) <= r_k(y)}                    k = 3
-  density    = (1/(kM)) sum over (y, x) of 1[d(y,x) <= r_k(x)]           k = 5  (Naeem et al. 2020)
-  coverage   = (1/N) #{x : exists y, d(x,y) <= r_k(x)}                    k = 5
-  fd         = |mu_X - mu_Y|^2 + tr S_X + tr S_Y - 2 tr sqrt(S_X^1/2 S_Y S_X^1/2), in float64, both
-               square roots by symmetric eigendecomposition with eigenvalues clipped at 0, covariances
-               with N-1 (M-1); clipped at 0. Biased for small N, M: the counts are stored beside it.
-  class_fidelity    = mean over generated samples with a conditioning class c of the fraction of
-                      their k = 10 nearest real samples whose class is c.
-  centroid_accuracy = fraction of those samples whose nearest real class centroid (mean of the real
-                      features of a class) is of their conditioning class.
+The metrics themselves, their definitions and formulas, are declared in `metric_defs.METRICS`. This engine makes
+the expensive evidence they share once per scope (`metric_defs.Evidence`): the exact k-NN passes (`knn.py`), the
+radii, the per-point ball memberships, the real moments, the nearest real samples' and centroids' classes; then
+`score` runs each declared metric's `compute` on it and adds its bootstrap interval.
 
 Scopes: `overall` uses all of X and Y. `per_class[c]` restricts X to real samples of class c and Y to
 samples conditioned on c, with radii recomputed inside those subsets (the `*_in_class` definitions);
@@ -44,8 +37,8 @@ import numpy as np
 from .device import one_blas_thread
 from .files import save_text
 from .knn import DEFAULT_BLOCK_BYTES, as_device, knn, knn_grouped, radius_counts, to_tensor
-from .metric_defs import (METRICS, Evidence, Metric, definitions, frechet_from_stats, markdown,  # noqa: F401  (re-exported)
-                          mean_and_cov, sqrt_psd)
+from .metric_defs import (METRICS, Evidence, Metric, definitions, frechet_from_stats, markdown, mean_and_cov,
+                          sqrt_psd)
 
 log = logging.getLogger(__name__)
 
@@ -461,8 +454,8 @@ def _class_scopes(variant, real_np, rcls, gen_np, cond, nn_real_idx, centroid_cl
         n_r, n_g = len(r_rows), len(g_rows)
         evidence = dict(real_covered_global=real_covered[r_rows])
         if n_g:
-            evidence |= dict(real_moments=class_moments(i), cond=cond[g_rows],
-                             nn_real_class=rcls.labels[nn_real_idx[g_rows, :k_fid]], centroid_class=centroid_class[g_rows])
+            evidence |= dict(real_moments=class_moments(i), cond=cond[g_rows], centroid_class=centroid_class[g_rows],
+                             nn_real_class=rcls.labels[nn_real_idx[g_rows, :k_fid]])
             if n_r > n_min:   # enough real points of the class for its radii
                 evidence |= dict(gen_in_real_manifold=flags["gen_in_real_manifold"][g_rows],
                                  gen_density_count=flags["gen_density_count"][g_rows],
