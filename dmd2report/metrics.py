@@ -44,8 +44,6 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "dmd2report-metrics/1"
 
-DEFINITIONS = definitions()   # what metrics.json's "definitions" draws from
-
 NO_CLASS = -1   # conditioning class of samples without one (uniform, zero conditioning)
 
 
@@ -198,16 +196,14 @@ def _rng(seed: int, variant: str, cls: int, metric: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(variant.encode()), cls + 1, zlib.crc32(metric.encode())])
 
 
-# The declared metrics the engine computes, by the scopes they have: every variant's overall entry, a class's
+# The declared scopes (`Metric.scope`) a scope's entries come from: every variant's overall entry, a class's
 # entries where samples are conditioned on it, and those of a class without such samples.
-_COMPUTED = {key: m for key, m in METRICS.items() if m.compute is not None}
-OVERALL = {key: m for key, m in _COMPUTED.items() if m.scope == "overall"}
-IN_CLASS = {key: m for key, m in _COMPUTED.items() if m.scope in ("overall", "per_class")}
-CLASS_ONLY = {key: m for key, m in _COMPUTED.items() if m.scope == "per_class"}
+OVERALL, IN_CLASS, CLASS_ONLY = ("overall",), ("overall", "per_class"), ("per_class",)
 
 
 def _has(e: Evidence, m: Metric) -> bool:
-    return all(getattr(e, field) is not None for field in m.needs)
+    """The metric is computed (`compute`, not measured elsewhere) and the scope has the evidence it needs."""
+    return m.compute is not None and all(getattr(e, field) is not None for field in m.needs)
 
 
 def _value(v):
@@ -217,14 +213,14 @@ def _value(v):
     return v
 
 
-def score(e: Evidence, metrics: Mapping[str, Metric], *, in_class: bool, variant: str, cls: int = -1):
-    """The entries of `metrics` that the scope's evidence `e` has what they need for, each metric's `compute`
-    once, with its bootstrap interval (seeded per variant, scope and metric), and the per-point values behind them
-    ({key: array}, for the per-sample arrays)."""
+def score(e: Evidence, scopes: tuple[str, ...], *, in_class: bool, variant: str, cls: int = -1):
+    """The entries of the declared metrics of `scopes` that the scope's evidence `e` has what they need for: each
+    metric's `compute` once, with its bootstrap interval (seeded per variant, scope and metric); and the per-point
+    values behind them ({key: array}, for the per-sample arrays)."""
     s = e.settings
     entries, points = {}, {}
-    for key, m in metrics.items():
-        if not _has(e, m):
+    for key, m in METRICS.items():
+        if m.scope not in scopes or not _has(e, m):
             continue
         v, ci = m.compute(e), None
         if isinstance(v, np.ndarray):
@@ -241,7 +237,7 @@ def reference_entries(e: Evidence) -> dict:
     """metrics.json's "reference" entries the engine makes: each `real_reference` metric with the real set scored
     as if it were generated (`e`), `<key>_real`."""
     return {key: _entry(_value(m.compute(e)), f"{key}_real", e.n_real, 0, m.k(e.settings))
-            for key, m in _COMPUTED.items() if m.real_reference and _has(e, m)}
+            for key, m in METRICS.items() if m.real_reference and _has(e, m)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -506,8 +502,9 @@ def metrics_document(results, provenance: Mapping) -> dict:
             for v in node.values():
                 collect(v)
     collect(spaces)
+    texts = definitions()
     return _round({"schema": SCHEMA, "provenance": dict(provenance),
-                   "definitions": {k: DEFINITIONS[k] for k in sorted(used)}, "feature_spaces": spaces})
+                   "definitions": {k: texts[k] for k in sorted(used)}, "feature_spaces": spaces})
 
 
 def comparison_document(documents: Mapping[str, dict], encoder: str) -> dict:
