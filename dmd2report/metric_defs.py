@@ -14,7 +14,7 @@ alone: the report code reads it without torch, k-NN or the engine.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable, Mapping
 
 import numpy as np
@@ -71,6 +71,13 @@ class Metric:
     counts: str = "scope"             # its entries' n_generated: "scope", "conditioned" (samples with a class) or "set"
     array: str = ""                   # its per-point values, overall, kept as this per-sample array for the report
     real_reference: bool = False      # the engine scores the real set with it as if generated: the `reference` value
+
+    def __post_init__(self):   # a declaration the engine would misread fails at import
+        unknown = set(self.needs) - {f.name for f in fields(Evidence)}
+        if self.scope not in ("overall", "per_class", "map") or self.counts not in ("scope", "conditioned", "set") \
+                or unknown:
+            raise ValueError(f"metric {self.label!r}: scope {self.scope!r}, counts {self.counts!r}, "
+                             f"needs unknown evidence {sorted(unknown)}")
 
     def k(self, settings: Mapping) -> int | None:
         """Its k among the measure's settings (`metrics.k_dc` -> settings["k_dc"])."""

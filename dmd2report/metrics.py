@@ -331,7 +331,8 @@ def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelit
         centroids = np.stack([real_np[rcls.rows(i)].astype(np.float64).mean(axis=0)
                               for i in range(len(classes))]).astype(np.float32)
         real_centroid = classes[knn(x, centroids, 1, **kw)[1][:, 0]]
-    reference = reference_entries(Evidence(settings, n_real, n_real, 0, real_np, cond=rc, centroid_class=real_centroid))
+    reference = reference_entries(Evidence(settings, n_real, n_generated=n_real, n_set=n_real, gen=real_np, cond=rc,
+                                           centroid_class=real_centroid))   # the real set scored as if generated
 
     in_class = {}   # real radii inside each class (NaN for classes too small) and per-class Gaussian statistics
 
