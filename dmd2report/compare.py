@@ -8,7 +8,7 @@ Every value is addressed by a path `<feature space>/<variant>/overall/<metric>` 
 A selector is either a bare metric name, which picks that metric in the `overall` scope of every
 feature space and variant (`precision`), or a glob over paths (`midblock*/per_class/*/coverage`).
 
-Direction (`Metric.higher_is_better` in metrics.py): for `fd` lower is better; for every other metric
+Direction (`Metric.higher_is_better` in metric_defs.py): for `fd` lower is better; for every other metric
 higher is better. A selected value
 regressed when it moved in the worse direction by more than the threshold (absolute), or when it
 disappeared or became undefined (null) in B. Moves in the better direction are reported, never fail.

@@ -1,4 +1,4 @@
-"""Distribution metrics of generated features against real features, exact and in bounded memory.
+"""The measure engine: every declared metric of generated features against real features, exact and in bounded memory.
 
 Notation: X the N real features, Y the M generated features of one conditioning variant (float32,
 (N, D) and (M, D)), d the Euclidean distance, r_k(x) the distance from x to its k-th nearest OTHER
@@ -8,17 +8,10 @@ Tie convention: a point lies inside a ball when its distance is `<=` the radius;
 r_k(x) from x is inside. Distances near a radius are recomputed directly (see `knn.within_radius`),
 so the decision is the one of the float32 direct distance.
 
-  precision  = (1/M) #{y : exists x, d(y,x) <= r_k(x)}                    k = 3  (Kynkaanniemi et al. 2019)
-  recall     = (1/N) #{x : exists y, d(x,y) <= r_k(y)}                    k = 3
-  density    = (1/(kM)) sum over (y, x) of 1[d(y,x) <= r_k(x)]           k = 5  (Naeem et al. 2020)
-  coverage   = (1/N) #{x : exists y, d(x,y) <= r_k(x)}                    k = 5
-  fd         = |mu_X - mu_Y|^2 + tr S_X + tr S_Y - 2 tr sqrt(S_X^1/2 S_Y S_X^1/2), in float64, both
-               square roots by symmetric eigendecomposition with eigenvalues clipped at 0, covariances
-               with N-1 (M-1); clipped at 0. Biased for small N, M: the counts are stored beside it.
-  class_fidelity    = mean over generated samples with a conditioning class c of the fraction of
-                      their k = 10 nearest real samples whose class is c.
-  centroid_accuracy = fraction of those samples whose nearest real class centroid (mean of the real
-                      features of a class) is of their conditioning class.
+The metrics themselves, their definitions and formulas, are declared in `metric_defs.METRICS`. This engine makes
+the expensive evidence they share once per scope (`metric_defs.Evidence`): the exact k-NN passes (`knn.py`), the
+radii, the per-point ball memberships, the real moments, the nearest real samples' and centroids' classes; then
+`score` runs each declared metric's `compute` on it and adds its bootstrap interval.
 
 Scopes: `overall` uses all of X and Y. `per_class[c]` restricts X to real samples of class c and Y to
 samples conditioned on c, with radii recomputed inside those subsets (the `*_in_class` definitions);
@@ -44,13 +37,12 @@ import numpy as np
 from .device import one_blas_thread
 from .files import save_text
 from .knn import DEFAULT_BLOCK_BYTES, as_device, knn, knn_grouped, radius_counts, to_tensor
-from .metric_defs import METRICS, Metric, definitions, markdown  # noqa: F401  (the declaration, re-exported)
+from .metric_defs import (METRICS, Evidence, Metric, definitions, frechet_from_stats, markdown, mean_and_cov,
+                          sqrt_psd)
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "dmd2report-metrics/1"
-
-DEFINITIONS = definitions()   # what metrics.json's "definitions" draws from
 
 NO_CLASS = -1   # conditioning class of samples without one (uniform, zero conditioning)
 
@@ -69,25 +61,6 @@ def knn_radii(feats, ks, *, neighbours=None, device=None, max_block_bytes=DEFAUL
     else:
         d, i = knn(feats, None, kmax, exclude_self=True, device=device, max_block_bytes=max_block_bytes)
     return {k: d[:, k - 1].copy() for k in ks}, (d, i)
-
-
-def mean_and_cov(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    x = np.asarray(feats, dtype=np.float64)
-    return x.mean(axis=0), np.atleast_2d(np.cov(x, rowvar=False, ddof=1))
-
-
-def sqrt_psd(s: np.ndarray) -> np.ndarray:
-    """Symmetric square root of a covariance matrix, eigenvalues clipped at 0."""
-    w, v = np.linalg.eigh((s + s.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-
-
-def frechet_from_stats(mu_x, cov_x, mu_y, cov_y, sqrt_cov_x=None) -> float:
-    r = sqrt_psd(cov_x) if sqrt_cov_x is None else sqrt_cov_x
-    m = r @ cov_y @ r
-    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
-    fd = float(np.sum((mu_x - mu_y) ** 2) + np.trace(cov_x) + np.trace(cov_y) - 2 * tr_sqrt)
-    return max(fd, 0.0)   # a squared distance; a tiny negative value is rounding
 
 
 def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
@@ -223,22 +196,48 @@ def _rng(seed: int, variant: str, cls: int, metric: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(variant.encode()), cls + 1, zlib.crc32(metric.encode())])
 
 
-def _prdc_entries(flags, k_pr, k_dc, n_real, n_gen, suffix, boot, level, seed, variant, cls) -> dict:
-    """precision/recall/density/coverage entries (with bootstrap intervals) from per-point flags."""
-    per_point = {
-        "precision": (flags["gen_in_real_manifold"], k_pr),
-        "recall": (flags.get("real_in_gen_manifold"), k_pr),
-        "density": (flags["gen_density_count"] / k_dc, k_dc),
-        "coverage": (flags["real_covered"], k_dc),
-    }
-    out = {}
-    for name, (v, k) in per_point.items():
-        if v is None:
-            out[name] = _entry(None, name + suffix, n_real, n_gen, k)
+# The declared scopes (`Metric.scope`) a scope's entries come from: every variant's overall entry, a class's
+# entries where samples are conditioned on it, and those of a class without such samples.
+OVERALL, IN_CLASS, CLASS_ONLY = ("overall",), ("overall", "per_class"), ("per_class",)
+
+
+def _has(e: Evidence, m: Metric) -> bool:
+    """The metric is computed (`compute`, not measured elsewhere) and the scope has the evidence it needs."""
+    return m.compute is not None and all(getattr(e, field) is not None for field in m.needs)
+
+
+def _value(v):
+    """A metric's value from what its `compute` returned: the mean of per-point values (None without points)."""
+    if isinstance(v, np.ndarray):
+        return np.mean(v) if len(v) else None
+    return v
+
+
+def score(e: Evidence, scopes: tuple[str, ...], *, in_class: bool, variant: str, cls: int = -1):
+    """The entries of the declared metrics of `scopes` that the scope's evidence `e` has what they need for: each
+    metric's `compute` once, with its bootstrap interval (seeded per variant, scope and metric); and the per-point
+    values behind them ({key: array}, for the per-sample arrays)."""
+    s = e.settings
+    entries, points = {}, {}
+    for key, m in METRICS.items():
+        if m.scope not in scopes or not _has(e, m):
             continue
-        ci = bootstrap_ci(v, boot, level, _rng(seed, variant, cls, name))
-        out[name] = _entry(float(np.mean(v)), name + suffix, n_real, n_gen, k, ci)
-    return out
+        v, ci = m.compute(e), None
+        if isinstance(v, np.ndarray):
+            points[key] = v
+            if m.bootstrap:
+                ci = bootstrap_ci(v, s["bootstrap"], s["ci_level"], _rng(s["seed"], variant, cls, key))
+        n_gen = {"scope": e.n_generated, "set": e.n_set, "conditioned": len(e.cond) if e.cond is not None else 0}
+        entries[key] = _entry(_value(v), f"{key}_in_class" if in_class and m.in_class else key, e.n_real,
+                              n_gen[m.counts], m.k(s), ci)
+    return entries, points
+
+
+def reference_entries(e: Evidence) -> dict:
+    """metrics.json's "reference" entries the engine makes: each `real_reference` metric with the real set scored
+    as if it were generated (`e`), `<key>_real`."""
+    return {key: _entry(_value(m.compute(e)), f"{key}_real", e.n_real, 0, m.k(e.settings))
+            for key, m in METRICS.items() if m.real_reference and _has(e, m)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,18 +290,10 @@ class _ClassIndex:
         self.classes = np.asarray(classes, np.int64)
         self.start = np.searchsorted(srt, self.classes, "left")
         self.end = np.searchsorted(srt, self.classes, "right")
-        self.count = self.end - self.start
 
     def rows(self, i: int) -> np.ndarray:
         """Rows of the i-th class of `classes`."""
         return self.order[self.start[i]:self.end[i]]
-
-    def means(self, values: np.ndarray) -> np.ndarray:
-        """Mean of `values` over each class's rows (NaN for an empty class); labels outside `classes` ignored."""
-        v = np.asarray(values, np.float64)[self.order]
-        sums = np.array([v[s:e].sum() for s, e in zip(self.start, self.end)]) if len(self.classes) else np.zeros(0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return sums / self.count
 
 
 def _nan_where_inf(a: np.ndarray) -> np.ndarray:
@@ -322,7 +313,7 @@ def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelit
     rc = None if real_classes is None else np.asarray(real_classes, dtype=np.int64)
     if rc is not None and rc.shape != (n_real,):
         raise ValueError(f"{feature_space}: real_classes of shape {rc.shape} for {n_real} real samples")
-    classes = [] if rc is None else [int(c) for c in np.unique(rc)]
+    classes = np.zeros(0, np.int64) if rc is None else np.unique(rc)
     settings = dict(k_pr=k_pr, k_dc=k_dc, k_fidelity=k_fidelity, k_neighbours=k_neighbours, bootstrap=bootstrap,
                     ci_level=ci_level, seed=seed, cover_cap=cover_cap)
 
@@ -330,19 +321,18 @@ def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelit
     k_rr = min(max(k_pr, k_dc, k_neighbours if want_arrays else 0), n_real - 1)
     real_r, (rr_d, rr_i) = knn_radii(x, sorted({k_pr, k_dc, k_rr}), neighbours=real_neighbours, **kw)
     stats_real = mean_and_cov(real_np)
-    sqrt_real = sqrt_psd(stats_real[1])
+    real_moments = (*stats_real, sqrt_psd(stats_real[1]))
     arrays = {"real": {"r_pr": real_r[k_pr], "r_dc": real_r[k_dc], "nn_real_dist": rr_d[:, :k_neighbours],
                        "nn_real_idx": rr_i[:, :k_neighbours]}, "variants": {}} if want_arrays else None
     del rr_d, rr_i
-    reference = {}
-    centroids = rcls = None
+    centroids = rcls = real_centroid = None
     if rc is not None:
         rcls = _ClassIndex(rc, classes)
         centroids = np.stack([real_np[rcls.rows(i)].astype(np.float64).mean(axis=0)
                               for i in range(len(classes))]).astype(np.float32)
-        _, nc = knn(x, centroids, 1, **kw)
-        reference["centroid_accuracy"] = _entry(np.mean(np.asarray(classes)[nc[:, 0]] == rc),
-                                                "centroid_accuracy_real", n_real, 0)
+        real_centroid = classes[knn(x, centroids, 1, **kw)[1][:, 0]]
+    reference = reference_entries(Evidence(settings, n_real, n_generated=n_real, n_set=n_real, gen=real_np, cond=rc,
+                                           centroid_class=real_centroid))   # the real set scored as if generated
 
     in_class = {}   # real radii inside each class (NaN for classes too small) and per-class Gaussian statistics
 
@@ -354,7 +344,7 @@ def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelit
             in_class["stats"] = {}
         return in_class
 
-    def class_stats(i):
+    def class_moments(i):
         st = in_class["stats"]
         if i not in st:
             xc = real_np[rcls.rows(i)]
@@ -388,9 +378,7 @@ def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelit
         k_rg = min(max(k_neighbours, cover_cap), n_gen) if want_arrays else 0
         log.debug("%s/%s: generated x real pass", feature_space, name)
         flags = point_flags(x, y, real_r[k_pr], real_r[k_dc], gen_r_pr, k_gen_real=k_gr, k_real_gen=k_rg, **kw)
-        arr.update(gen_in_real_manifold=flags["gen_in_real_manifold"],
-                   gen_density=flags["gen_density_count"] / k_dc, real_covered=flags["real_covered"],
-                   real_cover_count=flags["real_cover_count"])
+        arr["real_cover_count"] = flags["real_cover_count"]
         gr_i = None
         if flags["nn_real"] is not None:
             gr_d, gr_i = flags["nn_real"]
@@ -401,26 +389,23 @@ def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelit
             arr["real_nn_gen_dist"], arr["real_nn_gen_idx"] = rg_d[:, :k_neighbours], rg_i[:, :k_neighbours]
             del rg_d, rg_i
 
-        overall = _prdc_entries(flags, k_pr, k_dc, n_real, n_gen, "", bootstrap, ci_level, seed, name, -1)
-        overall["fd"] = _entry(frechet_from_stats(*stats_real, *mean_and_cov(gen_np), sqrt_cov_x=sqrt_real)
-                               if n_gen >= 2 else None, "fd", n_real, n_gen)
         has_class = cond != NO_CLASS
+        evidence = dict(gen_in_real_manifold=flags["gen_in_real_manifold"],
+                        gen_density_count=flags["gen_density_count"], real_covered=flags["real_covered"],
+                        real_in_gen_manifold=flags.get("real_in_gen_manifold"), real_moments=real_moments)
         if rc is not None:
-            fid = np.full(n_gen, np.nan)
-            fid[has_class] = (rc[gr_i[has_class, :k_fidelity]] == cond[has_class, None]).mean(axis=1)
-            _, nc = knn(y, centroids, 1, **kw)
-            centroid_class = np.asarray(classes)[nc[:, 0]]
-            arr["gen_fidelity"], arr["gen_centroid_class"] = fid, centroid_class
-            n_c = int(has_class.sum())
-            overall["class_fidelity"] = _entry(np.mean(fid[has_class]) if n_c else None, "class_fidelity",
-                                               n_real, n_c, k_fidelity)
-            overall["centroid_accuracy"] = _entry(np.mean(centroid_class[has_class] == cond[has_class])
-                                                  if n_c else None, "centroid_accuracy", n_real, n_c)
+            arr["gen_centroid_class"] = centroid_class = classes[knn(y, centroids, 1, **kw)[1][:, 0]]
+            evidence |= dict(cond=cond[has_class], nn_real_class=rc[gr_i[has_class, :k_fidelity]],
+                             centroid_class=centroid_class[has_class])
+        overall, points = score(Evidence(settings, n_real, n_gen, n_gen, gen_np, **evidence), OVERALL,
+                                in_class=False, variant=name)
+        for key, v in points.items():   # the per-point values the report draws, by the metric's array name
+            if METRICS[key].array:
+                arr[METRICS[key].array] = _scatter(v, has_class) if METRICS[key].counts == "conditioned" else v
         scopes = {}
         if rc is not None and per_class:
-            scopes = _class_scopes(name, real_np, rcls, gen_np, cond, fid, centroid_class, flags["real_covered"],
-                                   real_in_class, class_stats, n_gen, k_pr, k_dc, k_fidelity, bootstrap, ci_level,
-                                   seed, kw)
+            scopes = _class_scopes(name, real_np, rcls, gen_np, cond, gr_i, centroid_class, flags["real_covered"],
+                                   real_in_class, class_moments, settings, kw)
         variants[name] = {"overall": overall, "per_class": scopes}
         if want_arrays:
             arrays["variants"][name] = arr
@@ -428,13 +413,20 @@ def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelit
             "reference": reference, "variants": variants, "arrays": arrays}
 
 
-def _class_scopes(variant, real_np, rcls, gen_np, cond, fid, centroid_class, real_covered, real_in_class,
-                  class_stats, n_gen, k_pr, k_dc, k_fid, boot, level, seed, kw) -> dict:
+def _scatter(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Per-sample values of the rows with a conditioning class into a full-length array, NaN elsewhere."""
+    out = np.full(len(rows), np.nan)
+    out[rows] = values
+    return out
+
+
+def _class_scopes(variant, real_np, rcls, gen_np, cond, nn_real_idx, centroid_class, real_covered, real_in_class,
+                  class_moments, settings, kw) -> dict:
     """Every class's scope: metrics of real class c against the samples conditioned on c, radii inside
     those subsets (the `*_in_class` definitions), computed for all classes at once by grouped searches;
-    then one small loop per class for the entries, bootstrap intervals and FD."""
-    classes = rcls.classes
-    cov_global = rcls.means(real_covered)
+    then one small loop per class slicing its evidence and scoring the declared metrics on it."""
+    k_pr, k_dc, k_fid = settings["k_pr"], settings["k_dc"], settings["k_fidelity"]
+    classes, n_gen = rcls.classes, len(gen_np)
     has = np.isin(cond, classes)          # samples conditioned on a class the real set has
     yi = np.flatnonzero(has)
     gcls = _ClassIndex(cond, classes)
@@ -455,29 +447,19 @@ def _class_scopes(variant, real_np, rcls, gen_np, cond, fid, centroid_class, rea
     n_min = max(k_pr, k_dc)
     scopes = {}
     for i, c in enumerate(classes):
-        n_r = int(rcls.count[i])
-        scope = {"coverage_global": _entry(cov_global[i], "coverage_global", n_r, n_gen, k_dc)}
-        g_rows = gcls.rows(i)
-        n_g = len(g_rows)
+        r_rows, g_rows = rcls.rows(i), gcls.rows(i)
+        n_r, n_g = len(r_rows), len(g_rows)
+        evidence = dict(real_covered_global=real_covered[r_rows])
         if n_g:
-            scope["class_fidelity"] = _entry(np.mean(fid[g_rows]), "class_fidelity", n_r, n_g, k_fid)
-            scope["centroid_accuracy"] = _entry(np.mean(centroid_class[g_rows] == c), "centroid_accuracy", n_r, n_g)
-            if n_r > n_min:
-                r_rows = rcls.rows(i)
-                fc = {"gen_in_real_manifold": flags["gen_in_real_manifold"][g_rows],
-                      "gen_density_count": flags["gen_density_count"][g_rows],
-                      "real_covered": flags["real_covered"][r_rows]}
-                if n_g > k_pr:
-                    fc["real_in_gen_manifold"] = flags["real_in_gen_manifold"][r_rows]
-                scope.update(_prdc_entries(fc, k_pr, k_dc, n_r, n_g, "_in_class", boot, level, seed, variant, int(c)))
-            else:
-                for name, k in (("precision", k_pr), ("recall", k_pr), ("density", k_dc), ("coverage", k_dc)):
-                    scope[name] = _entry(None, name + "_in_class", n_r, n_g, k)
-            st = class_stats(i)
-            if st is not None:
-                fd = frechet_from_stats(*st[:2], *mean_and_cov(gen_np[g_rows]), sqrt_cov_x=st[2]) if n_g >= 2 else None
-                scope["fd"] = _entry(fd, "fd_in_class", n_r, n_g)
-        scopes[str(int(c))] = scope
+            evidence |= dict(real_moments=class_moments(i), cond=cond[g_rows], centroid_class=centroid_class[g_rows],
+                             nn_real_class=rcls.labels[nn_real_idx[g_rows, :k_fid]])
+            if n_r > n_min:   # enough real points of the class for its radii
+                evidence |= dict(gen_in_real_manifold=flags["gen_in_real_manifold"][g_rows],
+                                 gen_density_count=flags["gen_density_count"][g_rows],
+                                 real_covered=flags["real_covered"][r_rows],
+                                 real_in_gen_manifold=flags["real_in_gen_manifold"][r_rows] if n_g > k_pr else None)
+        e = Evidence(settings, n_r, n_g, n_gen, gen_np[g_rows], **evidence)
+        scopes[str(int(c))] = score(e, IN_CLASS if n_g else CLASS_ONLY, in_class=True, variant=variant, cls=int(c))[0]
     return scopes
 
 
@@ -521,8 +503,9 @@ def metrics_document(results, provenance: Mapping) -> dict:
             for v in node.values():
                 collect(v)
     collect(spaces)
+    texts = definitions()
     return _round({"schema": SCHEMA, "provenance": dict(provenance),
-                   "definitions": {k: DEFINITIONS[k] for k in sorted(used)}, "feature_spaces": spaces})
+                   "definitions": {k: texts[k] for k in sorted(used)}, "feature_spaces": spaces})
 
 
 def comparison_document(documents: Mapping[str, dict], encoder: str) -> dict:

@@ -10,7 +10,8 @@ from dmd2report.config import load_config
 from dmd2report.context import Context
 from dmd2report.metrics import fd_real_halves, measure
 from dmd2report.pipeline import run_stages
-from dmd2report.stages.measure import flatten_arrays, variant_classes
+from dmd2report.stages import measure as measure_stage
+from dmd2report.stages.measure import FeatureSpace, flatten_arrays, variant_classes
 from synthetic import write_synthetic_work_dir
 
 
@@ -28,7 +29,7 @@ def test_flatten_arrays_stores_covering_lists_ragged_without_padding():
 
 
 @pytest.mark.slow
-def test_chunked_measure_stage_equals_in_memory_measure(tmp_path, caplog):
+def test_chunked_measure_stage_equals_in_memory_measure(tmp_path, caplog, monkeypatch):
     cfg = write_synthetic_work_dir(
         tmp_path, n_real=300, n_gen_class=200, n_variant=50, classes=10,
         dims={"encoder_bottleneck": 48, "midblock": 48}, seed=2, preset="demo", chunk_size=64, device="cpu",
@@ -37,6 +38,13 @@ def test_chunked_measure_stage_equals_in_memory_measure(tmp_path, caplog):
     ctx = Context.create(config, command="test")
     wd = ctx.workdir
     assert wd.store("real").manifest["chunks"] == 5      # several memory-mapped chunks per store
+
+    def raw_midblock(ctx, real, gens):   # another kind of feature space: one entry, and every set is measured in it
+        yield FeatureSpace("raw:midblock", real.features("midblock")[:, :6], {
+            label: (s.features("midblock")[:, :6], variant_classes(v, s.metadata())) for label, (v, s) in gens.items()},
+            None)
+
+    monkeypatch.setattr(measure_stage, "FEATURE_SPACES", measure_stage.FEATURE_SPACES + (raw_midblock,))
     with caplog.at_level("INFO"):
         run_stages(ctx, ("extract", "generate", "fit", "measure"))
     m = config.metrics
@@ -50,9 +58,17 @@ def test_chunked_measure_stage_equals_in_memory_measure(tmp_path, caplog):
     rc = real.metadata()["class_id"].to_numpy()
     doc = json.loads((wd.measure / "metrics.json").read_text())
     arrays = np.load(wd.measure / "arrays.npz")
+    gens = {v: wd.store(f"gen-{v}") for v in ("class", "uniform", "zero", "blend")}
+    raw = measure(real.features("midblock")[:, :6], rc,
+                  {v: (s.features("midblock")[:, :6], variant_classes(v, s.metadata())) for v, s in gens.items()},
+                  feature_space="raw", k_pr=m.k_pr, k_dc=m.k_dc, k_fidelity=m.k_fidelity, k_neighbours=m.k_neighbours,
+                  bootstrap=m.bootstrap, seed=config.run.seed, device="cpu", arrays=False)
+    space = doc["feature_spaces"]["raw:midblock"]
+    assert space["variants"] == json.loads(json.dumps(scale_round(raw["variants"])))
+    halves = fd_real_halves(real.features("midblock")[:, :6], rc, config.run.seed)
+    assert space["reference"]["fd"] == json.loads(json.dumps(scale_round(halves)))
     for layer in real.layers:
         emb = wd.fitted(layer)
-        gens = {v: wd.store(f"gen-{v}") for v in ("class", "uniform", "zero", "blend")}
         ref = measure(emb.reduce(real.features(layer)), rc,
                       {v: (emb.reduce(s.features(layer)), variant_classes(v, s.metadata())) for v, s in gens.items()},
                       feature_space="t", k_pr=m.k_pr, k_dc=m.k_dc, k_fidelity=m.k_fidelity,

@@ -245,14 +245,17 @@ def test_one_declaration_names_every_metric_everywhere():
     from pathlib import Path
 
     from dmd2report.compare import DEFAULT_METRICS, LOWER_IS_BETTER
-    from dmd2report.metrics import DEFINITIONS, METRICS, markdown
+    from dmd2report.metric_defs import definitions
+    from dmd2report.metrics import METRICS, markdown
+
+    defs = definitions()
 
     assert set(METRICS) == {"precision", "recall", "density", "coverage", "fd", "class_fidelity", "centroid_accuracy",
                             "coverage_global", "trust"}
-    assert {k: DEFINITIONS[k] for k in METRICS} == {k: m.definition for k, m in METRICS.items()}
-    assert DEFINITIONS["precision_in_class"].startswith("precision with X = real samples of class c")
-    assert DEFINITIONS["centroid_accuracy_real"] == METRICS["centroid_accuracy"].reference
-    assert DEFINITIONS["fd_real"] == METRICS["fd"].reference
+    assert {k: defs[k] for k in METRICS} == {k: m.definition for k, m in METRICS.items()}
+    assert defs["precision_in_class"].startswith("precision with X = real samples of class c")
+    assert defs["centroid_accuracy_real"] == METRICS["centroid_accuracy"].reference
+    assert defs["fd_real"] == METRICS["fd"].reference
     colours = [m.colour for m in METRICS.values()]
     assert len(set(colours)) == len(colours)   # one colour per metric, none shared
     assert LOWER_IS_BETTER == {"fd"} and DEFAULT_METRICS[:4] == ("precision", "recall", "density", "coverage")
@@ -347,3 +350,45 @@ def test_without_arrays_the_metrics_are_the_same(tied):
     lean = measure(x, rc, {"v": (y, cond), "u": (y[::2], None)}, arrays=False, **kw)
     assert lean["arrays"] is None
     assert lean["variants"] == full["variants"] and lean["reference"] == full["reference"]
+
+
+def test_a_metric_is_one_declared_unit(tmp_path, clustered, monkeypatch):
+    """Declaring a metric (its words and its `compute` over the engine's evidence) is all it takes: the engine
+    scores it in every scope with the evidence it needs, with its k, bootstrap interval, per-class definition and
+    per-sample array, and metrics.json and the README's table carry its definition."""
+    from dmd2report.metric_defs import METRICS, Metric, markdown
+
+    x, rc, y, cond = clustered
+    kw = dict(feature_space="t", bootstrap=20, seed=1, device="cpu")
+    before = measure(x, rc, {"v": (y, cond), "u": (y[::3], None)}, **kw)
+    monkeypatch.setitem(METRICS, "density_count", Metric(
+        "Density count", "Real 5-NN balls holding a generated sample, on average.", "(1/M) sum ... (test)", "#000000",
+        "metrics.k_dc", in_class="density_count within class c (test)", bootstrap=True, array="gen_density_count",
+        compute=lambda e: None if e.gen_density_count is None else e.gen_density_count.astype(np.float64)))
+    monkeypatch.setitem(METRICS, "covered_any", Metric(   # evidence only the class scopes have: entries only there
+        "Covered", "Coverage by any sample, declared for every scope.", "(test)", "#000001", "metrics.k_dc",
+        needs=("real_covered_global",), counts="set", compute=lambda e: e.real_covered_global))
+    after = measure(x, rc, {"v": (y, cond), "u": (y[::3], None)}, **kw)
+    doc = json.loads(write_metrics_json(tmp_path / "m.json", after, PROV).read_text())
+    assert doc["definitions"]["density_count"] == "(1/M) sum ... (test)"
+    assert doc["definitions"]["density_count_in_class"] == "density_count within class c (test)"
+    for v in ("v", "u"):
+        new, old = after["variants"][v], before["variants"][v]
+        e = new["overall"].pop("density_count")
+        assert e["value"] == pytest.approx(old["overall"]["density"]["value"] * 5, rel=1e-12)
+        assert (e["k"], e["definition"]) == (5, "density_count")
+        assert e["n_generated"] == old["overall"]["density"]["n_generated"]
+        assert e["ci_low"] < e["value"] < e["ci_high"]
+        for c, scope in new["per_class"].items():
+            if "density" in old["per_class"][c]:   # a class with samples conditioned on it
+                got = scope.pop("density_count")
+                assert got["definition"] == "density_count_in_class"
+                assert got["value"] == pytest.approx(old["per_class"][c]["density"]["value"] * 5, rel=1e-12)
+                covered = scope.pop("covered_any") | {"definition": "coverage_global"}
+                assert covered == old["per_class"][c]["coverage_global"]
+            assert "density_count" not in scope and "covered_any" not in scope
+        assert "covered_any" not in new["overall"]
+        assert new == old                                   # every other entry as before
+        np.testing.assert_array_equal(after["arrays"]["variants"][v]["gen_density_count"],
+                                      before["arrays"]["variants"][v]["gen_density"] * 5)
+    assert "| Density count | `density_count` |" in markdown()

@@ -1,11 +1,14 @@
-"""The measure stage: exact metrics in the reduced space of every layer, overall, per class and per
-variant (`metrics.measure`), into `measure/metrics.json`; the headline layer's per-point arrays (radii,
-neighbours, coverage) into `measure/arrays.npz` for the report."""
+"""The measure stage: every declared metric (`metric_defs.METRICS`) of every generated set in every feature space
+(`FEATURE_SPACES`: today the reduced space of each UNet layer), overall, per class and per variant
+(`metrics.measure`), into `measure/metrics.json`; the headline space's per-point arrays (radii, neighbours,
+coverage) into `measure/arrays.npz` for the report."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -27,32 +30,56 @@ def variant_classes(variant: str, meta: pd.DataFrame) -> np.ndarray:
     return meta["class_id"].to_numpy().astype(np.int64)
 
 
+@dataclass(frozen=True)
+class FeatureSpace:
+    """One feature space the stage scores every generated set in, the real set's features and theirs in it."""
+
+    name: str                        # metrics.json's key of the space
+    real: np.ndarray                 # (N, D) the real set's features, float32
+    generated: dict                  # {set label: ((M, D) features, (M,) conditioning classes, NO_CLASS for none)}
+    real_neighbours: tuple | None    # the real rows' exact k-NN searched already (the fit stage's), or None
+    headline: dict | None = None     # headline.json's fields when this is the report's space (its arrays kept)
+
+
+def unet_layers(ctx: Context, real, gens: dict) -> Iterator[FeatureSpace]:
+    """The generator's UNet layers, each in its fitted reduced space (`features.reduce`, standardised, PCA), one
+    at a time: only one layer's reduced features are held. `gens`: {set label: (variant, store)}."""
+    cfg, wd = ctx.config, ctx.workdir
+    for layer in real.layers:
+        emb = wd.fitted(layer)
+        real_red = _reduced(emb, real, layer)
+        yield FeatureSpace(f"{layer}:{cfg.features.reduce}+standardise+pca{emb.n_components}", real_red,
+                           {label: (_reduced(emb, s, layer), variant_classes(v, s.metadata()))
+                            for label, (v, s) in gens.items()},
+                           wd.fit_real_neighbours(layer, real_red),
+                           {"layer": layer} if layer == cfg.metrics.layer else None)
+
+
+# The feature spaces every set is measured in, in metrics.json's order: each a source of `FeatureSpace`s.
+FEATURE_SPACES = (unet_layers,)
+
+
 def run(ctx: Context, overwrite: bool = False) -> None:
     cfg, m, wd = ctx.config, ctx.config.metrics, ctx.workdir
     fit_manifest = wd.fit_manifest()  # first: a fit of other stores is refused before any work
     real = wd.store("real", reader="measure")
     real_classes = real.metadata()["class_id"].to_numpy()
-    # Every generator's sets in one measure call per layer: the real side (radii, neighbours, fd_real) is
+    # Every generator's sets in one measure call per space: the real side (radii, neighbours, fd_real) is
     # searched once and every set is scored against it (sets labelled `<generator>/<variant>` in a comparison).
     sets = {set_label(g, v): (g, v, name) for g in ctx.generators for v, name in generated_sets(cfg, g)}
-    gens = {label: wd.store(name, reader="measure") for label, (_, _, name) in sets.items()}
+    gens = {label: (v, wd.store(name, reader="measure")) for label, (_, v, name) in sets.items()}
     results, headline = [], None
-    for layer in real.layers:
-        emb = wd.fitted(layer)
-        real_red = _reduced(emb, real, layer)
-        generated = {label: (_reduced(emb, s, layer), variant_classes(sets[label][1], s.metadata()))
-                     for label, s in gens.items()}
-        space = f"{layer}:{cfg.features.reduce}+standardise+pca{emb.n_components}"
-        ctx.log.info("[measure] %s: %d real, %s", space, len(real_red),
-                     ", ".join(f"{len(g[0])} {v}" for v, g in generated.items()))
-        # per-point arrays are kept for the headline layer only: other layers skip the searches only they need
-        r = measure(real_red, real_classes, generated, feature_space=space, k_pr=m.k_pr, k_dc=m.k_dc,
+    for space in (space for source in FEATURE_SPACES for space in source(ctx, real, gens)):
+        ctx.log.info("[measure] %s: %d real, %s", space.name, len(space.real),
+                     ", ".join(f"{len(g[0])} {v}" for v, g in space.generated.items()))
+        # per-point arrays are kept for the headline space only: other spaces skip the searches only they need
+        r = measure(space.real, real_classes, space.generated, feature_space=space.name, k_pr=m.k_pr, k_dc=m.k_dc,
                     k_fidelity=m.k_fidelity, k_neighbours=m.k_neighbours, bootstrap=m.bootstrap, seed=cfg.run.seed,
-                    arrays=layer == m.layer, device=ctx.generator.device(),
-                    real_neighbours=wd.fit_real_neighbours(layer, real_red))
-        r["reference"]["fd"] = fd_real_halves(real_red, real_classes, cfg.run.seed)   # the scale FD reads against
-        if layer == m.layer:
-            headline = (r["arrays"], {"feature_space": space, "layer": layer, "fit": wd.fit_id(fit_manifest)})
+                    arrays=space.headline is not None, device=ctx.generator.device(),
+                    real_neighbours=space.real_neighbours)
+        r["reference"]["fd"] = fd_real_halves(space.real, real_classes, cfg.run.seed)   # the scale FD reads against
+        if space.headline is not None:
+            headline = (r["arrays"], {"feature_space": space.name, **space.headline, "fit": wd.fit_id(fit_manifest)})
         results.append(r)
     trust = fit_manifest.get("trust", {})
     documents = {}
