@@ -85,8 +85,11 @@ def _read_torch(path: Path, fmt: str) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         name = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if "weights only" not in str(e).lower() or (name and _cut_torch_name(name.group(1))):
+        if "weights only" not in str(e).lower():
             raise UserError(f"{path}: cannot read: truncated or damaged PyTorch file ({_first_line(e)})") from None
+        if name and _cut_torch_name(name.group(1)):
+            raise UserError(f"{path}: cannot read: truncated or damaged PyTorch file (the pickle names "
+                            f"{name.group(1)}, which torch does not have)") from None
         found = f" ({name.group(1)})" if name else ""
         raise UserError(f"{path}: refused: holds objects other than tensors{found}, which only full unpickling "
                         f"(running code from the file) could read; if you trust it, convert it to safetensors: "
@@ -130,7 +133,7 @@ def _unwrap(state, path: Path, what: str) -> dict[str, torch.Tensor]:
 
 
 def _first_line(e: Exception) -> str:
-    lines = str(e).strip().splitlines()
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()
     return lines[0][:200] if lines else type(e).__name__
 
 
