@@ -228,12 +228,15 @@ def load_inception(kind: str, weights: Path, head: Path | None = None, device="c
         raise UserError(f"{head}: the FID Inception-v3 takes no separate head file (its fc is in {weights})")
     what = "FID Inception-v3 weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth)"
     state = read_state_dict(Path(weights), what)
-    net = FIDInceptionV3()
-    for k, v in net.state_dict().items():
+    with torch.device("meta"):   # shapes only: the file's tensors become the parameters, no random init to pay for
+        net = FIDInceptionV3()
+    expected = net.state_dict()
+    for k, v in expected.items():
         # BatchNorm's step counter (unused in eval) is absent from files saved before PyTorch 0.4.1; torch's own
         # strict load fills it in for such files, and so do we.
-        if k.endswith(".num_batches_tracked") and k not in state and k.replace("num_batches_tracked", "running_var") in state:
-            state[k] = torch.zeros_like(v)
-    check_state_dict(state, {k: tuple(v.shape) for k, v in net.state_dict().items()}, weights, what)
-    net.load_state_dict(state, strict=True)
+        if k.endswith(".num_batches_tracked") and k not in state and k[:-19] + "running_var" in state:
+            state[k] = torch.zeros((), dtype=torch.long)
+    check_state_dict(state, {k: tuple(v.shape) for k, v in expected.items()}, weights, what)
+    state = {k: v.to(expected[k].dtype).contiguous() for k, v in state.items()}   # a float16 copy computes in float32
+    net.load_state_dict(state, strict=True, assign=True)
     return net.eval().requires_grad_(False).to(device)
