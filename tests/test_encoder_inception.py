@@ -107,7 +107,8 @@ def test_features_and_logits_match_pytorch_fid(encoded, state, images, reference
 
 
 def test_the_fid_patches_matter(state, images, encoded):
-    """torchvision's unpatched Inception-v3 with the same weights gives other features: the comparison above can fail."""
+    """torchvision's unpatched Inception-v3 with the same weights gives other features: the comparison above can
+    fail."""
     plain = torchvision.models.inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=False)
     plain.load_state_dict(state)
     plain.fc = torch.nn.Identity()
@@ -161,7 +162,8 @@ def test_bad_weights_are_refused_in_one_line(cheap, weights_file, tmp_path):
 
     dino = tmp_path / "dinov2_vits14_pretrain.pth"
     torch.save({"cls_token": torch.zeros(1, 1, 384), "pos_embed": torch.zeros(1, 1370, 384),
-                "patch_embed.proj.weight": torch.zeros(384, 3, 14, 14), "blocks.0.attn.qkv.weight": torch.zeros(1152, 384)},
+                "patch_embed.proj.weight": torch.zeros(384, 3, 14, 14),
+                "blocks.0.attn.qkv.weight": torch.zeros(1152, 384)},
                dino)
     msg = one_line_error(dino, load(dino))
     assert "DINOv2 ViT-S/14" in msg and "wrong kind" in msg
@@ -209,7 +211,8 @@ def test_bad_weights_are_refused_in_one_line(cheap, weights_file, tmp_path):
     not_dict = tmp_path / "list.pth"
     torch.save([torch.zeros(3)], not_dict)
     assert "state dict" in one_line_error(not_dict, load(not_dict))
-    assert "not the FID Inception-v3" in one_line_error(weights_file, lambda: load_inception("dinov2-vitl14", weights_file))
+    msg = one_line_error(weights_file, lambda: load_inception("dinov2-vitl14", weights_file))
+    assert "not the FID Inception-v3" in msg
 
 
 def test_read_state_dict_is_never_a_full_unpickle(tmp_path, monkeypatch):
@@ -267,7 +270,8 @@ def test_reference_statistics_round_trip_and_errors(tmp_path):
     assert np.array_equal(got_mu, mu) and np.array_equal(got_sigma, sigma)
     assert got_mu.dtype == got_sigma.dtype == np.float64
     openai = tmp_path / "VIRTUAL_imagenet64_labeled.npz"   # OpenAI's batches: images and spatial stats beside mu, sigma
-    np.savez(openai, arr_0=np.zeros((2, 4, 4, 3), np.uint8), mu=mu.astype(np.float32), sigma=sigma, mu_s=mu, sigma_s=sigma)
+    np.savez(openai, arr_0=np.zeros((2, 4, 4, 3), np.uint8), mu=mu.astype(np.float32), sigma=sigma, mu_s=mu,
+             sigma_s=sigma)
     assert np.allclose(load_stats(openai)[0], mu, rtol=1e-6)
 
     def bad(name, **arrays):

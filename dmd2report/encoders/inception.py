@@ -231,7 +231,7 @@ def load_inception(kind: str, weights: Path, head: Path | None = None, device="c
     with torch.device("meta"):   # shapes only: the file's tensors become the parameters, no random init to pay for
         net = FIDInceptionV3()
     expected = net.state_dict()
-    for k, v in expected.items():
+    for k in expected:
         # BatchNorm's step counter (unused in eval) is absent from files saved before PyTorch 0.4.1; torch's own
         # strict load fills it in for such files, and so do we.
         if k.endswith(".num_batches_tracked") and k not in state and k[:-19] + "running_var" in state:
