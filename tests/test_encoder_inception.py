@@ -12,7 +12,7 @@ import torch
 
 from dmd2report.encoders.inception import FIDInceptionV3, load_inception
 from dmd2report.encoders.stats import feature_stats, frechet_distance, inception_score, load_stats, save_stats
-from dmd2report.encoders.weights import read_state_dict
+from dmd2report.encoders.weights import check_state_dict, guess_kind, read_state_dict
 from dmd2report.errors import UserError
 
 pytorch_fid_inception = pytest.importorskip("pytorch_fid.inception")
@@ -227,6 +227,24 @@ def test_read_state_dict_is_never_a_full_unpickle(tmp_path, monkeypatch):
     torch.save({"w": torch.zeros(2), "x": Evil()}, path)
     one_line_error(path, lambda: read_state_dict(path, "test weights"))
     assert not (tmp_path / "ran").exists()
+
+def test_check_state_dict_names_the_kind_it_sees(tmp_path):
+    """The hints the other encoders' loaders get from the same check (DINOv2 sizes, heads, the generator)."""
+    def vit(dim):
+        return {"cls_token": (1, 1, dim), "patch_embed.proj.weight": (dim, 3, 14, 14), "blocks.0.attn.qkv.weight":
+                (3 * dim, dim)}
+    path = tmp_path / "w.pth"
+    sd = {k: torch.zeros(s) for k, s in vit(384).items()}
+    msg = one_line_error(path, lambda: check_state_dict(sd, vit(1024), path, "DINOv2 ViT-L/14 weights"))
+    assert "holds a DINOv2 ViT-S/14 backbone, not DINOv2 ViT-L/14 weights" in msg and "'cls_token'" in msg
+    assert guess_kind({"weight": (1000, 2048), "bias": (1000,)}) == "a linear classification head (2048 -> 1000)"
+    assert guess_kind({"model.enc.64x64_conv.weight": (192, 3, 3, 3)}) == "a DMD2/EDM generator (EDMPrecond)"
+    assert guess_kind({"foo": (1,)}) is None
+    same_kind = vit(384) | {"norm.weight": (384,)}
+    msg = one_line_error(path, lambda: check_state_dict(sd, same_kind, path, "DINOv2 ViT-S/14 weights"))
+    assert "does not match" in msg and "1 key(s) missing" in msg
+    check_state_dict(sd, vit(384), path, "DINOv2 ViT-S/14 weights")   # exact: no error
+
 
 #----------------------------------------------------------------------------
 # Frechet distance, Inception Score, reference statistics.
