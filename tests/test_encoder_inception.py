@@ -106,6 +106,26 @@ def test_features_and_logits_match_pytorch_fid(encoded, state, images, reference
         assert rel_err(biased.eval()(images[:1])[1], ref_logits[:1] + state["fc.bias"].double()) <= REL
 
 
+def test_tf1_protocol_matches_torch_fidelity(weights_file, images, encoded):
+    """"inception-tf1" against torch-fidelity's Inception (its TensorFlow-1 resize and (x-128)/128) on the same file."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+    from dmd2report.encoders.inception import resize_like_tf1
+    for shape in ((64, 64), (32, 32), (17, 45), (300, 400)):   # up and down, odd and non-square
+        x = torch.rand((1, 3, *shape), generator=torch.Generator().manual_seed(4)) * 255
+        want = interpolate_bilinear_2d_like_tensorflow1x(x, size=(299, 299), align_corners=False)
+        assert rel_err(resize_like_tf1(x, 299), want) <= 1e-6, shape
+    ref = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+                                      feature_extractor_weights_path=str(weights_file))   # our own file: safe
+    enc = load_inception("inception-tf1", weights_file)
+    assert enc.kind == "inception-tf1" and "torch-fidelity" in enc.protocol and "TensorFlow 1" in enc.protocol
+    with torch.no_grad():
+        (feats, logits), (ref_feats, ref_logits) = enc(images[:1]), ref(images[:1])
+    assert rel_err(feats, ref_feats) <= REL and rel_err(logits, ref_logits) <= REL
+    assert rel_err(encoded[1][:1], ref_feats) > 1e-3   # pytorch-fid's protocol is another one: the check can fail
+
+
 def test_the_fid_patches_matter(state, images, encoded):
     """torchvision's unpatched Inception-v3 with the same weights gives other features: the comparison above can
     fail."""
@@ -124,10 +144,11 @@ def test_contract_attributes_and_formats(state, encoded, tmp_path, images):
     assert "pytorch-fid" in enc.protocol and "EDM" in enc.protocol and "bias" in enc.protocol
     assert not enc.training and not any(p.requires_grad for p in enc.parameters())
     from safetensors.torch import save_file
-    st = tmp_path / "inception.safetensors"
-    save_file(state, str(st))
-    got = load_inception("inception", st).state_dict()
-    assert all(torch.equal(got[k], v) for k, v in state.items())
+    st = tmp_path / "part.safetensors"   # the loader is the same after reading: a part of the tensors shows the format
+    part = {k: state[k] for k in list(state)[:30]}
+    save_file(part, str(st))
+    got = read_state_dict(st, "test weights")
+    assert got.keys() == part.keys() and all(torch.equal(got[k], v) for k, v in part.items())
     # The other layouts with one distinct value per tensor (expanded views: small files), so a key read into the
     # wrong place shows.
     marked = {k: torch.full((), i % 97, dtype=v.dtype).expand(v.shape) for i, (k, v) in enumerate(state.items())}

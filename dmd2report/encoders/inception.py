@@ -1,11 +1,14 @@
-"""The FID Inception-v3: the network, preprocessing and weights file of the pytorch-fid protocol, as a feature space.
+"""The FID Inception-v3: the network, preprocessing and weights file of the FID protocols, as a feature space.
 
 The architecture is torchvision's Inception-v3 (1008 classes, no auxiliary head) with the blocks patched as the
 TensorFlow 2015-12-05 graph computes them (pytorch-fid's FIDInceptionA/C/E: average pools that ignore padding, a
 max pool in the last block), so pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` loads into it strictly under
 its own key names. `forward` takes uint8 images of any size and returns the 2048-D pool3 features (FID, precision/
 recall in Inception space) and the 1008-D logits without the fc bias, which is what torch-fidelity's Inception
-Score (and the original TensorFlow IS code) feeds its softmax. `PROTOCOL` says where this differs from EDM's fid.py.
+Score (and the original TensorFlow IS code) feeds its softmax. Two preprocessing protocols, as two kinds:
+"inception" is pytorch-fid's (PyTorch's bilinear resize of x/255, then 2x-1), "inception-tf1" the TensorFlow graph's
+that torch-fidelity reproduces and EDM's fid.py (DMD2's FIDs) runs (TensorFlow 1's resize of the 0..255 values, then
+(x-128)/128); `PROTOCOLS` holds the sentence each report prints, saying where they differ.
 """
 
 from __future__ import annotations
@@ -19,13 +22,23 @@ from torch import nn
 from ..errors import UserError
 from .weights import check_state_dict, read_state_dict
 
-PROTOCOL = ("pytorch-fid's protocol: uint8/255, bilinear resize to 299x299 (PyTorch, align_corners=False, no "
-            "antialias), then 2x-1, into the FID Inception-v3 with the 2015-12-05 TensorFlow weights; features are "
-            "the 2048-D pool3, logits the 1008-D fc without its bias as torch-fidelity's Inception Score uses them. "
-            "EDM's fid.py (the source of DMD2's published FIDs) runs the same weights through NVlabs' "
-            "inception-2015-12-05.pkl, which resizes the way TensorFlow 1 did (no half-pixel offset) and "
-            "normalises (x-128)/128, so its features, and FIDs, differ slightly from these: compare an FID only "
-            "with FIDs of the same protocol.")
+EDM_NOTE = ("EDM's fid.py (the source of DMD2's published FIDs) runs the same weights through NVlabs' "
+            "inception-2015-12-05.pkl, a port of the TensorFlow graph with its own resize")
+PROTOCOLS = {  # kind -> the sentence a report prints beside its numbers
+    "inception": "pytorch-fid's protocol: uint8/255, bilinear resize to 299x299 (PyTorch, align_corners=False, no "
+                 "antialias), then 2x-1, into the FID Inception-v3 with the 2015-12-05 TensorFlow weights; features "
+                 "are the 2048-D pool3, logits the 1008-D fc without its bias as torch-fidelity's Inception Score "
+                 f"uses them. {EDM_NOTE}, which samples the image as TensorFlow 1 did (no half-pixel offset) and "
+                 "normalises (x-128)/128, so its features, and FIDs, differ slightly from these: compare an FID only "
+                 "with FIDs of the same protocol.",
+    "inception-tf1": "The TensorFlow FID protocol as torch-fidelity reproduces it: uint8 values resized to 299x299 "
+                     "the way TensorFlow 1's bilinear resize does (no half-pixel offset), then (x-128)/128, into the "
+                     "FID Inception-v3 with the 2015-12-05 weights; features are the 2048-D pool3, logits the 1008-D "
+                     f"fc without its bias (the Inception Score's). {EDM_NOTE}, which emulates this same resize "
+                     "and normalisation, so these are the closest to DMD2's published FIDs (checked against "
+                     "torch-fidelity, not against that .pkl, which is not available offline); pytorch-fid's resize "
+                     "samples half a pixel apart, and its FIDs differ slightly.",
+}
 
 #----------------------------------------------------------------------------
 # Convolution without bias, then batch norm (eps 1e-3 as TensorFlow), then ReLU.
@@ -160,19 +173,36 @@ class InceptionE(nn.Module):
         ], dim=1)
 
 #----------------------------------------------------------------------------
+# TensorFlow 1's bilinear resize (align_corners=False, half_pixel_centers=False): output pixel i samples the input
+# at i * in/out computed in float32, lerping along x then y as TensorFlow's kernel does.
+
+def resize_like_tf1(x: torch.Tensor, size: int) -> torch.Tensor:
+    def taps(n_in):
+        pos = torch.arange(size, dtype=torch.float32, device=x.device) * torch.tensor(n_in / size, dtype=torch.float32)
+        lo = pos.long()
+        return lo, (lo + 1).clamp_max(n_in - 1), pos - lo.float()
+    (y0, y1, dy), (x0, x1, dx) = taps(x.shape[2]), taps(x.shape[3])
+    top, bottom = x[:, :, y0], x[:, :, y1]
+    top = top[..., x0] + (top[..., x1] - top[..., x0]) * dx
+    bottom = bottom[..., x0] + (bottom[..., x1] - bottom[..., x0]) * dx
+    return top + (bottom - top) * dy[:, None]
+
+#----------------------------------------------------------------------------
 # The FID Inception-v3 as an encoder: uint8 images in, (2048-D pool3 features, 1008-D logits) out.
+# `kind`: "inception" preprocesses as pytorch-fid, "inception-tf1" as TensorFlow's graph (torch-fidelity).
 # `logits_bias`: add the fc bias (the classifier's logits) instead of the bias-free ones the Inception Score uses.
 
 class FIDInceptionV3(nn.Module):
-    kind = "inception"
     feature_dim = 2048
     num_classes = 1008
     class_order = ""        # TensorFlow's 1008 outputs are not the ImageNet-1k order
-    protocol = PROTOCOL
     resolution = 299
 
-    def __init__(self, logits_bias=False):
+    def __init__(self, kind="inception", logits_bias=False):
         super().__init__()
+        if kind not in PROTOCOLS:
+            raise ValueError(f"unknown Inception protocol {kind!r}; one of {', '.join(PROTOCOLS)}")
+        self.kind, self.protocol = kind, PROTOCOLS[kind]
         self.logits_bias = logits_bias
         self.Conv2d_1a_3x3 = BasicConv2d(3, 32, 3, stride=2)
         self.Conv2d_2a_3x3 = BasicConv2d(32, 32, 3)
@@ -193,10 +223,12 @@ class FIDInceptionV3(nn.Module):
         self.fc = nn.Linear(2048, 1008)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, 3, H, W) -> float32 in [-1, 1] at 299x299, in pytorch-fid's order of operations (ToTensor's
-        /255, then its model's resize and 2x-1), so the rounding matches too."""
+        """uint8 (N, 3, H, W) -> float32 in [-1, 1] at 299x299, in the protocol's order of operations (pytorch-fid:
+        ToTensor's /255, then its model's resize and 2x-1), so the rounding matches too."""
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected uint8 images (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+        if self.kind == "inception-tf1":
+            return (resize_like_tf1(images.to(torch.float32), self.resolution) - 128) / 128
         x = images.to(torch.float32) / 255
         x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
         return 2 * x - 1
@@ -220,16 +252,17 @@ class FIDInceptionV3(nn.Module):
 # Loader: the user's file (pytorch-fid's .pth, or the same tensors as safetensors), checked strictly, then loaded.
 
 def load_inception(kind: str, weights: Path, head: Path | None = None, device="cpu") -> FIDInceptionV3:
-    """The FID Inception-v3 with `weights` loaded strictly, in eval mode on `device`; a one-line UserError naming
+    """The FID Inception-v3 of protocol `kind` ("inception": pytorch-fid's; "inception-tf1": TensorFlow's, as
+    torch-fidelity reproduces it) with `weights` loaded strictly, in eval mode on `device`; a one-line UserError naming
     the file for anything else (a DINOv2 file, a truncated or damaged file, wrong shapes, NaN, a pickle)."""
-    if kind != "inception":
-        raise UserError(f"{weights}: encoder kind {kind!r} is not the FID Inception-v3 ('inception')")
+    if kind not in PROTOCOLS:
+        raise UserError(f"{weights}: encoder kind {kind!r} is not the FID Inception-v3 ({' or '.join(PROTOCOLS)})")
     if head is not None:
         raise UserError(f"{head}: the FID Inception-v3 takes no separate head file (its fc is in {weights})")
     what = "FID Inception-v3 weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth)"
     state = read_state_dict(Path(weights), what)
     with torch.device("meta"):   # shapes only: the file's tensors become the parameters, no random init to pay for
-        net = FIDInceptionV3()
+        net = FIDInceptionV3(kind)
     expected = net.state_dict()
     for k in expected:
         # BatchNorm's step counter (unused in eval) is absent from files saved before PyTorch 0.4.1; torch's own
