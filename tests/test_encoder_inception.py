@@ -189,6 +189,11 @@ def test_bad_weights_are_refused_in_one_line(cheap, weights_file, tmp_path):
     msg = one_line_error(dino, load(dino))
     assert "DINOv2 ViT-S/14" in msg and "wrong kind" in msg
 
+    from dmd2report.models import build_preset
+    generator = tmp_path / "pytorch_model.bin"   # the DMD2 checkpoint given as the encoder
+    torch.save(build_preset("tiny").state_dict(), generator)
+    assert "DMD2/EDM generator" in one_line_error(generator, load(generator))
+
     raw = weights_file.read_bytes()
     cut = tmp_path / "cut.pth"
     cut.write_bytes(raw[: len(raw) // 2])
