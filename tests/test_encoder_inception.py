@@ -17,6 +17,7 @@ from dmd2report.errors import UserError
 
 pytorch_fid_inception = pytest.importorskip("pytorch_fid.inception")
 torchvision = pytest.importorskip("torchvision")
+pytest.importorskip("torch_fidelity")
 REL = 1e-5   # the bound on |ours - reference| / max |reference|
 
 
