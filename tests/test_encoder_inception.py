@@ -332,6 +332,10 @@ def test_reference_statistics_round_trip_and_errors(tmp_path):
     nan_mu[2] = np.nan
     assert "NaN" in bad("nan.npz", mu=nan_mu, sigma=sigma)
     assert "cannot read" in bad("object.npz", mu=np.array([{"a": 1}], dtype=object), sigma=sigma)
+    single = tmp_path / "single.npz"
+    with open(single, "wb") as f:
+        np.save(f, mu)
+    assert "single array" in one_line_error(single, lambda: load_stats(single))
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not a zip at all")
     one_line_error(junk, lambda: load_stats(junk))

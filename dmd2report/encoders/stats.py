@@ -93,9 +93,10 @@ def load_stats(path: Path, dim: int | None = None) -> tuple[np.ndarray, np.ndarr
     if not path.is_file():
         raise UserError(f"{path}: no such reference statistics file")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise UserError(f"{path}: a single array, not reference statistics (an .npz with mu and sigma)")
+        npz = np.load(path, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise UserError(f"{path}: a single array, not reference statistics (an .npz with mu and sigma)")
+        with npz:
             missing = [k for k in ("mu", "sigma") if k not in npz.files]
             if missing:
                 raise UserError(f"{path}: reference statistics lack {missing[0]!r} (the file holds "
