@@ -213,7 +213,7 @@ class GeneratorConfig:
 
 
 # The pretrained encoders of the standard feature spaces (dmd2report/encoders/).
-ENCODER_KINDS = ("inception", "dinov2-vits14", "dinov2-vitb14", "dinov2-vitl14", "dinov2-vitg14", "demo-classifier")
+ENCODER_KINDS = ("inception", "inception-tf1", "dinov2-vits14", "dinov2-vitb14", "dinov2-vitl14", "dinov2-vitg14", "demo-classifier")
 WEIGHTS_VALUES = (rf"(?s)(?!{BUNDLED_PREFIX}).*|{BUNDLED_PREFIX}(?:{'|'.join(map(re.escape, BUNDLED_CHECKPOINTS))})",
                   "PATH | " + " | ".join(BUNDLED_PREFIX + name for name in BUNDLED_CHECKPOINTS))
 
@@ -227,9 +227,11 @@ class EncoderConfig:
 
     name: str = setting("", "The feature space's name in the report and metrics.json (required, unique, no layer's "
                             "name).", pattern=GENERATOR_NAME)
-    kind: str = setting("inception", "The network: inception (FID's Inception-v3: 2048-D pool features, and its logits "
-                                     "for the Inception Score), dinov2-vit{s,b,l,g}14 (DINOv2's CLS embedding: "
-                                     "FD_DINOv2), demo-classifier (the demo's).", choices=ENCODER_KINDS)
+    kind: str = setting("inception", "The network: inception (FID's Inception-v3 as pytorch-fid preprocesses: 2048-D "
+                                     "pool features, and its logits for the Inception Score), inception-tf1 (the same "
+                                     "weights as the TensorFlow graph EDM's and DMD2's FIDs come from preprocesses), "
+                                     "dinov2-vit{s,b,l,g}14 (DINOv2's CLS embedding: FD_DINOv2, as EDM2 "
+                                     "preprocesses), demo-classifier (the demo's).", choices=ENCODER_KINDS)
     weights: str = setting("", "Its weights (required): pytorch-fid's pt_inception-2015-12-05-6726825d.pth, the "
                                "official dinov2_vit*14_pretrain.pth, a .safetensors of either, or "
                                "bundled:demo-classifier.", pattern=WEIGHTS_VALUES)

@@ -21,7 +21,7 @@ from .dinov2 import load_dinov2
 from .inception import load_inception
 
 # Every kind of encoder (config.ENCODER_KINDS) and the function that loads it.
-LOADERS = {"inception": load_inception, "dinov2-vits14": load_dinov2, "dinov2-vitb14": load_dinov2,
+LOADERS = {"inception": load_inception, "inception-tf1": load_inception, "dinov2-vits14": load_dinov2, "dinov2-vitb14": load_dinov2,
            "dinov2-vitl14": load_dinov2, "dinov2-vitg14": load_dinov2, "demo-classifier": load_demo_classifier}
 
 
