@@ -60,7 +60,7 @@ def train_classifier(seed: int = 0, epochs: int = 10, per_class: int = 500, widt
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         if log:
             log(f"epoch {epoch + 1}/{epochs}: loss {total / len(x):.4f}")
     return net.eval().requires_grad_(False)
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                 batch=args.batch, lr=args.lr, train_seed=TRAIN_SEED, heldout_seed=HELDOUT_SEED,
                 heldout_per_class=args.heldout_per_class, heldout_accuracy=round(acc, 4),
                 heldout_accuracy_per_class=[round(a, 4) for a in per_class], dataset_version=DATASET_VERSION,
-                torch=torch.__version__, threads=args.threads, train_seconds=round(seconds, 1), command=command))
+                torch=torch.__version__, threads=args.threads, command=command))
             print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KiB) in {seconds:.0f}s")
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

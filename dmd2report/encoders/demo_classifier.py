@@ -33,7 +33,8 @@ class DemoClassifier(torch.nn.Module):
     class_order = "demo"
     protocol = ("demo classifier: images resized to 32x32 by antialiased bilinear interpolation (PIL's bilinear "
                 "filter, as torch's antialias=True computes it) when they are another size, pixels scaled to "
-                "[-1, 1] as x / 127.5 - 1; features are the 256-D global mean+max pool of its last conv stage; "
+                "[-1, 1] as x / 127.5 - 1; features are the global mean+max pool of its last conv stage (256-D in "
+                "the shipped file); "
                 "a space of this package's own, comparable only between reports using the same classifier file, "
                 "not with FID or FD_DINOv2")
 
@@ -97,13 +98,11 @@ def load_demo_classifier(kind: str, weights: Path, head: Path | None = None, dev
         raise UserError(f"{weights}: encoder kind {kind!r} is not {KIND!r}")
     if head is not None:
         raise UserError(f"{head}: the demo classifier has its head in its own weights file; give no head file")
-    sd = read_state_dict(weights, "demo classifier")
+    sd = read_state_dict(weights, "demo classifier weights")
+    # The width is the first convolution's output channels; every other shape (the 12-class head's too) follows.
     first = sd.get("convs.0.weight")
     width = first.shape[0] if first is not None and first.ndim == 4 and first.shape[0] > 0 else 32
-    num_classes = sd["head.weight"].shape[0] if "head.weight" in sd and sd["head.weight"].ndim == 2 else NUM_CLASSES
-    if num_classes != NUM_CLASSES:
-        raise UserError(f"{weights}: the demo classifier's head has {num_classes} classes, the demo has {NUM_CLASSES}")
-    check_state_dict(sd, expected_shapes(width), weights, "demo classifier")
+    check_state_dict(sd, expected_shapes(width), weights, "demo classifier weights")
     net = DemoClassifier(width)
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, strict=True)
     return net.to(device).eval().requires_grad_(False)
