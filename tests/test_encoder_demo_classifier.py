@@ -115,7 +115,8 @@ def test_bad_weights_are_refused_in_one_line_naming_the_file(tmp_path):
     save_file(wrong, tmp_path / "shapes.safetensors")
     _refused(tmp_path / "shapes.safetensors", "head.weight", "[10, 256]")
 
-    nan = dict(state, **{"convs.1.weight": state["convs.1.weight"].clone().index_fill_(0, torch.tensor([0]), float("nan"))})
+    poisoned = state["convs.1.weight"].clone().index_fill_(0, torch.tensor([0]), float("nan"))
+    nan = dict(state, **{"convs.1.weight": poisoned})
     save_file(nan, tmp_path / "nan.safetensors")
     _refused(tmp_path / "nan.safetensors", "convs.1.weight", "NaN")
 

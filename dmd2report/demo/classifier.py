@@ -19,10 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from ..encoders.demo_classifier import KIND, DemoClassifier, load_demo_classifier
@@ -84,7 +83,7 @@ def read_metadata(path: Path) -> dict:
     try:
         with safe_open(str(path), "pt") as f:
             return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-    except Exception as e:
+    except (SafetensorError, OSError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: no readable classifier metadata ({e})") from None
 
 

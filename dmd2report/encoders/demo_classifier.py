@@ -35,9 +35,8 @@ class DemoClassifier(torch.nn.Module):
     protocol = ("demo classifier: images resized to 32x32 by antialiased bilinear interpolation (PIL's bilinear "
                 "filter, as torch's antialias=True computes it) when they are another size, pixels scaled to "
                 "[-1, 1] as x / 127.5 - 1; features are the global mean+max pool of its last conv stage (256-D in "
-                "the shipped file); "
-                "a space of this package's own, comparable only between reports using the same classifier file, "
-                "not with FID or FD_DINOv2")
+                "the shipped file); a space of this package's own, comparable only between reports using the same "
+                "classifier file, not with FID or FD_DINOv2")
 
     def __init__(self, width: int = 32, num_classes: int = NUM_CLASSES):
         super().__init__()
