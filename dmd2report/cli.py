@@ -251,6 +251,8 @@ def _passthrough(name: str, module: str, doc: str) -> None:
 _passthrough("demo-data", "dmd2report.demo.dataset",
              "The demo dataset: `grid OUT.png` or `npz OUT_DIR --per-class N` (see --help).")
 _passthrough("demo-train", "dmd2report.demo.train", "Train the demo generator (EDM teacher, one-step student); --help.")
+_passthrough("demo-classifier", "dmd2report.demo.classifier",
+             "Train or evaluate the demo classifier (the demo's classifier feature space); --help.")
 _passthrough("demo-quality", "dmd2report.demo.quality", "Class fidelity and diversity of a demo generator; --help.")
 
 

@@ -24,6 +24,9 @@ BUNDLED_PREFIX = "bundled:"
 BUNDLED_CHECKPOINTS = {"demo": "demo/generator.safetensors",
                        "demo-step100": "demo/generator-step100.safetensors"}
 EXAMPLE_CONFIGS = {"demo-compare": "demo/compare.toml"}
+# Bundled encoder weights, named in a config's encoder as `weights = "bundled:NAME"`: a table of their own, so that
+# `checkpoint = "bundled:..."` still accepts generators only.
+BUNDLED_ENCODERS = {"demo-classifier": "demo/classifier.safetensors"}
 
 
 def _folder(checkout_name: str, package: str) -> Path:

@@ -16,7 +16,7 @@ BEGIN, END = "<!-- code map: python tests/test_code_map.py -->", "<!-- end of th
 # The top-level folders that are not the package, in the order the map lists them after it.
 FOLDERS = {
     "templates/": "Jinja templates of the site's pages and its static CSS/JS (shipped as dmd2report.templates)",
-    "data/": "the bundled demo generators and the example comparison config (shipped as dmd2report.bundled)",
+    "data/": "the bundled demo generators, the demo classifier and the example comparison config (shipped as dmd2report.bundled)",
     "tests/": "the test suite; synthetic.py builds synthetic report data and work directories for tests and benchmarks",
     "benchmarks/": "performance measurements, each against a baseline in the same command (benchmarks/README.md)",
     "docs/": "the configuration reference (generated) and the CI snapshot how-to",

@@ -44,11 +44,12 @@ def test_installed_layout_falls_back_to_packages(monkeypatch, tmp_path):
 def test_the_wheel_carries_every_package_and_bundled_file():
     """`pip install .` installs what pyproject.toml lists: every package of the source tree (stages/ was once left
     out) and, through the package data globs, every bundled file resources names (both demo generators, the
-    example comparison config, the training record)."""
+    example comparison config, the demo classifier, the training record)."""
     setup = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
     packages = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "dmd2report").rglob("__init__.py")}
     assert packages <= set(setup["packages"])
-    bundled = [*resources.BUNDLED_CHECKPOINTS.values(), *resources.EXAMPLE_CONFIGS.values(), "demo/train_config.json"]
+    bundled = [*resources.BUNDLED_CHECKPOINTS.values(), *resources.BUNDLED_ENCODERS.values(),
+               *resources.EXAMPLE_CONFIGS.values(), "demo/train_config.json"]
     for relative in bundled:
         assert (REPO / "data" / relative).is_file(), relative
         assert any(fnmatch(relative, glob) for glob in setup["package-data"]["dmd2report.bundled"]), relative

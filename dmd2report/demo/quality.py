@@ -1,7 +1,8 @@
 """How good the demo generator is, measured against real demo images only.
 
-Class fidelity: a small CNN classifier is fitted on real demo images (none generated), and we
-count how often it assigns a generated sample G(80 z, 80, one_hot(c)) to its conditioning class c.
+Class fidelity: how often the bundled demo classifier (encoders/demo_classifier.py, trained on real demo
+images only, none generated: `python -m dmd2report.demo.classifier train`) assigns a generated sample
+G(80 z, 80, one_hot(c)) to its conditioning class c.
 Diversity: for every class, the mean pairwise pixel distance (L2 over the image in [0, 1],
 flattened) between generated samples, against the same figure for real images of the class.
 The same measurement on an untrained network of the same shape shows what chance looks like.
@@ -21,70 +22,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.spatial.distance import pdist
 
+from ..encoders.demo_classifier import KIND, DemoClassifier, load_demo_classifier
 from ..errors import UserError
 from ..files import save_text
 from ..models.precond import EDMPrecond
+from ..resources import BUNDLED_ENCODERS, bundled_by_name
 from ..sampling import condition_vectors, generate, sample_noise, to_uint8
-from .dataset import DEMO_CLASSES, NUM_CLASSES, make_demo_images
+from .dataset import DEMO_CLASSES, make_demo_images
 from .train import demo_file, demo_model_config, load_weights
 
-# Seeds of the real images, apart from the generator's training images (train_config data.seed = 1000).
-CLASSIFIER_SEED = 2000   # images the classifier is fitted on
-REAL_EVAL_SEED = 0       # held-out real images: the classifier's own accuracy and the diversity reference
+REAL_EVAL_SEED = 0  # held-out real images: the classifier's own accuracy and the diversity reference
 
 
-class RealImageClassifier(torch.nn.Module):
-    """Three conv stages and global pooling: position- and size-tolerant, as the classes vary in both."""
-
-    def __init__(self, num_classes: int = NUM_CLASSES, width: int = 16):
-        super().__init__()
-        w = width
-        self.convs = torch.nn.ModuleList([torch.nn.Conv2d(3, w, 3, padding=1), torch.nn.Conv2d(w, 2 * w, 3, padding=1),
-                                          torch.nn.Conv2d(2 * w, 4 * w, 3, padding=1)])
-        self.norms = torch.nn.ModuleList([torch.nn.BatchNorm2d(c) for c in (w, 2 * w, 4 * w)])
-        self.head = torch.nn.Linear(8 * w, num_classes)
-
-    def forward(self, x):
-        for conv, norm in zip(self.convs, self.norms):
-            x = F.max_pool2d(F.relu(norm(conv(x))), 2)
-        return self.head(torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1))
-
-    @torch.no_grad()
-    def predict(self, images: np.ndarray, batch: int = 512) -> np.ndarray:
-        """Class ids for uint8 (N, R, R, 3) images."""
-        self.eval()
-        return np.concatenate([self(_to_input(images[i:i + batch])).argmax(1).numpy() for i in range(0, len(images), batch)])
-
-
-def _to_input(images: np.ndarray) -> torch.Tensor:
-    return torch.as_tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-
-def fit_real_classifier(n_per_class: int = 250, epochs: int = 8, seed: int = 0) -> RealImageClassifier:
-    """The CNN fitted on `n_per_class` real demo images a class (seed CLASSIFIER_SEED), with flips
-    as augmentation: every demo class is closed under horizontal and vertical flips."""
-    images, labels = make_demo_images(n_per_class, seed=CLASSIFIER_SEED)
-    x, y = _to_input(images), torch.as_tensor(labels)
-    torch.manual_seed(seed)
-    clf = RealImageClassifier().train()
-    opt = torch.optim.Adam(clf.parameters(), lr=3e-3)
-    steps_per_epoch = -(-len(x) // 128)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * steps_per_epoch)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(x)).split(128):
-            xb = x[idx]
-            flip = torch.rand(2) < 0.5
-            xb = xb.flip(3) if flip[0] else xb
-            xb = xb.flip(2) if flip[1] else xb
-            loss = F.cross_entropy(clf(xb), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    return clf.eval()
+def bundled_classifier(path: Path | None = None) -> DemoClassifier:
+    """The demo classifier (data/demo/classifier.safetensors unless `path`), fitted on real demo images only."""
+    return load_demo_classifier(KIND, path or bundled_by_name(BUNDLED_ENCODERS, "demo-classifier", "encoder weights"))
 
 
 def generate_per_class(net, n_per_class: int, seed: int = 0, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +57,7 @@ def mean_pairwise_distance(images: np.ndarray) -> float:
     return float(pdist(images.reshape(len(images), -1).astype(np.float64) / 255.0).mean())
 
 
-def measure(net, classifier: RealImageClassifier, n_per_class: int = 50, seed: int = 0) -> dict:
+def measure(net, classifier: DemoClassifier, n_per_class: int = 50, seed: int = 0) -> dict:
     """Class fidelity and per-class diversity of `net`'s samples, with the real images' figures beside them."""
     fake, fake_labels = generate_per_class(net, n_per_class, seed)
     real, real_labels = make_demo_images(n_per_class, seed=REAL_EVAL_SEED)
@@ -140,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--untrained", action="store_true", help="measure a randomly initialised network of the same shape")
     parser.add_argument("--per-class", type=int, default=50, help="generated and real samples per class")
     parser.add_argument("--seed", type=int, default=0, help="noise seed of the generated samples (and of the random weights)")
+    parser.add_argument("--classifier", type=Path, default=None, help="demo classifier safetensors (default: the bundled one)")
     parser.add_argument("--json", type=Path, default=None, help="also write the result as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(min(torch.get_num_threads(), 4))
@@ -156,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             path = args.weights or demo_file("generator.safetensors")
             net, title = load_weights(path, model_cfg), str(path)
         start = time.perf_counter()
-        classifier = fit_real_classifier()
+        classifier = bundled_classifier(args.classifier)
         result = measure(net, classifier, args.per_class, args.seed)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
