@@ -32,7 +32,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .files import short_hash
-from .resources import BUNDLED_CHECKPOINTS, BUNDLED_PREFIX
+from .resources import BUNDLED_CHECKPOINTS, BUNDLED_ENCODERS, BUNDLED_PREFIX
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -214,8 +214,8 @@ class GeneratorConfig:
 
 # The pretrained encoders of the standard feature spaces (dmd2report/encoders/).
 ENCODER_KINDS = ("inception", "inception-tf1", "dinov2-vits14", "dinov2-vitb14", "dinov2-vitl14", "dinov2-vitg14", "demo-classifier")
-WEIGHTS_VALUES = (rf"(?s)(?!{BUNDLED_PREFIX}).*|{BUNDLED_PREFIX}(?:{'|'.join(map(re.escape, BUNDLED_CHECKPOINTS))})",
-                  "PATH | " + " | ".join(BUNDLED_PREFIX + name for name in BUNDLED_CHECKPOINTS))
+WEIGHTS_VALUES = (rf"(?s)(?!{BUNDLED_PREFIX}).*|{BUNDLED_PREFIX}(?:{'|'.join(map(re.escape, BUNDLED_ENCODERS))})",
+                  "PATH | " + " | ".join(BUNDLED_PREFIX + name for name in BUNDLED_ENCODERS))
 
 
 @dataclass

@@ -147,7 +147,7 @@ class Context:
     def encoders(self) -> dict[str, torch.nn.Module]:
         """The standard feature spaces' encoders (encoder_entries: [[encoders]], or the demo's), by name, loaded on
         first use on the run's device; a bad weights file is refused in one line before any image is encoded."""
-        from .encoders import load_encoder
+        from .encoders.registry import load_encoder
 
         return {e.name: load_encoder(e, self.generator.device(), self.workdir, self.generator.write_cache)
                 for e in encoder_entries(self.config)}
@@ -155,7 +155,7 @@ class Context:
     def encoder_identities(self) -> list:
         """What the standard feature spaces are, for cache keys, without loading them: each encoder's name, kind and
         weight files' checksums."""
-        from .encoders import encoder_identity
+        from .encoders.registry import encoder_identity
 
         return [[e.name, encoder_identity(e, self.workdir, self.generator.write_cache)]
                 for e in encoder_entries(self.config)]

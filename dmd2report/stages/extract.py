@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from ..chunks import Progress, barrier, dist_rank_world, encode, finish_store, gather, prefetch, to_device, versions
 from ..classes import ClassIndex
 from ..context import Context, Stage, compute_identity
-from ..encoders import describe
+from ..encoders.registry import describe
 from ..errors import UserError
 from ..features import Reducer, block_shapes, feature_dims, parse_reduce, randomized_pca
 from ..layers import ActivationCapture, resolve_layer

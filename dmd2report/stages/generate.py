@@ -31,7 +31,7 @@ import torch
 from ..chunks import Progress, barrier, dist_rank_world, encode, finish_store, gather, prefetch, to_device, versions
 from ..classes import ClassIndex
 from ..context import Context, Stage, compute_identity
-from ..encoders import describe
+from ..encoders.registry import describe
 from ..errors import UserError
 from ..features import Reducer, feature_dims, parse_reduce
 from ..files import array_digest, bytes_digest
