@@ -329,8 +329,8 @@ class EmbeddingConfig:
 class MetricsConfig:
     """Precision, recall, density, coverage, FD and neighbours (metrics.layer is also the layer drawn on the map)."""
 
-    layer: str = setting("midblock", "The headline layer, drawn on the map: one of features.layers (every layer is "
-                         "measured).")
+    layer: str = setting("midblock", "The headline space, drawn on the map, whose neighbours the map's panel lists: "
+                         "one of features.layers, or an [[encoders]] table's name (every space is measured).")
     k_pr: int = setting(3, "k of precision/recall (Kynkaanniemi et al. 2019).", ge=1)
     k_dc: int = setting(5, "k of density/coverage (Naeem et al. 2020).", ge=1)
     k_fidelity: int = setting(10, "k of the per-sample fidelity.", ge=1)
@@ -887,8 +887,10 @@ def _generators_between(c: Config, where) -> None:
 @_between_keys
 def _layers(c: Config, where) -> None:
     """`features.layers`, `metrics.layer` and `atlas.mask_layer` are layers of the reference encoder's network
-    ([model]'s, or that of the `[[generators]]` table `features.encoder` names; upstream names or aliases); no two of `features.layers` name the same block; `metrics.layer` is
-    one of `features.layers`, spelt the same."""
+    ([model]'s, or that of the `[[generators]]` table `features.encoder` names; upstream names or aliases); no two
+    of `features.layers` name the same block; `metrics.layer` is one of `features.layers`, spelt the same, or the
+    name of an `[[encoders]]` table (the map and the neighbour panel in that standard space; then without
+    `trajectory`)."""
     from .layers import resolve_layer
 
     arch = _architecture_of(reference_encoder(c))
@@ -910,6 +912,13 @@ def _layers(c: Config, where) -> None:
                             f"give each block once")
         upstream[block] = name
     w = where("metrics.layer", "features.layers")
+    if c.metrics.layer in {e.name for e in encoder_entries(c)}:   # the map drawn in a standard space
+        if c.trajectory.enabled:
+            raise UserError(f"{where('metrics.layer', 'trajectory.enabled')}: metrics.layer: {c.metrics.layer!r} is "
+                            f"an encoder's space, where the few-step paths (UNet activations) cannot be drawn; set "
+                            f"trajectory.enabled = false or pick one of features.layers")
+        resolve(c.atlas.mask_layer, "atlas.mask_layer", where("atlas.mask_layer", "model.preset"))
+        return
     block = resolve(c.metrics.layer, "metrics.layer", w)
     if c.metrics.layer not in layers:
         hint = (f"; write it as in features.layers: {upstream[block]!r}" if block in upstream

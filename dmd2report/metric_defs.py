@@ -43,6 +43,12 @@ class Evidence:
     nn_real_class: np.ndarray | None = None     # (C, k_fidelity) classes of their nearest real samples
     centroid_class: np.ndarray | None = None    # (C,) class of their nearest real class centroid
     real_covered_global: np.ndarray | None = None   # (N,) covered by any sample of the set, whole-set radii
+    # A standard feature space's (an encoder's, dmd2report/encoders/): its classifier's top-1 class of the samples
+    # conditioned on one, in the data's class ids (-1: a class the data has not); its score logits (Inception's) of
+    # every sample; a published reference set's (mean, covariance) in the space.
+    gen_predicted: np.ndarray | None = None     # (C,) int
+    gen_score_logits: np.ndarray | None = None  # (M, classes) float
+    reference_moments: tuple | None = None      # (mean, covariance), float64
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,19 @@ def frechet_from_stats(mu_x, cov_x, mu_y, cov_y, sqrt_cov_x=None) -> float:
     tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
     fd = float(np.sum((mu_x - mu_y) ** 2) + np.trace(cov_x) + np.trace(cov_y) - 2 * tr_sqrt)
     return max(fd, 0.0)   # a squared distance; a tiny negative value is rounding
+
+
+def _inception_score(e: Evidence) -> float | None:
+    """The Inception Score of the scope's samples (torch-fidelity's protocol: 10 splits, shuffled with seed 2020)."""
+    from .encoders.stats import inception_score
+
+    return inception_score(e.gen_score_logits)[0] if len(e.gen_score_logits) >= 10 else None
+
+
+def _fd_reference(e: Evidence) -> float | None:
+    if e.n_generated < 2:
+        return None
+    return frechet_from_stats(*e.reference_moments, *mean_and_cov(e.gen))
 
 
 def _fd(e: Evidence) -> float | None:
@@ -181,6 +200,31 @@ METRICS: dict[str, Metric] = {
         "(d(x,y) <= r_k(x), r_k within the whole real set)",
         "#edc948", "metrics.k_dc", scope="per_class",
         compute=lambda e: e.real_covered_global, needs=("real_covered_global",), counts="set"),
+    "classification_accuracy": Metric(
+        "Classification accuracy",
+        "Share of generated samples that a pretrained classifier assigns to their conditioning class (the DINOv2 "
+        "linear head, the demo classifier): which classes the generator draws recognisably.",
+        "fraction of generated samples with a conditioning class whose top-1 class by the feature space's classifier "
+        "is that class",
+        "#499894", headline=True,
+        reference="the classifier's top-1 accuracy on the real images (the ceiling for classification_accuracy)",
+        compute=lambda e: e.gen_predicted == e.cond, needs=("cond", "gen_predicted"), counts="conditioned",
+        bootstrap=True, real_reference=True),
+    "inception_score": Metric(
+        "Inception Score",
+        "How confidently and how diversely Inception-v3 classifies the samples: high when each image is one clear "
+        "class and the classes are many (it ignores the real images; compare it with theirs).",
+        "exp(E_x KL(p(y|x) || p(y))), p(y|x) the softmax of Inception-v3's 1008 logits without bias, p(y) their "
+        "mean: the mean over 10 splits of the samples, shuffled with seed 2020 (torch-fidelity's ISC protocol)",
+        "#d37295", reference="the Inception Score of the real images", compute=_inception_score,
+        needs=("gen_score_logits",), real_reference=True),
+    "fd_reference": Metric(
+        "FD to the reference statistics",
+        "Fréchet distance to a published reference set's statistics in this space (encoders.reference_stats, such "
+        "as an ImageNet reference batch): the number papers print, comparable with theirs under the same protocol.",
+        "|mu_R - mu_Y|^2 + tr S_R + tr S_Y - 2 tr sqrt(S_R^1/2 S_Y S_R^1/2), (mu_R, S_R) read from the reference "
+        "statistics file, as fd",
+        "#8cd17d", higher_is_better=False, compute=_fd_reference, needs=("reference_moments",)),
     "trust": Metric(
         "Map trust",
         "How well the 2-D map keeps activation-space neighbourhoods: share of 10-NN kept on the map (1 = all).",

@@ -247,11 +247,15 @@ def measure(real: np.ndarray, real_classes, generated: Mapping[str, tuple], *, f
             k_pr: int = 3, k_dc: int = 5, k_fidelity: int = 10, k_neighbours: int = 8, bootstrap: int = 200,
             ci_level: float = 0.95, seed: int = 0, cover_cap: int = 16, per_class: bool = True,
             per_class_fd: bool = True, arrays: bool = True, device=None,
-            max_block_bytes: int = DEFAULT_BLOCK_BYTES, real_neighbours: tuple | None = None) -> dict:
+            max_block_bytes: int = DEFAULT_BLOCK_BYTES, real_neighbours: tuple | None = None,
+            real_extra: Mapping | None = None, reference_moments: tuple | None = None) -> dict:
     """All metrics of one feature space: every variant overall and per class, plus per-point arrays.
 
     real: (N, D) features; real_classes: (N,) int class ids or None.
-    generated: {variant: (features (M, D), conditioning classes (M,) with NO_CLASS = -1, or None)}.
+    generated: {variant: (features (M, D), conditioning classes (M,) with NO_CLASS = -1, or None[, extra])}.
+    A standard feature space's evidence besides its features (`Evidence`): `extra` and `real_extra` may hold
+    "predicted" ((M,) its classifier's top-1 class in the data's ids, -1 for none) and "score_logits" ((M, C), the
+    Inception Score's); `reference_moments`: (mean, covariance) of a published reference set in the space.
     Returns {"feature_space", "dims", "n_real", "settings", "reference", "variants": {variant:
     {"overall": {metric: entry}, "per_class": {class: {metric: entry}}}}, "arrays": {"real": {...},
     "variants": {variant: {...}}}}; an entry is {"value", "definition", "k", "n_real", "n_generated"
@@ -276,7 +280,7 @@ def measure(real: np.ndarray, real_classes, generated: Mapping[str, tuple], *, f
     with one_blas_thread():
         return _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelity, k_neighbours,
                         bootstrap, ci_level, seed, cover_cap, per_class, per_class_fd, arrays, device,
-                        max_block_bytes, real_neighbours)
+                        max_block_bytes, real_neighbours, dict(real_extra or {}), reference_moments)
 
 
 class _ClassIndex:
@@ -302,7 +306,7 @@ def _nan_where_inf(a: np.ndarray) -> np.ndarray:
 
 def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelity, k_neighbours, bootstrap,
              ci_level, seed, cover_cap, per_class, per_class_fd, want_arrays, device, max_block_bytes,
-             real_neighbours=None) -> dict:
+             real_neighbours=None, real_extra=None, reference_moments=None) -> dict:
     dev = as_device(device)
     kw = dict(device=dev, max_block_bytes=max_block_bytes)
     real_np = np.ascontiguousarray(real, dtype=np.float32)
@@ -331,8 +335,11 @@ def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelit
         centroids = np.stack([real_np[rcls.rows(i)].astype(np.float64).mean(axis=0)
                               for i in range(len(classes))]).astype(np.float32)
         real_centroid = classes[knn(x, centroids, 1, **kw)[1][:, 0]]
-    reference = reference_entries(Evidence(settings, n_real, n_generated=n_real, n_set=n_real, gen=real_np, cond=rc,
-                                           centroid_class=real_centroid))   # the real set scored as if generated
+    real_extra = real_extra or {}
+    reference = reference_entries(Evidence(   # the real set scored as if generated
+        settings, n_real, n_generated=n_real, n_set=n_real, gen=real_np, cond=rc, centroid_class=real_centroid,
+        gen_predicted=real_extra.get("predicted") if rc is not None else None,
+        gen_score_logits=real_extra.get("score_logits")))
 
     in_class = {}   # real radii inside each class (NaN for classes too small) and per-class Gaussian statistics
 
@@ -357,7 +364,8 @@ def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelit
 
     variants = {}
     for name in sorted(generated):
-        feats, cond = generated[name]
+        feats, cond, *more = generated[name]
+        extra = more[0] if more else {}
         gen_np = np.ascontiguousarray(feats, dtype=np.float32)
         n_gen = len(gen_np)
         if gen_np.ndim != 2 or gen_np.shape[1] != dims or n_gen == 0:
@@ -390,13 +398,16 @@ def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelit
             del rg_d, rg_i
 
         has_class = cond != NO_CLASS
+        predicted = extra.get("predicted")
         evidence = dict(gen_in_real_manifold=flags["gen_in_real_manifold"],
                         gen_density_count=flags["gen_density_count"], real_covered=flags["real_covered"],
-                        real_in_gen_manifold=flags.get("real_in_gen_manifold"), real_moments=real_moments)
+                        real_in_gen_manifold=flags.get("real_in_gen_manifold"), real_moments=real_moments,
+                        gen_score_logits=extra.get("score_logits"), reference_moments=reference_moments)
         if rc is not None:
             arr["gen_centroid_class"] = centroid_class = classes[knn(y, centroids, 1, **kw)[1][:, 0]]
             evidence |= dict(cond=cond[has_class], nn_real_class=rc[gr_i[has_class, :k_fidelity]],
-                             centroid_class=centroid_class[has_class])
+                             centroid_class=centroid_class[has_class],
+                             gen_predicted=None if predicted is None else predicted[has_class])
         overall, points = score(Evidence(settings, n_real, n_gen, n_gen, gen_np, **evidence), OVERALL,
                                 in_class=False, variant=name)
         for key, v in points.items():   # the per-point values the report draws, by the metric's array name
@@ -405,7 +416,7 @@ def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelit
         scopes = {}
         if rc is not None and per_class:
             scopes = _class_scopes(name, real_np, rcls, gen_np, cond, gr_i, centroid_class, flags["real_covered"],
-                                   real_in_class, class_moments, settings, kw)
+                                   real_in_class, class_moments, settings, kw, predicted)
         variants[name] = {"overall": overall, "per_class": scopes}
         if want_arrays:
             arrays["variants"][name] = arr
@@ -421,7 +432,7 @@ def _scatter(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 def _class_scopes(variant, real_np, rcls, gen_np, cond, nn_real_idx, centroid_class, real_covered, real_in_class,
-                  class_moments, settings, kw) -> dict:
+                  class_moments, settings, kw, predicted=None) -> dict:
     """Every class's scope: metrics of real class c against the samples conditioned on c, radii inside
     those subsets (the `*_in_class` definitions), computed for all classes at once by grouped searches;
     then one small loop per class slicing its evidence and scoring the declared metrics on it."""
@@ -452,7 +463,8 @@ def _class_scopes(variant, real_np, rcls, gen_np, cond, nn_real_idx, centroid_cl
         evidence = dict(real_covered_global=real_covered[r_rows])
         if n_g:
             evidence |= dict(real_moments=class_moments(i), cond=cond[g_rows], centroid_class=centroid_class[g_rows],
-                             nn_real_class=rcls.labels[nn_real_idx[g_rows, :k_fid]])
+                             nn_real_class=rcls.labels[nn_real_idx[g_rows, :k_fid]],
+                             gen_predicted=None if predicted is None else predicted[g_rows])
             if n_r > n_min:   # enough real points of the class for its radii
                 evidence |= dict(gen_in_real_manifold=flags["gen_in_real_manifold"][g_rows],
                                  gen_density_count=flags["gen_density_count"][g_rows],
@@ -495,7 +507,8 @@ def metrics_document(results, provenance: Mapping) -> dict:
     for r in results:
         if r["feature_space"] in spaces:
             raise ValueError(f"feature space {r['feature_space']!r} given twice")
-        spaces[r["feature_space"]] = {k: r[k] for k in ("dims", "n_real", "settings", "reference", "variants")}
+        spaces[r["feature_space"]] = {k: r[k] for k in ("dims", "n_real", "settings", "reference", "variants",
+                                                        "protocol") if k in r}
     def collect(node):
         if isinstance(node, dict):
             if "definition" in node:

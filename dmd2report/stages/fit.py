@@ -51,7 +51,8 @@ def run(ctx: Context, overwrite: bool = False) -> None:
     classes = {"real": real_classes} | {v: m["class_id"].to_numpy() for v, m in gen_meta.items()}
     fit_c = np.concatenate([classes[v] for v in fit_sets])
     frames, fitted_files = [], {}
-    for layer in real.layers:
+    # A standard space (an encoder's) is measured unreduced, as its protocol is: reduced only to draw the map in it.
+    for layer in (layer for layer in real.layers if layer not in real.encoders or layer == headline):
         chunks = lambda: itertools.chain.from_iterable(stores[v].iter_features(layer) for v in fit_sets)  # noqa: E731
         ctx.log.info("[fit] %s: standardise + PCA %d%s", layer, e.pca_components, " + UMAP" if layer == headline else "")
         emb = fit_reduction(chunks, e.pca_components, seed=cfg.run.seed, device=device, desc=f"PCA {layer}")

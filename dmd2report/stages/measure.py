@@ -1,7 +1,9 @@
 """The measure stage: every declared metric (`metric_defs.METRICS`) of every generated set in every feature space
-(`FEATURE_SPACES`: today the reduced space of each UNet layer), overall, per class and per variant
-(`metrics.measure`), into `measure/metrics.json`; the headline space's per-point arrays (radii, neighbours,
-coverage) into `measure/arrays.npz` for the report."""
+(`FEATURE_SPACES`: the reduced space of each UNet layer, and each standard space: an encoder's features as its
+protocol uses them), overall, per class and per variant (`metrics.measure`), into `measure/metrics.json`; the
+headline space's per-point arrays (radii, neighbours, coverage) into `measure/arrays.npz` for the report; each
+standard space's real-set statistics into `measure/<space>.stats.npz` (`mu`, `sigma`: the format of the
+community's reference batches, for a later run to measure against)."""
 
 from __future__ import annotations
 
@@ -13,9 +15,12 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
+from ..classes import ClassIndex
+from ..config import encoder_entries
 from ..context import Context, Stage
+from ..encoders.stats import feature_stats, load_stats, save_stats
 from ..errors import UserError
-from ..files import save_json, save_npz
+from ..files import save_json, save_npz, sha256_file
 from ..metrics import NO_CLASS, comparison_document, fd_real_halves, measure, metrics_document, save_metrics_document
 from ..workdir import generated_sets, set_label
 
@@ -39,13 +44,16 @@ class FeatureSpace:
     generated: dict                  # {set label: ((M, D) features, (M,) conditioning classes, NO_CLASS for none)}
     real_neighbours: tuple | None    # the real rows' exact k-NN searched already (the fit stage's), or None
     headline: dict | None = None     # headline.json's fields when this is the report's space (its arrays kept)
+    real_extra: dict | None = None   # a standard space's evidence of the real set (metrics.measure's real_extra)
+    reference_moments: tuple | None = None   # (mean, covariance) of a published reference set in the space
+    protocol: dict | None = None     # a standard space: the encoder, its preprocessing, its reference statistics
 
 
 def unet_layers(ctx: Context, real, gens: dict) -> Iterator[FeatureSpace]:
     """The generator's UNet layers, each in its fitted reduced space (`features.reduce`, standardised, PCA), one
     at a time: only one layer's reduced features are held. `gens`: {set label: (variant, store)}."""
     cfg, wd = ctx.config, ctx.workdir
-    for layer in real.layers:
+    for layer in (layer for layer in real.layers if layer not in real.encoders):
         emb = wd.fitted(layer)
         real_red = _reduced(emb, real, layer)
         yield FeatureSpace(f"{layer}:{cfg.features.reduce}+standardise+pca{emb.n_components}", real_red,
@@ -55,8 +63,52 @@ def unet_layers(ctx: Context, real, gens: dict) -> Iterator[FeatureSpace]:
                            {"layer": layer} if layer == cfg.metrics.layer else None)
 
 
+def standard_spaces(ctx: Context, real, gens: dict) -> Iterator[FeatureSpace]:
+    """The encoders' spaces (dmd2report/encoders/), one at a time, in their features as the published protocols use
+    them (float32, unreduced: FID is the Frechet distance of Inception's raw pool features), with their classifiers'
+    top-1 classes and Inception's score logits as evidence."""
+    cfg = ctx.config
+    references = {e.name: e.reference_stats for e in encoder_entries(cfg)}
+    for name, info in real.encoders.items():
+        to_data = _class_map(info.get("class_order", ""), ctx.classes, info["num_classes"])
+
+        def extra(store):
+            if not info["num_classes"]:
+                return {}
+            logits = store.logits(name)
+            out = {} if to_data is None else {"predicted": to_data[logits.argmax(axis=1)]}
+            return out | ({"score_logits": logits} if info["kind"].startswith("inception") else {})
+
+        reference, ref_moments = references.get(name, ""), None
+        if reference:
+            ref_moments = load_stats(Path(reference), info["feature_dim"])
+        yield FeatureSpace(
+            f"{name}:{info['kind']}", _raw(real, name),
+            {label: (_raw(s, name), variant_classes(v, s.metadata()), extra(s)) for label, (v, s) in gens.items()},
+            None, {"layer": name} if name == cfg.metrics.layer else None, extra(real), ref_moments,
+            {"encoder": name, "kind": info["kind"], "protocol": info["protocol"],
+             "reference_stats": {"file": Path(reference).name, "sha256": sha256_file(Path(reference))} if reference
+             else None})
+
+
+def _class_map(order: str, data_classes, num_classes: int) -> np.ndarray | None:
+    """A classifier's output index -> the data's class id (-1 where the data has no such class), by synset; None
+    for logits in no class order (Inception's 1008)."""
+    index = {"imagenet": ClassIndex.imagenet, "demo": ClassIndex.demo}.get(order)
+    if index is None:
+        return None
+    synsets = index().synsets[:num_classes]
+    known = {s: i for i, s in enumerate(data_classes.synsets)}
+    return np.array([known.get(s, -1) for s in synsets], np.int64)
+
+
+def _raw(store, name: str) -> np.ndarray:
+    """A store's features of a standard space, as stored (float32, checked finite by the store)."""
+    return np.ascontiguousarray(store.features(name), dtype=np.float32)
+
+
 # The feature spaces every set is measured in, in metrics.json's order: each a source of `FeatureSpace`s.
-FEATURE_SPACES = (unet_layers,)
+FEATURE_SPACES = (unet_layers, standard_spaces)
 
 
 def run(ctx: Context, overwrite: bool = False) -> None:
@@ -68,7 +120,7 @@ def run(ctx: Context, overwrite: bool = False) -> None:
     # searched once and every set is scored against it (sets labelled `<generator>/<variant>` in a comparison).
     sets = {set_label(g, v): (g, v, name) for g in ctx.generators for v, name in generated_sets(cfg, g)}
     gens = {label: (v, wd.store(name, reader="measure")) for label, (_, v, name) in sets.items()}
-    results, headline = [], None
+    results, headline, stats = [], None, {}
     for space in (space for source in FEATURE_SPACES for space in source(ctx, real, gens)):
         ctx.log.info("[measure] %s: %d real, %s", space.name, len(space.real),
                      ", ".join(f"{len(g[0])} {v}" for v, g in space.generated.items()))
@@ -76,8 +128,12 @@ def run(ctx: Context, overwrite: bool = False) -> None:
         r = measure(space.real, real_classes, space.generated, feature_space=space.name, k_pr=m.k_pr, k_dc=m.k_dc,
                     k_fidelity=m.k_fidelity, k_neighbours=m.k_neighbours, bootstrap=m.bootstrap, seed=cfg.run.seed,
                     arrays=space.headline is not None, device=ctx.generator.device(),
-                    real_neighbours=space.real_neighbours)
+                    real_neighbours=space.real_neighbours, real_extra=space.real_extra,
+                    reference_moments=space.reference_moments)
         r["reference"]["fd"] = fd_real_halves(space.real, real_classes, cfg.run.seed)   # the scale FD reads against
+        if space.protocol is not None:
+            r["protocol"] = space.protocol
+            stats[space.protocol["encoder"]] = feature_stats(space.real)
         if space.headline is not None:
             headline = (r["arrays"], {"feature_space": space.name, **space.headline, "fit": wd.fit_id(fit_manifest)})
         results.append(r)
@@ -102,6 +158,8 @@ def run(ctx: Context, overwrite: bool = False) -> None:
             save_json(out / "headline.json", headline[1])
         document = documents[""] if "" in documents else comparison_document(documents, ctx.generator.name)
         save_metrics_document(out / "metrics.json", document)
+        for name, (mu, sigma) in stats.items():
+            save_stats(out / f"{name}.stats.npz", mu, sigma)
 
 
 def _reduced(emb, store, layer: str) -> np.ndarray:
