@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from timm.layers import SwiGLUPacked
 
-from dmd2report.encoders.dinov2 import DINOv2, VARIANTS, build_dinov2, load_dinov2
+from dmd2report.encoders.dinov2 import VARIANTS, DINOv2, build_dinov2, load_dinov2
 from dmd2report.errors import UserError
 
 TIMM = {"dinov2-vits14": "vit_small_patch14_dinov2", "dinov2-vitb14": "vit_base_patch14_dinov2",
@@ -86,13 +86,17 @@ def images(n: int, size: int, seed: int = 1) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def vits(tmp_path_factory):
-    """timm's ViT-S/14 DINOv2 with random weights, and the same weights as an official-layout file."""
+    """timm's ViT-S/14 DINOv2 with random weights, the same weights as an official-layout file, and timm's network at
+    224x224 given the position embedding the hub model interpolates (checked against the formula below; timm's own
+    resampling differs). At the native 518 grid no interpolation happens in either: the same comparison, 5x slower."""
     ref = timm_dinov2("dinov2-vits14")
     randomise(ref)
     state = official_layout(ref.state_dict())
     path = tmp_path_factory.mktemp("dinov2") / "dinov2_vits14_pretrain.pth"
     torch.save(state, path)
-    return ref, state, path
+    ref224 = timm_dinov2("dinov2-vits14", img_size=224)
+    ref224.load_state_dict({**ref.state_dict(), "pos_embed": official_interpolation(ref.pos_embed, 224, 224)})
+    return ref224, state, path
 
 
 def one_line(e: pytest.ExceptionInfo, path) -> str:
@@ -105,15 +109,11 @@ def one_line(e: pytest.ExceptionInfo, path) -> str:
 
 
 def test_uint8_images_end_to_end_equal_edm2_protocol_on_timm(vits):
-    """64x64 and 32x32 uint8 images through our forward equal EDM2's preprocessing followed by timm's network at
-    224x224, given the position embedding the hub model interpolates (checked against the formula below; timm's own
-    resampling differs), in float32 and float64. (At the native 518 grid no interpolation happens in either: the same
-    comparison, four times slower.)"""
-    ref, _, path = vits
+    """64x64 and 32x32 uint8 images through our forward equal EDM2's preprocessing followed by timm's network, in
+    float32 and float64."""
+    ref224, _, path = vits
     model = load_dinov2("dinov2-vits14", path)
     assert (model.kind, model.feature_dim, model.num_classes, model.class_order) == ("dinov2-vits14", 384, 0, "")
-    ref224 = timm_dinov2("dinov2-vits14", img_size=224)
-    ref224.load_state_dict({**ref.state_dict(), "pos_embed": official_interpolation(ref.pos_embed, 224, 224)})
     with torch.no_grad():
         for size in (64, 32):
             x = images(2, size)
@@ -122,19 +122,20 @@ def test_uint8_images_end_to_end_equal_edm2_protocol_on_timm(vits):
             theirs = ref224.forward_features(edm2_preprocess(x))[:, 0]
             assert rel(ours, theirs) <= 1e-5, (size, rel(ours, theirs))  # float32: about 4e-7
             assert rel(ours[0], ours[1]) > 0.02                            # the images give different features
-        x = edm2_preprocess(images(2, 64)).double()
+        x = edm2_preprocess(images(1, 64)).double()
         ours64, _ = model.double().encode(x)
         theirs64 = ref224.double().forward_features(x)[:, 0]
+        ref224.float()
         assert ours64.dtype == torch.float32                                 # features are float32 whatever the dtype
         assert rel(ours64, theirs64.float()) <= 1e-7, rel(ours64, theirs64)  # float64 network: equal up to that cast
         model.blocks[7].ls2.gamma.mul_(1.001)                              # a 0.1% change in one block is seen
         assert rel(model.encode(x)[0], theirs64) > 1e-6
-    model.float()
 
 
 def test_position_embedding_interpolation_is_the_hub_models(vits):
-    _, _, path = vits
-    model = load_dinov2("dinov2-vits14", path)
+    _, state, _ = vits
+    model = build_dinov2("dinov2-vits14")
+    model.load_state_dict(state)
     ours = model.interpolate_pos_encoding(224, 224)
     assert ours.shape == (1, 257, 384)
     assert torch.equal(ours, official_interpolation(model.pos_embed, 224, 224))
@@ -157,32 +158,30 @@ def test_preprocessing_is_edm2s():
         DINOv2.preprocess(x.float())
 
 
-@pytest.mark.parametrize("layers", [1, 4])
-def test_linear_heads_equal_the_official_formula(vits, tmp_path, layers):
+def test_linear_heads_equal_the_official_formula(vits, tmp_path):
     """dinov2_vits14_linear_head.pth (layers 1) and *_linear4_head.pth (layers 4), as hub/classifiers.py reads them."""
-    ref, _, path = vits
-    head = torch.nn.Linear((1 + layers) * 384, 1000)
-    randomise(head, seed=3)
-    head_path = tmp_path / ("dinov2_vits14_linear4_head.pth" if layers == 4 else "dinov2_vits14_linear_head.pth")
-    torch.save(head.state_dict(), head_path)
-    model = load_dinov2("dinov2-vits14", path, head=head_path)
-    assert (model.num_classes, model.class_order, model.head_layers) == (1000, "imagenet", layers)
-    assert "linear head" in model.protocol
+    ref224, _, path = vits
     x = images(2, 64)
-    ref224 = timm_dinov2("dinov2-vits14", img_size=224)
-    ref224.load_state_dict({**ref.state_dict(), "pos_embed": official_interpolation(ref.pos_embed, 224, 224)})
     with torch.no_grad():
-        features, logits = model(x)
         t = ref224._pos_embed(ref224.patch_embed(edm2_preprocess(x)))
         outs = []
         for block in ref224.blocks:
             t = block(t)
             outs.append(ref224.norm(t))                                  # get_intermediate_layers(norm=True)
-        last = outs[-4:] if layers == 4 else outs[-1:]
-        theirs = head(torch.cat([o[:, 0] for o in last] + [last[-1][:, 1:].mean(dim=1)], dim=1))
-    assert logits.shape == (2, 1000) and logits.dtype == torch.float32
-    assert rel(logits, theirs) <= 1e-5, rel(logits, theirs)
-    assert rel(features, outs[-1][:, 0]) <= 1e-5
+    for layers, name in ((1, "dinov2_vits14_linear_head.pth"), (4, "dinov2_vits14_linear4_head.pth")):
+        head = torch.nn.Linear((1 + layers) * 384, 1000)
+        randomise(head, seed=3)
+        torch.save(head.state_dict(), tmp_path / name)
+        model = load_dinov2("dinov2-vits14", path, head=tmp_path / name)
+        assert (model.num_classes, model.class_order, model.head_layers) == (1000, "imagenet", layers)
+        assert "linear head" in model.protocol
+        last = outs[-layers:]
+        with torch.no_grad():
+            features, logits = model(x)
+            theirs = head(torch.cat([o[:, 0] for o in last] + [last[-1][:, 1:].mean(dim=1)], dim=1))
+        assert logits.shape == (2, 1000) and logits.dtype == torch.float32
+        assert rel(logits, theirs) <= 1e-5, (layers, rel(logits, theirs))  # about 5e-7
+        assert rel(features, outs[-1][:, 0]) <= 1e-5
 
 
 def test_swiglu_block_equals_timms_vitg_ffn():

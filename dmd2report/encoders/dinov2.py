@@ -241,9 +241,7 @@ def load_dinov2(kind: str, weights: Path, head: Path | None = None, device="cpu"
     weights = Path(weights)
     what = f"the DINOv2 {NAMES.get(kind, kind)} backbone (dinov2_{kind.split('-')[-1]}_pretrain.pth)"
     build_dinov2(kind, device="meta")                       # an unknown kind is refused before any file is read
-    sd = read_state_dict(weights, what)
-    _kind_hint(sd, kind, weights)
-    head_sd, head_layers = {}, 0
+    head_sd, head_layers = {}, 0                            # the small head file first: refused without reading 1 GB
     if head is not None:
         head = Path(head)
         dim = VARIANTS[kind]["embed_dim"]
@@ -258,6 +256,8 @@ def load_dinov2(kind: str, weights: Path, head: Path | None = None, device="cpu"
                                 f"backbone size or task?")
         check_state_dict(head_sd, {"weight": (HEAD_CLASSES, 2 * dim), "bias": (HEAD_CLASSES,)}
                          if not head_layers else {"weight": tuple(w.shape), "bias": (HEAD_CLASSES,)}, head, head_what)
+    sd = read_state_dict(weights, what)
+    _kind_hint(sd, kind, weights)
     model = build_dinov2(kind, head_layers, device="meta")
     backbone = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith("linear_head.")}
     check_state_dict(sd, backbone, weights, what)
