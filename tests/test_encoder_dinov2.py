@@ -234,7 +234,8 @@ def test_wrong_shapes_missing_keys_nan_registers(vits, tmp_path):
     cases = {
         "shape": ({**state, "blocks.3.attn.qkv.weight": state["blocks.3.attn.qkv.weight"][:-1]},
                   "'blocks.3.attn.qkv.weight' has shape"),
-        "missing": ({k: v for k, v in state.items() if not k.startswith("blocks.11.")}, "missing, the first 'blocks.11."),
+        "missing": ({k: v for k, v in state.items() if not k.startswith("blocks.11.")},
+                    "missing, the first 'blocks.11."),
         "nan": ({**state, "blocks.5.ls1.gamma": torch.full((384,), float("nan"))}, "'blocks.5.ls1.gamma' holds NaN"),
         "registers": ({**state, "register_tokens": torch.zeros(1, 4, 384)}, "4 register tokens"),
     }

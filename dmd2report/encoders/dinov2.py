@@ -149,7 +149,7 @@ class DINOv2(torch.nn.Module):
     def protocol(self) -> str:
         reads = ("CLS and mean patch token of the last block" if self.head_layers == 1
                  else "CLS tokens of the last 4 blocks and the last block's mean patch token")
-        head = f"; logits from the official ImageNet-1k linear head over the {reads}" if self.linear_head is not None else ""
+        head = "" if self.linear_head is None else f"; logits: the official ImageNet-1k linear head over the {reads}"
         same = ("the network of EDM2's published FD_DINOv2" if self.kind == "dinov2-vitl14" else
                 "EDM2 uses ViT-L/14, so FDs in this space are not comparable with its published FD_DINOv2")
         return (f"DINOv2 {NAMES.get(self.kind, self.kind)} CLS embedding after the final norm, preprocessed as EDM2's "
