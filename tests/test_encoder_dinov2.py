@@ -283,3 +283,17 @@ def test_bad_heads(vits, tmp_path):
         with pytest.raises(UserError) as e:
             load_dinov2("dinov2-vits14", path, head=head)
         assert expected in one_line(e, head), (name, str(e.value))
+
+
+def test_bfloat16_runs_in_bfloat16_and_returns_float32(vits):
+    """`load_dinov2(dtype=torch.bfloat16)` (or `.to(torch.bfloat16)`): the network in bfloat16, the preprocessing in
+    float32 as EDM2's, the features float32 and near the float32 ones (random weights; the real drift of FD_DINOv2 is
+    the benchmark's to state)."""
+    _, _, path = vits
+    model = load_dinov2("dinov2-vits14", path, dtype=torch.bfloat16)
+    assert model.blocks[0].attn.qkv.weight.dtype == torch.bfloat16 and not model.training
+    x = images(2, 32)
+    with torch.no_grad():
+        ours, _ = model(x)
+        reference, _ = model.float()(x)
+    assert ours.dtype == torch.float32 and 0 < rel(ours, reference) < 0.05, rel(ours, reference)
