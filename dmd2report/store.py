@@ -371,6 +371,7 @@ class Store:
 
     @property
     def layers(self) -> list[str]:
+        """The UNet layers whose features are stored (the encoders' are apart: `encoders`)."""
         return list(self.manifest["layers"])
 
     def __len__(self) -> int:
@@ -388,9 +389,11 @@ class Store:
         return self._concat(list(self.iter_features(layer)))
 
     def iter_features(self, layer: str):
-        """Memory-mapped (n, D) arrays chunk by chunk, for data larger than memory; each checked finite."""
-        if layer not in self.manifest["layers"]:
-            raise UserError(f"{self.path}: no features of layer {layer!r}; stored: {', '.join(self.layers)}")
+        """Memory-mapped (n, D) arrays chunk by chunk, for data larger than memory; each checked finite. `layer`: a
+        UNet layer, or an encoder's name (a standard feature space)."""
+        if layer not in self.manifest["layers"] and layer not in self.encoders:
+            raise UserError(f"{self.path}: no features of layer {layer!r}; stored: "
+                            f"{', '.join([*self.layers, *self.encoders])}")
         row = 0
         for a in self._arrays(f"features/{layer}"):
             bad = first_non_finite(a)

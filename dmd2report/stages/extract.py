@@ -140,7 +140,7 @@ def extract_real(config, workdir: WorkDir, net, model_checksum: str, model_class
         path = workdir.store_path("real")
         writer = StoreWriter(path, key, "real")
         dims = feature_dims(net, layers, f.reduce) | {name: e.feature_dim for name, e in encoders.items()}
-        info = {"model_checksum": model_checksum, "versions": versions(), "layers": layers + list(encoders),
+        info = {"model_checksum": model_checksum, "versions": versions(), "layers": layers,
                 "feature_dims": dims, "encoders": {name: describe(e) for name, e in encoders.items()},
                 "reduction": f.reduce, "dtype": f.dtype, "full_layer": full_layer, "chunk_size": cs,
                 "num_classes": net.label_dim, "resolution": net.img_resolution, "thumb_size": config.report.thumb_size,

@@ -39,8 +39,9 @@ def run(ctx: Context, overwrite: bool = False) -> None:
     gens = {label: wd.store(name, reader="fit") for label, (_, _, name) in sets.items()}
     gen_meta = {v: s.metadata() for v, s in gens.items()}
     headline = cfg.metrics.layer
-    if headline not in real.layers:
-        raise UserError(f"metrics.layer: {headline!r} is not among the extracted layers ({', '.join(real.layers)})")
+    if headline not in real.layers and headline not in real.encoders:
+        raise UserError(f"metrics.layer: {headline!r} is not among the extracted layers or encoders "
+                        f"({', '.join([*real.layers, *real.encoders])})")
     manifest = {"layers": {}, "headline": headline, "fit_on": e.fit_on,
                 "stores": {"real": real.manifest["config_hash"]} | {name: gens[label].manifest["config_hash"]
                                                                     for label, (_, _, name) in sets.items()}}
@@ -52,7 +53,7 @@ def run(ctx: Context, overwrite: bool = False) -> None:
     fit_c = np.concatenate([classes[v] for v in fit_sets])
     frames, fitted_files = [], {}
     # A standard space (an encoder's) is measured unreduced, as its protocol is: reduced only to draw the map in it.
-    for layer in (layer for layer in real.layers if layer not in real.encoders or layer == headline):
+    for layer in real.layers + ([headline] if headline in real.encoders else []):
         chunks = lambda: itertools.chain.from_iterable(stores[v].iter_features(layer) for v in fit_sets)  # noqa: E731
         ctx.log.info("[fit] %s: standardise + PCA %d%s", layer, e.pca_components, " + UMAP" if layer == headline else "")
         emb = fit_reduction(chunks, e.pca_components, seed=cfg.run.seed, device=device, desc=f"PCA {layer}")

@@ -197,7 +197,7 @@ def generate_set(config, workdir: WorkDir, net, model_checksum: str, variant: st
     path = workdir.store_path(store or f"gen-{variant}")
     writer = StoreWriter(path, key, "generated")
     dims = feature_dims(encoder_net, layers, f.reduce) | {name: e.feature_dim for name, e in encoders.items()}
-    info = {"model_checksum": model_checksum, "versions": versions(), "layers": layers + list(encoders),
+    info = {"model_checksum": model_checksum, "versions": versions(), "layers": layers,
             "feature_dims": dims, "encoders": {name: describe(e) for name, e in encoders.items()},
             "reduction": f.reduce, "dtype": f.dtype, "variant": variant, "seed": config.run.seed,
             "chunk_size": cs, "num_classes": K, "resolution": net.img_resolution,

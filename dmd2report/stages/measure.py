@@ -53,7 +53,7 @@ def unet_layers(ctx: Context, real, gens: dict) -> Iterator[FeatureSpace]:
     """The generator's UNet layers, each in its fitted reduced space (`features.reduce`, standardised, PCA), one
     at a time: only one layer's reduced features are held. `gens`: {set label: (variant, store)}."""
     cfg, wd = ctx.config, ctx.workdir
-    for layer in (layer for layer in real.layers if layer not in real.encoders):
+    for layer in real.layers:
         emb = wd.fitted(layer)
         real_red = _reduced(emb, real, layer)
         yield FeatureSpace(f"{layer}:{cfg.features.reduce}+standardise+pca{emb.n_components}", real_red,
@@ -103,8 +103,9 @@ def _class_map(order: str, data_classes, num_classes: int) -> np.ndarray | None:
 
 
 def _raw(store, name: str) -> np.ndarray:
-    """A store's features of a standard space, as stored (float32, checked finite by the store)."""
-    return np.ascontiguousarray(store.features(name), dtype=np.float32)
+    """A store's features of a standard space, as stored (float32, checked finite by the store), in memory."""
+    x = np.ascontiguousarray(store.features(name), dtype=np.float32)
+    return x if x.flags.writeable else x.copy()   # a one-chunk store's memory map is read-only
 
 
 # The feature spaces every set is measured in, in metrics.json's order: each a source of `FeatureSpace`s.
