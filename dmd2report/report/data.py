@@ -23,6 +23,8 @@ from ..files import short_hash
 POINT_COLUMNS = ["set", "variant", "sample_id", "class_id", "x", "y", "trust", "covered", "source", "thumb"]
 CLASS_COLUMNS = ["class_id", "synset", "name"]
 OVERALL_COLUMNS = ["key", "label", "value", "ci_low", "ci_high", "explanation", "n_real", "n_gen", "headline"]
+# Every feature space side by side: the class-conditioned set's overall entries, with the real set's own value.
+SPACE_COLUMNS = ["space", "key", "label", "value", "ci_low", "ci_high", "real", "n_gen"]
 VARIANT_COLUMNS = ["seed_index", "class_id", "variant", "point"]
 GRID_COLUMNS = ["x", "y", "thumb"]
 TRAJECTORY_COLUMNS = ["path", "step", "sigma", "class_id", "x", "y", "thumb", "shown", "source"]
@@ -164,6 +166,8 @@ class Metrics:
     per_variant: pd.DataFrame
     fd: FrechetDistance | None = None
     layer: str = ""                 # the headline layer the numbers are measured in
+    spaces: pd.DataFrame | None = None   # SPACE_COLUMNS, every feature space of metrics.json, the headline's first
+    protocols: dict = field(default_factory=dict)   # a standard space's name -> how its numbers are made (protocol)
 
 
 @dataclass

@@ -240,12 +240,31 @@ def _metrics(site: Site) -> Content:
                  f"The {len(worst)} classes with the lowest {lowest}, of {len(m.per_class):,}")
         models["classbars"] = figures.bar_chart(worst, "label", cbar_cols, "classbars", title)
     trust = METRICS["trust"]
-    return Content(dict(overall=site.overall, fd=m.fd, fd_head=_metric_heads(["fd"])[0], fd_scale=site.fd_scale,
+    return Content(dict(spaces=_spaces_side_by_side(m), overall=site.overall, fd=m.fd, fd_head=_metric_heads(["fd"])[0],
+                        fd_scale=site.fd_scale,
                         layer=m.layer, per_variant=m.per_variant.to_dict("records"),
                         var_heads=_metric_heads(var_metric_cols), class_rows=site.class_rows, class_heads=site.class_heads,
                         class_note=site.class_note,
                         trust=dict(label=trust.label, reading=trust.reading, shown=(m.overall["key"] == "trust").any())),
                    models)
+
+
+def _spaces_side_by_side(m) -> dict | None:
+    """The class-conditioned set's metrics in every feature space, one column a space (the headline's first), each
+    cell with its interval and the real set's own value; None with one space only."""
+    if m.spaces is None or m.spaces["space"].nunique() < 2:
+        return None
+    names = list(dict.fromkeys(m.spaces["space"]))
+    rows = []
+    for key, group in m.spaces.groupby("key", sort=False):
+        by_space = {r.space: r for r in group.itertuples()}
+        cells = [None if s not in by_space else dict(value=by_space[s].value, ci_low=by_space[s].ci_low,
+                                                     ci_high=by_space[s].ci_high, real=by_space[s].real)
+                 for s in names]
+        rows.append(dict(key=key, label=METRICS[key].label, cells=cells))
+    order = list(METRICS)
+    rows.sort(key=lambda r: order.index(r["key"]))
+    return dict(heads=[dict(name=s, short=s.split(":")[0], protocol=m.protocols.get(s, "")) for s in names], rows=rows)
 
 
 def _compare(site: Site) -> Content:

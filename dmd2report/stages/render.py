@@ -17,6 +17,7 @@ from ..files import bytes_digest, load_npz, load_parquet, read_json
 from ..metric_defs import METRICS, STEP_REFERENCES
 from ..metrics import generator_documents
 from ..report.data import (CLASS_DELTA_COLUMNS, CLASS_DELTA_METRICS, COMPARISON_COLUMNS, OVERALL_COLUMNS, POINT_COLUMNS,
+                           SPACE_COLUMNS,
                            Comparison, compared_class_set, STEP_METRIC_COLUMNS, Atlas, AtlasAnchor, DataSource, FrechetDistance,
                            Metrics, ModelInfo, Neighbours, Ragged, ReportData, RunInfo, StackedThumbnails, Trajectories,
                            package_versions)
@@ -246,8 +247,36 @@ def _read_metrics(shown: ShownSets) -> Metrics:
                          layer=headline["layer"],
                          note="few samples: biased upwards" if min(fd_e["n_real"], fd_e["n_generated"]) < 5000 else "",
                          real_halves=halves.get("value"), n_halves=tuple(halves.get("n_halves", (0, 0))))
+    spaces, protocols = _read_spaces(doc, headline["feature_space"])
+    accuracy = next((s for s in doc["feature_spaces"].values()
+                     if "classification_accuracy" in s["variants"]["class"]["overall"]), None)
+    if accuracy is not None:   # which classes the generator draws recognisably, by a classifier's eye
+        scopes = accuracy["variants"]["class"]["per_class"]
+        for row in per_class:
+            row["classification_accuracy"] = _num(scopes.get(str(row["class_id"]), {})
+                                                  .get("classification_accuracy", {}).get("value"))
     return Metrics(overall=overall, per_class=pd.DataFrame(per_class), per_variant=pd.DataFrame(per_variant),
-                   fd=fd, layer=headline["layer"])
+                   fd=fd, layer=headline["layer"], spaces=spaces, protocols=protocols)
+
+
+def _read_spaces(doc: dict, headline: str) -> tuple[pd.DataFrame, dict]:
+    """Every feature space's overall entries of the class-conditioned set, the headline space first, each with the
+    real set's own value where measured (`<key>_real`); and the standard spaces' protocols."""
+    rows, protocols = [], {}
+    for name in sorted(doc["feature_spaces"], key=lambda s: s != headline):
+        space = doc["feature_spaces"][name]
+        entries, reference = space["variants"]["class"]["overall"], space.get("reference", {})
+        for key, spec in METRICS.items():
+            e = entries.get(key)
+            if e is not None and spec.scope == "overall":
+                rows.append((name, key, spec.label, _num(e.get("value")), _num(e.get("ci_low")), _num(e.get("ci_high")),
+                             _num((reference.get(key) or {}).get("value")), e.get("n_generated", 0)))
+        if "protocol" in space:
+            p = space["protocol"]
+            ref = p.get("reference_stats")
+            protocols[name] = p["protocol"] + (f" Reference statistics: {ref['file']} (SHA-256 {ref['sha256'][:12]})."
+                                               if ref else "")
+    return pd.DataFrame(rows, columns=SPACE_COLUMNS), protocols
 
 
 def _read_variants(shown: ShownSets, variant_samples: int) -> pd.DataFrame:
