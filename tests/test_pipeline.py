@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from conftest import ARTIFACTS
 from dmd2report.cli import cli
+from dmd2report.encoders.stats import load_stats, save_stats
 from dmd2report.models import build_preset
 
 SMALL = """
@@ -40,6 +41,13 @@ bootstrap = 20
 anchors_per_class = 1
 atlas_grid = 4
 """
+# The demo data's encoder (the bundled classifier, used without [[encoders]] too), with reference statistics.
+CLASSIFIER = """[[encoders]]
+name = "classifier"
+kind = "demo-classifier"
+weights = "bundled:demo-classifier"
+reference_stats = "{w}/ref.npz"
+"""
 
 
 def _ran(output: str) -> list[str]:
@@ -56,8 +64,9 @@ def built(tmp_path_factory):
             if p.abs().sum() == 0:
                 p.normal_(0, 0.05)
     save_file(net.state_dict(), w / "demo_a.safetensors")
+    save_stats(w / "ref.npz", np.zeros(256), np.eye(256))   # reference statistics of the classifier's space
     cfg = w / "report.toml"
-    cfg.write_text(SMALL.format(w=w, ckpt=w / "demo_a.safetensors"))
+    cfg.write_text(SMALL.format(w=w, ckpt=w / "demo_a.safetensors") + CLASSIFIER.format(w=w))
     r = CliRunner().invoke(cli, ["build", "--config", str(cfg)])
     assert r.exit_code == 0, r.output
     return w, cfg, r.output
@@ -74,7 +83,7 @@ def test_build_writes_every_stage_output(built):
     doc = json.loads((work / "measure" / "metrics.json").read_text())
     assert doc["provenance"]["model_checksum"] and doc["provenance"]["config_hash"]
     spaces = doc["feature_spaces"]
-    assert len(spaces) == 2  # one per extracted layer
+    assert len(spaces) == 3  # one per extracted layer, and the demo classifier's
     for space in spaces.values():
         assert set(space["variants"]) == {"class", "uniform", "zero", "blend"}
         p = space["variants"]["class"]["overall"]["precision"]
@@ -86,6 +95,28 @@ def test_build_writes_every_stage_output(built):
     assert "pipeline test" in (w / "site" / "index.html").read_text()
     with np.load(work / "atlas" / "atlas.npz") as z:
         assert z["anchor_images"].shape[0] == 12 and z["anchor_images"].dtype == np.uint8
+
+
+def test_the_classifier_space_has_its_accuracy_and_reference_statistics(built):
+    """The demo's standard space (the bundled classifier): in metrics.json beside the layers, with the classifier's
+    accuracy overall, per class and on the real images, FD against the reference statistics the config names, the
+    real set's statistics written for a later run, and the metrics page showing every space with its protocol."""
+    w = built[0]
+    doc = json.loads((w / "work" / "measure" / "metrics.json").read_text())
+    space = doc["feature_spaces"]["classifier:demo-classifier"]
+    assert space["dims"] == 256 and space["protocol"]["reference_stats"]["file"] == "ref.npz"
+    overall = space["variants"]["class"]["overall"]
+    assert overall["classification_accuracy"]["n_generated"] == 96 and 0 <= overall["classification_accuracy"]["value"] <= 1
+    assert overall["fd_reference"]["value"] > 0 and "fd_reference" not in space["variants"]["class"]["per_class"]["0"]
+    assert space["reference"]["classification_accuracy"]["value"] > 0.95   # the classifier on real demo images
+    assert "classification_accuracy" in space["variants"]["class"]["per_class"]["3"]
+    assert space["variants"]["uniform"]["overall"]["classification_accuracy"]["value"] is None   # no class asked for
+    layer = doc["feature_spaces"]["midblock:mean+standardise+pca16"]["variants"]["class"]["overall"]
+    assert "classification_accuracy" not in layer and "inception_score" not in overall
+    mu, sigma = load_stats(w / "work" / "measure" / "classifier.stats.npz", 256)
+    assert mu.shape == (256,) and sigma.shape == (256, 256)
+    page = (w / "site" / "metrics.html").read_text()
+    assert 'id="spaces"' in page and "demo classifier: images resized to 32x32" in page
 
 
 def test_map_neighbour_panel_matches_the_stored_arrays(built, browser):
