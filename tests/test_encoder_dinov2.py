@@ -48,7 +48,7 @@ def official_layout(timm_state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     swiglu = fc1.shape[0] == 2 * fc2.shape[1]       # a packed SwiGLU: fc1 holds gate and value
     out = {k.replace("mlp.fc1.", "mlp.w12.").replace("mlp.fc2.", "mlp.w3.") if swiglu else k: v
            for k, v in timm_state.items()}
-    out["mask_token"] = torch.randn(1, timm_state["cls_token"].shape[-1])
+    out["mask_token"] = torch.randn(1, timm_state["cls_token"].shape[-1], generator=torch.Generator().manual_seed(5))
     return out
 
 
