@@ -273,7 +273,8 @@ def test_other_networks_and_unsafe_pickles(tmp_path):
 def test_bad_heads(vits, tmp_path):
     _, state, path = vits
     cases = {
-        "vitb_head.pth": ({"weight": torch.zeros(1000, 2 * 768), "bias": torch.zeros(1000)}, "1536 -> 1000 [^;]*; the head of kind 'dinov2-vitb14'"),
+        "vitb_head.pth": ({"weight": torch.zeros(1000, 2 * 768), "bias": torch.zeros(1000)},
+                          "1536 -> 1000,[^;]*; the head of kind 'dinov2-vitb14'"),
         "nan_head.pth": ({"weight": torch.full((1000, 768), float("nan")), "bias": torch.zeros(1000)}, "NaN"),
         "bias_head.pth": ({"weight": torch.zeros(1000, 768), "bias": torch.zeros(999)}, "'bias' has shape"),
         "backbone_as_head.pth": (state, "holds a DINOv2 ViT-S/14 backbone"),
