@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 
 import pytest
 import timm
@@ -48,7 +49,7 @@ def official_layout(timm_state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     swiglu = fc1.shape[0] == 2 * fc2.shape[1]       # a packed SwiGLU: fc1 holds gate and value
     out = {k.replace("mlp.fc1.", "mlp.w12.").replace("mlp.fc2.", "mlp.w3.") if swiglu else k: v
            for k, v in timm_state.items()}
-    out["mask_token"] = torch.randn(1, timm_state["cls_token"].shape[-1])
+    out["mask_token"] = torch.randn(1, timm_state["cls_token"].shape[-1], generator=torch.Generator().manual_seed(5))
     return out
 
 
@@ -120,14 +121,14 @@ def test_uint8_images_end_to_end_equal_edm2_protocol_on_timm(vits):
             ours, logits = model(x)
             assert logits is None and ours.dtype == torch.float32 and ours.shape == (2, 384)
             theirs = ref224.forward_features(edm2_preprocess(x))[:, 0]
-            assert rel(ours, theirs) <= 1e-5, (size, rel(ours, theirs))  # float32: about 4e-7
+            assert rel(ours, theirs) <= 1e-5, (size, rel(ours, theirs))  # float32: 0 (bitwise) on CPU
             assert rel(ours[0], ours[1]) > 0.02                            # the images give different features
         x = edm2_preprocess(images(1, 64)).double()
         ours64, _ = model.double().encode(x)
         theirs64 = ref224.double().forward_features(x)[:, 0]
         ref224.float()
         assert ours64.dtype == torch.float32                                 # features are float32 whatever the dtype
-        assert rel(ours64, theirs64.float()) <= 1e-7, rel(ours64, theirs64)  # float64 network: equal up to that cast
+        assert rel(ours64, theirs64.float()) <= 1e-7, rel(ours64, theirs64)  # float64 network: 0 after that cast
         model.blocks[7].ls2.gamma.mul_(1.001)                              # a 0.1% change in one block is seen
         assert rel(model.encode(x)[0], theirs64) > 1e-6
 
@@ -180,7 +181,7 @@ def test_linear_heads_equal_the_official_formula(vits, tmp_path):
             features, logits = model(x)
             theirs = head(torch.cat([o[:, 0] for o in last] + [last[-1][:, 1:].mean(dim=1)], dim=1))
         assert logits.shape == (2, 1000) and logits.dtype == torch.float32
-        assert rel(logits, theirs) <= 1e-5, (layers, rel(logits, theirs))  # about 5e-7
+        assert rel(logits, theirs) <= 1e-5, (layers, rel(logits, theirs))  # 0 on CPU: the same ops
         assert rel(features, outs[-1][:, 0]) <= 1e-5
 
 
@@ -272,7 +273,8 @@ def test_other_networks_and_unsafe_pickles(tmp_path):
 def test_bad_heads(vits, tmp_path):
     _, state, path = vits
     cases = {
-        "vitb_head.pth": ({"weight": torch.zeros(1000, 2 * 768), "bias": torch.zeros(1000)}, "1536 -> 1000"),
+        "vitb_head.pth": ({"weight": torch.zeros(1000, 2 * 768), "bias": torch.zeros(1000)},
+                          "1536 -> 1000,[^;]*; the head of kind 'dinov2-vitb14'"),
         "nan_head.pth": ({"weight": torch.full((1000, 768), float("nan")), "bias": torch.zeros(1000)}, "NaN"),
         "bias_head.pth": ({"weight": torch.zeros(1000, 768), "bias": torch.zeros(999)}, "'bias' has shape"),
         "backbone_as_head.pth": (state, "holds a DINOv2 ViT-S/14 backbone"),
@@ -282,7 +284,7 @@ def test_bad_heads(vits, tmp_path):
         torch.save(sd, head)
         with pytest.raises(UserError) as e:
             load_dinov2("dinov2-vits14", path, head=head)
-        assert expected in one_line(e, head), (name, str(e.value))
+        assert re.search(expected, one_line(e, head)), (name, str(e.value))
 
 
 def test_bfloat16_runs_in_bfloat16_and_returns_float32(vits):

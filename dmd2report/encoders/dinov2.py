@@ -9,6 +9,8 @@ the final norm (what the hub model returns). The preprocessing is EDM2's FD_DINO
 then divided by 255 and normalised with the ImageNet mean and std, all in float32. An optional official linear head
 (`dinov2_vit*14_linear_head.pth`: CLS and mean patch token of the last block; `*_linear4_head.pth`: the CLS tokens of
 the last four blocks and the last block's mean patch token, each after the final norm) gives ImageNet-1k logits.
+The network runs in its parameters' dtype (`load_dinov2(..., dtype=torch.bfloat16)` or `.to()` for speed); the
+preprocessing stays float32 and the features and logits are returned in float32.
 """
 
 from __future__ import annotations
@@ -251,9 +253,10 @@ def load_dinov2(kind: str, weights: Path, head: Path | None = None, device="cpu"
         if set(head_sd) == {"weight", "bias"} and w is not None and w.ndim == 2:
             head_layers = {2 * dim: 1, 5 * dim: 4}.get(w.shape[1], 0)
             if w.shape[0] != HEAD_CLASSES or not head_layers:
+                fits = [k for k, v in VARIANTS.items() if w.shape[1] in (2 * v["embed_dim"], 5 * v["embed_dim"])]
+                hint = f"the head of kind {fits[0]!r}?" if fits and w.shape[0] == HEAD_CLASSES else "another task?"
                 raise UserError(f"{head}: a linear head {w.shape[1]} -> {w.shape[0]}, not an official ImageNet head "
-                                f"of {NAMES[kind]} ({2 * dim} or {5 * dim} -> {HEAD_CLASSES}); a head for another "
-                                f"backbone size or task?")
+                                f"of {NAMES[kind]} ({2 * dim} or {5 * dim} -> {HEAD_CLASSES}); {hint}")
         check_state_dict(head_sd, {"weight": (HEAD_CLASSES, 2 * dim), "bias": (HEAD_CLASSES,)}
                          if not head_layers else {"weight": tuple(w.shape), "bias": (HEAD_CLASSES,)}, head, head_what)
     sd = read_state_dict(weights, what)
