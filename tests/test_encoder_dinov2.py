@@ -11,13 +11,14 @@ import pickle
 import re
 
 import pytest
-import timm
 import torch
 import torch.nn.functional as F
-from timm.layers import SwiGLUPacked
 
 from dmd2report.encoders.dinov2 import VARIANTS, DINOv2, build_dinov2, load_dinov2
 from dmd2report.errors import UserError
+
+timm = pytest.importorskip("timm", reason="a reference implementation: pip install torch==2.14.1 torchvision==0.29.1 && pip install -e '.[reference]'")
+SwiGLUPacked = timm.layers.SwiGLUPacked
 
 TIMM = {"dinov2-vits14": "vit_small_patch14_dinov2", "dinov2-vitb14": "vit_base_patch14_dinov2",
         "dinov2-vitl14": "vit_large_patch14_dinov2", "dinov2-vitg14": "vit_giant_patch14_dinov2"}

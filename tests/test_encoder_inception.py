@@ -15,9 +15,9 @@ from dmd2report.encoders.stats import feature_stats, frechet_distance, inception
 from dmd2report.encoders.weights import check_state_dict, guess_kind, read_state_dict
 from dmd2report.errors import UserError
 
-pytorch_fid_inception = pytest.importorskip("pytorch_fid.inception")
-torchvision = pytest.importorskip("torchvision")
-pytest.importorskip("torch_fidelity")
+pytorch_fid_inception = pytest.importorskip("pytorch_fid.inception", reason="a reference implementation: pip install torch==2.14.1 torchvision==0.29.1 && pip install -e '.[reference]'")
+torchvision = pytest.importorskip("torchvision", reason="a reference implementation: pip install torch==2.14.1 torchvision==0.29.1 && pip install -e '.[reference]'")
+pytest.importorskip("torch_fidelity", reason="a reference implementation: pip install torch==2.14.1 torchvision==0.29.1 && pip install -e '.[reference]'")
 REL = 1e-5   # the bound on |ours - reference| / max |reference|
 
 

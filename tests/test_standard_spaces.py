@@ -3,8 +3,6 @@ from (real images as loaded, generated ones as stored), its features and logits 
 stage scores every metric in its space with the classifier's accuracy and the reference statistics, and a bad
 weights file stops the build in one line before any image is encoded."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
