@@ -237,6 +237,9 @@ class EncoderConfig:
                                "bundled:demo-classifier.", pattern=WEIGHTS_VALUES)
     head: str = setting("", "dinov2 only: the official linear classification head (dinov2_vit*14_linear_head.pth), "
                             "for the classification accuracy of generated samples; empty: none.")
+    precision: str = setting("auto", "The network's precision; auto: bfloat16 for DINOv2 on CUDA (EDM2's speed, its "
+                                     "drift in benchmarks/README.md), float32 otherwise (Inception's protocol).",
+                             choices=("auto", "float32", "bfloat16"))
     reference_stats: str = setting("", "An .npz of `mu` and `sigma` of a reference set in this space (as the "
                                        "community's ImageNet reference batches ship): the Frechet distance against "
                                        "it is reported beside the real set's; empty: none.")
@@ -762,7 +765,7 @@ def _data_path(c: Config, where) -> None:
 @_between_keys
 def _encoders(c: Config, where) -> None:
     """With `[[encoders]]`: their names are unique and none is one of `features.layers`; each gives its `weights`; a
-    `head` only with a dinov2 kind; the files named exist."""
+    `head` and `precision = "bfloat16"` only with a dinov2 kind; the files named exist."""
     w = where("encoders")
     names = [e.name for e in c.encoders]
     for i, e in enumerate(c.encoders):
@@ -775,6 +778,9 @@ def _encoders(c: Config, where) -> None:
             raise UserError(f"{at}: encoders.weights: required; give the {e.kind} weights file")
         if e.head and not e.kind.startswith("dinov2-"):
             raise UserError(f"{at}: encoders.head: a classification head is read for dinov2 kinds only, not {e.kind}")
+        if e.precision == "bfloat16" and not e.kind.startswith("dinov2-"):
+            raise UserError(f"{at}: encoders.precision: bfloat16 is for dinov2 kinds; {e.kind} runs in float32, as "
+                            f"its protocol does")
         for key in ("weights", "head", "reference_stats"):
             value = getattr(e, key)
             if value and not value.startswith(BUNDLED_PREFIX) and not Path(value).is_file():

@@ -157,7 +157,7 @@ class Context:
         weight files' checksums."""
         from .encoders.registry import encoder_identity
 
-        return [[e.name, encoder_identity(e, self.workdir, self.generator.write_cache)]
+        return [[e.name, encoder_identity(e, self.generator.device(), self.workdir, self.generator.write_cache)]
                 for e in encoder_entries(self.config)]
 
     @functools.cached_property

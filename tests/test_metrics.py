@@ -251,14 +251,14 @@ def test_one_declaration_names_every_metric_everywhere():
     defs = definitions()
 
     assert set(METRICS) == {"precision", "recall", "density", "coverage", "fd", "class_fidelity", "centroid_accuracy",
-                            "coverage_global", "trust"}
+                            "coverage_global", "classification_accuracy", "inception_score", "fd_reference", "trust"}
     assert {k: defs[k] for k in METRICS} == {k: m.definition for k, m in METRICS.items()}
     assert defs["precision_in_class"].startswith("precision with X = real samples of class c")
     assert defs["centroid_accuracy_real"] == METRICS["centroid_accuracy"].reference
     assert defs["fd_real"] == METRICS["fd"].reference
     colours = [m.colour for m in METRICS.values()]
     assert len(set(colours)) == len(colours)   # one colour per metric, none shared
-    assert LOWER_IS_BETTER == {"fd"} and DEFAULT_METRICS[:4] == ("precision", "recall", "density", "coverage")
+    assert LOWER_IS_BETTER == {"fd", "fd_reference"} and DEFAULT_METRICS[:4] == ("precision", "recall", "density", "coverage")
     table = markdown()
     for key, m in METRICS.items():
         assert f"| {m.label} | `{key}`" in table and m.explanation in table

@@ -25,19 +25,29 @@ def weight_file(value: str) -> Path:
     return Path(value)
 
 
-def encoder_identity(entry: EncoderConfig, workdir, write_cache: bool = True) -> dict:
-    """What an encoder's features depend on, without loading it: its kind and its files' SHA-256 (cached in the
-    work directory by path, size and modification time)."""
-    return {"kind": entry.kind,
+def encoder_dtype(entry: EncoderConfig, device) -> torch.dtype:
+    """The precision an encoder runs in (encoders.precision): auto is bfloat16 for DINOv2 on CUDA, else float32."""
+    if entry.precision == "auto":
+        return torch.bfloat16 if entry.kind.startswith("dinov2-") and torch.device(device).type == "cuda" \
+            else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[entry.precision]
+
+
+def encoder_identity(entry: EncoderConfig, device, workdir, write_cache: bool = True) -> dict:
+    """What an encoder's features depend on, without loading it: its kind, precision and files' SHA-256 (cached in
+    the work directory by path, size and modification time)."""
+    return {"kind": entry.kind, "dtype": str(encoder_dtype(entry, device)).removeprefix("torch."),
             "weights": workdir.checkpoint_sha256(weight_file(entry.weights), write=write_cache),
             "head": workdir.checkpoint_sha256(Path(entry.head), write=write_cache) if entry.head else ""}
 
 
 def load_encoder(entry: EncoderConfig, device, workdir, write_cache: bool = True) -> torch.nn.Module:
-    """The encoder an `[[encoders]]` table describes, on `device`, in inference mode, with its `identity`."""
+    """The encoder an `[[encoders]]` table describes, on `device` in its precision, in inference mode, with its
+    `identity`."""
     module = LOADERS[entry.kind](entry.kind, weight_file(entry.weights), Path(entry.head) if entry.head else None,
                                  device)
-    module.identity = encoder_identity(entry, workdir, write_cache)
+    module = module.to(dtype=encoder_dtype(entry, device))   # features come back float32 whatever it runs in
+    module.identity = encoder_identity(entry, device, workdir, write_cache)
     return module.eval().requires_grad_(False)
 
 

@@ -1,0 +1,146 @@
+"""Throughput of the standard feature spaces' encoders on one GPU, each against a baseline in the same process.
+
+Run on a CUDA machine from the repository root (the reference implementations installed: `pip install -e
+'.[reference]'`):
+
+    PYTHONPATH=. python benchmarks/encoders.py --out benchmarks/results/encoders-h100.json
+
+- Inception (FID, pytorch-fid's protocol): dmd2report's encoder as the extract and generate stages call it (uint8
+  batches already on the GPU, `features.batch_size` images a call) against pytorch-fid's own feature loop
+  (`fid_score.get_activations`: PNG files through its DataLoader, batches of 50) on the same 64x64 images, and
+  against pytorch-fid's model alone on the same GPU tensors in its batches of 50. Both in float32; with PyTorch's
+  default, cuDNN convolutions may use TF32 (stated in the result), and once more with TF32 off.
+- DINOv2 ViT-L/14 (FD_DINOv2, EDM2's protocol): float32 and bfloat16, and the FD between the two precisions'
+  features of two image sets beside the FD of the sets themselves (the drift bfloat16 adds to FD_DINOv2).
+
+Random weights (speed does not depend on them; the real files cannot be had offline), random images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def timed(fn, repeat: int = 3) -> float:
+    """Best of `repeat` wall times of fn() (seconds), the GPU synchronised."""
+    best = math.inf
+    for _ in range(repeat):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def random_inception_file(path: Path, seed: int = 0) -> dict:
+    """pytorch-fid's FID Inception with random weights, saved in the layout of pt_inception-2015-12-05-6726825d.pth."""
+    import torchvision
+
+    net = torchvision.models.inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=True)
+    torch.manual_seed(seed)
+    sd = net.state_dict()
+    torch.save(sd, path)
+    return sd
+
+
+def in_batches(encoder, images: torch.Tensor, batch: int) -> None:
+    for b in range(0, len(images), batch):
+        encoder(images[b:b + batch])
+
+
+def bench_inception(n: int, batch: int, work: Path) -> dict:
+    from PIL import Image
+    from pytorch_fid import fid_score, inception as pf
+
+    from dmd2report.encoders.inception import load_inception
+
+    sd = random_inception_file(work / "inception.pth")
+    pf.load_state_dict_from_url = lambda *a, **k: sd   # pytorch-fid's constructor downloads the real weights
+    theirs = pf.InceptionV3([pf.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).cuda().eval()
+    ours = load_inception("inception", work / "inception.pth", device="cuda")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
+    files = []
+    for i, im in enumerate(images):
+        files.append(work / f"{i:06d}.png")
+        Image.fromarray(im).save(files[-1])
+    gpu = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().cuda()
+    out = {"n": n, "batch": batch, "tf32_default": torch.backends.cudnn.allow_tf32}
+    with torch.no_grad():
+        in_batches(ours, gpu[:batch], batch)   # warm-up: cuDNN's algorithms
+        out["ours_img_s"] = n / timed(lambda: in_batches(ours, gpu, batch))
+        t = timed(lambda: fid_score.get_activations(files, theirs, batch_size=50, device="cuda", num_workers=8), 1)
+        out["pytorch_fid_loop_img_s"] = n / t
+        floats = gpu.float() / 255
+        out["pytorch_fid_model_img_s"] = n / timed(lambda: [theirs(floats[b:b + 50]) for b in range(0, n, 50)])
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        out["ours_strict_fp32_img_s"] = n / timed(lambda: in_batches(ours, gpu, batch))
+        torch.backends.cudnn.allow_tf32 = True
+    out["ratio_to_loop"] = out["ours_img_s"] / out["pytorch_fid_loop_img_s"]
+    out["ratio_to_model"] = out["ours_img_s"] / out["pytorch_fid_model_img_s"]
+    return out
+
+
+def bench_dinov2(n: int, batch: int, work: Path) -> dict:
+    from dmd2report.encoders.dinov2 import build_dinov2, load_dinov2
+    from dmd2report.encoders.stats import feature_stats, frechet_distance
+
+    torch.manual_seed(0)
+    net = build_dinov2("dinov2-vitl14", device="cpu")
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn_like(p) * 0.02 if p.ndim > 1 else 1 + 0.02 * torch.randn_like(p))
+    torch.save(net.state_dict(), work / "dinov2_vitl14.pth")
+    rng = np.random.default_rng(1)
+    a = torch.from_numpy(rng.integers(0, 256, (n, 3, 64, 64), dtype=np.uint8)).cuda()
+    b = torch.from_numpy(np.clip(rng.normal(128, 40, (n, 3, 64, 64)), 0, 255).astype(np.uint8)).cuda()
+    out = {"n": n, "batch": batch}
+    feats = {}
+    for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        enc = load_dinov2("dinov2-vitl14", work / "dinov2_vitl14.pth", device="cuda", dtype=dtype)
+        with torch.no_grad():
+            in_batches(enc, a[:batch], batch)
+            out[f"{name}_img_s"] = n / timed(lambda: in_batches(enc, a, batch))
+            feats[name] = [torch.cat([enc(x[i:i + batch])[0] for i in range(0, n, batch)]).cpu().numpy()
+                           for x in (a, b)]
+    fd = {name: frechet_distance(*feature_stats(f[0]), *feature_stats(f[1])) for name, f in feats.items()}
+    out["fd_float32"], out["fd_bfloat16"] = fd["float32"], fd["bfloat16"]
+    out["fd_drift_relative"] = abs(fd["bfloat16"] - fd["float32"]) / fd["float32"]
+    out["feature_max_relative_error"] = float(np.abs(feats["bfloat16"][0] - feats["float32"][0]).max()
+                                              / np.abs(feats["float32"][0]).max())
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=10240, help="images per measurement")
+    p.add_argument("--batch", type=int, default=1024, help="images per encoder call (features.batch_size)")
+    p.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        p.error("needs a CUDA device")
+    torch.backends.cudnn.benchmark = True
+    with tempfile.TemporaryDirectory() as tmp:
+        result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                  "inception": bench_inception(args.n, args.batch, Path(tmp)),
+                  "dinov2_vitl14": bench_dinov2(args.n, min(args.batch, 512), Path(tmp))}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
