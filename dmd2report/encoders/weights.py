@@ -19,18 +19,18 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import checkpoint_format
 from ..errors import UserError
 
 WRAPPER_KEYS = ("state_dict", "model", "teacher", "model_ema", "ema", "module", "net", "params")
-SAFETENSORS_MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 DINOV2_SIZES = {384: "ViT-S/14", 768: "ViT-B/14", 1024: "ViT-L/14", 1536: "ViT-g/14"}
 
 
 def convert_command(path: Path) -> str:
-    """The one-line command that rewrites a trusted pickle as safetensors (full unpickling: the user's decision)."""
+    """How to rewrite a pickle the user trusts as safetensors: their own decision to unpickle it, never ours."""
     out = path.with_suffix(".safetensors")
-    return (f"python -c \"import torch,safetensors.torch as s;d=torch.load('{path}',weights_only=False);"
-            f"s.save_file({{k:v.contiguous() for k,v in d.items()}},'{out}')\"")
+    return (f"only if you trust the file, load it yourself with torch.load and weights_only=False and save its "
+            f"tensors with safetensors.torch.save_file as {out}")
 
 
 def read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
@@ -41,7 +41,7 @@ def read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
         raise UserError(f"{path}: no such file ({what})")
     if path.is_dir():
         raise UserError(f"{path}: is a folder; give the {what} file itself")
-    fmt = _format(path)
+    fmt = checkpoint_format(path)
     if fmt is None:
         raise UserError(f"{path}: not a weights file (neither safetensors nor PyTorch; empty or damaged?); "
                         f"expected {what}")
@@ -51,22 +51,6 @@ def read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
         if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
             raise UserError(f"{path}: tensor {k!r} holds NaN or infinity; the {what} file is damaged")
     return state
-
-
-def _format(path: Path) -> str | None:
-    """"safetensors", "torch-zip" or "torch-legacy" from the first bytes; None for anything else."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(9)
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
-    if head[:4] == b"PK\x03\x04":
-        return "torch-zip"
-    if len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= SAFETENSORS_MAX_HEADER:
-        return "safetensors"
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # a pickle, protocol 2 to 5
-        return "torch-legacy"
-    return None
 
 
 def _read_safetensors(path: Path) -> dict:
