@@ -3,6 +3,8 @@ from (real images as loaded, generated ones as stored), its features and logits 
 stage scores every metric in its space with the classifier's accuracy and the reference statistics, and a bad
 weights file stops the build in one line before any image is encoded."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -96,3 +98,23 @@ def test_bad_encoder_weights_stop_the_build_before_any_image(tmp_path):
     line = r.output.strip().splitlines()[-1]
     assert line.startswith("error: ") and str(bad) in line
     assert not (tmp_path / "work" / "stores" / "real" / "chunks").exists()   # no image was encoded
+
+
+@pytest.mark.slow
+def test_the_map_can_be_drawn_in_a_standard_space(tmp_path):
+    """metrics.layer naming an encoder: the map is fitted on its features, the neighbour arrays are of its space, and
+    the few-step paths (UNet activations only) must be off, which the config says in one line."""
+    toml = DEMO.format(w=tmp_path).replace("[metrics]\n", '[metrics]\nlayer = "classifier"\n')
+    (tmp_path / "report.toml").write_text(toml)
+    r = CliRunner().invoke(cli, ["build", "--config", str(tmp_path / "report.toml")])
+    assert r.exit_code == 0, r.output
+    work = tmp_path / "work"
+    assert json.loads((work / "measure" / "headline.json").read_text())["feature_space"] == "classifier:demo-classifier"
+    fit = json.loads((work / "fit" / "manifest.json").read_text())
+    assert fit["headline"] == "classifier" and set(fit["layers"]) == {"encoder_bottleneck", "midblock", "classifier"}
+    with np.load(work / "measure" / "arrays.npz") as z:
+        assert z["real.nn_real_idx"].shape[0] == 240
+    assert (tmp_path / "site" / "map.html").exists()
+    (tmp_path / "on.toml").write_text(toml.replace("enabled = false", "enabled = true"))
+    r = CliRunner().invoke(cli, ["build", "--config", str(tmp_path / "on.toml")])
+    assert r.exit_code == 2 and "an encoder's space" in r.output.strip().splitlines()[-1]
