@@ -264,7 +264,8 @@ def _spaces_side_by_side(m) -> dict | None:
         rows.append(dict(key=key, label=METRICS[key].label, cells=cells))
     order = list(METRICS)
     rows.sort(key=lambda r: order.index(r["key"]))
-    return dict(heads=[dict(name=s, short=s.split(":")[0], protocol=m.protocols.get(s, "")) for s in names], rows=rows)
+    return dict(heads=[dict(name=s, short=s.split(":")[0], protocol=m.protocols.get(s, "")) for s in names], rows=rows,
+                n_gen=int(m.spaces["n_gen"].max()))
 
 
 def _compare(site: Site) -> Content:
