@@ -94,7 +94,7 @@ def bench_inception(n: int, batch: int, work: Path) -> dict:
 
 def bench_dinov2(n: int, batch: int, work: Path) -> dict:
     from dmd2report.encoders.dinov2 import build_dinov2, load_dinov2
-    from dmd2report.encoders.stats import feature_stats, frechet_distance
+    from dmd2report.metric_defs import frechet_from_stats, mean_and_cov
 
     torch.manual_seed(0)
     net = build_dinov2("dinov2-vitl14", device="cpu")
@@ -114,7 +114,7 @@ def bench_dinov2(n: int, batch: int, work: Path) -> dict:
             out[f"{name}_img_s"] = n / timed(lambda: in_batches(enc, a, batch))
             feats[name] = [torch.cat([enc(x[i:i + batch])[0] for i in range(0, n, batch)]).cpu().numpy()
                            for x in (a, b)]
-    fd = {name: frechet_distance(*feature_stats(f[0]), *feature_stats(f[1])) for name, f in feats.items()}
+    fd = {name: frechet_from_stats(*mean_and_cov(f[0]), *mean_and_cov(f[1])) for name, f in feats.items()}
     out["fd_float32"], out["fd_bfloat16"] = fd["float32"], fd["bfloat16"]
     out["fd_drift_relative"] = abs(fd["bfloat16"] - fd["float32"]) / fd["float32"]
     out["feature_max_relative_error"] = float(np.abs(feats["bfloat16"][0] - feats["float32"][0]).max()

@@ -14,7 +14,8 @@ from dmd2report.classes import ClassIndex
 from dmd2report.cli import cli
 from dmd2report.config import EncoderConfig
 from dmd2report.encoders.registry import load_encoder
-from dmd2report.encoders.stats import feature_stats, load_stats, save_stats
+from dmd2report.encoders.stats import load_stats, save_stats
+from dmd2report.metric_defs import mean_and_cov
 from dmd2report.sampling import generate, quantise, sample_noise
 from dmd2report.sources import NpzSource
 from dmd2report.stages.extract import extract_real
@@ -56,7 +57,7 @@ def test_encoders_see_the_images_the_generator_sees(tiny_net, npz_dir, make_conf
 
 def test_reference_statistics_round_trip(tmp_path):
     x = np.random.default_rng(0).normal(size=(50, 6)).astype(np.float32)
-    mu, sigma = feature_stats(x)
+    mu, sigma = mean_and_cov(x)
     save_stats(tmp_path / "ref.npz", mu, sigma)
     mu2, sigma2 = load_stats(tmp_path / "ref.npz", 6)
     np.testing.assert_array_equal(mu, mu2) and np.testing.assert_array_equal(sigma, sigma2)

@@ -1,16 +1,12 @@
-"""Protocol-exact statistics of the standard feature spaces: Frechet distance, Inception Score, reference files.
+"""Protocol-exact statistics of the standard feature spaces: the Inception Score and reference statistics files.
 
-`frechet_distance` is pytorch-fid's `calculate_frechet_distance` (float64; `scipy.linalg.sqrtm` of the product of
-the covariances; when that is not finite, eps=1e-6 added to both diagonals; a complex result accepted only when its
-diagonal's imaginary part is within 1e-3 of zero, and its real part taken) so an FID here is the number pytorch-fid
-prints for the same statistics. EDM's fid.py uses the same formula without the eps retry (and takes the real part of
-the whole trace). dmd2report's own `metrics.frechet_from_stats`, used in the generator's activation spaces, is a
-different computation of the same quantity: the trace of sqrt(A^1/2 B A^1/2) from a symmetric eigendecomposition,
-clipped at zero, faster and stable for rank-deficient covariances but not bit-comparable with published FIDs.
-`inception_score` is torch-fidelity's ISC with its defaults (10 splits, the samples shuffled by
-`np.random.RandomState(2020)` first, float64). Reference statistics files are `.npz` with `mu` (D,) and `sigma`
-(D, D) as EDM's and OpenAI's ImageNet reference batches ship them (other arrays in the file are ignored), read with
-`allow_pickle=False`.
+The Frechet distance of a standard space is the engine's (`metric_defs.frechet_from_stats` over `mean_and_cov`: float64,
+unbiased covariances), which equals pytorch-fid's `calculate_frechet_distance` on the same statistics to rounding
+(tests/test_encoder_inception.py: 1e-12 relative with full-rank covariances, 1e-7 rank-deficient, where pytorch-fid's
+`sqrtm` of the product is the less stable of the two). `inception_score` is torch-fidelity's ISC with its defaults (10
+splits, the samples shuffled by `np.random.RandomState(2020)` first, float64). Reference statistics files are `.npz`
+with `mu` (D,) and `sigma` (D, D) as EDM's and OpenAI's ImageNet reference batches ship them (other arrays in the file
+are ignored), read with `allow_pickle=False`.
 """
 
 from __future__ import annotations
@@ -19,39 +15,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import scipy.linalg
 
 from ..errors import UserError
-
-
-def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and unbiased covariance (n-1) of (N, D) features in float64, as pytorch-fid and EDM compute them."""
-    x = np.asarray(features, dtype=np.float64)
-    if x.ndim != 2 or len(x) < 2:
-        raise ValueError(f"feature statistics need (N >= 2, D) features, got shape {x.shape}")
-    return x.mean(axis=0), np.cov(x, rowvar=False)
-
-
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
-    """||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 sqrt(sigma1 sigma2)), exactly as pytorch-fid computes it: float64,
-    `scipy.linalg.sqrtm` of the (non-symmetric) product, `eps` on both diagonals only when that is not finite; not
-    clipped at zero. (`metrics.frechet_from_stats` symmetrises through eigh instead; EDM's fid.py has no eps retry.)"""
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
-        raise ValueError(f"statistics of different dimensions: mu {mu1.shape} vs {mu2.shape}, "
-                         f"sigma {sigma1.shape} vs {sigma2.shape}")
-    diff = mu1 - mu2
-    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():   # a near-singular product: pytorch-fid retries with eps on the diagonals
-        offset = np.eye(sigma1.shape[0]) * eps
-        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    if np.iscomplexobj(covmean):        # rounding gives a small imaginary part; a large one means bad statistics
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(f"Frechet distance: sqrt of the covariance product has an imaginary component "
-                             f"{np.max(np.abs(covmean.imag)):.3g}")
-        covmean = covmean.real
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
 def inception_score(logits, splits: int = 10, shuffle: bool = True, rng_seed: int = 2020) -> tuple[float, float]:

@@ -18,9 +18,10 @@ import pandas as pd
 from ..classes import ClassIndex
 from ..config import encoder_entries
 from ..context import Context, Stage
-from ..encoders.stats import feature_stats, load_stats, save_stats
+from ..encoders.stats import load_stats, save_stats
 from ..errors import UserError
 from ..files import save_json, save_npz, sha256_file
+from ..metric_defs import mean_and_cov
 from ..metrics import NO_CLASS, comparison_document, fd_real_halves, measure, metrics_document, save_metrics_document
 from ..workdir import generated_sets, set_label
 
@@ -134,7 +135,7 @@ def run(ctx: Context, overwrite: bool = False) -> None:
         r["reference"]["fd"] = fd_real_halves(space.real, real_classes, cfg.run.seed)   # the scale FD reads against
         if space.protocol is not None:
             r["protocol"] = space.protocol
-            stats[space.protocol["encoder"]] = feature_stats(space.real)
+            stats[space.protocol["encoder"]] = mean_and_cov(space.real)
         if space.headline is not None:
             headline = (r["arrays"], {"feature_space": space.name, **space.headline, "fit": wd.fit_id(fit_manifest)})
         results.append(r)
