@@ -172,15 +172,25 @@ def test_comparison_page_in_the_browser(two, browser):
     space = json.loads((two / "work" / "measure" / "headline.json").read_text())["feature_space"]
     final, early = (doc["generators"][g]["feature_spaces"][space]["variants"]["class"] for g in ("final", "step-100"))
     page, problems, requests = _open(browser, (two / "site" / "compare.html").as_uri())
-    table = page.locator('[data-compare="overall"]')
-    assert table.locator("thead th[data-generator]").all_inner_texts() == ["final", "step-100"]
-    for key in ("precision", "coverage", "fd"):
-        a, b = final["overall"][key], early["overall"][key]
-        cell = table.locator(f'tr[data-metric="{key}"] td[data-generator="step-100"]')
-        text = cell.inner_text()
-        assert f"{b['value']:.3f}" in text and f"{b['value'] - a['value']:+.3f}" in text
-        separated = b.get("ci_low") is not None and (b["ci_low"] > a["ci_high"] or b["ci_high"] < a["ci_low"])
-        assert (cell.get_attribute("data-separated") is not None) == separated, key
+    # one table a feature space, the map's first: every space both generators were measured in
+    spaces = doc["generators"]["final"]["feature_spaces"]
+    shown = [t.get_attribute("data-space") for t in page.locator('[data-compare="overall"]').all()]
+    assert shown[0] == space and sorted(shown) == sorted(spaces) and len(shown) >= 2
+    for name in shown:
+        final, early = (doc["generators"][g]["feature_spaces"][name]["variants"]["class"] for g in ("final", "step-100"))
+        table = page.locator(f'[data-compare="overall"][data-space="{name}"]')
+        assert table.locator("thead th[data-generator]").all_inner_texts() == ["final", "step-100"]
+        for key in ("precision", "coverage", "fd"):
+            a, b = final["overall"][key], early["overall"][key]
+            cell = table.locator(f'tr[data-metric="{key}"] td[data-generator="step-100"]')
+            text = cell.inner_text()
+            assert f"{b['value']:.3f}" in text and f"{b['value'] - a['value']:+.3f}" in text
+            separated = b.get("ci_low") is not None and (b["ci_low"] > a["ci_high"] or b["ci_high"] < a["ci_low"])
+            assert (cell.get_attribute("data-separated") is not None) == separated, (name, key)
+        if "protocol" in spaces[name]:   # a standard space says how its numbers are made
+            protocol = page.locator(f'h3[data-space="{name}"] + p.protocol').inner_text()
+            assert spaces[name]["protocol"]["protocol"][:40] in protocol
+    final, early = (doc["generators"][g]["feature_spaces"][space]["variants"]["class"] for g in ("final", "step-100"))
     # coverage difference: the four kinds add up to the real set, and A only + both is the reference's coverage
     counts = {r.get_attribute("data-cover").split(" ")[0]: int(r.locator("td").nth(1).inner_text().replace(",", ""))
               for r in page.locator('[data-compare="coverage"] tbody tr').all()}

@@ -224,7 +224,7 @@ class Trajectories:
                 raise ValueError(f"trajectories.{name}.thumb out of range of thumbnails")
 
 
-COMPARISON_COLUMNS = ["generator", "key", "label", "value", "ci_low", "ci_high", "delta", "separated"]
+COMPARISON_COLUMNS = ["space", "generator", "key", "label", "value", "ci_low", "ci_high", "delta", "separated"]
 CLASS_DELTA_COLUMNS = ["generator", "key", "class_id", "reference", "value", "delta"]
 CLASS_DELTA_METRICS = ("coverage", "class_fidelity")   # the per-class deltas compared: what gained or lost coverage or fidelity
 SEED_COLUMNS = ["seed_index", "class_id", "generator", "point"]
@@ -247,9 +247,11 @@ class Comparison:
 
     generators: names, the reference encoder's first (the other pages show it); a, b: the pair of the
         coverage-difference view (the reference and the next generator).
-    overall: COMPARISON_COLUMNS, per generator and overall metric of the class-conditioned set: value and
-        95% interval (NaN without), delta = value minus the reference's, separated = the two intervals do not
-        overlap (False for the reference and without intervals).
+    overall: COMPARISON_COLUMNS, per feature space (the headline first, then the other layers and the standard
+        spaces), generator and overall metric of the class-conditioned set: value and 95% interval (NaN without),
+        delta = value minus the reference's, separated = the two intervals do not overlap (False for the reference
+        and without intervals).
+    protocols: each standard space's protocol (what its numbers are comparable with); none for a UNet layer.
     per_class: CLASS_DELTA_COLUMNS, per non-reference generator, per-class metric and class: the reference's
         value, this one's and the delta, sorted by |delta|, largest first.
     seeds: SEED_COLUMNS, the same seed's class-conditioned sample of every generator (point rows).
@@ -264,6 +266,7 @@ class Comparison:
     per_class: pd.DataFrame
     seeds: pd.DataFrame
     feature_space: str = ""
+    protocols: dict[str, str] = field(default_factory=dict)
 
     def validate(self, points: pd.DataFrame) -> None:
         for name, table, cols in (("overall", self.overall, COMPARISON_COLUMNS),

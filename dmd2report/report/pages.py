@@ -273,17 +273,21 @@ def _compare(site: Site) -> Content:
     (Comparison in data.py)."""
     view, names = site.view, site.names
     cmp, p, P = view.site.comparison, view.site.points, view.full.points
-    overall = []
-    for key, rows in cmp.overall.groupby("key", sort=False):
-        spec = METRICS[key]
-        cells = []
-        for r in rows.itertuples():
-            text, direction = _delta(key, r.delta)
-            cells.append(dict(generator=r.generator, value=r.value, ci_low=r.ci_low, ci_high=r.ci_high,
-                              ci=bool(np.isfinite(r.ci_low) and np.isfinite(r.ci_high)), separated=bool(r.separated),
-                              delta_text=text, direction=direction,
-                              words=f"{r.generator} minus {cmp.generators[0]} ({_better(key)})"))
-        overall.append(dict(key=key, label=spec.label, explanation=spec.explanation, colour=spec.colour, cells=cells))
+    spaces = []   # one table a feature space, the headline's first
+    for space, in_space in cmp.overall.groupby("space", sort=False):
+        overall = []
+        for key, rows in in_space.groupby("key", sort=False):
+            spec = METRICS[key]
+            cells = []
+            for r in rows.itertuples():
+                text, direction = _delta(key, r.delta)
+                cells.append(dict(generator=r.generator, value=r.value, ci_low=r.ci_low, ci_high=r.ci_high,
+                                  ci=bool(np.isfinite(r.ci_low) and np.isfinite(r.ci_high)), separated=bool(r.separated),
+                                  delta_text=text, direction=direction,
+                                  words=f"{r.generator} minus {cmp.generators[0]} ({_better(key)})"))
+            overall.append(dict(key=key, label=spec.label, explanation=spec.explanation, colour=spec.colour, cells=cells))
+        spaces.append(dict(name=space, headline=space == cmp.feature_space, protocol=cmp.protocols.get(space, ""),
+                           rows=overall))
     n_real = max(1, int((P["set"] == "real").sum()))
     coverage = [(w, c, n, n / n_real) for w, c, n in cover_diff_kinds(view.full)]
     class_tables = []
@@ -302,7 +306,7 @@ def _compare(site: Site) -> Content:
         seed_tables.append(dict(class_id=int(c), name=names.get(int(c), str(c)), rows=rows))
     return Content(dict(cmp=dict(
         generators=cmp.generators, encoder=cmp.generators[0], space=cmp.feature_space, a=cmp.a, b=cmp.b,
-        k_dc=coverage_k(view.full), overall=overall, coverage=coverage, class_tables=class_tables,
+        k_dc=coverage_k(view.full), spaces=spaces, coverage=coverage, class_tables=class_tables,
         max_rows=MAX_CLASS_DELTAS, seed_tables=seed_tables,
         direction_note=" ".join(f"{METRICS[k].label}: {_better(k)}." for k in dict.fromkeys(cmp.overall["key"])))))
 

@@ -272,11 +272,15 @@ def _read_spaces(doc: dict, headline: str) -> tuple[pd.DataFrame, dict]:
                 rows.append((name, key, spec.label, _num(e.get("value")), _num(e.get("ci_low")), _num(e.get("ci_high")),
                              _num((reference.get(key) or {}).get("value")), e.get("n_generated", 0)))
         if "protocol" in space:
-            p = space["protocol"]
-            ref = p.get("reference_stats")
-            protocols[name] = p["protocol"] + (f" Reference statistics: {ref['file']} (SHA-256 {ref['sha256'][:12]})."
-                                               if ref else "")
+            protocols[name] = _protocol_words(space["protocol"])
     return pd.DataFrame(rows, columns=SPACE_COLUMNS), protocols
+
+
+def _protocol_words(protocol: dict) -> str:
+    """A standard space's protocol as the pages print it: how its numbers are made, and the reference file's name
+    and digest where FD is measured against published statistics."""
+    ref = protocol.get("reference_stats")
+    return protocol["protocol"] + (f" Reference statistics: {ref['file']} (SHA-256 {ref['sha256'][:12]})." if ref else "")
 
 
 def _read_variants(shown: ShownSets, variant_samples: int) -> pd.DataFrame:
@@ -329,24 +333,29 @@ def _read_sources(cfg, shown: ShownSets) -> list[DataSource]:
 
 
 def _read_comparison(shown: ShownSets) -> Comparison:
-    """The comparison page's tables from each generator's metrics document (the headline feature space) and the
-    same-seed rows of the class-conditioned sets (their rows share the same seeds)."""
+    """The comparison page's tables from each generator's metrics document (every feature space, the headline first;
+    the per-class deltas in the headline space) and the same-seed rows of the class-conditioned sets (their rows share
+    the same seeds)."""
     generators, documents, space, offsets = shown.generators, shown.documents, shown.headline["feature_space"], shown.offsets
     class_meta = shown.generated["class"].metadata()
     class_rows, seed_index = class_meta["class_id"].to_numpy(np.int64), class_meta["seed_index"].to_numpy(np.int64)
     ref = generators[0]
-    cls = {g: documents[g]["feature_spaces"][space]["variants"]["class"] for g in generators}
+    spaces = documents[ref]["feature_spaces"]
+    names = [space] + [s for s in spaces if s != space and all(s in documents[g]["feature_spaces"] for g in generators)]
     rows = []
-    for key, spec in METRICS.items():
-        if spec.scope != "overall" or key not in cls[ref]["overall"]:
-            continue
-        r = cls[ref]["overall"][key]
-        for g in generators:
-            e = cls[g]["overall"].get(key) or {}
-            v, lo, hi = _num(e.get("value")), _num(e.get("ci_low")), _num(e.get("ci_high"))
-            # intervals that do not overlap: this one wholly above or below the reference's
-            separated = g != ref and bool(lo > _num(r.get("ci_high")) or hi < _num(r.get("ci_low")))
-            rows.append((g, key, spec.label, v, lo, hi, v - _num(r.get("value")), separated))
+    for name in names:
+        by_gen = {g: documents[g]["feature_spaces"][name]["variants"]["class"]["overall"] for g in generators}
+        for key, spec in METRICS.items():
+            if spec.scope != "overall" or key not in by_gen[ref]:
+                continue
+            r = by_gen[ref][key]
+            for g in generators:
+                e = by_gen[g].get(key) or {}
+                v, lo, hi = _num(e.get("value")), _num(e.get("ci_low")), _num(e.get("ci_high"))
+                # intervals that do not overlap: this one wholly above or below the reference's
+                separated = g != ref and bool(lo > _num(r.get("ci_high")) or hi < _num(r.get("ci_low")))
+                rows.append((name, g, key, spec.label, v, lo, hi, v - _num(r.get("value")), separated))
+    cls = {g: documents[g]["feature_spaces"][space]["variants"]["class"] for g in generators}
     overall = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
     deltas = []
     for g in generators[1:]:
@@ -365,7 +374,8 @@ def _read_comparison(shown: ShownSets) -> Comparison:
                           "generator": np.repeat(generators, len(picked)),
                           "point": np.concatenate([offsets[lab] + picked["row"].to_numpy() for lab in labels])})
     return Comparison(generators=list(generators), a=ref, b=generators[1], overall=overall,
-                      per_class=per_class.reset_index(drop=True), seeds=seeds, feature_space=space)
+                      per_class=per_class.reset_index(drop=True), seeds=seeds, feature_space=space,
+                      protocols={n: _protocol_words(spaces[n]["protocol"]) for n in names if "protocol" in spaces[n]})
 
 
 def _read_trajectories(wd, first_thumb: int, t: int) -> tuple[Trajectories, list[np.ndarray]]:
