@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from .console import setup_logging
+from .console import process_rank, setup_logging
 from .errors import UserError
 from .resources import EXAMPLE_CONFIGS, bundled_by_name
 
@@ -202,7 +202,8 @@ def _add_stage_commands(group: click.Group) -> None:
     def build(force, **kwargs):
         config = _load(kwargs)
         run_build(config, STAGE_NAMES, force=force, command=command_line())
-        click.echo(f"report: {Path(config.run.site) / 'index.html'}")
+        if process_rank() == 0:   # under torchrun, once
+            click.echo(f"report: {Path(config.run.site) / 'index.html'}")
 
     build.__doc__ = f"Run every stage ({', '.join(STAGE_NAMES)}), skipping unchanged ones."
     group.command("build")(build)

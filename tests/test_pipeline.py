@@ -270,39 +270,3 @@ def test_stage_command_refuses_another_config_unless_overwrite(built):
     assert json.loads((store / "manifest.json").read_text())["count"] == 120
 
 
-def test_torchrun_two_processes_equal_one(tmp_path):
-    """`torchrun --nproc_per_node=2 -m dmd2report.cli build` (gloo, CPU): the sharded stores equal a
-    one-process build file for file, and the later stages ran once, on rank 0, which alone shows progress."""
-    import os
-    import subprocess
-    import sys
-
-    def config(name):
-        text = SMALL.format(w=tmp_path / name, ckpt="").replace('checkpoint = ""', "")
-        text = text.replace("max_samples = 240", "max_samples = 96").replace("samples = 96", "samples = 48")
-        text = text.replace("batch_size = 64", "batch_size = 8\nchunk_size = 16")
-        path = tmp_path / f"{name}.toml"
-        path.write_text(text + "\n[trajectory]\nenabled = false\n")
-        return path
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same arithmetic in every process
-    # the one-process reference needs only the stores the ranks shard: its extract and generate stages
-    one = subprocess.run([sys.executable, "-c", "import sys; from dmd2report.config import load_config; "
-                          "from dmd2report.context import Context; from dmd2report.pipeline import run_stages; "
-                          "run_stages(Context.create(load_config(sys.argv[1])), ('extract', 'generate'))",
-                          str(config("one"))], capture_output=True, text=True, env=env)
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
-                          "-m", "dmd2report.cli", "build", "--config", str(config("two"))],
-                         capture_output=True, text=True, env=env)
-    assert two.returncode == 0, [l for l in two.stderr.splitlines() if "error" in l.lower()][:5]
-    assert two.stderr.count("[fit] running") == 1 and two.stderr.count("[extract] running") == 1
-    for store in ("real", "gen-class", "gen-blend"):
-        a, b = tmp_path / "one" / "work" / "stores" / store, tmp_path / "two" / "work" / "stores" / store
-        files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.name != "manifest.json")
-        assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file() and p.name != "manifest.json")
-        assert len([f for f in files if f.parts[0] == "features"]) >= 2 * 2  # several chunks per layer
-        for f in files:
-            assert (a / f).read_bytes() == (b / f).read_bytes(), f
-    assert (tmp_path / "two" / "site" / "index.html").exists()
-
