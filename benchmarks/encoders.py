@@ -53,6 +53,18 @@ def random_inception_file(path: Path, seed: int = 0) -> dict:
     return sd
 
 
+def random_dinov2_file(path: Path, kind: str = "dinov2-vitl14", seed: int = 0) -> None:
+    """A DINOv2 backbone with random weights (small, so activations stay in range), in the official file's layout."""
+    from dmd2report.encoders.dinov2 import build_dinov2
+
+    torch.manual_seed(seed)
+    net = build_dinov2(kind, device="cpu")
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn_like(p) * 0.02 if p.ndim > 1 else 1 + 0.02 * torch.randn_like(p))
+    torch.save(net.state_dict(), path)
+
+
 def in_batches(encoder, images: torch.Tensor, batch: int) -> None:
     for b in range(0, len(images), batch):
         encoder(images[b:b + batch])
@@ -93,15 +105,10 @@ def bench_inception(n: int, batch: int, work: Path) -> dict:
 
 
 def bench_dinov2(n: int, batch: int, work: Path) -> dict:
-    from dmd2report.encoders.dinov2 import build_dinov2, load_dinov2
+    from dmd2report.encoders.dinov2 import load_dinov2
     from dmd2report.metric_defs import frechet_from_stats, mean_and_cov
 
-    torch.manual_seed(0)
-    net = build_dinov2("dinov2-vitl14", device="cpu")
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn_like(p) * 0.02 if p.ndim > 1 else 1 + 0.02 * torch.randn_like(p))
-    torch.save(net.state_dict(), work / "dinov2_vitl14.pth")
+    random_dinov2_file(work / "dinov2_vitl14.pth")
     rng = np.random.default_rng(1)
     a = torch.from_numpy(rng.integers(0, 256, (n, 3, 64, 64), dtype=np.uint8)).cuda()
     b = torch.from_numpy(np.clip(rng.normal(128, 40, (n, 3, 64, 64)), 0, 255).astype(np.uint8)).cuda()

@@ -1,12 +1,14 @@
 """Scaling of extraction and generation over the GPUs of one host, through torchrun.
 
     PYTHONPATH=. python benchmarks/scaling.py --gpus 1,2,4 --out $OUT
+    PYTHONPATH=. python benchmarks/scaling.py --gpus 1,2,4,8 --encoders inception,dinov2-vitl14 --out $OUT
     PYTHONPATH=. python benchmarks/scaling.py --gpus 1,2 --device cpu --preset demo --n-extract 256 --n-generate 128 --batch 32 --chunk 64
 
 For each GPU count N it launches `torchrun --nproc_per_node=N` on this same file (`--worker`), which runs
 the stage functions `dmd2report extract` and `generate` use (each rank takes every N-th chunk and writes
 its own chunk files; rank 0 writes the manifest), timed end to end between barriers, data in and store
-written. The parent then reports img/s and scaling efficiency (rate_N / (N * rate_1)) and checks that
+written; with `--encoders`, the standard encoders (random weights, the layout of their official files) encode the
+same images inside the same chunks, as `[[encoders]]` makes the stages do. The parent then reports img/s and scaling efficiency (rate_N / (N * rate_1)) and checks that
 each N-process store equals the 1-process store: identical metadata and thumbnails, features equal within
 the bf16 tolerance. NCCL settings come from the environment (keep NVLink multicast off where it is set).
 """
@@ -63,13 +65,26 @@ def worker(args) -> None:
     c = config(args.workdir, args.n_extract)
     n, K = args.n_generate, net.label_dim
     classes = ClassIndex.demo() if args.preset == "demo" else ClassIndex.imagenet()
+    encoders = {}
+    for kind in filter(None, args.encoders.split(",")):
+        from encoders import random_dinov2_file, random_inception_file
+        from dmd2report.config import EncoderConfig
+        from dmd2report.encoders.registry import load_encoder
+
+        path = Path(args.workdir).parent / f"{kind}.pth"     # one file for every process count
+        if rank == 0 and not path.exists():
+            random_inception_file(path) if kind.startswith("inception") else random_dinov2_file(path, kind)
+        dist.barrier()
+        encoders[kind] = load_encoder(EncoderConfig(name=kind, kind=kind, weights=str(path)), device,
+                                      WorkDir(args.workdir), write_cache=rank == 0)
 
     def extract(cfg):
-        extract_real(cfg, WorkDir(cfg.run.workdir), net, "scaling", classes, overwrite=True, progress=False)
+        extract_real(cfg, WorkDir(cfg.run.workdir), net, "scaling", classes, encoders=encoders, overwrite=True,
+                     progress=False)
 
     def generate(cfg, count):
         generate_set(cfg, WorkDir(cfg.run.workdir), net, "scaling", "class", np.arange(count) % K, np.arange(count),
-                     classes=classes, overwrite=True, progress=False)
+                     classes=classes, overwrite=True, progress=False, encoders=encoders)
 
     # Untimed warm-up, the same collective stages on a small set with one batch per chunk, so that
     # every rank compiles its graphs (when compiled) and autotunes cuDNN before the timed part.
@@ -107,6 +122,10 @@ def compare_stores(a: Path, b: Path, atol: float) -> dict:
         fa, fb = sa.features(layer).astype(np.float32), sb.features(layer).astype(np.float32)
         out[f"max_abs_diff_{layer}"] = float(np.abs(fa - fb).max())
         out[f"features_close_{layer}"] = bool(np.allclose(fa, fb, atol=atol, rtol=atol))
+    for name in sa.encoders:   # a standard encoder's features, the same images in another split
+        fa, fb = sa.features(name), sb.features(name)
+        out[f"max_abs_diff_{name}"] = float(np.abs(fa - fb).max())
+        out[f"features_close_{name}"] = bool(np.allclose(fa, fb, atol=atol, rtol=atol))
     return out
 
 
@@ -120,6 +139,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=0, help="0: the automatic batch (features.batch_size = 0)")
     ap.add_argument("--chunk", type=int, default=4096)
     ap.add_argument("--compile", default="on", choices=["auto", "on", "off"], help="model.compile of every rank")
+    ap.add_argument("--encoders", default="", help="standard encoders' kinds run in the same chunks, comma-separated "
+                                                   "(inception, inception-tf1, dinov2-vit{s,b,l,g}14), random weights")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/scaling")))
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
@@ -151,7 +172,8 @@ def main() -> None:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "--master_port=29577",
                __file__, "--worker", "--workdir", str(work), "--npz", str(npz), "--device", args.device,
                "--preset", args.preset, "--n-extract", str(args.n_extract), "--n-generate", str(args.n_generate),
-               "--batch", str(args.batch), "--chunk", str(args.chunk), "--compile", args.compile]
+               "--batch", str(args.batch), "--chunk", str(args.chunk), "--compile", args.compile,
+               "--encoders", args.encoders]
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
         p = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if p.returncode != 0:
