@@ -166,7 +166,7 @@ def _map(site: Site) -> Content:
     return Content(dict(color_by=site.color_by, n_drawn=view.n_drawn,
                         colour_choices=list(COLOUR_BY_WORDS.items()) + (list(COMPARE_COLOUR_WORDS.items())
                                                                         if data.comparison is not None else []),
-                        n_total=view.n_total, has_variants=len(site.variant_names) > 1,
+                        n_total=view.n_total, has_variants=len(site.variant_names) > 1, alpha=figures.MAP_ALPHA,
                         capped=view.capped, max_points=view.max_points,
                         class_options=[(c, names[c], site.synsets[c]) for c in sorted(names)], traj=traj_ctx),
                    models)
