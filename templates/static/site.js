@@ -638,6 +638,7 @@
     return own ? own : [S.rest[String(c)] || S.real, false];
   }
   // One point's [fill colour, fill alpha, line colour, line width] under a colour-by choice.
+  const OUTLINE = 1.2;  // generated points are outlines with a light fill: the real points show through
   function pointStyle(mode, row, alphaGen) {
     const d = data(), S = d.style, P = d.points, v = variantOf(row), vc = S.variants[v] ? S.variants[v].colour : S.real;
     if (!P.gen[row]) {
@@ -646,21 +647,21 @@
       if (mode === "coverdiff" && P.coverDiff) return [S.coverDiff[P.coverDiff[row]][1]];
       return [S.real];
     }
-    if (mode === "generator" && P.generator) { const c = S.generators[P.generator[row]][1]; return [c, alphaGen, c, 0.5]; }
+    if (mode === "generator" && P.generator) { const c = S.generators[P.generator[row]][1]; return [c, alphaGen, c, OUTLINE]; }
     if (mode === "coverdiff") return [S.real, Math.min(alphaGen, 0.2), S.real, 0.5];
     if (mode === "class") {
       if (!classSet(v) || P.cls[row] < 0) return [vc, 0, vc, 1.4];  // not asked for a class: hollow, variant colour
       const [c, ring] = classStyle(P.cls[row]);
-      return ring ? [c, alphaGen, dark() ? "#f0f0f0" : S.ring, 1.6] : [c, alphaGen, c, 0.5];
+      return ring ? [c, alphaGen, dark() ? "#f0f0f0" : S.ring, 1.6] : [c, alphaGen, c, OUTLINE];
     }
-    if (mode === "trust") { const c = P.trust[row] === null ? S.real : ramp(1 - P.trust[row]); return [c, alphaGen, c, 0.5]; }
+    if (mode === "trust") { const c = P.trust[row] === null ? S.real : ramp(1 - P.trust[row]); return [c, alphaGen, c, OUTLINE]; }
     if (mode === "covered") return [S.real, Math.min(alphaGen, 0.2), S.real, 0.5];
     if (mode === "distance") {
       const k = d.nb.k, dist = d.nb.rd[row * k], lo = S.dist[0], hi = S.dist[1];
       const c = dist === null ? S.real : ramp(hi > lo ? (dist - lo) / (hi - lo) : 0);
-      return [c, alphaGen, c, 0.5];
+      return [c, alphaGen, c, OUTLINE];
     }
-    return [vc, alphaGen, vc, 0.5];  // variant
+    return [vc, alphaGen, vc, OUTLINE];  // variant
   }
   function paint(name) {
     const f = resolve(name), st = mapState(name);

@@ -1,0 +1,132 @@
+"""Exploring the map in headless Chromium: which layer a person sees above which, the selection drawn and kept in the
+address, filters whose counts match the data (map, list and CSV alike), the ranked galleries, the comparison page's
+class selector and a phone-width page. Screenshots go to test-artifacts/."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dmd2report.report import figures
+from dmd2report.report.render import render_site
+from conftest import ARTIFACTS
+from synthetic import synthetic_report_data, with_comparison
+from test_browser_report import _open
+
+pytestmark = pytest.mark.browser
+SELECTED = "DMD2Site.resolve('map').pts.flatMap(r => Array.from(r.data_source.selected.indices, i => r.data_source.data.row[i]))"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    data = with_comparison(synthetic_report_data(500, 300, 12, seed=5, variants_per_class=2))
+    root = tmp_path_factory.mktemp("explore") / "site"
+    render_site(data, root)
+    return root, data
+
+
+def _hash(page) -> dict:
+    return page.evaluate("Object.fromEntries(new URLSearchParams(location.hash.slice(1)))")
+
+
+def test_layers_read_and_the_selection_is_drawn_and_kept(site, browser):
+    root, data = site
+    P = data.points
+    variant = P["variant"].to_numpy()
+    page, problems, _ = _open(browser, (root / "map.html").as_uri())
+    order = page.evaluate("DMD2Site.layerOrder('map')")
+    gens = [n for n in order if n.startswith("map:pt:gen:")]
+    # Real points beneath the generated outlines by class; only the class-conditioned sets (both generators') on.
+    assert order.index("map:pt:real") < min(order.index(n) for n in gens)
+    shown = page.evaluate("DMD2Site.resolve('map').gens.map(r => [r.visible, DMD2_DATA.variants[DMD2_DATA.points.variant[r.data_source.data.row[0]]]])")
+    assert {v for on, v in shown if on} == {"class", "step-9: class"} and {v for on, v in shown if not on} == {"uniform", "zero", "blend"}
+    glyphs = page.evaluate("""DMD2Site.resolve('map').gens.map(r => [Math.max(...r.data_source.data.fa), r.glyph.line_alpha.value,
+        Math.min(...r.data_source.data.lw)])""")
+    assert all(fa <= figures.MAP_ALPHA["generated"] + 1e-6 and line >= 0.9 and lw >= 1 for fa, line, lw in glyphs)   # outlines
+    real = page.evaluate("[DMD2Site.resolve('map').real[0].glyph.fill_alpha.value, DMD2Site.resolve('map').real[0].glyph.size.value]")
+    assert real == [pytest.approx(figures.MAP_ALPHA["real"]), figures.REAL_SIZE]
+    # Where the real points carry the colour, their layer is drawn above every generated one.
+    for mode in ("covered", "trust", "coverdiff"):
+        page.select_option('[data-colour="map"]', mode)
+        order = page.evaluate("DMD2Site.layerOrder('map')")
+        assert order.index("map:pt:real") > max(order.index(n) for n in gens), mode
+    page.screenshot(path=str(ARTIFACTS / "explore-coverdiff.png"))
+    page.select_option('[data-colour="map"]', "class")
+    # The other conditionings come when asked for, and the address keeps it.
+    page.check('[data-key="map"] label[data-variant="uniform"] input')
+    assert page.evaluate("DMD2Site.resolve('map').gens.filter(r => r.visible).length") == 3 and "on" in _hash(page)
+
+    # A selection: real points of class 3 and a few class-conditioned samples; selected opaque, the rest faded,
+    # the layers with nothing selected muted (drawn faded).
+    rows = [int(r) for r in np.flatnonzero((variant == "real") & (P["class_id"].to_numpy() == 3))[:15]]
+    rows += [int(r) for r in np.flatnonzero(variant == "class")[:5]]
+    page.evaluate("rows => DMD2Site.select('map', rows)", rows)
+    page.wait_for_function("document.querySelector('[data-sel-for=\"map\"]').dataset.count === '20'")
+    styles = page.evaluate("""DMD2Site.resolve('map').pts.map(r => [r.name, r.data_source.selected.indices.length, r.muted,
+        r.selection_glyph.fill_alpha.value, r.nonselection_glyph.fill_alpha.value, r.muted_glyph.fill_alpha.value])""")
+    for name, n_sel, muted, sel_a, non_a, muted_a in styles:
+        assert sel_a == pytest.approx(figures.SELECTED_ALPHA) and non_a == muted_a == pytest.approx(figures.FADED_ALPHA)
+        assert muted == (n_sel == 0), name
+    assert sorted(page.evaluate(SELECTED)) == sorted(rows)
+    page.screenshot(path=str(ARTIFACTS / "explore-selection.png"))
+    # It survives a colour change and the layer switch, and it is in the address.
+    page.select_option('[data-colour="map"]', "trust")
+    page.click('.switch label:has(input[value="real"])')
+    page.click('.switch label:has(input[value="both"])')
+    assert sorted(page.evaluate(SELECTED)) == sorted(rows)
+    h = _hash(page)
+    assert sorted(int(v, 36) for v in h["sel"].split(".")) == sorted(rows)
+    url = page.url
+    page.context.close()
+    again, problems2, _ = _open(browser, url)
+    assert sorted(again.evaluate(SELECTED)) == sorted(rows)
+    assert again.input_value('[data-colour="map"]') == "trust"
+    assert again.evaluate("DMD2Site.resolve('map').gens.filter(r => r.visible).length") == 3
+    assert problems == [] and problems2 == []
+    again.context.close()
+
+
+def test_filters_drive_the_map_the_list_and_the_csv(site, browser):
+    root, data = site
+    P = data.points
+    variant = P["variant"].to_numpy()
+    near = np.round(data.neighbours.real_dist[:, 0].astype(np.float64), 4)
+    on = np.isin(variant, ["real", "class", "step-9: class"])           # the layers shown at first
+    t = float(np.round(np.median(near[on]), 4)) + 5e-5
+    page, problems, _ = _open(browser, (root / "map.html").as_uri())
+    page.click('[data-filter-for="map"] summary')
+    page.fill('input[data-range="dist"][data-end="0"]', str(t))
+    want = np.flatnonzero(on & (near >= t))
+    status = page.locator('[data-filter-status="map"]')
+    assert int(status.get_attribute("data-count")) == len(want) and f"{len(want)} of {len(P)} drawn points shown" in status.inner_text()
+    drawn = page.evaluate("DMD2Site.resolve('map').pts.filter(r => r.visible).reduce((n, r) => n + r.view.filter.booleans.filter(Boolean).length, 0)")
+    assert drawn == len(want)
+    sel = page.locator('[data-sel-for="map"]')
+    assert int(sel.get_attribute("data-count")) == len(want) and sel.locator(".thumb").count() == min(len(want), 120)
+    with page.expect_download() as dl:
+        sel.locator("button[data-csv]").click()
+    lines = Path(dl.value.path()).read_text().splitlines()
+    assert sorted(line.split(",")[0] for line in lines[1:]) == sorted(P["sample_id"].to_numpy()[want])
+    # Sorted by the distance, largest first: the grid's order and the CSV's.
+    page.select_option('[data-sort-for="map"]', "dist")
+    page.click('[data-sort-dir="map"]')
+    shown = [int(r) for r in sel.locator(".thumb").evaluate_all("els => els.map(e => e.dataset.row)")]
+    assert [near[r] for r in shown] == sorted(near[want], reverse=True)[:len(shown)]
+    # A category on top: not covered real points only; then a selection, which the filter narrows.
+    page.uncheck('input[data-cat-of="covered"][value="1"]')
+    covered = P["covered"].to_numpy(bool)
+    want = np.flatnonzero(on & (near >= t) & (variant == "real") & ~covered)
+    assert int(status.get_attribute("data-count")) == len(want) == int(sel.get_attribute("data-count"))
+    rows = [int(r) for r in np.flatnonzero(variant == "real")[:60]]
+    page.evaluate("rows => DMD2Site.select('map', rows)", rows)
+    both = sorted(set(rows) & set(want.tolist()))
+    page.wait_for_function(f"document.querySelector('[data-sel-for=\"map\"]').dataset.count === '{len(both)}'")
+    with page.expect_download() as dl:
+        sel.locator("button[data-csv]").click()
+    lines = Path(dl.value.path()).read_text().splitlines()
+    assert sorted(line.split(",")[0] for line in lines[1:]) == sorted(P["sample_id"].to_numpy()[both])
+    page.screenshot(path=str(ARTIFACTS / "explore-filters.png"))
+    page.click('[data-filter-clear="map"]')
+    assert page.evaluate("DMD2Site.resolve('map').pts.every(r => r.view.filter.booleans === null)")
+    assert problems == []
+    page.context.close()
