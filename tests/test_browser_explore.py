@@ -130,3 +130,45 @@ def test_filters_drive_the_map_the_list_and_the_csv(site, browser):
     assert page.evaluate("DMD2Site.resolve('map').pts.every(r => r.view.filter.booleans === null)")
     assert problems == []
     page.context.close()
+
+
+def test_galleries_rank_the_samples_and_open_them_on_the_map(site, browser):
+    root, data = site
+    P, nb = data.points, data.neighbours
+    ids = P["sample_id"].to_numpy()
+    cond = np.flatnonzero(P["variant"].to_numpy() == "class")
+    d = nb.real_dist[cond, 0].astype(np.float64)
+    page, problems, _ = _open(browser, (root / "galleries.html").as_uri())
+    far = page.locator('[data-gallery="far"] .gallery-card')
+    got = far.evaluate_all("els => els.map(e => [e.dataset.id, Number(e.dataset.value)])")
+    # The off-manifold gallery: the class-conditioned samples farthest from any real image, largest first.
+    assert [i for i, _ in got] == list(ids[cond[np.argsort(-d, kind="stable")][:48]])
+    assert [v for _, v in got] == sorted((v for _, v in got), reverse=True)
+    # The memorisation gallery: closest pairs first, each sample beside its nearest real image.
+    pairs = page.locator('[data-gallery="pairs"] .pair')
+    dists = [float(x) for x in pairs.evaluate_all("els => els.map(e => e.dataset.dist)")]
+    assert dists == sorted(dists) and dists[0] == pytest.approx(d.min(), abs=1e-6)
+    for pr in pairs.all()[:5]:
+        gen_id, real_id = pr.locator(".gallery-card").evaluate_all("els => els.map(e => e.dataset.id)")
+        row = int(np.flatnonzero(ids == gen_id)[0])
+        assert real_id == ids[nb.real_index[row, 0]]
+    # Mode dropping: per class, real images no class-conditioned sample covers, farthest from any sample first.
+    covered, cls = P["covered"].to_numpy(bool), P["class_id"].to_numpy()
+    for group in page.locator('[data-gallery="uncovered"] .gallery-class').all():
+        c = int(group.get_attribute("data-class"))
+        cards = group.locator(".gallery-card").evaluate_all("els => els.map(e => [e.dataset.id, Number(e.dataset.value)])")
+        rows = [int(np.flatnonzero(ids == i)[0]) for i, _ in cards]
+        assert all(P["set"][r] == "real" and not covered[r] and cls[r] == c for r in rows)
+        assert [v for _, v in cards] == sorted((v for _, v in cards), reverse=True)
+        n_unc = int(((P["set"] == "real") & ~P["covered"] & (P["class_id"] == c)).sum())
+        assert f"{n_unc} of {int(((P['set'] == 'real') & (P['class_id'] == c)).sum())} real uncovered" in group.inner_text()
+    page.screenshot(path=str(ARTIFACTS / "explore-galleries.png"), full_page=True)
+    # A card opens the map on its point, selected.
+    first = got[0][0]
+    far.first.click()
+    page.wait_for_selector("body[data-ready='1']")
+    row = int(np.flatnonzero(ids == first)[0])
+    assert page.get_attribute('[data-nbr-for="map"]', "data-row") == str(row)
+    assert page.evaluate(SELECTED) == [row]
+    assert problems == []
+    page.context.close()

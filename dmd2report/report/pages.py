@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -307,6 +308,29 @@ def _compare(site: Site) -> Content:
         direction_note=" ".join(f"{METRICS[k].label}: {_better(k)}." for k in dict.fromkeys(cmp.overall["key"])))))
 
 
+def _galleries(site: Site) -> Content:
+    """The ranked galleries (view.Galleries): each sample a card linking to its point on the map, selected."""
+    view, g, p = site.view, site.view.galleries, site.data.points
+
+    def card(full_row: int, value: float | None = None) -> dict:
+        row = int(view.local[full_row])
+        c = int(p["class_id"].iat[row])
+        return dict(row=row, id=str(p["sample_id"].iat[row]), thumb=int(p["thumb"].iat[row]), value=value,
+                    cls=f"{c} · {site.names.get(c, c)}" if c >= 0 else "no class",
+                    point=f"point={quote(str(p['sample_id'].iat[row]), safe='')}&sel={np.base_repr(row, 36).lower()}")
+    far = [card(r, float(v)) for r, v in zip(g.far, g.far_dist)]
+    pairs = [dict(gen=card(r), real=card(q) if q >= 0 else None, dist=float(v))
+             for r, q, v in zip(g.near, g.near_real, g.near_dist)]
+    classes = [dict(class_id=int(c), name=site.names.get(int(c), str(c)), n_uncovered=int(t["n_uncovered"].iat[0]),
+                    n_real=int(t["n_real"].iat[0]), cards=[card(int(r), float(v) if np.isfinite(v) else None)
+                                                           for r, v in zip(t["row"], t["dist"])])
+               for c, t in g.uncovered.groupby("class_id", sort=False)]
+    P = site.full.points
+    n_unc_classes = int(P["class_id"][(P["set"] == "real") & ~P["covered"].fillna(False).astype(bool)].nunique())
+    return Content(dict(far=far, pairs=pairs, classes=classes, n_unc_classes=n_unc_classes, layer=site.data.neighbours.layer,
+                        k_dc=coverage_k(site.full), n_cond=int((P["variant"] == "class").sum())))
+
+
 def _atlas(site: Site) -> Content:
     atlas, p = site.data.atlas, site.data.points
     notes = list(dict.fromkeys(a.note for a in atlas.anchors if a.note))
@@ -329,6 +353,7 @@ PAGES = [
     Page("variants", "Variants", _variants),
     Page("classes", "Classes", _classes, children=_class_pages),
     Page("metrics", "Metrics", _metrics),
+    Page("galleries", "Galleries", _galleries, shown=lambda data: bool((data.points["variant"] == "class").any())),
     Page("compare", "Compare", _compare, shown=lambda data: data.comparison is not None),
     Page("atlas", "Atlas", _atlas, shown=lambda data: data.atlas is not None),
 ]
