@@ -27,7 +27,7 @@ from ..metric_defs import METRICS
 from ..resources import templates_dir
 from . import figures, palette
 from .data import ReportData
-from .view import SiteView, class_grid_rows, cover_diff_kinds, coverage_k, shown_per_class, variant_selection
+from .view import COMPARE_CLASSES, SiteView, class_grid_rows, cover_diff_kinds, coverage_k, shown_per_class, variant_selection
 
 MAX_SKIPPED = 100                    # unreadable images listed on the overview (the manifest has them all)
 # The map's colour-by choices (config.MAP_COLOURS) in the words of its control.
@@ -300,7 +300,7 @@ def _compare(site: Site) -> Content:
         for seed, ss in sc.groupby("seed_index", sort=False):
             at = dict(zip(ss["generator"], ss["point"].astype(int)))
             rows.append((int(seed), [(g, at.get(g), int(p["thumb"].iat[at[g]]) if g in at else -1) for g in cmp.generators]))
-        seed_tables.append(dict(class_id=int(c), name=names.get(int(c), str(c)), rows=rows))
+        seed_tables.append(dict(class_id=int(c), name=names.get(int(c), str(c)), rows=rows, open=len(seed_tables) < COMPARE_CLASSES))
     return Content(dict(cmp=dict(
         generators=cmp.generators, encoder=cmp.generators[0], space=cmp.feature_space, a=cmp.a, b=cmp.b,
         k_dc=coverage_k(view.full), overall=overall, coverage=coverage, class_tables=class_tables,

@@ -26,7 +26,8 @@ from . import palette
 from .data import COVER_DIFF, Neighbours, Ragged, ReportData
 
 MAX_GRID = 60                        # thumbnails per grid on class pages
-COMPARE_CLASSES, COMPARE_SEEDS = 8, 4   # the comparison page's same-seed grids: classes, seeds each
+COMPARE_CLASSES, COMPARE_SEEDS = 8, 4   # the comparison page's same-seed grids: classes it opens on, seeds each
+COMPARE_SEED_BUDGET = 2000           # seeds carried for the comparison page's class selector, over all classes (at least one each)
 VARIANT_CLASSES, VARIANT_SEEDS = 8, 6  # the variants page opens on this many classes, with this many seeds each
 VARIANT_SEED_BUDGET = 2000           # seeds carried for the page's class selector, over all classes (at least one each)
 MAX_COVERED_BY = 12                  # covering generated samples listed (and carried) per drawn real point

@@ -293,7 +293,11 @@
       item.appendChild(thumb(data().points.thumb[j], 56));
       item.appendChild(el("span", "", dists ? "d " + fmt(dists[i]) : data().points.id[j]));
       item.addEventListener("click", () => onPick(j));
-      grid.appendChild(item);
+      // The id under each neighbour, in the panel (not only its tooltip), where it can be read and copied.
+      const cell = el("div", "nbr-cell");
+      cell.append(item);
+      if (dists) cell.appendChild(el("code", "nbr-id", data().points.id[j]));
+      grid.appendChild(cell);
     });
     return grid;
   }
