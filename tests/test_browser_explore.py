@@ -172,3 +172,73 @@ def test_galleries_rank_the_samples_and_open_them_on_the_map(site, browser):
     assert page.evaluate(SELECTED) == [row]
     assert problems == []
     page.context.close()
+
+
+def test_layout_compare_selector_atlas_neighbours_and_a_phone(site, browser):
+    root, data = site
+    cmp = data.comparison
+    page, problems, _ = _open(browser, (root / "compare.html").as_uri())
+    # Same-seed grids for every class behind a selector; the page opens on the first few.
+    classes = sorted(cmp.seeds["class_id"].unique().tolist())
+    assert page.eval_on_selector_all("[data-compare-class] option", "os => os.map(o => o.value)") == [""] + [str(c) for c in classes]
+    visible = "Array.from(document.querySelectorAll('[data-seed-table]')).filter(t => t.offsetParent !== null).map(t => Number(t.dataset.seedTable))"
+    opening = page.evaluate(visible)
+    assert opening == classes[:8]
+    page.select_option("[data-compare-class]", str(classes[-1]))
+    assert page.evaluate(visible) == [classes[-1]]
+    n_seeds = int(cmp.seeds[(cmp.seeds["class_id"] == classes[-1])]["seed_index"].nunique())
+    assert page.locator(f'[data-seed-table="{classes[-1]}"] tbody tr').count() == n_seeds
+    # The per-class table sorts by a click on a column's head.
+    table = page.locator('[data-compare="classes"]').first
+    table.locator("thead th").nth(2).click()
+    vals = [float(t) for t in table.locator("tbody td:nth-child(3)").all_inner_texts()]
+    assert vals == sorted(vals)
+    # The coverage difference opens with the real layer alone, drawn above the generated ones.
+    page.click("[data-coverdiff-link]")
+    page.wait_for_selector("body[data-ready='1']")
+    assert page.input_value('[data-colour="map"]') == "coverdiff"
+    assert page.evaluate("DMD2Site.resolve('map').real.every(r => r.visible) && DMD2Site.resolve('map').gens.every(r => !r.visible)")
+    order = page.evaluate("DMD2Site.layerOrder('map')")
+    assert order.index("map:pt:real") > max(order.index(n) for n in order if n.startswith("map:pt:gen:"))
+    # The neighbour panel shows each neighbour's id and is as tall as its content (no scroll box of its own).
+    page.click('.switch label:has(input[value="both"])')
+    row = int(np.flatnonzero(data.points["variant"] == "class")[0])
+    page.evaluate("r => DMD2Site.showNeighbours('map', r)", row)
+    panel = page.locator('[data-nbr-for="map"]')
+    ids = panel.locator(".nbr-id").all_inner_texts()
+    k = data.neighbours.real_index.shape[1]
+    assert ids == list(data.points["sample_id"].to_numpy()[np.concatenate([data.neighbours.real_index[row], data.neighbours.gen_index[row]])])
+    assert len(ids) == 2 * k and panel.evaluate("p => p.scrollHeight <= p.clientHeight + 1")
+    page.screenshot(path=str(ARTIFACTS / "explore-neighbour-ids.png"))
+    # The atlas: the mosaic as wide as the page, each card's parts on one line.
+    page.goto((root / "atlas.html").as_uri())
+    page.wait_for_selector("body[data-ready='1']")
+    widths = page.evaluate("[document.querySelector('.atlas-box').getBoundingClientRect().width, document.querySelector('main').clientWidth]")
+    assert widths[0] >= widths[1] - 40
+    lines = page.evaluate("""Array.from(document.querySelectorAll('.anchor')).map(a => {
+        const tops = Array.from(a.children).filter(c => !c.classList.contains('note')).map(c => c.getBoundingClientRect());
+        return [Math.max(...tops.map(b => b.top)) < Math.min(...tops.map(b => b.bottom)), a.scrollWidth <= a.clientWidth + 1]; })""")
+    assert lines and all(one and fits for one, fits in lines)
+    page.screenshot(path=str(ARTIFACTS / "explore-atlas.png"), full_page=True)
+    # A class page's image grids sort by any per-point field.
+    c = data.chosen_classes[0] if data.chosen_classes else int(data.points["class_id"].value_counts().index[0])
+    page.goto((root / "classes" / f"class-{c}.html").as_uri())
+    page.wait_for_selector("body[data-ready='1']")
+    page.locator("[data-grid-sort]").first.select_option("trust")
+    page.locator("button.sort-dir").first.click()
+    rows = [int(r) for r in page.locator(".thumb-grid[data-sortable]").first.locator(".thumb").evaluate_all("els => els.map(e => e.dataset.row)")]
+    trust = np.round(data.points["trust"].to_numpy(), 3)[rows]
+    assert len(rows) > 1 and list(trust) == sorted(trust, reverse=True)
+    assert problems == []
+    page.context.close()
+    # At a phone's width every page's navigation wraps within the screen, and nothing overflows it.
+    phone = browser.new_context(viewport={"width": 390, "height": 844})
+    p = phone.new_page()
+    for f in ("index.html", "map.html", "compare.html", "galleries.html", "atlas.html"):
+        p.goto((root / f).as_uri())
+        p.wait_for_selector("body[data-ready='1']", timeout=20000)
+        assert p.evaluate("document.documentElement.scrollWidth") <= 390, f
+        nav = p.evaluate("Array.from(document.querySelectorAll('header nav a')).map(a => a.getBoundingClientRect().right)")
+        assert nav and max(nav) <= 390, f
+    p.screenshot(path=str(ARTIFACTS / "explore-phone-atlas.png"), full_page=True)
+    phone.close()

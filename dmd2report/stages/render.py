@@ -359,8 +359,8 @@ def _read_comparison(shown: ShownSets) -> Comparison:
     # The same seeds under every generator, for every class (the page's selector): COMPARE_SEEDS rows each while all
     # classes' fit in COMPARE_SEED_BUDGET, past it an equal share, at least one (1,000 classes: two each).
     picked = pd.DataFrame({"row": np.arange(len(class_rows)), "class_id": class_rows})
-    per_class = max(1, min(COMPARE_SEEDS, COMPARE_SEED_BUDGET // max(len(np.unique(class_rows)), 1)))
-    picked = picked.groupby("class_id").head(per_class)
+    seeds_each = max(1, min(COMPARE_SEEDS, COMPARE_SEED_BUDGET // max(len(np.unique(class_rows)), 1)))
+    picked = picked.groupby("class_id").head(seeds_each)
     labels = ["class"] + [compared_class_set(g) for g in generators[1:]]
     seeds = pd.DataFrame({"seed_index": np.tile(seed_index[picked["row"]], len(generators)),
                           "class_id": np.tile(picked["class_id"].to_numpy(), len(generators)),

@@ -1017,6 +1017,26 @@
     });
   }
 
+  // ---- static image grids (class pages): sortable by any per-point field ----
+  function sortableGrid(grid) {
+    const items = Array.from(grid.querySelectorAll(".thumb[data-row]"));
+    if (items.length < 2) return;
+    const box = el("label", "sort-by small", "sort by "), sel = el("select"), dir = el("button", "sort-dir", "↑");
+    sel.dataset.gridSort = "";
+    [["", "as listed"], ["id", "sample id"]].concat(Object.entries(FIELDS).map(([k, F]) => [k, F.words]))
+      .forEach(([k, w]) => { const o = el("option", "", w); o.value = k; sel.appendChild(o); });
+    dir.type = "button";
+    let sign = 1;
+    const order = () => {
+      const rows = sortRows(items.map(t => Number(t.dataset.row)), sel.value, sign), at = new Map(items.map(t => [Number(t.dataset.row), t]));
+      rows.forEach(j => grid.appendChild(at.get(j)));
+    };
+    sel.addEventListener("change", order);
+    dir.addEventListener("click", () => { sign = -sign; dir.textContent = sign > 0 ? "↑" : "↓"; order(); });
+    box.append(sel, dir);
+    grid.parentNode.insertBefore(box, grid);
+  }
+
   // ---- variants page: the class selector shows one class's seeds ("" = the classes the page opens on) ----
   Site.showVariantClass = function (value) {
     document.querySelectorAll("[data-variant-table]").forEach(t => {
@@ -1045,6 +1065,7 @@
   document.addEventListener("pointermove", e => { pointer = { x: e.clientX, y: e.clientY }; }, { capture: true, passive: true });
   document.addEventListener("DOMContentLoaded", () => {
     document.querySelectorAll("table.sortable").forEach(sortable);
+    document.querySelectorAll(".thumb-grid[data-sortable]").forEach(sortableGrid);
     document.addEventListener("change", e => {
       const t = e.target;
       if (!t.matches) return;
