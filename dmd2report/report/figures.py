@@ -3,7 +3,9 @@
 Naming convention the site JS relies on: every point renderer is named "<fig>:pt:real" or
 "<fig>:pt:gen:<i>" and its source has columns x, y, row (point row); "<fig>:hl" is the highlight
 ring layer. Mouse move, tap and selection call window.DMD2Site with the figure name, so the
-hover card shows the one nearest point (a grid lookup in JS) instead of Bokeh's tooltip stack.
+hover card shows the one nearest point (a grid lookup in JS) instead of Bokeh's tooltip stack. The map's
+point layers draw a selection (selection, nonselection and muted glyphs) and have a BooleanFilter view
+that the page's filters set.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-/* dmd2report site behaviour: nearest-point hover, neighbour panel, selection grid and CSV, layer
- * switches, opacity and colour-by, class and sample-id search, the view in the address (#class=, #colour=,
- * #view=, #point=), sortable tables, dark-mode figure colours.
+/* dmd2report site behaviour: nearest-point hover, neighbour panel, selection (drawn on the map) and its grid
+ * and CSV, filters on every per-point field, layer switches, opacity and colour-by, class and sample-id search,
+ * the view in the address (#class=, #colour=, #view=, #point=, #sel=, #layers=, #on=), sortable tables and
+ * image grids, the compare page's class selector, dark-mode figure colours.
  * Data strings only ever reach the page through textContent, never as markup.
  * Figures are found by the model names set in dmd2report/report/figures.py. */
 (function () {
