@@ -970,7 +970,7 @@
       if (row >= 0) showNeighbours("map", row);
       st.point = row >= 0 ? point : null;
       if (row >= 0 && !hasRange && c === null) {  // a link to a point (a gallery's): the map around it
-        const X = f.fig.x_range, Y = f.fig.y_range, P = data().points, d = data().site;
+        const X = f.fig.x_range, Y = f.fig.y_range, P = data().points;
         const px = Math.abs(X.end - X.start) * 0.12, py = Math.abs(Y.end - Y.start) * 0.12;
         zoomTo(f, P.x[row] - px, P.x[row] + px, P.y[row] - py, P.y[row] + py);
       }
