@@ -265,6 +265,53 @@ def replace(data: ReportData, **changes) -> ReportData:
     return out
 
 
+def with_comparison(data: ReportData, other: str = "step-9") -> ReportData:
+    """`data` as a two-generator report (a [[generators]] run): every second class-conditioned sample becomes the
+    other generator's (variant "<other>: class"), paired by class with the reference's as the same seeds; real
+    points get a coverage-difference code (A: their `covered`, B: a seeded draw); the comparison's tables come from
+    the overall and per-class metrics with a seeded change."""
+    from dmd2report.metric_defs import METRICS
+    from dmd2report.report.data import Comparison, compared_class_set
+
+    rng = np.random.default_rng(7)
+    p = data.points.copy()
+    cls_rows = np.flatnonzero((p["variant"] == "class").to_numpy())
+    theirs = cls_rows[1::2]
+    p.loc[theirs, "variant"] = compared_class_set(other)
+    gen = (p["set"] == "generated").to_numpy()
+    p["generator"] = np.where(gen, "final", "")
+    p.loc[theirs, "generator"] = other
+    real = ~gen
+    code = np.full(len(p), -1, np.int64)
+    code[real] = p["covered"].to_numpy(bool)[real].astype(np.int64) + 2 * (rng.random(int(real.sum())) < 0.6)
+    p["cover_diff"] = code
+    seeds = []
+    for c in np.unique(p["class_id"].to_numpy()[cls_rows]):
+        a = cls_rows[0::2][p["class_id"].to_numpy()[cls_rows[0::2]] == c]
+        b = theirs[p["class_id"].to_numpy()[theirs] == c]
+        for s, (i, j) in enumerate(zip(a, b)):
+            seeds += [(s, int(c), "final", int(i)), (s, int(c), other, int(j))]
+    o = data.metrics.overall
+    rows = []
+    for r in o.itertuples():
+        if r.key not in METRICS or METRICS[r.key].scope != "overall":
+            continue
+        shift = float(rng.normal(0, 0.03))
+        for g, v, d in (("final", r.value, 0.0), (other, r.value + shift, shift)):
+            rows.append((g, r.key, r.label, v, v - 0.02, v + 0.02, d, g != "final" and abs(d) > 0.04))
+    pc = data.metrics.per_class
+    deltas = pd.DataFrame([(other, "coverage", int(c), v, v + d, d) for c, v, d in
+                           zip(pc["class_id"], pc["coverage"], rng.normal(0, 0.05, len(pc)))],
+                          columns=["generator", "key", "class_id", "reference", "value", "delta"])
+    deltas = deltas.iloc[np.argsort(-deltas["delta"].abs().to_numpy(), kind="stable")].reset_index(drop=True)
+    comparison = Comparison(generators=["final", other], a="final", b=other,
+                            overall=pd.DataFrame(rows, columns=["generator", "key", "label", "value", "ci_low", "ci_high",
+                                                                "delta", "separated"]),
+                            per_class=deltas, seeds=pd.DataFrame(seeds, columns=["seed_index", "class_id", "generator", "point"]),
+                            feature_space="synthetic")
+    return replace(data, points=p, comparison=comparison)
+
+
 # ---------------------------------------------------------------------------------------------
 # Synthetic work directory.
 

@@ -3,7 +3,9 @@
 Naming convention the site JS relies on: every point renderer is named "<fig>:pt:real" or
 "<fig>:pt:gen:<i>" and its source has columns x, y, row (point row); "<fig>:hl" is the highlight
 ring layer. Mouse move, tap and selection call window.DMD2Site with the figure name, so the
-hover card shows the one nearest point (a grid lookup in JS) instead of Bokeh's tooltip stack.
+hover card shows the one nearest point (a grid lookup in JS) instead of Bokeh's tooltip stack. The map's
+point layers draw a selection (selection, nonselection and muted glyphs) and have a BooleanFilter view
+that the page's filters set.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import numpy as np
 import pandas as pd
 from bokeh import events
 from bokeh.core.properties import value
-from bokeh.models import (BoxSelectTool, ColumnDataSource, CustomJS, FactorRange, LassoSelectTool, Legend,
-                          LegendItem, PanTool, Range1d, ResetTool, WheelZoomTool)
+from bokeh.models import (BooleanFilter, BoxSelectTool, CDSView, ColumnDataSource, CustomJS, FactorRange,
+                          LassoSelectTool, Legend, LegendItem, PanTool, Range1d, ResetTool, WheelZoomTool)
 from bokeh.plotting import figure
 
 from ..metric_defs import METRICS
@@ -152,9 +154,30 @@ def class_label_positions(points: pd.DataFrame, classes: list[int], ext: Extent)
                          "y": ext.y0 + (best // LABEL_BINS + 0.5) * ch})
 
 
+# The map's layers as they open: real points large enough and opaque enough to read inside clusters, generated
+# points as outlines with a light fill (site.js's opacity sliders start from these), so neither layer hides the other.
+REAL_SIZE = 5
+MAP_ALPHA = {"real": 0.6, "generated": 0.25}
+# A selection: the selected points opaque, every other point of the map faded (also in layers with nothing
+# selected, which site.js mutes: Bokeh draws a layer without selected points as if nothing were selected).
+SELECTED_ALPHA, FADED_ALPHA = 0.95, 0.06
+
+
+def _map_points(fig, name: str, src: ColumnDataSource, **glyph):
+    """A selectable point layer of the map: selection drawn (selected opaque, the rest faded; the muted glyph is the
+    faded one), and a BooleanFilter view that site.js sets from the page's filters (None: every point passes)."""
+    r = fig.scatter("x", "y", source=src, name=name, view=CDSView(filter=BooleanFilter()),
+                    selection_fill_alpha=SELECTED_ALPHA, selection_line_alpha=glyph.pop("selection_line_alpha", 1.0),
+                    nonselection_fill_alpha=FADED_ALPHA, nonselection_line_alpha=FADED_ALPHA,
+                    muted_fill_alpha=FADED_ALPHA, muted_line_alpha=FADED_ALPHA, **glyph)
+    src.selected.js_on_change("indices", CustomJS(args={"fig": name.split(":")[0]}, code=_JS_SELECT))
+    return r
+
+
 def map_figure(view: SiteView, name: str = "map"):
     """The map: a shaded density image of every real point beneath the drawn sample's points (real
-    small and grey, generated translucent, one layer per conditioning variant, shaped by variant),
+    grey, generated as outlines, one layer per conditioning variant, shaped by variant; site.js shows the
+    class-conditioned sets at first, draws the real layer on top where it carries the colour, and filters),
     class labels on their clusters, and the few-step paths (off at first).
 
     Points carry per-point style columns (color, line, fa = fill alpha, lw = line width) that site.js
@@ -184,16 +207,17 @@ def map_figure(view: SiteView, name: str = "map"):
                 _density(fig, name, f"cls:{i}", known["x"], known["y"], ext,
                          colours=_class_colour_rgb(known["class_id"].to_numpy(np.int64), colour_of))
     real_rows = np.flatnonzero(~site_gen & view.drawn)
-    _points(fig, f"{name}:pt:real", _source(p, real_rows, color=np.full(len(real_rows), palette.REAL_COLOUR)),
-            selectable=True, size=4, marker="circle", fill_color="color", fill_alpha=0.45, line_color=None)
+    _map_points(fig, f"{name}:pt:real", _source(p, real_rows, color=np.full(len(real_rows), palette.REAL_COLOUR)),
+                size=REAL_SIZE, marker="circle", fill_color="color", fill_alpha=MAP_ALPHA["real"], line_color=None,
+                selection_line_color="#1d2129", selection_line_alpha=0.9, selection_line_width=0.8)
     for i, v in enumerate(variant_order):
         rows = np.flatnonzero(site_gen & view.drawn & (p["variant"] == v).to_numpy())
         n = len(rows)
         src = _source(p, rows, color=np.full(n, var_colour[v]), line=np.full(n, var_colour[v]),
-                      fa=np.full(n, 0.7, np.float32), lw=np.full(n, 0.5, np.float32))
-        _points(fig, f"{name}:pt:gen:{i}", src, selectable=True, size=7 if v == "class" else 8,
-                marker=palette.variant_marker(v, variant_order), fill_color="color", fill_alpha="fa",
-                line_color="line", line_width="lw", line_alpha=0.95)
+                      fa=np.full(n, MAP_ALPHA["generated"], np.float32), lw=np.full(n, 1.2, np.float32))
+        _map_points(fig, f"{name}:pt:gen:{i}", src, size=7 if v == "class" else 8,
+                    marker=palette.variant_marker(v, variant_order), fill_color="color", fill_alpha="fa",
+                    line_color="line", line_width="lw", line_alpha=0.95)
     labels = class_label_positions(P, [c for c, _, _ in own][:MAX_LABELS], ext)
     style = {c: col for c, col, _ in own}
     fig.text("x", "y", text="text", name=f"{name}:labels", text_font_size="11px", text_align="center",

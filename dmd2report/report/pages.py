@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,7 @@ from ..metric_defs import METRICS
 from ..resources import templates_dir
 from . import figures, palette
 from .data import ReportData
-from .view import SiteView, class_grid_rows, cover_diff_kinds, coverage_k, shown_per_class, variant_selection
+from .view import COMPARE_CLASSES, SiteView, class_grid_rows, cover_diff_kinds, coverage_k, shown_per_class, variant_selection
 
 MAX_SKIPPED = 100                    # unreadable images listed on the overview (the manifest has them all)
 # The map's colour-by choices (config.MAP_COLOURS) in the words of its control.
@@ -166,7 +167,7 @@ def _map(site: Site) -> Content:
     return Content(dict(color_by=site.color_by, n_drawn=view.n_drawn,
                         colour_choices=list(COLOUR_BY_WORDS.items()) + (list(COMPARE_COLOUR_WORDS.items())
                                                                         if data.comparison is not None else []),
-                        n_total=view.n_total, has_variants=len(site.variant_names) > 1,
+                        n_total=view.n_total, has_variants=len(site.variant_names) > 1, alpha=figures.MAP_ALPHA,
                         capped=view.capped, max_points=view.max_points,
                         class_options=[(c, names[c], site.synsets[c]) for c in sorted(names)], traj=traj_ctx),
                    models)
@@ -303,12 +304,35 @@ def _compare(site: Site) -> Content:
         for seed, ss in sc.groupby("seed_index", sort=False):
             at = dict(zip(ss["generator"], ss["point"].astype(int)))
             rows.append((int(seed), [(g, at.get(g), int(p["thumb"].iat[at[g]]) if g in at else -1) for g in cmp.generators]))
-        seed_tables.append(dict(class_id=int(c), name=names.get(int(c), str(c)), rows=rows))
+        seed_tables.append(dict(class_id=int(c), name=names.get(int(c), str(c)), rows=rows, open=len(seed_tables) < COMPARE_CLASSES))
     return Content(dict(cmp=dict(
         generators=cmp.generators, encoder=cmp.generators[0], space=cmp.feature_space, a=cmp.a, b=cmp.b,
         k_dc=coverage_k(view.full), spaces=spaces, coverage=coverage, class_tables=class_tables,
         max_rows=MAX_CLASS_DELTAS, seed_tables=seed_tables,
         direction_note=" ".join(f"{METRICS[k].label}: {_better(k)}." for k in dict.fromkeys(cmp.overall["key"])))))
+
+
+def _galleries(site: Site) -> Content:
+    """The ranked galleries (view.Galleries): each sample a card linking to its point on the map, selected."""
+    view, g, p = site.view, site.view.galleries, site.data.points
+
+    def card(full_row: int, value: float | None = None) -> dict:
+        row = int(view.local[full_row])
+        c = int(p["class_id"].iat[row])
+        return dict(row=row, id=str(p["sample_id"].iat[row]), thumb=int(p["thumb"].iat[row]), value=value,
+                    cls=f"{c} · {site.names.get(c, c)}" if c >= 0 else "no class",
+                    point=f"point={quote(str(p['sample_id'].iat[row]), safe='')}&sel={np.base_repr(row, 36).lower()}")
+    far = [card(r, float(v)) for r, v in zip(g.far, g.far_dist)]
+    pairs = [dict(gen=card(r), real=card(q) if q >= 0 else None, dist=float(v))
+             for r, q, v in zip(g.near, g.near_real, g.near_dist)]
+    classes = [dict(class_id=int(c), name=site.names.get(int(c), str(c)), n_uncovered=int(t["n_uncovered"].iat[0]),
+                    n_real=int(t["n_real"].iat[0]), cards=[card(int(r), float(v) if np.isfinite(v) else None)
+                                                           for r, v in zip(t["row"], t["dist"])])
+               for c, t in g.uncovered.groupby("class_id", sort=False)]
+    P = site.full.points
+    n_unc_classes = int(P["class_id"][(P["set"] == "real") & ~P["covered"].fillna(False).astype(bool)].nunique())
+    return Content(dict(far=far, pairs=pairs, classes=classes, n_unc_classes=n_unc_classes, layer=site.data.neighbours.layer,
+                        k_dc=coverage_k(site.full), n_cond=int((P["variant"] == "class").sum())))
 
 
 def _atlas(site: Site) -> Content:
@@ -333,6 +357,7 @@ PAGES = [
     Page("variants", "Variants", _variants),
     Page("classes", "Classes", _classes, children=_class_pages),
     Page("metrics", "Metrics", _metrics),
+    Page("galleries", "Galleries", _galleries, shown=lambda data: bool((data.points["variant"] == "class").any())),
     Page("compare", "Compare", _compare, shown=lambda data: data.comparison is not None),
     Page("atlas", "Atlas", _atlas, shown=lambda data: data.atlas is not None),
 ]

@@ -26,11 +26,14 @@ from . import palette
 from .data import COVER_DIFF, Neighbours, Ragged, ReportData
 
 MAX_GRID = 60                        # thumbnails per grid on class pages
-COMPARE_CLASSES, COMPARE_SEEDS = 8, 4   # the comparison page's same-seed grids: classes, seeds each
+COMPARE_CLASSES, COMPARE_SEEDS = 8, 4   # the comparison page's same-seed grids: classes it opens on, seeds each
+COMPARE_SEED_BUDGET = 2000           # seeds carried for the comparison page's class selector, over all classes (at least one each)
 VARIANT_CLASSES, VARIANT_SEEDS = 8, 6  # the variants page opens on this many classes, with this many seeds each
 VARIANT_SEED_BUDGET = 2000           # seeds carried for the page's class selector, over all classes (at least one each)
 MAX_COVERED_BY = 12                  # covering generated samples listed (and carried) per drawn real point
 DENSITY_BINS = 256                   # density cells per side over the map's extent
+GALLERY_SIZE = 48                    # samples in each ranked gallery (off-manifold, nearest pairs)
+GALLERY_CLASSES, GALLERY_PER_CLASS = 40, 8   # the uncovered-real gallery: classes shown, images each
 
 
 @dataclass
@@ -44,6 +47,7 @@ class SiteView:
     nb_gen_class: np.ndarray
     covered_count: np.ndarray        # (m,) how many generated samples cover each site point (all of them)
     max_points: int
+    galleries: Galleries | None = None   # the ranked samples (full point rows), carried by the site
 
     @property
     def n_total(self) -> int:
@@ -164,6 +168,52 @@ def shown_per_class(steps: pd.DataFrame) -> int:
     return int(shown.groupby("class_id")["path"].nunique().max()) if len(shown) else 0
 
 
+@dataclass
+class Galleries:
+    """The samples that matter, ranked over every point (full point rows): the class-conditioned samples farthest
+    from their nearest real image (off the real manifold) and nearest to it (memorisation, with that real image),
+    and per class the real images no class-conditioned sample covers (mode dropping), farthest from any first."""
+    far: np.ndarray                  # generated rows, distance to the nearest real descending
+    far_dist: np.ndarray
+    near: np.ndarray                 # generated rows, distance to the nearest real ascending
+    near_real: np.ndarray            # each one's nearest real row
+    near_dist: np.ndarray
+    uncovered: pd.DataFrame          # class_id, row, dist (to the nearest class-conditioned sample), n_uncovered, n_real
+
+
+def ranked_galleries(data: ReportData) -> Galleries:
+    """The galleries from the measure stage's exact neighbour lists (headline space): a partial sort of one column,
+    no pairwise matrix, so the same at a million points."""
+    P = data.points
+    cond = np.flatnonzero((P["variant"] == "class").to_numpy())
+    d = np.asarray(data.neighbours.real_dist, np.float64)[cond, 0]
+    ok = np.isfinite(d) & (np.asarray(data.neighbours.real_index)[cond, 0] >= 0)
+    cond, d = cond[ok], d[ok]
+
+    def top(key):
+        k = min(GALLERY_SIZE, len(key))
+        part = np.argpartition(key, k - 1)[:k] if 0 < k < len(key) else np.arange(len(key))
+        return part[np.argsort(key[part], kind="stable")]
+    far, near = top(-d), top(d)
+    real = (P["set"] == "real").to_numpy()
+    cls = P["class_id"].to_numpy(np.int64)
+    unc = np.flatnonzero(real & ~P["covered"].fillna(False).astype(bool).to_numpy())
+    gd = np.asarray(data.neighbours.gen_dist, np.float64)[unc, 0]
+    n_real = pd.Series(cls[real]).value_counts()
+    n_unc = pd.Series(cls[unc]).value_counts()
+    table = pd.DataFrame({"class_id": cls[unc], "row": unc, "dist": np.where(np.isfinite(gd), gd, np.inf)})
+    table["n_uncovered"] = n_unc.reindex(table["class_id"]).to_numpy()
+    table["n_real"] = n_real.reindex(table["class_id"]).to_numpy()
+    # Classes with the largest share of uncovered real images first; within a class the farthest first.
+    share = table["n_uncovered"] / table["n_real"]
+    table = table.assign(share=share).sort_values(["share", "class_id", "dist"], ascending=[False, True, False], kind="stable")
+    keep = table["class_id"].isin(table["class_id"].drop_duplicates().head(GALLERY_CLASSES))
+    table = table[keep].groupby("class_id", sort=False).head(GALLERY_PER_CLASS).drop(columns="share").reset_index(drop=True)
+    near_rows = cond[near]
+    return Galleries(far=cond[far], far_dist=d[far], near=near_rows, near_real=np.asarray(data.neighbours.real_index)[near_rows, 0],
+                     near_dist=d[near], uncovered=table)
+
+
 def _map_rows(idx: np.ndarray, local: np.ndarray) -> np.ndarray:
     return np.where(idx >= 0, local[np.clip(idx, 0, None)], -1)
 
@@ -182,6 +232,8 @@ def site_view(data: ReportData, max_points: int) -> SiteView:
     if data.atlas is not None:
         page_rows += [np.array([a.anchor for a in data.atlas.anchors], np.int64),
                       np.array([j for a in data.atlas.anchors for j in a.neighbours if 0 <= j < n], np.int64)]
+    galleries = ranked_galleries(data)
+    page_rows += [galleries.far, galleries.near, galleries.near_real, galleries.uncovered["row"].to_numpy(np.int64)]
     # Covering generated samples listed for drawn real points (the first MAX_COVERED_BY of each).
     cb = data.covered_by
     cnt = cb.counts()[drawn_rows]
@@ -256,7 +308,7 @@ def site_view(data: ReportData, max_points: int) -> SiteView:
                                variants=variants.reset_index(drop=True), atlas=atlas, trajectories=traj,
                                chosen_classes=chosen, comparison=comparison)
     return SiteView(full=data, site=site, rows=rows, local=local, drawn=drawn, nb_real_class=nb_class(ri),
-                    nb_gen_class=nb_class(gi), covered_count=c_cnt, max_points=max_points)
+                    nb_gen_class=nb_class(gi), covered_count=c_cnt, max_points=max_points, galleries=galleries)
 
 
 # ---- density layers ----

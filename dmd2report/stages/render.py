@@ -22,7 +22,7 @@ from ..report.data import (CLASS_DELTA_COLUMNS, CLASS_DELTA_METRICS, COMPARISON_
                            Metrics, ModelInfo, Neighbours, Ragged, ReportData, RunInfo, StackedThumbnails, Trajectories,
                            package_versions)
 from ..report.render import render_site
-from ..report.view import COMPARE_CLASSES, COMPARE_SEEDS
+from ..report.view import COMPARE_SEED_BUDGET, COMPARE_SEEDS
 from ..resources import report_code_paths, user_template_dir, user_template_files
 from ..store import Store
 from ..workdir import generated_sets, set_label
@@ -365,9 +365,11 @@ def _read_comparison(shown: ShownSets) -> Comparison:
             deltas += [(g, key, int(c), theirs.get(c, np.nan), v, v - theirs.get(c, np.nan)) for c, v in mine.items()]
     per_class = pd.DataFrame(deltas, columns=CLASS_DELTA_COLUMNS)
     per_class = per_class.iloc[np.argsort(-per_class["delta"].abs().fillna(-1).to_numpy(), kind="stable")]
-    # The same seeds under every generator: the first COMPARE_SEEDS rows of the first COMPARE_CLASSES classes.
+    # The same seeds under every generator, for every class (the page's selector): COMPARE_SEEDS rows each while all
+    # classes' fit in COMPARE_SEED_BUDGET, past it an equal share, at least one (1,000 classes: two each).
     picked = pd.DataFrame({"row": np.arange(len(class_rows)), "class_id": class_rows})
-    picked = picked[picked["class_id"].isin(np.unique(class_rows)[:COMPARE_CLASSES])].groupby("class_id").head(COMPARE_SEEDS)
+    seeds_each = max(1, min(COMPARE_SEEDS, COMPARE_SEED_BUDGET // max(len(np.unique(class_rows)), 1)))
+    picked = picked.groupby("class_id").head(seeds_each)
     labels = ["class"] + [compared_class_set(g) for g in generators[1:]]
     seeds = pd.DataFrame({"seed_index": np.tile(seed_index[picked["row"]], len(generators)),
                           "class_id": np.tile(picked["class_id"].to_numpy(), len(generators)),

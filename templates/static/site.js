@@ -1,6 +1,7 @@
-/* dmd2report site behaviour: nearest-point hover, neighbour panel, selection grid and CSV, layer
- * switches, opacity and colour-by, class and sample-id search, the view in the address (#class=, #colour=,
- * #view=, #point=), sortable tables, dark-mode figure colours.
+/* dmd2report site behaviour: nearest-point hover, neighbour panel, selection (drawn on the map) and its grid
+ * and CSV, filters on every per-point field, layer switches, opacity and colour-by, class and sample-id search,
+ * the view in the address (#class=, #colour=, #view=, #point=, #sel=, #layers=, #on=), sortable tables and
+ * image grids, the compare page's class selector, dark-mode figure colours.
  * Data strings only ever reach the page through textContent, never as markup.
  * Figures are found by the model names set in dmd2report/report/figures.py. */
 (function () {
@@ -105,12 +106,12 @@
     const cx0 = Math.max(0, Math.floor((x - rx - ix.x0) / ix.cw)), cx1 = Math.min(G - 1, Math.floor((x + rx - ix.x0) / ix.cw));
     const cy0 = Math.max(0, Math.floor((y - ry - ix.y0) / ix.ch)), cy1 = Math.min(G - 1, Math.floor((y + ry - ix.y0) / ix.ch));
     let best = -1, bestD = radiusPx * radiusPx;
-    const visible = f.pts.map(r => r.visible);
+    const visible = f.pts.map(r => r.visible), st = view[f.name], pass = st ? st.pass : null;
     for (let cy = cy0; cy <= cy1; cy++) for (let cx = cx0; cx <= cx1; cx++) {
       const c = cy * G + cx;
       for (let k = ix.start[c]; k < ix.start[c + 1]; k++) {
         const j = ix.order[k];
-        if (!visible[ix.rend[j]]) continue;
+        if (!visible[ix.rend[j]] || (pass && !pass[ix.rows[j]])) continue;
         const dx = (ix.xs[j] - x) * kx, dy = (ix.ys[j] - y) * ky, d2 = dx * dx + dy * dy;
         // Ties go to generated points, drawn on top of the real layer.
         if (d2 < bestD || (d2 === bestD && best >= 0 && ix.rend[j] > ix.rend[best])) { bestD = d2; best = j; }
@@ -293,7 +294,11 @@
       item.appendChild(thumb(data().points.thumb[j], 56));
       item.appendChild(el("span", "", dists ? "d " + fmt(dists[i]) : data().points.id[j]));
       item.addEventListener("click", () => onPick(j));
-      grid.appendChild(item);
+      // The id under each neighbour, in the panel (not only its tooltip), where it can be read and copied.
+      const cell = el("div", "nbr-cell");
+      cell.append(item);
+      if (dists) cell.appendChild(el("code", "nbr-id", data().points.id[j]));
+      grid.appendChild(cell);
     });
     return grid;
   }
@@ -377,23 +382,107 @@
   }
   function csvField(v) { const s = String(v); return /[",\n\r]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s; }
   Site.selectionCsv = function (rows) {
-    const d = data(), P = d.points, lines = ["sample_id,set,variant,class_id,class_name,source"];
+    const d = data(), P = d.points, lines = ["sample_id,set,variant,class_id,class_name,source,distance_to_real,trust"];
     // Past report.max_points only the drawn sample can be selected: the file says so on its first line
     // (a '#' comment: pandas.read_csv(..., comment="#") and most tools skip it).
     if (d.site.capped) lines.unshift("# selection among the " + d.site.drawn + " points drawn on the map, a class-balanced sample of all " +
       d.site.total + " points (report.max_points); points not drawn cannot be selected");
     for (const j of rows) {
-      const c = d.classes[String(P.cls[j])];
-      lines.push([P.id[j], P.gen[j] ? "generated" : "real", d.variants[P.variant[j]], P.cls[j], c ? c[1] : "", P.src[j]].map(csvField).join(","));
+      const c = d.classes[String(P.cls[j])], near = FIELDS.dist.value(j);
+      lines.push([P.id[j], P.gen[j] ? "generated" : "real", d.variants[P.variant[j]], P.cls[j], c ? c[1] : "", P.src[j],
+                  near === null ? "" : near, P.trust[j] === null ? "" : P.trust[j]].map(csvField).join(","));
     }
     return lines.join("\n") + "\n";
   };
+
+  // ---- per-point fields: what the filters test, the grids sort by and the CSV carries ----
+  function nbFirst(key, j) { const d = data(), v = d.nb[key][j * d.nb.k]; return v === undefined ? null : v; }
+  const FIELDS = {
+    dist: { words: "distance to nearest real", value: j => nbFirst("rd", j) },
+    gdist: { words: "distance to nearest generated", value: j => nbFirst("gd", j) },
+    trust: { words: "map trust", value: j => data().points.trust[j] },
+    radius: { words: "k-NN radius (real)", value: j => data().points.gen[j] ? null : data().coveredBy.r[j] },
+    covers: { words: "covering samples (real)", value: j => data().points.gen[j] ? null : data().coveredBy.n[j] },
+  };
+  Site.fields = FIELDS;
+  function sortRows(rows, key, dir) {
+    if (!key) return rows;
+    const P = data().points, val = key === "id" ? (j => P.id[j]) : key === "class" ? (j => P.cls[j]) : FIELDS[key].value;
+    const keyed = rows.map(j => [val(j), j]);
+    keyed.sort((a, b) => {
+      if (a[0] === null || a[0] === undefined) return 1;
+      if (b[0] === null || b[0] === undefined) return -1;
+      const c = typeof a[0] === "string" ? a[0].localeCompare(b[0]) : a[0] - b[0];
+      return (c || a[1] - b[1]) * (c ? dir : 1);
+    });
+    return keyed.map(e => e[1]);
+  }
+
+  // ---- selection: drawn on the map (selected opaque, the rest faded), kept through colour and layer changes ----
+  function placeOf(f) {  // each site row's point layer (-1: not drawn) and its position in that layer's source
+    if (f.place) return f.place;
+    const n = data().points.id.length, layer = new Int16Array(n).fill(-1), at = new Int32Array(n);
+    f.pts.forEach((r, ri) => { const rows = r.data_source.data.row; for (let i = 0; i < rows.length; i++) { layer[rows[i]] = ri; at[rows[i]] = i; } });
+    return f.place = { layer: layer, at: at };
+  }
+  function applySelection(name, rows) {
+    const f = resolve(name);
+    if (!f) return;
+    const pl = placeOf(f), per = f.pts.map(() => []);
+    for (const j of rows) if (j >= 0 && j < pl.layer.length && pl.layer[j] >= 0) per[pl.layer[j]].push(pl.at[j]);
+    f.pts.forEach((r, i) => { r.data_source.selected.indices = per[i]; });
+  }
+  Site.select = applySelection;
+  function restoreSelection(name) {  // a repaint keeps the selection the state holds
+    const f = resolve(name), st = view[name];
+    if (f && st && st.sel.length && selectedRows(f).length !== st.sel.length) applySelection(name, st.sel);
+  }
+  // Bokeh draws a layer with nothing selected as if nothing were selected: while another layer has a
+  // selection, such a layer is muted (its muted glyph is the faded one, figures.FADED_ALPHA).
+  function muteUnselected(f) {
+    const any = f.pts.some(r => r.data_source.selected.indices.length > 0);
+    f.pts.forEach(r => { const m = any && !r.data_source.selected.indices.length; if (r.muted !== m) r.muted = m; });
+  }
+  // A drawn point is shown when its layer is on and it passes the filters.
+  function shown(name, f, j) {
+    const st = view[name], pl = placeOf(f), li = pl.layer[j];
+    return li >= 0 && f.pts[li].visible && (!st || st.pass === null || st.pass[j] === 1);
+  }
+  // What the side list holds: the selection (its shown points), else with a filter on every shown point.
+  function listedRows(name) {
+    const f = resolve(name), st = mapState(name);
+    if (st.sel.length) return { what: "Selection", rows: st.sel.filter(j => shown(name, f, j)), of: st.sel.length };
+    if (st.pass === null) return { what: "", rows: [], of: 0 };
+    const rows = [];
+    for (let j = 0; j < st.pass.length; j++) if (shown(name, f, j)) rows.push(j);
+    return { what: "Filtered", rows: rows, of: rows.length };
+  }
+  Site.listedRows = function (name) { const l = listedRows(name), st = mapState(name); return sortRows(l.rows, st.sort[0], st.sort[1]); };
+  function sortControl(name) {
+    const st = mapState(name), box = el("label", "sort-by small", "sort by ");
+    const sel = el("select");
+    sel.dataset.sortFor = name;
+    [["", "selection order"], ["id", "sample id"], ["class", "class"]].concat(Object.entries(FIELDS).map(([k, F]) => [k, F.words]))
+      .forEach(([k, w]) => { const o = el("option", "", w); o.value = k; sel.appendChild(o); });
+    sel.value = st.sort[0];
+    const dir = el("button", "sort-dir", st.sort[1] > 0 ? "↑" : "↓");
+    dir.type = "button"; dir.dataset.sortDir = name; dir.title = st.sort[1] > 0 ? "ascending" : "descending";
+    box.append(sel, dir);
+    return box;
+  }
   function renderSelection(name) {
-    const f = resolve(name), panel = document.querySelector('[data-sel-for="' + name + '"]');
-    if (!f || !panel) return;
-    const rows = selectedRows(f), P = data().points;
+    const f = resolve(name), panel = document.querySelector('[data-sel-for="' + name + '"]'), st = mapState(name);
+    if (!f) return;
+    st.sel = selectedRows(f);
+    muteUnselected(f);
+    writeHash(name);
+    if (!panel) return;
+    const listed = listedRows(name), P = data().points, rows = sortRows(listed.rows, st.sort[0], st.sort[1]);
     const nReal = rows.filter(j => !P.gen[j]).length;
-    const parts = [el("h2", "", "Selection: " + rows.length + " (" + nReal + " real, " + (rows.length - nReal) + " generated)")];
+    const parts = [el("h2", "", (listed.what || "Selection") + ": " + rows.length + " (" + nReal + " real, " + (rows.length - nReal) + " generated)")];
+    panel.dataset.count = rows.length;
+    if (listed.what === "Selection" && rows.length < listed.of)
+      parts.push(el("p", "muted small", "of " + listed.of + " selected; the filters or hidden layers leave out the rest"));
     if (rows.length) {
       const actions = el("div", "sel-actions");
       const dl = el("button", "", "Download ids (CSV)");
@@ -402,10 +491,11 @@
       dl.addEventListener("click", () => {
         const a = document.createElement("a");
         a.href = URL.createObjectURL(new Blob([Site.selectionCsv(rows)], { type: "text/csv" }));
-        a.download = "selection.csv";
+        a.download = listed.what === "Filtered" ? "filtered.csv" : "selection.csv";
         document.body.appendChild(a); a.click(); a.remove();
       });
       actions.appendChild(dl);
+      actions.appendChild(sortControl(name));
       if (rows.length > 120) actions.appendChild(el("span", "muted small", "showing the first 120"));
       parts.push(actions);
       parts.push(el("p", "muted small sel-legend", "outline: dashed = real, solid = generated"));
@@ -422,16 +512,124 @@
         grid.appendChild(t);
       });
       parts.push(grid);
-    } else parts.push(el("p", "muted", "Nothing selected."));
+    } else parts.push(el("p", "muted", listed.what ? "No point passes." : "Nothing selected."));
     panel.replaceChildren(...parts);
   }
+
+  // ---- filters: a range on every numeric field, categories (conditioning, covered, generator, class) ----
+  function filterPanel(name) {
+    const box = document.querySelector('[data-filter-for="' + name + '"] .filter-fields');
+    if (!box || box.childNodes.length) return;
+    const d = data(), P = d.points, n = P.id.length;
+    Object.entries(FIELDS).forEach(([key, F]) => {
+      let lo = Infinity, hi = -Infinity;
+      for (let j = 0; j < n; j++) { const v = F.value(j); if (v !== null && v !== undefined) { if (v < lo) lo = v; if (v > hi) hi = v; } }
+      if (lo > hi) return;
+      const row = el("div", "filter-range");
+      row.dataset.field = key;
+      row.appendChild(el("span", "filter-name", F.words));
+      [0, 1].forEach(end => {
+        const inp = el("input");
+        inp.type = "number"; inp.step = "any"; inp.dataset.range = key; inp.dataset.end = end;
+        inp.placeholder = (end ? "≤ " + +hi.toPrecision(4) : "≥ " + +lo.toPrecision(4));
+        inp.setAttribute("aria-label", F.words + (end ? " at most" : " at least"));
+        row.appendChild(inp);
+      });
+      box.appendChild(row);
+    });
+    const cats = el("div", "filter-cats");
+    const group = (label, key, options) => {
+      const g = el("div", "filter-cat");
+      g.dataset.cat = key;
+      g.appendChild(el("span", "filter-name", label));
+      options.forEach(([v, w]) => {
+        const l = el("label", "check"), b = el("input");
+        b.type = "checkbox"; b.checked = true; b.value = v; b.dataset.catOf = key;
+        l.append(b, document.createTextNode(" " + w));
+        g.appendChild(l);
+      });
+      cats.appendChild(g);
+    };
+    group("set", "variant", d.variants.map((v, i) => [String(i), v === "real" ? "real" : (d.style.variants[v] ? d.style.variants[v].words : v)]));
+    group("covered (real)", "covered", [["1", "covered"], ["0", "not covered"]]);
+    if (P.generator) group("generator", "generator", d.style.generators.map(([g], i) => [String(i), g]));
+    const c = el("label", "filter-class", "class ");
+    const ci = el("input");
+    ci.type = "search"; ci.dataset.filterClass = name; ci.placeholder = "id, name or synset"; ci.setAttribute("list", "classlist-" + name);
+    c.appendChild(ci);
+    cats.appendChild(c);
+    box.appendChild(cats);
+  }
+  function readFilter(name) {
+    const panel = document.querySelector('[data-filter-for="' + name + '"]'), st = mapState(name), F = st.filter;
+    if (!panel) return;
+    F.ranges = {};
+    panel.querySelectorAll("input[data-range]").forEach(i => {
+      const v = i.value.trim() === "" ? null : Number(i.value);
+      if (v === null || !isFinite(v)) return;
+      (F.ranges[i.dataset.range] = F.ranges[i.dataset.range] || [null, null])[Number(i.dataset.end)] = v;
+    });
+    F.cats = {};
+    panel.querySelectorAll("[data-cat]").forEach(g => {
+      const boxes = Array.from(g.querySelectorAll("input[data-cat-of]"));
+      if (boxes.some(b => !b.checked)) F.cats[g.dataset.cat] = new Set(boxes.filter(b => b.checked).map(b => Number(b.value)));
+    });
+    const ci = panel.querySelector("[data-filter-class]");
+    F.cls = ci ? ci.value.trim() : "";
+  }
+  function applyFilter(name) {
+    const f = resolve(name), st = mapState(name), F = st.filter, d = data(), P = d.points, n = P.id.length;
+    if (!f) return;
+    const ranges = Object.entries(F.ranges).map(([k, r]) => [FIELDS[k].value, r[0], r[1]]);
+    const cats = F.cats, cls = F.cls ? new Set(matchClasses(F.cls)) : null;
+    if (!ranges.length && !Object.keys(cats).length && !cls) st.pass = null;
+    else {
+      const pass = new Uint8Array(n);
+      for (let j = 0; j < n; j++) {
+        let ok = !cls || cls.has(P.cls[j]);
+        if (ok && cats.variant) ok = cats.variant.has(P.variant[j]);
+        if (ok && cats.covered) ok = !P.gen[j] && cats.covered.has(P.covered[j]);   // a real point's property
+        if (ok && cats.generator) ok = !!P.gen[j] && cats.generator.has(P.generator[j]);
+        for (let k = 0; ok && k < ranges.length; k++) {
+          const v = ranges[k][0](j);
+          ok = v !== null && v !== undefined && (ranges[k][1] === null || v >= ranges[k][1]) && (ranges[k][2] === null || v <= ranges[k][2]);
+        }
+        pass[j] = ok ? 1 : 0;
+      }
+      st.pass = pass;
+    }
+    for (const r of f.pts) {
+      const rows = r.data_source.data.row;
+      r.view.filter.booleans = st.pass === null ? null : Array.from(rows, j => st.pass[j] === 1);
+    }
+    filterStatus(name);
+    Site.selected(name);
+  }
+  function filterStatus(name) {  // the number of drawn points the map shows (layer on, filters passed)
+    const f = resolve(name), st = mapState(name), status = document.querySelector('[data-filter-status="' + name + '"]');
+    if (!f || !status) return;
+    let m = 0;
+    f.pts.forEach(r => { if (r.visible) for (const j of r.data_source.data.row) if (st.pass === null || st.pass[j]) m++; });
+    status.dataset.count = m;
+    status.textContent = st.pass === null ? "" : m + " of " + data().site.drawn + " drawn points shown";
+  }
+  Site.applyFilter = function (name) { readFilter(name); applyFilter(name); };
+  Site.clearFilter = function (name) {
+    const panel = document.querySelector('[data-filter-for="' + name + '"]');
+    if (panel) {
+      panel.querySelectorAll("input[data-range], input[data-filter-class]").forEach(i => { i.value = ""; });
+      panel.querySelectorAll("input[data-cat-of]").forEach(b => { b.checked = true; });
+    }
+    Site.applyFilter(name);
+  };
 
   // ---- the map's view: layers, opacity, colour-by, key; kept in the address ----
   // Per figure: what the page shows, written to the hash (so a link reproduces it) and read back from it.
   const view = {};
   function mapState(name) {
-    return view[name] || (view[name] = { layers: "both", off: new Set(), colour: null, alpha: { real: 0.45, generated: 0.7 },
-                                         search: "", withVariants: false, point: null, range: null });
+    return view[name] || (view[name] = { layers: "both", off: new Set(), colour: null, alpha: { real: 0.6, generated: 0.25 },
+                                         search: "", withVariants: false, point: null, range: null, sel: [],
+                                         filter: { ranges: {}, cats: {}, cls: "" }, pass: null, sort: ["", 1] });
   }
   function dark() { return !!(window.matchMedia && matchMedia("(prefers-color-scheme: dark)").matches); }
   function hex(c) { return [1, 3, 5].map(i => parseInt(c.slice(i, i + 2), 16)); }
@@ -445,6 +643,7 @@
     return own ? own : [S.rest[String(c)] || S.real, false];
   }
   // One point's [fill colour, fill alpha, line colour, line width] under a colour-by choice.
+  const OUTLINE = 1.2;  // generated points are outlines with a light fill: the real points show through
   function pointStyle(mode, row, alphaGen) {
     const d = data(), S = d.style, P = d.points, v = variantOf(row), vc = S.variants[v] ? S.variants[v].colour : S.real;
     if (!P.gen[row]) {
@@ -453,21 +652,21 @@
       if (mode === "coverdiff" && P.coverDiff) return [S.coverDiff[P.coverDiff[row]][1]];
       return [S.real];
     }
-    if (mode === "generator" && P.generator) { const c = S.generators[P.generator[row]][1]; return [c, alphaGen, c, 0.5]; }
+    if (mode === "generator" && P.generator) { const c = S.generators[P.generator[row]][1]; return [c, alphaGen, c, OUTLINE]; }
     if (mode === "coverdiff") return [S.real, Math.min(alphaGen, 0.2), S.real, 0.5];
     if (mode === "class") {
       if (!classSet(v) || P.cls[row] < 0) return [vc, 0, vc, 1.4];  // not asked for a class: hollow, variant colour
       const [c, ring] = classStyle(P.cls[row]);
-      return ring ? [c, alphaGen, dark() ? "#f0f0f0" : S.ring, 1.6] : [c, alphaGen, c, 0.5];
+      return ring ? [c, alphaGen, dark() ? "#f0f0f0" : S.ring, 1.6] : [c, alphaGen, c, OUTLINE];
     }
-    if (mode === "trust") { const c = P.trust[row] === null ? S.real : ramp(1 - P.trust[row]); return [c, alphaGen, c, 0.5]; }
+    if (mode === "trust") { const c = P.trust[row] === null ? S.real : ramp(1 - P.trust[row]); return [c, alphaGen, c, OUTLINE]; }
     if (mode === "covered") return [S.real, Math.min(alphaGen, 0.2), S.real, 0.5];
     if (mode === "distance") {
       const k = d.nb.k, dist = d.nb.rd[row * k], lo = S.dist[0], hi = S.dist[1];
       const c = dist === null ? S.real : ramp(hi > lo ? (dist - lo) / (hi - lo) : 0);
-      return [c, alphaGen, c, 0.5];
+      return [c, alphaGen, c, OUTLINE];
     }
-    return [vc, alphaGen, vc, 0.5];  // variant
+    return [vc, alphaGen, vc, OUTLINE];  // variant
   }
   function paint(name) {
     const f = resolve(name), st = mapState(name);
@@ -477,8 +676,11 @@
       const src = r.data_source, rows = src.data.row;
       src.data = Object.assign({}, src.data, { color: Array.from(rows, j => pointStyle(mode, j)[0]) });
       r.glyph.fill_alpha = st.alpha.real;
-      r.glyph.size = mode === "trust" || mode === "covered" || mode === "coverdiff" ? 6 : 4;  // larger where the real points carry the colour
+      // Larger where the real points carry the colour (every glyph of the layer: selected and faded too).
+      const size = REAL_COLOURED[mode] ? 6 : 5;
+      [r.glyph, r.selection_glyph, r.nonselection_glyph, r.muted_glyph].forEach(g => { if (g && g.size !== undefined) g.size = size; });
     }
+    orderLayers(f, !!REAL_COLOURED[mode]);
     for (const r of f.gens) {
       const src = r.data_source, rows = src.data.row, n = rows.length;
       const color = new Array(n), fa = new Float32Array(n), line = new Array(n), lw = new Float32Array(n);
@@ -487,7 +689,20 @@
     }
     showLayers(name);
     drawKey(name);
+    restoreSelection(name);
   }
+  // Colourings that colour the real points: the real layer is drawn above the (faint) generated layers.
+  const REAL_COLOURED = { trust: 1, covered: 1, coverdiff: 1 };
+  function orderLayers(f, realOnTop) {
+    const rs = f.fig.renderers, real = new Set(f.real), gens = new Set(f.gens);
+    const rest = rs.filter(r => !real.has(r));
+    let at = -1;
+    rest.forEach((r, i) => { if (gens.has(r)) at = realOnTop ? i + 1 : (at < 0 ? i : at); });
+    if (at < 0) return;
+    const next = rest.slice(0, at).concat(f.real, rest.slice(at));
+    if (next.some((r, i) => r !== rs[i])) f.fig.renderers = next;
+  }
+  Site.layerOrder = function (name) { const f = resolve(name); return f ? f.fig.renderers.map(r => r.name) : []; };
   // Which layers are on: the real/generated switch, each variant's box in the key, and the density images that
   // go with them (every point's density beneath; past the cap the generated ones match the colour-by).
   function showLayers(name) {
@@ -496,6 +711,9 @@
     const realOn = st.layers !== "generated", genOn = i => st.layers !== "real" && !st.off.has(i);
     f.real.forEach(r => { r.visible = realOn; });
     f.gens.forEach(r => { r.visible = genOn(Number(r.name.split(":").pop())); });
+    document.querySelectorAll('[data-key="' + name + '"] input[data-variant-layer]').forEach(b => {
+      b.checked = !st.off.has(Number(b.dataset.variantLayer)); });
+    if (st.pass !== null || st.sel.length) { filterStatus(name); Site.selected(name); }  // the list follows the layers shown
     for (const m of byPrefix(name + ":density:")) {
       const [, , kind, i] = m.name.split(":");
       if (kind === "0") { m.visible = realOn; m.global_alpha = Math.min(1, 2 * st.alpha.real); continue; }
@@ -586,7 +804,9 @@
     writeHash(name);
   };
   Site.setLayers = function (name, which) {
-    mapState(name).layers = which;
+    const st = mapState(name);
+    st.layers = which;
+    if (which === "generated") st.off.clear();  // every generated set, the other conditionings too
     document.querySelectorAll('input[data-layers="' + name + '"]').forEach(i => { i.checked = i.value === which; });
     showLayers(name);
   };
@@ -594,6 +814,7 @@
     const st = mapState(name);
     if (on) st.off.delete(i); else st.off.add(i);
     showLayers(name);
+    writeHash(name);
   };
   Site.setOpacity = function (name, layer, v) {
     mapState(name).alpha[layer] = v;
@@ -678,6 +899,10 @@
     put("colour", st.colour !== document.querySelector('[data-fig="' + name + '"]').dataset.colorBy ? st.colour : "");
     put("view", st.range ? st.range.map(v => +v.toPrecision(6)).join(",") : "");
     put("point", st.point);
+    put("layers", st.layers !== "both" ? st.layers : "");
+    const on = f.gens.map(r => Number(r.name.split(":").pop())).filter(i => !st.off.has(i)).sort((a, b) => a - b).join(".");
+    put("on", st.layers !== "generated" && on !== st.defaultOn ? on || "none" : "");
+    put("sel", st.sel.map(j => j.toString(36)).join("."));
     const hash = h.toString().replace(/\+/g, "%20");
     if (hash !== location.hash.slice(1)) history.replaceState(null, "", hash ? "#" + hash : location.pathname + location.search);
   }
@@ -733,9 +958,25 @@
       const hasRange = range.length === 4 && range.every(isFinite) && range[1] > range[0] && range[3] > range[2];
       if (c !== null || st.search) { if (input) input.value = c || ""; Site.search("map", c || "", !hasRange); }
       if (hasRange) { zoomTo(f, ...range); st.range = range; }
+      const layers = h.get("layers");
+      Site.setLayers("map", layers === "real" || layers === "generated" ? layers : "both");
+      const on = h.get("on");
+      if (on !== null && st.layers !== "generated") {
+        const want = new Set(on.split(".").map(Number));
+        st.off = new Set(f.gens.map(r => Number(r.name.split(":").pop())).filter(i => !want.has(i)));
+        showLayers("map");
+      }
       const point = h.get("point"), row = point ? rowOfId(point) : -1;
       if (row >= 0) showNeighbours("map", row);
       st.point = row >= 0 ? point : null;
+      if (row >= 0 && !hasRange && c === null) {  // a link to a point (a gallery's): the map around it
+        const X = f.fig.x_range, Y = f.fig.y_range, P = data().points;
+        const px = Math.abs(X.end - X.start) * 0.12, py = Math.abs(Y.end - Y.start) * 0.12;
+        zoomTo(f, P.x[row] - px, P.x[row] + px, P.y[row] - py, P.y[row] + py);
+      }
+      const sel = (h.get("sel") || "").split(".").filter(Boolean).map(v => parseInt(v, 36)).filter(isFinite);
+      st.sel = sel;
+      applySelection("map", sel);
     } finally { applying = false; }
   }
 
@@ -777,6 +1018,26 @@
     });
   }
 
+  // ---- static image grids (class pages): sortable by any per-point field ----
+  function sortableGrid(grid) {
+    const items = Array.from(grid.querySelectorAll(".thumb[data-row]"));
+    if (items.length < 2) return;
+    const box = el("label", "sort-by small", "sort by "), sel = el("select"), dir = el("button", "sort-dir", "↑");
+    sel.dataset.gridSort = "";
+    [["", "as listed"], ["id", "sample id"]].concat(Object.entries(FIELDS).map(([k, F]) => [k, F.words]))
+      .forEach(([k, w]) => { const o = el("option", "", w); o.value = k; sel.appendChild(o); });
+    dir.type = "button";
+    let sign = 1;
+    const order = () => {
+      const rows = sortRows(items.map(t => Number(t.dataset.row)), sel.value, sign), at = new Map(items.map(t => [Number(t.dataset.row), t]));
+      rows.forEach(j => grid.appendChild(at.get(j)));
+    };
+    sel.addEventListener("change", order);
+    dir.addEventListener("click", () => { sign = -sign; dir.textContent = sign > 0 ? "↑" : "↓"; order(); });
+    box.append(sel, dir);
+    grid.parentNode.insertBefore(box, grid);
+  }
+
   // ---- variants page: the class selector shows one class's seeds ("" = the classes the page opens on) ----
   Site.showVariantClass = function (value) {
     document.querySelectorAll("[data-variant-table]").forEach(t => {
@@ -786,6 +1047,12 @@
   document.addEventListener("change", e => {
     if (e.target.matches && e.target.matches("[data-variant-class]")) Site.showVariantClass(e.target.value);
   });
+  // ---- compare page: the class selector shows one class's same-seed grid ("" = the classes the page opens on) ----
+  Site.showCompareClass = function (value) {
+    document.querySelectorAll("[data-seed-table]").forEach(t => {
+      t.hidden = value === "" ? !t.hasAttribute("data-open") : t.dataset.seedTable !== String(value);
+    });
+  };
 
   // ---- start ----
   function whenFigures(cb) {
@@ -799,6 +1066,7 @@
   document.addEventListener("pointermove", e => { pointer = { x: e.clientX, y: e.clientY }; }, { capture: true, passive: true });
   document.addEventListener("DOMContentLoaded", () => {
     document.querySelectorAll("table.sortable").forEach(sortable);
+    document.querySelectorAll(".thumb-grid[data-sortable]").forEach(sortableGrid);
     document.addEventListener("change", e => {
       const t = e.target;
       if (!t.matches) return;
@@ -807,6 +1075,9 @@
       if (t.matches("[data-colour]")) Site.setColour(t.dataset.colour, t.value);
       if (t.matches("[data-labels]")) Site.setLabels(t.dataset.labels, t.checked);
       if (t.matches("[data-variant-layer]")) Site.setVariantLayer("map", Number(t.dataset.variantLayer), t.checked);
+      if (t.matches("[data-cat-of]")) Site.applyFilter(t.closest("[data-filter-for]").dataset.filterFor);
+      if (t.matches("[data-sort-for]")) { mapState(t.dataset.sortFor).sort[0] = t.value; renderSelection(t.dataset.sortFor); }
+      if (t.matches("[data-compare-class]")) Site.showCompareClass(t.value);
       if (t.matches("[data-search-variants]")) {
         const name = t.dataset.searchVariants, input = document.querySelector('[data-search="' + name + '"]');
         mapState(name).withVariants = t.checked;
@@ -817,6 +1088,7 @@
       const t = e.target;
       if (t.matches && t.matches("[data-search]")) Site.search(t.dataset.search, t.value, false);
       if (t.matches && t.matches("[data-opacity]")) Site.setOpacity("map", t.dataset.opacity, Number(t.value));
+      if (t.matches && t.matches("input[data-range], input[data-filter-class]")) Site.applyFilter(t.closest("[data-filter-for]").dataset.filterFor);
     });
     document.addEventListener("keydown", e => {
       const t = e.target;
@@ -826,6 +1098,10 @@
     document.addEventListener("click", e => {
       const b = e.target.closest && e.target.closest("[data-reset]");
       if (b) Site.reset(b.dataset.reset);
+      const dir = e.target.closest && e.target.closest("[data-sort-dir]");
+      if (dir) { const st = mapState(dir.dataset.sortDir); st.sort[1] = -st.sort[1]; renderSelection(dir.dataset.sortDir); }
+      const clear = e.target.closest && e.target.closest("[data-filter-clear]");
+      if (clear) Site.clearFilter(clear.dataset.filterClear);
     });
     document.addEventListener("click", e => {  // thumbnails on the map page open their point's neighbours
       const t = e.target.closest && e.target.closest(".thumb[data-row]");
@@ -837,6 +1113,12 @@
       if (resolve("map") && data().style) {
         const opacity = document.querySelectorAll("[data-opacity]");
         opacity.forEach(i => { mapState("map").alpha[i.dataset.opacity] = Number(i.value); });
+        // The class-conditioned sets (every generator's) at first; the other conditionings when asked for (the key).
+        const st = mapState("map"), f = resolve("map");
+        f.gens.forEach(r => { const row = r.data_source.data.row[0], i = Number(r.name.split(":").pop());
+          if (row !== undefined && !classSet(variantOf(row))) st.off.add(i); });
+        st.defaultOn = f.gens.map(r => Number(r.name.split(":").pop())).filter(i => !st.off.has(i)).join(".");
+        filterPanel("map");
         Site.setColour("map", document.querySelector('[data-fig="map"]').dataset.colorBy);
       }
       applyTheme();
