@@ -144,6 +144,25 @@ def test_bootstrap_interval_contains_estimate_and_is_seeded(clustered):
     assert c["variants"]["v"]["overall"]["precision"]["ci_low"] != a["variants"]["v"]["overall"]["precision"]["ci_low"]
 
 
+def test_intervals_depend_on_the_data_and_the_seed_alone(clustered):
+    """The same generator on the same data gets the same intervals in any report: measured alone (a one-generator
+    report's `class`) or as `<name>/class` beside another generator's sets, listed before or after it."""
+    x, rc, y, cond = clustered
+    other = y[::-1] + 0.3
+    kw = dict(feature_space="t", bootstrap=50, seed=5, device="cpu", arrays=False)
+    alone = measure(x, rc, {"class": (y, cond)}, **kw)["variants"]["class"]
+    for sets in ({"demo/class": (y, cond), "step100/class": (other, cond)},
+                 {"a-first/class": (other, cond), "z/uniform": (other, None), "demo/class": (y, cond)}):
+        beside = measure(x, rc, sets, **kw)["variants"]["demo/class"]
+        assert beside == alone   # every entry, overall and per class: values and intervals
+    assert any("ci_low" in e for e in alone["overall"].values())
+    assert any("ci_low" in e for scope in alone["per_class"].values() for e in scope.values())
+    # another feature space (another name) draws other resamples
+    elsewhere = measure(x, rc, {"class": (y, cond)}, **kw | {"feature_space": "u"})["variants"]["class"]["overall"]
+    assert elsewhere["precision"]["ci_low"] != alone["overall"]["precision"]["ci_low"] \
+        or elsewhere["coverage"]["ci_low"] != alone["overall"]["coverage"]["ci_low"]
+
+
 @pytest.mark.parametrize("values", [
     np.r_[np.ones(130), np.zeros(370)],                   # 0/1 flags (precision, recall, coverage)
     np.repeat([0.0, 0.2, 0.4, 1.0, 2.6], [300, 90, 60, 40, 10]),   # few density levels
@@ -325,7 +344,7 @@ def test_per_class_scopes_equal_the_definitions_on_each_class(tied):
                 assert e["value"] is None
                 continue
             assert e["value"] == pytest.approx(np.mean(flags[name]), abs=1e-12), (c, name)
-            ci = bootstrap_ci(flags[name], 25, 0.95, _rng(4, "v", int(c), name))   # the same stream per scope
+            ci = bootstrap_ci(flags[name], 25, 0.95, _rng(4, "t", "v", int(c), name))   # the same stream per scope
             assert (e["ci_low"], e["ci_high"]) == ci, (c, name)
 
 
