@@ -437,11 +437,15 @@ def _one_step_note(m) -> str:
 
 
 def _delta(key: str, delta: float) -> tuple[str, str]:
-    """(text, direction) of a delta: `better` or `worse` by the metric's direction (metric_defs), "" when none."""
+    """(text, direction) of a delta: `better` or `worse` by the metric's direction (metric_defs), "" when none and
+    when it shows as zero (a delta that rounds to ±0.000 is neutral, whatever its sign)."""
     if not math.isfinite(delta):
         return "–", ""
+    text = f"{delta:+.3f}"
+    if float(text) == 0:
+        return text, ""
     better = delta > 0 if METRICS[key].higher_is_better else delta < 0
-    return f"{delta:+.3f}", "" if delta == 0 else "better" if better else "worse"
+    return text, "better" if better else "worse"
 
 
 def _better(key: str) -> str:

@@ -408,8 +408,8 @@ def _read_trajectories(wd, first_thumb: int, t: int) -> tuple[Trajectories, list
     n_paths = int(steps["path"].nunique())
     note = (f"Against real: {STEP_REFERENCES['real'][mode]}. Against noised real: {STEP_REFERENCES['noised real'][mode]}. "
             f"The first step (σ {float(doc['sigmas'][0]):g}) is the one-step sample itself. Precision is a share of the "
-            f"{n_paths} paths' samples and compares with a generated set's directly; recall and coverage grow with the "
-            f"number of samples, so compare them between steps. Measured in {doc['feature_space']}.")
+            f"{n_paths} paths' samples and compares with a generated set's directly; coverage grows with the number of "
+            f"samples, so compare it between steps. Measured in {doc['feature_space']}.")
     return Trajectories(sigmas=[float(v) for v in doc["sigmas"]],
                         steps=steps[["path", "step", "sigma", "class_id", "x", "y", "thumb", "shown", "source"]],
                         real=real[["ref", "step", "sigma", "class_id", "x", "y", "thumb", "source"]],
