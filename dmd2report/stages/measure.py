@@ -22,7 +22,8 @@ from ..encoders.stats import load_stats, save_stats
 from ..errors import UserError
 from ..files import save_json, save_npz, sha256_file
 from ..metric_defs import mean_and_cov
-from ..metrics import NO_CLASS, comparison_document, fd_real_halves, measure, metrics_document, save_metrics_document
+from ..metrics import (NO_CLASS, comparison_document, fd_real_halves, fd_real_halves_per_class, measure,
+                       metrics_document, save_metrics_document)
 from ..workdir import generated_sets, set_label
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,8 @@ def run(ctx: Context, overwrite: bool = False) -> None:
                     real_neighbours=space.real_neighbours, real_extra=space.real_extra,
                     reference_moments=space.reference_moments)
         r["reference"]["fd"] = fd_real_halves(space.real, real_classes, cfg.run.seed)   # the scale FD reads against
+        r["reference_per_class"] = {c: {"fd": e} for c, e in   # and a class's FD
+                                    fd_real_halves_per_class(space.real, real_classes, cfg.run.seed).items()}
         if space.protocol is not None:
             r["protocol"] = space.protocol
             stats[space.protocol["encoder"]] = mean_and_cov(space.real)
