@@ -229,14 +229,13 @@ def _entry(value, definition, n_real, n_gen, k=None, ci=None) -> dict:
     return e
 
 
-def _rng(seed: int, space: str, variant: str, cls: int, metric: str) -> np.random.Generator:
-    """A generator per (feature space, variant, scope, metric), from run.seed and those names alone: an interval
-    depends on the data and the seed only, not on the order of computation, on how many sets are measured beside it
-    or on the generator's name (a set labelled `<generator>/<variant>` in a comparison draws the stream of
-    `<variant>`), so a generator measured alone and within a comparison gets the same intervals."""
+def _rng(seed: int, variant: str, cls: int, metric: str) -> np.random.Generator:
+    """A generator per (variant, scope, metric), from run.seed and those names alone: an interval depends on the
+    data and the seed only, not on the order of computation, on how many sets are measured beside it or on the
+    generator's name (a set labelled `<generator>/<variant>` in a comparison draws the stream of `<variant>`), so a
+    generator measured alone and within a comparison gets the same intervals."""
     key = variant.rsplit("/", 1)[-1]
-    return np.random.default_rng([seed, zlib.crc32(space.encode()), zlib.crc32(key.encode()), cls + 1,
-                                  zlib.crc32(metric.encode())])
+    return np.random.default_rng([seed, zlib.crc32(key.encode()), cls + 1, zlib.crc32(metric.encode())])
 
 
 # The declared scopes (`Metric.scope`) a scope's entries come from: every variant's overall entry, a class's
@@ -256,10 +255,9 @@ def _value(v):
     return v
 
 
-def score(e: Evidence, scopes: tuple[str, ...], *, in_class: bool, variant: str, cls: int = -1, space: str = ""):
+def score(e: Evidence, scopes: tuple[str, ...], *, in_class: bool, variant: str, cls: int = -1):
     """The entries of the declared metrics of `scopes` that the scope's evidence `e` has what they need for: each
-    metric's `compute` once, with its bootstrap interval (seeded per feature space, variant, scope and metric:
-    `_rng`); and the per-point values behind them ({key: array}, for the per-sample arrays)."""
+    metric's `compute` once, with its bootstrap interval (seeded per variant, scope and metric: `_rng`); and the per-point values behind them ({key: array}, for the per-sample arrays)."""
     s = e.settings
     entries, points = {}, {}
     for key, m in METRICS.items():
@@ -269,7 +267,7 @@ def score(e: Evidence, scopes: tuple[str, ...], *, in_class: bool, variant: str,
         if isinstance(v, np.ndarray):
             points[key] = v
             if m.bootstrap:
-                ci = bootstrap_ci(v, s["bootstrap"], s["ci_level"], _rng(s["seed"], space, variant, cls, key))
+                ci = bootstrap_ci(v, s["bootstrap"], s["ci_level"], _rng(s["seed"], variant, cls, key))
         n_gen = {"scope": e.n_generated, "set": e.n_set, "conditioned": len(e.cond) if e.cond is not None else 0}
         entries[key] = _entry(_value(v), f"{key}_in_class" if in_class and m.in_class else key, e.n_real,
                               n_gen[m.counts], m.k(s), ci)
@@ -452,14 +450,14 @@ def _measure(real, real_classes, generated, feature_space, k_pr, k_dc, k_fidelit
                              centroid_class=centroid_class[has_class],
                              gen_predicted=None if predicted is None else predicted[has_class])
         overall, points = score(Evidence(settings, n_real, n_gen, n_gen, gen_np, **evidence), OVERALL,
-                                in_class=False, variant=name, space=feature_space)
+                                in_class=False, variant=name)
         for key, v in points.items():   # the per-point values the report draws, by the metric's array name
             if METRICS[key].array:
                 arr[METRICS[key].array] = _scatter(v, has_class) if METRICS[key].counts == "conditioned" else v
         scopes = {}
         if rc is not None and per_class:
             scopes = _class_scopes(name, real_np, rcls, gen_np, cond, gr_i, centroid_class, flags["real_covered"],
-                                   real_in_class, class_moments, settings, kw, predicted, feature_space)
+                                   real_in_class, class_moments, settings, kw, predicted)
         variants[name] = {"overall": overall, "per_class": scopes}
         if want_arrays:
             arrays["variants"][name] = arr
@@ -475,7 +473,7 @@ def _scatter(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 def _class_scopes(variant, real_np, rcls, gen_np, cond, nn_real_idx, centroid_class, real_covered, real_in_class,
-                  class_moments, settings, kw, predicted=None, space: str = "") -> dict:
+                  class_moments, settings, kw, predicted=None) -> dict:
     """Every class's scope: metrics of real class c against the samples conditioned on c, radii inside
     those subsets (the `*_in_class` definitions), computed for all classes at once by grouped searches;
     then one small loop per class slicing its evidence and scoring the declared metrics on it."""
@@ -514,8 +512,7 @@ def _class_scopes(variant, real_np, rcls, gen_np, cond, nn_real_idx, centroid_cl
                                  real_covered=flags["real_covered"][r_rows],
                                  real_in_gen_manifold=flags["real_in_gen_manifold"][r_rows] if n_g > k_pr else None)
         e = Evidence(settings, n_r, n_g, n_gen, gen_np[g_rows], **evidence)
-        scopes[str(int(c))] = score(e, IN_CLASS if n_g else CLASS_ONLY, in_class=True, variant=variant, cls=int(c),
-                                     space=space)[0]
+        scopes[str(int(c))] = score(e, IN_CLASS if n_g else CLASS_ONLY, in_class=True, variant=variant, cls=int(c))[0]
     return scopes
 
 
@@ -552,7 +549,7 @@ def metrics_document(results, provenance: Mapping) -> dict:
         if r["feature_space"] in spaces:
             raise ValueError(f"feature space {r['feature_space']!r} given twice")
         spaces[r["feature_space"]] = {k: r[k] for k in ("dims", "n_real", "settings", "reference",
-                                                        "reference_per_class", "variants", "protocol") if k in r}
+                                                        "reference_per_class", "variants", "matched", "protocol") if k in r}
     def collect(node):
         if isinstance(node, dict):
             if "definition" in node:
