@@ -257,7 +257,8 @@ def _value(v):
 
 def score(e: Evidence, scopes: tuple[str, ...], *, in_class: bool, variant: str, cls: int = -1):
     """The entries of the declared metrics of `scopes` that the scope's evidence `e` has what they need for: each
-    metric's `compute` once, with its bootstrap interval (seeded per variant, scope and metric: `_rng`); and the per-point values behind them ({key: array}, for the per-sample arrays)."""
+    metric's `compute` once, with its bootstrap interval (seeded per variant, scope and metric: `_rng`); and the
+    per-point values behind them ({key: array}, for the per-sample arrays)."""
     s = e.settings
     entries, points = {}, {}
     for key, m in METRICS.items():
