@@ -221,7 +221,11 @@ def even(tmp_path_factory):
     """A synthetic report with what the measure stage gives the tables to compare by: per-variant and per-class
     intervals, the class-conditioned set's first seeds as a row of its own (fewer samples than the class set), and
     every class's real-against-real FD."""
-    data = synthetic_report_data(300, 150, 5, seed=7)
+    data = synthetic_report_data(300, 150, 5, seed=7, trajectories=True)
+    n_paths = int(data.trajectories.steps["path"].nunique())
+    floor = dict(n_real=300 - n_paths, n_generated=n_paths, precision=0.91, recall=0.42, density=0.97, coverage=0.137,
+                 fd=8.3)
+    data = replace(data, trajectories=dataclasses.replace(data.trajectories, floor=floor))
     m = data.metrics
     pv = m.per_variant
     matched = "class, first 40 seeds"
@@ -310,5 +314,20 @@ def test_each_definition_once_and_every_table_links_to_it(even, browser):
     page.goto((root / "classes.html").as_uri())   # the classes page links to the same definitions
     hrefs = page.locator("a[data-def-link]").evaluate_all("as => as.map(a => a.getAttribute('href'))")
     assert hrefs and all("metrics.html#def-" in h for h in hrefs)
+    assert problems == []
+    page.context.close()
+
+
+def test_the_few_step_metrics_sit_beside_their_sample_size_floor(even, browser):
+    """The few-step panel's table ends with the floor: as many real images as paths, measured as a step is."""
+    root, data = even
+    floor = data.trajectories.floor
+    page, problems, _ = _open(browser, (root / "map.html").as_uri())
+    page.locator("[data-traj-panel] summary").click()
+    row = page.locator("table.traj-metrics tr[data-floor]")
+    assert row.is_visible()
+    cells = row.locator("td").all_inner_texts()
+    assert cells[1] == f"floor: {floor['n_generated']} real"
+    assert cells[2:] == [f"{floor[k]:.2f}" for k in ("precision", "recall", "coverage")]
     assert problems == []
     page.context.close()

@@ -212,6 +212,9 @@ class Trajectories:
     metrics: pd.DataFrame
     conditioning: str = "class"
     note: str = ""
+    # the steps' sample-size floor: as many real images as paths, held out and measured against the rest as a step
+    # is (metrics.json's "floor": n_real, n_generated, precision, recall, density, coverage, fd); {} without
+    floor: dict = field(default_factory=dict)
 
     def validate(self, n_thumbs: int) -> None:
         s, S = self.steps, len(self.sigmas)

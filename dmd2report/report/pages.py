@@ -176,7 +176,7 @@ def _map(site: Site) -> Content:
                         note=" ".join(t for t in (traj.note, _one_step_note(data.metrics)) if t),
                         heads=_metric_heads(("precision", "recall", "coverage")),
                         colours=list(zip(traj.sigmas, figures.step_colours(len(traj.sigmas)))),
-                        metrics=traj.metrics.sort_values(["step", "reference"]).to_dict("records"))
+                        metrics=traj.metrics.sort_values(["step", "reference"]).to_dict("records"), floor=traj.floor)
     return Content(dict(color_by=site.color_by, n_drawn=view.n_drawn,
                         colour_choices=list(COLOUR_BY_WORDS.items()) + (list(COMPARE_COLOUR_WORDS.items())
                                                                         if data.comparison is not None else []),

@@ -433,11 +433,17 @@ def _read_trajectories(wd, first_thumb: int, t: int) -> tuple[Trajectories, list
             f"The first step (σ {float(doc['sigmas'][0]):g}) is the one-step sample itself. Precision is a share of the "
             f"{n_paths} paths' samples and compares with a generated set's directly; coverage grows with the number of "
             f"samples, so compare it between steps. Measured in {doc['feature_space']}.")
+    floor = {k: v for k, v in (doc.get("floor") or {}).items() if not k.endswith("_ci")}
+    if floor.get("n_generated"):
+        note += (f" The floor row: {floor['n_generated']} real images of the paths' classes, held out of the real set "
+                 f"and measured against the rest as a step is (Fréchet distance {_num(floor.get('fd')):.2f}): what real "
+                 f"data itself scores at this sample count; a step near it is as close as {floor['n_generated']} "
+                 f"samples can show.")
     return Trajectories(sigmas=[float(v) for v in doc["sigmas"]],
                         steps=steps[["path", "step", "sigma", "class_id", "x", "y", "thumb", "shown", "source"]],
                         real=real[["ref", "step", "sigma", "class_id", "x", "y", "thumb", "source"]],
                         metrics=pd.DataFrame(rows, columns=STEP_METRIC_COLUMNS), conditioning=doc.get("conditioning", "class"),
-                        note=note), thumbs
+                        note=note, floor=floor), thumbs
 
 
 def _num(v) -> float:
