@@ -489,7 +489,7 @@ def _variant_table(m, keys) -> dict:
     caution where the variants' sample counts differ."""
     pv = m.per_variant
     if not len(pv):
-        return dict(rows=[], caution="")
+        return dict(rows=[], caution="", base="")
     base = m.matched or "class"
     base_n = dict(zip(pv["variant"], pv["n_gen"]))
     rows = []
