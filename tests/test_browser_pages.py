@@ -275,6 +275,9 @@ def test_tables_that_compare_show_intervals_and_non_overlap(even, browser):
                 want = "above" if ci[0] > base[1] else "below" if ci[1] < base[0] else None
             assert cell.get_attribute("data-separated") == want, (r.variant, key)
     assert table.locator('td[data-separated]').count() == 3 and table.locator('td[data-metric]').count() == 0
+    fd_col = heads.index("fd")   # every variant's FD beside the real set's two halves
+    assert [row.locator("td").nth(1 + fd_col).locator("[data-real-scale]").inner_text()
+            for row in table.locator("tbody tr").all()] == [f"real/real {m.fd.real_halves:.2f}"] * len(m.per_variant)
     # per class, against the overall interval: class 0's coverage lies below it, the others' overlap
     classes = page.locator("table.data.sortable").last
     cov = heads_of(classes).index("coverage")

@@ -497,6 +497,9 @@ def _variant_table(m, keys) -> dict:
         v, own = r["variant"], r["variant"] in (base, "class")
         cells = [_cell(r.get(k), m.intervals.get(("variant", v, k)),
                        None if own else m.intervals.get(("variant", base, k)), f"{base}'s") for k in keys]
+        for k, cell in zip(keys, cells):   # every FD beside the real set's own (its two halves)
+            if k == "fd" and m.fd is not None and m.fd.real_halves is not None:
+                cell["real"] = m.fd.real_halves
         rows.append(dict(variant=v, n_gen=r["n_gen"], cells=cells, matched=v == m.matched))
     counts = sorted(set(int(n) for n in pv["n_gen"]))
     caution = ""
