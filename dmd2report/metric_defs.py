@@ -67,6 +67,7 @@ class Metric:
     scope: str = "overall"            # "overall": every variant's overall entry; "per_class"; "map" (fit stage)
     in_class: str = ""                # definition of its per-class entry, "<key>_in_class" ("" = same as overall)
     reference: str = ""               # definition of the real set's own value, "<key>_real" ("" = none)
+    reference_in_class: str = ""      # definition of a class's own value, "<key>_real_in_class" ("" = none)
     reading: str = ""                 # how to read it where it is drawn (the map's colouring), "" = the explanation suffices
     # How the engine computes it (None: measured elsewhere, as trust by the fit stage). `compute(evidence)` returns
     # per-point values whose mean is the metric (an array), or the value itself; None (or no points) where the scope
@@ -174,7 +175,11 @@ METRICS: dict[str, Metric] = {
         reference="fd between two disjoint halves of the real set (each class's samples split at random, seeded by "
                   "run.seed, alternately into the halves): the value two samples of the real distribution give at "
                   "about half the real count, streamed over row chunks of the reduced features",
-        compute=_fd, needs=("real_moments",)),   # its reference: `metrics.fd_real_halves`, streamed, by the stage
+        reference_in_class="fd between the real samples of class c in the two halves of fd_real (the class's rows "
+                           "split alternately): the value two samples of the class's real distribution give at about "
+                           "half the class's real count, the scale a class's fd reads against",
+        compute=_fd, needs=("real_moments",)),   # its references: `metrics.fd_real_halves` (streamed) and
+                                                 # `metrics.fd_real_halves_per_class`, by the stage
     "class_fidelity": Metric(
         "Class fidelity",
         "Mean share of a generated sample's 10 nearest real samples that belong to its conditioning class.",
@@ -268,6 +273,8 @@ def definitions() -> dict[str, str]:
             out[f"{key}_in_class"] = m.in_class
         if m.reference:
             out[f"{key}_real"] = m.reference
+        if m.reference_in_class:
+            out[f"{key}_real_in_class"] = m.reference_in_class
     return out
 
 

@@ -183,6 +183,44 @@ def fd_real_halves(real: np.ndarray, real_classes, seed: int) -> dict:
     return _entry(value, "fd_real", len(real), 0) | {"n_halves": [n_a, n_b]}
 
 
+def fd_real_halves_per_class(real: np.ndarray, real_classes, seed: int) -> dict:
+    """{class: entry} of metrics.json's "reference_per_class": within each class, the Frechet distance between its
+    rows in the two halves of `real_halves` (the same split as the overall scale), the scale a class's FD reads
+    against (`fd_real_in_class`). A class's halves are small, often fewer rows than dimensions: then the trace of
+    the square root comes from the singular values of the two halves' centred rows' cross product
+    (`frechet_from_rows`), never a (D, D) eigendecomposition per class. Value None below 2 rows a half."""
+    if real_classes is None:
+        return {}
+    cls = np.asarray(real_classes, np.int64)
+    second = real_halves(len(real), cls, seed)
+    index = _ClassIndex(cls, np.unique(cls))
+    out = {}
+    with one_blas_thread():
+        for i, c in enumerate(index.classes):
+            rows = index.rows(i)
+            xc, half = np.asarray(real[rows], np.float64), second[rows]
+            n_a, n_b = int((~half).sum()), int(half.sum())
+            value = frechet_from_rows(xc[~half], xc[half]) if min(n_a, n_b) >= 2 else None
+            out[str(int(c))] = _entry(value, "fd_real_in_class", len(rows), 0) | {"n_halves": [n_a, n_b]}
+    return out
+
+
+def frechet_from_rows(a: np.ndarray, b: np.ndarray) -> float:
+    """The Frechet distance of Gaussians fitted to the rows of a and b (float64, unbiased covariances), as
+    `frechet_from_stats` of their moments. With fewer rows than dimensions it works in the rows' space: S_a^1/2 S_b
+    S_a^1/2 has the nonzero eigenvalues of (Z_b Z_a^T)(Z_b Z_a^T)^T / ((n_a - 1)(n_b - 1)), Z the centred rows, so
+    the trace of its square root is the sum of Z_b Z_a^T's singular values over sqrt((n_a - 1)(n_b - 1))."""
+    n_a, n_b, d = len(a), len(b), a.shape[1]
+    if max(n_a, n_b) >= d:
+        return frechet_from_stats(*mean_and_cov(a), *mean_and_cov(b))
+    za, zb = a - a.mean(axis=0), b - b.mean(axis=0)
+    ca, cb = n_a - 1, n_b - 1
+    tr_sqrt = np.linalg.svd(zb @ za.T, compute_uv=False).sum() / math.sqrt(ca * cb)
+    fd = float(np.sum((a.mean(axis=0) - b.mean(axis=0)) ** 2) + (za * za).sum() / ca + (zb * zb).sum() / cb
+               - 2 * tr_sqrt)
+    return max(fd, 0.0)
+
+
 def _entry(value, definition, n_real, n_gen, k=None, ci=None) -> dict:
     e = {"value": None if value is None else float(value), "definition": definition, "k": k,
          "n_real": int(n_real), "n_generated": int(n_gen)}
@@ -192,8 +230,12 @@ def _entry(value, definition, n_real, n_gen, k=None, ci=None) -> dict:
 
 
 def _rng(seed: int, variant: str, cls: int, metric: str) -> np.random.Generator:
-    """A generator per (variant, scope, metric): intervals do not depend on the order of computation."""
-    return np.random.default_rng([seed, zlib.crc32(variant.encode()), cls + 1, zlib.crc32(metric.encode())])
+    """A generator per (variant, scope, metric), from run.seed and those names alone: an interval depends on the
+    data and the seed only, not on the order of computation, on how many sets are measured beside it or on the
+    generator's name (a set labelled `<generator>/<variant>` in a comparison draws the stream of `<variant>`), so a
+    generator measured alone and within a comparison gets the same intervals."""
+    key = variant.rsplit("/", 1)[-1]
+    return np.random.default_rng([seed, zlib.crc32(key.encode()), cls + 1, zlib.crc32(metric.encode())])
 
 
 # The declared scopes (`Metric.scope`) a scope's entries come from: every variant's overall entry, a class's
@@ -215,8 +257,8 @@ def _value(v):
 
 def score(e: Evidence, scopes: tuple[str, ...], *, in_class: bool, variant: str, cls: int = -1):
     """The entries of the declared metrics of `scopes` that the scope's evidence `e` has what they need for: each
-    metric's `compute` once, with its bootstrap interval (seeded per variant, scope and metric); and the per-point
-    values behind them ({key: array}, for the per-sample arrays)."""
+    metric's `compute` once, with its bootstrap interval (seeded per variant, scope and metric: `_rng`); and the
+    per-point values behind them ({key: array}, for the per-sample arrays)."""
     s = e.settings
     entries, points = {}, {}
     for key, m in METRICS.items():
@@ -507,8 +549,8 @@ def metrics_document(results, provenance: Mapping) -> dict:
     for r in results:
         if r["feature_space"] in spaces:
             raise ValueError(f"feature space {r['feature_space']!r} given twice")
-        spaces[r["feature_space"]] = {k: r[k] for k in ("dims", "n_real", "settings", "reference", "variants",
-                                                        "protocol") if k in r}
+        spaces[r["feature_space"]] = {k: r[k] for k in ("dims", "n_real", "settings", "reference",
+                                                        "reference_per_class", "variants", "matched", "protocol") if k in r}
     def collect(node):
         if isinstance(node, dict):
             if "definition" in node:

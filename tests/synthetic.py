@@ -33,7 +33,7 @@ from dmd2report.metric_defs import METRICS
 from dmd2report.metrics import fd_real_halves, frechet_distance
 from dmd2report.models import build_preset
 from dmd2report.pipeline import stage_keys
-from dmd2report.report.data import (OVERALL_COLUMNS, REFERENCE_COLUMNS, STEP_METRIC_COLUMNS, TRAJECTORY_COLUMNS, Atlas,
+from dmd2report.report.data import (COMPARISON_COLUMNS, OVERALL_COLUMNS, REFERENCE_COLUMNS, STEP_METRIC_COLUMNS, TRAJECTORY_COLUMNS, Atlas,
                                     AtlasAnchor, DataSource, FrechetDistance, Metrics, ModelInfo, Neighbours,
                                     ReportData, RunInfo, Trajectories, config_hash, package_versions)
 from dmd2report.sampling import condition_vectors, sample_plan
@@ -298,15 +298,14 @@ def with_comparison(data: ReportData, other: str = "step-9") -> ReportData:
             continue
         shift = float(rng.normal(0, 0.03))
         for g, v, d in (("final", r.value, 0.0), (other, r.value + shift, shift)):
-            rows.append((g, r.key, r.label, v, v - 0.02, v + 0.02, d, g != "final" and abs(d) > 0.04))
+            rows.append(("synthetic", g, r.key, r.label, v, v - 0.02, v + 0.02, d, g != "final" and abs(d) > 0.04))
     pc = data.metrics.per_class
     deltas = pd.DataFrame([(other, "coverage", int(c), v, v + d, d) for c, v, d in
                            zip(pc["class_id"], pc["coverage"], rng.normal(0, 0.05, len(pc)))],
                           columns=["generator", "key", "class_id", "reference", "value", "delta"])
     deltas = deltas.iloc[np.argsort(-deltas["delta"].abs().to_numpy(), kind="stable")].reset_index(drop=True)
     comparison = Comparison(generators=["final", other], a="final", b=other,
-                            overall=pd.DataFrame(rows, columns=["generator", "key", "label", "value", "ci_low", "ci_high",
-                                                                "delta", "separated"]),
+                            overall=pd.DataFrame(rows, columns=COMPARISON_COLUMNS),
                             per_class=deltas, seeds=pd.DataFrame(seeds, columns=["seed_index", "class_id", "generator", "point"]),
                             feature_space="synthetic")
     return replace(data, points=p, comparison=comparison)

@@ -5,6 +5,7 @@ import dataclasses
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from dmd2report.metric_defs import METRICS
@@ -212,4 +213,124 @@ def test_variants_page_scales_to_a_thousand_classes(browser, tmp_path):  # noqa:
     assert rows == 2 and "2 of this class's 3 seeds" in page.inner_text('[data-variant-table="999"]')
     assert problems == []
     _shot(page, "variants-1000-classes")
+    page.context.close()
+
+
+@pytest.fixture(scope="module")
+def even(tmp_path_factory):
+    """A synthetic report with what the measure stage gives the tables to compare by: per-variant and per-class
+    intervals, the class-conditioned set's first seeds as a row of its own (fewer samples than the class set), and
+    every class's real-against-real FD."""
+    data = synthetic_report_data(300, 150, 5, seed=7, trajectories=True)
+    n_paths = int(data.trajectories.steps["path"].nunique())
+    floor = dict(n_real=300 - n_paths, n_generated=n_paths, precision=0.91, recall=0.42, density=0.97, coverage=0.137,
+                 fd=8.3)
+    data = replace(data, trajectories=dataclasses.replace(data.trajectories, floor=floor))
+    m = data.metrics
+    pv = m.per_variant
+    matched = "class, first 40 seeds"
+    first = pv[pv["variant"] == "class"].assign(variant=matched, n_gen=40, coverage=0.2, precision=0.9, recall=0.5)
+    pv = pd.concat([pv.iloc[:1], first, pv.iloc[1:]], ignore_index=True).assign(fd=[4.0, 6.0, 7.0, 9.0, 3.0])
+    intervals = {}
+    for r in pv.itertuples():   # coverage of every variant well apart from the matched row's, precision overlapping
+        for key in ("precision", "recall", "coverage"):
+            v = getattr(r, key)
+            intervals[("variant", r.variant, key)] = (v - (0.01 if key == "coverage" else 0.3), v + 0.01)
+    pc = m.per_class.assign(fd=np.linspace(2, 6, len(m.per_class)))
+    overall = {r.key: (r.ci_low, r.ci_high) for r in m.overall.itertuples()}
+    for r in pc.itertuples():   # class c's coverage interval: below the overall one for class 0, overlapping else
+        lo = overall["coverage"][0] - 0.2 if r.class_id == 0 else overall["coverage"][0]
+        intervals[("class", r.class_id, "coverage")] = (lo, lo + 0.05)
+    class_fd_real = {int(c): 1.0 + c / 10 for c in pc["class_id"]}
+    data = replace(data, metrics=dataclasses.replace(m, per_variant=pv, per_class=pc, intervals=intervals,
+                                                     class_fd_real=class_fd_real, matched=matched))
+    root = tmp_path_factory.mktemp("even") / "site"
+    render_site(data, root)
+    return root, data
+
+
+def test_tables_that_compare_show_intervals_and_non_overlap(even, browser):
+    """Every compared value carries its interval; ▲/▼ (data-separated) exactly where the interval lies wholly above or
+    below the one compared with: a variant's against the class-conditioned set's same seeds (a row of their own, with
+    a caution naming the different counts), a class's against the overall one; a class's FD beside its real/real."""
+    root, data = even
+    m = data.metrics
+    page, problems, _ = _open(browser, (root / "metrics.html").as_uri())
+    table = page.locator('table[data-table="variants"]')
+    assert table.locator("tbody tr").evaluate_all("rs => rs.map(r => r.dataset.variant)") == list(m.per_variant["variant"])
+    assert table.locator("tr[data-matched] th").inner_text() == m.matched
+    caution = page.inner_text('[data-caution="variants"]')
+    assert m.matched in caution and "40" in caution and "grows with the number of samples" in caution
+    heads = table.locator("thead th[data-metric]").evaluate_all("hs => hs.map(h => h.dataset.metric)")
+    for r in m.per_variant.itertuples():
+        row = table.locator(f'tbody tr[data-variant="{r.variant}"]')
+        for i, key in enumerate(heads):
+            cell = row.locator("td").nth(1 + i)
+            ci = m.intervals.get(("variant", r.variant, key))
+            if ci is not None:
+                assert f"{ci[0]:.3f} – {ci[1]:.3f}" in cell.inner_text(), (r.variant, key)
+            base = m.intervals.get(("variant", m.matched, key))
+            want = None
+            if ci is not None and base is not None and r.variant not in ("class", m.matched):
+                want = "above" if ci[0] > base[1] else "below" if ci[1] < base[0] else None
+            assert cell.get_attribute("data-separated") == want, (r.variant, key)
+    assert table.locator('td[data-separated]').count() == 3 and table.locator('td[data-metric]').count() == 0
+    fd_col = heads.index("fd")   # every variant's FD beside the real set's two halves
+    assert [row.locator("td").nth(1 + fd_col).locator("[data-real-scale]").inner_text()
+            for row in table.locator("tbody tr").all()] == [f"real/real {m.fd.real_halves:.2f}"] * len(m.per_variant)
+    # per class, against the overall interval: class 0's coverage lies below it, the others' overlap
+    classes = page.locator("table.data.sortable").last
+    cov = heads_of(classes).index("coverage")
+    marks = [classes.locator(f'tbody tr[data-class="{c}"] td').nth(4 + cov).get_attribute("data-separated")
+             for c in m.per_class["class_id"]]
+    assert marks == ["below"] + [None] * (len(marks) - 1)
+    fd_cells = classes.locator("tbody td [data-real-scale]").all_inner_texts()
+    assert fd_cells == [f"real/real {m.class_fd_real[int(c)]:.2f}" for c in m.per_class["class_id"]]
+    assert problems == []
+    page.goto((root / "classes.html").as_uri())
+    table = page.locator("table.data.sortable")
+    assert table.locator('td[data-separated="below"]').count() == 1 and \
+        table.locator('tr:first-child td[data-separated="below"]').count() == 1
+    assert table.locator("[data-real-scale]").count() == len(m.per_class)
+    page.context.close()
+
+
+def heads_of(table):
+    return table.locator("thead th[data-metric]").evaluate_all("hs => hs.map(h => h.dataset.metric)")
+
+
+def test_each_definition_once_and_every_table_links_to_it(even, browser):
+    root, data = even
+    page, problems, _ = _open(browser, (root / "metrics.html").as_uri())
+    body = page.text_content("main")
+    defs = page.locator("[data-definition]").evaluate_all("ds => ds.map(d => d.dataset.definition)")
+    assert {"precision", "recall", "coverage", "fd", "trust"} <= set(defs) and len(defs) == len(set(defs))
+    for key in defs:   # the one line and the formula once on the page, in the Definitions section
+        assert body.count(METRICS[key].explanation) == 1, key
+        assert page.locator(f"#def-{key}").inner_text().count(METRICS[key].explanation) == 1
+    links = page.locator("a[data-def-link]")
+    assert links.count() >= 8   # every metric column header of the per-variant and per-class tables
+    for key, href in links.evaluate_all("as => as.map(a => [a.dataset.defLink, a.getAttribute('href')])"):
+        assert href.endswith(f"metrics.html#def-{key}") and page.locator(f"#def-{key}").count() == 1
+    page.locator('a[data-def-link="coverage"]').first.click()
+    assert page.url.endswith("#def-coverage") and page.locator("#def-coverage").is_visible()
+    page.goto((root / "classes.html").as_uri())   # the classes page links to the same definitions
+    hrefs = page.locator("a[data-def-link]").evaluate_all("as => as.map(a => a.getAttribute('href'))")
+    assert hrefs and all("metrics.html#def-" in h for h in hrefs)
+    assert problems == []
+    page.context.close()
+
+
+def test_the_few_step_metrics_sit_beside_their_sample_size_floor(even, browser):
+    """The few-step panel's table ends with the floor: as many real images as paths, measured as a step is."""
+    root, data = even
+    floor = data.trajectories.floor
+    page, problems, _ = _open(browser, (root / "map.html").as_uri())
+    page.locator("[data-traj-panel] summary").click()
+    row = page.locator("table.traj-metrics tr[data-floor]")
+    assert row.is_visible()
+    cells = row.locator("td").all_inner_texts()
+    assert cells[1] == f"floor: {floor['n_generated']} real"
+    assert cells[2:] == [f"{floor[k]:.2f}" for k in ("precision", "recall", "coverage")]
+    assert problems == []
     page.context.close()

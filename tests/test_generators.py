@@ -217,6 +217,43 @@ def test_comparison_page_in_the_browser(two, browser):
     page.close()
 
 
+def test_compared_tables_carry_intervals_and_real_scales_from_metrics_json(two, browser):
+    """The pipeline's numbers on the pages that compare: the compare page's per-class cells with both generators'
+    intervals, ▲/▼ where they do not overlap, its FD beside the real halves'; the metrics page's row of the class set's
+    first seeds (metrics.json's matched.class, as many samples as the other variants) and each class's real/real FD."""
+    doc = json.loads((two / "work" / "measure" / "metrics.json").read_text())
+    space_name = json.loads((two / "work" / "measure" / "headline.json").read_text())["feature_space"]
+    spaces = {g: doc["generators"][g]["feature_spaces"][space_name] for g in ("final", "step-100")}
+    final, early = (spaces[g]["variants"]["class"] for g in ("final", "step-100"))
+    page, problems, _ = _open(browser, (two / "site" / "compare.html").as_uri())
+    assert f"real against real (two halves): {spaces['final']['reference']['fd']['value']:.2f}" in \
+        page.inner_text(f'[data-compare="overall"][data-space="{space_name}"] tr[data-metric="fd"] th')
+    rows = page.locator('[data-compare="classes"][data-metric="coverage"] tbody tr')
+    assert rows.count() > 0
+    for r in rows.all():
+        c = r.get_attribute("data-class")
+        a, b = final["per_class"][c]["coverage"], early["per_class"][c]["coverage"]
+        ref_cell, cell = r.locator("td").nth(1), r.locator("td").nth(2)
+        assert f"{a['ci_low']:.3f} – {a['ci_high']:.3f}" in ref_cell.inner_text()
+        assert f"{b['ci_low']:.3f} – {b['ci_high']:.3f}" in cell.inner_text()
+        want = "above" if b["ci_low"] > a["ci_high"] else "below" if b["ci_high"] < a["ci_low"] else None
+        assert cell.get_attribute("data-separated") == want, c
+    page.goto((two / "site" / "metrics.html").as_uri())
+    matched = spaces["final"]["matched"]["class"]
+    n = matched["n_seeds"]
+    assert n == SMALL["generate.variant_samples"] and matched["overall"]["coverage"]["n_generated"] == n
+    row = page.locator('table[data-table="variants"] tr[data-matched]')
+    assert row.locator("th").inner_text() == f"class, first {n} seeds" and row.locator("td").first.inner_text() == str(n)
+    assert f"{matched['overall']['coverage']['value']:.3f}" in row.inner_text()
+    assert f"{n}" in page.inner_text('[data-caution="variants"]')
+    scales = page.locator("table.data.sortable").last.locator("[data-real-scale]").all_inner_texts()
+    per_class = spaces["final"]["reference_per_class"]
+    assert scales and set(scales) <= {f"real/real {e['fd']['value']:.2f}" for e in per_class.values()
+                                      if e["fd"]["value"] is not None}
+    assert problems == []
+    page.close()
+
+
 def test_map_colours_by_generator_and_coverage_difference(two, browser):
     page, problems, requests = _open(browser, (two / "site" / "map.html").as_uri() + "#colour=generator")
     assert page.locator('[data-colour="map"]').input_value() == "generator"

@@ -8,7 +8,7 @@ import pytest
 
 from dmd2report.config import load_config
 from dmd2report.context import Context
-from dmd2report.metrics import fd_real_halves, measure
+from dmd2report.metrics import fd_real_halves, fd_real_halves_per_class, measure
 from dmd2report.pipeline import run_stages
 from dmd2report.stages import measure as measure_stage
 from dmd2report.stages.measure import FeatureSpace, flatten_arrays, variant_classes
@@ -67,6 +67,20 @@ def test_chunked_measure_stage_equals_in_memory_measure(tmp_path, caplog, monkey
     assert space["variants"] == json.loads(json.dumps(scale_round(raw["variants"])))
     halves = fd_real_halves(real.features("midblock")[:, :6], rc, config.run.seed)
     assert space["reference"]["fd"] == json.loads(json.dumps(scale_round(halves)))
+    # every class's FD scale: its rows in the two halves
+    per_class = fd_real_halves_per_class(real.features("midblock")[:, :6], rc, config.run.seed)
+    assert space["reference_per_class"] == json.loads(json.dumps(scale_round({c: {"fd": e} for c, e in per_class.items()})))
+    assert set(space["reference_per_class"]) == set(space["variants"]["class"]["per_class"])
+    # the class-conditioned set's first variant_samples seeds (the other variants' seeds), measured as a set
+    n_var = config.generate.variant_samples
+    assert n_var < len(gens["class"]) and doc["definitions"]["fd_real_in_class"]
+    first = measure(real.features("midblock")[:, :6], rc, {"class@matched": (
+        gens["class"].features("midblock")[:n_var, :6], variant_classes("class", gens["class"].metadata())[:n_var])},
+        feature_space="raw", k_pr=m.k_pr, k_dc=m.k_dc, k_fidelity=m.k_fidelity, bootstrap=m.bootstrap,
+        seed=config.run.seed, device="cpu", arrays=False, per_class=False)
+    assert space["matched"] == {"class": {"n_seeds": n_var, "overall": json.loads(json.dumps(scale_round(
+        first["variants"]["class@matched"]["overall"])))}}
+    assert space["matched"]["class"]["overall"]["coverage"]["n_generated"] == n_var
     for layer in real.layers:
         emb = wd.fitted(layer)
         ref = measure(emb.reduce(real.features(layer)), rc,

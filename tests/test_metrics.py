@@ -144,6 +144,21 @@ def test_bootstrap_interval_contains_estimate_and_is_seeded(clustered):
     assert c["variants"]["v"]["overall"]["precision"]["ci_low"] != a["variants"]["v"]["overall"]["precision"]["ci_low"]
 
 
+def test_intervals_depend_on_the_data_and_the_seed_alone(clustered):
+    """The same generator on the same data gets the same intervals in any report: measured alone (a one-generator
+    report's `class`) or as `<name>/class` beside another generator's sets, listed before or after it."""
+    x, rc, y, cond = clustered
+    other = y[::-1] + 0.3
+    kw = dict(feature_space="t", bootstrap=50, seed=5, device="cpu", arrays=False)
+    alone = measure(x, rc, {"class": (y, cond)}, **kw)["variants"]["class"]
+    for sets in ({"demo/class": (y, cond), "step100/class": (other, cond)},
+                 {"a-first/class": (other, cond), "z/uniform": (other, None), "demo/class": (y, cond)}):
+        beside = measure(x, rc, sets, **kw)["variants"]["demo/class"]
+        assert beside == alone   # every entry, overall and per class: values and intervals
+    assert any("ci_low" in e for e in alone["overall"].values())
+    assert any("ci_low" in e for scope in alone["per_class"].values() for e in scope.values())
+
+
 @pytest.mark.parametrize("values", [
     np.r_[np.ones(130), np.zeros(370)],                   # 0/1 flags (precision, recall, coverage)
     np.repeat([0.0, 0.2, 0.4, 1.0, 2.6], [300, 90, 60, 40, 10]),   # few density levels
@@ -392,3 +407,28 @@ def test_a_metric_is_one_declared_unit(tmp_path, clustered, monkeypatch):
         np.testing.assert_array_equal(after["arrays"]["variants"][v]["gen_density_count"],
                                       before["arrays"]["variants"][v]["gen_density"] * 5)
     assert "| Density count | `density_count` |" in markdown()
+
+
+def test_fd_reference_per_class_is_the_fd_of_each_class_between_the_two_halves():
+    """The scale a class's FD reads against: FD of the class's rows in the two halves of the overall split, the same
+    number by the rows' cross product (fewer rows than dimensions) as by the covariances."""
+    from dmd2report.metrics import fd_real_halves_per_class, frechet_from_rows
+
+    rng = np.random.default_rng(4)
+    classes = np.repeat(np.arange(4), [30, 9, 3, 50])
+    x = (rng.normal(size=(len(classes), 12)) * (1 + classes[:, None]) + classes[:, None]).astype(np.float32)
+    second = real_halves(len(x), classes, seed=7)
+    per_class = fd_real_halves_per_class(x, classes, seed=7)
+    assert set(per_class) == {"0", "1", "2", "3"}
+    for c in range(4):
+        e, rows = per_class[str(c)], classes == c
+        a, b = x[rows & ~second], x[rows & second]
+        assert e["definition"] == "fd_real_in_class" and e["n_real"] == rows.sum() and e["n_halves"] == [len(a), len(b)]
+        if c == 2:
+            assert e["value"] is None       # one row in a half
+            continue
+        assert e["value"] == pytest.approx(frechet_distance(a, b), rel=1e-8)
+    # the rows' route equals the covariances' route where the rows are fewer than the dimensions
+    a, b = rng.normal(size=(7, 40)), rng.normal(size=(5, 40)) + 0.2
+    assert frechet_from_rows(a, b) == pytest.approx(frechet_distance(a, b), rel=1e-7)   # rank-deficient: eigh rounds
+    assert fd_real_halves_per_class(x, None, seed=7) == {}

@@ -221,3 +221,13 @@ def test_per_class_chart_title_says_which_classes_it_shows(tmp_path):
     data = synthetic_report_data(300, 300, 40, seed=0, variants_per_class=1)
     render_site(replace(data, max_class_pages=1), tmp_path / "site")
     assert "The 30 classes with the lowest coverage, of 40" in (tmp_path / "site" / "metrics.html").read_text()
+
+
+def test_a_delta_that_shows_as_zero_is_neutral():
+    """A delta is coloured by the metric's direction only where it shows: "-0.000" is no regression."""
+    from dmd2report.report.pages import _delta
+
+    assert _delta("coverage", -0.0004) == ("-0.000", "") and _delta("coverage", 0.0004) == ("+0.000", "")
+    assert _delta("fd", 0.0004)[1] == "" and _delta("coverage", 0.0) == ("+0.000", "")
+    assert _delta("coverage", -0.0006) == ("-0.001", "worse") and _delta("fd", -0.0006) == ("-0.001", "better")
+    assert _delta("coverage", float("nan")) == ("–", "")

@@ -141,6 +141,8 @@ def test_stage_stores_every_step(traj_run):
     for s in doc["steps"]:
         assert 0 <= s["vs_real"]["coverage"] <= 1 and s["vs_real"]["n_generated"] == 7
         assert s["vs_noised_real"]["n_real"] == 9 and 0 <= s["vs_noised_real"]["precision"] <= 1
+    assert doc["floor"]["n_generated"] == 7 and 0 <= doc["floor"]["coverage"] <= 1 and doc["floor"]["fd"] > 0
+    assert "held out of the real set" in doc["definitions"]["floor"]
 
 
 def test_stage_rerun_reuses_stores(traj_run):
@@ -188,3 +190,35 @@ def test_last_step_of_the_shipped_demo_matches_its_class_set(tmp_path):
     last = steps["steps"][-1]["vs_real"]
     assert steps["features"] == "reencode" and steps["sigmas"][-1] < 0.1 and last["n_generated"] == 48
     assert last["precision_ci"][0] <= class_set <= last["precision_ci"][1], (last, class_set)
+
+
+def test_the_steps_floor_is_real_data_of_the_paths_size_measured_as_a_step():
+    """The per-step metrics' sample-size floor: as many real rows as paths, of the paths' classes, held out of the real
+    set and measured against the rest; with the fit stage's real k-NN closed up over the held rows, exactly what a
+    fresh search of the rest gives."""
+    from dmd2report.knn import knn
+    from dmd2report.metrics import measure
+    from dmd2report.stages.trajectory import floor_rows, real_floor
+
+    rng = np.random.default_rng(0)
+    real_classes = np.repeat(np.arange(6), 40)
+    x = (rng.normal(size=(len(real_classes), 5)) + real_classes[:, None]).astype(np.float32)
+    paths = np.array([0, 0, 1, 2, 2, 2, 5, 5, 3, 4, 1, 0])
+    held = floor_rows(real_classes, paths, seed=3)
+    assert len(held) == len(paths) and len(np.unique(held)) == len(held)
+    np.testing.assert_array_equal(np.sort(real_classes[held]), np.sort(paths))     # the paths' class mix
+    np.testing.assert_array_equal(held, floor_rows(real_classes, paths, seed=3))
+    assert not np.array_equal(held, floor_rows(real_classes, paths, seed=4))
+    assert len(floor_rows(real_classes, np.full(7, -1), seed=3)) == 7                 # paths without a class
+    kw = dict(k_pr=3, k_dc=5, k_fidelity=10, k_neighbours=1, bootstrap=20, seed=3, per_class=False, per_class_fd=False)
+    fit_knn = knn(x, None, 15, exclude_self=True)
+    floor = real_floor(x, real_classes, paths, 3, kw, "t", fit_knn)
+    rest = np.setdiff1d(np.arange(len(x)), held)
+    ref = measure(x[rest], real_classes[rest], {"floor": (x[held], None)}, feature_space="t", arrays=False,
+                  **kw)["variants"]["floor"]["overall"]
+    assert floor["n_generated"] == len(paths) and floor["n_real"] == len(rest)
+    for key in ("precision", "recall", "density", "coverage", "fd"):
+        assert floor[key] == pytest.approx(ref[key]["value"], rel=1e-9), key
+    assert floor["coverage_ci"] == [ref["coverage"]["ci_low"], ref["coverage"]["ci_high"]]
+    assert real_floor(x, real_classes, paths, 3, kw, "t", None)["coverage"] == floor["coverage"]   # searched afresh
+    assert floor["fd"] > 0 and floor["coverage"] < 1       # real data itself, at this count, is no perfect score

@@ -168,6 +168,11 @@ class Metrics:
     layer: str = ""                 # the headline layer the numbers are measured in
     spaces: pd.DataFrame | None = None   # SPACE_COLUMNS, every feature space of metrics.json, the headline's first
     protocols: dict = field(default_factory=dict)   # a standard space's name -> how its numbers are made (protocol)
+    # 95% intervals of the per-variant and per-class tables' entries where bootstrapped: {("variant", variant, key)
+    # or ("class", class_id, key): (ci_low, ci_high)}
+    intervals: dict = field(default_factory=dict)
+    class_fd_real: dict = field(default_factory=dict)   # class_id -> FD between the class's rows in the real halves
+    matched: str = ""   # per_variant's row of the class-conditioned set's first seeds (the other variants'), "" none
 
 
 @dataclass
@@ -207,6 +212,9 @@ class Trajectories:
     metrics: pd.DataFrame
     conditioning: str = "class"
     note: str = ""
+    # the steps' sample-size floor: as many real images as paths, held out and measured against the rest as a step
+    # is (metrics.json's "floor": n_real, n_generated, precision, recall, density, coverage, fd); {} without
+    floor: dict = field(default_factory=dict)
 
     def validate(self, n_thumbs: int) -> None:
         s, S = self.steps, len(self.sigmas)
@@ -226,6 +234,8 @@ class Trajectories:
 
 COMPARISON_COLUMNS = ["space", "generator", "key", "label", "value", "ci_low", "ci_high", "delta", "separated"]
 CLASS_DELTA_COLUMNS = ["generator", "key", "class_id", "reference", "value", "delta"]
+# optional columns of per_class: both 95% intervals (NaN without), and whether they do not overlap
+CLASS_DELTA_INTERVALS = ["reference_low", "reference_high", "low", "high", "separated"]
 CLASS_DELTA_METRICS = ("coverage", "class_fidelity")   # the per-class deltas compared: what gained or lost coverage or fidelity
 SEED_COLUMNS = ["seed_index", "class_id", "generator", "point"]
 COVER_DIFF = ("neither", "A only", "B only", "both")   # points.cover_diff codes 0..3: bit 0 covered by A, bit 1 by B
@@ -267,6 +277,7 @@ class Comparison:
     seeds: pd.DataFrame
     feature_space: str = ""
     protocols: dict[str, str] = field(default_factory=dict)
+    fd_real: dict[str, float] = field(default_factory=dict)   # per space: the FD of the real set's two halves, its scale
 
     def validate(self, points: pd.DataFrame) -> None:
         for name, table, cols in (("overall", self.overall, COMPARISON_COLUMNS),

@@ -112,8 +112,22 @@ class Site:
         return [dict(class_id=c, name=self.names.get(c, str(c)), synset=self.synsets.get(c, ""),
                      n_real=int(counts_real.get(c, 0)), n_gen=int(counts_gen.get(c, 0)),
                      n_other=int(counts_other.get(c, 0)), has_page=c in self.data.chosen_classes,
-                     metrics=[per_class.at[c, k] if c in per_class.index else None for k in self.class_metric_cols])
+                     metrics=[per_class.at[c, k] if c in per_class.index else None for k in self.class_metric_cols],
+                     cells=self.class_cells(c, per_class))
                 for c in present]
+
+    def class_cells(self, c: int, per_class: pd.DataFrame) -> list[dict]:
+        """A class's metric cells: value, interval and its mark against the overall interval (`_cell`), and beside
+        its FD the class's real-against-real scale."""
+        m, overall = self.data.metrics, {r["key"]: (r["ci_low"], r["ci_high"]) for r in self.overall}
+        cells = []
+        for k in self.class_metric_cols:
+            v = per_class.at[c, k] if c in per_class.index else None
+            cell = _cell(v, m.intervals.get(("class", c, k)), overall.get(k), "the overall interval")
+            if k == "fd" and c in m.class_fd_real:
+                cell["real"] = m.class_fd_real[c]
+            cells.append(cell)
+        return cells
 
     @functools.cached_property
     def class_grid(self) -> pd.DataFrame:
@@ -163,7 +177,7 @@ def _map(site: Site) -> Content:
                         note=" ".join(t for t in (traj.note, _one_step_note(data.metrics)) if t),
                         heads=_metric_heads(("precision", "recall", "coverage")),
                         colours=list(zip(traj.sigmas, figures.step_colours(len(traj.sigmas)))),
-                        metrics=traj.metrics.sort_values(["step", "reference"]).to_dict("records"))
+                        metrics=traj.metrics.sort_values(["step", "reference"]).to_dict("records"), floor=traj.floor)
     return Content(dict(color_by=site.color_by, n_drawn=view.n_drawn,
                         colour_choices=list(COLOUR_BY_WORDS.items()) + (list(COMPARE_COLOUR_WORDS.items())
                                                                         if data.comparison is not None else []),
@@ -242,7 +256,9 @@ def _metrics(site: Site) -> Content:
         models["classbars"] = figures.bar_chart(worst, "label", cbar_cols, "classbars", title)
     trust = METRICS["trust"]
     return Content(dict(spaces=_spaces_side_by_side(m), overall=site.overall, fd=m.fd, fd_head=_metric_heads(["fd"])[0],
-                        fd_scale=site.fd_scale,
+                        fd_scale=site.fd_scale, variant_table=_variant_table(m, var_metric_cols),
+                        definitions=_definitions([r["key"] for r in site.overall] + var_metric_cols
+                                                 + site.class_metric_cols),
                         layer=m.layer, per_variant=m.per_variant.to_dict("records"),
                         var_heads=_metric_heads(var_metric_cols), class_rows=site.class_rows, class_heads=site.class_heads,
                         class_note=site.class_note,
@@ -288,7 +304,7 @@ def _compare(site: Site) -> Content:
                                   words=f"{r.generator} minus {cmp.generators[0]} ({_better(key)})"))
             overall.append(dict(key=key, label=spec.label, explanation=spec.explanation, colour=spec.colour, cells=cells))
         spaces.append(dict(name=space, headline=space == cmp.feature_space, protocol=cmp.protocols.get(space, ""),
-                           rows=overall))
+                           fd_real=cmp.fd_real.get(space, float("nan")), rows=overall))
     n_real = max(1, int((P["set"] == "real").sum()))
     coverage = [(w, c, n, n / n_real) for w, c, n in cover_diff_kinds(view.full)]
     class_tables = []
@@ -296,7 +312,8 @@ def _compare(site: Site) -> Content:
         rows = rows[np.isfinite(rows["delta"].to_numpy(np.float64))].head(MAX_CLASS_DELTAS)
         class_tables.append(dict(generator=g, key=key, label=METRICS[key].label, rows=[
             dict(class_id=int(r.class_id), name=names.get(int(r.class_id), str(r.class_id)), reference=r.reference,
-                 value=r.value, **dict(zip(("delta_text", "direction"), _delta(key, r.delta)))) for r in rows.itertuples()]))
+                 value=r.value, **dict(zip(("delta_text", "direction"), _delta(key, r.delta))), **_class_delta_cells(r))
+            for r in rows.itertuples()]))
     seed_tables = []
     seeds = cmp.seeds[cmp.seeds["point"] >= 0]
     for c, sc in seeds.groupby("class_id", sort=True):
@@ -333,6 +350,16 @@ def _galleries(site: Site) -> Content:
     n_unc_classes = int(P["class_id"][(P["set"] == "real") & ~P["covered"].fillna(False).astype(bool)].nunique())
     return Content(dict(far=far, pairs=pairs, classes=classes, n_unc_classes=n_unc_classes, layer=site.data.neighbours.layer,
                         k_dc=coverage_k(site.full), n_cond=int((P["variant"] == "class").sum())))
+
+
+def _class_delta_cells(r) -> dict:
+    """A per-class delta row's two cells (`_cell`): the reference's value with its interval, and this generator's,
+    marked where its interval lies wholly above or below the reference's (data.CLASS_DELTA_INTERVALS; NaN without)."""
+    nan = float("nan")
+    ref_ci = (getattr(r, "reference_low", nan), getattr(r, "reference_high", nan))
+    ci = (getattr(r, "low", nan), getattr(r, "high", nan))
+    return dict(reference_cell=_cell(r.reference, ref_ci, None, ""),
+                value_cell=_cell(r.value, ci, ref_ci, "the reference's"))
 
 
 def _atlas(site: Site) -> Content:
@@ -454,6 +481,65 @@ def _fd_scale(m) -> dict | None:
                 times=fd.value / fd.real_halves if fd.real_halves > 0 else None)
 
 
+def _definitions(keys) -> list[dict]:
+    """The metrics page's one "Definitions" section: each declared metric its tables show, once, with its words, its
+    formula, its per-class and real-set variants (metric_defs.METRICS); every table's header links to it."""
+    out = []
+    for k in dict.fromkeys(k for k in keys if k in METRICS):
+        m = METRICS[k]
+        out.append(dict(key=k, label=m.label, colour=m.colour, explanation=m.explanation,
+                        **{f: _readable(getattr(m, f)) for f in ("definition", "in_class", "reference",
+                                                                  "reference_in_class")}))
+    return out
+
+
+def _readable(text: str) -> str:
+    """A metrics.json definition in the page's words: metric keys (`fd`, `class_fidelity`, `fd_real`) as labels."""
+    words = {"fd_real": "the real set's two-halves Fréchet distance"} | {k: m.label for k, m in METRICS.items()}
+    return re.sub(r"\b(" + "|".join(sorted(words, key=len, reverse=True)) + r")\b", lambda g: words[g.group(1)], text)
+
+
+def _cell(value, interval, against, against_words: str) -> dict:
+    """A table's metric cell: its value, its 95% interval where bootstrapped, and `mark` "above" or "below" where
+    that interval lies wholly above or below the interval `against` (the two do not overlap), with words saying so."""
+    lo, hi = interval if interval is not None else (np.nan, np.nan)
+    cell = dict(value=value, lo=lo, hi=hi, mark="", words="")
+    if interval is not None and against is not None and all(np.isfinite([lo, hi, *against])):
+        cell["mark"] = "above" if lo > against[1] else "below" if hi < against[0] else ""
+        if cell["mark"]:
+            cell["words"] = f"interval wholly {cell['mark']} {against_words} [{against[0]:.3f}, {against[1]:.3f}]"
+    return cell
+
+
+def _variant_table(m, keys) -> dict:
+    """The per-variant table: each variant's cells with intervals, marked against the class-conditioned set's first
+    seeds (`Metrics.matched`: the same seeds and classes, so the same count) or else the whole class set; and the
+    caution where the variants' sample counts differ."""
+    pv = m.per_variant
+    if not len(pv):
+        return dict(rows=[], caution="", base="")
+    base = m.matched or "class"
+    base_n = dict(zip(pv["variant"], pv["n_gen"]))
+    rows = []
+    for r in pv.to_dict("records"):
+        v, own = r["variant"], r["variant"] in (base, "class")
+        cells = [_cell(r.get(k), m.intervals.get(("variant", v, k)),
+                       None if own else m.intervals.get(("variant", base, k)), f"{base}'s") for k in keys]
+        for k, cell in zip(keys, cells):   # every FD beside the real set's own (its two halves)
+            if k == "fd" and m.fd is not None and m.fd.real_halves is not None:
+                cell["real"] = m.fd.real_halves
+        rows.append(dict(variant=v, n_gen=r["n_gen"], cells=cells, matched=v == m.matched))
+    counts = sorted(set(int(n) for n in pv["n_gen"]))
+    caution = ""
+    if len(counts) > 1:
+        caution = (f"The sets differ in size ({', '.join(f'{n:,}' for n in counts)} samples), and coverage grows with "
+                   f"the number of samples: compare a variant with a set of its own size"
+                   + (f", the row \"{m.matched}\" (the class-conditioned samples of the same seeds and classes as "
+                      f"every other variant, {int(base_n[m.matched]):,} samples); marks ▲▼ compare with it."
+                      if m.matched else "."))
+    return dict(rows=rows, caution=caution, base=base)
+
+
 def _one_step_note(m) -> str:
     """The class-conditioned one-step set's scores against the real set, for the few-step panel to be read by."""
     o = m.overall.set_index("key")
@@ -466,11 +552,15 @@ def _one_step_note(m) -> str:
 
 
 def _delta(key: str, delta: float) -> tuple[str, str]:
-    """(text, direction) of a delta: `better` or `worse` by the metric's direction (metric_defs), "" when none."""
+    """(text, direction) of a delta: `better` or `worse` by the metric's direction (metric_defs), "" when none and
+    when it shows as zero (a delta that rounds to ±0.000 is neutral, whatever its sign)."""
     if not math.isfinite(delta):
         return "–", ""
+    text = f"{delta:+.3f}"
+    if float(text) == 0:
+        return text, ""
     better = delta > 0 if METRICS[key].higher_is_better else delta < 0
-    return f"{delta:+.3f}", "" if delta == 0 else "better" if better else "worse"
+    return text, "better" if better else "worse"
 
 
 def _better(key: str) -> str:

@@ -22,7 +22,8 @@ from ..encoders.stats import load_stats, save_stats
 from ..errors import UserError
 from ..files import save_json, save_npz, sha256_file
 from ..metric_defs import mean_and_cov
-from ..metrics import NO_CLASS, comparison_document, fd_real_halves, measure, metrics_document, save_metrics_document
+from ..metrics import (NO_CLASS, comparison_document, fd_real_halves, fd_real_halves_per_class, measure,
+                       metrics_document, save_metrics_document)
 from ..workdir import generated_sets, set_label
 
 log = logging.getLogger(__name__)
@@ -126,13 +127,17 @@ def run(ctx: Context, overwrite: bool = False) -> None:
     for space in (space for source in FEATURE_SPACES for space in source(ctx, real, gens)):
         ctx.log.info("[measure] %s: %d real, %s", space.name, len(space.real),
                      ", ".join(f"{len(g[0])} {v}" for v, g in space.generated.items()))
+        generated = space.generated | matched_sets(space.generated, sets, cfg)
         # per-point arrays are kept for the headline space only: other spaces skip the searches only they need
-        r = measure(space.real, real_classes, space.generated, feature_space=space.name, k_pr=m.k_pr, k_dc=m.k_dc,
+        r = measure(space.real, real_classes, generated, feature_space=space.name, k_pr=m.k_pr, k_dc=m.k_dc,
                     k_fidelity=m.k_fidelity, k_neighbours=m.k_neighbours, bootstrap=m.bootstrap, seed=cfg.run.seed,
                     arrays=space.headline is not None, device=ctx.generator.device(),
                     real_neighbours=space.real_neighbours, real_extra=space.real_extra,
                     reference_moments=space.reference_moments)
+        fold_matched(r)
         r["reference"]["fd"] = fd_real_halves(space.real, real_classes, cfg.run.seed)   # the scale FD reads against
+        r["reference_per_class"] = {c: {"fd": e} for c, e in   # and a class's FD
+                                    fd_real_halves_per_class(space.real, real_classes, cfg.run.seed).items()}
         if space.protocol is not None:
             r["protocol"] = space.protocol
             stats[space.protocol["encoder"]] = mean_and_cov(space.real)
@@ -151,7 +156,9 @@ def run(ctx: Context, overwrite: bool = False) -> None:
                       "fit": {own.get(k, k): t for k, t in trust.items() if k == "real" or k in own}}   # by variant
         if name:
             provenance |= {"generator": name, "encoder": ctx.generator.name}
-        documents[name] = metrics_document([r | {"variants": {v: r["variants"][label] for label, v in own.items()}}
+        documents[name] = metrics_document([r | {"variants": {v: r["variants"][label] for label, v in own.items()},
+                                                 "matched": {v: r["matched"][label] for label, v in own.items()
+                                                             if label in r["matched"]}}
                                             for r in results], provenance)
     # measure/ is replaced whole: metrics.json, arrays.npz and headline.json always come from one run.
     with wd.replacing(wd.measure) as out:
@@ -162,6 +169,38 @@ def run(ctx: Context, overwrite: bool = False) -> None:
         save_metrics_document(out / "metrics.json", document)
         for name, (mu, sigma) in stats.items():
             save_stats(out / f"{name}.stats.npz", mu, sigma)
+
+
+MATCHED = "@matched"   # the label suffix of a class-conditioned set's first seeds, measured beside the set
+
+
+def matched_sets(generated: dict, sets: dict, cfg) -> dict:
+    """The class-conditioned sets' first `generate.variant_samples` samples: the seeds and classes every other variant
+    is drawn from, so each variant has a class-conditioned counterpart of its own sample count (coverage and recall
+    grow with the count; 1,200 class-conditioned samples beside 240 of a variant would favour them). Only where the
+    run has other variants and the class set is larger than they are. `sets`: {label: (generator, variant, store)}."""
+    out = {}
+    if not any(v != "class" for _, v, _ in sets.values()):
+        return out
+    for label, (_, variant, _) in sets.items():
+        n = min(cfg.generate.variant_samples, len(generated[label][0]))
+        if variant == "class" and n < len(generated[label][0]):
+            feats, cond, *extra = generated[label]
+            out[label + MATCHED] = (feats[:n], cond[:n], *({k: a[:n] for k, a in e.items()} for e in extra))
+    return out
+
+
+def fold_matched(result: dict) -> None:
+    """Each matched set's overall entries out of the variants, into the space's "matched" under its class-conditioned
+    set's label ({"n_seeds", "overall"}: metrics.json's `feature_spaces.<space>.matched.class`); its arrays dropped
+    (the map draws the whole set)."""
+    result["matched"] = {}
+    for label in [k for k in result["variants"] if k.endswith(MATCHED)]:
+        entries = result["variants"].pop(label)["overall"]
+        n = entries["precision"]["n_generated"] if "precision" in entries else 0
+        result["matched"][label[:-len(MATCHED)]] = {"n_seeds": int(n), "overall": entries}
+        if result.get("arrays"):
+            result["arrays"]["variants"].pop(label, None)
 
 
 def _reduced(emb, store, layer: str) -> np.ndarray:

@@ -16,7 +16,8 @@ from ..errors import UserError
 from ..files import bytes_digest, load_npz, load_parquet, read_json
 from ..metric_defs import METRICS, STEP_REFERENCES
 from ..metrics import generator_documents
-from ..report.data import (CLASS_DELTA_COLUMNS, CLASS_DELTA_METRICS, COMPARISON_COLUMNS, OVERALL_COLUMNS, POINT_COLUMNS,
+from ..report.data import (CLASS_DELTA_COLUMNS, CLASS_DELTA_INTERVALS, CLASS_DELTA_METRICS, COMPARISON_COLUMNS,
+                           OVERALL_COLUMNS, POINT_COLUMNS,
                            SPACE_COLUMNS,
                            Comparison, compared_class_set, STEP_METRIC_COLUMNS, Atlas, AtlasAnchor, DataSource, FrechetDistance,
                            Metrics, ModelInfo, Neighbours, Ragged, ReportData, RunInfo, StackedThumbnails, Trajectories,
@@ -225,7 +226,12 @@ def _read_metrics(shown: ShownSets) -> Metrics:
         rows.append(("trust", spec.label, trust["mean"], np.nan, np.nan, spec.explanation, len(shown.real),
                      trust["n"], spec.headline))
     overall = pd.DataFrame(rows, columns=OVERALL_COLUMNS)
-    per_class = []
+    per_class, intervals = [], {}
+
+    def interval(table, row_id, key, entry):   # a bootstrapped entry's interval, by its table's row and metric
+        if entry.get("ci_low") is not None:
+            intervals[(table, row_id, key)] = (_num(entry["ci_low"]), _num(entry["ci_high"]))
+
     real_classes = shown.real.metadata()["class_id"].to_numpy(np.int64)
     real_count = pd.Series(real_classes).value_counts()  # one pass, not one comparison per class
     for c, scope in sorted(variants["class"]["per_class"].items(), key=lambda kv: int(kv[0])):
@@ -234,13 +240,19 @@ def _read_metrics(shown: ShownSets) -> Metrics:
         for key in ("precision", "recall", "density", "coverage", "coverage_global", "class_fidelity", "fd"):
             if key in scope:
                 row[key] = _num(scope[key].get("value"))
+                interval("class", int(c), key, scope[key])
         per_class.append(row)
     per_variant = []
-    for v, d in variants.items():
-        row = {"variant": v, "n_gen": int(d["overall"]["precision"]["n_generated"])}
+    matched = space.get("matched", {}).get("class")   # the class set's first seeds, beside it
+    rows_of = [(v, d["overall"]) for v, d in variants.items()]
+    if matched:
+        rows_of.insert(1, (matched_row := f"class, first {matched['n_seeds']:,} seeds", matched["overall"]))
+    for v, overall_of in rows_of:
+        row = {"variant": v, "n_gen": int(overall_of["precision"]["n_generated"])}
         for key in ("precision", "recall", "density", "coverage", "fd", "class_fidelity"):
-            if key in d["overall"]:
-                row[key] = _num(d["overall"][key].get("value"))
+            if key in overall_of:
+                row[key] = _num(overall_of[key].get("value"))
+                interval("variant", v, key, overall_of[key])
         per_variant.append(row)
     fd_e, halves = main["fd"], space.get("reference", {}).get("fd") or {}
     fd = FrechetDistance(value=_num(fd_e["value"]), n_real=fd_e["n_real"], n_gen=fd_e["n_generated"],
@@ -255,8 +267,11 @@ def _read_metrics(shown: ShownSets) -> Metrics:
         for row in per_class:
             row["classification_accuracy"] = _num(scopes.get(str(row["class_id"]), {})
                                                   .get("classification_accuracy", {}).get("value"))
+    class_fd_real = {int(c): _num(r["fd"].get("value")) for c, r in space.get("reference_per_class", {}).items()
+                     if "fd" in r}
     return Metrics(overall=overall, per_class=pd.DataFrame(per_class), per_variant=pd.DataFrame(per_variant),
-                   fd=fd, layer=headline["layer"], spaces=spaces, protocols=protocols)
+                   fd=fd, layer=headline["layer"], spaces=spaces, protocols=protocols, intervals=intervals,
+                   class_fd_real=class_fd_real, matched=matched_row if matched else "")
 
 
 def _read_spaces(doc: dict, headline: str) -> tuple[pd.DataFrame, dict]:
@@ -360,10 +375,11 @@ def _read_comparison(shown: ShownSets) -> Comparison:
     deltas = []
     for g in generators[1:]:
         for key in CLASS_DELTA_METRICS:
-            mine = {c: _num(m.get(key, {}).get("value")) for c, m in cls[g]["per_class"].items()}
-            theirs = {c: _num(m.get(key, {}).get("value")) for c, m in cls[ref]["per_class"].items()}
-            deltas += [(g, key, int(c), theirs.get(c, np.nan), v, v - theirs.get(c, np.nan)) for c, v in mine.items()]
-    per_class = pd.DataFrame(deltas, columns=CLASS_DELTA_COLUMNS)
+            mine, theirs = (_class_entries(cls[name]["per_class"], key) for name in (g, ref))
+            for c, (v, lo, hi) in mine.items():
+                r, r_lo, r_hi = theirs.get(c, (np.nan,) * 3)
+                deltas.append((g, key, int(c), r, v, v - r, r_lo, r_hi, lo, hi, bool(lo > r_hi or hi < r_lo)))
+    per_class = pd.DataFrame(deltas, columns=CLASS_DELTA_COLUMNS + CLASS_DELTA_INTERVALS)
     per_class = per_class.iloc[np.argsort(-per_class["delta"].abs().fillna(-1).to_numpy(), kind="stable")]
     # The same seeds under every generator, for every class (the page's selector): COMPARE_SEEDS rows each while all
     # classes' fit in COMPARE_SEED_BUDGET, past it an equal share, at least one (1,000 classes: two each).
@@ -375,9 +391,16 @@ def _read_comparison(shown: ShownSets) -> Comparison:
                           "class_id": np.tile(picked["class_id"].to_numpy(), len(generators)),
                           "generator": np.repeat(generators, len(picked)),
                           "point": np.concatenate([offsets[lab] + picked["row"].to_numpy() for lab in labels])})
+    fd_real = {n: _num((spaces[n].get("reference", {}).get("fd") or {}).get("value")) for n in names}
     return Comparison(generators=list(generators), a=ref, b=generators[1], overall=overall,
                       per_class=per_class.reset_index(drop=True), seeds=seeds, feature_space=space,
-                      protocols={n: _protocol_words(spaces[n]["protocol"]) for n in names if "protocol" in spaces[n]})
+                      protocols={n: _protocol_words(spaces[n]["protocol"]) for n in names if "protocol" in spaces[n]},
+                      fd_real=fd_real)
+
+
+def _class_entries(per_class: dict, key: str) -> dict:
+    """{class: (value, ci_low, ci_high)} of one metric's per-class entries (NaN where none)."""
+    return {c: tuple(_num(m.get(key, {}).get(f)) for f in ("value", "ci_low", "ci_high")) for c, m in per_class.items()}
 
 
 def _read_trajectories(wd, first_thumb: int, t: int) -> tuple[Trajectories, list[np.ndarray]]:
@@ -420,13 +443,19 @@ def _read_trajectories(wd, first_thumb: int, t: int) -> tuple[Trajectories, list
     n_paths = int(steps["path"].nunique())
     note = (f"Against real: {STEP_REFERENCES['real'][mode]}. Against noised real: {STEP_REFERENCES['noised real'][mode]}. "
             f"The first step (σ {float(doc['sigmas'][0]):g}) is the one-step sample itself. Precision is a share of the "
-            f"{n_paths} paths' samples and compares with a generated set's directly; recall and coverage grow with the "
-            f"number of samples, so compare them between steps. Measured in {doc['feature_space']}.")
+            f"{n_paths} paths' samples and compares with a generated set's directly; coverage grows with the number of "
+            f"samples, so compare it between steps. Measured in {doc['feature_space']}.")
+    floor = {k: v for k, v in (doc.get("floor") or {}).items() if not k.endswith("_ci")}
+    if floor.get("n_generated"):
+        note += (f" The floor row: {floor['n_generated']} real images of the paths' classes, held out of the real set "
+                 f"and measured against the rest as a step is (Fréchet distance {_num(floor.get('fd')):.2f}): what real "
+                 f"data itself scores at this sample count; a step near it is as close as {floor['n_generated']} "
+                 f"samples can show.")
     return Trajectories(sigmas=[float(v) for v in doc["sigmas"]],
                         steps=steps[["path", "step", "sigma", "class_id", "x", "y", "thumb", "shown", "source"]],
                         real=real[["ref", "step", "sigma", "class_id", "x", "y", "thumb", "source"]],
                         metrics=pd.DataFrame(rows, columns=STEP_METRIC_COLUMNS), conditioning=doc.get("conditioning", "class"),
-                        note=note), thumbs
+                        note=note, floor=floor), thumbs
 
 
 def _num(v) -> float:

@@ -307,9 +307,74 @@ def measure_steps(real_red: np.ndarray, real_classes: np.ndarray, paths: tuple[n
                       "vs_real": entry(vs_real if tag in kept else None, tag, len(real_red), len(g)),
                       "vs_noised_real": entry(noised, tag, len(r_s), len(g))})
     mode = config.features.generated
+    floor = real_floor(real_red, real_classes, g_meta["class_id"].to_numpy(np.int64)[g_step == 0], config.run.seed,
+                       kw, feature_space, real_neighbours)
     return {"feature_space": feature_space, "sigmas": [float(s) for s in sigmas], "steps": steps, "features": mode,
+            "floor": floor,
             "definitions": {"vs_real": STEP_REFERENCES["real"][mode],
-                            "vs_noised_real": STEP_REFERENCES["noised real"][mode]}}
+                            "vs_noised_real": STEP_REFERENCES["noised real"][mode],
+                            "floor": "as many real images as there are paths, of the paths' classes (drawn at random, "
+                                     "seeded by run.seed), held out of the real set and measured against the rest as "
+                                     "a step is: what real data itself scores at this sample count"}}
+
+
+def floor_rows(real_classes: np.ndarray, path_classes: np.ndarray, seed: int) -> np.ndarray:
+    """Real rows, one per path, of the path's class where it has one (else any class), drawn at random without
+    replacement (seeded): a real sample the size and class mix of the paths'."""
+    rng = np.random.default_rng([seed, 0x666C6F6F72])   # "floor"
+    n = len(real_classes)
+    order = np.lexsort((rng.random(n), real_classes))          # by class, randomly within a class
+    srt = real_classes[order]
+    rank = np.arange(n) - np.searchsorted(srt, srt, "left")    # each row's place in its class's random order
+    classes, need = np.unique(path_classes[path_classes >= 0], return_counts=True)
+    want = np.zeros(n, np.int64)
+    at = np.searchsorted(classes, srt).clip(0, max(len(classes) - 1, 0))
+    if len(classes):
+        want = np.where(classes[at] == srt, need[at], 0)
+    held = order[rank < want]
+    rest = np.setdiff1d(rng.permutation(n), held, assume_unique=True)[: int((path_classes < 0).sum())]
+    return np.sort(np.concatenate([held, rest]).astype(np.int64))
+
+
+def _neighbours_without(neighbours: tuple, held: np.ndarray, n: int) -> tuple | None:
+    """The real rows' exact k-NN (distances, indices) with the `held` rows taken out of the set: their own rows
+    dropped, and every list closed up over them and renumbered (the k nearest of the rest are the first k that are
+    not held). None where that leaves no column (the caller then searches)."""
+    kept = np.ones(n, bool)
+    kept[held] = False
+    d, i = (np.asarray(a)[kept] for a in neighbours)
+    gone = ~kept[i]
+    order = np.argsort(gone, axis=1, kind="stable")
+    width = int((~gone).sum(axis=1).min()) if len(i) else 0
+    if width == 0:
+        return None
+    d, i = (np.take_along_axis(a, order, axis=1)[:, :width] for a in (d, i))
+    return np.ascontiguousarray(d), (np.cumsum(kept) - 1)[i]
+
+
+def real_floor(real_red: np.ndarray, real_classes: np.ndarray, path_classes: np.ndarray, seed: int, kw: dict,
+               feature_space: str, real_neighbours: tuple | None) -> dict:
+    """The per-step metrics' sample-size floor: as many real images as paths (`floor_rows`), held out and measured
+    against the rest of the real set as a step's samples are (FD and coverage of 48 real images are far from 0 and
+    1: a step is read against this). The fit stage's real k-NN is reused with the held rows taken out."""
+    n = len(path_classes)
+    held = floor_rows(real_classes, path_classes, seed)
+    need = max(kw["k_pr"], kw["k_dc"]) + 1
+    out = {"n_real": int(len(real_red) - len(held)), "n_generated": int(len(held))}
+    if len(held) < 2 or len(real_red) - len(held) < need or n == 0:
+        return out | {k: None for k in METRIC_KEYS}
+    rest = np.ones(len(real_red), bool)
+    rest[held] = False
+    nbrs = None if real_neighbours is None else _neighbours_without(real_neighbours, held, len(real_red))
+    res = measure(real_red[rest], real_classes[rest], {"floor": (real_red[held], None)}, arrays=False,
+                  feature_space=f"{feature_space} floor", real_neighbours=nbrs, **kw)
+    o = res["variants"]["floor"]["overall"]
+    for k in METRIC_KEYS:
+        e = o.get(k) or {}
+        out[k] = e.get("value")
+        if "ci_low" in e:
+            out[k + "_ci"] = [e["ci_low"], e["ci_high"]]
+    return out
 
 
 STAGE = Stage(
