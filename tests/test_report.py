@@ -221,3 +221,15 @@ def test_per_class_chart_title_says_which_classes_it_shows(tmp_path):
     data = synthetic_report_data(300, 300, 40, seed=0, variants_per_class=1)
     render_site(replace(data, max_class_pages=1), tmp_path / "site")
     assert "The 30 classes with the lowest coverage, of 40" in (tmp_path / "site" / "metrics.html").read_text()
+
+
+def test_converted_images_are_counted_on_the_overview(data, tmp_path):
+    from dmd2report.sources import CONVERSIONS
+
+    render_site(replace(data, converted={"16-bit": 1200, "alpha": 3}), tmp_path / "s")
+    html = (tmp_path / "s" / "index.html").read_text()
+    assert "Converted images" in html and "1,200" in html
+    assert html.count('<tr><td>') >= 2 and "value &gt;&gt; 8" in html and "alpha channel dropped" in html
+    assert CONVERSIONS["16-bit"].replace(">", "&gt;") in html
+    render_site(data, tmp_path / "none")
+    assert "Converted images" not in (tmp_path / "none" / "index.html").read_text()
