@@ -90,16 +90,21 @@ def _echo_layers(net, indent: str) -> None:
 def inspect(path):
     """Describe a checkpoint: format, counts, its architecture (read off the shapes), hookable layers, and the
     [model.config] table that loads it. Anything but a DhariwalUNet is a one-line error naming what could
-    not be read."""
-    from .checkpoint import checkpoint_architecture, read_checkpoint
+    not be read, and so is a network whose outputs are not finite or do not depend on its input."""
+    from .checkpoint import check_outputs, checkpoint_architecture, load_into, read_checkpoint
     from .models import build_network
 
     ckpt = read_checkpoint(path)  # every tensor: damaged weights are named here too
+    kwargs, like = checkpoint_architecture(ckpt)
+    net = build_network(kwargs)
+    load_into(net, ckpt, "the architecture read off its shapes")
+    check_outputs(net.eval(), ckpt.path)   # the probe every run makes when it loads a generator
+    del net
     click.echo(f"file:        {ckpt.path}")
     click.echo(f"format:      {ckpt.format}" + (f" (stripped prefix {ckpt.stripped_prefix!r})" if ckpt.stripped_prefix else ""))
     click.echo(f"tensors:     {ckpt.num_tensors:,}")
     click.echo(f"parameters:  {ckpt.num_parameters:,}")
-    kwargs, like = checkpoint_architecture(ckpt)
+    click.echo("outputs:     finite, and depend on the input (two noises and classes at sigma 80)")
     if like:
         click.echo(f'preset:      {like} (its shapes: loads strictly with model.preset = "{like}" or "auto")')
     else:
