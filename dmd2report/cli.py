@@ -199,6 +199,7 @@ def _add_stage_commands(group: click.Group) -> None:
     """`build` and one command per stage, from the stages' declarations (once)."""
     if "build" in group.commands:
         return
+    from . import preflight
     from .pipeline import STAGE_NAMES, STAGES, build as run_build
 
     @click.option("--force", "force", multiple=True, metavar="STAGE",
@@ -206,6 +207,7 @@ def _add_stage_commands(group: click.Group) -> None:
     @_config_options
     def build(force, **kwargs):
         config = _load(kwargs)
+        preflight.check(config, STAGE_NAMES)   # every check that needs no model output, before the first stage
         run_build(config, STAGE_NAMES, force=force, command=command_line())
         click.echo(f"report: {Path(config.run.site) / 'index.html'}")
 
@@ -221,7 +223,11 @@ def _stage_command(name: str, run_build):
     def command(overwrite, **kwargs):
         # Explicit: the stage runs even if recorded as done. Its store resumes an interrupted run of
         # the same configuration and refuses another one unless --overwrite.
-        run_build(_load(kwargs), (name,), force=(name,), overwrite=overwrite, command=command_line())
+        from . import preflight
+
+        config = _load(kwargs)
+        preflight.check(config, (name,))
+        run_build(config, (name,), force=(name,), overwrite=overwrite, command=command_line())
     return command
 
 
