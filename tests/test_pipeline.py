@@ -306,3 +306,14 @@ def test_torchrun_two_processes_equal_one(tmp_path):
             assert (a / f).read_bytes() == (b / f).read_bytes(), f
     assert (tmp_path / "two" / "site" / "index.html").exists()
 
+
+
+def test_build_output_is_one_voice(built):
+    """A demo build's stderr holds the tool's own lines only: no Python warning (`file.py:12: UserWarning: ...`, and
+    its source line) and no library warning the build meets (torch, PIL, numba, umap, scikit-learn: they would come
+    out once each as `warning: <library>: <Category>: ...`)."""
+    _, _, out = built
+    python_style = [l for l in out.splitlines() if re.search(r"\.py:\d+: \w*Warning\b", l)]
+    library = [l for l in out.splitlines() if re.match(r"warning: \w+: \w*Warning: ", l)
+               and "DeprecationWarning" not in l]   # pytest shows DeprecationWarnings, which users never see
+    assert not python_style and not library, out
