@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from .console import setup_logging
-from .errors import UserError
+from .errors import EXIT_USER_ERROR, UserError, is_disk_full
 from .resources import EXAMPLE_CONFIGS, bundled_by_name
 
 
@@ -36,18 +36,20 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except UserError as e:
             click.echo(f"error: {e}", err=True)
-            sys.exit(2)
-        except OSError as e:  # disk full where no writer caught it: still one line
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            sys.exit(EXIT_USER_ERROR)
+        except OSError as e:  # disk full, or a folder the user may not write, where no writer caught it: one line
+            if not is_disk_full(e) and e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise
             from .files import write_error
 
-            click.echo(f"error: {write_error(e.filename or 'the disk', e)}", err=True)
-            sys.exit(2)
+            where = e.filename or "the work directory"
+            message = write_error(where, e) if is_disk_full(e) else f"{where}: {e.strerror or e}"
+            click.echo(f"error: {message}", err=True)
+            sys.exit(EXIT_USER_ERROR)
         except click.UsageError as e:  # a bad option value, an unknown option: one line too
             hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
             click.echo(f"error: {' '.join(e.format_message().split()).rstrip('.')}{hint}", err=True)
-            sys.exit(2)
+            sys.exit(EXIT_USER_ERROR)
 
 
 @click.group(cls=_Group)
@@ -90,7 +92,8 @@ def _echo_layers(net, indent: str) -> None:
 def inspect(path):
     """Describe a checkpoint: format, counts, its architecture (read off the shapes), hookable layers, and the
     [model.config] table that loads it. Anything but a DhariwalUNet is a one-line error naming what could
-    not be read, and so is a network whose outputs are not finite or do not depend on its input."""
+    not be read; a network whose outputs are not finite or do not depend on its input, which every stage refuses,
+    is said so (`outputs:`, and a warning)."""
     from .checkpoint import check_outputs, checkpoint_architecture, load_into, read_checkpoint
     from .models import build_network
 
@@ -98,13 +101,18 @@ def inspect(path):
     kwargs, like = checkpoint_architecture(ckpt)
     net = build_network(kwargs)
     load_into(net, ckpt, "the architecture read off its shapes")
-    check_outputs(net.eval(), ckpt.path)   # the probe every run makes when it loads a generator
+    try:   # the probe every run makes when it loads a generator: the file is described either way
+        check_outputs(net.eval(), ckpt.path)
+        probe = "finite, and depend on the input (two noises and classes at sigma 80)"
+    except UserError as e:
+        probe = f"REFUSED by every stage that loads it: {str(e).removeprefix(f'{ckpt.path}: ')}"
+        logging.getLogger(__name__).warning("%s", e)
     del net
     click.echo(f"file:        {ckpt.path}")
     click.echo(f"format:      {ckpt.format}" + (f" (stripped prefix {ckpt.stripped_prefix!r})" if ckpt.stripped_prefix else ""))
     click.echo(f"tensors:     {ckpt.num_tensors:,}")
     click.echo(f"parameters:  {ckpt.num_parameters:,}")
-    click.echo("outputs:     finite, and depend on the input (two noises and classes at sigma 80)")
+    click.echo(f"outputs:     {probe}")
     if like:
         click.echo(f'preset:      {like} (its shapes: loads strictly with model.preset = "{like}" or "auto")')
     else:

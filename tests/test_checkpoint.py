@@ -168,20 +168,21 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, make, state):
 
 
 def test_a_network_whose_outputs_do_not_depend_on_its_input_is_refused(tmp_path, state, tiny_net):
-    """An all-zero checkpoint passes every shape check; the probe of two inputs refuses it in `inspect` and in a build,
-    in one line, before extract writes anything. Random and trained networks pass (the demo generator: every demo build)."""
+    """An all-zero checkpoint passes every shape check; the probe of two inputs refuses it in a build, in one line,
+    before extract writes anything, and `inspect` says so. Random and trained networks pass (the demo generator: every demo build)."""
     from dmd2report.checkpoint import check_outputs
 
     check_outputs(tiny_net, "the tiny preset's random weights")
     check_outputs(load_generator("tiny", WEIGHTS)[0], WEIGHTS)
     zero = tmp_path / "zero.safetensors"
     save_file({k: torch.zeros_like(v) for k, v in state.items()}, zero)
-    r = CliRunner().invoke(cli, ["inspect", str(zero)])
-    assert r.exit_code == 2 and r.stdout == "", r.output
-    assert r.stderr.splitlines() == [f"error: {zero}: the network's activations do not depend on its input (block "
-                                     f"enc.16x16_conv is the same for two different noises and classes at sigma 80): "
-                                     f"all-zero or constant weights? Its features would all be one value; check the "
-                                     f"checkpoint"], r.stderr
+    r = CliRunner().invoke(cli, ["inspect", str(zero)])   # the file is described, and the refusal said
+    assert r.exit_code == 0 and "[model.config]" in r.stdout, r.output
+    reason = ("the network's activations do not depend on its input (block enc.16x16_conv is the same for two "
+              "different noises and classes at sigma 80): all-zero or constant weights? Its features would all be one "
+              "value; check the checkpoint")
+    assert f"outputs:     REFUSED by every stage that loads it: {reason}\n" in r.stdout
+    assert r.stderr.splitlines() == [f"warning: {zero}: {reason}"], r.stderr
     r = CliRunner().invoke(cli, ["inspect", str(WEIGHTS)])
     assert r.exit_code == 0 and "outputs:     finite, and depend on the input" in r.stdout
     work = tmp_path / "work"
