@@ -6,7 +6,7 @@ header length, then JSON), a PyTorch zip archive and a legacy PyTorch pickle, bo
 Accelerate checkpoint folder as DMD2's training saves it is read too (`pytorch_model.bin` or
 `model.safetensors` is the generator, `pytorch_model_1.bin` the guidance networks). Loading is
 strict; a `module.` prefix (DDP) on every key is stripped. A tensor holding NaN or infinity is
-refused, and so is a network whose outputs are not finite (`check_outputs`).
+refused, and so is a network whose outputs are not finite or do not depend on its input (`check_outputs`).
 """
 
 from __future__ import annotations
@@ -261,20 +261,32 @@ def model_architecture(model) -> Architecture:
 
 @torch.no_grad()
 def check_outputs(net, source: str | Path) -> None:
-    """One forward of one fixed sample at sigma 80 (class 0): a network whose outputs hold NaN or
-    infinity is refused in one line naming `source` (its checkpoint), before any stage uses it.
-    Milliseconds on a GPU; the full ImageNet model takes seconds on a CPU."""
+    """The probe every loaded generator passes before any stage uses it: one forward of two different inputs at sigma
+    80 (the noise of seeds 0 and 1, the first and the last class). A network whose outputs or block activations hold
+    NaN or infinity, or whose activations of some block are the same for both inputs (all-zero or constant weights:
+    its features would all be one value, and the map and metrics undefined), is refused in one line naming `source`
+    (its checkpoint). Milliseconds on a GPU; the full ImageNet model takes seconds on a CPU."""
+    from .layers import block_names
+
     device = next(net.parameters()).device
-    n, r = 1, net.img_resolution
-    z = torch.randn((n, net.img_channels, r, r), generator=torch.Generator().manual_seed(0)).to(device)
+    n, r = 2, net.img_resolution
+    z = torch.cat([torch.randn((1, net.img_channels, r, r), generator=torch.Generator().manual_seed(seed))
+                   for seed in range(n)]).to(device)
     labels = None
     if net.label_dim:
         labels = torch.zeros(n, net.label_dim, device=device)
-        labels[:, 0] = 1
-    out = net(80 * z, torch.full((n,), 80.0, device=device), labels)
-    if not bool(torch.isfinite(out).all()):
+        labels[0, 0] = labels[1, net.label_dim - 1] = 1
+    blocks = block_names(net)
+    with torch.no_grad():
+        out, acts = net.forward_capture(80 * z, torch.full((n,), 80.0, device=device), labels, capture=tuple(blocks))
+    if not bool(torch.isfinite(out).all()) or not all(bool(torch.isfinite(acts[b]).all()) for b in blocks):
         raise UserError(f"outputs of {source} are not finite (NaN or infinity at sigma 80); "
                         f"the checkpoint is damaged or was trained for another preset")
+    same = next((b for b in blocks if torch.equal(acts[b][0], acts[b][1])), None)
+    if same is not None:
+        raise UserError(f"{source}: the network's activations do not depend on its input (block {same} is the same "
+                        f"for two different noises and classes at sigma 80): all-zero or constant weights? "
+                        f"Its features would all be one value; check the checkpoint")
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from .console import process_rank, setup_logging
-from .errors import UserError
+from .errors import EXIT_USER_ERROR, UserError, is_disk_full
 from .resources import EXAMPLE_CONFIGS, bundled_by_name
 
 
@@ -36,18 +36,20 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except UserError as e:
             click.echo(f"error: {e}", err=True)
-            sys.exit(2)
-        except OSError as e:  # disk full where no writer caught it: still one line
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            sys.exit(EXIT_USER_ERROR)
+        except OSError as e:  # disk full, or a folder the user may not write, where no writer caught it: one line
+            if not is_disk_full(e) and e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise
             from .files import write_error
 
-            click.echo(f"error: {write_error(e.filename or 'the disk', e)}", err=True)
-            sys.exit(2)
+            where = e.filename or "the work directory"
+            message = write_error(where, e) if is_disk_full(e) else f"{where}: {e.strerror or e}"
+            click.echo(f"error: {message}", err=True)
+            sys.exit(EXIT_USER_ERROR)
         except click.UsageError as e:  # a bad option value, an unknown option: one line too
             hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
             click.echo(f"error: {' '.join(e.format_message().split()).rstrip('.')}{hint}", err=True)
-            sys.exit(2)
+            sys.exit(EXIT_USER_ERROR)
 
 
 @click.group(cls=_Group)
@@ -90,16 +92,27 @@ def _echo_layers(net, indent: str) -> None:
 def inspect(path):
     """Describe a checkpoint: format, counts, its architecture (read off the shapes), hookable layers, and the
     [model.config] table that loads it. Anything but a DhariwalUNet is a one-line error naming what could
-    not be read."""
-    from .checkpoint import checkpoint_architecture, read_checkpoint
+    not be read; a network whose outputs are not finite or do not depend on its input, which every stage refuses,
+    is said so (`outputs:`, and a warning)."""
+    from .checkpoint import check_outputs, checkpoint_architecture, load_into, read_checkpoint
     from .models import build_network
 
     ckpt = read_checkpoint(path)  # every tensor: damaged weights are named here too
+    kwargs, like = checkpoint_architecture(ckpt)
+    net = build_network(kwargs)
+    load_into(net, ckpt, "the architecture read off its shapes")
+    try:   # the probe every run makes when it loads a generator: the file is described either way
+        check_outputs(net.eval(), ckpt.path)
+        probe = "finite, and depend on the input (two noises and classes at sigma 80)"
+    except UserError as e:
+        probe = f"REFUSED by every stage that loads it: {str(e).removeprefix(f'{ckpt.path}: ')}"
+        logging.getLogger(__name__).warning("%s", e)
+    del net
     click.echo(f"file:        {ckpt.path}")
     click.echo(f"format:      {ckpt.format}" + (f" (stripped prefix {ckpt.stripped_prefix!r})" if ckpt.stripped_prefix else ""))
     click.echo(f"tensors:     {ckpt.num_tensors:,}")
     click.echo(f"parameters:  {ckpt.num_parameters:,}")
-    kwargs, like = checkpoint_architecture(ckpt)
+    click.echo(f"outputs:     {probe}")
     if like:
         click.echo(f'preset:      {like} (its shapes: loads strictly with model.preset = "{like}" or "auto")')
     else:
@@ -194,6 +207,7 @@ def _add_stage_commands(group: click.Group) -> None:
     """`build` and one command per stage, from the stages' declarations (once)."""
     if "build" in group.commands:
         return
+    from . import preflight
     from .pipeline import STAGE_NAMES, STAGES, build as run_build
 
     @click.option("--force", "force", multiple=True, metavar="STAGE",
@@ -201,6 +215,7 @@ def _add_stage_commands(group: click.Group) -> None:
     @_config_options
     def build(force, **kwargs):
         config = _load(kwargs)
+        preflight.check(config, STAGE_NAMES)   # every check that needs no model output, before the first stage
         run_build(config, STAGE_NAMES, force=force, command=command_line())
         if process_rank() == 0:   # under torchrun, once
             click.echo(f"report: {Path(config.run.site) / 'index.html'}")
@@ -217,7 +232,11 @@ def _stage_command(name: str, run_build):
     def command(overwrite, **kwargs):
         # Explicit: the stage runs even if recorded as done. Its store resumes an interrupted run of
         # the same configuration and refuses another one unless --overwrite.
-        run_build(_load(kwargs), (name,), force=(name,), overwrite=overwrite, command=command_line())
+        from . import preflight
+
+        config = _load(kwargs)
+        preflight.check(config, (name,))
+        run_build(config, (name,), force=(name,), overwrite=overwrite, command=command_line())
     return command
 
 

@@ -8,7 +8,9 @@ tqdm bar through `progress` / `Progress`; nothing in the library prints.
   --verbose   also DEBUG lines (`debug: <module>: ...`)
 
 Under torchrun only rank 0 shows progress (INFO lines and bars); the other ranks show their warnings
-and errors, prefixed `rank N:`. Log lines are written with `tqdm.write`, so they do not break a bar
+and errors, prefixed `rank N:`. Python warnings of the libraries (torch, PIL, numba, umap, scikit-learn) come out the
+same way, once each, as one line `warning: <library>: <Category>: <message>` (`capture_warnings`); those known to be
+harmless (`HARMLESS_WARNINGS`) are not shown. Log lines are written with `tqdm.write`, so they do not break a bar
 that is on screen. Without `setup_logging` (the library used from Python) records go wherever the
 application sends them and bars follow the `dmd2report` logger's effective level.
 """
@@ -17,9 +19,20 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
+import warnings
 
 PACKAGE = "dmd2report"
+# Library warnings that say nothing a user can act on, as (category, message pattern): why each is harmless.
+HARMLESS_WARNINGS = (
+    # umap-learn, embedding.reproducible: a seeded UMAP runs on one thread, as the config documents.
+    (UserWarning, r"n_jobs value .* overridden to 1 by setting random_state"),
+    # torch.load(weights_only=True) of a legacy file saved with pickle protocol 4: read (or refused) all the same.
+    (UserWarning, r"Detected pickle protocol \d+ in the checkpoint"),
+    # torch's storage internals, reached by safetensors and numpy interop; nothing the user wrote.
+    (UserWarning, r"TypedStorage is deprecated"),
+)
 
 
 def process_rank() -> int:
@@ -74,6 +87,39 @@ def setup_logging(level: int = logging.INFO, stream=None) -> None:
     handler = _Handler(stream)
     handler.setFormatter(_Formatter(f"rank {rank}: " if rank else ""))
     logger.addHandler(handler)
+    capture_warnings()
+
+
+def _library(filename: str) -> str:
+    """The package a warning comes from (`torch`, `PIL`, `umap`), from the file that raised it."""
+    parts = re.split(r"[\\/]", filename)
+    if "site-packages" in parts and parts.index("site-packages") + 1 < len(parts):
+        return parts[parts.index("site-packages") + 1].removesuffix(".py")
+    return os.path.splitext(parts[-1])[0] or "python"
+
+
+class _Warnings:
+    """`warnings.showwarning` while the CLI runs: each distinct warning once, as one line of the package's log."""
+
+    def __init__(self):
+        self.seen: set[tuple] = set()
+        self.log = logging.getLogger(f"{PACKAGE}.warnings")
+
+    def __call__(self, message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        key = (category, text)
+        if key not in self.seen:
+            self.seen.add(key)
+            self.log.warning("%s: %s: %s", _library(str(filename)), category.__name__, text)
+
+
+def capture_warnings() -> None:
+    """Python warnings become warning lines of the package's log, each distinct one once; the harmless ones are
+    dropped (HARMLESS_WARNINGS)."""
+    for category, pattern in HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern, category=category)
+    if not isinstance(warnings.showwarning, _Warnings):
+        warnings.showwarning = _Warnings()
 
 
 def ensure_logging(level: int = logging.INFO) -> None:

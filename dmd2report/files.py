@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, is_disk_full
 
 TEMP_SUFFIX = ".tmp"
 
@@ -78,8 +78,9 @@ def _open_binary(fd: int):
 
 def write_error(path: str | os.PathLike, e: OSError) -> UserError:
     """The one-line error for an OSError while writing `path` (disk full said as such)."""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return UserError(f"{path}: disk full while writing ({e.strerror}); free space and rerun to resume")
+    if is_disk_full(e):
+        return UserError(f"{path}: disk full while writing ({e.strerror or os.strerror(errno.ENOSPC)}); "
+                         f"free space and rerun to resume")
     return UserError(f"{path}: cannot write ({e.strerror or e})")
 
 

@@ -14,6 +14,13 @@ sample id i is the i-th of them.
 Resizing (folder images, and NPZ images of another resolution than the model's): a centred
 square crop of the shorter side, then PIL's BOX filter when shrinking (the area average
 ImageNet64 itself was made with) or BICUBIC when enlarging.
+
+Decoding (folder images, `to_rgb`): every image becomes 8-bit RGB as the loaders that FID and ImageNet pipelines
+use make it (`Image.convert("RGB")`: torchvision's ImageFolder, EDM's dataset_tool, clean-fid), except where that
+is wrong: 16-bit samples are scaled to 8 bits (the top byte, value >> 8; PIL's own conversion clips a 16-bit
+grayscale PNG to white). Grayscale is repeated into R, G and B; palette colours are expanded; CMYK is converted by
+PIL's formula; an alpha channel is dropped, keeping the stored colour (no compositing on white or black: what those
+loaders feed a network). Each such conversion is counted by kind (`CONVERSIONS`), in the log and the report.
 """
 
 from __future__ import annotations
@@ -34,6 +41,14 @@ from .errors import UserError
 from .files import replacing, save_text, sha256_bytes
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+# What decoding did to an image that was not 8-bit RGB, by kind: the log's and the report's words (module docstring).
+CONVERSIONS = {
+    "16-bit": "16-bit samples scaled to 8 bits (value >> 8)",
+    "grayscale": "grayscale repeated into R, G and B",
+    "palette": "palette colours expanded to RGB",
+    "CMYK": "CMYK converted to RGB",
+    "alpha": "alpha channel dropped, the stored colour kept (as convert('RGB') in torchvision's and EDM's loaders)",
+}
 _DEMO_MARKER = "demo_data.json"  # how the demo data in <workdir>/demo_data was written
 
 
@@ -46,6 +61,7 @@ class Loaded:
     images: np.ndarray                    # uint8 (n_kept, 3, R, R)
     kept: np.ndarray                      # bool (stop - start,)
     skipped: list[dict] = field(default_factory=list)  # {"source": ..., "error": ...} per unreadable image
+    converted: dict[str, int] = field(default_factory=dict)  # kept images decoding converted, by CONVERSIONS kind
 
 
 def select_samples(class_ids: np.ndarray, wanted: list[int] | None, per_class: int, max_samples: int,
@@ -89,6 +105,28 @@ def resize_square(image, resolution: int):
         return image
     flt = Image.Resampling.BOX if side >= resolution else Image.Resampling.BICUBIC
     return image.resize((resolution, resolution), flt, box=box)
+
+
+def to_rgb(image, wide: bool = False):
+    """A decoded PIL image -> (8-bit RGB PIL image, the CONVERSIONS kinds applied). `wide`: the file stores 16 bits
+    a sample (PIL reads 16-bit RGB and RGBA PNGs as 8-bit modes by their top byte, and 16-bit grayscale as I;16)."""
+    from PIL import Image
+
+    mode, kinds = image.mode, []
+    if wide or mode.startswith("I"):
+        kinds.append("16-bit")
+    if mode.startswith("I"):  # 16-bit grayscale: the top byte, not PIL's clip at 255 (a white image)
+        top = (np.clip(np.asarray(image), 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)
+        image, mode = Image.fromarray(top, "L"), "L"
+    if mode in ("L", "LA", "La", "1"):
+        kinds.append("grayscale")
+    elif mode in ("P", "PA"):
+        kinds.append("palette")
+    elif mode == "CMYK":
+        kinds.append("CMYK")
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA") or (mode == "P" and "transparency" in image.info):
+        kinds.append("alpha")
+    return (image if mode == "RGB" else image.convert("RGB")), tuple(kinds)
 
 
 class RealSource:
@@ -297,28 +335,33 @@ class FolderSource(RealSource):
         self._pool = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
 
     def _decode(self, path: Path):
+        """(uint8 CHW image, CONVERSIONS kinds, None), or (None, (), why it could not be read)."""
         from PIL import Image
 
         try:
             with Image.open(path) as img:
+                wide = any(";16" in str(tile.args) for tile in img.tile)  # known only before load()
                 img.load()
-                return np.asarray(resize_square(img.convert("RGB"), self.resolution)).transpose(2, 0, 1), None
+                rgb, kinds = to_rgb(img, wide)
+                return np.asarray(resize_square(rgb, self.resolution)).transpose(2, 0, 1), kinds, None
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            return None, f"{type(e).__name__}: {e}"
+            return None, (), f"{type(e).__name__}: {e}"
 
     def load(self, start: int, stop: int) -> Loaded:
         paths = self._paths[start:stop]
         decoded = list(self._pool.map(self._decode, paths))
-        kept = np.array([img is not None for img, _ in decoded], bool)
-        skipped = []
-        for p, (img, err) in zip(paths, decoded):
+        kept = np.array([img is not None for img, _, _ in decoded], bool)
+        skipped, converted = [], {}
+        for p, (img, kinds, err) in zip(paths, decoded):
             if img is None:
                 if self.on_bad_image == "fail":
                     raise UserError(f"{p}: unreadable image ({err}); use on_bad_image = skip to leave such files out")
                 skipped.append({"source": p.relative_to(self.root).as_posix(), "error": err})
+            for kind in kinds:
+                converted[kind] = converted.get(kind, 0) + 1
         R = self.resolution
-        images = np.stack([img for img, _ in decoded if img is not None]) if kept.any() else np.empty((0, 3, R, R), np.uint8)
-        return Loaded(start, stop, images, kept, skipped)
+        images = np.stack([img for img, _, _ in decoded if img is not None]) if kept.any() else np.empty((0, 3, R, R), np.uint8)
+        return Loaded(start, stop, images, kept, skipped, converted)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -10,7 +10,7 @@
     <store>/thumbs/chunk_NNNNNN.npy       uint8 (n, T, T, 3)
     <store>/recon/chunk_NNNNNN.npy        uint8 (n_recon, R, R, 3): the model's output for the real input
     <store>/full/<layer>/chunk_NNNNNN.npy float32 (n_full, C, H, W): unreduced activations for masking
-    <store>/chunks/chunk_NNNNNN.json      the chunk's done marker (rows, skipped files), written last
+    <store>/chunks/chunk_NNNNNN.json      the chunk's done marker (rows, skipped files, conversions), written last
     <store>/pca.safetensors               the real store's PCA, when features are reduced by pca:K
 
 Chunk i holds the planned samples [i * chunk_size, (i + 1) * chunk_size) less any skipped ones.
@@ -154,7 +154,8 @@ class StoreWriter:
     def write_chunk(self, i: int, features: dict[str, np.ndarray], meta: pd.DataFrame, thumbs: np.ndarray,
                     recon: np.ndarray | None = None, full: dict[str, np.ndarray] | None = None,
                     skipped: list[dict] | None = None, first_row: int | None = None,
-                    outputs_finite: np.ndarray | None = None, logits: dict[str, np.ndarray] | None = None) -> None:
+                    outputs_finite: np.ndarray | None = None, logits: dict[str, np.ndarray] | None = None,
+                    converted: dict[str, int] | None = None) -> None:
         """Write chunk i's files, then its marker. On failure none of the chunk's files remain.
 
         Arrays may be host copies still under way (extract.HostCopy); they are waited for here, on the
@@ -195,7 +196,7 @@ class StoreWriter:
         for layer, a in (full or {}).items():
             files.append((self.path / "full" / layer / f"{name}.npy", lambda p, a=a: save_npy(p, a)))
         marker = self.path / "chunks" / f"{name}.json"
-        info = {"chunk": i, "rows": int(len(meta)), "skipped": list(skipped or []),
+        info = {"chunk": i, "rows": int(len(meta)), "skipped": list(skipped or []), "converted": dict(converted or {}),
                 "recon": 0 if recon is None else int(len(recon)),
                 "full": 0 if not full else int(len(next(iter(full.values()))))}
         try:
@@ -207,6 +208,13 @@ class StoreWriter:
             for p, _ in files:
                 p.unlink(missing_ok=True)
             raise
+
+    def forget(self, chunks, info: dict) -> None:
+        """Rank 0: mark chunks as not done (their markers removed) and the store incomplete, so the next run reads
+        those chunks' samples again (a refused store must not stay cached as finished)."""
+        save_json(self.path / MANIFEST, self._manifest("incomplete", info))
+        for i in chunks:
+            (self.path / "chunks" / f"{chunk_name(int(i))}.json").unlink(missing_ok=True)
 
     def finalize(self, n_chunks: int, info: dict) -> dict:
         """Rank 0, after every chunk is done: the manifest, from the chunk markers (so it does not
@@ -222,9 +230,18 @@ class StoreWriter:
             "recon_count": sum(m["recon"] for m in markers),
             "full_count": sum(m["full"] for m in markers),
             "skipped": [s for m in markers for s in m["skipped"]],
+            "converted": _summed(m.get("converted", {}) for m in markers),
         }
         save_json(self.path / MANIFEST, manifest)
         return manifest
+
+
+def _summed(counts) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in counts:
+        for k, n in c.items():
+            out[k] = out.get(k, 0) + int(n)
+    return out
 
 
 def _key_diff(old: dict, new: dict) -> str:

@@ -165,3 +165,32 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, make, state):
     assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert str(target) in p.stderr
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_network_whose_outputs_do_not_depend_on_its_input_is_refused(tmp_path, state, tiny_net):
+    """An all-zero checkpoint passes every shape check; the probe of two inputs refuses it in a build, in one line,
+    before extract writes anything, and `inspect` says so. Random and trained networks pass (the demo generator: every demo build)."""
+    from dmd2report.checkpoint import check_outputs
+
+    check_outputs(tiny_net, "the tiny preset's random weights")
+    check_outputs(load_generator("tiny", WEIGHTS)[0], WEIGHTS)
+    zero = tmp_path / "zero.safetensors"
+    save_file({k: torch.zeros_like(v) for k, v in state.items()}, zero)
+    r = CliRunner().invoke(cli, ["inspect", str(zero)])   # the file is described, and the refusal said
+    assert r.exit_code == 0 and "[model.config]" in r.stdout, r.output
+    reason = ("the network's activations do not depend on its input (block enc.16x16_conv is the same for two "
+              "different noises and classes at sigma 80): all-zero or constant weights? Its features would all be one "
+              "value; check the checkpoint")
+    assert f"outputs:     REFUSED by every stage that loads it: {reason}\n" in r.stdout
+    assert r.stderr.splitlines() == [f"warning: {zero}: {reason}"], r.stderr
+    r = CliRunner().invoke(cli, ["inspect", str(WEIGHTS)])
+    assert r.exit_code == 0 and "outputs:     finite, and depend on the input" in r.stdout
+    work = tmp_path / "work"
+    r = CliRunner().invoke(cli, ["build", "--checkpoint", str(zero), "--preset", "tiny", "--workdir", str(work),
+                                 "--device", "cpu", "--source", "demo", "--per-class", "2"])
+    errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+    assert r.exit_code == 2 and errors == [f"error: {zero}: the network's activations do not depend on its input "
+                                           f"(block enc.16x16_conv is the same for two different noises and classes at "
+                                           f"sigma 80): all-zero or constant weights? Its features would all be one "
+                                           f"value; check the checkpoint"], r.stderr
+    assert "done in" not in r.stderr and not (work / "stores" / "real" / "chunks").exists()

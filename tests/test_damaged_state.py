@@ -203,6 +203,31 @@ def test_disk_full_anywhere_else_is_one_line(work, monkeypatch):
     assert line == f"error: {w / 'work' / '.lock'}: disk full while writing (No space left on device); free space and rerun to resume"
 
 
+def test_disk_full_said_in_words_only_is_disk_full(work, monkeypatch):
+    """pyarrow, numpy and torch raise OSErrors that say "No space left on device" with no errno: still "disk full",
+    naming the file, exit 2; a folder the user may not write is one line too."""
+    w, cfg = work
+    import dmd2report.pipeline as pipeline
+
+    target = w / "work" / "fit" / "points.parquet"
+    e = OSError(f"Error writing bytes to file. Detail: [errno 28] No space left on device")
+    assert str(files.write_error(target, e)) == \
+        f"{target}: disk full while writing (No space left on device); free space and rerun to resume"
+
+    def full(*a, **k):
+        raise OSError("Error writing bytes to file. Detail: [errno 28] No space left on device")
+
+    monkeypatch.setattr(pipeline, "_run", full)
+    assert _error(_invoke("measure", "--config", cfg)) == \
+        "error: the work directory: disk full while writing (No space left on device); free space and rerun to resume"
+
+    def denied(*a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied", str(w / "work" / "measure"))
+
+    monkeypatch.setattr(pipeline, "_run", denied)
+    assert _error(_invoke("measure", "--config", cfg)) == f"error: {w / 'work' / 'measure'}: Permission denied"
+
+
 # ---------------------------------------------------------------------------------------------
 # Ownership and leftovers.
 

@@ -94,3 +94,34 @@ def test_only_rank_zero_shows_progress(monkeypatch, capsys):
     assert showing_progress() and capsys.readouterr().err == "[extract] running\n"
     setup_logging(logging.WARNING)  # --quiet: no bars
     assert not showing_progress() and progress(range(3), desc="x").disable
+
+
+def test_library_warnings_are_one_line_each_once_and_harmless_ones_dropped(capsys):
+    """torch's, PIL's, numba's, umap's and scikit-learn's warnings come out through the tool's log: one line each,
+    naming the library, each distinct one once, never Python's two-line `file.py:N: Category: ...` form."""
+    import warnings
+
+    setup_logging(logging.INFO)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        from dmd2report.console import capture_warnings
+
+        capture_warnings()
+        for _ in range(3):
+            warnings.warn_explicit("Palette images with Transparency expressed in bytes\nshould be converted",
+                                   UserWarning, "/venv/lib/python3.11/site-packages/PIL/Image.py", 1000)
+        warnings.warn_explicit("The default of n_init will change", FutureWarning,
+                               "/venv/lib/python3.11/site-packages/sklearn/cluster/_kmeans.py", 870)
+        warnings.warn_explicit("n_jobs value 1 overridden to 1 by setting random_state. Use no seed for parallelism.",
+                               UserWarning, "/venv/lib/python3.11/site-packages/umap/umap_.py", 1952)
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: PIL: UserWarning: Palette images with Transparency expressed in bytes should be converted",
+        "warning: sklearn: FutureWarning: The default of n_init will change"]
+    setup_logging(logging.WARNING)   # --quiet keeps them
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        capture_warnings()
+        warnings.warn_explicit("Detected pickle protocol 4 in the checkpoint, which was not the default", UserWarning,
+                               "/venv/lib/python3.11/site-packages/torch/_weights_only_unpickler.py", 593)
+        warnings.warn_explicit("an odd value", RuntimeWarning, "/venv/lib/python3.11/site-packages/numba/core.py", 5)
+    assert capsys.readouterr().err == "warning: numba: RuntimeWarning: an odd value\n"

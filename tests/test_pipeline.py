@@ -270,3 +270,12 @@ def test_stage_command_refuses_another_config_unless_overwrite(built):
     assert json.loads((store / "manifest.json").read_text())["count"] == 120
 
 
+def test_build_output_is_one_voice(built):
+    """A demo build's stderr holds the tool's own lines only: no Python warning (`file.py:12: UserWarning: ...`, and
+    its source line) and no library warning the build meets (torch, PIL, numba, umap, scikit-learn: they would come
+    out once each as `warning: <library>: <Category>: ...`)."""
+    _, _, out = built
+    python_style = [l for l in out.splitlines() if re.search(r"\.py:\d+: \w*Warning\b", l)]
+    library = [l for l in out.splitlines() if re.match(r"warning: \w+: \w*Warning: ", l)
+               and "DeprecationWarning" not in l]   # pytest shows DeprecationWarnings, which users never see
+    assert not python_style and not library, out

@@ -231,3 +231,15 @@ def test_a_delta_that_shows_as_zero_is_neutral():
     assert _delta("fd", 0.0004)[1] == "" and _delta("coverage", 0.0) == ("+0.000", "")
     assert _delta("coverage", -0.0006) == ("-0.001", "worse") and _delta("fd", -0.0006) == ("-0.001", "better")
     assert _delta("coverage", float("nan")) == ("–", "")
+
+
+def test_converted_images_are_counted_on_the_overview(data, tmp_path):
+    from dmd2report.sources import CONVERSIONS
+
+    render_site(replace(data, converted={"16-bit": 1200, "alpha": 3}), tmp_path / "s")
+    html = (tmp_path / "s" / "index.html").read_text()
+    assert "Converted images" in html and "1,200" in html
+    assert html.count('<tr><td>') >= 2 and "value &gt;&gt; 8" in html and "alpha channel dropped" in html
+    assert CONVERSIONS["16-bit"].replace(">", "&gt;") in html
+    render_site(data, tmp_path / "none")
+    assert "Converted images" not in (tmp_path / "none" / "index.html").read_text()

@@ -1,3 +1,4 @@
+import json
 import zipfile
 
 import numpy as np
@@ -185,3 +186,75 @@ def test_folder_tree_without_index_takes_the_models_classes(tmp_path):
     cfg.model.preset = "dmd2-imagenet64"  # ImageNet's classes: a demo synset is no class there
     with pytest.raises(UserError, match="d00_red_disc: folder name is not a class"):
         open_source(cfg, 64, Context.create(cfg).generator.class_index(), tmp_path / "w" / "demo_data")
+
+
+# ---------------------------------------------------------------------------------------------
+# Nothing empty: a source or a class left with no usable image is refused in one line after extract, and is read
+# again once the files are fixed.
+
+EMPTY_CONFIG = """
+[run]
+workdir = "{w}"
+device = "cpu"
+[model]
+preset = "tiny"
+[data]
+source = "folder"
+path = "{data}"
+workers = 2
+[features]
+batch_size = 8
+chunk_size = 16
+pca_fit_samples = 40
+[report]
+thumb_size = 8
+"""
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from dmd2report.cli import cli
+
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def _break(folder):
+    """Overwrite every image of a folder with bytes no decoder reads; returns the originals to put back."""
+    saved = {p: p.read_bytes() for p in sorted(folder.iterdir())}
+    for p in saved:
+        p.write_bytes(b"\xff\xd8 not an image")
+    return saved
+
+
+def test_a_class_left_empty_by_skips_is_refused_and_reread_once_fixed(image_tree, tmp_path):
+    folder = image_tree / "n01443537"
+    saved = _break(folder)
+    cfg = tmp_path / "report.toml"
+    cfg.write_text(EMPTY_CONFIG.format(w=tmp_path / "work", data=image_tree))
+    r = _cli("build", "--config", str(cfg))
+    errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+    assert r.exit_code == 2 and len(errors) == 1, r.stderr
+    assert errors[0].startswith(f"error: {image_tree}: class goldfish (n01443537) has no usable image: its 6 selected "
+                                f"images are unreadable (e.g. n01443537/"), errors
+    assert "[generate]" not in r.stderr and "Traceback" not in r.output
+    for p, data in saved.items():   # fixed: the chunks that held them are read again, and the build goes on
+        p.write_bytes(data)
+    r = _cli("extract", "--config", str(cfg))
+    assert r.exit_code == 0, r.stderr
+    manifest = json.loads((tmp_path / "work" / "stores" / "real" / "manifest.json").read_text())
+    assert manifest["count"] == 60 and manifest["skipped"] == []
+
+
+def test_a_source_with_no_usable_image_is_refused(image_tree, tmp_path):
+    for folder in image_tree.iterdir():
+        _break(folder)
+    cfg = tmp_path / "report.toml"
+    cfg.write_text(EMPTY_CONFIG.format(w=tmp_path / "work", data=image_tree))
+    r = _cli("build", "--config", str(cfg))
+    assert r.exit_code == 2, r.stderr
+    assert r.stderr.splitlines()[-1].startswith(f"error: {image_tree}: no usable image: all 60 selected images are "
+                                                f"unreadable (e.g. "), r.stderr
+    assert "[generate]" not in r.stderr
+    manifest = json.loads((tmp_path / "work" / "stores" / "real" / "manifest.json").read_text())
+    assert manifest["status"] == "incomplete" and not list((tmp_path / "work" / "stores" / "real" / "chunks").glob("*.json"))

@@ -318,6 +318,8 @@ class ReportData:
         the renderer pick the most populous ones, up to `max_class_pages`).
     skipped: the real images the source could not read and left out (`data.on_bad_image = skip`),
         as the real store's manifest lists them: {"source": path under the data folder, "error": why}.
+    converted: how many real images decoding converted to 8-bit RGB, by kind (sources.CONVERSIONS: 16-bit,
+        grayscale, palette, CMYK, alpha), as the real store's manifest counts them.
     """
     run: RunInfo
     model: ModelInfo
@@ -338,6 +340,7 @@ class ReportData:
     skipped: list[dict] = field(default_factory=list)
     cover_count: np.ndarray | None = None
     cover_radius: np.ndarray | None = None
+    converted: dict[str, int] = field(default_factory=dict)
     comparison: Comparison | None = None   # several generators ([[generators]]): the comparison page and map views
 
     def __post_init__(self):

@@ -159,8 +159,18 @@ def _index(site: Site) -> Content:
                         compared=data.comparison.generators if data.comparison is not None else [],
                         variant_names=site.variant_names, n_classes=int(P["class_id"][P["class_id"] >= 0].nunique()),
                         has_atlas=data.atlas is not None, config_json=json.dumps(data.run.config, indent=2, default=str),
-                        skipped=[dict(source=str(s.get("source", "")), error=str(s.get("error", "")))
-                                 for s in data.skipped[:MAX_SKIPPED]], n_skipped=len(data.skipped)))
+                        **_data_files(data)))
+
+
+def _data_files(data: ReportData) -> dict:
+    """The overview's Data section (templates/_data_files.html): the real images the source skipped, with why, and
+    the counts of those decoding converted to 8-bit RGB, by kind."""
+    from ..sources import CONVERSIONS
+
+    return dict(skipped=[dict(source=str(s.get("source", "")), error=str(s.get("error", "")))
+                         for s in data.skipped[:MAX_SKIPPED]], n_skipped=len(data.skipped),
+                converted=[dict(words=CONVERSIONS.get(kind, kind), count=int(n))
+                           for kind, n in data.converted.items() if n])
 
 
 def _map(site: Site) -> Content:

@@ -36,7 +36,7 @@ from ..features import Reducer, block_shapes, feature_dims, parse_reduce, random
 from ..layers import ActivationCapture, resolve_layer
 from ..runtime import auto_batch_size, stage_samples
 from ..sampling import SIGMA_MAX, thumbnails
-from ..sources import open_source
+from ..sources import CONVERSIONS, open_source
 from ..store import BackgroundWriter, StoreWriter, load_pca, metadata_frame, save_pca
 from ..workdir import WorkDir
 
@@ -190,14 +190,50 @@ def extract_real(config, workdir: WorkDir, net, model_checksum: str, model_class
                         has_full=rows["has_full"])
                     bg.submit(i, out["features"], meta, out["thumbs"], recon=out["recon"],
                               full={full_layer: out["full"]}, skipped=loaded.skipped, first_row=loaded.start,
-                              logits=out["logits"])
+                              logits=out["logits"], converted=loaded.converted)
         finally:
             bar.close()
             stage_samples(net, 0)
         manifest = finish_store(writer, index, n_chunks, info, rank, world)
-    if manifest is not None:
-        warn_skipped(manifest.get("skipped", []))
+        if manifest is not None:
+            warn_skipped(manifest.get("skipped", []))
+            log_converted(manifest.get("converted", {}))
+            refuse_empty(manifest, plan, index, config.data.path, writer, info)
     return path
+
+
+def log_converted(converted: dict[str, int]) -> None:
+    """One line a kind for the images decoding converted to 8-bit RGB (sources.CONVERSIONS; the report lists them)."""
+    for kind, n in converted.items():
+        log.info("[extract] %d image%s: %s", n, "" if n == 1 else "s", CONVERSIONS.get(kind, kind))
+
+
+def refuse_empty(manifest: dict, plan: pd.DataFrame, index: ClassIndex, root: str, writer: StoreWriter,
+                 info: dict) -> None:
+    """A source whose selected images are all unreadable, or a class left with none, is refused in one line before any
+    later stage reads the store. The chunks holding skipped images are marked not done first, so a run after the
+    files are fixed reads them again rather than finding the store finished."""
+    skipped = manifest.get("skipped", [])
+    if not skipped:
+        return
+    lost = plan[plan["source"].isin([s["source"] for s in skipped])]
+    planned, left = plan["class_id"].value_counts(), plan["class_id"].value_counts().sub(
+        lost["class_id"].value_counts(), fill_value=0)
+    empty = [int(c) for c in left.index if left[c] == 0]
+    if not empty and manifest.get("count", 0) > 0:
+        return
+    writer.forget(np.unique(lost.index.to_numpy() // info["chunk_size"]), info)
+    first = skipped[0]
+    example = f"e.g. {first.get('source', '?')}: {first.get('error', '?')}"
+    if manifest.get("count", 0) == 0:
+        raise UserError(f"{root}: no usable image: all {len(plan)} selected images are unreadable ({example}); "
+                        f"fix or replace them, then rerun")
+    c = empty[0]
+    bad = next(s for s in skipped if s["source"] in set(lost["source"][lost["class_id"] == c]))
+    more = f" (and {len(empty) - 1} more classes)" if len(empty) > 1 else ""
+    raise UserError(f"{root}: class {index.name(c)} ({index.synset(c)}) has no usable image{more}: its "
+                    f"{int(planned[c])} selected images are unreadable (e.g. {bad['source']}: {bad['error']}); fix or "
+                    f"replace them, or leave the class out with data.classes")
 
 
 def warn_skipped(skipped: list[dict]) -> None:

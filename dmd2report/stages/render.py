@@ -71,7 +71,7 @@ def assemble_report(ctx: Context) -> ReportData:
         nn_real_real=shown.arrays["real.nn_real_dist"][:, 0], nn_gen_real=shown.arrays[CLASS_ARRAYS + "nn_real_dist"][:, 0],
         variants=_read_variants(shown, cfg.generate.variant_samples), atlas=atlas, chosen_classes=[],
         max_class_pages=cfg.report.max_classes_pages, trajectories=trajectories,
-        skipped=list(shown.real.manifest.get("skipped", [])),
+        skipped=list(shown.real.manifest.get("skipped", [])), converted=dict(shown.real.manifest.get("converted", {})),
         comparison=_read_comparison(shown) if shown.compared else None)
     data.validate()
     return data
