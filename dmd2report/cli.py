@@ -112,7 +112,8 @@ def inspect(path):
 
 
 def inspect_table(kwargs: dict, like: str | None) -> str:
-    """The [model.config] table `inspect` prints for an architecture read off a checkpoint (README shows one)."""
+    """The [model.config] table `inspect` prints for an architecture read off a checkpoint (the guide shows one,
+    docs/your-model-and-data.md)."""
     from .config import model_config_toml
     from .models.architecture import DEFAULTS
 
