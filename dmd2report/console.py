@@ -10,8 +10,8 @@ tqdm bar through `progress` / `Progress`; nothing in the library prints.
 Every line a stage logs names it: the pipeline runs each stage `in_stage(name)`, and a line from a library
 module that does not start with `[stage]` itself (the model loaded, a cached search reused) gets the prefix.
 A bar is drawn only for work that lasts: it appears after `BAR_DELAY` seconds, so a sub-second loop never
-draws one, and it counts a known total in a unit a person reads (`2,400/2,400 images`, `960k samples/s`);
-work of unknown length shows no bar.
+draws one, it counts a known total in a unit a person reads (`2,400/2,400 images`, `960k samples/s`), and it
+is cleared when the work ends (the stage's `done in` line stays); work of unknown length shows no bar.
 
 Under torchrun only rank 0 shows progress (INFO lines and bars); the other ranks show their warnings
 and errors, prefixed `rank N:`. Log lines are written with `tqdm.write`, so they do not break a bar
@@ -114,15 +114,16 @@ def in_stage(name: str):
 def progress(iterable=None, *, total: int | None = None, desc: str = "", unit: str = "samples", enabled: bool = True):
     """A tqdm bar over `iterable` (or a bar to `update` by hand, given `total`), the one way the
     package shows progress: counted in `unit` (samples, images, paths) out of `total` (default
-    `len(iterable)`), drawn only once it has lasted `BAR_DELAY` seconds; hidden with `enabled=False`,
-    with --quiet, on ranks other than 0, when stderr is not a terminal, and when the total is unknown."""
+    `len(iterable)`), drawn only once it has lasted `BAR_DELAY` seconds and cleared at its end; hidden with
+    `enabled=False`, with --quiet, on ranks other than 0, when stderr is not a terminal, and when the total is
+    unknown."""
     from tqdm.auto import tqdm
 
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)
     on = enabled and total is not None and showing_progress()
     return tqdm(iterable, total=total, desc=desc, unit=f" {unit}", unit_scale=True, bar_format=BAR_FORMAT,
-                delay=BAR_DELAY, dynamic_ncols=True, smoothing=0.1, disable=None if on else True)
+                delay=BAR_DELAY, leave=False, dynamic_ncols=True, smoothing=0.1, disable=None if on else True)
 
 
 class Progress:

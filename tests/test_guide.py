@@ -213,7 +213,9 @@ def test_bars_wait_two_seconds_and_count_in_a_readable_unit(monkeypatch):
     monkeypatch.setattr(console, "BAR_DELAY", 0)
     bar = console.Progress(1280000, "extract real")
     bar.update(640000)
+    bar.bar.refresh()   # as the next update after tqdm's minimum interval would
     bar.close()
-    drawn = screen.getvalue().split("\r")[-1]
+    drawn = [part for part in screen.getvalue().split("\r") if "extract real" in part][-1]
+    assert screen.getvalue().split("\r")[-1].strip() == ""   # cleared at its end: the stage's lines stay
     assert "extract real:  50%" in drawn and "640,000/1,280,000 images" in drawn, drawn
     assert re.search(r"\d+(\.\d+)?[kMG]? images/s|\? images/s", drawn) and "row" not in drawn, drawn
