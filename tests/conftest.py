@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -170,9 +171,12 @@ def demo_build(tmp_path_factory):
                    + ("" if SCREENSHOTS else DEMO_AT_TEST_SIZES))
     logger = logging.getLogger("dmd2report")
     handlers, level = list(logger.handlers), logger.level
+    argv = sys.argv
+    sys.argv = ["dmd2report", "build"]   # the command line the overview page shows, as a user types it
     try:
         r = CliRunner().invoke(cli, ["build", "--config", str(cfg)], catch_exceptions=False)
     finally:   # the CLI replaces the package logger's handler: put it back for the other tests
+        sys.argv = argv
         logger.handlers[:] = handlers
         logger.setLevel(level)
     assert r.exit_code == 0, r.stderr
