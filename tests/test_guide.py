@@ -189,7 +189,7 @@ def test_a_demo_build_prints_only_its_stage_lines(demo_build):
     wrote = next(line for line in err if " wrote " in line)
     pages, others = map(int, re.search(r"wrote (\d+) pages and (\d+) other files", wrote).groups())
     files = [p for p in site.rglob("*") if p.is_file() and p.name != ".dmd2report-site"]
-    assert pages == sum(p.suffix == ".html" for p in files) and pages >= 8
+    assert pages == sum(p.suffix == ".html" for p in files) and pages >= 8 and others == len(files) - pages
 
 
 def test_bars_wait_two_seconds_and_count_in_a_readable_unit(monkeypatch):
