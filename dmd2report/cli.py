@@ -125,7 +125,8 @@ def inspect(path):
 
 
 def inspect_table(kwargs: dict, like: str | None) -> str:
-    """The [model.config] table `inspect` prints for an architecture read off a checkpoint (README shows one)."""
+    """The [model.config] table `inspect` prints for an architecture read off a checkpoint (the guide shows one,
+    docs/your-model-and-data.md)."""
     from .config import model_config_toml
     from .models.architecture import DEFAULTS
 
@@ -153,33 +154,45 @@ def init(path, force, example):
     click.echo(f"wrote {path}")
 
 
-def _config_options(f):
-    """The options of build and the stage commands: --config, then one per config key declared with
-    a flag (dmd2report/config.py), its help and choices from the declaration; each overrides the
-    file's key. Their values are checked by load_config, as the file's are."""
+def _config_options(f, stage=None):
+    """The options of build and of the stage commands: --config, then one per config key declared with a flag
+    (dmd2report/config.py), its help and choices from the declaration; each overrides the file's key. Their
+    values are checked by load_config, as the file's are. A stage command's --help lists those of the keys it
+    takes (`command_keys`); it accepts the others unlisted, as a config file's keys, since they still make the
+    cache keys of the stages before it (`render --fit-on both` after `build --fit-on both` finds fit's key)."""
     from .config import keys
 
+    taken = None if stage is None else command_keys(stage)
     options = [click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
                             help="TOML configuration (`dmd2report init` writes an example; docs/configuration.md).")]
     for key in keys().values():
         s = key.setting
         if not s.cli:
             continue
+        hidden = taken is not None and key.dotted not in taken and key.section not in taken
         name = f"{key.section}__{key.name}"  # click parameter names can't hold dots: run__seed is run.seed
         bounds = s.range_text()
         text = f"{s.help}{' Comma-separated.' if key.item_type else ''} [{key.dotted}{'; ' + bounds if bounds else ''}]"
         if key.type is bool:
-            options.append(click.option(s.cli, name, is_flag=True, default=None, help=text))
+            options.append(click.option(s.cli, name, is_flag=True, default=None, help=text, hidden=hidden))
         elif key.item_type is not None:
-            options.append(click.option(s.cli, name, metavar="A,B,...", help=text))
+            options.append(click.option(s.cli, name, metavar="A,B,...", help=text, hidden=hidden))
         elif s.choices is not None and not callable(s.choices):
-            options.append(click.option(s.cli, name, type=click.Choice(s.allowed()), help=text))
+            options.append(click.option(s.cli, name, type=click.Choice(s.allowed()), help=text, hidden=hidden))
         else:
             metavar = f"[{s.pattern[1].replace(' ', '')}]" if s.pattern else None
-            options.append(click.option(s.cli, name, type=key.type, metavar=metavar, help=text))
+            options.append(click.option(s.cli, name, type=key.type, metavar=metavar, help=text, hidden=hidden))
     for option in reversed(options):
         f = option(f)
     return f
+
+
+def command_keys(stage) -> set[str]:
+    """The config sections and keys a stage's command lists options for, from its declaration: the work directory,
+    the device (a stage that computes), what it `reads` and its `config_options`, and `[model]` (a stage that loads
+    a generator). `render --help` so lists no model or data option."""
+    return {"run.workdir", *(("run.device",) if stage.uses_device else ()), *stage.reads, *stage.config_options,
+            *(("model",) if stage.uses_model else ())}
 
 
 def _load(kwargs):
@@ -223,11 +236,12 @@ def _add_stage_commands(group: click.Group) -> None:
     build.__doc__ = f"Run every stage ({', '.join(STAGE_NAMES)}), skipping unchanged ones."
     group.command("build")(build)
     for stage in STAGES:
-        group.command(stage.name, help=stage.help)(_stage_command(stage.name, run_build))
+        group.command(stage.name, help=stage.help)(_stage_command(stage, run_build))
 
 
-def _stage_command(name: str, run_build):
-    @_config_options
+def _stage_command(stage, run_build):
+    name = stage.name
+
     @click.option("--overwrite", is_flag=True, help="Replace results made with another configuration.")
     def command(overwrite, **kwargs):
         # Explicit: the stage runs even if recorded as done. Its store resumes an interrupted run of
@@ -237,7 +251,7 @@ def _stage_command(name: str, run_build):
         config = _load(kwargs)
         preflight.check(config, (name,))
         run_build(config, (name,), force=(name,), overwrite=overwrite, command=command_line())
-    return command
+    return _config_options(command, stage)
 
 
 @cli.command()

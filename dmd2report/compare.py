@@ -98,6 +98,43 @@ def _fmt(v) -> str:
     return "null" if v is None else f"{v:.6g}"
 
 
+PROVENANCE_ROWS = 12      # provenance differences listed; the rest are counted
+VALUE_CHARS = 40          # a provenance value longer than this (a checksum, a path) is shortened in the middle
+
+
+def _leaves(value, prefix: str) -> dict[str, object]:
+    """{dotted key: value} of a provenance entry: nested tables flattened (`fit.class.mean`), so that a
+    difference reads as the few values that differ, not as two whole dictionaries."""
+    if isinstance(value, dict) and value:
+        return {k: v for key, sub in value.items() for k, v in _leaves(sub, f"{prefix}.{key}").items()}
+    return {prefix: value}
+
+
+def _short(value) -> str:
+    text = "-" if value is None else _fmt(value) if isinstance(value, float) else str(value)
+    return text if len(text) <= VALUE_CHARS else f"{text[:VALUE_CHARS // 2 - 1]}...{text[-(VALUE_CHARS // 2 - 2):]}"
+
+
+def _provenance_lines(a_docs: dict, b_docs: dict) -> list[str]:
+    """The provenance values that differ between A and B, one aligned row each ("-": absent), at most
+    PROVENANCE_ROWS of them and a count of the rest."""
+    rows = []
+    for prefix in sorted(a_docs.keys() | b_docs.keys()):
+        pa, pb = ((docs.get(prefix) or {}).get("provenance") or {} for docs in (a_docs, b_docs))
+        la = {k: v for key, value in pa.items() for k, v in _leaves(value, prefix + key).items()}
+        lb = {k: v for key, value in pb.items() for k, v in _leaves(value, prefix + key).items()}
+        rows += [(key, _short(la.get(key)), _short(lb.get(key))) for key in sorted(la.keys() | lb.keys())
+                 if la.get(key) != lb.get(key)]
+    if not rows:
+        return []
+    shown = rows[:PROVENANCE_ROWS]
+    w = max(len(key) for key, _, _ in shown)
+    lines = ["provenance that differs (A -> B):"] + [f"  {key:<{w}}  {va} -> {vb}" for key, va, vb in shown]
+    if len(rows) > len(shown):
+        lines.append(f"  ... and {len(rows) - len(shown)} more (the files' \"provenance\" tables)")
+    return lines
+
+
 def compare_metrics(a_path, b_path, metrics: list[str] | None = None, threshold: float = 0.0,
                     generator: str | None = None):
     """(report lines, regressed) for B against A. `metrics` are selectors (see the module docstring);
@@ -117,12 +154,8 @@ def compare_metrics(a_path, b_path, metrics: list[str] | None = None, threshold:
         for sel in selectors:
             if not any(_selected(p, *e[:2], [sel]) for p, e in (a | b).items()):
                 raise UserError(f"--metric {sel}: matches no value in {a_path} or {b_path}")
-    lines, regressed = [], False
-    for prefix in sorted(a_docs.keys() | b_docs.keys()):
-        pa, pb = (a_docs.get(prefix) or {}).get("provenance") or {}, (b_docs.get(prefix) or {}).get("provenance") or {}
-        for key in sorted(set(pa) | set(pb)):
-            if pa.get(key) != pb.get(key):
-                lines.append(f"  provenance {prefix}{key}: {pa.get(key)} -> {pb.get(key)}")
+    regressed = False
+    rows: list[tuple[str, str, str]] = []   # (tag, path, values): one aligned line each
     unselected_class_changes = 0
     for path in sorted(a.keys() | b.keys()):
         scope, metric, _ = a.get(path) or b.get(path)
@@ -135,10 +168,10 @@ def compare_metrics(a_path, b_path, metrics: list[str] | None = None, threshold:
             continue
         if eb is None:
             regressed |= chosen
-            lines.append(f"{'REGRESSED' if chosen else '  removed'} {path}: only in A ({_fmt(ea.get('value'))})")
+            rows.append(("REGRESSED" if chosen else "removed", path, f"only in A ({_fmt(ea.get('value'))})"))
             continue
         if ea is None:
-            lines.append(f"  added {path}: {_fmt(eb.get('value'))}")
+            rows.append(("added", path, _fmt(eb.get("value"))))
             continue
         va, vb = ea.get("value"), eb.get("value")
         counts = [f"{key} {ea.get(key)} -> {eb.get(key)}" for key in ("n_real", "n_generated", "k")
@@ -149,14 +182,18 @@ def compare_metrics(a_path, b_path, metrics: list[str] | None = None, threshold:
         if va is None or vb is None:
             bad = chosen and vb is None
             regressed |= bad
-            lines.append(f"{'REGRESSED' if bad else '  changed'} {path}: {_fmt(va)} -> {_fmt(vb)}{suffix}")
+            rows.append(("REGRESSED" if bad else "changed", path, f"{_fmt(va)} -> {_fmt(vb)}{suffix}"))
             continue
         delta = vb - va
         worse = delta > threshold if metric in LOWER_IS_BETTER else -delta > threshold
         bad = chosen and worse
         regressed |= bad
-        tag = "REGRESSED" if bad else "  changed"
-        lines.append(f"{tag} {path}: {_fmt(va)} -> {_fmt(vb)} ({delta:+.6g}){suffix}")
+        rows.append(("REGRESSED" if bad else "changed", path, f"{_fmt(va)} -> {_fmt(vb)} ({delta:+.6g}){suffix}"))
+    lines = _provenance_lines(a_docs, b_docs)
+    if rows:
+        # A table: the tag right-aligned, the values in one column after the paths.
+        w = max(len(path) for _, path, _ in rows) + 1
+        lines += [f"{tag:>9} {path + ':':<{w}} {values}" for tag, path, values in rows]
     if unselected_class_changes:
         lines.append(f"  {unselected_class_changes} per-class values changed (not selected; list them with a "
                      f"glob such as '*/per_class/*/coverage')")

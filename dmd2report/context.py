@@ -191,4 +191,5 @@ class Stage:
     inputs: Callable[[Context], list] | None = None   # what else its results depend on (identities, not config)
     uses_model: bool = False          # loads a generator (its command takes [model] and [[generators]])
     sharded: bool = False             # splits its work across torchrun processes (the other ranks join it)
+    uses_device: bool = True          # computes on `run.device` (its command takes --device; render does not)
     config_options: tuple[str, ...] = ()   # sections whose options its command takes besides those it reads

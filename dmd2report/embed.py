@@ -174,7 +174,7 @@ class Embedding:
                       desc: str = "reduce") -> np.ndarray:
         """`reduce` over row blocks (a store's memory-mapped chunks), each released once reduced: (N, k) float32."""
         parts = []
-        with progress_bar(total=total, desc=desc, unit="row", enabled=progress) as bar:
+        with progress_bar(total=total, desc=desc, enabled=progress) as bar:
             for a in chunks:
                 parts.append(self.reduce(a))
                 bar.update(len(a))
@@ -202,9 +202,10 @@ class Embedding:
         _umap()
         self._search_index()
         out = np.empty((len(reduced), 2), np.float32)
-        starts = range(0, len(reduced), batch_size)
-        for s in progress_bar(starts, desc=desc, unit="batch", enabled=progress and len(starts) > 0):
-            out[s:s + batch_size] = self.umap.transform(reduced[s:s + batch_size])
+        with progress_bar(total=len(reduced), desc=desc, enabled=progress) as bar:
+            for s in range(0, len(reduced), batch_size):
+                out[s:s + batch_size] = self.umap.transform(reduced[s:s + batch_size])
+                bar.update(len(out[s:s + batch_size]))
         return out
 
     def _search_index(self) -> None:
@@ -257,8 +258,8 @@ class Embedding:
         # position, so a point's result does not depend on which other points are projected with it
         rng_state = np.random.default_rng([seed, 20]).integers(-(2**31) + 1, 2**31 - 1, 3).astype(np.int64)
         out = np.empty((len(reduced), 2), np.float32)
-        starts = range(0, len(reduced), PROJECT_CHUNK)
-        for s in progress_bar(starts, desc=desc, unit="chunk", enabled=progress and len(starts) > 1):
+        bar = progress_bar(total=len(reduced), desc=desc, enabled=progress)
+        for s in range(0, len(reduced), PROJECT_CHUNK):
             if neighbours is None:
                 dist, idx = knn(reduced[s:s + PROJECT_CHUNK], base, k, device=device)
             else:
@@ -290,6 +291,8 @@ class Embedding:
                                  float(model.repulsion_strength), float(model._initial_alpha) / 4.0,
                                  float(model.negative_sample_rate), n_epochs)
             out[s:s + m] = y
+            bar.update(m)
+        bar.close()
         return out
 
     def inside(self, points_2d: np.ndarray) -> np.ndarray:
@@ -363,7 +366,7 @@ def _non_finite(a: np.ndarray, row0: int, n_total: int | None = None) -> None:
 
 
 def fit_reduction(features, pca_components: int = 50, *, seed: int = 0, device=None, progress: bool = True,
-                  check_finite: bool = True, desc: str = "standardise + PCA") -> Embedding:
+                  check_finite: bool = True, desc: str = "standardise + PCA", total: int | None = None) -> Embedding:
     """Standardisation + PCA fitted on every row of `features` (an array or `as_chunks` blocks, e.g. a
     store's memory-mapped chunks, read once and released one by one): an Embedding without a map.
 
@@ -383,9 +386,9 @@ def fit_reduction(features, pca_components: int = 50, *, seed: int = 0, device=N
     fdt = torch.float64 if dev.type != "mps" else torch.float32  # MPS has no float64; accumulate on the CPU
     if dev.type == "mps":
         dev = torch.device("cpu")
-    total = len(features) if hasattr(features, "shape") else None
+    total = len(features) if hasattr(features, "shape") else total   # rows of chunks: the caller's count
     n, shift, s1, gram = 0, None, None, None
-    with torch.no_grad(), progress_bar(total=total, desc=desc, unit="row", enabled=progress) as bar:
+    with torch.no_grad(), progress_bar(total=total, desc=desc, enabled=progress) as bar:
         for a in as_chunks(features)():
             if a.ndim != 2:
                 raise ValueError(f"features must be (N, D), got shape {a.shape}")

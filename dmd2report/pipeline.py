@@ -18,6 +18,7 @@ import time
 
 from . import config as config_module
 from .chunks import process_rank
+from .console import in_stage
 from .context import Context, Stage
 from .errors import UserError
 from .files import short_hash
@@ -92,7 +93,8 @@ def _run(ctx: Context, stages, force, overwrite, rank: int) -> list[str]:
         replace = (previous is not None and previous != keys[name] or name in force) if overwrite is None else overwrite
         if rank == 0:
             wd.started(name)
-        stage.run(ctx.for_stage(stage.run.__module__), overwrite=replace)
+        with in_stage(name):   # a library's line logged while it runs names the stage too
+            stage.run(ctx.for_stage(stage.run.__module__), overwrite=replace)
         seconds = time.perf_counter() - t0
         if rank == 0:
             wd.record(name, keys[name], seconds)

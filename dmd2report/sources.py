@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import logging
 import math
 import re
 import zipfile
@@ -39,6 +40,8 @@ import pandas as pd
 from .classes import DATASET_INDEX_NAME, ClassIndex, dataset_classes
 from .errors import UserError
 from .files import replacing, save_text, sha256_bytes
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 # What decoding did to an image that was not 8-bit RGB, by kind: the log's and the report's words (module docstring).
@@ -380,8 +383,8 @@ def demo_per_class(data) -> int:
 
 def ensure_demo_data(folder: str | Path, n_per_class: int, seed: int = 0) -> Path:
     """Write the demo NPZ batches into `folder` (the work directory's demo data, WorkDir.demo_data) unless that
-    exact set is already there."""
-    from .demo.dataset import write_demo_npz
+    exact set is already there, saying so in one line."""
+    from .demo.dataset import NUM_CLASSES, write_demo_npz
 
     out = Path(folder)
     want = {"n_per_class": int(n_per_class), "seed": int(seed)}
@@ -391,6 +394,7 @@ def ensure_demo_data(folder: str | Path, n_per_class: int, seed: int = 0) -> Pat
             return out
     except (OSError, ValueError):
         pass
+    log.info("generating the demo data: %d images per class, %d classes, into %s", n_per_class, NUM_CLASSES, out)
     # Written beside the final place, then swapped in, so a killed run leaves no half dataset.
     with replacing(out) as tmp:
         write_demo_npz(tmp, n_per_class, seed=seed)

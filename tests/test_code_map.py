@@ -1,4 +1,4 @@
-"""The README's code map is written from the modules' own docstrings: every module of the package is listed, with
+"""The guide's code map (docs/how-it-works.md) is written from the modules' own docstrings: every module of the package is listed, with
 the first sentence of its docstring, so a module added, removed or renamed makes this test fail until the map is
 regenerated. Run alone to print the map: `python tests/test_code_map.py`.
 """
@@ -19,7 +19,7 @@ FOLDERS = {
     "data/": "the bundled demo generators, the demo classifier and the example comparison config (shipped as dmd2report.bundled)",
     "tests/": "the test suite; synthetic.py builds synthetic report data and work directories for tests and benchmarks",
     "benchmarks/": "performance measurements, each against a baseline in the same command (benchmarks/README.md)",
-    "docs/": "the configuration reference (generated) and the CI snapshot how-to",
+    "docs/": "the user guide (mkdocs.yml builds it), with the generated configuration reference",
 }
 WIDTH = 118
 
@@ -60,11 +60,15 @@ def code_map() -> str:
     return "\n".join(out)
 
 
-def test_readme_code_map_is_generated_from_the_docstrings():
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert BEGIN in readme and END in readme, "README.md lost its code map markers"
-    committed = readme.split(BEGIN, 1)[1].split(END, 1)[0].strip().removeprefix("```").removesuffix("```").strip()
-    assert committed == code_map(), "README.md's code map is stale: replace it with `python tests/test_code_map.py`"
+GUIDE_PAGE = ROOT / "docs" / "how-it-works.md"
+
+
+def test_guide_code_map_is_generated_from_the_docstrings():
+    page = GUIDE_PAGE.read_text(encoding="utf-8")
+    assert BEGIN in page and END in page, "docs/how-it-works.md lost its code map markers"
+    committed = page.split(BEGIN, 1)[1].split(END, 1)[0].strip().removeprefix("```").removesuffix("```").strip()
+    assert committed == code_map(), \
+        "docs/how-it-works.md's code map is stale: replace it with `python tests/test_code_map.py`"
 
 
 def test_every_module_has_a_summary_line():

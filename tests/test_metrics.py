@@ -256,7 +256,7 @@ def test_metrics_json_is_stable_and_complete(tmp_path, clustered):
 
 def test_one_declaration_names_every_metric_everywhere():
     """METRICS is the one source: metrics.json's definitions, the pages' labels, compare's directions and
-    the README's table (regenerate it with `python -m dmd2report.metrics --markdown`)."""
+    the guide's table (docs/metrics.md; regenerate it with `python -m dmd2report.metrics --markdown`)."""
     from pathlib import Path
 
     from dmd2report.compare import DEFAULT_METRICS, LOWER_IS_BETTER
@@ -277,11 +277,11 @@ def test_one_declaration_names_every_metric_everywhere():
     table = markdown()
     for key, m in METRICS.items():
         assert f"| {m.label} | `{key}`" in table and m.explanation in table
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    section = readme.split("### Metrics\n", 1)[1].split("\n## ", 1)[0]
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text(encoding="utf-8")
+    section = guide.split("## Definitions\n", 1)[1].split("\n## ", 1)[0]
     start = section.index("<!-- generated from METRICS")
     assert section[start:start + len(table)] == table, \
-        "README.md's metrics table is stale: replace it with `python -m dmd2report.metrics --markdown`"
+        "docs/metrics.md's metrics table is stale: replace it with `python -m dmd2report.metrics --markdown`"
     assert section.count("| metric |") == 1   # no second, hand-written table
 
 

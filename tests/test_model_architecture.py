@@ -37,8 +37,9 @@ def test_real_dmd2_checkpoint_layout_is_the_dmd2_preset():
     spec = json.loads((FIX / "dmd2_imagenet64.spec.json").read_text())
     kwargs, like = infer_architecture(spec["state_dict_shapes"])
     assert (kwargs, like) == (preset_config("dmd2-imagenet64"), "dmd2-imagenet64")
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    assert f"```toml\n{inspect_table(kwargs, like)}\n```" in readme, "README's [model.config] example is not inspect's"
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "your-model-and-data.md").read_text(encoding="utf-8")
+    assert f"```toml\n{inspect_table(kwargs, like)}\n```" in guide, \
+        "docs/your-model-and-data.md's [model.config] example is not inspect's"
     assert checkpoint_architecture(read_shapes(FIX / "dhariwal_tiny.weights.safetensors")) == (preset_config("tiny"), "tiny")
 
 

@@ -88,7 +88,7 @@ def read_metadata(path: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dmd2report.demo.classifier", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="dmd2report demo-classifier", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train on real demo images and write a safetensors file")
     p.add_argument("out", type=Path)

@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     or `... npz OUT_DIR --per-class N [--seed 0] [--batch-size 1000]`."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m dmd2report.demo.dataset", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="dmd2report demo-data", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("grid", help="render an image grid, one row per class")
     p.add_argument("out", type=Path)

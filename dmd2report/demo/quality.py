@@ -89,7 +89,7 @@ def format_report(result: dict, title: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dmd2report.demo.quality", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="dmd2report demo-quality", description=__doc__.split("\n")[0])
     parser.add_argument("--weights", type=Path, default=None, help="generator safetensors (default: the shipped demo generator)")
     parser.add_argument("--untrained", action="store_true", help="measure a randomly initialised network of the same shape")
     parser.add_argument("--per-class", type=int, default=50, help="generated and real samples per class")

@@ -387,7 +387,7 @@ def train(config: dict, out: Path, device: torch.device, seed: int, teacher_path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dmd2report.demo.train", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="dmd2report demo-train", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--seed", type=int, default=0)

@@ -56,7 +56,8 @@ def run(ctx: Context, overwrite: bool = False) -> None:
     for layer in real.layers + ([headline] if headline in real.encoders else []):
         chunks = lambda: itertools.chain.from_iterable(stores[v].iter_features(layer) for v in fit_sets)  # noqa: E731
         ctx.log.info("[fit] %s: standardise + PCA %d%s", layer, e.pca_components, " + UMAP" if layer == headline else "")
-        emb = fit_reduction(chunks, e.pca_components, seed=cfg.run.seed, device=device, desc=f"PCA {layer}")
+        emb = fit_reduction(chunks, e.pca_components, seed=cfg.run.seed, device=device, desc=f"PCA {layer}",
+                            total=sum(len(stores[v]) for v in fit_sets))
         fitted_files[layer] = emb
         if layer != headline:
             manifest["layers"][layer] = {"file": f"{layer}.joblib", "params": emb.params}

@@ -43,8 +43,10 @@ def _fit_thumb(images: np.ndarray, size: int) -> np.ndarray:
 
 def run(ctx: Context, overwrite: bool = False) -> None:
     """The render stage: the site at `run.site`, replaced whole."""
-    pages = render_site(assemble_report(ctx), ctx.config.run.site, ctx.config.report)
-    ctx.log.info("[render] wrote %d page(s) to %s", len(pages), ctx.config.run.site)
+    written = render_site(assemble_report(ctx), ctx.config.run.site, ctx.config.report)
+    pages = sum(Path(f).suffix == ".html" for f in written)   # the pages a reader opens; the rest are their assets
+    ctx.log.info("[render] wrote %d page%s and %d other file%s to %s", pages, "s" * (pages != 1),
+                 len(written) - pages, "s" * (len(written) - pages != 1), ctx.config.run.site)
 
 
 def assemble_report(ctx: Context) -> ReportData:
@@ -487,4 +489,5 @@ def _renderer(ctx: Context) -> list:
 
 STAGE = Stage(
     "render", run, "Re-render the site from stored results (no model needed).", writes="<run.site>/",
-    after=("measure", "atlas", "trajectory"), reads=("report", "run.name", "run.site"), inputs=_renderer)
+    after=("measure", "atlas", "trajectory"), reads=("report", "run.name", "run.site"), inputs=_renderer,
+    uses_device=False)

@@ -67,7 +67,7 @@ def _write_steps_store(path: Path, key: dict, info: dict, overwrite: bool, n: in
     writer.prepare(overwrite, info)
     n_chunks = -(-n // per_chunk) if n else 0
     todo = [i for i in range(n_chunks) if not writer.done(i)]
-    bar = Progress(sum(min(per_chunk, n - i * per_chunk) for i in todo), f"trajectory {path.name}", unit="path")
+    bar = Progress(sum(min(per_chunk, n - i * per_chunk) for i in todo), f"trajectory {path.name}", unit="paths")
     try:
         for i in todo:
             sl = slice(i * per_chunk, min((i + 1) * per_chunk, n))
