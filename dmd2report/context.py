@@ -161,6 +161,26 @@ class Context:
                 for e in encoder_entries(self.config)]
 
     @functools.cached_property
+    def real_images(self) -> dict:
+        """The real images by content, for the stages that read them ({"data": integrity.Content}): the files the
+        source reads (a class folder tree's chosen images, the NPZ batches) and its class index file; checked by
+        stat, hashed where that changed. The demo data is made from the config and the code, already in the key."""
+        from .classes import DATASET_INDEX_NAME
+        from .sources import open_source
+
+        d = self.config.data
+        if d.source == "demo":
+            return {}
+        g = self.generator
+        with open_source(self.config, g.architecture().kwargs["img_resolution"], g.class_index(),
+                         self.workdir.demo_data) as source:
+            names = ([p.name for p in source.files] if d.source == "imagenet64-npz"
+                     else list(source.samples["source"]))
+            root = source.root
+        names += [DATASET_INDEX_NAME] if (root / DATASET_INDEX_NAME).is_file() else []
+        return {"data": self.workdir.content(root, names, write=g.write_cache)}
+
+    @functools.cached_property
     def classes(self) -> ClassIndex:
         """The class index of the real data (names of every set), from the data and the reference encoder's classes."""
         from .sources import source_class_index
@@ -179,6 +199,9 @@ class Stage:
     Its cache key (pipeline.stage_keys) hashes the keys of the stages `after` it, the config keys it `reads` (whole
     sections, or `section.key`) less those it `ignores`, and whatever `inputs(ctx)` returns (identities read without
     running anything: a checkpoint's checksum, the templates' files), so a stage reruns exactly when one of them changed.
+    Beside the key, what it reads by content: the files `content(ctx)` names ({what: integrity.Content}, e.g. the
+    real images) and the results of the stages before it (their recorded digests). Its results are the files under
+    `outputs(ctx)`, whose digests are recorded when it finishes and checked before anything reads them.
     """
 
     name: str
@@ -189,6 +212,8 @@ class Stage:
     reads: tuple[str, ...] = ()       # the config sections and keys its results depend on
     ignores: tuple[str, ...] = ()     # keys of the sections it reads that change no result (batch sizes)
     inputs: Callable[[Context], list] | None = None   # what else its results depend on (identities, not config)
+    content: Callable[[Context], dict] | None = None  # the files it reads, by content: {what: integrity.Content}
+    outputs: Callable[[Context], list[Path]] | None = None   # the folders (files) it writes: its results
     uses_model: bool = False          # loads a generator (its command takes [model] and [[generators]])
     sharded: bool = False             # splits its work across torchrun processes (the other ranks join it)
     config_options: tuple[str, ...] = ()   # sections whose options its command takes besides those it reads

@@ -114,6 +114,15 @@ def _tree(folder) -> dict:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def _as_written(w, stage, path) -> None:
+    """Record `path`, edited by hand to stand for what `stage` wrote in another run, as that run would have recorded
+    it: the state the test simulates, not a damaged file (which the digests would refuse first)."""
+    from dmd2report.integrity import file_entry, relative
+
+    wd = WorkDir(w / "work")
+    wd.update_outputs(stage, {relative(wd.root, path): file_entry(path)})
+
+
 def _temporaries(root) -> list:
     return [p.name for p in root.rglob("*") if ".tmp" in p.name or ".old-" in p.name]
 
@@ -246,6 +255,7 @@ def test_fit_of_another_extraction_is_refused(work):
     manifest = w / "work" / "stores" / "real" / "manifest.json"
     m = json.loads(manifest.read_text())
     manifest.write_text(json.dumps(m | {"config_hash": "0123456789abcdef"}))  # as `extract --overwrite` leaves it
+    _as_written(w, "extract", manifest)
     for command in ("measure", "atlas", "render"):
         line = _error(_invoke(command, "--config", cfg))
         assert line == (f"error: {w / 'work' / 'fit' / 'manifest.json'}: fitted on another extraction than the one in "
@@ -256,6 +266,7 @@ def test_measure_of_another_fit_is_refused(work):
     w, cfg = work
     headline = w / "work" / "measure" / "headline.json"
     headline.write_text(json.dumps(json.loads(headline.read_text()) | {"fit": "0123456789abcdef"}))
+    _as_written(w, "measure", headline)
     line = _error(_invoke("render", "--config", cfg))
     assert f"{w / 'work' / 'measure'}: made on another fit than " in line and "rerun `dmd2report measure`" in line
 
@@ -311,6 +322,7 @@ def test_nan_in_features_stops_measure_naming_stage_set_layer_and_row(work):
     a = np.load(path)
     a[5, 2] = np.nan
     np.save(path, a)  # same size: the chunk still counts as done
+    _as_written(w, "generate", path)  # as if generate had written it (a store of a version that let NaN through)
     line = _error(_invoke("measure", "--config", cfg))
     assert line.startswith("error: measure: non-finite values in gen-class features of layer midblock, first at row 37 ("), line
 

@@ -446,4 +446,5 @@ def _renderer(ctx: Context) -> list:
 
 STAGE = Stage(
     "render", run, "Re-render the site from stored results (no model needed).", writes="<run.site>/",
-    after=("measure", "atlas", "trajectory"), reads=("report", "run.name", "run.site"), inputs=_renderer)
+    after=("measure", "atlas", "trajectory"), reads=("report", "run.name", "run.site"), inputs=_renderer,
+    outputs=lambda ctx: [Path(ctx.config.run.site)])
