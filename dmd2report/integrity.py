@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from . import files
 from .errors import UserError
 
 _SKIPPED = (files.TEMP_SUFFIX,)
+SITE_MANIFEST = ".dmd2report-manifest.json"   # in a rendered site: every other file's digest (report/render.py)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,3 +221,75 @@ def _mtime(path: Path) -> int:
         return os.stat(path).st_mtime_ns
     except OSError:
         return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# `dmd2report verify`: a work directory and a site checked without running anything.
+
+def site_manifest(site: Path) -> dict:
+    """What a rendered site records of itself: every file but the manifest, with its digest."""
+    entries = outputs_of(site, [site])
+    entries.pop(SITE_MANIFEST, None)
+    return {"format": 1, "files": entries}
+
+
+def verify_site(site: Path, full: bool = True) -> list[str]:
+    """One line per problem of a rendered site against its manifest; [] when intact."""
+    site = Path(site)
+    manifest = site / SITE_MANIFEST
+    repair = "rerun `dmd2report render`"
+    if not site.is_dir():
+        return [f"{site}: no such folder"]
+    try:
+        doc = json.loads(manifest.read_text(encoding="utf-8"))
+        entries = doc["files"]
+        if not isinstance(entries, dict):
+            raise ValueError("no table of files")
+    except FileNotFoundError:
+        return [f"{manifest}: missing (not a site rendered by this version of dmd2report); {repair}"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        return [f"{manifest}: damaged ({e}); {repair}"]
+    return [f"{site / rel}: {PROBLEMS[why].format(stage='render')}; {repair}"
+            for rel, why, _ in check(site, entries, [site], full) if why and rel != SITE_MANIFEST]
+
+
+def verify_workdir(root: Path, full: bool = True) -> list[str]:
+    """One line per problem of a work directory: every finished stage's results (its recorded `folders`) against
+    their digests."""
+    root = Path(root)
+    path = root / "stages.json"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(state, dict) or not all(isinstance(v, dict) for v in state.values()):
+            raise ValueError("not a table of stages")
+    except FileNotFoundError:
+        return [f"{path}: missing (nothing built in {root}); run `dmd2report build`"]
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return [f"{path}: damaged ({e}); run `dmd2report build`"]
+    lines = []
+    for stage, record in state.items():
+        if record.get("unfinished"):
+            lines.append(f"{root}: {stage} did not finish; run `dmd2report build`")
+        entries = record.get("outputs")
+        if not isinstance(entries, dict):
+            lines.append(f"{root}: {stage}'s results have no digests (built by an older dmd2report); "
+                         f"rerun `dmd2report build --force {stage}` to record them")
+            continue
+        folders = [root / f for f in record.get("folders", [])]
+        lines += [str(problem(root, rel, why, stage)) for rel, why, _ in check(root, entries, folders, full) if why]
+    return lines
+
+
+def check_result(path: Path, stage: str) -> None:
+    """Before a result is read outside a build (compare's metrics.json): when it lies in a work directory that
+    recorded it, check it against its digest (by stat) and refuse a damaged or edited one in one line."""
+    path = Path(path)
+    root = path.parent.parent
+    try:
+        state = json.loads((root / "stages.json").read_text(encoding="utf-8"))
+        entry = state[stage]["outputs"][relative(root, path)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return   # not a result of a work directory that records digests
+    for rel, why, _ in check(root, {relative(root, path): entry}, []):
+        if why:
+            raise problem(root, rel, why, stage)

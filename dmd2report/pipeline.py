@@ -214,8 +214,10 @@ def _results(ctx: Context, stage: Stage, record: dict) -> dict:
     """A finished stage's record of its results: every file's digest (as files.py wrote it) and one digest of all."""
     if stage.outputs is None:
         return {}
-    entries = integrity.outputs_of(ctx.workdir.root, stage.outputs(ctx), record.get("outputs"))
-    return {"outputs": entries, "outputs_digest": integrity.outputs_digest(entries)}
+    root, folders = ctx.workdir.root, stage.outputs(ctx)
+    entries = integrity.outputs_of(root, folders, record.get("outputs"))
+    return {"outputs": entries, "outputs_digest": integrity.outputs_digest(entries),
+            "folders": [integrity.relative(root, f) for f in folders]}
 
 
 def build(config, stages=STAGE_NAMES, force=(), overwrite: bool | None = None,
