@@ -150,6 +150,11 @@ def _files_under(folders: list[Path]) -> list[Path]:
     return sorted(out)
 
 
+def place(root: Path, rel: str) -> Path:
+    """Where a result recorded as `rel` lies (normalised: the site's `../site/index.html` shown as `site/index.html`)."""
+    return Path(os.path.normpath(Path(root) / rel))
+
+
 def relative(root: Path, path: Path) -> str:
     """A result's name in stages.json: its path from the work directory (the site may lie outside it)."""
     return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(root))).as_posix()
@@ -187,7 +192,7 @@ PROBLEMS = {"missing": "missing since {stage} wrote it", "changed": "changed sin
 def problem(root: Path, rel: str, why: str, stage: str, more: int = 0) -> UserError:
     """The one line for a damaged result: the file, what is wrong (and how many other files are), the commands that
     rewrite it."""
-    return files.damaged(Path(root) / rel, stage, PROBLEMS[why].format(stage=stage) +
+    return files.damaged(place(root, rel), stage, PROBLEMS[why].format(stage=stage) +
                          (f"; {more} more of its files too" if more else ""))
 
 
@@ -199,7 +204,7 @@ def check(root: Path, entries: dict[str, list], folders: list[Path], full: bool 
     problems = []
     present = {relative(root, p) for p in _files_under(folders)}
     for rel, (size, mtime, digest) in entries.items():
-        path = Path(root) / rel
+        path = place(root, rel)
         try:
             st = os.stat(path)
         except OSError:

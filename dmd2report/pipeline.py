@@ -26,7 +26,7 @@ import time
 
 from . import config as config_module
 from . import integrity
-from .chunks import process_rank
+from .chunks import barrier, dist_rank_world, process_rank
 from .context import Context, Stage
 from .errors import UserError
 from .files import short_hash
@@ -135,9 +135,9 @@ def _check_results(ctx: Context, name: str, state: dict, repair: bool = False) -
     if repair:
         bad = [(rel, why) for rel, why in bad if why != "extra"]   # removed, they are redone; others are kept
         for rel, why in bad:
-            log.info("[%s] %s: %s; removed, to be redone", name, root / rel,
+            log.info("[%s] %s: %s; removed, to be redone", name, integrity.place(root, rel),
                      integrity.PROBLEMS[why].format(stage=name))
-            (root / rel).unlink(missing_ok=True)
+            integrity.place(root, rel).unlink(missing_ok=True)
     elif bad:
         raise integrity.problem(root, *bad[0], name, more=len(bad) - 1)
 
@@ -167,6 +167,7 @@ def _run(ctx: Context, stages, force, overwrite, rank: int) -> list[str]:
     wd = ctx.workdir
     keys = stage_keys(ctx)
     state = wd.recorded()
+    barrier(dist_rank_world()[1])   # torchrun: every process has read the records before rank 0 changes them
     ran, checked = [], set()
     for stage in (BY_NAME[name] for name in STAGE_NAMES if name in stages):
         name = stage.name
@@ -181,8 +182,8 @@ def _run(ctx: Context, stages, force, overwrite, rank: int) -> list[str]:
         previous = record.get("key")
         content, changes = _content(ctx, stage, state)
         log.debug("[%s] key %s, recorded %s", name, keys[name], previous)
-        if previous == keys[name] and name not in force and not record.get("unfinished") \
-                and record.get("content", content) == content:
+        changed = previous != keys[name] or record.get("content", content) != content
+        if not changed and name not in force and not record.get("unfinished"):
             _check_results(ctx, name, state)
             checked.add(name)
             if rank == 0 and ("outputs" not in record or "content" not in record) and stage.outputs is not None:
@@ -194,12 +195,11 @@ def _run(ctx: Context, stages, force, overwrite, rank: int) -> list[str]:
         parts = _parts(ctx, stage, keys)
         log.info("[%s] running%s", name, " (forced)" if name in force else f": {_why(stage, record, parts, content, changes)}")
         t0 = time.perf_counter()
-        # A store written under another key is replaced; an unfinished one with this key resumes.
-        replace = (previous is not None and previous != keys[name] or name in force) if overwrite is None else overwrite
-        if not replace:
-            _check_results(ctx, name, state, repair=True)   # a resumed stage redoes what was damaged
+        # Results of another key or content are replaced; an unfinished run with this key and content resumes.
+        replace = (previous is not None and changed or name in force) if overwrite is None else overwrite
+        _check_results(ctx, name, state, repair=True)   # a damaged result is removed: a resumed stage redoes it
         if rank == 0:
-            wd.started(name)
+            wd.started(name, keys[name], content)
         stage.run(ctx.for_stage(stage.run.__module__), overwrite=replace)
         seconds = time.perf_counter() - t0
         if rank == 0:

@@ -212,12 +212,17 @@ class WorkDir:
             outputs.update(entries)
             files.save_json(self.stages_file, state)
 
-    def started(self, stage: str) -> None:
+    def started(self, stage: str, key: str | None = None, content: dict | None = None) -> None:
         """Mark a stage's record unfinished while it runs: a stage that dies half-way is run again by the
-        next build, which resumes its stores (the key it was written under is kept)."""
+        next build, which resumes its stores. The record takes the `key` and `content` it now runs with (what its
+        stores on disk are being written for) and loses its results' digests (they no longer describe them)."""
         state = self.recorded()
-        if stage in state and not state[stage].get("unfinished"):
-            state[stage]["unfinished"] = True
+        if stage in state:
+            record = state[stage]
+            for name in ("outputs", "outputs_digest", "folders"):
+                record.pop(name, None)
+            record.update({"unfinished": True} | ({"key": key} if key else {}) |
+                          ({"content": content} if content is not None else {}))
             files.save_json(self.stages_file, state)
 
     def checkpoint_sha256(self, path: Path, write: bool = True) -> str:
