@@ -14,6 +14,7 @@ import torch
 
 from .classes import ClassIndex
 from .config import Config, GeneratorConfig, encoder_entries, generator_entries, reference_encoder
+from .files import short_hash
 from .workdir import WorkDir
 
 log = logging.getLogger(__name__)
@@ -172,13 +173,18 @@ class Context:
         if d.source == "demo":
             return {}
         g = self.generator
-        with open_source(self.config, g.architecture().kwargs["img_resolution"], g.class_index(),
-                         self.workdir.demo_data) as source:
-            names = ([p.name for p in source.files] if d.source == "imagenet64-npz"
-                     else list(source.samples["source"]))
-            root = source.root
-        names += [DATASET_INDEX_NAME] if (root / DATASET_INDEX_NAME).is_file() else []
-        return {"data": self.workdir.content(root, names, write=g.write_cache)}
+
+        def listing() -> list[str]:
+            with open_source(self.config, g.architecture().kwargs["img_resolution"], g.class_index(),
+                             self.workdir.demo_data) as source:
+                names = ([p.name for p in source.files] if d.source == "imagenet64-npz"
+                         else list(source.samples["source"]))
+            return names + ([DATASET_INDEX_NAME] if (Path(d.path) / DATASET_INDEX_NAME).is_file() else [])
+
+        # The settings that choose the files: the listing is reused while they and the folders are unchanged.
+        selection = short_hash([d.source, d.classes, d.per_class, d.max_samples, self.config.run.seed,
+                                g.class_index().origin])
+        return {"data": self.workdir.content(Path(d.path), listing, write=g.write_cache, selection=selection)}
 
     @functools.cached_property
     def classes(self) -> ClassIndex:

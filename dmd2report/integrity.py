@@ -53,15 +53,12 @@ class Content:
 
 def _stats(root: Path, names: list[str]) -> np.ndarray:
     """(size, mtime_ns, inode) of every file, int64 (n, 3)."""
-    out = np.empty((len(names), 3), np.int64)
-    stat = os.stat
+    stat, prefix = os.stat, f"{root}{os.sep}"
     try:
-        for i, name in enumerate(names):
-            s = stat(os.path.join(root, name))
-            out[i] = (s.st_size, s.st_mtime_ns, s.st_ino)
+        found = [stat(prefix + name) for name in names]
     except OSError as e:
         raise UserError(f"{e.filename}: cannot read ({e.strerror})") from None
-    return out
+    return np.array([(s.st_size, s.st_mtime_ns, s.st_ino) for s in found], np.int64).reshape(-1, 3)
 
 
 def _hash_files(root: Path, names: list[str]) -> list[str]:
@@ -81,7 +78,7 @@ def _hash_files(root: Path, names: list[str]) -> list[str]:
 def _load_table(path: Path) -> dict | None:
     try:
         with np.load(path, allow_pickle=False) as z:
-            t = {k: z[k] for k in ("names", "stats", "digests")}
+            t = {k: z[k] for k in ("names", "stats", "digests", "selection", "dirs", "dir_stats")}
         if t["stats"].shape != (len(t["digests"]), 3) or t["digests"].shape[1:] != (16,):
             return None
         return t
@@ -93,14 +90,33 @@ def _names(table: dict) -> list[str]:
     return table["names"].tobytes().decode().split("\n") if len(table["names"]) else []
 
 
-def content_of(table_dir: Path, root: str | os.PathLike, names: list[str], write: bool = True) -> Content:
+def _dir_stats(root: Path, dirs: list[str]) -> np.ndarray | None:
+    try:
+        return np.array([(s.st_mtime_ns, s.st_ino) for s in (os.stat(os.path.join(root, d)) for d in dirs)],
+                        np.int64).reshape(-1, 2)
+    except OSError:
+        return None
+
+
+def content_of(table_dir: Path, root: str | os.PathLike, names, write: bool = True, selection: str = "") -> Content:
     """The content digest of the files `names` (paths relative to `root`, in a fixed order) with what changed
-    since the table of `root` in `table_dir` was written; files whose stat is unchanged are not read."""
+    since the table of `root` in `table_dir` was written; files whose stat is unchanged are not read.
+
+    `names` may be a function listing them (a source's selection, which costs a scan of every folder): it is not
+    called when the table was written for the same `selection` (the settings that choose the files) and no folder
+    holding them changed (a file added, removed or renamed changes its folder's modification time)."""
     root = Path(root)
-    blob = "\n".join(names).encode()
-    stats = _stats(root, names)
     table_path = Path(table_dir) / f"{files.short_hash(os.path.abspath(root))}.npz"
     old = _load_table(table_path)
+    if callable(names):
+        reuse = old is not None and old["selection"].tobytes() == selection.encode()
+        if reuse:
+            dirs = old["dirs"].tobytes().decode().split("\n")
+            now = _dir_stats(root, dirs)
+            reuse = now is not None and np.array_equal(now, old["dir_stats"])
+        names = _names(old) if reuse else names()
+    blob = "\n".join(names).encode()
+    stats = _stats(root, names)
     digests = np.zeros((len(names), 16), np.uint8)
     if old is not None and old["names"].tobytes() == blob:
         old_index = np.arange(len(names))
@@ -129,8 +145,14 @@ def content_of(table_dir: Path, root: str | os.PathLike, names: list[str], write
         n = len(changed) + len(added) + len(gone)
         changes = ([f"{root / names[i]} changed (content)" for i in changed[:3]] +
                    [f"{root / names[i]} added" for i in added[:3]] + [f"{root / g} removed" for g in gone[:3]])
-    if write and (len(stale) or old is None or old["names"].tobytes() != blob):
-        files.save_npz(table_path, names=np.frombuffer(blob, np.uint8), stats=stats, digests=digests)
+    if write and (len(stale) or old is None or old["names"].tobytes() != blob
+                  or old["selection"].tobytes() != selection.encode()):
+        dirs = [""] + sorted({n.rpartition("/")[0] for n in names} - {""})
+        dir_stats = _dir_stats(root, dirs)
+        files.save_npz(table_path, names=np.frombuffer(blob, np.uint8), stats=stats, digests=digests,
+                       selection=np.frombuffer(selection.encode(), np.uint8),
+                       dirs=np.frombuffer("\n".join(dirs).encode(), np.uint8),
+                       dir_stats=np.zeros((0, 2), np.int64) if dir_stats is None else dir_stats)
     h = hashlib.blake2b(blob, digest_size=16)
     h.update(digests.tobytes())
     return Content(h.hexdigest(), tuple(changes), n)
@@ -139,14 +161,18 @@ def content_of(table_dir: Path, root: str | os.PathLike, names: list[str], write
 # ---------------------------------------------------------------------------------------------
 # Outputs: the digests a stage records of what it wrote, checked before anything reads them.
 
-def _files_under(folders: list[Path]) -> list[Path]:
+def _files_under(root: Path, folders: list[Path]) -> list[str]:
+    """The files under `folders` (temporaries left out) as paths from `root`, sorted: one walk, no per-file stat."""
     out = []
-    for folder in folders:
-        folder = Path(folder)
+    for folder in map(Path, folders):
+        base = relative(root, folder)
         if folder.is_file():
-            out.append(folder)
-        elif folder.is_dir():
-            out += [p for p in folder.rglob("*") if p.is_file() and not p.name.endswith(_SKIPPED)]
+            out.append(base)
+            continue
+        for dirpath, _, filenames in os.walk(folder):
+            sub = os.path.relpath(dirpath, folder).replace(os.sep, "/")
+            prefix = "/".join(p for p in (base, sub) if p != ".")
+            out += [f"{prefix}/{f}" if prefix else f for f in filenames if not f.endswith(_SKIPPED)]
     return sorted(out)
 
 
@@ -173,11 +199,7 @@ def file_entry(path: Path, previous: list | None = None) -> list:
 def outputs_of(root: Path, folders: list[Path], previous: dict | None = None) -> dict[str, list]:
     """{path from `root`: [size, mtime_ns, digest]} of every file under `folders` (temporaries left out)."""
     previous = previous or {}
-    entries = {}
-    for p in _files_under(folders):
-        rel = relative(root, p)
-        entries[rel] = file_entry(p, previous.get(rel))
-    return entries
+    return {rel: file_entry(place(root, rel), previous.get(rel)) for rel in _files_under(root, folders)}
 
 
 def outputs_digest(entries: dict[str, list] | None) -> str | None:
@@ -202,7 +224,7 @@ def check(root: Path, entries: dict[str, list], folders: list[Path], full: bool 
     by the stage. A file whose size and modification time are the recorded ones is intact unless `full` (then
     every file is hashed)."""
     problems = []
-    present = {relative(root, p) for p in _files_under(folders)}
+    present = set(_files_under(root, folders))
     for rel, (size, mtime, digest) in entries.items():
         path = place(root, rel)
         try:
@@ -275,6 +297,7 @@ def verify_workdir(root: Path, full: bool = True) -> list[str]:
     for stage, record in state.items():
         if record.get("unfinished"):
             lines.append(f"{root}: {stage} did not finish; run `dmd2report build`")
+            continue
         entries = record.get("outputs")
         if not isinstance(entries, dict):
             lines.append(f"{root}: {stage}'s results have no digests (built by an older dmd2report); "

@@ -104,11 +104,12 @@ class WorkDir:
     def fingerprints(self) -> Path:
         return self.root / "fingerprints"
 
-    def content(self, root: Path, names: list[str], write: bool = True):
-        """integrity.Content of the files `names` under `root`, through this directory's fingerprint tables."""
+    def content(self, root: Path, names, write: bool = True, selection: str = ""):
+        """integrity.Content of the files `names` (or a function listing them) under `root`, through this
+        directory's fingerprint tables (integrity.content_of)."""
         from .integrity import content_of
 
-        return content_of(self.fingerprints, root, names, write=write)
+        return content_of(self.fingerprints, root, names, write=write, selection=selection)
 
     # ------------------------------------------------------------------ ownership
 

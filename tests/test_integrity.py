@@ -164,3 +164,25 @@ def test_a_stage_that_raised_is_not_recorded_as_done(make_config, npz_dir, monke
     with pytest.raises(UserError):
         pipeline.run_stages(Context.create(config), ("extract",), force=("extract",))
     assert wd.recorded()["extract"]["unfinished"] is True
+
+
+def test_verify_lines_for_a_work_directory_and_a_site(tmp_path):
+    work, site = tmp_path / "work", tmp_path / "site"
+    assert integrity.verify_workdir(work) == [f"{work / 'stages.json'}: missing (nothing built in {work}); "
+                                              f"run `dmd2report build`"]
+    files.save_json(work / "fit" / "manifest.json", {"layers": {}})
+    files.save_json(site / "index.html", "<p>")
+    entries = integrity.outputs_of(work, [work / "fit"])
+    files.save_json(work / "stages.json", {"fit": {"key": "k", "outputs": entries, "folders": ["fit"]},
+                                           "extract": {"key": "k"}, "measure": {"key": "k", "unfinished": True}})
+    files.save_json(site / integrity.SITE_MANIFEST, integrity.site_manifest(site))
+    assert integrity.verify_workdir(work) == [
+        f"{work}: extract's results have no digests (built by an older dmd2report); rerun "
+        f"`dmd2report build --force extract` to record them",
+        f"{work}: measure did not finish; run `dmd2report build`"]
+    assert integrity.verify_site(site) == []
+    (site / "index.html").write_text("<p>edited")
+    assert integrity.verify_site(site) == [f"{site / 'index.html'}: changed since render wrote it: digest mismatch; "
+                                           f"rerun `dmd2report render`"]
+    (site / integrity.SITE_MANIFEST).write_text("{")
+    assert integrity.verify_site(site)[0].startswith(f"{site / integrity.SITE_MANIFEST}: damaged (")
