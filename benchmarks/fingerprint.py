@@ -72,7 +72,6 @@ def main(argv=None) -> int:
         scale = IMAGENET / args.n
         config = load_config(None, {"run.workdir": str(work), "run.device": "cpu", "model.preset": "tiny",
                                     "data.source": "folder", "data.path": str(data)})
-        ctx = Context.create(config)
         baseline, _ = _timed(lambda: stage_keys(Context.create(config)))
 
         def listing():

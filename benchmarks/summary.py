@@ -151,8 +151,8 @@ def scaling(path: Path) -> str:
 def fingerprint(path: Path) -> str:
     d = _json(path)
     return (f"{_n(d['n_files'])} files, scaled to {_n(d['scaled_to'])} (CPU seconds): no-change content key "
-            f"{_s(d['no_change_listing_reused_1280k_s'])} (keys alone before: {d['baseline_keys_s']:.3f} s; the source's "
-            f"listing, not redone, {_s(d['listing_1280k_s'])}); first look {_s(d['first_look_1280k_s'])}; results "
+            f"{_s(d['no_change_listing_reused_1280k_s'])} (keys alone before: {d['baseline_keys_s']:.3f} s; "
+            f"the source's listing, not redone, {_s(d['listing_1280k_s'])}); first look {_s(d['first_look_1280k_s'])}; results "
             f"checked by stat {d['results_by_stat_per_file_us']:.0f} us a file; BLAKE2b {d['hash_gib_s']:.2f} GiB/s "
             f"(10 GiB of stores hashed by verify: {_s(d['verify_full_10gib_s'])})")
 

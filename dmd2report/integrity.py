@@ -22,6 +22,7 @@ import concurrent.futures
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def _hash_files(root: Path, names: list[str]) -> list[str]:
 def _load_table(path: Path) -> dict | None:
     try:
         with np.load(path, allow_pickle=False) as z:
-            t = {k: z[k] for k in ("names", "stats", "digests", "selection", "dirs", "dir_stats")}
+            t = {k: z[k] for k in ("names", "stats", "digests", "selection", "dirs", "dir_stats", "written")}
         if t["stats"].shape != (len(t["digests"]), 3) or t["digests"].shape[1:] != (16,):
             return None
         return t
@@ -113,7 +114,9 @@ def content_of(table_dir: Path, root: str | os.PathLike, names, write: bool = Tr
         if reuse:
             dirs = old["dirs"].tobytes().decode().split("\n")
             now = _dir_stats(root, dirs)
-            reuse = now is not None and np.array_equal(now, old["dir_stats"])
+            # A folder changed within a second of the listing may change again within its time's resolution.
+            reuse = now is not None and np.array_equal(now, old["dir_stats"]) \
+                and bool((now[:, 0] < int(old["written"]) - 10**9).all())
         names = _names(old) if reuse else names()
     blob = "\n".join(names).encode()
     stats = _stats(root, names)
@@ -148,11 +151,12 @@ def content_of(table_dir: Path, root: str | os.PathLike, names, write: bool = Tr
     if write and (len(stale) or old is None or old["names"].tobytes() != blob
                   or old["selection"].tobytes() != selection.encode()):
         dirs = [""] + sorted({n.rpartition("/")[0] for n in names} - {""})
-        dir_stats = _dir_stats(root, dirs)
+        dir_stats, written = _dir_stats(root, dirs), time.time_ns()
         files.save_npz(table_path, names=np.frombuffer(blob, np.uint8), stats=stats, digests=digests,
                        selection=np.frombuffer(selection.encode(), np.uint8),
                        dirs=np.frombuffer("\n".join(dirs).encode(), np.uint8),
-                       dir_stats=np.zeros((0, 2), np.int64) if dir_stats is None else dir_stats)
+                       dir_stats=np.zeros((0, 2), np.int64) if dir_stats is None else dir_stats,
+                       written=np.int64(written))
     h = hashlib.blake2b(blob, digest_size=16)
     h.update(digests.tobytes())
     return Content(h.hexdigest(), tuple(changes), n)
@@ -177,7 +181,7 @@ def _files_under(root: Path, folders: list[Path]) -> list[str]:
 
 
 def place(root: Path, rel: str) -> Path:
-    """Where a result recorded as `rel` lies (normalised: the site's `../site/index.html` shown as `site/index.html`)."""
+    """Where a result recorded as `rel` lies (normalised: the site's `../site/index.html` is `site/index.html`)."""
     return Path(os.path.normpath(Path(root) / rel))
 
 
@@ -218,7 +222,8 @@ def problem(root: Path, rel: str, why: str, stage: str, more: int = 0) -> UserEr
                          (f"; {more} more of its files too" if more else ""))
 
 
-def check(root: Path, entries: dict[str, list], folders: list[Path], full: bool = False) -> list[tuple[str, str, list | None]]:
+def check(root: Path, entries: dict[str, list], folders: list[Path],
+          full: bool = False) -> list[tuple[str, str, list | None]]:
     """The problems of a stage's results against its record: (path, why, the entry to record when the file is
     intact but was touched), `why` one of PROBLEMS or "" (touched), for each file missing, changed, or not written
     by the stage. A file whose size and modification time are the recorded ones is intact unless `full` (then

@@ -193,7 +193,8 @@ def _run(ctx: Context, stages, force, overwrite, rank: int) -> list[str]:
             log.info("[%s] up to date", name)
             continue
         parts = _parts(ctx, stage, keys)
-        log.info("[%s] running%s", name, " (forced)" if name in force else f": {_why(stage, record, parts, content, changes)}")
+        why = " (forced)" if name in force else f": {_why(stage, record, parts, content, changes)}"
+        log.info("[%s] running%s", name, why)
         t0 = time.perf_counter()
         # Results of another key or content are replaced; an unfinished run with this key and content resumes.
         replace = (previous is not None and changed or name in force) if overwrite is None else overwrite
@@ -258,8 +259,10 @@ def reference_markdown() -> str:
     """docs/configuration.md: the stage table and the configuration reference."""
     stages = ["## Stages", "",
               "`dmd2report build` runs these in order; each is also a command of its own (`dmd2report fit`, ...). A "
-              "stage reruns when a config key it reads, a stage before it, or its other inputs (the checkpoints, for "
-              "the model stages; the templates, for render) changed.", "", stage_table(), ""]
+              "stage reruns when a config key it reads, a stage before it, or its other inputs changed, by content: "
+              "the checkpoints and encoder weights, for the model stages; the real images, for extract and "
+              "trajectory; the reference statistics, for measure; the templates, for render; the results of the "
+              "stages before it. The log says which.", "", stage_table(), ""]
     return config_module.markdown(read_by(), stages)
 
 

@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 
-import numpy as np
 import pytest
 
 from dmd2report import files, integrity
@@ -186,3 +185,26 @@ def test_verify_lines_for_a_work_directory_and_a_site(tmp_path):
                                            f"rerun `dmd2report render`"]
     (site / integrity.SITE_MANIFEST).write_text("{")
     assert integrity.verify_site(site)[0].startswith(f"{site / integrity.SITE_MANIFEST}: damaged (")
+
+
+def test_listing_reused_while_the_selection_and_the_folders_are_unchanged(tmp_path):
+    data = tmp_path / "data"
+    names = _tree(data)
+    for d in (data, data / "c0", data / "c1"):
+        os.utime(d, ns=(10**18, 10**18))   # listed long after the folders last changed
+    calls = []
+
+    def listing():
+        calls.append(1)
+        return list(names)
+
+    table = tmp_path / "fingerprints"
+    digest = integrity.content_of(table, data, listing, selection="per_class=5").digest
+    assert integrity.content_of(table, data, listing, selection="per_class=5").digest == digest and len(calls) == 1
+    integrity.content_of(table, data, listing, selection="per_class=6")       # other settings choose the files
+    assert len(calls) == 2
+    integrity.content_of(table, data, listing, selection="per_class=6")
+    assert len(calls) == 2
+    (data / "c0" / "0099.png").write_bytes(b"added")                         # a folder changed
+    integrity.content_of(table, data, listing, selection="per_class=6")
+    assert len(calls) == 3
