@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 
+import numpy as np
 import pytest
 
 from dmd2report import files, integrity
@@ -126,6 +127,8 @@ def test_folder_images_replaced_under_the_same_names_rerun_extract_and_say_why(m
     config = make_config("folder", image_tree, **{"data.per_class": 1})   # one image a class: seconds
     assert run_stages(Context.create(config), ("extract",)) == ["extract"]
     assert run_stages(Context.create(config), ("extract",)) == []          # nothing changed: up to date
+    real = Context.create(config).workdir.store("real")
+    before = np.array(real.features(real.layers[0]))
     folders = sorted(p for p in image_tree.iterdir() if p.is_dir())
     for mine, theirs in zip(sorted(folders[1].iterdir()), sorted(folders[2].iterdir())):
         shutil.copyfile(theirs, mine)          # another class's images under this one's names
@@ -135,6 +138,8 @@ def test_folder_images_replaced_under_the_same_names_rerun_extract_and_say_why(m
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[extract] running")]
     assert len(said) == 1 and re.fullmatch(rf"\[extract\] running: {re.escape(str(folders[1]))}/img_\d\.(png|jpg) "
                                            rf"changed \(content\)", said[0]), said
+    real = Context.create(config).workdir.store("real")
+    assert not np.array_equal(np.array(real.features(real.layers[0])), before)   # extracted from the new images
     assert run_stages(Context.create(config), ("extract",)) == []
 
 
