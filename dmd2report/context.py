@@ -165,13 +165,18 @@ class Context:
     def real_images(self) -> dict:
         """The real images by content, for the stages that read them ({"data": integrity.Content}): the files the
         source reads (a class folder tree's chosen images, the NPZ batches) and its class index file; checked by
-        stat, hashed where that changed. The demo data is made from the config and the code, already in the key."""
+        stat, hashed where that changed. The demo data is made from the config and the code, already in the key.
+        A data folder that is not there is None: unknown, the recorded content stands (a stage that must run
+        says the folder is missing)."""
         from .classes import DATASET_INDEX_NAME
         from .sources import open_source
 
         d = self.config.data
         if d.source == "demo":
             return {}
+        if not Path(d.path).exists():   # unmounted or moved after extraction: later stages may still run
+            log.warning("%s: not found; the results made from the real images are kept unchecked", d.path)
+            return {"data": None}
         g = self.generator
 
         def listing() -> list[str]:

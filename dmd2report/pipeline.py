@@ -80,12 +80,14 @@ def _before(name: str) -> list[str]:
 
 def _content(ctx: Context, stage: Stage, state: dict) -> tuple[dict[str, str], dict[str, str]]:
     """What a stage reads by content, {what: digest}: its files (`Stage.content`) and, for a stage rank 0 runs
-    alone, the recorded results of every stage before it; and what changed in its files since last looked at."""
+    alone, the recorded results of every stage before it; and what changed in its files since last looked at. Files
+    that cannot be looked at (None: a data folder not mounted) keep their recorded digest."""
     files = stage.content(ctx) if stage.content else {}
-    found = {what: c.digest for what, c in files.items()}
+    recorded = state.get(stage.name, {}).get("content") or {}
+    found = {what: recorded.get(what) if c is None else c.digest for what, c in files.items()}
     if not stage.sharded:
         found |= {f"results of {a}": state.get(a, {}).get("outputs_digest") for a in _before(stage.name)}
-    return found, {what: c.change() for what, c in files.items()}
+    return found, {what: c.change() for what, c in files.items() if c is not None}
 
 
 def _parts(ctx: Context, stage: Stage, keys: dict) -> dict:
