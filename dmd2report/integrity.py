@@ -3,16 +3,17 @@
 Inputs. `content_of` gives the content digest of a set of files (the real images, NPZ batches, reference
 statistics) through a fingerprint table in the work directory, `fingerprints/<root>.npz`: for every file its
 path, size, modification time, inode and BLAKE2b-128 digest (files.file_digest). Only files whose
-(size, mtime_ns, inode) changed since the table was written are read again, so a build with nothing changed
-costs one stat a file (1.28M folder images: a few seconds, benchmarks/fingerprint.py). The table is written
-whole (atomically) when something changed; it is a cache: a damaged one is rebuilt by hashing. What changed
-since the table was last written (`Content.changes`) is what the pipeline's log names when a stage reruns.
+(size, mtime_ns, inode) changed since the table was written are read again, and a source's listing of its files
+is reused while the settings that select them and the folders holding them are unchanged, so a build with nothing
+changed costs one stat a file (1.28M folder images: about 5 CPU seconds, benchmarks/fingerprint.py). The table is
+written whole (atomically) when something changed; it is a cache: a damaged one is rebuilt by hashing. What
+changed since the table was last written (`Content.changes`) is what the pipeline's log names when a stage reruns.
 
 Outputs. A stage's results are recorded in stages.json as {path: [size, mtime_ns, digest]} (`outputs_of`, the
 digests as files.py computed them while writing). Before a stage's results are used (by a later stage, render,
 compare) `check` compares each file's size and modification time with the record and hashes only a file whose
-stat differs (a copied work directory keeps both; a hand edit changes the time); `verify --full` hashes every
-file. A file that is missing, changed, or that the stage did not write is one line naming the file and the
+stat differs (a copied work directory keeps both; a hand edit changes the time); `dmd2report verify` hashes
+every file (`--quick`: by stat too). A file that is missing, changed, or that the stage did not write is one line naming the file and the
 command that rewrites it (files.damaged).
 """
 

@@ -241,6 +241,13 @@ def test_truncated_arrays_without_digests_are_still_one_line(work):
         line = _error(_invoke("render", "--config", cfg))
         assert line.startswith(f"error: {path}: damaged (") and f"`dmd2report build --force {stage}`" in line, line
         path.write_bytes(data)
+    joblib = w / "work" / "fit" / "midblock.joblib"   # the map's own SHA-256 check names a command that works
+    joblib.write_bytes(joblib.read_bytes()[::-1])
+    line = _error(_invoke("measure", "--config", cfg))
+    assert line.startswith(f"error: {joblib}: SHA-256 ") and line.endswith(
+        "rerun `dmd2report fit --overwrite` or `dmd2report build --force fit`"), line
+    assert _invoke("build", "--config", cfg, "--force", "fit").exit_code == 0
+    assert _invoke("measure", "--config", cfg).exit_code == 0
 
 
 def test_edited_site_found_by_verify_and_by_build(work):
