@@ -21,6 +21,7 @@ process alike, from the key and their content; the results of the stages before 
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import time
 
@@ -201,6 +202,12 @@ def _run(ctx: Context, stages, force, overwrite, rank: int) -> list[str]:
         # Results of another key or content are replaced; an unfinished run with this key and content resumes.
         replace = (previous is not None and changed or name in force) if overwrite is None else overwrite
         _check_results(ctx, name, state, repair=True)   # a damaged result is removed: a resumed stage redoes it
+        if _read_other_files(stage, record, content):
+            # Its stores are keyed on settings, not on the files' content: made from other files, they go.
+            if rank == 0:
+                for folder in stage.outputs(ctx) if stage.outputs else []:
+                    shutil.rmtree(folder, ignore_errors=True)
+            barrier(dist_rank_world()[1])
         if rank == 0:
             wd.started(name, keys[name], content)
         stage.run(ctx.for_stage(stage.run.__module__), overwrite=replace)
@@ -211,6 +218,13 @@ def _run(ctx: Context, stages, force, overwrite, rank: int) -> list[str]:
         log.info("[%s] done in %.1f s", name, seconds)
         ran.append(name)
     return ran
+
+
+def _read_other_files(stage: Stage, record: dict, content: dict) -> bool:
+    """Whether the files a stage reads itself (not the results before it) changed since its results were made."""
+    old = record.get("content")
+    return isinstance(old, dict) and any(not what.startswith("results of ") and what in old and old[what] != digest
+                                         for what, digest in content.items())
 
 
 def _results(ctx: Context, stage: Stage, record: dict) -> dict:

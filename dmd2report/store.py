@@ -127,11 +127,10 @@ class StoreWriter:
         return old is not None or any(p.iterdir())
 
     def prepare(self, overwrite: bool = False, info: dict | None = None) -> None:
-        """Rank 0: clear the directory if allowed and needed (`overwrite`: start afresh, even over a store of this
-        configuration: its inputs' content changed, or the user asked), remove leftovers, write the first manifest."""
+        """Rank 0: clear the directory if allowed and needed, remove leftovers, write the first manifest."""
         p = self.path
         manifest = p / MANIFEST
-        if self.check(overwrite) or (overwrite and p.exists()):
+        if self.check(overwrite):
             shutil.rmtree(p)
         p.mkdir(parents=True, exist_ok=True)
         remove_temporaries(p)
