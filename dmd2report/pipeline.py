@@ -12,7 +12,8 @@ everything after it.
 Beside its key a stage is recorded with what it read by content (`content`: the files its `content(ctx)` names, e.g.
 the real images, and the digests of the results of every stage before it; integrity.py) and with its results'
 digests (`outputs`). It reruns when either changed, and the log says why in one line (`parts`: the key's
-components, compared with the recorded ones). Before a stage runs or is found up to date, the results it reads
+components, compared with the recorded ones); when the files it reads changed, its previous results are removed
+first (stores are keyed on settings, so they would otherwise be found complete). Before a stage runs or is found up to date, the results it reads
 (every stage before it) and, when up to date, its own are checked against their digests: a damaged or edited
 file is one line naming it and the command that rewrites it. (The sharded stages decide on every torchrun
 process alike, from the key and their content; the results of the stages before them are checked, not keyed.)
