@@ -111,8 +111,10 @@ def run_stage(stage: str, config: Path, timeout: float, workdir: Path, code: Pat
            "timeline": [[t, line] for t, line in timeline][:400]}
     if row["status"] == "ok":
         recorded = _recorded(workdir)
-        if build:   # the stages this process ran: their records are new
-            row["stages_s"] = {s: rec["seconds"] for s, rec in recorded.items() if before.get(s) != rec}
+        if build:   # the stages this process ran: their records are new (not only given their results' digests)
+            def ran(rec):
+                return {k: (rec or {}).get(k) for k in ("key", "finished", "seconds")}
+            row["stages_s"] = {s: rec["seconds"] for s, rec in recorded.items() if ran(before.get(s)) != ran(rec)}
             row["stage_s"] = round(sum(row["stages_s"].values()), 2)
         else:
             row["stage_s"] = recorded.get(stage, {}).get("seconds")

@@ -148,6 +148,15 @@ def scaling(path: Path) -> str:
                      f"img/s, stores equal: {equal(r['stores'])}" for n, r in _json(path).items())
 
 
+def fingerprint(path: Path) -> str:
+    d = _json(path)
+    return (f"{_n(d['n_files'])} files, scaled to {_n(d['scaled_to'])} (CPU seconds): no-change content key "
+            f"{_s(d['no_change_listing_reused_1280k_s'])} (keys alone before: {d['baseline_keys_s']:.3f} s; "
+            f"the source's listing, not redone, {_s(d['listing_1280k_s'])}); first look {_s(d['first_look_1280k_s'])}; results "
+            f"checked by stat {d['results_by_stat_per_file_us']:.0f} us a file; BLAKE2b {d['hash_gib_s']:.2f} GiB/s "
+            f"(10 GiB of stores hashed by verify: {_s(d['verify_full_10gib_s'])})")
+
+
 def measure(path: Path) -> str:
     d = _json(path)
     return (f"{_n(d['n_real'])} real + {_n(d['n_gen_class'])} + 3 x {_n(d['n_variant'])}: {_s(d['new_s'])} against "
@@ -217,6 +226,8 @@ RESULTS_TABLE = (
     Result("End to end at ImageNet scale", H200, "python benchmarks/e2e.py --n 1281167 --root /tmp/e2e --timeout 535",
            ("e2e-h200-1280k.json",), e2e),
     Result("Scaling over several GPUs", H200, f"SCALING=1 {SUITE} scaling", ("scaling-h200-1gpu.json",), scaling),
+    Result("Content-keyed cache", CPU2, "python benchmarks/fingerprint.py --n 50000",
+           ("fingerprint-cpu2.json",), fingerprint),
     Result("Measure at scale", CPU2, "python benchmarks/measure.py --n-real 10000 --n-gen 10000 --n-variant 2000",
            ("measure-cpu2-10k.json",), measure),
     Result("UMAP modes", CPU2, "python benchmarks/umap_modes.py --n 50000", ("umap-modes-cpu2.json",), umap_modes),

@@ -270,6 +270,34 @@ def compare(a, b, metrics, threshold, generator):
     sys.exit(1 if regressed else 0)
 
 
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML configuration: its run.workdir and run.site are checked.")
+@click.option("--workdir", type=click.Path(path_type=Path), default=None, help="A work directory to check.")
+@click.option("--site", type=click.Path(path_type=Path), default=None, help="A rendered site to check.")
+@click.option("--quick", is_flag=True,
+              help="Trust files whose size and modification time are the recorded ones, as build does "
+                   "(default: hash every file).")
+def verify(config_path, workdir, site, quick):
+    """Check a work directory's results and a site against the digests recorded when they were written, running
+    nothing (for CI): exit 0 when intact, 1 with one line per problem. Without --workdir or --site, the config's
+    (default: the demo's) work directory and site."""
+    from .integrity import verify_site, verify_workdir
+
+    if workdir is None and site is None:
+        from .config import load_config
+
+        run = load_config(config_path).run
+        workdir, site = Path(run.workdir), Path(run.site)
+    problems = (verify_workdir(workdir, full=not quick) if workdir is not None else []) + \
+               (verify_site(site, full=not quick) if site is not None else [])
+    for line in problems:
+        click.echo(f"error: {line}", err=True)
+    if problems:
+        sys.exit(1)
+    click.echo(f"intact: {', '.join(str(p) for p in (workdir, site) if p is not None)}")
+
+
 def _passthrough(name: str, module: str, doc: str) -> None:
     """A subcommand that hands its arguments to a module's own argparse `main` (the demo scripts)."""
     @click.pass_context

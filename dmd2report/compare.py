@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 from .errors import UserError
+from .integrity import check_result
 from .metric_defs import METRICS
 from .metrics import SCHEMA, generator_documents
 
@@ -31,6 +32,7 @@ DEFAULT_METRICS = tuple(k for k, m in METRICS.items() if m.scope == "overall")
 
 def read_metrics(path) -> dict:
     path = Path(path)
+    check_result(path, "measure")   # a work directory's metrics.json: as measure wrote it
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

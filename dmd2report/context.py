@@ -14,6 +14,7 @@ import torch
 
 from .classes import ClassIndex
 from .config import Config, GeneratorConfig, encoder_entries, generator_entries, reference_encoder
+from .files import short_hash
 from .workdir import WorkDir
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,36 @@ class Context:
                 for e in encoder_entries(self.config)]
 
     @functools.cached_property
+    def real_images(self) -> dict:
+        """The real images by content, for the stages that read them ({"data": integrity.Content}): the files the
+        source reads (a class folder tree's chosen images, the NPZ batches) and its class index file; checked by
+        stat, hashed where that changed. The demo data is made from the config and the code, already in the key.
+        A data folder that is not there is None: unknown, the recorded content stands (a stage that must run
+        says the folder is missing)."""
+        from .classes import DATASET_INDEX_NAME
+        from .sources import open_source
+
+        d = self.config.data
+        if d.source == "demo":
+            return {}
+        if not Path(d.path).exists():   # unmounted or moved after extraction: later stages may still run
+            log.warning("%s: not found; the results made from the real images are kept unchecked", d.path)
+            return {"data": None}
+        g = self.generator
+
+        def listing() -> list[str]:
+            with open_source(self.config, g.architecture().kwargs["img_resolution"], g.class_index(),
+                             self.workdir.demo_data) as source:
+                names = ([p.name for p in source.files] if d.source == "imagenet64-npz"
+                         else list(source.samples["source"]))
+            return names + ([DATASET_INDEX_NAME] if (Path(d.path) / DATASET_INDEX_NAME).is_file() else [])
+
+        # The settings that choose the files: the listing is reused while they and the folders are unchanged.
+        selection = short_hash([d.source, d.classes, d.per_class, d.max_samples, self.config.run.seed,
+                                g.class_index().origin])
+        return {"data": self.workdir.content(Path(d.path), listing, write=g.write_cache, selection=selection)}
+
+    @functools.cached_property
     def classes(self) -> ClassIndex:
         """The class index of the real data (names of every set), from the data and the reference encoder's classes."""
         from .sources import source_class_index
@@ -179,6 +210,9 @@ class Stage:
     Its cache key (pipeline.stage_keys) hashes the keys of the stages `after` it, the config keys it `reads` (whole
     sections, or `section.key`) less those it `ignores`, and whatever `inputs(ctx)` returns (identities read without
     running anything: a checkpoint's checksum, the templates' files), so a stage reruns exactly when one of them changed.
+    Beside the key, what it reads by content: the files `content(ctx)` names ({what: integrity.Content}, e.g. the
+    real images) and the results of the stages before it (their recorded digests). Its results are the files under
+    `outputs(ctx)`, whose digests are recorded when it finishes and checked before anything reads them.
     """
 
     name: str
@@ -189,6 +223,8 @@ class Stage:
     reads: tuple[str, ...] = ()       # the config sections and keys its results depend on
     ignores: tuple[str, ...] = ()     # keys of the sections it reads that change no result (batch sizes)
     inputs: Callable[[Context], list] | None = None   # what else its results depend on (identities, not config)
+    content: Callable[[Context], dict] | None = None  # the files it reads, by content: {what: integrity.Content}
+    outputs: Callable[[Context], list[Path]] | None = None   # the folders (files) it writes: its results
     uses_model: bool = False          # loads a generator (its command takes [model] and [[generators]])
     sharded: bool = False             # splits its work across torchrun processes (the other ranks join it)
     uses_device: bool = True          # computes on `run.device` (its command takes --device; render does not)

@@ -556,11 +556,13 @@ def load_embedding(path: str | os.PathLike, expected_sha256: str) -> Embedding:
     if not path.is_file():
         raise UserError(f"{path}: fitted map not found; run `dmd2report fit` first")
     if not isinstance(expected_sha256, str) or not re.fullmatch(r"[0-9a-f]{64}", expected_sha256):
-        raise UserError(f"{path}: no valid SHA-256 recorded for this map; refusing to load it (run `dmd2report fit` again)")
+        raise UserError(f"{path}: no valid SHA-256 recorded for this map; refusing to load it; rerun "
+                        "`dmd2report fit --overwrite` or `dmd2report build --force fit`")
     actual = _sha256(path)
     if actual != expected_sha256:
         raise UserError(f"{path}: SHA-256 {actual[:16]}... differs from the {expected_sha256[:16]}... recorded when "
-                        "it was written; refusing to load it (run `dmd2report fit` again)")
+                        "it was written; refusing to load it; rerun "
+                        "`dmd2report fit --overwrite` or `dmd2report build --force fit`")
     emb = joblib.load(path)
     if not isinstance(emb, Embedding):
         raise UserError(f"{path}: not a fitted map (holds a {type(emb).__name__})")

@@ -8,6 +8,11 @@ must change as a whole (the site, fit/, measure/, atlas/) is written into a temp
 ones a killed run left. Disk full or any other OSError while writing is a one-line UserError naming
 the file. Reading a file that is missing or damaged raises a `UserError` naming it and the stage
 that writes it.
+
+Every file written here is hashed once, as written (`file_digest`, read back from the temporary file
+while it is still in the page cache), and noted with its size and modification time in `WRITTEN`
+under its final path: the digests a stage records of its results (integrity.py) come from there
+without reading the results again.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 import re
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +40,10 @@ TEMP_SUFFIX = ".tmp"
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 FILE_MODE = 0o666 & ~_UMASK
+
+# What this process wrote: final path -> (size, mtime_ns, file_digest) as written. A file changed since
+# (another size or time) is hashed again by whoever needs its digest (integrity.file_entry).
+WRITTEN: dict[str, tuple[int, int, str]] = {}
 
 
 def atomic_write(path: str | os.PathLike, write: Callable, *, sha256: bool = False, fsync: bool = False) -> str | None:
@@ -60,7 +70,10 @@ def atomic_write(path: str | os.PathLike, write: Callable, *, sha256: bool = Fal
                 os.fsync(f.fileno())
         if sha256:
             digest = sha256_file(tmp)
+        st = os.stat(tmp)
+        written = (st.st_size, st.st_mtime_ns, file_digest(tmp))
         os.replace(tmp, path)
+        WRITTEN[os.path.abspath(path)] = written
     except BaseException as e:
         try:
             os.unlink(tmp)
@@ -181,6 +194,14 @@ def replace_folder(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
     except OSError as e:
         raise write_error(target, e) from None
     shutil.rmtree(old, ignore_errors=True)
+    _moved(tmp, target)
+
+
+def _moved(old: Path, new: Path) -> None:
+    """Files written into folder `old` now live under `new` (a rename keeps their size and time)."""
+    prefix, into = os.path.abspath(old) + os.sep, os.path.abspath(new) + os.sep
+    for path in [p for p in WRITTEN if p.startswith(prefix)]:
+        WRITTEN[into + path[len(prefix):]] = WRITTEN.pop(path)
 
 
 @contextlib.contextmanager
@@ -263,7 +284,7 @@ def load_npz(path, stage: str) -> dict[str, np.ndarray]:
             return {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise UserError(f"{path}: missing; run `dmd2report {stage}` (or `dmd2report build`)") from None
-    except (OSError, ValueError, EOFError, KeyError) as e:
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
         raise damaged(path, stage, e) from None
 
 
@@ -304,6 +325,16 @@ def sha256_bytes(data) -> str:
     h = hashlib.sha256()
     for part in data:
         h.update(part)
+    return h.hexdigest()
+
+
+def file_digest(path: str | os.PathLike, block: int = 1 << 20) -> str:
+    """32 hex digits of BLAKE2b-128 over a file's bytes, read 1 MiB at a time: the digest of what a stage wrote
+    and of the files it reads (integrity.py). About 1 GB/s on one core, twice SHA-256's speed."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
     return h.hexdigest()
 
 

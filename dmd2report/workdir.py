@@ -3,7 +3,8 @@ WorkDir is the only owner of paths under it: stages are handed one and ask it fo
 
     <workdir>/.lock                 held by the build that owns the directory (fcntl; released on exit)
     <workdir>/stages.json           the cache key each stage last finished with (pipeline.py)
-    <workdir>/checksums.json        SHA-256 of checkpoints by (path, size, mtime): hashing 1 GB once
+    <workdir>/checksums.json        SHA-256 of checkpoints by (path, size, mtime, inode): hashing 1 GB once
+    <workdir>/fingerprints/         digests of the files stages read (images, NPZ batches), by stat (integrity.py)
     <workdir>/demo_data/            the demo data's NPZ batches, written on first use (data.source = "demo")
     <workdir>/stores/<name>/        activation stores: real, gen-<variant> (store.py); with [[generators]],
                                     generators/<generator>/gen-<variant> (real is the reference encoder's)
@@ -61,6 +62,7 @@ class WorkDir:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self._lock_file = None
+        self._warned: set = set()   # damaged stages.json said once
 
     def __repr__(self) -> str:
         return f"WorkDir({str(self.root)!r})"
@@ -97,6 +99,17 @@ class WorkDir:
     @property
     def checksums_file(self) -> Path:
         return self.root / "checksums.json"
+
+    @property
+    def fingerprints(self) -> Path:
+        return self.root / "fingerprints"
+
+    def content(self, root: Path, names, write: bool = True, selection: str = ""):
+        """integrity.Content of the files `names` (or a function listing them) under `root`, through this
+        directory's fingerprint tables (integrity.content_of)."""
+        from .integrity import content_of
+
+        return content_of(self.fingerprints, root, names, write=write, selection=selection)
 
     # ------------------------------------------------------------------ ownership
 
@@ -157,7 +170,7 @@ class WorkDir:
     # ------------------------------------------------------------------ caches (stale when damaged)
 
     def recorded(self) -> dict:
-        """stages.json, or {} when missing or damaged (every stage then checks its outputs again)."""
+        """stages.json, or {} when missing or damaged (every stage then checks its outputs again; said once)."""
         try:
             state = json.loads(self.stages_file.read_text(encoding="utf-8"))
             if isinstance(state, dict) and all(isinstance(v, dict) for v in state.values()):
@@ -166,27 +179,57 @@ class WorkDir:
         except FileNotFoundError:
             return {}
         except (OSError, UnicodeDecodeError, ValueError) as e:
-            log.warning("%s: damaged (%s); treating every stage as not done", self.stages_file, e)
+            try:
+                st = self.stages_file.stat()
+                seen = (st.st_size, st.st_mtime_ns)
+            except OSError:
+                seen = None
+            if seen is None or seen not in self._warned:
+                self._warned.add(seen)
+                log.warning("%s: damaged (%s); treating every stage as not done", self.stages_file, e)
             return {}
 
-    def record(self, stage: str, key: str, seconds: float) -> None:
+    def record(self, stage: str, key: str, seconds: float, **facts) -> None:
+        """A stage finished with `key`; `facts`: what else the pipeline records of it (its key's parts, the content
+        it read, its results' digests)."""
         state = self.recorded()
         state[stage] = {"key": key, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        "seconds": round(seconds, 2)}
+                        "seconds": round(seconds, 2), **facts}
         files.save_json(self.stages_file, state)
 
-    def started(self, stage: str) -> None:
-        """Mark a stage's record unfinished while it runs: a stage that dies half-way is run again by the
-        next build, which resumes its stores (the key it was written under is kept)."""
+    def update_record(self, stage: str, **facts) -> None:
+        """Add to a finished stage's record (digests of results a version without them wrote)."""
         state = self.recorded()
-        if stage in state and not state[stage].get("unfinished"):
-            state[stage]["unfinished"] = True
+        if stage in state:
+            state[stage].update(facts)
+            files.save_json(self.stages_file, state)
+
+    def update_outputs(self, stage: str, entries: dict) -> None:
+        """Record anew results found intact whose modification time changed (copied, touched), so that the next
+        check need not read them again."""
+        state = self.recorded()
+        outputs = state.get(stage, {}).get("outputs")
+        if isinstance(outputs, dict):
+            outputs.update(entries)
+            files.save_json(self.stages_file, state)
+
+    def started(self, stage: str, key: str | None = None, content: dict | None = None) -> None:
+        """Mark a stage's record unfinished while it runs: a stage that dies half-way is run again by the
+        next build, which resumes its stores. The record takes the `key` and `content` it now runs with (what its
+        stores on disk are being written for) and loses its results' digests (they no longer describe them)."""
+        state = self.recorded()
+        if stage in state:
+            record = state[stage]
+            for name in ("outputs", "outputs_digest", "folders"):
+                record.pop(name, None)
+            record.update({"unfinished": True} | ({"key": key} if key else {}) |
+                          ({"content": content} if content is not None else {}))
             files.save_json(self.stages_file, state)
 
     def checkpoint_sha256(self, path: Path, write: bool = True) -> str:
-        """SHA-256 of a checkpoint file, cached by (resolved path, size, mtime) in checksums.json."""
+        """SHA-256 of a checkpoint file, cached by (resolved path, size, mtime, inode) in checksums.json."""
         st = path.stat()
-        key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+        key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
         try:
             cache = json.loads(self.checksums_file.read_text(encoding="utf-8"))
             if not isinstance(cache, dict):

@@ -114,6 +114,15 @@ def _tree(folder) -> dict:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def _as_written(w, stage, path) -> None:
+    """Record `path`, edited by hand to stand for what `stage` wrote in another run, as that run would have recorded
+    it: the state the test simulates, not a damaged file (which the digests would refuse first)."""
+    from dmd2report.integrity import file_entry, relative
+
+    wd = WorkDir(w / "work")
+    wd.update_outputs(stage, {relative(wd.root, path): file_entry(path)})
+
+
 def _temporaries(root) -> list:
     return [p.name for p in root.rglob("*") if ".tmp" in p.name or ".old-" in p.name]
 
@@ -127,6 +136,7 @@ def test_invalid_stages_json_is_treated_as_stale(work):
     r = _invoke("build", "--config", cfg)
     assert r.exit_code == 0, r.output
     assert "stages.json: damaged" in r.output and "Traceback" not in r.output
+    assert r.output.count("stages.json: damaged") == 1, r.output   # said once, not once per read
     assert set(json.loads((w / "work" / "stages.json").read_text())) >= {"extract", "fit", "measure", "render"}
 
 
@@ -165,6 +175,99 @@ def test_truncated_features_and_metadata_said_damaged_and_recomputed_by_extract(
     assert _tree(store) == before  # recomputed byte for byte
     assert (store / "features" / "midblock" / "chunk_000000.npy").stat().st_mtime_ns == untouched
     assert _invoke("measure", "--config", cfg).exit_code == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Results checked against the digests recorded when they were written (issue 31, item 2): an edited or damaged
+# result is one line naming it and the commands that rewrite it, and the printed command repairs it.
+
+def _refused(w, path, stage) -> str:
+    return (f"error: {path}: damaged ({{}} since {stage} wrote it{{}}); rerun `dmd2report {stage} --overwrite` or "
+            f"`dmd2report build --force {stage}`")
+
+
+def test_edited_metrics_refused_by_build_render_compare_verify_until_repaired(work):
+    w, cfg = work
+    metrics = w / "work" / "measure" / "metrics.json"
+    before, site = metrics.read_bytes(), _tree(w / "site")
+    metrics.write_text(json.dumps(json.loads(before) | {"schema": json.loads(before)["schema"], "edited": 1}))
+    expected = _refused(w, metrics, "measure").format("changed", ": digest mismatch")
+    for command in ("build", "render"):
+        assert _error(_invoke(command, "--config", cfg)) == expected, command
+    assert _tree(w / "site") == site   # nothing published from it
+    assert _error(_invoke("compare", metrics, metrics)) == expected
+    r = _invoke("verify", "--workdir", w / "work")
+    assert r.exit_code == 1 and r.output.strip().splitlines() == [expected], r.output
+    r = _invoke("build", "--config", cfg, "--force", "measure")   # the command printed
+    assert r.exit_code == 0, r.output
+    repaired = json.loads(metrics.read_text())
+    assert "edited" not in repaired and repaired["feature_spaces"] == json.loads(before)["feature_spaces"]
+    assert _invoke("verify", "--config", cfg).exit_code == 0
+    assert _invoke("compare", metrics, metrics).exit_code == 0
+
+
+@pytest.mark.parametrize("file, stage, damage", [
+    ("stores/real/features/midblock/chunk_000001.npy", "extract", "scramble"),
+    ("fit/midblock.joblib", "fit", "scramble"),
+    ("measure/arrays.npz", "measure", "truncate"),
+    ("atlas/atlas.npz", "atlas", "truncate")])
+def test_damaged_results_refused_in_one_line_and_repaired_by_the_printed_command(work, file, stage, damage):
+    w, cfg = work
+    (path,) = (w / "work").glob(file)
+    data = path.read_bytes()
+    path.write_bytes(data[:128] + data[128:][::-1] if damage == "scramble" else data[:len(data) // 2])
+    expected = _refused(w, path, stage).format("changed", ": digest mismatch")
+    for command in ("build", "render"):
+        assert _error(_invoke(command, "--config", cfg)) == expected, command
+    r = _invoke("verify", "--workdir", w / "work", "--site", w / "site")
+    assert r.exit_code == 1 and r.output.strip().splitlines() == [expected], r.output
+    r = _invoke(*expected.split("`")[3].split()[1:], "--config", cfg)   # dmd2report build --force <stage>
+    assert r.exit_code == 0, r.output
+    assert _invoke("verify", "--workdir", w / "work", "--site", w / "site").exit_code == 0
+    assert _invoke("build", "--config", cfg).exit_code == 0
+
+
+def test_truncated_arrays_without_digests_are_still_one_line(work):
+    """A work directory of a version that recorded no digests: the reader's own check, not a BadZipFile traceback."""
+    w, cfg = work
+    state = json.loads((w / "work" / "stages.json").read_text())
+    for record in state.values():
+        record.pop("outputs", None)
+    (w / "work" / "stages.json").write_text(json.dumps(state))
+    for file, stage in (("measure/arrays.npz", "measure"), ("atlas/atlas.npz", "atlas")):
+        path = w / "work" / file
+        data = path.read_bytes()
+        path.write_bytes(data[:len(data) // 2])
+        line = _error(_invoke("render", "--config", cfg))
+        assert line.startswith(f"error: {path}: damaged (") and f"`dmd2report build --force {stage}`" in line, line
+        path.write_bytes(data)
+    joblib = w / "work" / "fit" / "midblock.joblib"   # the map's own SHA-256 check names a command that works
+    joblib.write_bytes(joblib.read_bytes()[::-1])
+    line = _error(_invoke("measure", "--config", cfg))
+    assert line.startswith(f"error: {joblib}: SHA-256 ") and line.endswith(
+        "rerun `dmd2report fit --overwrite` or `dmd2report build --force fit`"), line
+    assert _invoke("build", "--config", cfg, "--force", "fit").exit_code == 0
+    assert _invoke("measure", "--config", cfg).exit_code == 0
+
+
+def test_edited_site_found_by_verify_and_by_build(work):
+    w, cfg = work
+    assert _invoke("render", "--config", cfg).exit_code == 0   # recorded for this copy's site
+    assert _invoke("verify", "--site", w / "site").exit_code == 0
+    page = w / "site" / "index.html"
+    page.write_text(page.read_text().replace("damaged state", "edited"))
+    (w / "site" / "added.html").write_text("<p>")
+    r = _invoke("verify", "--site", w / "site")
+    assert r.exit_code == 1 and r.output.strip().splitlines() == [
+        f"error: {w / 'site' / 'added.html'}: not written by render; rerun `dmd2report render`",
+        f"error: {page}: changed since render wrote it: digest mismatch; rerun `dmd2report render`"], r.output
+    line = _error(_invoke("build", "--config", cfg))
+    assert line in (f"error: {page}: damaged (changed since render wrote it: digest mismatch; 1 more of its files too); "
+                    f"rerun `dmd2report render --overwrite` or `dmd2report build --force render`",
+                    f"error: {w / 'site' / 'added.html'}: damaged (not written by render; 1 more of its files too); "
+                    f"rerun `dmd2report render --overwrite` or `dmd2report build --force render`"), line
+    assert _invoke("render", "--config", cfg).exit_code == 0
+    assert _invoke("verify", "--config", cfg).exit_code == 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,6 +374,7 @@ def test_fit_of_another_extraction_is_refused(work):
     manifest = w / "work" / "stores" / "real" / "manifest.json"
     m = json.loads(manifest.read_text())
     manifest.write_text(json.dumps(m | {"config_hash": "0123456789abcdef"}))  # as `extract --overwrite` leaves it
+    _as_written(w, "extract", manifest)
     for command in ("measure", "atlas", "render"):
         line = _error(_invoke(command, "--config", cfg))
         assert line == (f"error: {w / 'work' / 'fit' / 'manifest.json'}: fitted on another extraction than the one in "
@@ -281,6 +385,7 @@ def test_measure_of_another_fit_is_refused(work):
     w, cfg = work
     headline = w / "work" / "measure" / "headline.json"
     headline.write_text(json.dumps(json.loads(headline.read_text()) | {"fit": "0123456789abcdef"}))
+    _as_written(w, "measure", headline)
     line = _error(_invoke("render", "--config", cfg))
     assert f"{w / 'work' / 'measure'}: made on another fit than " in line and "rerun `dmd2report measure`" in line
 
@@ -336,6 +441,7 @@ def test_nan_in_features_stops_measure_naming_stage_set_layer_and_row(work):
     a = np.load(path)
     a[5, 2] = np.nan
     np.save(path, a)  # same size: the chunk still counts as done
+    _as_written(w, "generate", path)  # as if generate had written it (a store of a version that let NaN through)
     line = _error(_invoke("measure", "--config", cfg))
     assert line.startswith("error: measure: non-finite values in gen-class features of layer midblock, first at row 37 ("), line
 

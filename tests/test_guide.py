@@ -65,11 +65,6 @@ def _help(words: list[str]) -> str:
     return r.output
 
 
-# Commands the guide documents that another branch of this release adds (issue 31: `dmd2report verify`): checked
-# like every other once the command exists; remove an entry when its branch is merged.
-COMING = {"verify"}
-
-
 @pytest.mark.parametrize("doc", [ROOT / "README.md", *GUIDE], ids=lambda p: p.name)
 def test_every_documented_command_and_flag_exists(doc):
     commands = documented_commands(doc.read_text(encoding="utf-8"))
@@ -79,7 +74,7 @@ def test_every_documented_command_and_flag_exists(doc):
         while words and words[0].startswith("-"):   # the group's own flags (-q, --help, --version)
             assert re.search(rf"(^|[\s,]){re.escape(words[0])}\b", _help([]), re.M), f"{doc.name}: `{command}`"
             words = words[1:]
-        if not words or words[0] in COMING - names or re.fullmatch(r"[A-Z_]+", words[0]):   # a placeholder: COMMAND
+        if not words or re.fullmatch(r"[A-Z_]+", words[0]):   # a placeholder: COMMAND
             continue
         assert words[0] in names, f"{doc.name}: `{command}`: no command {words[0]!r} (commands: {sorted(names)})"
         # The words before the first flag name the command (and an argparse subcommand: `demo-data npz`).

@@ -5,7 +5,8 @@ The site is written into a temporary sibling folder and swapped in at the end (f
 so a failure (disk full: one line naming the file) never leaves a half-written site that looks
 complete, and the previous site stays as it was. Temporary folders of killed renders are removed
 first. BokehJS is copied from the installed
-bokeh package into site/static/ (one copy shared by all pages); nothing is loaded from a CDN.
+bokeh package into site/static/ (one copy shared by all pages); nothing is loaded from a CDN. The site's last
+file, `integrity.SITE_MANIFEST`, lists every other file with its digest: `dmd2report verify --site` checks it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 from bokeh.util.paths import bokehjs_path
 
-from .. import files
+from .. import files, integrity
 from ..config import ReportConfig
 from ..errors import UserError
 from ..metric_defs import METRICS
@@ -275,7 +276,8 @@ def render_site(data: ReportData, site_dir, settings: ReportConfig | None = None
                 (tmp / "static" / rel).parent.mkdir(parents=True, exist_ok=True)
                 files.copy_file(f, tmp / "static" / rel)
         files.save_text(tmp / SITE_MARKER, "rendered by dmd2report; this folder is replaced on every render\n")
-    return sorted(q for q in site_dir.rglob("*") if q.is_file() and q.name != SITE_MARKER)
+        files.save_json(tmp / integrity.SITE_MANIFEST, integrity.site_manifest(tmp))
+    return sorted(q for q in site_dir.rglob("*") if q.is_file() and q.name not in (SITE_MARKER, integrity.SITE_MANIFEST))
 
 
 def _build_page(env: jinja2.Environment, page: Page, site: Site, context: dict) -> tuple[str, str]:

@@ -162,4 +162,4 @@ def _add_rows(sums: np.ndarray, groups: np.ndarray, x: np.ndarray) -> None:
 
 STAGE = Stage(
     "atlas", run, "Generate from anchors and an even grid over the map by masking.", writes="atlas/",
-    after=("fit",), reads=("atlas",), uses_model=True)
+    after=("fit",), reads=("atlas",), outputs=lambda ctx: [ctx.workdir.atlas], uses_model=True)

@@ -301,4 +301,5 @@ STAGE = Stage(
     # Batch size and loader threads change no result; features.generated is the generated sets' (generate reads
     # it); features.encoder is the network `_networks` identifies.
     ignores=("data.workers", "features.batch_size", "features.generated", "features.encoder"),
-    inputs=_networks, uses_model=True, sharded=True)
+    inputs=_networks, content=lambda ctx: ctx.real_images, outputs=lambda ctx: [ctx.workdir.store_path("real")],
+    uses_model=True, sharded=True)

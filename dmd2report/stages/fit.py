@@ -193,4 +193,4 @@ def _points_frame(set_name: str, variant: str, meta: pd.DataFrame, coords: np.nd
 
 STAGE = Stage(
     "fit", run, "Fit the reductions and the 2-D map; project every set; trust scores.", writes="fit/",
-    after=("generate",), reads=("embedding", "metrics.layer"))
+    after=("generate",), reads=("embedding", "metrics.layer"), outputs=lambda ctx: [ctx.workdir.fit])

@@ -298,4 +298,6 @@ def _compared_generators(ctx: Context) -> list:
 STAGE = Stage(
     "generate", run, "Generate samples of every conditioning variant, with activations.",
     writes="stores/gen-<variant>/, stores/generators/<name>/gen-<variant>/", after=("extract",),
-    reads=("generate", "features.generated"), inputs=_compared_generators, uses_model=True, sharded=True)
+    reads=("generate", "features.generated"), inputs=_compared_generators,
+    outputs=lambda ctx: [ctx.workdir.store_path(name) for g in ctx.generators for _, name in generated_sets(ctx.config, g)],
+    uses_model=True, sharded=True)

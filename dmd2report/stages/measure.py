@@ -236,6 +236,14 @@ def flatten_arrays(arrays: dict) -> dict[str, np.ndarray]:
     return flat
 
 
+def _reference_statistics(ctx: Context) -> dict:
+    """The encoders' reference statistics files (encoders.reference_stats), by content."""
+    return {f"encoders.reference_stats ({e.name})": ctx.workdir.content(Path(e.reference_stats).parent,
+                                                                         [Path(e.reference_stats).name],
+                                                                         write=ctx.generator.write_cache)
+            for e in encoder_entries(ctx.config) if e.reference_stats}
+
+
 STAGE = Stage(
     "measure", run, "Compute metrics.json and the report's neighbour arrays.", writes="measure/",
-    after=("fit",), reads=("metrics",))
+    after=("fit",), reads=("metrics",), content=_reference_statistics, outputs=lambda ctx: [ctx.workdir.measure])

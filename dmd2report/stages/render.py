@@ -490,4 +490,4 @@ def _renderer(ctx: Context) -> list:
 STAGE = Stage(
     "render", run, "Re-render the site from stored results (no model needed).", writes="<run.site>/",
     after=("measure", "atlas", "trajectory"), reads=("report", "run.name", "run.site"), inputs=_renderer,
-    uses_device=False)
+    uses_device=False, outputs=lambda ctx: [Path(ctx.config.run.site)])

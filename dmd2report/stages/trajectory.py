@@ -382,4 +382,5 @@ STAGE = Stage(
     writes="trajectory/", after=("fit",),
     reads=("trajectory", "report.thumb_size", "metrics.layer", "metrics.k_pr", "metrics.k_dc", "metrics.k_fidelity",
            "metrics.bootstrap"),
-    uses_model=True)
+    content=lambda ctx: ctx.real_images if ctx.config.trajectory.enabled else {},
+    outputs=lambda ctx: [ctx.workdir.trajectory], uses_model=True)
