@@ -102,9 +102,10 @@ def _parts(ctx: Context, stage: Stage, keys: dict) -> dict:
 
 
 def _why(stage: Stage, record: dict, parts: dict, content: dict, changes: dict) -> str:
-    """Why a stage reruns, in a few words: the config keys, stages, inputs or files that changed."""
+    """Why a stage reruns, in a few words: the config keys, stages, inputs or files that changed ("" for a first
+    run: nothing to say)."""
     if not record:
-        return "not run before"
+        return ""
     if record.get("unfinished"):
         return "it did not finish last time"
     old, old_content = record.get("parts"), record.get("content") or {}
@@ -198,7 +199,8 @@ def _run(ctx: Context, stages, force, overwrite, rank: int) -> list[str]:
             log.info("[%s] up to date", name)
             continue
         parts = _parts(ctx, stage, keys)
-        why = " (forced)" if name in force else f": {_why(stage, record, parts, content, changes)}"
+        why = " (forced)" if name in force else _why(stage, record, parts, content, changes)
+        why = f": {why}" if why and not why.startswith(" ") else why
         log.info("[%s] running%s", name, why)
         t0 = time.perf_counter()
         # Results of another key or content are replaced; an unfinished run with this key and content resumes.
