@@ -2,8 +2,9 @@
 
 Naming convention the site JS relies on: every point renderer is named "<fig>:pt:real" or
 "<fig>:pt:gen:<i>" and its source has columns x, y, row (point row); "<fig>:hl" is the highlight
-ring layer. Mouse move, tap and selection call window.DMD2Site with the figure name, so the
-hover card shows the one nearest point (a grid lookup in JS) instead of Bokeh's tooltip stack. The map's
+ring layer. Past the cap, the folder form's map also has "<fig>:detail:real" and "<fig>:detail:gen:<i>"
+layers (no row column) that site.js fills with the zoom tiles' points (tiles.py). Mouse move, tap and
+selection call window.DMD2Site with the figure name, so the hover card shows the one nearest point (a grid lookup in JS) instead of Bokeh's tooltip stack. The map's
 point layers draw a selection (selection, nonselection and muted glyphs) and have a BooleanFilter view
 that the page's filters set.
 """

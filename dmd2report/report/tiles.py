@@ -19,6 +19,7 @@ map are in the tiles too (flag `drawn`; density counts them, the detail layers s
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import zlib
@@ -150,7 +151,7 @@ def write_tiles(view: SiteView, out: Path, cap: int = TILE_POINTS, max_level: in
         at = at[np.argsort(tile[at], kind="stable")]
         ts = tile[at]
         bounds = np.flatnonzero(np.r_[True, ts[1:] != ts[:-1], True])
-        for s, e in zip(bounds[:-1], bounds[1:]):
+        for s, e in itertools.pairwise(bounds):
             t, members = int(ts[s]), at[s:e]
             rows = ok[members]
             bx, by = t % side, t // side
