@@ -820,6 +820,7 @@
     if (which === "generated") st.off.clear();  // every generated set, the other conditionings too
     document.querySelectorAll('input[data-layers="' + name + '"]').forEach(i => { i.checked = i.value === which; });
     showLayers(name);
+    writeHash(name);   // now, not at the next selection repaint: a link copied right after holds the switch
   };
   Site.setVariantLayer = function (name, i, on) {
     const st = mapState(name);
@@ -1190,6 +1191,14 @@
     tiles.queue = w.keys.filter(k => !tiles.cache.has(k) && !tiles.loading.has(k) && !tiles.failed.has(k));
     pumpTiles();
     const loaded = w.keys.map(k => tiles.cache.get(k)).filter(Boolean);
+    let cached = 0;
+    tiles.cache.forEach(T => { cached += T.n; });
+    if (cached > KEEP_POINTS) tiles.cache.forEach((T, k) => {   // past KEEP_POINTS, the tiles out of view go
+      if (w.keys.includes(k)) return;
+      tiles.cache.delete(k);
+      const el = document.querySelector('script[data-tile="' + k + '"]');
+      if (el) el.remove();
+    });
     // Columns per detail layer: the loaded points in the view (and a margin) that the map does not draw, of layers on,
     // passing the filters.
     const [vx0, vy0, vx1, vy1] = viewBox(f), mx = (vx1 - vx0) * 0.25, my = (vy1 - vy0) * 0.25;
