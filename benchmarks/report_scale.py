@@ -13,6 +13,17 @@ BokehJS's "document idle at N ms" in headless Chromium (median of 3 cold loads, 
 `--baseline N,...`: the same data rendered by the code before this change (`git worktree` of
 `--baseline-ref`, default the commit before the report-scale work), which draws and carries every point,
 side by side in the same command.
+
+`--frames N,...` (issue 32 item 4): sites of those N (the default cap, every point also in zoom tiles) and a
+demo-size site (synthetic data of the demo's size, every point drawn, as benchmarks/report.py), each opened from
+file:// in headless Chromium (software WebGL); per site the map's first render (median of 3 loads) and the frame
+times of one scripted pan and zoom (`scripted_pan_zoom`: mouse-wheel steps into a dense region, a drag, wheel
+steps out, through page.mouse, so BokehJS's own tools and level-of-detail drawing act as for a person; a 300 ms
+pause every 5 steps in which the view's tiles load and the detail layers and density images are redrawn): the
+interval between requestAnimationFrame callbacks after each input event (median, p95) and the longest frame of
+the whole run (tile loading included),
+each against the demo-size site's, measured in the same command. Sites are rendered in child processes first,
+then measured one after another in one browser.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -129,11 +141,16 @@ def make_data(n: int, seed: int = 0, n_classes: int = 100, k: int = 8, old_forma
 
 
 def one(n: int, out: str, max_points: int, old: bool) -> dict:
-    """Render in this process; print a JSON line with times, size and peak RSS."""
+    """Render in this process; print a JSON line with times, size and peak RSS (n = 0: the demo-size site)."""
     from dmd2report.config import ReportConfig
     from dmd2report.report.render import render_site
     t0 = time.time()
-    data = make_data(n, old_format=old)
+    if n == 0:
+        from synthetic import synthetic_report_data
+        data = synthetic_report_data(2400, 1200, 10, seed=0, thumb_size=32, variants_per_class=24)
+        max_points = ReportConfig().max_points
+    else:
+        data = make_data(n, old_format=old)
     t_data = time.time() - t0
     t0 = time.time()
     if old:
@@ -142,8 +159,10 @@ def one(n: int, out: str, max_points: int, old: bool) -> dict:
         render_site(data, out, ReportConfig(max_points=max_points))
     t_render = time.time() - t0
     size = sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file())
-    return {"n": n, "max_points": None if old else max_points, "old": old, "data_s": round(t_data, 2),
-            "render_s": round(t_render, 2), "site_mb": round(size / 2**20, 2),
+    tiles = [p for p in (Path(out) / "tiles").rglob("*.js")]
+    return {"n": len(data.points), "max_points": None if old else max_points, "old": old, "data_s": round(t_data, 2),
+            "render_s": round(t_render, 2), "site_mb": round(size / 2**20, 2), "n_tiles": len(tiles),
+            "tiles_mb": round(sum(p.stat().st_size for p in tiles) / 2**20, 2),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
@@ -162,6 +181,111 @@ def first_render(url: str, loads: int = 3) -> float:
             ctx.close()
         browser.close()
     return statistics.median(idle)
+
+
+FRAME_CLOCK = """() => {   // requestAnimationFrame intervals; per input event (wheel, drag) the longer of the two after it
+    const R = window.__frames = { all: [], after: [], pending: 0, worst: 0, run: true };
+    const mark = () => { if (!R.pending) { R.pending = 2; R.worst = 0; } };   // the frame it lands in and the next (the paint)
+    document.addEventListener("wheel", mark, { capture: true, passive: true });
+    document.addEventListener("pointermove", e => { if (e.buttons) mark(); }, { capture: true, passive: true });
+    let t = performance.now();
+    const tick = u => { R.all.push(u - t);
+      if (R.pending) { R.worst = Math.max(R.worst, u - t); if (!--R.pending) R.after.push(R.worst); }
+      t = u; if (R.run) requestAnimationFrame(tick); };
+    requestAnimationFrame(tick);
+}"""
+DENSE_POINT = """() => {   // viewport position of the median drawn real point (a dense region) and the plot frame's box
+    const f = DMD2Site.resolve('map'), F = f.fig, P = DMD2_DATA.points, v = Bokeh.index[F.id];
+    const fr = v.frame.bbox, b = v.el.getBoundingClientRect(), rx = [], ry = [];
+    for (let j = 0; j < P.x.length; j++) if (!P.gen[j] && P.drawn[j]) { rx.push(P.x[j]); ry.push(P.y[j]); }
+    rx.sort((a, c) => a - c); ry.sort((a, c) => a - c);
+    const x = rx[rx.length >> 1], y = ry[ry.length >> 1];
+    return [b.left + fr.x + (x - F.x_range.start) / (F.x_range.end - F.x_range.start) * fr.width,
+            b.top + fr.y + (F.y_range.end - y) / (F.y_range.end - F.y_range.start) * fr.height, fr.width, fr.height];
+}"""
+
+
+def scripted_pan_zoom(page) -> dict:
+    """PAN_ZOOM with real input events (page.mouse: BokehJS's wheel-zoom and pan tools, its level-of-detail drawing
+    while interacting, as a person gets): 20 wheel steps in at a dense point, a drag of 30 moves, 20 steps out; a
+    300 ms pause every 5 steps (the view's tiles load, the detail layers and density images are redrawn)."""
+    page.evaluate(FRAME_CLOCK)
+    x, y, w, h = page.evaluate(DENSE_POINT)
+    page.mouse.move(x, y)
+    for i in range(20):
+        page.mouse.wheel(0, -120)
+        if i % 5 == 4:
+            page.wait_for_timeout(300)
+    page.mouse.down()
+    for i in range(30):
+        page.mouse.move(x - w * 0.6 * (i + 1) / 30, y - h * 0.3 * (i + 1) / 30)
+        if i % 5 == 4:
+            page.wait_for_timeout(300)
+    page.mouse.up()
+    page.mouse.move(x, y)
+    zoomed = page.evaluate("[DMD2Site.tiles ? DMD2Site.tiles.cache.size : 0, DMD2Site.detailCount ? DMD2Site.detailCount('map') : 0]")
+    for i in range(20):
+        page.mouse.wheel(0, 120)
+        if i % 5 == 4:
+            page.wait_for_timeout(300)
+    page.wait_for_timeout(300)
+    r = page.evaluate("""() => { const R = window.__frames; R.run = false;
+        const q = (a, p) => { const b = a.slice().sort((u, v) => u - v); return b[Math.min(b.length - 1, Math.floor(p * b.length))]; };
+        return { after_median_ms: q(R.after, 0.5), after_p95_ms: q(R.after, 0.95), max_frame_ms: Math.max(...R.all),
+                 frames: R.all.length, input_frames: R.after.length }; }""")
+    return r | {"tiles_loaded": zoomed[0], "detail_points_zoomed": zoomed[1]}
+
+
+def pan_zoom(url: str, loads: int = 3) -> dict:
+    """First render (median of `loads` cold loads) and PAN_ZOOM's frame times (on the last load) of a map page."""
+    from playwright.sync_api import sync_playwright
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from report import open_map_page
+    idle = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+        for i in range(loads):
+            ctx, page, idle_ms, _ready = open_map_page(browser, url, 180000)
+            idle.append(idle_ms)
+            if i == loads - 1:
+                r = scripted_pan_zoom(page)
+            ctx.close()
+        browser.close()
+    return {"first_render_ms": statistics.median(idle), **{k: round(v, 1) if isinstance(v, float) else v for k, v in r.items()}}
+
+
+def frames(sizes: list[int], out: Path, reuse: bool = False) -> dict:
+    """--frames: render the demo-size site and one site per size at the default cap (each in a child process), then
+    measure each."""
+    from dmd2report.config import ReportConfig
+    max_points = ReportConfig().max_points
+    rows = []
+    for n in [0] + sizes:
+        site = out / (f"frames-{n}" if n else "frames-demo")
+        row = site.with_suffix(".json")
+        if reuse and row.exists():   # measure again (the current site.js) without rendering again
+            r = json.loads(row.read_text())
+            shutil.copyfile(REPO / "templates" / "static" / "site.js", site / "static" / "site.js")
+        else:
+            t0 = time.time()
+            r = run_child(REPO, n, site, max_points, False)
+            r["child_s"] = round(time.time() - t0, 1)
+            row.write_text(json.dumps(r))
+        print(json.dumps(r), flush=True)
+        rows.append((site, r))
+    results = []
+    for site, r in rows:
+        t0 = time.time()
+        r.update(pan_zoom((site / "map.html").as_uri()))
+        r["browser_s"] = round(time.time() - t0, 1)
+        results.append(r)
+        print(json.dumps(r), flush=True)
+    demo = results[0]
+    for r in results[1:]:
+        r["vs_demo"] = {k: round(r[k] / demo[k], 2) for k in ("first_render_ms", "after_median_ms", "after_p95_ms", "max_frame_ms")}
+    return {"cores": os.cpu_count(), "load": round(os.getloadavg()[0], 2), "max_points": max_points, "demo": demo,
+            "sites": results[1:]}
 
 
 def run_child(root: Path, n: int, out: Path, max_points: int, old: bool) -> dict:
@@ -187,6 +311,10 @@ def main():
     ap.add_argument("--one", type=int)
     ap.add_argument("--site")
     ap.add_argument("--old", action="store_true")
+    ap.add_argument("--frames", default="", help="N values: first render and pan/zoom frame times of sites of "
+                                                   "those sizes against a demo-size site (see the module docstring)")
+    ap.add_argument("--reuse", action="store_true", help="--frames: measure sites rendered before (their site.js "
+                                                              "replaced by the current one)")
     ap.add_argument("--compare-sites", default="", help="site folders: map first render of each, loads alternating "
                                                           "between them (side by side), nothing rendered")
     args = ap.parse_args()
@@ -199,8 +327,15 @@ def main():
         for s, t in times.items():
             print(json.dumps({"site": s, "first_render_ms": statistics.median(t), "loads": t}))
         return
-    if args.one:
+    if args.one is not None:
         print(json.dumps(one(args.one, args.site, int(args.max_points.split(",")[0]), args.old)))
+        return
+    if args.frames:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        r = frames([int(v) for v in args.frames.split(",")], out, args.reuse)
+        if args.json:
+            Path(args.json).write_text(json.dumps(r, indent=1) + "\n")
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

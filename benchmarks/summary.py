@@ -185,6 +185,21 @@ def umap_modes(path: Path) -> str:
     return f"{_n(d['n'])} points, {d['cores']} cores: " + ", ".join(rows)
 
 
+def report_frames(path: Path) -> str:
+    d = _json(path)
+    demo = d["demo"]
+
+    def figures(r: dict) -> str:
+        x = r.get("vs_demo")
+        ratio = (lambda k: f" ({x[k]:.2f}x)") if x else (lambda k: "")
+        return (f"first render {_n(r['first_render_ms'])} ms{ratio('first_render_ms')}, pan/zoom frame median "
+                f"{_n(r['after_median_ms'])} ms{ratio('after_median_ms')}, p95 {_n(r['after_p95_ms'])} ms{ratio('after_p95_ms')}")
+    lines = [f"demo-size site ({_n(demo['n'])} points): {figures(demo)}"]
+    lines += [f"{_n(r['n'])} points ({_n(r['max_points'])} drawn, tiles {r['tiles_mb']:.1f} MB in {_n(r['n_tiles'])} files, "
+              f"{r['tiles_loaded']} loaded zoomed in): {figures(r)}" for r in d["sites"]]
+    return "<br>".join(lines)
+
+
 @dataclass(frozen=True)
 class Result:
     benchmark: str                     # the README section (its title) that says what the benchmark measures
@@ -238,6 +253,8 @@ RESULTS_TABLE = (
     Result("Fast projection", CPU2,
            "python benchmarks/fit_projection.py --demo WORK --synthetic SCALE_WORK --n-new 10000",
            ("fit-projection-cpu2.json",), fit_projection),
+    Result("Report at any N", CPU2, "python benchmarks/report_scale.py --frames 60000,250000,1280000",
+           ("report-scale-cpu2.json",), report_frames),
     Result("Fit overlap", H200, "python benchmarks/fit_overlap.py --n 640000",
            ("fit-overlap-h200.json", "fit-overlap-h200.log"), fit_overlap),
 )

@@ -2,8 +2,9 @@
 
 Naming convention the site JS relies on: every point renderer is named "<fig>:pt:real" or
 "<fig>:pt:gen:<i>" and its source has columns x, y, row (point row); "<fig>:hl" is the highlight
-ring layer. Mouse move, tap and selection call window.DMD2Site with the figure name, so the
-hover card shows the one nearest point (a grid lookup in JS) instead of Bokeh's tooltip stack. The map's
+ring layer. Past the cap, the folder form's map also has "<fig>:detail:real" and "<fig>:detail:gen:<i>"
+layers (no row column) that site.js fills with the zoom tiles' points (tiles.py). Mouse move, tap and
+selection call window.DMD2Site with the figure name, so the hover card shows the one nearest point (a grid lookup in JS) instead of Bokeh's tooltip stack. The map's
 point layers draw a selection (selection, nonselection and muted glyphs) and have a BooleanFilter view
 that the page's filters set.
 """
@@ -174,6 +175,23 @@ def _map_points(fig, name: str, src: ColumnDataSource, **glyph):
     return r
 
 
+def _gen_glyph(v: str, variant_order: list[str]) -> dict:
+    return dict(size=7 if v == "class" else 8, marker=palette.variant_marker(v, variant_order), fill_color="color",
+                fill_alpha="fa", line_color="line", line_width="lw", line_alpha=0.95)
+
+
+def _detail_layers(fig, name: str, variant_order: list[str]) -> None:
+    """Empty layers "<fig>:detail:real" and "<fig>:detail:gen:<i>" in the drawn layers' styles, which site.js fills
+    with the tiles' points in view (tiles.py); muted (faded) while a selection is drawn."""
+    fig.scatter("x", "y", source=ColumnDataSource({"x": [], "y": [], "color": []}), name=f"{name}:detail:real",
+                size=REAL_SIZE, marker="circle", fill_color="color", fill_alpha=MAP_ALPHA["real"], line_color=None,
+                muted_fill_alpha=FADED_ALPHA)
+    for i, v in enumerate(variant_order):
+        fig.scatter("x", "y", source=ColumnDataSource({k: [] for k in ("x", "y", "color", "line", "fa", "lw")}),
+                    name=f"{name}:detail:gen:{i}", muted_fill_alpha=FADED_ALPHA, muted_line_alpha=FADED_ALPHA,
+                    **_gen_glyph(v, variant_order))
+
+
 def map_figure(view: SiteView, name: str = "map"):
     """The map: a shaded density image of every real point beneath the drawn sample's points (real
     grey, generated as outlines, one layer per conditioning variant, shaped by variant; site.js shows the
@@ -206,18 +224,22 @@ def map_figure(view: SiteView, name: str = "map"):
                 known = g[g["class_id"].isin(list(colour_of))]
                 _density(fig, name, f"cls:{i}", known["x"], known["y"], ext,
                          colours=_class_colour_rgb(known["class_id"].to_numpy(np.int64), colour_of))
+    if view.tiled:   # the points tiles bring on zoom (site.js fills them): the same styles, beneath the drawn sample
+        _detail_layers(fig, name, variant_order)
     real_rows = np.flatnonzero(~site_gen & view.drawn)
-    _map_points(fig, f"{name}:pt:real", _source(p, real_rows, color=np.full(len(real_rows), palette.REAL_COLOUR)),
+    pts = [_map_points(fig, f"{name}:pt:real", _source(p, real_rows, color=np.full(len(real_rows), palette.REAL_COLOUR)),
                 size=REAL_SIZE, marker="circle", fill_color="color", fill_alpha=MAP_ALPHA["real"], line_color=None,
-                selection_line_color="#1d2129", selection_line_alpha=0.9, selection_line_width=0.8)
+                selection_line_color="#1d2129", selection_line_alpha=0.9, selection_line_width=0.8)]
     for i, v in enumerate(variant_order):
         rows = np.flatnonzero(site_gen & view.drawn & (p["variant"] == v).to_numpy())
         n = len(rows)
         src = _source(p, rows, color=np.full(n, var_colour[v]), line=np.full(n, var_colour[v]),
                       fa=np.full(n, MAP_ALPHA["generated"], np.float32), lw=np.full(n, 1.2, np.float32))
-        _map_points(fig, f"{name}:pt:gen:{i}", src, size=7 if v == "class" else 8,
-                    marker=palette.variant_marker(v, variant_order), fill_color="color", fill_alpha="fa",
-                    line_color="line", line_width="lw", line_alpha=0.95)
+        pts.append(_map_points(fig, f"{name}:pt:gen:{i}", src, **_gen_glyph(v, variant_order)))
+    if view.tiled:   # only the drawn sample is selectable (the selection is of site rows)
+        for tool in fig.tools:
+            if isinstance(tool, (BoxSelectTool, LassoSelectTool)):
+                tool.renderers = pts
     labels = class_label_positions(P, [c for c, _, _ in own][:MAX_LABELS], ext)
     style = {c: col for c, col, _ in own}
     fig.text("x", "y", text="text", name=f"{name}:labels", text_font_size="11px", text_align="center",

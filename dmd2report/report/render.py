@@ -26,7 +26,7 @@ from ..config import ReportConfig
 from ..errors import UserError
 from ..metric_defs import METRICS
 from ..resources import static_file, templates_dir, user_template_dir, user_template_files
-from . import figures, palette, sprites
+from . import figures, palette, sprites, tiles
 from .data import ReportData, is_class_set
 from .pages import Page, Site, navigation, site_pages
 from .view import MAX_COVERED_BY, SiteView, cover_diff_kinds, coverage_k, shown_per_class, site_view
@@ -54,7 +54,7 @@ def _ints(a) -> list:
     return np.asarray(a).astype(np.int64).tolist()
 
 
-def _site_data(view: SiteView, layout: sprites.SpriteLayout) -> dict:
+def _site_data(view: SiteView, layout: sprites.SpriteLayout, tile_index: dict | None = None) -> dict:
     """What the site JS needs per carried point (hover, neighbours, search, selection), columnar.
     Neighbour lists are the full-N lists: an entry whose point the site does not carry has row -1, its
     distance and its class (rc/gc); padding has row -1 and a null distance. coveredBy is CSR: real
@@ -98,6 +98,7 @@ def _site_data(view: SiteView, layout: sprites.SpriteLayout) -> dict:
                       "r": _finite(data.cover_radius if data.cover_radius is not None else np.full(len(p), np.nan), 4)},
         "sprites": layout.to_json(),
         "traj": _trajectory_data(data.trajectories),
+        "tiles": tile_index,   # tiles.write_tiles's index (the folder form past the cap), else None
     }
 
 
@@ -251,7 +252,9 @@ def render_site(data: ReportData, site_dir, settings: ReportConfig | None = None
     user_dir = user_template_dir(settings.template_dir)
     env = _environment(user_dir)
     user_static = _user_static(user_dir)
-    site = Site(site_view(data, settings.max_points), settings.color_by, reuse_figures=not settings.single_file)
+    view = site_view(data, settings.max_points)
+    view.tiled = view.capped and not settings.single_file   # the single file keeps the capped sample (no tiles)
+    site = Site(view, settings.color_by, reuse_figures=not settings.single_file)
     pages = site_pages(site, user_dir)
     common = _common(data) | dict(nav=navigation(pages))
 
@@ -317,7 +320,8 @@ def _render_folder(env, site: Site, pages: list[Page], common: dict, out: Path, 
     for f in ("site.css", "site.js"):
         files.save_text(out / "static" / f, _static_text(f))
     layout = sprites.write_sheets(site.data.thumbnails, out / "assets", png_fallback)
-    site_json = json_for_script(_site_data(site.view, layout))
+    tile_index = tiles.write_tiles(site.view, out / tiles.TILE_DIR) if site.view.tiled else None
+    site_json = json_for_script(_site_data(site.view, layout, tile_index))
     files.save_text(out / "assets" / "data.js", f"window.DMD2_DATA={site_json};\n")
     formats = ("webp", "png") if png_fallback else ("webp",)
     for page in pages:

@@ -48,6 +48,7 @@ class SiteView:
     covered_count: np.ndarray        # (m,) how many generated samples cover each site point (all of them)
     max_points: int
     galleries: Galleries | None = None   # the ranked samples (full point rows), carried by the site
+    tiled: bool = False              # the folder form past the cap: every point also in tiles loaded on zoom (tiles.py)
 
     @property
     def n_total(self) -> int:

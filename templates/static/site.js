@@ -1,7 +1,7 @@
 /* dmd2report site behaviour: nearest-point hover, neighbour panel, selection (drawn on the map) and its grid
  * and CSV, filters on every per-point field, layer switches, opacity and colour-by, class and sample-id search,
- * the view in the address (#class=, #colour=, #view=, #point=, #sel=, #layers=, #on=), sortable tables and
- * image grids, the compare page's class selector, dark-mode figure colours.
+ * the view in the address (#class=, #colour=, #view=, #point=, #sel=, #layers=, #on=, #filter=), detail on zoom
+ * (tiles of every point loaded as scripts, density redrawn over the view), sortable tables and image grids, the compare page's class selector, dark-mode figure colours.
  * Data strings only ever reach the page through textContent, never as markup.
  * Figures are found by the model names set in dmd2report/report/figures.py. */
 (function () {
@@ -266,9 +266,10 @@
     if (!f || !f.pts.length) return;
     const hit = f.traj ? nearestTraj(f, ev.x, ev.y, 10) : null;
     if (hit) { showTrajCard(hit); Site.lastHover = { traj: hit, at: performance.now() }; return; }
-    const row = nearest(f, ev.x, ev.y, 14);
-    if (row === null) hideCard(); else showCard(row);
-    Site.lastHover = { row: row, at: performance.now() };
+    const row = nearest(f, ev.x, ev.y, 14), tilePoint = row === null ? nearestDetail(f, ev.x, ev.y, 14) : null;
+    if (tilePoint) showTileCard(tilePoint);
+    else if (row === null) hideCard(); else showCard(row);
+    Site.lastHover = { row: row, tile: tilePoint && tilePoint.T.ids[tilePoint.i], at: performance.now() };
   };
   Site.unhover = function () { hideCard(); };
 
@@ -442,6 +443,7 @@
   function muteUnselected(f) {
     const any = f.pts.some(r => r.data_source.selected.indices.length > 0);
     f.pts.forEach(r => { const m = any && !r.data_source.selected.indices.length; if (r.muted !== m) r.muted = m; });
+    detailLayers(f).all.forEach(r => { if (r.muted !== any) r.muted = any; });   // tile points are never selected
   }
   // A drawn point is shown when its layer is on and it passes the filters.
   function shown(name, f, j) {
@@ -577,25 +579,31 @@
     const ci = panel.querySelector("[data-filter-class]");
     F.cls = ci ? ci.value.trim() : "";
   }
-  function applyFilter(name) {
-    const f = resolve(name), st = mapState(name), F = st.filter, d = data(), P = d.points, n = P.id.length;
-    if (!f) return;
-    const ranges = Object.entries(F.ranges).map(([k, r]) => [FIELDS[k].value, r[0], r[1]]);
-    const cats = F.cats, cls = F.cls ? new Set(matchClasses(F.cls)) : null;
-    if (!ranges.length && !Object.keys(cats).length && !cls) st.pass = null;
-    else {
-      const pass = new Uint8Array(n);
-      for (let j = 0; j < n; j++) {
-        let ok = !cls || cls.has(P.cls[j]);
-        if (ok && cats.variant) ok = cats.variant.has(P.variant[j]);
-        if (ok && cats.covered) ok = !P.gen[j] && cats.covered.has(P.covered[j]);   // a real point's property
-        if (ok && cats.generator) ok = !!P.gen[j] && cats.generator.has(P.generator[j]);
-        for (let k = 0; ok && k < ranges.length; k++) {
-          const v = ranges[k][0](j);
-          ok = v !== null && v !== undefined && (ranges[k][1] === null || v >= ranges[k][1]) && (ranges[k][2] === null || v <= ranges[k][2]);
-        }
-        pass[j] = ok ? 1 : 0;
+  // The filters as a test of point j of columns P (the site's points or a tile's) whose fields value(key, j) gives;
+  // null when no filter is set.
+  function filterTest(name) {
+    const F = mapState(name).filter, ranges = Object.entries(F.ranges), cats = F.cats, cls = F.cls ? new Set(matchClasses(F.cls)) : null;
+    if (!ranges.length && !Object.keys(cats).length && !cls) return null;
+    return (P, j, value) => {
+      let ok = !cls || cls.has(P.cls[j]);
+      if (ok && cats.variant) ok = cats.variant.has(P.variant[j]);
+      if (ok && cats.covered) ok = !P.gen[j] && cats.covered.has(P.covered[j]);   // a real point's property
+      if (ok && cats.generator) ok = !!P.gen[j] && cats.generator.has(P.generator[j]);
+      for (let k = 0; ok && k < ranges.length; k++) {
+        const v = value(ranges[k][0], j), r = ranges[k][1];
+        ok = v !== null && v !== undefined && (r[0] === null || v >= r[0]) && (r[1] === null || v <= r[1]);
       }
+      return ok;
+    };
+  }
+  function applyFilter(name) {
+    const f = resolve(name), st = mapState(name), d = data(), P = d.points, n = P.id.length;
+    if (!f) return;
+    const test = filterTest(name);
+    if (!test) st.pass = null;
+    else {
+      const pass = new Uint8Array(n), value = (key, j) => FIELDS[key].value(j);
+      for (let j = 0; j < n; j++) pass[j] = test(P, j, value) ? 1 : 0;
       st.pass = pass;
     }
     for (const r of f.pts) {
@@ -604,6 +612,8 @@
     }
     filterStatus(name);
     Site.selected(name);
+    scheduleDetail(name);
+    writeHash(name);
   }
   function filterStatus(name) {  // the number of drawn points the map shows (layer on, filters passed)
     const f = resolve(name), st = mapState(name), status = document.querySelector('[data-filter-status="' + name + '"]');
@@ -644,8 +654,8 @@
   }
   // One point's [fill colour, fill alpha, line colour, line width] under a colour-by choice.
   const OUTLINE = 1.2;  // generated points are outlines with a light fill: the real points show through
-  function pointStyle(mode, row, alphaGen) {
-    const d = data(), S = d.style, P = d.points, v = variantOf(row), vc = S.variants[v] ? S.variants[v].colour : S.real;
+  function pointStyle(mode, row, alphaGen, T) {  // T: a tile's columns (row: its point), else the site's points
+    const d = data(), S = d.style, P = T || d.points, v = d.variants[P.variant[row]], vc = S.variants[v] ? S.variants[v].colour : S.real;
     if (!P.gen[row]) {
       if (mode === "trust" && P.trust[row] !== null) return [ramp(1 - P.trust[row])];
       if (mode === "covered") return [P.covered[row] ? S.covered[0] : S.uncovered[0]];
@@ -662,7 +672,7 @@
     if (mode === "trust") { const c = P.trust[row] === null ? S.real : ramp(1 - P.trust[row]); return [c, alphaGen, c, OUTLINE]; }
     if (mode === "covered") return [S.real, Math.min(alphaGen, 0.2), S.real, 0.5];
     if (mode === "distance") {
-      const k = d.nb.k, dist = d.nb.rd[row * k], lo = S.dist[0], hi = S.dist[1];
+      const k = d.nb.k, dist = T ? T.dist[row] : d.nb.rd[row * k], lo = S.dist[0], hi = S.dist[1];
       const c = dist === null ? S.real : ramp(hi > lo ? (dist - lo) / (hi - lo) : 0);
       return [c, alphaGen, c, OUTLINE];
     }
@@ -721,6 +731,7 @@
       m.visible = genOn(Number(i)) && (kind === "cls" ? cls : st.colour === "variant" || (st.colour === "class" && !cls));
       m.global_alpha = Math.min(1, 1.4 * st.alpha.generated);
     }
+    scheduleDetail(name);
   }
   const HOLLOW = { "●": "○", "■": "□", "▲": "△", "◆": "◇", "▼": "▽", "★": "☆" };
   function swatch(colour, symbol, hollow, ring) {
@@ -809,6 +820,7 @@
     if (which === "generated") st.off.clear();  // every generated set, the other conditionings too
     document.querySelectorAll('input[data-layers="' + name + '"]').forEach(i => { i.checked = i.value === which; });
     showLayers(name);
+    writeHash(name);   // now, not at the next selection repaint: a link copied right after holds the switch
   };
   Site.setVariantLayer = function (name, i, on) {
     const st = mapState(name);
@@ -850,6 +862,7 @@
     f.fig.x_range.setv({ start: x0, end: x1 });
     f.fig.y_range.setv({ start: y0, end: y1 });
   }
+  Site.zoomTo = function (name, x0, x1, y0, y1) { const f = resolve(name); if (f) zoomTo(f, x0, x1, y0, y1); };
   Site.search = function (name, q, zoom) {
     const f = resolve(name), status = document.querySelector('[data-search-status="' + name + '"]');
     if (!f || !f.hl) return;
@@ -900,6 +913,7 @@
     put("view", st.range ? st.range.map(v => +v.toPrecision(6)).join(",") : "");
     put("point", st.point);
     put("layers", st.layers !== "both" ? st.layers : "");
+    put("filter", filterHash(st.filter));
     const on = f.gens.map(r => Number(r.name.split(":").pop())).filter(i => !st.off.has(i)).sort((a, b) => a - b).join(".");
     put("on", st.layers !== "generated" && on !== st.defaultOn ? on || "none" : "");
     put("sel", st.sel.map(j => j.toString(36)).join("."));
@@ -912,6 +926,7 @@
     const X = f.fig.x_range, Y = f.fig.y_range;
     st.range = [X.start, X.end, Y.start, Y.end];
     writeHash(name);
+    scheduleDetail(name, DETAIL_WAIT_MS);   // after the pan or zoom settles: frames stay as light as the drawn sample's
   };
   Site.viewReset = function (name) { mapState(name).range = null; writeHash(name); };
   Site.reset = function (name) {
@@ -974,6 +989,7 @@
         const px = Math.abs(X.end - X.start) * 0.12, py = Math.abs(Y.end - Y.start) * 0.12;
         zoomTo(f, P.x[row] - px, P.x[row] + px, P.y[row] - py, P.y[row] + py);
       }
+      restoreFilter("map", h.get("filter") || "");
       const sel = (h.get("sel") || "").split(".").filter(Boolean).map(v => parseInt(v, 36)).filter(isFinite);
       st.sel = sel;
       applySelection("map", sel);
@@ -1053,6 +1069,254 @@
       t.hidden = value === "" ? !t.hasAttribute("data-open") : t.dataset.seedTable !== String(value);
     });
   };
+
+  // ---- filters in the address: filter=dist:0.5:1.2~variant=0.2~class=dog (empty bound: none) ----
+  function filterHash(F) {
+    const parts = Object.entries(F.ranges).map(([k, r]) => k + ":" + r.map(v => v === null ? "" : +v.toPrecision(6)).join(":"));
+    Object.entries(F.cats).forEach(([k, on]) => parts.push(k + "=" + [...on].sort((a, b) => a - b).join(".")));
+    if (F.cls) parts.push("class=" + F.cls.replace(/~/g, " "));
+    return parts.join("~");
+  }
+  function restoreFilter(name, text) {
+    const st = mapState(name), panel = document.querySelector('[data-filter-for="' + name + '"]');
+    if (!panel || text === filterHash(st.filter)) return;
+    panel.querySelectorAll("input[data-range], input[data-filter-class]").forEach(i => { i.value = ""; });
+    panel.querySelectorAll("input[data-cat-of]").forEach(b => { b.checked = true; });
+    for (const part of text.split("~").filter(Boolean)) {
+      const eq = part.indexOf("="), key = eq < 0 ? part.split(":")[0] : part.slice(0, eq);
+      if (eq < 0) {
+        const [, lo, hi] = part.split(":");
+        [lo, hi].forEach((v, end) => { const i = panel.querySelector('input[data-range="' + key + '"][data-end="' + end + '"]');
+          if (i && v !== undefined && v !== "" && isFinite(Number(v))) i.value = v; });
+      } else if (key === "class") {
+        const i = panel.querySelector("[data-filter-class]");
+        if (i) i.value = part.slice(eq + 1);
+      } else {
+        const on = new Set(part.slice(eq + 1).split("."));
+        panel.querySelectorAll('input[data-cat-of="' + key + '"]').forEach(b => { b.checked = on.has(b.value); });
+      }
+    }
+    if (text) panel.open = true;
+    readFilter(name);
+    applyFilter(name);
+  }
+
+  // ---- detail on zoom: every point as quadtree tiles (dmd2report/report/tiles.py), script files loaded on demand
+  // (script tags load from file://, fetch does not). Zoomed in s times (s >= tiles.start), the tiles of levels with
+  // 2^z <= 2s that meet the view load (shallow first, at most MAX_TILES, MAX_LOADING at a time, cached); their points
+  // the map does not draw fill the "detail" layers (same styles; hover names them, they have no image), filtered as
+  // the drawn ones; the density images are redrawn over the view from them, each point of the deepest level loaded
+  // standing for sub/n points of its tile's region. ----
+  const MAX_TILES = 64, MAX_LOADING = 4, KEEP_POINTS = 600000, DETAIL_BINS = 256, DETAIL_WAIT_MS = 120;
+  const TYPES = { u1: Uint8Array, i1: Int8Array, u2: Uint16Array, i2: Int16Array };
+  const tiles = Site.tiles = { cache: new Map(), loading: new Set(), queue: [], failed: new Set(), want: [], zmax: -1, shown: 0, version: 0 };
+  function bytesOf(b64) {
+    const s = atob(b64), out = new Uint8Array(s.length);
+    for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
+    return out;
+  }
+  async function decodeTile(meta) {
+    const stream = new Blob([bytesOf(meta.data)]).stream().pipeThrough(new DecompressionStream("deflate"));
+    const buf = await new Response(stream).arrayBuffer(), I = data().tiles, none = I.none, T = { key: meta.key, n: meta.n, sub: meta.sub };
+    for (const [col, type, at, len] of meta.cols) T[col] = new TYPES[type](buf, at, len);
+    const [bx0, by0, bx1, by1] = meta.box, qx = T.x, qy = T.y;
+    T.x = new Float64Array(meta.n); T.y = new Float64Array(meta.n);
+    for (let i = 0; i < meta.n; i++) { T.x[i] = bx0 + qx[i] / (none - 1) * (bx1 - bx0); T.y[i] = by0 + qy[i] / (none - 1) * (by1 - by0); }
+    for (const [k, [lo, hi]] of Object.entries(I.fields)) {  // quantised fields back to values (null: none), as the site's points hold them
+      const q = T[k];
+      T[k] = Array.from(q, v => v === none ? null : lo + v / (none - 1) * (hi - lo));
+    }
+    const real = data().variants.indexOf("real");
+    T.gen = Uint8Array.from(T.variant, v => v === real ? 0 : 1);
+    T.ids = new TextDecoder().decode(new Uint8Array(buf, meta.idAt)).split("\n").map(s => meta.prefix + s);
+    return T;
+  }
+  window.DMD2_TILE = function (meta) {
+    decodeTile(meta).then(T => { tiles.cache.set(T.key, T); }, () => { tiles.failed.add(meta.key); })
+      .finally(() => { tiles.loading.delete(meta.key); pumpTiles(); scheduleDetail("map"); });
+  };
+  function pumpTiles() {
+    while (tiles.loading.size < MAX_LOADING && tiles.queue.length) {
+      const key = tiles.queue.shift();
+      if (tiles.cache.has(key) || tiles.loading.has(key) || !tiles.want.includes(key)) continue;
+      tiles.loading.add(key);
+      const old = document.querySelector('script[data-tile="' + key + '"]');
+      if (old) old.remove();   // evicted earlier: its script runs again
+      const s = document.createElement("script");
+      s.src = "tiles/" + key + ".js";
+      s.dataset.tile = key;
+      s.onerror = () => { tiles.failed.add(key); tiles.loading.delete(key); pumpTiles(); };
+      document.head.appendChild(s);
+    }
+  }
+  function viewBox(f) {
+    const X = f.fig.x_range, Y = f.fig.y_range;
+    return [Math.min(X.start, X.end), Math.min(Y.start, Y.end), Math.max(X.start, X.end), Math.max(Y.start, Y.end)];
+  }
+  function wantedTiles(f) {  // the tiles that meet the view, shallow levels first, and the deepest level they reach
+    const I = data().tiles, [ex0, ey0, ex1, ey1] = I.extent, [vx0, vy0, vx1, vy1] = viewBox(f);
+    const s = Math.min((ex1 - ex0) / (vx1 - vx0), (ey1 - ey0) / (vy1 - vy0)), keys = [];
+    if (!(s >= I.start)) return { s: s, keys: keys, zmax: -1 };
+    const zmax = Math.min(I.levels - 1, Math.floor(Math.log2(2 * s)));
+    for (let z = 0; z <= zmax; z++) {
+      const side = 1 << z, cell = v => Math.max(0, Math.min(side - 1, Math.floor(v * side)));
+      const tx0 = cell((vx0 - ex0) / (ex1 - ex0)), tx1 = cell((vx1 - ex0) / (ex1 - ex0));
+      const ty0 = cell((vy0 - ey0) / (ey1 - ey0)), ty1 = cell((vy1 - ey0) / (ey1 - ey0));
+      for (let ty = ty0; ty <= ty1; ty++) for (let tx = tx0; tx <= tx1; tx++) {
+        const key = z + "/" + tx + "_" + ty;
+        if (I.tiles[key] && keys.length < MAX_TILES) keys.push(key);
+      }
+    }
+    return { s: s, keys: keys, zmax: zmax };
+  }
+  function detailLayers(f) {
+    if (!f.detail) {
+      const real = byName(f.name + ":detail:real"), gens = byPrefix(f.name + ":detail:gen:");
+      f.detail = { real: real, gens: gens, all: (real ? [real] : []).concat(gens) };
+    }
+    return f.detail;
+  }
+  const detailTimer = {};
+  function scheduleDetail(name, wait) {
+    if (!data() || !data().tiles) return;
+    clearTimeout(detailTimer[name]);
+    tiles.pending = true;
+    detailTimer[name] = setTimeout(() => requestAnimationFrame(() => refreshDetail(name)), wait || 0);
+  }
+  function refreshDetail(name) {
+    const f = resolve(name), I = data().tiles, st = view[name];
+    if (!f || !I || !st || !st.colour) { tiles.pending = false; return; }
+    const w = wantedTiles(f), D = detailLayers(f), real = data().variants.indexOf("real");
+    tiles.want = w.keys; tiles.zmax = w.zmax;
+    tiles.queue = w.keys.filter(k => !tiles.cache.has(k) && !tiles.loading.has(k) && !tiles.failed.has(k));
+    pumpTiles();
+    const loaded = w.keys.map(k => tiles.cache.get(k)).filter(Boolean);
+    let cached = 0;
+    tiles.cache.forEach(T => { cached += T.n; });
+    if (cached > KEEP_POINTS) tiles.cache.forEach((T, k) => {   // past KEEP_POINTS, the tiles out of view go
+      if (w.keys.includes(k)) return;
+      tiles.cache.delete(k);
+      const el = document.querySelector('script[data-tile="' + k + '"]');
+      if (el) el.remove();
+    });
+    // Columns per detail layer: the loaded points in the view (and a margin) that the map does not draw, of layers on,
+    // passing the filters.
+    const [vx0, vy0, vx1, vy1] = viewBox(f), mx = (vx1 - vx0) * 0.25, my = (vy1 - vy0) * 0.25;
+    const test = filterTest(name), genLayer = {}, mode = st.colour;
+    data().variants.filter(v => v !== "real").forEach((v, i) => { genLayer[data().variants.indexOf(v)] = i; });
+    const cols = D.all.map(() => ({ x: [], y: [], color: [], line: [], fa: [], lw: [] })), refs = D.all.map(() => []);
+    const layerOn = D.all.map((r, li) => li === 0 && D.real ? f.real.some(p => p.visible) : (f.gens[li - (D.real ? 1 : 0)] || {}).visible);
+    let count = 0;
+    for (const T of loaded) {
+      const value = (key, j) => key === "covers" ? (T.gen[j] ? null : T.covers[j]) : T[key][j];
+      for (let j = 0; j < T.n; j++) {
+        if (T.drawn[j]) continue;
+        const x = T.x[j], y = T.y[j];
+        if (x < vx0 - mx || x > vx1 + mx || y < vy0 - my || y > vy1 + my) continue;
+        const li = T.variant[j] === real ? 0 : 1 + genLayer[T.variant[j]];
+        if (!layerOn[li] || (test && !test(T, j, value))) continue;
+        const s = pointStyle(mode, j, st.alpha.generated, T), c = cols[li];
+        c.x.push(x); c.y.push(y); c.color.push(s[0]);
+        if (li) { c.fa.push(s[1]); c.line.push(s[2]); c.lw.push(s[3]); }
+        refs[li].push([T, j]);
+        count++;
+      }
+    }
+    D.all.forEach((r, li) => {
+      const c = cols[li];
+      r.data_source.data = li === 0 && D.real ? { x: c.x, y: c.y, color: c.color } : c;
+      if (li === 0 && D.real) r.glyph.fill_alpha = st.alpha.real;
+      r._refs = refs[li];
+      r.visible = layerOn[li];
+    });
+    drawDensity(name, f, w, loaded);
+    tiles.shown = count;
+    tiles.version++;
+    tiles.pending = tiles.loading.size > 0 || tiles.queue.length > 0;
+    filterStatus(name);
+    const note = document.querySelector('[data-detail-status="' + name + '"]');
+    if (note) {
+      note.dataset.count = count;
+      note.textContent = !w.keys.length ? "" : "+ " + count.toLocaleString("en") + " more points of this view from " + loaded.length +
+        " tiles" + (tiles.pending ? " (loading…)" : "");
+    }
+  }
+  Site.detailCount = function (name) { const f = resolve(name); return f ? detailLayers(f).all.reduce((n, r) => n + r.data_source.data.x.length, 0) : 0; };
+  Site.detailPoints = function (name) {  // what the detail layers draw, as the filters see it (tests)
+    const f = resolve(name);
+    return f ? detailLayers(f).all.flatMap(r => (r._refs || []).map(([T, j]) => ({ id: T.ids[j], variant: data().variants[T.variant[j]],
+      cls: T.cls[j], dist: T.dist[j], trust: T.trust[j], covered: T.covered[j], visible: r.visible }))) : [];
+  };
+  function nearestDetail(f, x, y, radiusPx) {
+    const fig = f.fig, xr = fig.x_range, yr = fig.y_range;
+    const kx = Math.abs(fig.inner_width / (xr.end - xr.start)), ky = Math.abs(fig.inner_height / (yr.end - yr.start));
+    let best = null, bestD = radiusPx * radiusPx;
+    for (const r of detailLayers(f).all) {
+      if (!r.visible || !r._refs) continue;
+      const d = r.data_source.data;
+      for (let j = 0; j < d.x.length; j++) {
+        const dx = (d.x[j] - x) * kx, dy = (d.y[j] - y) * ky, d2 = dx * dx + dy * dy;
+        if (d2 < bestD) { bestD = d2; best = { T: r._refs[j][0], i: r._refs[j][1] }; }
+      }
+    }
+    return best;
+  }
+  function showTileCard(hit) {  // a tile point: id, set, class (the site has no image of it)
+    if (!card) { card = el("div", "hover-card"); card.id = "dmd2-hover"; card.hidden = true; document.body.appendChild(card); }
+    const T = hit.T, i = hit.i, key = "tile:" + T.key + ":" + i;
+    if (Site.cardRow !== key) {
+      const d = data(), S = d.style, v = d.variants[T.variant[i]], dl = el("dl");
+      const add = (k, val) => { dl.appendChild(el("dt", "", k)); dl.appendChild(el("dd", "", val)); };
+      add("id", T.ids[i]);
+      add("set", T.gen[i] ? "generated · " + ((S.variants[v] && S.variants[v].words) || v) : "real");
+      add(T.gen[i] && !classSet(v) ? "seed of" : "class", className(T.cls[i]));
+      card.replaceChildren(thumb(-1, 72), dl, el("p", "muted small", "loaded on zoom: no image or neighbours in this site"));
+      card.dataset.tile = T.ids[i];
+      delete card.dataset.row;
+      Site.cardRow = key;
+    }
+    placeCard();
+  }
+  // The density images over the view at DETAIL_BINS per side, from the loaded tiles; zoomed out, the rendered ones.
+  function drawDensity(name, f, w, loaded) {
+    const d = data(), S = d.style, real = d.variants.indexOf("real"), [vx0, vy0, vx1, vy1] = viewBox(f), B = DETAIL_BINS;
+    const gens = d.variants.filter(v => v !== "real");
+    for (const m of byPrefix(name + ":density:")) {
+      const g = m.glyph;
+      if (!m._orig) m._orig = { data: m.data_source.data, x: g.x, y: g.y, dw: g.dw, dh: g.dh };
+      if (!loaded.length) {
+        if (m.data_source.data !== m._orig.data) { m.data_source.data = m._orig.data; g.setv({ x: m._orig.x, y: m._orig.y, dw: m._orig.dw, dh: m._orig.dh }); }
+        continue;
+      }
+      if (!m.visible) continue;
+      const [, , kind, li] = m.name.split(":"), v = kind === "0" ? real : d.variants.indexOf(gens[Number(li)]), byClass = kind === "cls";
+      const count = new Float64Array(B * B), rgb = byClass ? new Float64Array(B * B * 3) : null;
+      for (const T of loaded) {
+        const wt = Number(T.key.split("/")[0]) === w.zmax ? T.sub / T.n : 1;
+        for (let j = 0; j < T.n; j++) {
+          if (T.variant[j] !== v || (byClass && T.cls[j] < 0)) continue;
+          const cx = Math.floor((T.x[j] - vx0) / (vx1 - vx0) * B), cy = Math.floor((T.y[j] - vy0) / (vy1 - vy0) * B);
+          if (cx < 0 || cx >= B || cy < 0 || cy >= B) continue;
+          const c = cy * B + cx;
+          count[c] += wt;
+          if (byClass) { const h = hex(classStyle(T.cls[j])[0]); rgb[3 * c] += wt * h[0]; rgb[3 * c + 1] += wt * h[1]; rgb[3 * c + 2] += wt * h[2]; }
+        }
+      }
+      let top = 0;
+      for (let c = 0; c < B * B; c++) if (count[c] > top) top = count[c];
+      const base = hex(kind === "0" ? S.real : (S.variants[gens[Number(li)]] || { colour: S.real }).colour), maxA = kind === "0" ? 150 : 200;
+      const px = new Uint8Array(B * B * 4);   // RGBA, row 0 at the bottom (image_rgba)
+      for (let c = 0; c < B * B; c++) {
+        if (!count[c]) continue;
+        const col = byClass ? [rgb[3 * c] / count[c], rgb[3 * c + 1] / count[c], rgb[3 * c + 2] / count[c]] : base;
+        px[4 * c] = col[0]; px[4 * c + 1] = col[1]; px[4 * c + 2] = col[2];
+        px[4 * c + 3] = Math.round(40 + (maxA - 40) * Math.log1p(count[c]) / Math.log1p(top));
+      }
+      const Nd = m._orig.data.image[0].constructor;
+      m.data_source.data = { image: [new Nd(new Uint32Array(px.buffer), [B, B])] };
+      g.setv({ x: { value: vx0 }, y: { value: vy0 }, dw: { value: vx1 - vx0 }, dh: { value: vy1 - vy0 } });
+    }
+  }
 
   // ---- start ----
   function whenFigures(cb) {
