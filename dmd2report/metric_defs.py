@@ -282,7 +282,7 @@ def definitions() -> dict[str, str]:
 # The README's table, from METRICS.
 
 def markdown() -> str:
-    """The metrics table of README.md ("### Metrics"), written from METRICS: each metric's name, key,
+    """The metrics table of the guide (docs/metrics.md, "## Definitions"), written from METRICS: each metric's name, key,
     explanation, definition, k setting (with its default) and the direction `compare` flags, then the
     definitions of the other metrics.json entries."""
     from .config import keys

@@ -592,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     p = argparse.ArgumentParser(prog="python -m dmd2report.metrics", description="The metric declarations.")
-    p.add_argument("--markdown", action="store_true", required=True, help="print README.md's metrics table")
+    p.add_argument("--markdown", action="store_true", required=True, help="print the guide's metrics table (docs/metrics.md)")
     p.parse_args(argv)
     sys.stdout.write(markdown())
     return 0
