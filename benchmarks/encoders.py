@@ -118,7 +118,7 @@ def bench_dinov2(n: int, batch: int, work: Path) -> dict:
         enc = load_dinov2("dinov2-vitl14", work / "dinov2_vitl14.pth", device="cuda", dtype=dtype)
         with torch.no_grad():
             in_batches(enc, a[:batch], batch)
-            out[f"{name}_img_s"] = n / timed(lambda: in_batches(enc, a, batch))
+            out[f"{name}_img_s"] = n / timed(lambda e=enc: in_batches(e, a, batch))
             feats[name] = [torch.cat([enc(x[i:i + batch])[0] for i in range(0, n, batch)]).cpu().numpy()
                            for x in (a, b)]
             # The same encoder under torch.compile (Inductor fuses the layer norms, GELU and layer scales into the
@@ -127,7 +127,7 @@ def bench_dinov2(n: int, batch: int, work: Path) -> dict:
             fast = torch.compile(enc)
             in_batches(fast, a[:batch], batch)
             out[f"{name}_compile_s"] = time.perf_counter() - t0
-            out[f"{name}_compiled_img_s"] = n / timed(lambda: in_batches(fast, a, batch))
+            out[f"{name}_compiled_img_s"] = n / timed(lambda f=fast: in_batches(f, a, batch))
             feats[name + "_compiled"] = [torch.cat([fast(x[i:i + batch])[0] for i in range(0, n, batch)]).cpu().numpy()
                                          for x in (a,)]
             out[f"{name}_compiled_max_relative_error"] = float(

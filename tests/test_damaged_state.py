@@ -313,7 +313,7 @@ def test_disk_full_said_in_words_only_is_disk_full(work, monkeypatch):
     import dmd2report.pipeline as pipeline
 
     target = w / "work" / "fit" / "points.parquet"
-    e = OSError(f"Error writing bytes to file. Detail: [errno 28] No space left on device")
+    e = OSError("Error writing bytes to file. Detail: [errno 28] No space left on device")
     assert str(files.write_error(target, e)) == \
         f"{target}: disk full while writing (No space left on device); free space and rerun to resume"
 

@@ -29,7 +29,7 @@ def _decoded(tmp_path, write):
     """Write one image with `write(path)` into a class folder; return (its decoded HWC uint8, the conversion counts)."""
     folder = tmp_path / "images" / GOLDFISH
     folder.mkdir(parents=True)
-    path = write(folder)
+    write(folder)
     source = FolderSource(tmp_path / "images", R, workers=1)
     loaded = source.load(0, 1)
     source.close()
