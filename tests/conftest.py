@@ -21,6 +21,38 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"   # browser tests' screenshots
 
 
+# A tiny network over a class-folder tree (the `image_tree` fixture): a config for the CLI's one-line checks.
+FOLDER_CONFIG = """
+[run]
+workdir = "{w}"
+device = "cpu"
+[model]
+preset = "tiny"
+[data]
+source = "folder"
+path = "{data}"
+workers = 2
+[features]
+batch_size = 8
+chunk_size = 16
+pca_fit_samples = 40
+[report]
+thumb_size = 8
+"""
+
+
+@pytest.fixture(autouse=True)
+def _restore_package_logger():
+    """The CLI replaces the package logger's handler and level (setup_logging): put them back after each test."""
+    import logging
+
+    logger = logging.getLogger("dmd2report")
+    handlers, level = list(logger.handlers), logger.level
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+
+
 @pytest.fixture(scope="module")
 def browser():
     """Headless Debian Chromium through Playwright, one per test module (skipped where either is missing)."""

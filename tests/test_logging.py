@@ -7,35 +7,11 @@ import pytest
 from click.testing import CliRunner
 
 from dmd2report.cli import cli
+from conftest import FOLDER_CONFIG
 from dmd2report.console import progress, setup_logging, showing_progress
 
-CONFIG = """
-[run]
-workdir = "{w}"
-device = "cpu"
-[model]
-preset = "tiny"
-[data]
-source = "folder"
-path = "{data}"
-workers = 2
-[features]
-batch_size = 8
-chunk_size = 16
-pca_fit_samples = 40
-[report]
-thumb_size = 8
-"""
 
 
-@pytest.fixture(autouse=True)
-def _restore_package_logger():
-    """The CLI replaces the package logger's handler and level; put them back for the other tests."""
-    logger = logging.getLogger("dmd2report")
-    handlers, level = list(logger.handlers), logger.level
-    yield
-    logger.handlers[:] = handlers
-    logger.setLevel(level)
 
 
 @pytest.fixture
@@ -43,7 +19,7 @@ def broken_tree(image_tree, tmp_path):
     """The fixture's class folders with one unreadable JPEG, and a config extracting them with the tiny model."""
     (image_tree / "n01443537" / "img_2.jpg").write_bytes(b"\xff\xd8 truncated")
     cfg = tmp_path / "report.toml"
-    cfg.write_text(CONFIG.format(w=tmp_path / "work", data=image_tree))
+    cfg.write_text(FOLDER_CONFIG.format(w=tmp_path / "work", data=image_tree))
     return cfg
 
 

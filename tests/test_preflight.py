@@ -2,7 +2,6 @@
 stage line, nothing in the work directory): the site folder, the templates, the encoders' files, the reference
 statistics, the free disk space."""
 
-import logging
 import shutil
 from collections import namedtuple
 from dataclasses import replace
@@ -31,13 +30,6 @@ thumb_size = 8
 """
 
 
-@pytest.fixture(autouse=True)
-def _restore_package_logger():
-    logger = logging.getLogger("dmd2report")
-    handlers, level = list(logger.handlers), logger.level
-    yield
-    logger.handlers[:] = handlers
-    logger.setLevel(level)
 
 
 @pytest.fixture

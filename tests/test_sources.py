@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY_RES, npz_labels_for_standard_ids
+from conftest import FOLDER_CONFIG, TINY_RES, npz_labels_for_standard_ids
 from dmd2report.classes import ClassIndex
 from dmd2report.context import Context
 from dmd2report.errors import UserError
@@ -192,23 +192,6 @@ def test_folder_tree_without_index_takes_the_models_classes(tmp_path):
 # Nothing empty: a source or a class left with no usable image is refused in one line after extract, and is read
 # again once the files are fixed.
 
-EMPTY_CONFIG = """
-[run]
-workdir = "{w}"
-device = "cpu"
-[model]
-preset = "tiny"
-[data]
-source = "folder"
-path = "{data}"
-workers = 2
-[features]
-batch_size = 8
-chunk_size = 16
-pca_fit_samples = 40
-[report]
-thumb_size = 8
-"""
 
 
 def _cli(*args):
@@ -231,7 +214,7 @@ def test_a_class_left_empty_by_skips_is_refused_and_reread_once_fixed(image_tree
     folder = image_tree / "n01443537"
     saved = _break(folder)
     cfg = tmp_path / "report.toml"
-    cfg.write_text(EMPTY_CONFIG.format(w=tmp_path / "work", data=image_tree))
+    cfg.write_text(FOLDER_CONFIG.format(w=tmp_path / "work", data=image_tree))
     r = _cli("build", "--config", str(cfg))
     errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
     assert r.exit_code == 2 and len(errors) == 1, r.stderr
@@ -250,7 +233,7 @@ def test_a_source_with_no_usable_image_is_refused(image_tree, tmp_path):
     for folder in image_tree.iterdir():
         _break(folder)
     cfg = tmp_path / "report.toml"
-    cfg.write_text(EMPTY_CONFIG.format(w=tmp_path / "work", data=image_tree))
+    cfg.write_text(FOLDER_CONFIG.format(w=tmp_path / "work", data=image_tree))
     r = _cli("build", "--config", str(cfg))
     assert r.exit_code == 2, r.stderr
     assert r.stderr.splitlines()[-1].startswith(f"error: {image_tree}: no usable image: all 60 selected images are "

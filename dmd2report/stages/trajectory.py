@@ -284,13 +284,7 @@ def measure_steps(real_red: np.ndarray, real_classes: np.ndarray, paths: tuple[n
         out = {"n_real": n_real, "n_generated": n_gen}
         if result is None:
             return out | {k: None for k in METRIC_KEYS}
-        o = result["variants"][tag]["overall"]
-        for k in METRIC_KEYS:
-            e = o.get(k) or {}
-            out[k] = e.get("value")
-            if "ci_low" in e:
-                out[k + "_ci"] = [e["ci_low"], e["ci_high"]]
-        return out
+        return out | _step_values(result["variants"][tag]["overall"])
 
     # Against the real set: every step in one `measure` call, so the real set's radii are found once.
     per_step = {f"step{s}": g_feat[g_step == s] for s in range(len(sigmas))}
@@ -368,9 +362,15 @@ def real_floor(real_red: np.ndarray, real_classes: np.ndarray, path_classes: np.
     nbrs = None if real_neighbours is None else _neighbours_without(real_neighbours, held, len(real_red))
     res = measure(real_red[rest], real_classes[rest], {"floor": (real_red[held], None)}, arrays=False,
                   feature_space=f"{feature_space} floor", real_neighbours=nbrs, **kw)
-    o = res["variants"]["floor"]["overall"]
+    return out | _step_values(res["variants"]["floor"]["overall"])
+
+
+def _step_values(overall: dict) -> dict:
+    """A per-step row's metrics from a `measure` result's overall entries: each value, and its interval where one was
+    drawn."""
+    out = {}
     for k in METRIC_KEYS:
-        e = o.get(k) or {}
+        e = overall.get(k) or {}
         out[k] = e.get("value")
         if "ci_low" in e:
             out[k + "_ci"] = [e["ci_low"], e["ci_high"]]
