@@ -17,11 +17,14 @@ side by side in the same command.
 `--frames N,...` (issue 32 item 4): sites of those N (the default cap, every point also in zoom tiles) and a
 demo-size site (synthetic data of the demo's size, every point drawn, as benchmarks/report.py), each opened from
 file:// in headless Chromium (software WebGL); per site the map's first render (median of 3 loads) and the frame
-times of one scripted pan and zoom (`scripted_pan_zoom`: mouse-wheel steps into a dense region, a drag, wheel
-steps out, through page.mouse, so BokehJS's own tools and level-of-detail drawing act as for a person; a 300 ms
-pause every 5 steps in which the view's tiles load and the detail layers and density images are redrawn): the
-interval between requestAnimationFrame callbacks after each input event (median, p95) and the longest frame of
-the whole run (tile loading included),
+times of a scripted pan and zoom on each load, pooled (`scripted_pan_zoom`: mouse-wheel steps into a dense region, a drag, wheel
+steps out, through page.mouse, so BokehJS's own tools and site.js's drawing while the view moves act as for a
+person; a 300 ms hesitation every 5 steps, and after each of the three a stop until the view has settled: every
+point back, the view's tiles loaded, detail layers and density images redrawn): the interval between
+requestAnimationFrame callbacks after each input event (median, p95; in whole 16.7 ms frames), the time from each
+input event to the end of the map's next paint (median, p95; not quantised, so sites whose frames are one or two
+apart still compare), and the longest frame of the whole run (the settled view's full paint and tile loading
+included),
 each against the demo-size site's, measured in the same command. Sites are rendered in child processes first,
 then measured one after another in one browser.
 """
@@ -184,10 +187,15 @@ def first_render(url: str, loads: int = 3) -> float:
 
 
 FRAME_CLOCK = """() => {   // requestAnimationFrame intervals; per input event (wheel, drag) the longer of the two after it
-    const R = window.__frames = { all: [], after: [], pending: 0, worst: 0, run: true };
-    const mark = () => { if (!R.pending) { R.pending = 2; R.worst = 0; } };   // the frame it lands in and the next (the paint)
+    const R = window.__frames = { all: [], after: [], pending: 0, worst: 0, run: true, inputs: [], latency: [] };
+    const mark = e => { R.inputs.push(e.timeStamp); if (!R.pending) { R.pending = 2; R.worst = 0; } };   // the frame it lands in and the next (the paint)
     document.addEventListener("wheel", mark, { capture: true, passive: true });
-    document.addEventListener("pointermove", e => { if (e.buttons) mark(); }, { capture: true, passive: true });
+    document.addEventListener("pointermove", e => { if (e.buttons) mark(e); }, { capture: true, passive: true });
+    // Input to painted: from each input event to the end of the map's next paint (not in whole frames: the
+    // requestAnimationFrame intervals come in 16.7 ms steps, too coarse to compare sites whose frames are one or two).
+    const v = Bokeh.index[DMD2Site.resolve('map').fig.id], paint = v._actual_paint;
+    v._actual_paint = function () { paint.call(this); const t = performance.now();
+      for (const u of R.inputs) R.latency.push(t - u); R.inputs = []; };
     let t = performance.now();
     const tick = u => { R.all.push(u - t);
       if (R.pending) { R.worst = Math.max(R.worst, u - t); if (!--R.pending) R.after.push(R.worst); }
@@ -205,10 +213,21 @@ DENSE_POINT = """() => {   // viewport position of the median drawn real point (
 }"""
 
 
+SETTLED = "!(DMD2Site.lod && DMD2Site.lod.moving.map) && !(DMD2Site.tiles && DMD2Site.tiles.pending)"
+
+
+def stop_to_look(page) -> None:
+    """Still until the map has settled (every point back, the view's tiles loaded and drawn), then 300 ms more."""
+    page.wait_for_timeout(100)
+    page.wait_for_function(SETTLED, timeout=30000)
+    page.wait_for_timeout(300)
+
+
 def scripted_pan_zoom(page) -> dict:
-    """PAN_ZOOM with real input events (page.mouse: BokehJS's wheel-zoom and pan tools, its level-of-detail drawing
-    while interacting, as a person gets): 20 wheel steps in at a dense point, a drag of 30 moves, 20 steps out; a
-    300 ms pause every 5 steps (the view's tiles load, the detail layers and density images are redrawn)."""
+    """PAN_ZOOM with real input events (page.mouse: BokehJS's wheel-zoom and pan tools and site.js's drawing while the
+    view moves, as a person gets): 20 wheel steps in at a dense point, a drag of 30 moves, 20 steps out, with a 300 ms
+    hesitation every 5 steps (shorter than the figure's lod_timeout: the gesture goes on) and a stop to look after
+    each of the three (the view settles: every point, the view's tiles loaded, detail layers and density redrawn)."""
     page.evaluate(FRAME_CLOCK)
     x, y, w, h = page.evaluate(DENSE_POINT)
     page.mouse.move(x, y)
@@ -216,42 +235,53 @@ def scripted_pan_zoom(page) -> dict:
         page.mouse.wheel(0, -120)
         if i % 5 == 4:
             page.wait_for_timeout(300)
+    stop_to_look(page)
     page.mouse.down()
     for i in range(30):
         page.mouse.move(x - w * 0.6 * (i + 1) / 30, y - h * 0.3 * (i + 1) / 30)
         if i % 5 == 4:
             page.wait_for_timeout(300)
     page.mouse.up()
+    stop_to_look(page)
     page.mouse.move(x, y)
     zoomed = page.evaluate("[DMD2Site.tiles ? DMD2Site.tiles.cache.size : 0, DMD2Site.detailCount ? DMD2Site.detailCount('map') : 0]")
     for i in range(20):
         page.mouse.wheel(0, 120)
         if i % 5 == 4:
             page.wait_for_timeout(300)
-    page.wait_for_timeout(300)
+    stop_to_look(page)
     r = page.evaluate("""() => { const R = window.__frames; R.run = false;
-        const q = (a, p) => { const b = a.slice().sort((u, v) => u - v); return b[Math.min(b.length - 1, Math.floor(p * b.length))]; };
-        return { after_median_ms: q(R.after, 0.5), after_p95_ms: q(R.after, 0.95), max_frame_ms: Math.max(...R.all),
-                 frames: R.all.length, input_frames: R.after.length }; }""")
+        return { after: R.after, latency: R.latency, max_frame_ms: Math.max(...R.all), frames: R.all.length }; }""")
     return r | {"tiles_loaded": zoomed[0], "detail_points_zoomed": zoomed[1]}
 
 
+def frame_stats(runs: list[dict]) -> dict:
+    """Frame times of several runs of scripted_pan_zoom, pooled: median and p95 per input event."""
+    q = lambda a, p: sorted(a)[min(len(a) - 1, int(p * len(a)))]
+    after, latency = [x for r in runs for x in r["after"]], [x for r in runs for x in r["latency"]]
+    return {"after_median_ms": q(after, 0.5), "after_p95_ms": q(after, 0.95), "input_paint_median_ms": q(latency, 0.5),
+            "input_paint_p95_ms": q(latency, 0.95), "max_frame_ms": max(r["max_frame_ms"] for r in runs),
+            "frames": sum(r["frames"] for r in runs), "input_frames": len(after), "runs": len(runs),
+            "tiles_loaded": runs[-1]["tiles_loaded"], "detail_points_zoomed": runs[-1]["detail_points_zoomed"]}
+
+
 def pan_zoom(url: str, loads: int = 3) -> dict:
-    """First render (median of `loads` cold loads) and PAN_ZOOM's frame times (on the last load) of a map page."""
+    """First render (median of `loads` cold loads) and PAN_ZOOM's frame times (one scripted run per load, pooled: the
+    frames come in whole 16.7 ms steps, so one run's median can flip between steps) of a map page."""
     from playwright.sync_api import sync_playwright
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from report import open_map_page
-    idle = []
+    idle, runs = [], []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
-        for i in range(loads):
+        for _ in range(loads):
             ctx, page, idle_ms, _ready = open_map_page(browser, url, 180000)
             idle.append(idle_ms)
-            if i == loads - 1:
-                r = scripted_pan_zoom(page)
+            runs.append(scripted_pan_zoom(page))
             ctx.close()
         browser.close()
+    r = frame_stats(runs)
     return {"first_render_ms": statistics.median(idle), **{k: round(v, 1) if isinstance(v, float) else v for k, v in r.items()}}
 
 
@@ -283,7 +313,8 @@ def frames(sizes: list[int], out: Path, reuse: bool = False) -> dict:
         print(json.dumps(r), flush=True)
     demo = results[0]
     for r in results[1:]:
-        r["vs_demo"] = {k: round(r[k] / demo[k], 2) for k in ("first_render_ms", "after_median_ms", "after_p95_ms", "max_frame_ms")}
+        r["vs_demo"] = {k: round(r[k] / demo[k], 2) for k in ("first_render_ms", "after_median_ms", "after_p95_ms",
+                                                                "input_paint_median_ms", "input_paint_p95_ms", "max_frame_ms")}
     return {"cores": os.cpu_count(), "load": round(os.getloadavg()[0], 2), "max_points": max_points, "demo": demo,
             "sites": results[1:]}
 

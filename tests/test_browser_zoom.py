@@ -210,3 +210,117 @@ def test_single_file_has_no_tiles_and_says_so(data, tmp_path, browser):
     assert "carries only this sample" in page.locator('[data-page-section="map"] .point-note').inner_text()
     assert problems == []
     page.context.close()
+
+
+# What the map's WebGL layers draw, read off its canvas: a full paint (BokehJS's own, or with site.js's one copy per
+# run of WebGL layers), the number of WebGL-canvas copies it made, and its pixels.
+_PAINT = """(mode) => {
+    const v = Bokeh.index[DMD2Site.resolve('map').fig.id], cv = v.canvas_view;
+    if (mode === 'bokeh') delete v._paint_levels;                 // the prototype's: a copy after every WebGL renderer
+    let copies = 0;
+    const blit = cv.blit_webgl;
+    cv.blit_webgl = function (ctx) { copies++; return blit.call(this, ctx); };
+    v._invalidate_all = true;
+    v._actual_paint();
+    cv.blit_webgl = blit;
+    const c = cv.primary.canvas, px = cv.primary.ctx.getImageData(0, 0, c.width, c.height).data;
+    return { copies: copies, webgl: v.computed_renderer_views.filter(r => r.has_webgl).length, px: Array.from(px) };
+}"""
+
+
+@pytest.mark.browser
+def test_webgl_layers_are_copied_once_per_run_and_look_the_same(data, site, browser):
+    page, problems, _ = _open(browser, (site / "map.html").as_uri())
+    P = data.points
+    real = P[P["set"] == "real"]
+    _zoom(page, 0.4, [float(real["x"].median()), float(real["y"].median())])   # detail layers and density filled
+    page.select_option('[data-colour="map"]', "variant")
+    page.evaluate("DMD2Site.setLayers('map', 'both')")
+    page.wait_for_function("!DMD2Site.lod.moving.map && !DMD2Site.tiles.pending")   # every point drawn, no tile to come
+    batched, bokeh = page.evaluate(_PAINT, "batched"), page.evaluate(_PAINT, "bokeh")
+    # BokehJS copies its WebGL canvas onto the page after each of the map's WebGL layers (density images, drawn
+    # points, detail layers, highlight); site.js copies once per run of them (the class labels, on the 2-D canvas,
+    # split the glyph level in two; an empty highlight layer needs none).
+    assert bokeh["webgl"] >= 10 and bokeh["copies"] >= bokeh["webgl"]
+    assert batched["copies"] <= 2
+    # Compared as seen (colour times alpha: getImageData un-premultiplies, so a nearly clear pixel's colour is noise).
+    a, b = (np.array(x["px"], np.float64).reshape(-1, 4) for x in (batched, bokeh))
+    assert (b[:, 3] > 0).mean() > 0.05                                   # something is drawn
+    seen = lambda x: np.concatenate([x[:, :3] * x[:, 3:] / 255, x[:, 3:]], axis=1)
+    diff = np.abs(seen(a) - seen(b))
+    # The same picture: compositing the layers in WebGL first rounds differently by a few levels at most (a layer
+    # missing or out of order differs by tens to hundreds).
+    assert diff.max() <= 4 and (diff > 1).mean() < 0.01
+    assert problems == []
+    page.context.close()
+
+
+def _drawn_rows(page):
+    """Rows of the drawn points each visible layer draws now (its BooleanFilter; None: every point of the layer)."""
+    return page.evaluate("""DMD2Site.resolve('map').pts.filter(r => r.visible).flatMap(r => {
+        const rows = r.data_source.data.row, b = r.view.filter.booleans;
+        return Array.from(rows).filter((j, k) => b === null || b[k]); })""")
+
+
+def _move(page, frac):
+    """The page sets the view (as a search, a link or a reset does): `frac` of the map's extent around its centre."""
+    page.evaluate("""(frac) => { const I = DMD2_DATA.tiles, [x0, y0, x1, y1] = I.extent, cx = (x0 + x1) / 2, cy = (y0 + y1) / 2;
+        DMD2Site.zoomTo('map', cx - (x1 - x0) * frac / 2, cx + (x1 - x0) * frac / 2, cy - (y1 - y0) * frac / 2, cy + (y1 - y0) * frac / 2); }""", frac)
+
+
+def _wheel(page, steps):
+    """A person's mouse-wheel zoom at the map's centre (BokehJS's wheel-zoom tool): `steps` notches, in if negative."""
+    x, y = page.evaluate("""(() => { const v = Bokeh.index[DMD2Site.resolve('map').fig.id], fr = v.frame.bbox, b = v.el.getBoundingClientRect();
+        return [b.left + fr.x + fr.width / 2, b.top + fr.y + fr.height / 2]; })()""")
+    page.mouse.move(x, y)
+    for _ in range(abs(steps)):
+        page.mouse.wheel(0, 120 if steps > 0 else -120)
+
+
+@pytest.mark.browser
+def test_map_draws_a_sample_while_moving_and_every_point_when_still(site, browser):
+    page, problems, _ = _open(browser, (site / "map.html").as_uri())
+    every = sorted(_drawn_rows(page))
+    full_ms = page.evaluate("DMD2Site.lod.fullMs.map")
+    assert full_ms > 0                                                    # the full paint was timed
+    slow = "DMD2Site.lod.budgetMs = DMD2Site.lod.fullMs.map / 4"
+    # A fast full paint (hardware WebGL): a person's zoom leaves nothing out.
+    page.evaluate("DMD2Site.lod.budgetMs = DMD2Site.lod.fullMs.map * 4")
+    _wheel(page, -1)
+    assert page.evaluate("DMD2Site.lod.moving.map") and sorted(_drawn_rows(page)) == every
+    page.wait_for_function("!DMD2Site.lod.moving.map")
+    # A slow one (software WebGL): while a person zooms, a sample of at most budget / paint time of the points; once
+    # the view is still for the figure's lod_timeout, every point again.
+    page.evaluate(slow)
+    frac = page.evaluate("DMD2Site.lod.budgetMs / DMD2Site.lod.fullMs.map")
+    _wheel(page, 1)
+    moving = sorted(_drawn_rows(page))
+    # (At most the first estimate: a sampled paint slower than the budget shrinks the sample further.)
+    assert set(moving) < set(every) and 0 < len(moving) <= (frac + 0.1) * len(every)
+    page.wait_for_function("!DMD2Site.lod.moving.map", timeout=5000)
+    assert sorted(_drawn_rows(page)) == every
+    page.evaluate(slow)
+    _wheel(page, -1)
+    again = sorted(_drawn_rows(page))
+    # The same points each time, by row: of two samples, the smaller is within the larger (no flicker between moves).
+    small, large = sorted([set(again), set(moving)], key=len)
+    assert small and small <= large
+    page.wait_for_function("!DMD2Site.lod.moving.map", timeout=5000)
+    # A view the page sets (a search, a link, a reset) is drawn whole, however slow.
+    page.evaluate(slow)
+    _move(page, 1.2)
+    assert page.evaluate("DMD2Site.lod.moving.map") and sorted(_drawn_rows(page)) == every
+    page.wait_for_function("!DMD2Site.lod.moving.map", timeout=5000)
+    # Filters hold while moving and after: the sample is of the points passing them, and they pass again once still.
+    page.click('[data-filter-for="map"] summary')
+    page.fill('input[data-range="trust"][data-end="0"]', "0.8")
+    page.wait_for_function("DMD2Site.resolve('map').pts.some(r => r.view.filter.booleans !== null)")
+    passing = sorted(_drawn_rows(page))
+    assert 0 < len(passing) < len(every)
+    page.evaluate(slow)
+    _wheel(page, 1)
+    assert set(_drawn_rows(page)) < set(passing)
+    page.wait_for_function("!DMD2Site.lod.moving.map", timeout=5000)
+    assert sorted(_drawn_rows(page)) == passing
+    assert problems == []
+    page.context.close()

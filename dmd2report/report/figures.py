@@ -37,7 +37,9 @@ def _figure(name: str, *, height: int | None = None, select: bool = True, **kw):
     fig = figure(name=name, tools=tools, active_scroll=tools[1], output_backend="webgl", toolbar_location="right",
                  background_fill_color=None, border_fill_color=None, outline_line_color=None,
                  sizing_mode="stretch_both" if height is None else "stretch_width", height=height or 600,
-                 min_border_left=40, **kw)
+                 min_border_left=40, lod_interval=0, **kw)
+    # lod_interval=0: BokehJS's level of detail decimates only canvas glyphs (none here: all WebGL) and would repaint
+    # everything once more after each interaction; site.js draws a sample while the view moves and one full paint after.
     fig.toolbar.logo = None
     fig.grid.grid_line_alpha = 0.25
     fig.axis.axis_line_alpha = 0.4
@@ -182,13 +184,14 @@ def _gen_glyph(v: str, variant_order: list[str]) -> dict:
 
 def _detail_layers(fig, name: str, variant_order: list[str]) -> None:
     """Empty layers "<fig>:detail:real" and "<fig>:detail:gen:<i>" in the drawn layers' styles, which site.js fills
-    with the tiles' points in view (tiles.py); muted (faded) while a selection is drawn."""
+    with the tiles' points in view (tiles.py); muted (faded) while a selection is drawn. Their BooleanFilter views
+    hold the sample site.js draws while the view moves (None: every point)."""
     fig.scatter("x", "y", source=ColumnDataSource({"x": [], "y": [], "color": []}), name=f"{name}:detail:real",
-                size=REAL_SIZE, marker="circle", fill_color="color", fill_alpha=MAP_ALPHA["real"], line_color=None,
+                view=CDSView(filter=BooleanFilter()), size=REAL_SIZE, marker="circle", fill_color="color", fill_alpha=MAP_ALPHA["real"], line_color=None,
                 muted_fill_alpha=FADED_ALPHA)
     for i, v in enumerate(variant_order):
         fig.scatter("x", "y", source=ColumnDataSource({k: [] for k in ("x", "y", "color", "line", "fa", "lw")}),
-                    name=f"{name}:detail:gen:{i}", muted_fill_alpha=FADED_ALPHA, muted_line_alpha=FADED_ALPHA,
+                    name=f"{name}:detail:gen:{i}", view=CDSView(filter=BooleanFilter()), muted_fill_alpha=FADED_ALPHA, muted_line_alpha=FADED_ALPHA,
                     **_gen_glyph(v, variant_order))
 
 

@@ -606,14 +606,26 @@
       for (let j = 0; j < n; j++) pass[j] = test(P, j, value) ? 1 : 0;
       st.pass = pass;
     }
-    for (const r of f.pts) {
-      const rows = r.data_source.data.row;
-      r.view.filter.booleans = st.pass === null ? null : Array.from(rows, j => st.pass[j] === 1);
-    }
+    setFilters(name);
     filterStatus(name);
     Site.selected(name);
     scheduleDetail(name);
     writeHash(name);
+  }
+  // What each point layer draws: the points passing the filters, and while the view moves on a map whose full paint is
+  // slow (see "level of detail" below) a fixed sample of them.
+  function setFilters(name) {
+    const f = resolve(name), st = mapState(name), frac = st.lod || 1;
+    const keep = frac < 1 ? j => lodKeeps(j, frac) : null;
+    for (const r of f.pts) {
+      const rows = r.data_source.data.row;
+      r.view.filter.booleans = st.pass === null && !keep ? null
+        : Array.from(rows, j => (st.pass === null || st.pass[j] === 1) && (!keep || keep(j)));
+    }
+    if (data().tiles) for (const r of detailLayers(f).all) {   // the detail layers hold only points passing the filters
+      if (!r.view || !r.view.filter || !("booleans" in r.view.filter)) continue;
+      r.view.filter.booleans = keep ? Array.from({ length: r.data_source.get_length() || 0 }, (_, k) => keep(k)) : null;
+    }
   }
   function filterStatus(name) {  // the number of drawn points the map shows (layer on, filters passed)
     const f = resolve(name), st = mapState(name), status = document.querySelector('[data-filter-status="' + name + '"]');
@@ -926,8 +938,54 @@
     const X = f.fig.x_range, Y = f.fig.y_range;
     st.range = [X.start, X.end, Y.start, Y.end];
     writeHash(name);
-    scheduleDetail(name, DETAIL_WAIT_MS);   // after the pan or zoom settles: frames stay as light as the drawn sample's
+    moved(name);
   };
+  // ---- while the view moves. Past a budget, a pan or zoom frame draws a fixed sample of the map's points (the same
+  // ones each time, by row), as BokehJS's own level of detail does on a canvas (it leaves WebGL layers whole). The
+  // sample's size follows the paints' times (batchWebglCopies measures each): the first from the last full paint,
+  // then scaled by each sampled paint's time against LOD.budgetMs, down at once and up by steps (a paint's cost is
+  // the points sent, those in view, the density images and the copy, in proportions that change with the zoom).
+  // Where WebGL is hardware a full paint takes a few ms and nothing is left out; in software WebGL frames stay near
+  // the budget at any site size and zoom. Once the view has been still for the figure's lod_timeout (BokehJS's
+  // 500 ms: a hesitation mid-gesture is not a stop), every point is back and the view's tiles and density images
+  // are redrawn, in one task: one full paint (the figures' lod_interval is 0, so BokehJS adds no repaints of its
+  // own). Site.lod.budgetMs may be changed (tests). ----
+  const LOD = Site.lod = { budgetMs: 20, floor: 0.05, moving: {}, timer: {}, fullMs: {}, want: {}, input: {} };
+  function lodKeeps(j, frac) { return (Math.imul(j + 1, 2654435761) >>> 0) / 4294967296 < frac; }
+  function paintTimed(name, ms) {   // a paint of figure `name`'s glyphs: the sample the next frame should draw
+    const st = name && view[name];
+    if (!st) return;
+    if (!st.lod) LOD.fullMs[name] = ms;
+    else LOD.want[name] = Math.max(LOD.floor, Math.min(1, st.lod * 1.25, st.lod * LOD.budgetMs / ms));
+  }
+  function moved(name) {   // every range change: a frame of a pan or zoom, a reset, a view from the address
+    const f = resolve(name), st = mapState(name);
+    if (!f) return;
+    LOD.moving[name] = true;
+    // Only a person's pan or zoom (a wheel or drag on the figure just now) draws a sample: a view set by the page (the
+    // ranges fitted to the data, a search, a link, a reset) is one frame, drawn whole.
+    const byHand = performance.now() - (LOD.input[name] || -Infinity) < 250;
+    const want = st.lod ? LOD.want[name] : byHand ? LOD.budgetMs / LOD.fullMs[name] : 1;
+    if (want < 1 ? !st.lod || Math.abs(want - st.lod) > 0.25 * st.lod : st.lod && want >= 1) {   // changed by a quarter
+      st.lod = want < 1 ? Math.max(LOD.floor, want) : null;
+      setFilters(name);
+    }
+    clearTimeout(LOD.timer[name]);
+    LOD.timer[name] = setTimeout(() => settled(name), f.fig.lod_timeout || 500);
+  }
+  function settled(name) {
+    const st = mapState(name);
+    LOD.moving[name] = false;
+    if (st.lod) { st.lod = null; setFilters(name); }
+    if (data().tiles) { clearTimeout(detailTimer[name]); refreshDetail(name); }
+  }
+  function followMoves(name) {   // every range change (RangesUpdate comes after a pan ends: too late for its frames)
+    const f = resolve(name), move = () => moved(name), box = document.querySelector('[data-fig="' + name + '"]');
+    for (const r of [f.fig.x_range, f.fig.y_range]) for (const k of ["start", "end"])
+      if (r.properties && r.properties[k]) r.properties[k].change.connect(move);
+    const input = e => { if (e.type !== "pointermove" || e.buttons) LOD.input[name] = performance.now(); };
+    if (box) for (const t of ["wheel", "pointermove", "touchmove"]) box.addEventListener(t, input, { capture: true, passive: true });
+  }
   Site.viewReset = function (name) { mapState(name).range = null; writeHash(name); };
   Site.reset = function (name) {
     const f = resolve(name), st = mapState(name);
@@ -1133,7 +1191,11 @@
   }
   window.DMD2_TILE = function (meta) {
     decodeTile(meta).then(T => { tiles.cache.set(T.key, T); }, () => { tiles.failed.add(meta.key); })
-      .finally(() => { tiles.loading.delete(meta.key); pumpTiles(); scheduleDetail("map"); });
+      .finally(() => {   // one redraw once a burst of tiles is in (each would be a full paint), none while the view moves
+        tiles.loading.delete(meta.key);
+        pumpTiles();
+        if (!LOD.moving.map) scheduleDetail("map", tiles.loading.size ? DETAIL_WAIT_MS : 0);
+      });
   };
   function pumpTiles() {
     while (tiles.loading.size < MAX_LOADING && tiles.queue.length) {
@@ -1229,6 +1291,7 @@
       r._refs = refs[li];
       r.visible = layerOn[li];
     });
+    if (st.lod) setFilters(name);   // new detail columns while the view moves: their sample
     drawDensity(name, f, w, loaded);
     tiles.shown = count;
     tiles.version++;
@@ -1318,6 +1381,41 @@
     }
   }
 
+  // ---- one WebGL copy per run of WebGL layers. BokehJS copies its WebGL canvas onto the page after every WebGL
+  // renderer, drawn or not (a full-canvas drawImage, a read-back where WebGL is software): with the map's layers
+  // (density images, points, detail, highlight) that copying was most of a pan frame's cost and grew with the layers a
+  // site has. Layers drawn one after another into the one WebGL canvas and copied once composite the same ("over" is
+  // associative), so the copy waits for a renderer that draws on the 2-D canvas, or the end of the level. ----
+  function drawsNothing(r) {
+    const src = r.model.data_source;
+    return !r.model.visible || (src && typeof src.get_length === "function" && src.get_length() === 0);
+  }
+  function batchWebglCopies(pv) {
+    const cv = pv && pv.canvas_view;
+    if (!cv || pv.dmd2Batched || typeof pv._paint_levels !== "function" || typeof cv.blit_webgl !== "function" ||
+        !Array.isArray(pv.computed_renderer_views)) return;   // another BokehJS: its own painting stays
+    pv.dmd2Batched = true;
+    pv._paint_levels = function (ctx, level, clip, clipAll) {
+      let pending = false;
+      const t0 = performance.now();
+      for (const r of this.computed_renderer_views) {
+        if (r.model.level != level) continue;
+        if (pending && !r.has_webgl) { cv.blit_webgl(ctx); pending = false; }
+        ctx.save();
+        if (clipAll || r.needs_clip) { ctx.beginPath(); ctx.rect(...clip.args); ctx.clip(); }
+        r.paint(ctx);
+        ctx.restore();
+        if (r.has_webgl && !drawsNothing(r)) pending = true;
+      }
+      if (pending) cv.blit_webgl(ctx);
+      if (level === "glyph") paintTimed(this.model.name, performance.now() - t0);   // the copy waits for the raster
+    };
+  }
+  Site.batchWebglCopies = function () {
+    for (const doc of docs()) for (const m of models(doc))
+      if (m.output_backend === "webgl" && Bokeh.index[m.id]) batchWebglCopies(Bokeh.index[m.id]);
+  };
+
   // ---- start ----
   function whenFigures(cb) {
     const names = Array.from(document.querySelectorAll("[data-fig]")).map(e => e.dataset.fig)
@@ -1374,6 +1472,7 @@
     window.addEventListener("hashchange", applyHash);
     if (document.querySelector("[data-page-section]")) applyHash();
     whenFigures(() => {
+      Site.batchWebglCopies();
       if (resolve("map") && data().style) {
         const opacity = document.querySelectorAll("[data-opacity]");
         opacity.forEach(i => { mapState("map").alpha[i.dataset.opacity] = Number(i.value); });
@@ -1383,6 +1482,7 @@
           if (row !== undefined && !classSet(variantOf(row))) st.off.add(i); });
         st.defaultOn = f.gens.map(r => Number(r.name.split(":").pop())).filter(i => !st.off.has(i)).join(".");
         filterPanel("map");
+        followMoves("map");
         Site.setColour("map", document.querySelector('[data-fig="map"]').dataset.colorBy);
       }
       applyTheme();
