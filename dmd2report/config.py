@@ -237,8 +237,9 @@ class EncoderConfig:
                                "bundled:demo-classifier.", pattern=WEIGHTS_VALUES)
     head: str = setting("", "dinov2 only: the official linear classification head (dinov2_vit*14_linear_head.pth), "
                             "for the classification accuracy of generated samples; empty: none.")
-    precision: str = setting("auto", "The network's precision; auto: bfloat16 for DINOv2 on CUDA (EDM2's speed, its "
-                                     "drift in benchmarks/README.md), float32 otherwise (Inception's protocol).",
+    precision: str = setting("auto", "The network's precision; auto: bfloat16 for DINOv2 on CUDA (EDM2's speed; "
+                                     "benchmarks/encoders.py measures the drift it adds to FD_DINOv2), float32 "
+                                     "otherwise (Inception's protocol).",
                              choices=("auto", "float32", "bfloat16"))
     reference_stats: str = setting("", "An .npz of `mu` and `sigma` of a reference set in this space (as the "
                                        "community's ImageNet reference batches ship): the Frechet distance against "
