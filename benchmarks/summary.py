@@ -192,12 +192,10 @@ def report_frames(path: Path) -> str:
     def figures(r: dict) -> str:
         x = r.get("vs_demo")
         ratio = (lambda k: f" ({x[k]:.2f}x)") if x else (lambda k: "")
-        text = (f"first render {_n(r['first_render_ms'])} ms{ratio('first_render_ms')}, pan/zoom frame median "
-                f"{_n(r['after_median_ms'])} ms{ratio('after_median_ms')}, p95 {_n(r['after_p95_ms'])} ms{ratio('after_p95_ms')}")
-        if "input_paint_median_ms" in r:   # results before 2026-12-07 have frames only
-            text += (f", input to paint median {_n(r['input_paint_median_ms'])} ms{ratio('input_paint_median_ms')}, "
-                     f"p95 {_n(r['input_paint_p95_ms'])} ms{ratio('input_paint_p95_ms')}")
-        return text
+        return (f"first render {_n(r['first_render_ms'])} ms{ratio('first_render_ms')}, pan/zoom frame median "
+                f"{_n(r['after_median_ms'])} ms{ratio('after_median_ms')}, p95 {_n(r['after_p95_ms'])} ms{ratio('after_p95_ms')}, "
+                f"input to paint median {_n(r['input_paint_median_ms'])} ms{ratio('input_paint_median_ms')}, "
+                f"p95 {_n(r['input_paint_p95_ms'])} ms{ratio('input_paint_p95_ms')}")
     lines = [f"demo-size site ({_n(demo['n'])} points): {figures(demo)}"]
     lines += [f"{_n(r['n'])} points ({_n(r['max_points'])} drawn, tiles {r['tiles_mb']:.1f} MB in {_n(r['n_tiles'])} files, "
               f"{r['tiles_loaded']} loaded zoomed in): {figures(r)}" for r in d["sites"]]

@@ -187,12 +187,12 @@ def _detail_layers(fig, name: str, variant_order: list[str]) -> None:
     with the tiles' points in view (tiles.py); muted (faded) while a selection is drawn. Their BooleanFilter views
     hold the sample site.js draws while the view moves (None: every point)."""
     fig.scatter("x", "y", source=ColumnDataSource({"x": [], "y": [], "color": []}), name=f"{name}:detail:real",
-                view=CDSView(filter=BooleanFilter()), size=REAL_SIZE, marker="circle", fill_color="color", fill_alpha=MAP_ALPHA["real"], line_color=None,
-                muted_fill_alpha=FADED_ALPHA)
+                view=CDSView(filter=BooleanFilter()), size=REAL_SIZE, marker="circle", fill_color="color",
+                fill_alpha=MAP_ALPHA["real"], line_color=None, muted_fill_alpha=FADED_ALPHA)
     for i, v in enumerate(variant_order):
         fig.scatter("x", "y", source=ColumnDataSource({k: [] for k in ("x", "y", "color", "line", "fa", "lw")}),
-                    name=f"{name}:detail:gen:{i}", view=CDSView(filter=BooleanFilter()), muted_fill_alpha=FADED_ALPHA, muted_line_alpha=FADED_ALPHA,
-                    **_gen_glyph(v, variant_order))
+                    name=f"{name}:detail:gen:{i}", view=CDSView(filter=BooleanFilter()), muted_fill_alpha=FADED_ALPHA,
+                    muted_line_alpha=FADED_ALPHA, **_gen_glyph(v, variant_order))
 
 
 def map_figure(view: SiteView, name: str = "map"):

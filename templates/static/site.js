@@ -612,8 +612,8 @@
     scheduleDetail(name);
     writeHash(name);
   }
-  // What each point layer draws: the points passing the filters, and while the view moves on a map whose full paint is
-  // slow (see "level of detail" below) a fixed sample of them.
+  // What each point layer draws: the points passing the filters, and while a person moves a map whose full paint is
+  // slow (see "while the view moves" below) a fixed sample of them.
   function setFilters(name) {
     const f = resolve(name), st = mapState(name), frac = st.lod || 1;
     const keep = frac < 1 ? j => lodKeeps(j, frac) : null;
@@ -622,10 +622,8 @@
       r.view.filter.booleans = st.pass === null && !keep ? null
         : Array.from(rows, j => (st.pass === null || st.pass[j] === 1) && (!keep || keep(j)));
     }
-    if (data().tiles) for (const r of detailLayers(f).all) {   // the detail layers hold only points passing the filters
-      if (!r.view || !r.view.filter || !("booleans" in r.view.filter)) continue;
+    if (data().tiles) for (const r of detailLayers(f).all)   // the detail layers hold only points passing the filters
       r.view.filter.booleans = keep ? Array.from({ length: r.data_source.get_length() || 0 }, (_, k) => keep(k)) : null;
-    }
   }
   function filterStatus(name) {  // the number of drawn points the map shows (layer on, filters passed)
     const f = resolve(name), st = mapState(name), status = document.querySelector('[data-filter-status="' + name + '"]');
@@ -1165,7 +1163,8 @@
   // the map does not draw fill the "detail" layers (same styles; hover names them, they have no image), filtered as
   // the drawn ones; the density images are redrawn over the view from them, each point of the deepest level loaded
   // standing for sub/n points of its tile's region. ----
-  const MAX_TILES = 64, MAX_LOADING = 4, KEEP_POINTS = 600000, DETAIL_BINS = 256, DETAIL_WAIT_MS = 120;
+  // TILE_BURST_MS: a tile's arrival waits this long for the next before the view is redrawn (one redraw a burst).
+  const MAX_TILES = 64, MAX_LOADING = 4, KEEP_POINTS = 600000, DETAIL_BINS = 256, TILE_BURST_MS = 120;
   const TYPES = { u1: Uint8Array, i1: Int8Array, u2: Uint16Array, i2: Int16Array };
   const tiles = Site.tiles = { cache: new Map(), loading: new Set(), queue: [], failed: new Set(), want: [], zmax: -1, shown: 0, version: 0 };
   function bytesOf(b64) {
@@ -1194,7 +1193,7 @@
       .finally(() => {   // one redraw once a burst of tiles is in (each would be a full paint), none while the view moves
         tiles.loading.delete(meta.key);
         pumpTiles();
-        if (!LOD.moving.map) scheduleDetail("map", tiles.loading.size ? DETAIL_WAIT_MS : 0);
+        if (!LOD.moving.map) scheduleDetail("map", tiles.loading.size ? TILE_BURST_MS : 0);
       });
   };
   function pumpTiles() {
