@@ -114,6 +114,21 @@ def as_chunks(features) -> Chunks:
     return lambda: (x[s:s + REDUCE_BATCH] for s in range(0, max(len(x), 1), REDUCE_BATCH))
 
 
+class ExactSearchIndex:
+    """The search index umap-learn's `UMAP.transform` queries (`query(X, k, epsilon)` -> (indices, distances),
+    nearest first; `_angular_trees` picks its epsilon), answered exactly by `knn.knn` over the fitted points in
+    PCA space, Euclidean: the neighbours the map's fit graph was built from, where pynndescent's index would
+    approximate them (and compile for a minute on first use)."""
+    _angular_trees = False
+
+    def __init__(self, data: np.ndarray):
+        self._raw_data = data
+
+    def query(self, X: np.ndarray, k: int, epsilon: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+        dist, idx = knn(np.asarray(X, np.float32), self._raw_data, k)
+        return idx.astype(np.int32), dist
+
+
 @dataclass
 class Embedding:
     """A fitted map. `coords` are the 2-D points of the fitted set, in input order."""
@@ -209,17 +224,13 @@ class Embedding:
         return out
 
     def _search_index(self) -> None:
-        """umap-learn's transform needs a pynndescent index of the fitted points, which a map fitted on the
-        exact k-NN graph does not carry (building and pickling it costs minutes at scale): built here, on
-        first use, seeded."""
+        """umap-learn's transform asks a search index for each new point's nearest fitted points; a map fitted on
+        the exact k-NN graph carries none (building and pickling pynndescent's costs minutes at scale): given
+        here, on first use, as the same exact search the graph was made with (`ExactSearchIndex`)."""
         model = self.umap
         if getattr(model, "_small_data", True) or getattr(model, "_knn_search_index", None) is not None:
             return
-        from pynndescent import NNDescent
-
-        model._knn_search_index = NNDescent(model._raw_data, metric=model.metric, metric_kwds=model._metric_kwds,
-                                            n_neighbors=model._n_neighbors, random_state=self.params.get("seed", 0),
-                                            n_jobs=1, low_memory=True, verbose=False)
+        model._knn_search_index = ExactSearchIndex(model._raw_data)
 
     def project(self, reduced: np.ndarray, *, n_epochs: int | None = None, device=None, progress: bool = True,
                 desc: str = "project", neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:

@@ -11,7 +11,10 @@ from dmd2report.layers import ActivationCapture, block_names, layer_shapes, mask
 from dmd2report.models import EDMPrecond, build_preset
 
 FIX = Path(__file__).parent / "fixtures"
-ATOL = 1e-5
+# The reference README: float32 on a CPU reproduces the vectors to about 1e-5 absolute. The decoder's activations reach
+# |13|, where round-off that differs between CPUs (AVX2 against AVX-512 summation order) is 1.2e-5 after ~20 blocks:
+# a relative term of the same size keeps the check at float32 round-off (an error of the architecture is O(1)).
+ATOL = RTOL_ACT = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +47,7 @@ def test_every_block_activation_matches_reference(tiny, vectors):
     expected = {k[len("activation."):]: v for k, v in vectors.items() if k.startswith("activation.")}
     assert set(expected) == set(names)
     for name in names:
-        torch.testing.assert_close(cap.activations[name], expected[name], atol=ATOL, rtol=0, msg=name)
+        torch.testing.assert_close(cap.activations[name], expected[name], atol=ATOL, rtol=RTOL_ACT, msg=name)
 
 
 def test_masked_output_matches_reference(tiny, vectors):
@@ -153,7 +156,7 @@ def test_box_resampling_is_the_same_arithmetic(vectors):
     out = cap.run(*_inputs(vectors))
     torch.testing.assert_close(out, vectors["output.D_x"], atol=ATOL, rtol=0)
     for name in block_names(net):
-        torch.testing.assert_close(cap.activations[name], vectors[f"activation.{name}"], atol=ATOL, rtol=0, msg=name)
+        torch.testing.assert_close(cap.activations[name], vectors[f"activation.{name}"], atol=ATOL, rtol=RTOL_ACT, msg=name)
     # Any other filter keeps the general (depthwise convolution) path.
     m = resampling[0]
     m.resample_filter = torch.tensor([1.0, 3, 3, 1]).ger(torch.tensor([1.0, 3, 3, 1]))[None, None] / 64
