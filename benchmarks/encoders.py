@@ -3,10 +3,12 @@
 Run on a CUDA machine from the repository root (the reference implementations installed: `pip install -e
 '.[reference]'`):
 
-    PYTHONPATH=. python benchmarks/encoders.py --out benchmarks/results/encoders-h100.json
+    PYTHONPATH=. python benchmarks/encoders.py --extra-compile-modes max-autotune-no-cudagraphs \
+        --out benchmarks/results/encoders-h100.json
 
-About 4 minutes on an H100 (the float32 ViT-L/14 runs at about 270 img/s; torch.compile of the bfloat16 encoder
-takes one to two minutes); each encoder's figures are printed and written as soon as they are measured.
+About 6 minutes on an H100 (the float32 ViT-L/14 runs at about 270 img/s; torch.compile of the bfloat16 encoder
+takes half a minute, under max-autotune two and a half); each encoder's figures are printed and written as soon as
+they are measured.
 
 - Inception (FID, pytorch-fid's protocol): dmd2report's encoder as the extract and generate stages call it (uint8
   batches already on the GPU, `features.batch_size` images a call) against pytorch-fid's own feature loop
@@ -149,12 +151,30 @@ def bench_dinov2(n: int, batch: int, work: Path, compile_bf16: bool = True) -> d
     return out
 
 
+def bench_dinov2_compiled(n: int, batch: int, work: Path, mode: str) -> dict:
+    """DINOv2 ViT-L/14 in bfloat16 under torch.compile(mode=mode), on the images and file of bench_dinov2."""
+    from dmd2report.encoders.dinov2 import load_dinov2
+
+    a = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (n, 3, 64, 64), dtype=np.uint8)).cuda()
+    enc = load_dinov2("dinov2-vitl14", work / "dinov2_vitl14.pth", device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        fast = torch.compile(enc, mode=mode)
+        in_batches(fast, a[:batch], batch)
+        out = {"compile_s": time.perf_counter() - t0, "img_s": n / timed(lambda: in_batches(fast, a, batch))}
+    print(json.dumps({mode: out}), flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=8192, help="images per Inception measurement")
     p.add_argument("--dinov2-n", type=int, default=4096, help="images per DINOv2 measurement (two sets for the FD)")
     p.add_argument("--batch", type=int, default=1024, help="images per encoder call (features.batch_size)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile of DINOv2 in bfloat16")
+    p.add_argument("--extra-compile-modes", type=lambda s: [m for m in s.split(",") if m], default=[],
+                   help="torch.compile modes to time DINOv2 bfloat16 under after the rest (comma-separated, e.g. "
+                        "max-autotune-no-cudagraphs: Triton matrix-product kernels tuned per shape)")
     p.add_argument("--out", type=Path, help="write the results as JSON here (after each encoder)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -172,6 +192,10 @@ def main(argv=None) -> int:
         save()
         result["dinov2_vitl14"] = bench_dinov2(args.dinov2_n, min(args.batch, 512), Path(tmp), not args.no_compile)
         save()
+        for mode in args.extra_compile_modes:
+            result["dinov2_vitl14"][f"bfloat16_compiled_{mode}"] = bench_dinov2_compiled(
+                args.dinov2_n, min(args.batch, 512), Path(tmp), mode)
+            save()
     return 0
 
 

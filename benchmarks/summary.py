@@ -202,6 +202,20 @@ def report_frames(path: Path) -> str:
     return "<br>".join(lines)
 
 
+def encoders(path: Path) -> str:
+    d = _json(path)
+    inc, dino = d["inception"], d["dinov2_vitl14"]
+    tuned = {k.removeprefix("bfloat16_compiled_"): v["img_s"] for k, v in dino.items()
+             if k.startswith("bfloat16_compiled_") and isinstance(v, dict)}
+    return (f"Inception float32 {_n(inc['ours_img_s'])} img/s, {inc['ratio_to_loop']:.2f}x pytorch-fid's loop "
+            f"({_n(inc['pytorch_fid_loop_img_s'])}), {inc['ratio_to_model']:.2f}x its model alone, "
+            f"{_n(inc['ours_strict_fp32_img_s'])} with TF32 off; DINOv2 ViT-L/14 bfloat16 {_n(dino['bfloat16_img_s'])} "
+            f"img/s eager, {_n(dino['bfloat16_compiled_img_s'])} compiled"
+            + "".join(f", {_n(v)} {m}" for m, v in tuned.items())
+            + f", float32 {_n(dino['float32_img_s'])}; FD bfloat16 {dino['fd_bfloat16']:.3f} against float32 "
+              f"{dino['fd_float32']:.3f} (random weights)")
+
+
 @dataclass(frozen=True)
 class Result:
     benchmark: str                     # the README section (its title) that says what the benchmark measures
@@ -212,6 +226,7 @@ class Result:
 
 
 H200, HOST, CPU2 = "1 H200 (16 CPU cores)", "the H200 machine's 16 CPU cores", "2 CPU cores"
+H100 = "1 H100"
 SUITE = "bash benchmarks/device_suite.sh"
 KNN_KERNELS = "python benchmarks/knn.py --kernels c83c66e"
 
@@ -259,6 +274,9 @@ RESULTS_TABLE = (
            ("report-scale-cpu2.json",), report_frames),
     Result("Fit overlap", H200, "python benchmarks/fit_overlap.py --n 640000",
            ("fit-overlap-h200.json", "fit-overlap-h200.log"), fit_overlap),
+    Result("Standard feature spaces' encoders", H100,
+           "python benchmarks/encoders.py --extra-compile-modes max-autotune-no-cudagraphs",
+           ("encoders-h100.json",), encoders),
 )
 
 
