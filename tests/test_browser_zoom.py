@@ -13,6 +13,7 @@ import pytest
 
 from dmd2report.config import ReportConfig
 from dmd2report.report import tiles
+from dmd2report.report.figures import FADED_ALPHA, SELECTED_ALPHA
 from dmd2report.report.render import render_site
 from dmd2report.report.view import site_view
 from synthetic import synthetic_report_data
@@ -264,10 +265,20 @@ def test_webgl_layers_are_copied_once_per_run_and_look_the_same(data, site, brow
 
 
 def _drawn_rows(page):
-    """Rows of the drawn points each visible layer draws now (its BooleanFilter; None: every point of the layer)."""
-    return page.evaluate("""DMD2Site.resolve('map').pts.filter(r => r.visible).flatMap(r => {
-        const rows = r.data_source.data.row, b = r.view.filter.booleans;
-        return Array.from(rows).filter((j, k) => b === null || b[k]); })""")
+    """Rows of the drawn points the map paints now: while it moves slowly, those of its "lod" layer, painted in place
+    of the point layers; else each visible point layer's passing its BooleanFilter (None: every point)."""
+    return page.evaluate("""(() => { const f = DMD2Site.resolve('map');
+        if (Bokeh.index[f.fig.id].dmd2Skip) return Array.from(f.lod.data_source.data.row).filter(j => j >= 0);
+        return f.pts.filter(r => r.visible).flatMap(r => {
+            const rows = r.data_source.data.row, b = r.view.filter.booleans;
+            return Array.from(rows).filter((j, k) => b === null || b[k]); }); })()""")
+
+
+def _painted(page):
+    """After the next frame: the markers the map's last paint sent to WebGL, and the "lod" layer's columns."""
+    return page.evaluate("""new Promise(done => requestAnimationFrame(() => requestAnimationFrame(() => {
+        const lod = DMD2Site.resolve('map').lod.data_source.data;
+        done([DMD2Site.lod.painted.map, Object.fromEntries(Object.entries(lod).map(([k, v]) => [k, Array.from(v)]))]); })))""")
 
 
 def _move(page, frac):
@@ -305,8 +316,19 @@ def test_map_draws_a_sample_while_moving_and_every_point_when_still(site, browse
     moving = sorted(_drawn_rows(page))
     # (At most the first estimate: a sampled paint slower than the budget shrinks the sample further.)
     assert set(moving) < set(every) and 0 < len(moving) <= (frac + 0.1) * len(every)
+    # The sample is all the paint sends to WebGL (the point layers, skipped, cost nothing), each point in its layer's
+    # marker and colours.
+    painted, lod = _painted(page)
+    assert page.evaluate("DMD2Site.lod.moving.map") and painted == len(lod["x"]) < len(every) / 2
+    styles = page.evaluate("""DMD2Site.resolve('map').pts.filter(r => r.visible).map(r => [r.name, r.glyph.marker.value,
+        Array.from(r.data_source.data.row), Array.from(r.data_source.data.color)])""")
+    style_of = {j: (layer, m, c) for layer, m, rows, colours in styles for j, c in zip(rows, colours)}
+    assert all(style_of[j][1:] == (m, c) for j, m, c in zip(lod["row"], lod["marker"], lod["color"]) if j >= 0)
+    assert len({style_of[j][0] for j in lod["row"] if j >= 0}) == len(styles) >= 2    # from every layer shown
     page.wait_for_function("!DMD2Site.lod.moving.map", timeout=5000)
     assert sorted(_drawn_rows(page)) == every
+    painted, lod = _painted(page)
+    assert painted >= len(every) and lod["x"] == []                       # still: every point, no sample layer
     page.evaluate(slow)
     _wheel(page, -1)
     again = sorted(_drawn_rows(page))
@@ -330,5 +352,15 @@ def test_map_draws_a_sample_while_moving_and_every_point_when_still(site, browse
     assert set(_drawn_rows(page)) < set(passing)
     page.wait_for_function("!DMD2Site.lod.moving.map", timeout=5000)
     assert sorted(_drawn_rows(page)) == passing
+    # A selection drawn stays drawn while moving: the selected points opaque, the rest faded.
+    page.evaluate("DMD2Site.resolve('map').pts[0].data_source.selected.indices = Array.from({length: 40}, (_, k) => k)")
+    selected = set(page.evaluate("Array.from(DMD2Site.resolve('map').pts[0].data_source.data.row.slice(0, 40))"))
+    page.evaluate(slow)
+    _wheel(page, -1)
+    _, lod = _painted(page)
+    alpha = {j: a for j, a in zip(lod["row"], lod["fa"]) if j >= 0}
+    assert any(j in selected for j in alpha) and any(j not in selected for j in alpha)
+    assert all(a == (SELECTED_ALPHA if j in selected else FADED_ALPHA) for j, a in alpha.items())
+    page.wait_for_function("!DMD2Site.lod.moving.map", timeout=5000)
     assert problems == []
     page.context.close()

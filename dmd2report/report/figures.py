@@ -3,7 +3,8 @@
 Naming convention the site JS relies on: every point renderer is named "<fig>:pt:real" or
 "<fig>:pt:gen:<i>" and its source has columns x, y, row (point row); "<fig>:hl" is the highlight
 ring layer. Past the cap, the folder form's map also has "<fig>:detail:real" and "<fig>:detail:gen:<i>"
-layers (no row column) that site.js fills with the zoom tiles' points (tiles.py). Mouse move, tap and
+layers (no row column) that site.js fills with the zoom tiles' points (tiles.py), and every map has "<fig>:lod", the
+sample of both drawn while a person pans or zooms a slow map. Mouse move, tap and
 selection call window.DMD2Site with the figure name, so the hover card shows the one nearest point (a grid lookup in JS) instead of Bokeh's tooltip stack. The map's
 point layers draw a selection (selection, nonselection and muted glyphs) and have a BooleanFilter view
 that the page's filters set.
@@ -184,15 +185,30 @@ def _gen_glyph(v: str, variant_order: list[str]) -> dict:
 
 def _detail_layers(fig, name: str, variant_order: list[str]) -> None:
     """Empty layers "<fig>:detail:real" and "<fig>:detail:gen:<i>" in the drawn layers' styles, which site.js fills
-    with the tiles' points in view (tiles.py); muted (faded) while a selection is drawn. Their BooleanFilter views
-    hold the sample site.js draws while the view moves (None: every point)."""
+    with the tiles' points in view (tiles.py, only those passing the page's filters); muted (faded) while a selection
+    is drawn."""
     fig.scatter("x", "y", source=ColumnDataSource({"x": [], "y": [], "color": []}), name=f"{name}:detail:real",
-                view=CDSView(filter=BooleanFilter()), size=REAL_SIZE, marker="circle", fill_color="color",
-                fill_alpha=MAP_ALPHA["real"], line_color=None, muted_fill_alpha=FADED_ALPHA)
+                size=REAL_SIZE, marker="circle", fill_color="color", fill_alpha=MAP_ALPHA["real"], line_color=None,
+                muted_fill_alpha=FADED_ALPHA)
     for i, v in enumerate(variant_order):
         fig.scatter("x", "y", source=ColumnDataSource({k: [] for k in ("x", "y", "color", "line", "fa", "lw")}),
-                    name=f"{name}:detail:gen:{i}", view=CDSView(filter=BooleanFilter()), muted_fill_alpha=FADED_ALPHA,
-                    muted_line_alpha=FADED_ALPHA, **_gen_glyph(v, variant_order))
+                    name=f"{name}:detail:gen:{i}", muted_fill_alpha=FADED_ALPHA, muted_line_alpha=FADED_ALPHA,
+                    **_gen_glyph(v, variant_order))
+
+
+# The columns of the layer drawn while a person pans or zooms: each point with its layer's style (marker, size,
+# fill and line colour, alpha and width as its layer draws it now, selection included); row is the drawn point's
+# row (-1 for a tile's point).
+LOD_COLUMNS = ("x", "y", "row", "marker", "size", "color", "fa", "line", "la", "lw")
+
+
+def _lod_layer(fig, name: str) -> None:
+    """"<fig>:lod", empty until a person pans or zooms a map whose full paint is slow: site.js then fills it with a
+    sample of the visible point and detail layers and paints it in their place (BokehJS's WebGL markers run every
+    point of a layer through the GPU, filtered out or not, so one small layer is what makes a frame cheap)."""
+    fig.scatter("x", "y", source=ColumnDataSource({k: [] for k in LOD_COLUMNS}), name=f"{name}:lod", marker="marker",
+                size="size", fill_color="color", fill_alpha="fa", line_color="line", line_alpha="la",
+                line_width="lw")
 
 
 def map_figure(view: SiteView, name: str = "map"):
@@ -239,10 +255,10 @@ def map_figure(view: SiteView, name: str = "map"):
         src = _source(p, rows, color=np.full(n, var_colour[v]), line=np.full(n, var_colour[v]),
                       fa=np.full(n, MAP_ALPHA["generated"], np.float32), lw=np.full(n, 1.2, np.float32))
         pts.append(_map_points(fig, f"{name}:pt:gen:{i}", src, **_gen_glyph(v, variant_order)))
-    if view.tiled:   # only the drawn sample is selectable (the selection is of site rows)
-        for tool in fig.tools:
-            if isinstance(tool, (BoxSelectTool, LassoSelectTool)):
-                tool.renderers = pts
+    _lod_layer(fig, name)
+    for tool in fig.tools:   # only the drawn points are selectable (the selection is of site rows)
+        if isinstance(tool, (BoxSelectTool, LassoSelectTool)):
+            tool.renderers = pts
     labels = class_label_positions(P, [c for c, _, _ in own][:MAX_LABELS], ext)
     style = {c: col for c, col, _ in own}
     fig.text("x", "y", text="text", name=f"{name}:labels", text_font_size="11px", text_align="center",

@@ -60,7 +60,7 @@
       name: name, fig: fig, pts: pts,
       real: pts.filter(r => r.name === name + ":pt:real"),
       gens: pts.filter(r => r.name.startsWith(name + ":pt:gen:")),
-      hl: byName(name + ":hl"), focus: byName(name + ":focus"), index: null,
+      hl: byName(name + ":hl"), focus: byName(name + ":focus"), lod: byName(name + ":lod"), index: null,
       traj: { seg: byName(name + ":traj:seg"), pt: byName(name + ":traj:pt"), label: byName(name + ":traj:label"),
               real: byName(name + ":traj:real") },
     };
@@ -612,18 +612,15 @@
     scheduleDetail(name);
     writeHash(name);
   }
-  // What each point layer draws: the points passing the filters, and while a person moves a map whose full paint is
-  // slow (see "while the view moves" below) a fixed sample of them.
+  // What each point layer draws: the points passing the filters (the detail layers hold only those). While a person
+  // moves a map whose full paint is slow, a sample of them is drawn instead (see "while the view moves" below).
   function setFilters(name) {
-    const f = resolve(name), st = mapState(name), frac = st.lod || 1;
-    const keep = frac < 1 ? j => lodKeeps(j, frac) : null;
+    const f = resolve(name), st = mapState(name);
     for (const r of f.pts) {
       const rows = r.data_source.data.row;
-      r.view.filter.booleans = st.pass === null && !keep ? null
-        : Array.from(rows, j => (st.pass === null || st.pass[j] === 1) && (!keep || keep(j)));
+      r.view.filter.booleans = st.pass === null ? null : Array.from(rows, j => st.pass[j] === 1);
     }
-    if (data().tiles) for (const r of detailLayers(f).all)   // the detail layers hold only points passing the filters
-      r.view.filter.booleans = keep ? Array.from({ length: r.data_source.get_length() || 0 }, (_, k) => keep(k)) : null;
+    if (st.lod) drawSample(name);
   }
   function filterStatus(name) {  // the number of drawn points the map shows (layer on, filters passed)
     const f = resolve(name), st = mapState(name), status = document.querySelector('[data-filter-status="' + name + '"]');
@@ -948,8 +945,49 @@
   // 500 ms: a hesitation mid-gesture is not a stop), every point is back and the view's tiles and density images
   // are redrawn, in one task: one full paint (the figures' lod_interval is 0, so BokehJS adds no repaints of its
   // own). Site.lod.budgetMs may be changed (tests). ----
-  const LOD = Site.lod = { budgetMs: 20, floor: 0.05, moving: {}, timer: {}, fullMs: {}, want: {}, input: {} };
+  const LOD = Site.lod = { budgetMs: 20, floor: 0.05, moving: {}, timer: {}, fullMs: {}, want: {}, input: {}, painted: {} };
   function lodKeeps(j, frac) { return (Math.imul(j + 1, 2654435761) >>> 0) / 4294967296 < frac; }
+  // The sample is drawn by the map's one "lod" layer, painted in place of the point and detail layers (which are
+  // skipped, not hidden: what a person sees as on stays on): BokehJS's WebGL markers send every point of a layer
+  // through the GPU and hide those filtered out, so a 5% filter on a 20,000-point layer costs nearly its full paint.
+  // Each sampled point carries its layer's style as drawn now (the selection, selected or faded, and muting too), in
+  // the layers' painting order. Drawn points are sampled by row, a tile's points by their place in the layer.
+  function specAt(g, key, d, k) {   // a glyph property's value for point k: a column, a value, or a value set by JS
+    const s = g[key];
+    if (s !== null && typeof s === "object" && !Array.isArray(s)) return "field" in s ? d[s.field][k] : s.value;
+    return s;
+  }
+  function drawSample(name) {
+    const f = resolve(name), st = mapState(name), pv = Bokeh.index[f.fig.id], frac = st.lod;
+    const C = { x: [], y: [], row: [], marker: [], size: [], color: [], fa: [], line: [], la: [], lw: [] };
+    const layers = new Set(f.pts.concat(data().tiles ? detailLayers(f).all : []));
+    for (const r of f.fig.renderers) {
+      if (!layers.has(r) || !r.visible) continue;
+      const src = r.data_source, d = src.data, rows = d.row, n = src.get_length() || 0;
+      const sel = r.muted || !src.selected.indices.length ? null : new Set(src.selected.indices);
+      const base = r.muted ? r.muted_glyph : r.glyph;
+      const glyphOf = k => sel === null ? base : sel.has(k) ? r.selection_glyph : r.nonselection_glyph;
+      for (let k = 0; k < n; k++) {
+        const j = rows ? rows[k] : -1;
+        if (rows ? (st.pass !== null && st.pass[j] !== 1) || !lodKeeps(j, frac) : !lodKeeps(k, frac)) continue;
+        let g = glyphOf(k);
+        if (!g || typeof g !== "object") g = r.glyph;   // "auto": the layer's own glyph
+        const line = specAt(g, "line_color", d, k);
+        C.x.push(d.x[k]); C.y.push(d.y[k]); C.row.push(j);
+        C.marker.push(specAt(g, "marker", d, k)); C.size.push(specAt(g, "size", d, k));
+        C.color.push(specAt(g, "fill_color", d, k) || "#000000"); C.fa.push(specAt(g, "fill_alpha", d, k));
+        C.line.push(line || "#000000"); C.la.push(line ? specAt(g, "line_alpha", d, k) : 0);
+        C.lw.push(line ? specAt(g, "line_width", d, k) : 0);
+      }
+    }
+    f.lod.data_source.data = C;
+    pv.dmd2Skip = layers;
+  }
+  function drawWhole(name) {
+    const f = resolve(name), pv = Bokeh.index[f.fig.id];
+    pv.dmd2Skip = null;
+    f.lod.data_source.data = { x: [], y: [], row: [], marker: [], size: [], color: [], fa: [], line: [], la: [], lw: [] };
+  }
   function paintTimed(name, ms) {   // a paint of figure `name`'s glyphs: the sample the next frame should draw
     const st = name && view[name];
     if (!st) return;
@@ -963,10 +1001,11 @@
     // Only a person's pan or zoom (a wheel or drag on the figure just now) draws a sample: a view set by the page (the
     // ranges fitted to the data, a search, a link, a reset) is one frame, drawn whole.
     const byHand = performance.now() - (LOD.input[name] || -Infinity) < 250;
-    const want = st.lod ? LOD.want[name] : byHand ? LOD.budgetMs / LOD.fullMs[name] : 1;
+    const want = !f.lod || !Bokeh.index[f.fig.id].dmd2Batched ? 1   // (another BokehJS: its own paint, whole)
+      : st.lod ? LOD.want[name] : byHand ? LOD.budgetMs / LOD.fullMs[name] : 1;
     if (want < 1 ? !st.lod || Math.abs(want - st.lod) > 0.25 * st.lod : st.lod && want >= 1) {   // changed by a quarter
       st.lod = want < 1 ? Math.max(LOD.floor, want) : null;
-      setFilters(name);
+      if (st.lod) drawSample(name); else drawWhole(name);
     }
     clearTimeout(LOD.timer[name]);
     LOD.timer[name] = setTimeout(() => settled(name), f.fig.lod_timeout || 500);
@@ -974,7 +1013,7 @@
   function settled(name) {
     const st = mapState(name);
     LOD.moving[name] = false;
-    if (st.lod) { st.lod = null; setFilters(name); }
+    if (st.lod) { st.lod = null; drawWhole(name); }
     if (data().tiles) { clearTimeout(detailTimer[name]); refreshDetail(name); }
   }
   function followMoves(name) {   // every range change (RangesUpdate comes after a pan ends: too late for its frames)
@@ -1290,7 +1329,7 @@
       r._refs = refs[li];
       r.visible = layerOn[li];
     });
-    if (st.lod) setFilters(name);   // new detail columns while the view moves: their sample
+    if (st.lod) drawSample(name);   // new detail columns while the view moves: their sample
     drawDensity(name, f, w, loaded);
     tiles.shown = count;
     tiles.version++;
@@ -1395,10 +1434,11 @@
         !Array.isArray(pv.computed_renderer_views)) return;   // another BokehJS: its own painting stays
     pv.dmd2Batched = true;
     pv._paint_levels = function (ctx, level, clip, clipAll) {
-      let pending = false;
-      const t0 = performance.now();
+      let pending = false, points = 0;
+      const t0 = performance.now(), skip = this.dmd2Skip;
       for (const r of this.computed_renderer_views) {
-        if (r.model.level != level) continue;
+        if (r.model.level != level || (skip && skip.has(r.model))) continue;   // skip: the moving sample stands in
+        if (r.model.visible && r.model.glyph && r.model.glyph.constructor.__name__ === "Scatter") points += r.model.data_source.get_length() || 0;
         if (pending && !r.has_webgl) { cv.blit_webgl(ctx); pending = false; }
         ctx.save();
         if (clipAll || r.needs_clip) { ctx.beginPath(); ctx.rect(...clip.args); ctx.clip(); }
@@ -1407,7 +1447,10 @@
         if (r.has_webgl && !drawsNothing(r)) pending = true;
       }
       if (pending) cv.blit_webgl(ctx);
-      if (level === "glyph") paintTimed(this.model.name, performance.now() - t0);   // the copy waits for the raster
+      if (level === "glyph") {
+        paintTimed(this.model.name, performance.now() - t0);   // the copy waits for the raster
+        LOD.painted[this.model.name] = points;                  // markers the paint sent to WebGL
+      }
     };
   }
   Site.batchWebglCopies = function () {
