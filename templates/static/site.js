@@ -957,9 +957,12 @@
     if (s !== null && typeof s === "object" && !Array.isArray(s)) return "field" in s ? d[s.field][k] : s.value;
     return s;
   }
+  function lodColumns(f) {   // the lod layer's columns (figures.LOD_COLUMNS), empty
+    return Object.fromEntries(Object.keys(f.lod.data_source.data).map(k => [k, []]));
+  }
   function drawSample(name) {
     const f = resolve(name), st = mapState(name), pv = Bokeh.index[f.fig.id], frac = st.lod;
-    const C = { x: [], y: [], row: [], marker: [], size: [], color: [], fa: [], line: [], la: [], lw: [] };
+    const C = lodColumns(f);
     const layers = new Set(f.pts.concat(data().tiles ? detailLayers(f).all : []));
     for (const r of f.fig.renderers) {
       if (!layers.has(r) || !r.visible) continue;
@@ -986,7 +989,7 @@
   function drawWhole(name) {
     const f = resolve(name), pv = Bokeh.index[f.fig.id];
     pv.dmd2Skip = null;
-    f.lod.data_source.data = { x: [], y: [], row: [], marker: [], size: [], color: [], fa: [], line: [], la: [], lw: [] };
+    f.lod.data_source.data = lodColumns(f);
   }
   function paintTimed(name, ms) {   // a paint of figure `name`'s glyphs: the sample the next frame should draw
     const st = name && view[name];
