@@ -201,7 +201,8 @@ class Embedding:
         """Project new samples onto the map: (n, 2) float32.
 
         `method` (default: the map's `params["projection"]`; "umap" for maps fitted before it existed):
-        "fast" is `project`, "umap" umap-learn's `UMAP.transform` in batches of `batch_size`."""
+        "fast" is `project`, "umap" umap-learn's `UMAP.transform` in batches of `batch_size` (on a map fitted with
+        "fast", its neighbour search is the exact one of `ExactSearchIndex`)."""
         return self.transform_reduced(self.reduce(features), batch_size, progress, method)
 
     def transform_reduced(self, reduced: np.ndarray, batch_size: int = 8192, progress: bool = True,
