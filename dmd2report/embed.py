@@ -125,6 +125,7 @@ class ExactSearchIndex:
         self._raw_data = data
 
     def query(self, X: np.ndarray, k: int, epsilon: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+        # epsilon: how far pynndescent's approximate search looks past its candidates; nothing to an exact search
         dist, idx = knn(np.asarray(X, np.float32), self._raw_data, k)
         return idx.astype(np.int32), dist
 

@@ -968,13 +968,12 @@
       if (!layers.has(r) || !r.visible) continue;
       const src = r.data_source, d = src.data, rows = d.row, n = src.get_length() || 0;
       const sel = r.muted || !src.selected.indices.length ? null : new Set(src.selected.indices);
-      const base = r.muted ? r.muted_glyph : r.glyph;
-      const glyphOf = k => sel === null ? base : sel.has(k) ? r.selection_glyph : r.nonselection_glyph;
+      const own = g => g && typeof g === "object" ? g : r.glyph;   // "auto": the layer's own glyph
+      const base = own(r.muted ? r.muted_glyph : r.glyph), on = own(r.selection_glyph), off = own(r.nonselection_glyph);
       for (let k = 0; k < n; k++) {
         const j = rows ? rows[k] : -1;
         if (rows ? (st.pass !== null && st.pass[j] !== 1) || !lodKeeps(j, frac) : !lodKeeps(k, frac)) continue;
-        let g = glyphOf(k);
-        if (!g || typeof g !== "object") g = r.glyph;   // "auto": the layer's own glyph
+        const g = sel === null ? base : sel.has(k) ? on : off;
         const line = specAt(g, "line_color", d, k);
         C.x.push(d.x[k]); C.y.push(d.y[k]); C.row.push(j);
         C.marker.push(specAt(g, "marker", d, k)); C.size.push(specAt(g, "size", d, k));
